@@ -1,0 +1,5 @@
+"""`python -m bridge` runs the same command as `deepseek-ollama-bridge`."""
+
+from bridge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""The objects that travel through the pipeline: one `Exchange` per client request.
+
+An exchange carries the client's request, the response being built for it (from the
+upstream, the cache or a stage answering early), and what stages note along the way
+(cache status, attempts, timings). Stages read and change it; nothing else is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+# Endpoints whose bodies are model requests (parsed, filtered, cached).
+MODEL_ENDPOINTS = frozenset({"chat", "completions", "embeddings", "generate", "embed"})
+
+
+def encode_json(data: Any) -> bytes:
+    """Compact JSON, the way the bridge writes every body and frame it builds itself."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Frame:
+    """One unit of a stream: an SSE `data:` payload, an NDJSON line, or raw bytes.
+
+    `raw` is what goes on the wire (without framing); `data` is its JSON, parsed on
+    first use. A stage that changes a frame builds a new one with `Frame.of(data)`, so
+    frames nobody touches are relayed byte for byte.
+    """
+
+    __slots__ = ("raw", "_data", "verbatim")
+    _UNPARSED = object()
+
+    def __init__(self, raw: bytes, data: Any = _UNPARSED, verbatim: bool = False):
+        self.raw = raw
+        self._data = data
+        self.verbatim = verbatim  # an SSE event that is not a plain data line (comment, event:)
+
+    @classmethod
+    def of(cls, data: Any) -> "Frame":
+        return cls(encode_json(data), data)
+
+    @property
+    def is_done(self) -> bool:
+        return self.raw == b"[DONE]"
+
+    @property
+    def data(self) -> Any:
+        """The frame's JSON (dict), or None when it is not JSON (`[DONE]`, raw bytes)."""
+        if self._data is Frame._UNPARSED:
+            try:
+                self._data = None if self.verbatim or self.is_done else json.loads(self.raw)
+            except ValueError:
+                self._data = None
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"Frame({self.raw[:60]!r})"
+
+
+@dataclass
+class Response:
+    """A response on its way to the client: either a whole `body` or a stream of `frames`.
+
+    `codec` says how frames are written: "sse" (`data: …\\n\\n`), "ndjson" (one line
+    each) or "raw" (bytes as they came). Header names are lower-case. When a stream
+    ends, the stage or client that produced it sets `outcome`: "complete" when the
+    terminator (`[DONE]` / `done: true`) was seen, else "truncated" or "timeout".
+    """
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    frames: Iterator[Frame] | None = None
+    codec: str | None = None
+    outcome: str | None = None
+    _json: Any = field(default=None, repr=False)
+
+    @property
+    def streaming(self) -> bool:
+        return self.frames is not None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body's JSON, parsed once; None when it is not JSON."""
+        if self._json is None and self.body:
+            try:
+                self._json = json.loads(self.body)
+            except ValueError:
+                return None
+        return self._json
+
+    def set_json(self, data: Any) -> None:
+        self._json = data
+        self.body = encode_json(data) + b"\n"
+
+
+@dataclass
+class Exchange:
+    """One client request and everything the bridge learns while answering it."""
+
+    surface: str                 # "openai" (/v1) or "ollama" (/api)
+    endpoint: str                # "chat", "completions", "embeddings", "generate", "embed", …
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]      # the client's end-to-end headers, lower-case names
+    body: bytes
+    request_id: str
+    client_addr: str = ""
+    payload: Any = None          # the JSON body of a model request, parsed
+    response: Response | None = None
+    cache_status: str | None = None   # HIT-MEMORY, HIT-DISK, MISS, BYPASS; None when not cacheable
+    upstream_attempts: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    notes: dict[str, Any] = field(default_factory=dict)  # per-stage scratch space
+    _closers: list[Callable[["Exchange"], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def is_model_request(self) -> bool:
+        return self.endpoint in MODEL_ENDPOINTS and isinstance(self.payload, dict)
+
+    @property
+    def model(self) -> str:
+        return str(self.payload.get("model", "")) if isinstance(self.payload, dict) else ""
+
+    @property
+    def wants_stream(self) -> bool:
+        """Whether the client asked for a stream (Ollama's native API streams by default)."""
+        if not isinstance(self.payload, dict) or self.endpoint in ("embeddings", "embed"):
+            return False
+        if self.surface == "ollama":
+            return self.payload.get("stream", True) is not False
+        return self.payload.get("stream") is True
+
+    def replace_payload(self, payload: Any) -> None:
+        """Change the request body that goes upstream (a stage rewrote the request)."""
+        self.payload = payload
+        self.body = encode_json(payload)
+
+    def on_close(self, callback: Callable[["Exchange"], None]) -> None:
+        """Run `callback(exchange)` once the response has been sent or the client left."""
+        self._closers.append(callback)
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for callback in reversed(closers):
+            callback(self)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

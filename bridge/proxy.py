@@ -1,0 +1,92 @@
+"""The glue between Flask and the pipeline: request → `Exchange`, `Response` → Flask.
+
+Routes of every API surface call `forward(surface, endpoint)`; this module checks the
+body of model requests (JSON object, size), runs the pipeline and relays the answer,
+streaming frame by frame without buffering.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Iterator
+
+import flask
+from werkzeug.exceptions import MethodNotAllowed
+
+from bridge import streaming
+from bridge.errors import BadRequest, BridgeError, error_response
+from bridge.exchange import MODEL_ENDPOINTS, Exchange, Response
+from bridge.pipeline import Pipeline
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id(headers: dict[str, str]) -> str:
+    given = headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def build_exchange(surface: str, endpoint: str) -> Exchange:
+    request = flask.request
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    ex = Exchange(
+        surface=surface, endpoint=endpoint, method=request.method, path=request.path,
+        query=request.query_string.decode("latin-1"), headers=headers,
+        body=request.get_data(cache=False), request_id=request_id(headers),
+        client_addr=request.remote_addr or "")
+    if endpoint in MODEL_ENDPOINTS:
+        ex.payload = parse_model_request(ex.body)
+    return ex
+
+
+def parse_model_request(body: bytes) -> dict:
+    if not body.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object")
+    return payload
+
+
+def forward(surface: str, endpoint: str) -> flask.Response:
+    pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
+    try:
+        ex = build_exchange(surface, endpoint)
+    except BridgeError as err:
+        headers = flask.request.headers
+        ex = Exchange(surface=surface, endpoint=endpoint, method=flask.request.method,
+                      path=flask.request.path, query="", headers={}, body=b"",
+                      request_id=request_id({"x-request-id": headers.get("x-request-id", "")}))
+        return to_flask(ex, error_response(surface, err))
+    return to_flask(ex, pipeline.handle(ex))
+
+
+def forward_other(surface: str, rest: str, known: dict[str, list[str]]) -> flask.Response:
+    """Forward any other path unchanged; a known path with the wrong method is a 405."""
+    if rest in known:
+        raise MethodNotAllowed(valid_methods=known[rest])
+    return forward(surface, "other")
+
+
+def to_flask(ex: Exchange, response: Response) -> flask.Response:
+    headers = dict(response.headers)
+    headers["x-request-id"] = ex.request_id
+    if response.streaming:
+        result = flask.Response(_relay(response), status=response.status, headers=headers,
+                                direct_passthrough=True)
+    else:
+        result = flask.Response(response.body, status=response.status, headers=headers)
+    result.call_on_close(ex.close)
+    return result
+
+
+def _relay(response: Response) -> Iterator[bytes]:
+    assert response.frames is not None and response.codec is not None
+    with streaming.owned(response.frames) as frames:  # a client hanging up closes the upstream
+        for frame in frames:
+            yield streaming.encode(frame, response.codec)

@@ -1,0 +1,76 @@
+"""Running the bridge under gunicorn with gevent workers.
+
+`gunicorn_options(settings)` is the one translation of bridge settings into gunicorn
+configuration; `gunicorn.conf.py` and the `deepseek-ollama-bridge` command both use
+it, so both ways of starting the bridge run the same app the same way. Nothing here
+imports the app before gunicorn forks its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.server")
+
+
+def bind_address(settings: Settings) -> str:
+    host, port = settings.listen
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "bind": [bind_address(settings)],
+        "workers": settings.worker_count,
+        "worker_class": "gevent",
+        "worker_connections": 2000,
+        "keepalive": 75,
+        "graceful_timeout": 30,
+        "timeout": 60,
+        "loglevel": "debug" if settings.debug else "info",
+        "accesslog": None,
+        "preload_app": False,  # SQLite handles, pools and greenlets must be created per worker
+        "proc_name": "deepseek-ollama-bridge",
+        "control_socket_disable": True,  # one per user by default: instances would collide
+        "on_starting": on_starting,
+        "post_fork": post_fork,
+        "child_exit": child_exit,
+    }
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before any worker exists."""
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In each new worker, right after fork."""
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, when a worker has exited."""
+
+
+class BridgeServer(BaseApplication):
+    """gunicorn run from Python, with the bridge's settings and app."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in gunicorn_options(self.settings).items():
+            self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        from bridge.app import create_app  # in the worker, after gevent has patched
+
+        return create_app(self.settings)
+
+
+def serve(settings: Settings) -> None:
+    BridgeServer(settings).run()

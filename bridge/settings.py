@@ -1,0 +1,308 @@
+"""Every setting of the bridge, declared once.
+
+Each `Setting` names its flags, environment variable, parser (which also validates the
+range), default and help. The command line, the environment reading used under
+`gunicorn -c gunicorn.conf.py wsgi:app`, start-up validation and the README's option
+table are all derived from `SETTINGS`. Adding a flag is one entry in that list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from bridge import __version__
+
+PROG = "deepseek-ollama-bridge"
+ENV_PREFIX = "BRIDGE_"
+
+
+class SettingError(ValueError):
+    """A setting's value is malformed or out of range; the message is one line."""
+
+
+# --- value parsers: each takes the raw text, returns the value or raises ValueError ---------
+
+
+@dataclass(frozen=True)
+class Integer:
+    low: int
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}-{self.high}"
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError(f"not a whole number (allowed: {self.allowed})") from None
+        if not self.low <= value <= self.high:
+            raise ValueError(f"out of range (allowed: {self.allowed})")
+        return value
+
+
+@dataclass(frozen=True)
+class Text:
+    allowed: str = "any text"
+    required: bool = False
+
+    def __call__(self, text: str) -> str:
+        if self.required and not text.strip():
+            raise ValueError("must not be empty")
+        return text
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
+
+    @property
+    def allowed(self) -> str:
+        return "|".join(self.options)
+
+    def __call__(self, text: str) -> str:
+        if text not in self.options:
+            raise ValueError(f"not one of {self.allowed}")
+        return text
+
+
+@dataclass(frozen=True)
+class Url:
+    allowed: str = "http(s)://host[:port][/path]"
+
+    def __call__(self, text: str) -> str:
+        parts = urlsplit(text.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not a URL (allowed: {self.allowed})")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"bad port (allowed: {self.allowed})") from None
+        return text.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class HostPort:
+    allowed: str = "HOST:PORT, port 0-65535"
+
+    def __call__(self, text: str) -> tuple[str, int]:
+        host, sep, port = text.strip().rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"not an address (allowed: {self.allowed})")
+        return host, int(port)
+
+
+@dataclass(frozen=True)
+class Switch:
+    allowed: str = "on/off (1/0, true/false, yes/no)"
+
+    def __call__(self, text: str) -> bool:
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a switch (allowed: {self.allowed})")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its flags, parser, default and help, from which everything else comes."""
+
+    name: str
+    flags: tuple[str, ...]
+    help: str
+    parse: Callable[[str], Any] = Text()
+    default: Any = None
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_switch(self) -> bool:
+        return isinstance(self.parse, Switch)
+
+    @property
+    def allowed(self) -> str:
+        return getattr(self.parse, "allowed", "")
+
+    @property
+    def label(self) -> str:
+        return self.flags[-1]
+
+    def shown_default(self) -> str:
+        if self.is_switch:
+            return "off" if not self.default else "on"
+        if self.default is None:
+            return ""
+        if isinstance(self.default, tuple):
+            return ":".join(str(part) for part in self.default)
+        return str(self.default)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+SETTINGS: list[Setting] = [
+    # --- core gateway ------------------------------------------------------------------
+    Setting("debug", ("-d", "--debug"), "verbose debug logs tracing requests and responses",
+            Switch(), False),
+    Setting("listen", ("-l", "--listen"), "address the bridge listens on",
+            HostPort(), ("127.0.0.1", 3000), "HOST:PORT"),
+    Setting("ollama", ("-o", "--ollama"), "base URL of the upstream (Ollama or any "
+            "OpenAI-compatible API)", Url(), "http://127.0.0.1:11434", "URL"),
+    Setting("timeout", ("-t", "--timeout"), "timeout of each upstream HTTP request, "
+            "connect + response, in ms", Integer(1000, 86_400_000), 300_000, "MS"),
+    Setting("retry_attempts", ("-a", "--retry-attempts"), "max retries after a failed "
+            "upstream call; 0 = none", Integer(0, 1024), 0, "N"),
+    Setting("retry_min_interval", ("-i", "--retry-min-interval"), "first retry wait in ms, "
+            "grows exponentially", Integer(50, 300_000), 500, "MS"),
+    Setting("retry_max_interval", ("-m", "--retry-max-interval"), "cap of the exponential "
+            "back-off in ms", Integer(50, 300_000), 10_000, "MS"),
+    Setting("workers", ("-w", "--workers"), "gevent worker processes (default: CPU count)",
+            Integer(1, 256), None, "N"),
+    Setting("max_body_size", ("--max-body-size",), "largest accepted request body in bytes",
+            Integer(1024, 1 << 30), 16 << 20, "BYTES"),
+    Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
+            "per worker", Integer(1, 10_000), 256, "N"),
+]
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+class Settings(types.SimpleNamespace):
+    """The resolved value of every setting, as attributes named after `Setting.name`."""
+
+    def replace(self, **changes: Any) -> "Settings":
+        values = dict(vars(self))
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise KeyError(f"unknown settings: {sorted(unknown)}")
+        values.update(changes)
+        return Settings(**values)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or _cpu_count()
+
+
+def _parse(setting: Setting, raw: str, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise SettingError(f"{source}: invalid value {raw!r}: {exc}") from None
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings given by environment variables, parsed and validated."""
+    environ = os.environ if environ is None else environ
+    given = {}
+    for setting in SETTINGS:
+        if setting.env in environ:
+            source = f"{setting.env} ({setting.label})"
+            given[setting.name] = _parse(setting, environ[setting.env], source)
+    return given
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=PROG,
+        description="OpenAI-compatible caching gateway in front of Ollama and other LLM APIs.",
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-h", "--help", action="help", help="show this help and exit")
+    parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    for setting in SETTINGS:
+        extra = [f"env {setting.env}"]
+        if setting.shown_default():
+            extra.append(f"default {setting.shown_default()}")
+        if setting.allowed and not setting.is_switch:
+            extra.append(f"allowed {setting.allowed}")
+        text = f"{setting.help} [{'; '.join(extra)}]".replace("%", "%%")
+        if setting.is_switch:
+            parser.add_argument(*setting.flags, dest=setting.name, action="store_true",
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(*setting.flags, dest=setting.name, default=argparse.SUPPRESS,
+                                metavar=setting.metavar or "VALUE", help=text)
+    return parser
+
+
+def load(argv: Iterable[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting: defaults, then environment, then command line.
+
+    Raises `SettingError` with a one-line message naming the flag, the value and the
+    allowed range. `-h`/`-V` and unknown flags exit through argparse.
+    """
+    values = {setting.name: setting.default for setting in SETTINGS}
+    values.update(from_env(environ))
+    if argv is not None:
+        parsed = build_parser().parse_args(list(argv))
+        for name, raw in vars(parsed).items():
+            setting = _BY_NAME[name]
+            if setting.is_switch:
+                values[name] = bool(raw)
+            else:
+                values[name] = _parse(setting, raw, "/".join(setting.flags))
+    settings = Settings(**values)
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """Rules that involve more than one setting."""
+    if settings.retry_min_interval > settings.retry_max_interval:
+        raise SettingError(
+            f"--retry-min-interval: invalid value '{settings.retry_min_interval}': "
+            f"must not exceed --retry-max-interval ({settings.retry_max_interval})")
+
+
+def load_or_exit(argv: Iterable[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> Settings:
+    try:
+        return load(argv, environ)
+    except SettingError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def defaults() -> Settings:
+    """Every setting at its default (for tests and tools)."""
+    return Settings(**{setting.name: setting.default for setting in SETTINGS})
+
+
+def markdown_table() -> str:
+    """The README's option table, generated from `SETTINGS`."""
+    rows = ["| flag | environment | meaning | allowed | default |", "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        flags = ", ".join(f"`{flag}`" for flag in setting.flags)
+        if not setting.is_switch:
+            flags += f" `{setting.metavar or 'VALUE'}`"
+        allowed = "" if setting.is_switch else setting.allowed
+        rows.append(f"| {flags} | `{setting.env}` | {setting.help} | {allowed} | "
+                    f"{setting.shown_default()} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,224 @@
+"""The upstream client: the only code that talks HTTP to Ollama or the OpenAI-compatible API.
+
+It owns connection pooling (one `requests.Session` per worker process, created on first
+use, after fork), the `-t` timeout (connect + response, and a deadline for streams),
+retries with exponential back-off and jitter (`-a/-i/-m`, honouring `Retry-After`),
+and the mapping of transport failures to gateway errors (502, 504).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Iterator
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from bridge import streaming
+from bridge.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
+from bridge.exchange import Exchange, Frame, Response
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.upstream")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# Connection-level headers (RFC 9110 7.6.1) and those the transport recomputes.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+})
+NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
+NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+
+READ_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off with jitter, bounded by the minimum and maximum interval."""
+
+    min_interval: float
+    max_interval: float
+
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_interval)
+        ceiling = min(self.max_interval, self.min_interval * 2 ** (retry - 1))
+        # "equal jitter": never shorter than half the step, never below the minimum
+        return max(self.min_interval, random.uniform(ceiling / 2, ceiling))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def forwardable(headers: dict[str, str], excluded: frozenset[str]) -> dict[str, str]:
+    """End-to-end headers only: hop-by-hop ones and those named in `Connection` are dropped."""
+    named = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    return {name: value for name, value in headers.items()
+            if name not in excluded and name not in named}
+
+
+class UpstreamClient:
+    """Sends an exchange upstream and returns its `Response` (whole or streamed)."""
+
+    def __init__(self, settings: Settings):
+        self.base_url = settings.ollama
+        self.timeout = settings.timeout / 1000
+        self.attempts = 1 + settings.retry_attempts
+        self.backoff = Backoff(settings.retry_min_interval / 1000,
+                               settings.retry_max_interval / 1000)
+        self.pool_size = settings.upstream_pool_size
+        self._session: requests.Session | None = None
+        self._session_pid = 0
+
+    @property
+    def session(self) -> requests.Session:
+        # One pool per worker process, created after fork.
+        if self._session is None or self._session_pid != os.getpid():
+            session = requests.Session()
+            session.trust_env = False
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
+                                  max_retries=0, pool_block=False)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._session, self._session_pid = session, os.getpid()
+        return self._session
+
+    def request_headers(self, ex: Exchange) -> dict[str, str]:
+        headers = forwardable(ex.headers, NOT_FORWARDED_REQUEST)
+        headers["accept-encoding"] = "identity"  # relay bytes as they come, never re-encode
+        headers["x-request-id"] = ex.request_id
+        return headers
+
+    def send(self, ex: Exchange) -> Response:
+        """Call the upstream with retries; raise `UpstreamUnavailable`/`UpstreamTimeout`."""
+        url = self.base_url + ex.path + (f"?{ex.query}" if ex.query else "")
+        headers = self.request_headers(ex)
+        deadline = 0.0
+        for attempt in range(1, self.attempts + 1):
+            ex.upstream_attempts = attempt
+            deadline = time.monotonic() + self.timeout
+            retry_after = None
+            try:
+                upstream = self.session.request(
+                    ex.method, url, data=ex.body or None, headers=headers, stream=True,
+                    timeout=(self.timeout, self.timeout), allow_redirects=False)
+            except requests.RequestException as exc:
+                failure: BridgeError | None = self.transport_error(exc)
+                detail = type(exc).__name__
+            else:
+                if upstream.status_code not in RETRY_STATUSES or attempt == self.attempts:
+                    return self._response(ex, upstream, deadline)
+                retry_after = parse_retry_after(upstream.headers.get("retry-after"))
+                detail = f"status {upstream.status_code}"
+                failure = None
+                upstream.close()
+            if attempt == self.attempts:
+                break
+            wait = self.backoff.delay(attempt, retry_after)
+            log.warning("upstream attempt %d/%d failed (%s); retrying in %.3fs [%s]",
+                        attempt, self.attempts, detail, wait, ex.request_id)
+            time.sleep(wait)
+        log.error("upstream failed after %d attempt(s) (%s) [%s]", self.attempts, detail,
+                  ex.request_id)
+        assert failure is not None
+        raise failure
+
+    def _response(self, ex: Exchange, upstream: requests.Response, deadline: float) -> Response:
+        headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
+                              NOT_FORWARDED_RESPONSE)
+        codec = streaming.codec_for(upstream.headers.get("content-type", ""))
+        if codec is None and not ex.is_model_request and "content-length" not in upstream.headers:
+            codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
+        if codec is not None and upstream.ok:
+            frames = self._frames(ex, upstream, codec, deadline)
+            response = streaming.stream_response(upstream.status_code, headers, frames, codec)
+            ex.notes["upstream_response"] = response
+            return response
+        with closing(upstream):
+            body = b"".join(self._chunks(upstream, deadline))
+        return Response(status=upstream.status_code, headers=headers, body=body)
+
+    def _chunks(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
+        try:
+            for chunk in upstream.raw.stream(READ_SIZE, decode_content=False):
+                yield chunk
+                if time.monotonic() > deadline:
+                    raise UpstreamTimeout(f"upstream response exceeded {self.timeout:g}s")
+        except BridgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
+            raise self.transport_error(exc) from None
+
+    def transport_error(self, exc: Exception) -> BridgeError:
+        """The gateway error for a transport failure: 504 for timeouts, else 502."""
+        if isinstance(exc, (requests.Timeout, TimeoutError)) or "Timeout" in type(exc).__name__:
+            return UpstreamTimeout(f"upstream did not answer within {self.timeout:g}s")
+        return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
+
+    def _frames(self, ex: Exchange, upstream: requests.Response, codec: str,
+                deadline: float) -> Iterator[Frame]:
+        """Relay frames as they arrive; a stream that does not end normally ends with an
+        in-band error, and the upstream connection is closed whatever happens (a client
+        that hangs up closes this generator, which stops the generation upstream)."""
+        response: Response = ex.notes["upstream_response"]
+        reader = streaming.READERS[codec]
+        try:
+            for frame in reader(upstream.raw.stream(READ_SIZE, decode_content=False)
+                                if codec != streaming.RAW else self._chunks(upstream, deadline)):
+                if streaming.is_terminal(frame, codec):
+                    response.outcome = "complete"
+                yield frame
+                if time.monotonic() > deadline and response.outcome != "complete":
+                    response.outcome = "timeout"
+                    log.error("upstream stream exceeded the %gs timeout [%s]",
+                              self.timeout, ex.request_id)
+                    yield streaming.error_frame(
+                        ex.surface, f"upstream stream exceeded the {self.timeout:g}s timeout",
+                        "upstream_timeout")
+                    return
+            if codec == streaming.RAW:
+                response.outcome = "complete"
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the stream the same way
+            if response.outcome != "complete":
+                timed_out = isinstance(self.transport_error(exc), UpstreamTimeout)
+                response.outcome = "timeout" if timed_out else "truncated"
+                log.error("upstream stream failed: %s [%s]", type(exc).__name__, ex.request_id)
+        finally:
+            upstream.close()
+        if response.outcome is None:
+            response.outcome = "truncated"
+        if response.outcome != "complete":
+            log.error("upstream stream ended without its terminator [%s]", ex.request_id)
+            if codec != streaming.RAW:
+                yield streaming.error_frame(ex.surface, "upstream stream ended prematurely",
+                                            "upstream_stream_truncated")
+
+    def reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the upstream answers HTTP at all (any status counts as reachable)."""
+        try:
+            self.session.get(self.base_url + "/", timeout=(timeout, timeout)).close()
+        except requests.RequestException:
+            return False
+        return True

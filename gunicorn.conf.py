@@ -1,0 +1,10 @@
+"""gunicorn configuration: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+The bridge's settings come from BRIDGE_* environment variables (see README), exactly
+as `deepseek-ollama-bridge` flags would set them.
+"""
+
+from bridge.server import gunicorn_options
+from bridge.settings import load_or_exit
+
+globals().update(gunicorn_options(load_or_exit(None)))

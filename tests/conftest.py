@@ -1,0 +1,51 @@
+"""Shared fixtures: the Ollama stand-in (in this process) and bridges (real gunicorn
+processes with gevent workers) in front of it, all on free loopback ports."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import pytest
+
+from bridge.ollama_standin import StandIn
+from bridge.processes import Process, start_bridge
+
+
+@pytest.fixture(scope="session")
+def standin_server() -> Iterator[StandIn]:
+    server = StandIn().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def standin(standin_server: StandIn) -> StandIn:
+    """The stand-in, with faults, counters, recorded requests and config reset."""
+    standin_server.reset()
+    return standin_server
+
+
+@pytest.fixture(scope="module")
+def bridge(standin_server: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A bridge with default settings and 2 workers in front of the stand-in."""
+    with start_bridge(upstream=standin_server.url, workers=2,
+                      log_dir=tmp_path_factory.mktemp("bridge")) as process:
+        yield process
+
+
+@pytest.fixture
+def make_bridge(standin_server: StandIn, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[Callable[..., Process]]:
+    """Start bridges with custom flags; all are stopped (by PID) after the test."""
+    started: list[Process] = []
+
+    def make(*flags: str, upstream: str | None = None, workers: int = 2, **kwargs) -> Process:
+        process = start_bridge(*flags, upstream=upstream or standin_server.url,
+                               workers=workers, log_dir=tmp_path_factory.mktemp("bridge"),
+                               **kwargs)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()
