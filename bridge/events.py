@@ -1,0 +1,42 @@
+"""In-process notifications of what the bridge did, for metrics and logs.
+
+Features call `emit("cache.hit", tier="memory")` and know nothing of Prometheus; the
+metrics module subscribes and maps each event name to its metric. A counter event
+carries the amount to add, a gauge event (named so in the metrics module) the value.
+
+Event names in use (feature.what; labels in brackets):
+  think.blocks_removed, think.chars_removed
+  cache.hit [tier], cache.miss, cache.bypass, cache.store, cache.eviction [tier],
+  cache.expiration [tier], cache.promotion, cache.entries [tier] (gauge),
+  cache.hot_threshold (gauge)
+  upstream.retry, auth.refused [reason], ratelimit.refused, admission.queued,
+  admission.refused
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+log = logging.getLogger("bridge.events")
+
+Listener = Callable[[str, float, dict[str, str]], None]
+_listeners: list[Listener] = []
+
+
+def subscribe(listener: Listener) -> None:
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
+def unsubscribe(listener: Listener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+def emit(name: str, value: float = 1.0, **labels: str) -> None:
+    for listener in _listeners:
+        try:
+            listener(name, value, labels)
+        except Exception:  # noqa: BLE001 - observing must never break serving
+            log.exception("event listener failed on %s", name)
