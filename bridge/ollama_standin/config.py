@@ -1,0 +1,72 @@
+"""The stand-in's settings and the faults it can be told to inject."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SHAPES = ("new", "legacy")
+THINK_MODES = ("auto", "none", "tags", "tags-no-open", "field")
+FAULT_KINDS = ("status", "refuse", "reset", "cut", "slow_headers", "hang")
+
+DEFAULT_MODELS = (
+    "llama3.2:latest",
+    "qwen3:latest",
+    "deepseek-r1:7b",
+    "deepseek-coder:latest",
+    "qwen2.5:latest",
+    "all-minilm:latest",
+)
+
+
+@dataclass
+class StandInConfig:
+    """How the stand-in answers; mutable while it runs (read afresh by every request)."""
+
+    shape: str = "new"
+    think: str = "auto"
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+
+    def __post_init__(self) -> None:
+        check_choice("shape", self.shape, SHAPES)
+        check_choice("think", self.think, THINK_MODES)
+        check_delay("first_token_delay", self.first_token_delay)
+        check_delay("token_delay", self.token_delay)
+        if isinstance(self.models, str) or not all(isinstance(m, str) for m in self.models):
+            raise ValueError(f"models must be a list of strings, got {self.models!r}")
+        self.models = list(self.models)
+
+
+@dataclass
+class Fault:
+    """One misbehaviour for the next matching request(s); see StandIn.push_fault."""
+
+    kind: str
+    status: int = 500
+    retry_after: float | None = None
+    body: str | None = None
+    after_chunks: int = 2
+    delay: float = 0.0
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, FAULT_KINDS)
+        if not isinstance(self.status, int) or not 100 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP status code, got {self.status!r}")
+        if not isinstance(self.after_chunks, int) or self.after_chunks < 0:
+            raise ValueError(f"after_chunks must be an int >= 0, got {self.after_chunks!r}")
+        check_delay("delay", self.delay)
+
+    def matches(self, path: str) -> bool:
+        return self.path is None or path.startswith(self.path)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_delay(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")

@@ -1,0 +1,422 @@
+"""What answer each request gets: routing, request validation with Ollama's error
+texts, and the choice of reply (whole body or stream). No sockets and no timing here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from . import wire
+from .config import SHAPES, THINK_MODES, StandInConfig
+
+JSON = "application/json"
+NATIVE_JSON = "application/json; charset=utf-8"
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+TEXT = "text/plain"
+
+# Per-request overrides, so tests that go through a proxy can still steer the stand-in.
+THINK_HEADER = "x-standin-think"
+SHAPE_HEADER = "x-standin-shape"
+
+
+@dataclass
+class Call:
+    """One request as the routes see it; `headers` has lower-case names."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    config: StandInConfig
+
+
+@dataclass
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    generated: bool = False  # the model worked on it: first_token_delay applies
+
+
+@dataclass
+class StreamReply:
+    content_type: str
+    frames: Iterator[wire.Frame]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def handle(call: Call) -> Reply | StreamReply:
+    route = ROUTES.get(call.path)
+    if route is None and call.path.startswith("/v1/models/"):
+        route = ({"GET"}, _openai_model)
+    if route is None:
+        return Reply(404, TEXT, b"404 page not found")
+    methods, handler = route
+    if call.method not in methods and not (call.method == "HEAD" and "GET" in methods):
+        return Reply(405, TEXT, b"405 method not allowed")
+    try:
+        return handler(call)
+    except ApiError as exc:
+        return error_reply(call.path, exc.status, exc.message)
+
+
+def error_reply(path: str, status: int, message: str,
+                retry_after: float | None = None) -> Reply:
+    """An error in the shape of the surface `path` belongs to."""
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = (str(int(retry_after)) if float(retry_after).is_integer()
+                                  else str(retry_after))
+    if path.startswith("/v1/"):
+        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        return Reply(status, JSON, wire.go_json(body) + b"\n", headers)
+    if path.startswith("/api/"):
+        return Reply(status, NATIVE_JSON, wire.go_json({"error": message}) + b"\n", headers)
+    return Reply(status, TEXT, message.encode(), headers)
+
+
+def default_error_message(status: int) -> str:
+    if status == 503:
+        return "server busy, please try again.  maximum pending requests exceeded"
+    if status == 500:
+        return "llama runner process has terminated: exit status 2"
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return f"error {status}"
+
+
+def _json(obj: object, content_type: str = JSON, generated: bool = False) -> Reply:
+    return Reply(200, content_type, wire.go_json(obj) + b"\n", generated=generated)
+
+
+# ---------------------------------------------------------------- request parsing
+
+
+def _decode(call: Call, struct: str, empty_message: str) -> dict:
+    if not call.body.strip():
+        raise ApiError(400, empty_message)
+    try:
+        obj = wire.go_decode(call.body)
+    except wire.GoJSONError as exc:
+        raise ApiError(400, str(exc)) from None
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(obj)} into Go value of "
+                            f"type {struct}")
+    return obj
+
+
+_GO_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "bool": (bool,), "int": (int,), "object": (dict,), "array": (list,),
+}
+
+
+def _field(req: dict, name: str, go_type: str, struct: str, default: object = None) -> object:
+    """req[name] if absent/null or of the right JSON type, else Go's unmarshal error."""
+    value = req.get(name)
+    if value is None:
+        return default
+    kinds = _GO_TYPES[go_type.split(":")[0]]
+    if not isinstance(value, kinds) or (go_type == "int" and isinstance(value, bool)):
+        shown = go_type.split(":")[-1]
+        raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(value)} into Go struct "
+                            f"field {struct.split('.')[-1]}.{name} of type {shown}")
+    return value
+
+
+def _model(call: Call, name: str, openai: bool) -> str:
+    known = {wire.canonical_name(m) for m in call.config.models}
+    if not name and not openai:
+        raise ApiError(400, "model is required")
+    if wire.canonical_name(name) not in known:
+        raise ApiError(404, f"model '{name}' not found")
+    return name
+
+
+def _think_mode(call: Call, model: str, requested: object) -> str:
+    mode = call.headers.get(THINK_HEADER, call.config.think)
+    if mode not in THINK_MODES:
+        raise ApiError(400, f"X-Standin-Think must be one of {', '.join(THINK_MODES)}")
+    try:
+        return wire.resolve_think(mode, model, requested)
+    except wire.ThinkingUnsupported:
+        raise ApiError(400, f'"{model}" does not support thinking') from None
+
+
+def _shape(call: Call) -> str:
+    shape = call.headers.get(SHAPE_HEADER, call.config.shape)
+    if shape not in SHAPES:
+        raise ApiError(400, f"X-Standin-Shape must be one of {', '.join(SHAPES)}")
+    return shape
+
+
+def _text(content: object) -> str:
+    """The text of a message's content: a string or a list of {"type":"text"} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content
+                        if isinstance(part, dict) and part.get("type", "text") == "text")
+    return ""
+
+
+def _conversation(messages: list, struct: str) -> tuple[str, list[str]]:
+    """(the prompt to answer: the last user message, the text of every message)."""
+    for message in messages:
+        if not isinstance(message, dict):
+            raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(message)} into Go "
+                                f"struct field {struct}.messages of type Message")
+    texts = [_text(m.get("content")) for m in messages]
+    users = [t for m, t in zip(messages, texts) if m.get("role") == "user"]
+    return (users[-1] if users else texts[-1]), texts
+
+
+def _no_chat(model: str, what: str) -> None:
+    if wire.is_embedding_model(model):
+        raise ApiError(400, f'"{model}" does not support {what}')
+
+
+# ---------------------------------------------------------------- /v1
+
+
+def _openai_limit(req: dict, struct: str) -> int | None:
+    limit = _field(req, "max_tokens", "int", struct)
+    if limit is None:
+        limit = _field(req, "max_completion_tokens", "int", struct)
+    return None if limit is None or limit < 0 else limit
+
+
+def _include_usage(req: dict, struct: str) -> bool:
+    options = _field(req, "stream_options", "object:*openai.StreamOptions", struct) or {}
+    return options.get("include_usage") is True
+
+
+def _openai_chat(call: Call) -> Reply | StreamReply:
+    struct = "ChatCompletionRequest"
+    req = _decode(call, f"openai.{struct}", "EOF")
+    name = _field(req, "model", "string", struct, "")
+    messages = _field(req, "messages", "array:[]openai.Message", struct, [])
+    if not messages:
+        raise ApiError(400, "[] is too short - 'messages'")
+    stream = _field(req, "stream", "bool", struct, False)
+    effort = req.get("reasoning_effort")
+    if effort is None and isinstance(req.get("reasoning"), dict):
+        effort = req["reasoning"].get("effort")
+    model = _model(call, name, openai=True)
+    _no_chat(model, "chat")
+    mode = _think_mode(call, model, None if effort is None else effort != "none")
+    prompt, texts = _conversation(messages, struct)
+    gen = wire.generate(prompt, len(messages), mode, _openai_limit(req, struct),
+                        wire.count_prompt_tokens(texts))
+    if stream:
+        frames = wire.openai_chat_frames(gen, model, _shape(call), _include_usage(req, struct))
+        return StreamReply(SSE, frames)
+    return _json(wire.openai_chat_body(gen, model), generated=True)
+
+
+def _openai_completion(call: Call) -> Reply | StreamReply:
+    struct = "CompletionRequest"
+    req = _decode(call, f"openai.{struct}", "EOF")
+    name = _field(req, "model", "string", struct, "")
+    prompt = _field(req, "prompt", "string", struct, "")
+    stream = _field(req, "stream", "bool", struct, False)
+    model = _model(call, name, openai=True)
+    _no_chat(model, "generate")
+    mode = _think_mode(call, model, None)
+    gen = wire.generate(prompt, 1, mode, _openai_limit(req, struct),
+                        wire.count_prompt_tokens([prompt]))
+    if stream:
+        return StreamReply(SSE, wire.openai_completion_frames(gen, model,
+                                                              _include_usage(req, struct)))
+    return _json(wire.openai_completion_body(gen, model), generated=True)
+
+
+def _inputs(value: object) -> list[str]:
+    """Embedding input: a string, a list of strings, or token arrays (shown as text)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [" ".join(map(str, value))]
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else " ".join(map(str, v)) for v in value]
+    return []
+
+
+def _openai_embeddings(call: Call) -> Reply:
+    struct = "EmbedRequest"
+    req = _decode(call, f"openai.{struct}", "EOF")
+    name = _field(req, "model", "string", struct, "")
+    inputs = _inputs(req.get("input"))
+    if not inputs:
+        raise ApiError(400, "invalid input")
+    model = _model(call, name, openai=True)
+    as_base64 = req.get("encoding_format") == "base64"
+    data = []
+    for index, text in enumerate(inputs):
+        vector = wire.embedding(text)
+        data.append({"object": "embedding",
+                     "embedding": wire.embedding_base64(vector) if as_base64 else vector,
+                     "index": index})
+    tokens = wire.count_prompt_tokens(inputs)
+    return _json({"object": "list", "data": data, "model": model,
+                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, generated=True)
+
+
+def _openai_model_entry(name: str) -> dict:
+    return {"id": name, "object": "model", "created": wire.model_created(name),
+            "owned_by": "library"}
+
+
+def _openai_models(call: Call) -> Reply:
+    data = [_openai_model_entry(m) for m in call.config.models]
+    return _json({"object": "list", "data": data or None})
+
+
+def _openai_model(call: Call) -> Reply:
+    name = call.path[len("/v1/models/"):]
+    return _json(_openai_model_entry(_model(call, name, openai=True)))
+
+
+# ---------------------------------------------------------------- /api
+
+
+def _native_limit(req: dict, struct: str) -> int | None:
+    options = _field(req, "options", "object:map[string]interface {}", struct) or {}
+    limit = options.get("num_predict")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 \
+        else None
+
+
+def _native_idle(model: str, req: dict, part: dict) -> Reply:
+    """Empty messages/prompt: Ollama only loads (or unloads) the model."""
+    reason = "unload" if req.get("keep_alive") in (0, "0", "0s") else "load"
+    return _json({"model": model, "created_at": wire.rfc3339nano(), **part,
+                  "done": True, "done_reason": reason}, NATIVE_JSON)
+
+
+def _native_chat(call: Call) -> Reply | StreamReply:
+    struct = "api.ChatRequest"
+    req = _decode(call, struct, "missing request body")
+    model = _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    messages = _field(req, "messages", "array:[]api.Message", struct, [])
+    stream = _field(req, "stream", "bool", struct, True)
+    if not messages:
+        return _native_idle(model, req, {"message": {"role": "assistant", "content": ""}})
+    _no_chat(model, "chat")
+    mode = _think_mode(call, model, req.get("think"))
+    prompt, texts = _conversation(messages, "ChatRequest")
+    gen = wire.generate(prompt, len(messages), mode, _native_limit(req, struct),
+                        wire.count_prompt_tokens(texts))
+    if stream:
+        return StreamReply(NDJSON, wire.native_chat_frames(gen, model))
+    return _json(wire.native_chat_body(gen, model), NATIVE_JSON, generated=True)
+
+
+def _native_generate(call: Call) -> Reply | StreamReply:
+    struct = "api.GenerateRequest"
+    req = _decode(call, struct, "missing request body")
+    model = _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    prompt = _field(req, "prompt", "string", struct, "")
+    stream = _field(req, "stream", "bool", struct, True)
+    if not prompt:
+        return _native_idle(model, req, {"response": ""})
+    _no_chat(model, "generate")
+    mode = _think_mode(call, model, req.get("think"))
+    gen = wire.generate(prompt, 1, mode, _native_limit(req, struct),
+                        wire.count_prompt_tokens([prompt]))
+    context = wire.context_ids(prompt, gen.text("content"))
+    if stream:
+        return StreamReply(NDJSON, wire.native_generate_frames(gen, model, context))
+    return _json(wire.native_generate_body(gen, model, context), NATIVE_JSON, generated=True)
+
+
+def _native_embed(call: Call) -> Reply:
+    struct = "api.EmbedRequest"
+    req = _decode(call, struct, "missing request body")
+    model = _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    inputs = _inputs(req.get("input"))
+    return _json({"model": model, "embeddings": [wire.embedding(t) for t in inputs],
+                  "total_duration": 14143917, "load_duration": 1019500,
+                  "prompt_eval_count": wire.count_prompt_tokens(inputs)},
+                 NATIVE_JSON, generated=True)
+
+
+def _native_embeddings(call: Call) -> Reply:
+    """The pre-/api/embed endpoint: one prompt, one "embedding"."""
+    struct = "api.EmbeddingRequest"
+    req = _decode(call, struct, "missing request body")
+    _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    prompt = _field(req, "prompt", "string", struct, "")
+    return _json({"embedding": wire.embedding(prompt)}, NATIVE_JSON, generated=True)
+
+
+def _native_tags(call: Call) -> Reply:
+    return _json({"models": [wire.model_info(m) for m in call.config.models]}, NATIVE_JSON)
+
+
+def _native_show(call: Call) -> Reply:
+    struct = "api.ShowRequest"
+    req = _decode(call, struct, "missing request body")
+    model = _model(call, str(req.get("model") or req.get("name") or ""), openai=False)
+    details = wire.model_info(model)["details"]
+    if wire.is_embedding_model(model):
+        capabilities = ["embedding"]
+    else:
+        capabilities = ["completion", "tools"]
+        if wire.model_think_style(model) != "none":
+            capabilities.append("thinking")
+    return _json({"license": "", "modelfile": f"# Modelfile generated by \"ollama show\"\n"
+                                              f"FROM {model}\n",
+                  "parameters": "temperature 0.6", "template": "{{ .Prompt }}",
+                  "details": details,
+                  "model_info": {"general.architecture": details["family"],
+                                 "general.parameter_count": 7615616512},
+                  "capabilities": capabilities, "modified_at": wire.MODIFIED_AT}, NATIVE_JSON)
+
+
+def _native_ps(call: Call) -> Reply:
+    loaded = []
+    for name in call.config.models[:1]:
+        info = wire.model_info(name)
+        loaded.append({"name": name, "model": name, "size": info["size"],
+                       "digest": info["digest"], "details": info["details"],
+                       "expires_at": "2099-01-01T00:00:00Z", "size_vram": info["size"]})
+    return _json({"models": loaded}, NATIVE_JSON)
+
+
+def _native_version(call: Call) -> Reply:
+    return _json({"version": wire.OLLAMA_VERSION}, NATIVE_JSON)
+
+
+def _root(call: Call) -> Reply:
+    return Reply(200, "text/plain; charset=utf-8", b"Ollama is running")
+
+
+ROUTES: dict[str, tuple[set[str], Callable[[Call], Reply | StreamReply]]] = {
+    "/": ({"GET"}, _root),
+    "/v1/chat/completions": ({"POST"}, _openai_chat),
+    "/v1/completions": ({"POST"}, _openai_completion),
+    "/v1/embeddings": ({"POST"}, _openai_embeddings),
+    "/v1/models": ({"GET"}, _openai_models),
+    "/api/chat": ({"POST"}, _native_chat),
+    "/api/generate": ({"POST"}, _native_generate),
+    "/api/embed": ({"POST"}, _native_embed),
+    "/api/embeddings": ({"POST"}, _native_embeddings),
+    "/api/tags": ({"GET"}, _native_tags),
+    "/api/show": ({"POST"}, _native_show),
+    "/api/ps": ({"GET"}, _native_ps),
+    "/api/version": ({"GET"}, _native_version),
+}
