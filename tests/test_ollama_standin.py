@@ -1,0 +1,479 @@
+"""The Ollama stand-in, through real HTTP: raw bytes with `requests`, the official
+`openai` SDK and the official `ollama` client, faults, timing, counters, and the
+control endpoints of the stand-alone process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+import requests
+
+import bridge.ollama_standin as standin_module
+from bridge.ollama_standin import Fault, StandIn, StandInConfig
+
+REPO = Path(standin_module.__file__).resolve().parents[2]
+REASONING = "Okay, the user asks about hello world. Let me think.\nI will echo it back."
+HELLO = [{"role": "user", "content": "hello world"}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with StandIn() as s:
+        yield s
+
+
+@pytest.fixture
+def standin(server):
+    server.reset()
+    yield server
+    server.reset()
+
+
+@pytest.fixture
+def oai(standin):
+    return openai.OpenAI(base_url=standin.url + "/v1", api_key="x", max_retries=0)
+
+
+def chat(standin, body, headers=None, **kwargs):
+    return requests.post(standin.url + "/v1/chat/completions", json=body, headers=headers,
+                         **kwargs)
+
+
+def sse_events(response):
+    """The JSON payloads of an SSE body, and whether it ended with [DONE]."""
+    frames = response.content.decode().split("\n\n")
+    assert frames[-1] == ""
+    payloads = [f.removeprefix("data: ") for f in frames[:-1]]
+    assert all(f.startswith("data: ") for f in frames[:-1])
+    done = payloads[-1] == "[DONE]"
+    return [json.loads(p) for p in payloads if p != "[DONE]"], done
+
+
+# ---------------------------------------------------------------- /v1, non-stream
+
+
+def test_chat_non_stream_bytes(standin):
+    r = chat(standin, {"model": "llama3.2", "messages": [{"role": "user", "content": "<a&b>"}]})
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "application/json"
+    assert "Content-Length" in r.headers
+    assert r.content.endswith(b"}\n")
+    assert b'"content":"Echo: \\u003ca\\u0026b\\u003e"' in r.content  # Go's HTML escaping
+    assert b", " not in r.content and b": " not in r.content.replace(b"Echo: ", b"")
+    body = r.json()
+    assert body["id"].startswith("chatcmpl-") and 0 <= int(body["id"][9:]) <= 998
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "llama3.2" and body["system_fingerprint"] == "fp_ollama"
+    assert body["choices"] == [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "Echo: <a&b>"}}]
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 2
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 2
+
+
+def test_chat_with_openai_sdk_and_reasoning_field(oai):
+    completion = oai.chat.completions.create(model="qwen3", messages=HELLO)
+    message = completion.choices[0].message
+    assert message.content == "Echo: hello world"
+    assert message.reasoning == REASONING
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_history_changes_the_answer(oai):
+    history = [{"role": "system", "content": "be brief"}, *HELLO,
+               {"role": "assistant", "content": "Echo: hello world"},
+               {"role": "user", "content": "again"}]
+    completion = oai.chat.completions.create(model="llama3.2", messages=history)
+    assert completion.choices[0].message.content == "Echo (4 messages): again"
+
+
+@pytest.mark.parametrize(("mode", "content", "reasoning"), [
+    ("none", "Echo: hello world", None),
+    ("tags", f"<think>\n{REASONING}\n</think>\n\nEcho: hello world", None),
+    ("tags-no-open", f"{REASONING}\n</think>\n\nEcho: hello world", None),
+    ("field", "Echo: hello world", REASONING),
+])
+def test_think_modes(standin, mode, content, reasoning):
+    standin.config.think = mode
+    message = chat(standin, {"model": "llama3.2", "messages": HELLO}).json()[
+        "choices"][0]["message"]
+    assert message["content"] == content
+    assert message.get("reasoning") == reasoning
+
+
+@pytest.mark.parametrize(("model", "starts"), [
+    ("deepseek-r1:7b", "Okay"), ("qwq", "<think>\nOkay"), ("llama3.2", "Echo")])
+def test_think_auto_follows_the_model(standin, model, starts):
+    standin.config.models.append("qwq:latest")
+    assert chat(standin, {"model": model, "messages": HELLO}).json()[
+        "choices"][0]["message"]["content"].startswith(starts)
+
+
+def test_think_header_overrides_and_thinking_unsupported(standin):
+    r = chat(standin, {"model": "qwen3", "messages": HELLO}, {"X-Standin-Think": "tags"})
+    assert r.json()["choices"][0]["message"]["content"].startswith("<think>\n")
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO, "reasoning_effort": "high"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == '"llama3.2" does not support thinking'
+
+
+def test_max_tokens_leaves_think_block_unclosed(standin):
+    standin.config.think = "tags"
+    body = chat(standin, {"model": "llama3.2", "messages": HELLO, "max_tokens": 3}).json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["message"]["content"] == "<think>\nOkay, the user"
+    assert body["usage"]["completion_tokens"] == 3
+
+
+def test_completions_and_models(standin, oai):
+    completion = oai.completions.create(model="qwen2.5", prompt="say hi")
+    assert completion.id.startswith("cmpl-") and completion.choices[0].text == "Echo: say hi"
+    chunks = list(oai.completions.create(model="qwen2.5", prompt="say hi", stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == "Echo: say hi"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    ids = [m.id for m in oai.models.list()]
+    assert ids == standin.config.models
+    assert oai.models.retrieve("qwen3:latest").owned_by == "library"
+    standin.config.models = []
+    assert requests.get(standin.url + "/v1/models").content == \
+        b'{"object":"list","data":null}\n'
+
+
+def test_embeddings(standin, oai):
+    first = oai.embeddings.create(model="all-minilm", input=["a", "b"])  # SDK asks base64
+    again = requests.post(standin.url + "/v1/embeddings",
+                          json={"model": "all-minilm", "input": ["a", "b"]}).json()
+    for got, want in zip(first.data, again["data"], strict=True):
+        assert got.embedding == pytest.approx(want["embedding"], abs=1e-6)
+    assert len(first.data[0].embedding) == 8 and first.data[0].embedding != again[
+        "data"][1]["embedding"]
+    assert again["usage"]["prompt_tokens"] == again["usage"]["total_tokens"] > 0
+
+
+# ---------------------------------------------------------------- /v1, streams
+
+
+@pytest.mark.parametrize("shape", ["new", "legacy"])
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streams_parse_in_openai_sdk(oai, standin, shape, include_usage):
+    standin.config.shape = shape
+    chunks = list(oai.chat.completions.create(
+        model="qwen3", messages=HELLO, stream=True,
+        stream_options={"include_usage": True} if include_usage else None))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning", None) or ""
+                        for c in chunks if c.choices)
+    assert (content, reasoning) == ("Echo: hello world", REASONING)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    usage = [c.usage for c in chunks if not c.choices]
+    assert len(usage) == include_usage
+    if include_usage:
+        assert usage[0].completion_tokens == 18  # one chunk per token
+        assert len(chunks) == 18 + 2
+
+
+def test_new_shape_bytes(standin):
+    r = chat(standin, {"model": "qwen3", "messages": HELLO, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    assert r.headers["Content-Type"] == "text/event-stream"
+    assert r.headers["Transfer-Encoding"] == "chunked"
+    events, done = sse_events(r)
+    assert done
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": "", "reasoning": "Okay,"}
+    assert all("role" not in d for d in deltas[1:])
+    assert deltas[-1] == {} and events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["prompt_tokens"] > 0
+    assert len({e["created"] for e in events}) == 1 and len({e["id"] for e in events}) == 1
+
+
+def test_legacy_shape_bytes(standin):
+    standin.config.shape = "legacy"
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True})
+    events, done = sse_events(r)
+    assert done
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert all(d["role"] == "assistant" and "content" in d for d in deltas)
+    assert deltas[-1] == {"role": "assistant", "content": ""}
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(e["choices"] for e in events)  # no usage chunk unasked
+
+
+def test_tags_are_split_inside_the_tag(standin):
+    standin.config.think = "tags"
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True})
+    events, _ = sse_events(r)
+    pieces = [e["choices"][0]["delta"].get("content") for e in events]
+    assert "\n</thi" in pieces and "nk>\n\n" in pieces and "<th" in pieces
+
+
+def test_empty_completion_stream(standin):
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True, "max_tokens": 0})
+    events, _ = sse_events(r)
+    assert [e["choices"][0]["delta"] for e in events] == [{"role": "assistant", "content": ""},
+                                                          {}]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    (b"", 400, "EOF"),
+    (b"xyz", 400, "invalid character 'x' looking for beginning of value"),
+    (b'{"model": "llama3.2", "messages": [}', 400,
+     "invalid character '}' looking for beginning of value"),
+    (b'{"model": "llama3.2"', 400, "unexpected EOF"),
+    (b'{"model": "llama3.2", "messages": []}', 400, "[] is too short - 'messages'"),
+    (b'{"model": "foo", "messages": [{"role": "user", "content": "x"}]}', 404,
+     "model 'foo' not found"),
+])
+def test_openai_errors(standin, body, status, message):
+    r = requests.post(standin.url + "/v1/chat/completions", data=body)
+    assert r.status_code == status
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    assert r.json() == {"error": {"message": message, "type": kind, "param": None,
+                                  "code": None}}
+
+
+def test_plain_text_errors_and_native_errors(standin):
+    r = requests.get(standin.url + "/v1/chat/completions")
+    assert (r.status_code, r.text) == (405, "405 method not allowed")
+    r = requests.get(standin.url + "/nowhere")
+    assert (r.status_code, r.text) == (404, "404 page not found")
+    r = requests.post(standin.url + "/api/chat", json={"model": "foo", "messages": HELLO})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'foo' not found"})
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    r = requests.post(standin.url + "/api/generate", data=b"")
+    assert (r.status_code, r.json()) == (400, {"error": "missing request body"})
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=standin.url + "/v1", api_key="x").chat.completions.create(
+            model="nope", messages=HELLO)
+
+
+# ---------------------------------------------------------------- native API
+
+
+def test_native_chat_with_ollama_client(standin):
+    client = ollama.Client(host=standin.url)
+    parts = list(client.chat(model="qwen3", messages=HELLO, stream=True))
+    assert "".join(p.message.content for p in parts) == "Echo: hello world"
+    assert "".join(p.message.thinking or "" for p in parts) == REASONING
+    assert parts[-1].done and parts[-1].done_reason == "stop" and parts[-1].eval_count == 18
+    whole = client.chat(model="qwen3", messages=HELLO, think=False)
+    assert whole.message.content.startswith("<think>\n") and whole.message.thinking is None
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="missing", messages=HELLO)
+    assert info.value.status_code == 404
+
+
+def test_native_generate_embed_and_listing(standin):
+    client = ollama.Client(host=standin.url)
+    result = client.generate(model="deepseek-r1:7b", prompt="why", options={"num_predict": 2})
+    assert result.response == "Okay, the" and result.done_reason == "length"
+    assert result.context
+    parts = list(client.generate(model="llama3.2", prompt="why", stream=True))
+    assert "".join(p.response for p in parts) == "Echo: why" and parts[-1].context
+    embedded = client.embed(model="all-minilm", input=["a", "b"])
+    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 8
+    assert [m.model for m in client.list().models] == standin.config.models
+    assert client.show("qwen3").capabilities == ["completion", "tools", "thinking"]
+    assert client.ps().models[0].name == "llama3.2:latest"
+    assert requests.get(standin.url + "/api/version").content == b'{"version":"0.5.1"}\n'
+
+
+def test_native_stream_bytes_and_load(standin):
+    r = requests.post(standin.url + "/api/chat", json={"model": "llama3.2", "messages": HELLO})
+    assert r.headers["Content-Type"] == "application/x-ndjson"
+    lines = r.content.decode().splitlines()
+    last = json.loads(lines[-1])
+    assert last["done"] is True and last["message"] == {"role": "assistant", "content": ""}
+    assert last["created_at"].endswith("Z") and "T" in last["created_at"]
+    assert list(last)[:5] == ["model", "created_at", "message", "done", "done_reason"]
+    r = requests.post(standin.url + "/api/chat", json={"model": "llama3.2", "messages": []})
+    assert r.json()["done_reason"] == "load"
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_status_fault_with_retry_after_is_counted(standin, oai):
+    standin.push_fault(Fault("status", status=429, retry_after=2), times=2)
+    for _ in range(2):
+        r = chat(standin, {"model": "llama3.2", "messages": HELLO})
+        assert r.status_code == 429 and r.headers["Retry-After"] == "2"
+        assert r.json()["error"]["type"] == "api_error"
+    assert chat(standin, {"model": "llama3.2", "messages": HELLO}).status_code == 200
+    standin.push_fault(Fault("status", status=503, body="busy"))
+    r = requests.post(standin.url + "/api/chat", json={"model": "llama3.2", "messages": HELLO})
+    assert (r.status_code, r.json()) == (503, {"error": "busy"})
+    assert standin.count("/v1/chat/completions") == 3 and standin.count() == 4
+
+
+def test_faults_are_fifo_and_filtered_by_path(standin):
+    standin.push_fault(Fault("status", status=500, path="/api/"))
+    standin.push_fault(Fault("status", status=502))
+    assert chat(standin, {"model": "llama3.2", "messages": HELLO}).status_code == 502
+    assert requests.get(standin.url + "/api/tags").status_code == 500
+    assert requests.get(standin.url + "/api/tags").status_code == 200
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cut_stream_has_no_end(standin, native):
+    standin.push_fault(Fault("cut", after_chunks=3))
+    url = standin.url + ("/api/chat" if native else "/v1/chat/completions")
+    r = requests.post(url, json={"model": "llama3.2", "messages": HELLO, "stream": True},
+                      stream=True)
+    received = b""
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        for chunk in r.iter_content(None):
+            received += chunk
+    assert received.count(b"\n\n" if not native else b"\n") == 3
+    assert b"[DONE]" not in received and b'"done":true' not in received
+
+
+def test_reset_and_refuse_give_connection_errors(standin):
+    for kind in ("reset", "refuse"):
+        standin.push_fault(Fault(kind))
+        with pytest.raises(requests.exceptions.ConnectionError):
+            chat(standin, {"model": "llama3.2", "messages": HELLO})
+    assert standin.count() == 2
+    assert chat(standin, {"model": "llama3.2", "messages": HELLO}).status_code == 200
+
+
+def test_hang_and_slow_headers(standin):
+    standin.push_fault(Fault("hang", delay=5))
+    start = time.monotonic()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        chat(standin, {"model": "llama3.2", "messages": HELLO}, timeout=0.3)
+    assert time.monotonic() - start < 1
+    standin.push_fault(Fault("slow_headers", delay=0.3))
+    start = time.monotonic()
+    assert chat(standin, {"model": "llama3.2", "messages": HELLO}).status_code == 200
+    assert time.monotonic() - start >= 0.3
+
+
+# ---------------------------------------------------------------- timing and counters
+
+
+def test_first_token_delay_holds_back_the_headers(standin):
+    standin.config.first_token_delay = 0.3
+    start = time.monotonic()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True}, timeout=0.15)
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True},
+             {"X-Standin-First-Token-Delay": "0.2"}, stream=True)
+    assert time.monotonic() - start >= 0.35 and r.status_code == 200
+    r.close()
+    standin.config.first_token_delay = 0
+    start = time.monotonic()
+    chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True},
+         {"X-Standin-Token-Delay": "0.02"})
+    assert time.monotonic() - start >= 0.02 * 4
+
+
+def test_in_flight_and_closed_early(standin):
+    standin.config.token_delay = 0.05
+    threads = [threading.Thread(target=chat, args=(standin, {"model": "llama3.2",
+                                                             "messages": HELLO,
+                                                             "stream": True}))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    assert standin.in_flight == 4
+    for t in threads:
+        t.join()
+    assert standin.in_flight == 0 and standin.max_in_flight == 4
+    assert standin.closed_early == 0
+    body = json.dumps({"model": "llama3.2", "messages": HELLO, "stream": True}).encode()
+    with socket.create_connection((standin.host, standin.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+    # hung up mid-stream
+    deadline = time.monotonic() + 2
+    while standin.closed_early == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert standin.closed_early == 1
+
+
+def test_keep_alive_is_fast_and_recorded(standin):
+    with requests.Session() as session:
+        start = time.monotonic()
+        for i in range(50):
+            session.post(standin.url + "/v1/chat/completions",
+                         json={"model": "llama3.2", "messages": HELLO},
+                         headers={"X-Trace": str(i)}).raise_for_status()
+        assert time.monotonic() - start < 1.0  # no 40 ms Nagle stalls
+    assert standin.count("/v1/chat/completions") == 50
+    last = standin.requests[-1]
+    assert last.method == "POST" and last.headers["X-Trace"] == "49"
+    assert last.json()["model"] == "llama3.2"
+
+
+def test_reset_restores_config_and_stop_start_keeps_port():
+    s = StandIn(StandInConfig(shape="legacy")).start()
+    try:
+        url = s.url
+        s.config.shape = "new"
+        s.config.token_delay = 1
+        chat(s, {"model": "llama3.2", "messages": HELLO, "stream": False})
+        s.reset()
+        assert (s.config.shape, s.config.token_delay, s.count(), s.requests) == (
+            "legacy", 0, 0, [])
+        s.stop()
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(url + "/api/version", timeout=1)
+        s.start()
+        assert s.url == url and requests.get(url + "/api/version").status_code == 200
+    finally:
+        s.stop()
+
+
+# ---------------------------------------------------------------- stand-alone process
+
+
+def test_subprocess_and_control_endpoints():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.ollama_standin", "--port", "0", "--shape", "legacy"],
+        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        r = requests.post(url + "/v1/chat/completions", json={"model": "llama3.2",
+                                                               "messages": HELLO,
+                                                               "stream": True})
+        assert b'"delta":{"role":"assistant","content":"Echo:"}' in r.content
+        assert requests.post(url + "/_standin/config", json={"shape": "new"}).json()[
+            "shape"] == "new"
+        assert requests.post(url + "/_standin/config", json={"shape": "x"}).status_code == 400
+        requests.post(url + "/_standin/faults",
+                      json={"kind": "status", "status": 503, "retry_after": 1.5, "times": 2})
+        for _ in range(2):
+            r = requests.get(url + "/api/tags")
+            assert (r.status_code, r.headers["Retry-After"]) == (503, "1.5")
+        stats = requests.get(url + "/_standin/stats").json()
+        assert stats["count"] == 3 and stats["counts_by_path"] == {
+            "/v1/chat/completions": 1, "/api/tags": 2}
+        assert stats["requests"][0]["body"].startswith('{"model": "llama3.2"')
+        assert stats["in_flight"] == 0 and stats["max_in_flight"] == 1
+        requests.post(url + "/_standin/reset")
+        assert requests.get(url + "/_standin/stats").json()["count"] == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
