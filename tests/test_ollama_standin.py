@@ -423,6 +423,13 @@ def test_keep_alive_is_fast_and_recorded(standin):
     assert last.json()["model"] == "llama3.2"
 
 
+def test_max_recorded_keeps_the_last_requests():
+    with StandIn(max_recorded=2) as s:
+        for i in range(3):
+            requests.get(s.url + f"/api/tags?n={i}")
+        assert [r.query for r in s.requests] == ["n=1", "n=2"] and s.count("/api/tags") == 3
+
+
 def test_reset_restores_config_and_stop_start_keeps_port():
     s = StandIn(StandInConfig(shape="legacy")).start()
     try:
@@ -470,6 +477,7 @@ def test_subprocess_and_control_endpoints():
             "/v1/chat/completions": 1, "/api/tags": 2}
         assert stats["requests"][0]["body"].startswith('{"model": "llama3.2"')
         assert stats["in_flight"] == 0 and stats["max_in_flight"] == 1
+        assert "requests" not in requests.get(url + "/_standin/stats?requests=0").json()
         requests.post(url + "/_standin/reset")
         assert requests.get(url + "/_standin/stats").json()["count"] == 0
         proc.send_signal(signal.SIGTERM)

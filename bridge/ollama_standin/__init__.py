@@ -2,6 +2,24 @@
 (OpenAI-compatible /v1 and native /api), with deterministic answers, configurable
 reasoning output, delays and injected faults. Used by the tests, the benchmarks and
 the bundled demo; run it alone with `python -m bridge.ollama_standin`.
+
+In a test::
+
+    with StandIn(StandInConfig(shape="legacy")) as upstream:
+        upstream.push_fault(Fault("status", status=503, retry_after=1))
+        ...  # point the bridge at upstream.url
+        assert upstream.count("/v1/chat/completions") == 2
+
+Answers are deterministic: "Echo: <last user message>" ("Echo (N messages): ..." for
+a history), with reasoning "Okay, the user asks about <first words>. ..." emitted as
+the think mode says, one token per stream chunk.
+
+Per-request headers (handy through a proxy): X-Standin-Think, X-Standin-Shape,
+X-Standin-First-Token-Delay, X-Standin-Token-Delay.
+
+Control endpoints, neither recorded nor counted: GET /_standin/stats
+(?requests=0 leaves out the recorded requests), GET|POST /_standin/config,
+POST /_standin/faults ({fault fields..., "times": n}), POST /_standin/reset.
 """
 
 from .cli import main

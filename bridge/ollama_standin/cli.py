@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds before the headers and first token")
     parser.add_argument("--token-delay", type=_seconds, default=0.0, metavar="S",
                         help="seconds between stream chunks")
+    parser.add_argument("--max-recorded", type=int, default=10000, metavar="N",
+                        help="keep only the last N requests for /_standin/stats (10000; "
+                             "0 = all); counts stay exact")
     parser.add_argument("--model", action="append", dest="models", metavar="NAME",
                         help="a model to serve (repeatable; default: a built-in list)")
     return parser
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         config.models = args.models
     try:
-        standin = StandIn(config, host=args.host, port=args.port).start()
+        standin = StandIn(config, host=args.host, port=args.port,
+                          max_recorded=args.max_recorded or None).start()
     except OSError as exc:
         print(f"ollama stand-in: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)

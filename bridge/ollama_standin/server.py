@@ -58,8 +58,9 @@ class StandIn:
     """
 
     def __init__(self, config: StandInConfig | None = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, max_recorded: int | None = None) -> None:
         self.config = config if config is not None else StandInConfig()
+        self.max_recorded = max_recorded  # keep only the last N in `requests` (counts stay)
         self._initial_config = copy.deepcopy(self.config)
         self.host = host
         self.port = port
@@ -149,12 +150,14 @@ class StandIn:
         with self._lock:
             return sum(self._counts.values()) if path is None else self._counts[path]
 
-    def stats(self) -> dict:
+    def stats(self, with_requests: bool = True) -> dict:
         with self._lock:
-            return {"count": sum(self._counts.values()), "counts_by_path": dict(self._counts),
-                    "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
-                    "closed_early": self.closed_early,
-                    "requests": [r.as_dict() for r in self.requests]}
+            stats = {"count": sum(self._counts.values()), "counts_by_path": dict(self._counts),
+                     "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+                     "closed_early": self.closed_early}
+            if with_requests:
+                stats["requests"] = [r.as_dict() for r in self.requests]
+            return stats
 
     # -- used by the handler
 
@@ -162,6 +165,8 @@ class StandIn:
         """Record and count a request, then take the fault it gets, if any."""
         with self._lock:
             self.requests.append(request)
+            if self.max_recorded is not None and len(self.requests) > self.max_recorded:
+                del self.requests[:len(self.requests) - self.max_recorded]
             self._counts[request.path] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -249,6 +254,7 @@ def _delay_header(headers: dict[str, str], name: str, default: float) -> float:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _in_flight = False  # this request still counts in StandIn.in_flight
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("stand-in: " + format, *args)
@@ -268,16 +274,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if path.startswith(CONTROL_PREFIX):
-            self._send(self._control(path, body))
+            self._send(self._control(path, query, body))
             return
         standin = self.server.standin
         headers = dict(self.headers.items())
         fault = standin._admit(RecordedRequest(self.command, path, query, headers, body,
                                                time.time()))
+        self._in_flight = True
         try:
             self._serve(path, {k.lower(): v for k, v in headers.items()}, body, fault)
         finally:
-            standin._leave()
+            self._leave()
+
+    def _leave(self) -> None:
+        """Stop counting this request as in flight: called just before its last bytes go
+        out, so a client that reacts at once does not see it still counted."""
+        if self._in_flight:
+            self._in_flight = False
+            self.server.standin._leave()
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -353,6 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(head + body[:len(body) // 2])
             self._drop()
             return
+        self._leave()
         self._write(head + body)
 
     def _stream(self, reply: routes.StreamReply, first_delay: float, token_delay: float,
@@ -374,8 +389,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             data = b"%x\r\n%s\r\n" % (len(payload), payload) if chunked else payload
-            if terminal and chunked:
-                data += b"0\r\n\r\n"
+            if terminal:
+                self._leave()
+                if chunked:
+                    data += b"0\r\n\r\n"
             if not self._write(head + data):
                 standin._client_left()
                 return
@@ -416,6 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _drop(self, rst: bool = False) -> None:
         """Close the connection now: FIN, or RST with `rst`. No response is completed."""
         self.close_connection = True
+        self._leave()
         try:
             if rst:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -429,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- control endpoints (neither recorded nor counted)
 
-    def _control(self, path: str, body: bytes) -> routes.Reply:
+    def _control(self, path: str, query: str, body: bytes) -> routes.Reply:
         standin = self.server.standin
         action = (self.command, path[len(CONTROL_PREFIX):].rstrip("/"))
         try:
@@ -437,7 +455,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(fields, dict):
                 raise TypeError("the body must be a JSON object")
             if action == ("GET", "stats"):
-                result: object = standin.stats()
+                result: object = standin.stats(with_requests="requests=0" not in query)
             elif action in (("GET", "config"), ("POST", "config")):
                 result = dataclasses.asdict(standin.configure(**fields))
             elif action == ("POST", "faults"):
