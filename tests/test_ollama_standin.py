@@ -27,19 +27,6 @@ REASONING = "Okay, the user asks about hello world. Let me think.\nI will echo i
 HELLO = [{"role": "user", "content": "hello world"}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with StandIn() as s:
-        yield s
-
-
-@pytest.fixture
-def standin(server):
-    server.reset()
-    yield server
-    server.reset()
-
-
 @pytest.fixture
 def oai(standin):
     return openai.OpenAI(base_url=standin.url + "/v1", api_key="x", max_retries=0)

@@ -180,7 +180,7 @@ def _conversation(messages: list, struct: str) -> tuple[str, list[str]]:
             raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(message)} into Go "
                                 f"struct field {struct}.messages of type Message")
     texts = [_text(m.get("content")) for m in messages]
-    users = [t for m, t in zip(messages, texts) if m.get("role") == "user"]
+    users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
     return (users[-1] if users else texts[-1]), texts
 
 

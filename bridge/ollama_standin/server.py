@@ -20,7 +20,6 @@ from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
 
 from . import routes, wire
 from .config import Fault, StandInConfig
@@ -108,7 +107,7 @@ class StandIn:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> StandIn:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
