@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from bridge import __version__
+from bridge.think_filter import DEFAULT_START_INSIDE_MODELS
 
 PROG = "deepseek-ollama-bridge"
 ENV_PREFIX = "BRIDGE_"
@@ -114,6 +116,18 @@ class Switch:
 
 
 @dataclass(frozen=True)
+class Pattern:
+    allowed: str = "a regular expression; empty = none"
+
+    def __call__(self, text: str) -> str:
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        return text
+
+
+@dataclass(frozen=True)
 class Setting:
     """One setting: its flags, parser, default and help, from which everything else comes."""
 
@@ -176,6 +190,14 @@ SETTINGS: list[Setting] = [
             Integer(1024, 1 << 30), 16 << 20, "BYTES"),
     Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
             "per worker", Integer(1, 10_000), 256, "N"),
+    # --- think filter (bridge/think.py) ------------------------------------------------
+    Setting("disable_think_filter", ("--disable-think-filter",), "turn off removal of "
+            "<think>...</think> and reasoning fields from responses", Switch(), False),
+    Setting("keep_reasoning", ("--keep-reasoning",), "deliver the removed reasoning as "
+            "reasoning_content (OpenAI API) or thinking (Ollama API)", Switch(), False),
+    Setting("think_start_models", ("--think-start-models",), "models (regex on the name) "
+            "whose output starts inside reasoning, with only </think> shown",
+            Pattern(), DEFAULT_START_INSIDE_MODELS, "REGEX"),
 ]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
