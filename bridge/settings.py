@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from bridge import __version__
-from bridge.think_filter import DEFAULT_START_INSIDE_MODELS
+from bridge.think_tags import DEFAULT_START_INSIDE_MODELS
 
 PROG = "deepseek-ollama-bridge"
 ENV_PREFIX = "BRIDGE_"
@@ -190,7 +190,7 @@ SETTINGS: list[Setting] = [
             Integer(1024, 1 << 30), 16 << 20, "BYTES"),
     Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
             "per worker", Integer(1, 10_000), 256, "N"),
-    # --- think filter (bridge/think.py) ------------------------------------------------
+    # --- think filter (bridge/think_filter.py) -----------------------------------------
     Setting("disable_think_filter", ("--disable-think-filter",), "turn off removal of "
             "<think>...</think> and reasoning fields from responses", Switch(), False),
     Setting("keep_reasoning", ("--keep-reasoning",), "deliver the removed reasoning as "

@@ -1,243 +1,363 @@
-"""Recognising and removing the `<think>…</think>` reasoning markup of reasoning models.
+"""The think-filter stage: reasoning out of the answers of the four generation APIs.
 
-Pure text logic, no HTTP: `ThinkFilter` splits a stream of text pieces into answer and
-reasoning pieces, `split_think` does the same for a whole text, and `strip_history`
-cleans an earlier assistant message. The pipeline stage `bridge/think.py` applies them
-to the payloads of each API surface.
+`bridge/think_tags.py` decides what is reasoning in a text; this stage knows where
+text and reasoning live in each API's payloads (OpenAI chat and completions, Ollama
+chat and generate; whole bodies and stream events), cleans the history of requests,
+and drops stream events left with nothing to say. It sits outside the cache: the cache
+keeps what the upstream said, the filter applies on the way out, hits included.
 
-The rules (non-stream and stream give the same result for any way of cutting the text):
+Upstream reasoning fields (`reasoning`, `reasoning_content`, `thinking`) count as
+reasoning like tagged text. `--keep-reasoning` delivers all of it as `reasoning_content`
+(OpenAI surface, in `message` and `delta`) or `thinking` (Ollama surface).
 
-* Every `<think>…</think>` block is reasoning; the whitespace right after `</think>` is
-  dropped with it. Text outside blocks is answer, byte for byte.
-* Blocks are flat: inside a block, `<think>` is plain reasoning text and the first
-  `</think>` closes it. A `</think>` outside any block is stray markup: it and the
-  whitespace after it are dropped, the text around it stays answer.
-* Missing opening tag: a filter made with `starts_inside=True` (the caller's guess, e.g.
-  from the model name) treats everything up to the first `</think>` as reasoning. That
-  text is held back until the guess is confirmed: at `</think>` it becomes reasoning; if
-  a `<think>` comes first, the model opens its blocks itself and the held text is answer;
-  if the output ends with neither, the guess was wrong and all of it is the answer.
-  So nothing is lost, but for such a wrong guess the answer arrives only at the end.
-* Unclosed block: a block opened before any answer text (only whitespace before it,
-  e.g. a reasoning cut by `finish_reason: length`) is reasoning to the end — half a
-  chain of thought is never shown as the answer. A `<think>` that comes after answer
-  text is confirmed only by its `</think>`: what follows it is held back, and if the
-  output ends first, the `<think>` and everything after it are answer after all.
-
-Streaming adds no delay to answer text: a piece is forwarded at once except for a tail
-that could be the start of a tag (at most `len("</think>") - 1` characters), and except
-while a block awaits confirmation as described above.
+Whether an output starts inside reasoning (the template wrote `<think>` into the prompt)
+is guessed from the model name (`--think-start-models`), unless the upstream shows it
+puts reasoning in a field of its own before the first content.
 """
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
-OPEN = "<think>"
-CLOSE = "</think>"
-_MAX_HOLD = len(CLOSE) - 1
+from bridge import events, streaming
+from bridge.exchange import Exchange, Frame
+from bridge.pipeline import Context, Stage
+from bridge.settings import Settings
+from bridge.think_tags import ThinkFilter, model_starts_inside, strip_history
 
-# States of ThinkFilter.
-_OUT = 0  # outside any block: text is answer
-_BLOCK = 1  # inside a block opened before any answer: text is reasoning, forwarded live
-_MID = 2  # inside a block opened after answer text: held until `</think>` or the end
-_IMPLICIT = 3  # maybe inside a block whose `<think>` the template wrote: held
-
-DEFAULT_START_INSIDE_MODELS = r"deepseek-r1|qwq|qwen3"
-
-
-def _tag_prefix_len(text: str, tags: tuple[str, ...]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of one of `tags`."""
-    n = len(text)
-    p = text.find("<", max(0, n - _MAX_HOLD))
-    while p != -1:
-        tail = text[p:]
-        for tag in tags:
-            if tag.startswith(tail):
-                return n - p
-        p = text.find("<", p + 1)
-    return 0
+# Where the answer text is, per API: (surface, endpoint) -> kind.
+CHAT, COMPLETIONS, API_CHAT, API_GENERATE = "chat", "completions", "api_chat", "api_generate"
+KINDS = {
+    ("openai", "chat"): CHAT,
+    ("openai", "completions"): COMPLETIONS,
+    ("ollama", "chat"): API_CHAT,
+    ("ollama", "generate"): API_GENERATE,
+}
+# Upstream reasoning fields on the OpenAI surface: Ollama's and vLLM's, DeepSeek's.
+_OPENAI_REASONING = ("reasoning", "reasoning_content")
+_HISTORY_REASONING = (*_OPENAI_REASONING, "thinking")
+# Keys of a stream choice / delta / Ollama message that say nothing when the text is empty.
+_CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
+_DELTA_PLAIN = frozenset(("content", "role", "reasoning_content"))
+_MESSAGE_PLAIN = frozenset(("content", "role", "thinking"))
 
 
-_BOTH = (OPEN, CLOSE)
-_CLOSE_ONLY = (CLOSE,)
+@dataclass
+class ThinkStats:
+    """What the filter took out of one response, for the metrics."""
+
+    blocks: int = 0
+    chars: int = 0
 
 
-class ThinkFilter:
-    """Streaming splitter of answer text and reasoning; one object per output stream.
+def clean_history(payload: dict[str, Any]) -> bool:
+    """Remove think blocks and reasoning fields from earlier assistant messages, in place.
 
-    `feed(piece)` returns `(answer, reasoning)` for what can be decided now; `finish()`
-    returns what was held back. Counters: `blocks` (reasoning blocks recognised),
-    `chars_in`, `chars_answer`, and `chars_removed` (markup, reasoning and whitespace
-    taken out of the answer).
+    DeepSeek advises not to feed reasoning back (its API refuses `reasoning_content` in
+    input), and a clean history makes identical conversations identical for the cache.
+    Returns whether anything changed.
+    """
+    changed = False
+    for msg in payload.get("messages") or ():
+        if not isinstance(msg, dict) or msg.get("role") != "assistant":
+            continue
+        for key in _HISTORY_REASONING:
+            if key in msg:
+                del msg[key]
+                changed = True
+        content = msg.get("content")
+        parts = content if isinstance(content, list) else [msg]
+        key = "text" if isinstance(content, list) else "content"
+        for part in parts:
+            text = part.get(key) if isinstance(part, dict) else None
+            if isinstance(text, str) and (clean := strip_history(text)) != text:
+                part[key] = clean
+                changed = True
+    return changed
+
+
+class _Choice:
+    """Filter state of one choice of one response."""
+
+    __slots__ = ("starts_inside", "filter", "saw_field", "emitted")
+
+    def __init__(self, starts_inside: bool):
+        self.starts_inside = starts_inside
+        self.filter: ThinkFilter | None = None
+        self.saw_field = False  # the upstream sent reasoning in a field of its own
+        self.emitted = False  # an event of this choice went out (so did its role)
+
+    def feed(self, text: str) -> tuple[str, str]:
+        if self.filter is None:
+            # Decided at the first content: an upstream that puts reasoning in a field
+            # does not start the content inside reasoning.
+            self.filter = ThinkFilter(self.starts_inside and not self.saw_field)
+        return self.filter.feed(text)
+
+    def finish(self, stats: ThinkStats) -> tuple[str, str]:
+        f, self.filter = self.filter, None
+        if f is None:
+            return "", ""
+        out = f.finish()
+        stats.blocks += f.blocks
+        stats.chars += f.chars_removed
+        self.starts_inside = False  # text after the end (if any) is plain
+        return out
+
+
+@dataclass
+class ThinkCleaner:
+    """Cleans one response of one API kind, whole or as a stream of events.
+
+    Never changes the objects it is given (the cache may hold them): a changed event or
+    body is a new object; `event` returns None for an event that passes unchanged.
     """
 
-    __slots__ = (
-        "_answered",
-        "_carry",
-        "_held",
-        "_skip_ws",
-        "_state",
-        "blocks",
-        "chars_answer",
-        "chars_in",
-    )
+    kind: str
+    starts_inside: bool = False
+    keep_reasoning: bool = False
+    stats: ThinkStats = field(default_factory=ThinkStats)
+    _choices: dict[int, _Choice] = field(default_factory=dict)
+    _last: dict[str, Any] | None = None
 
-    def __init__(self, starts_inside: bool = False) -> None:
-        self._state = _IMPLICIT if starts_inside else _OUT
-        self._carry = ""  # a possible partial tag at the end of the last piece
-        self._held: list[str] = []  # text of a _MID or _IMPLICIT block, not decided yet
-        self._skip_ws = False  # just after `</think>`: drop whitespace
-        self._answered = False  # non-whitespace answer text has been emitted
-        self.blocks = 0
-        self.chars_in = 0
-        self.chars_answer = 0
+    def _choice(self, index: Any) -> _Choice:
+        c = self._choices.get(index)
+        if c is None:
+            c = self._choices[index] = _Choice(self.starts_inside)
+        return c
 
     @property
-    def chars_removed(self) -> int:
-        return self.chars_in - self.chars_answer - self.pending
+    def _text_key(self) -> str:
+        return {CHAT: "content", COMPLETIONS: "text", API_CHAT: "content",
+                API_GENERATE: "response"}[self.kind]
 
     @property
-    def pending(self) -> int:
-        """Characters fed but not yet emitted as answer or reasoning."""
-        return len(self._carry) + sum(map(len, self._held))
+    def _fields(self) -> tuple[str, ...]:
+        return _OPENAI_REASONING if self.kind in (CHAT, COMPLETIONS) else ("thinking",)
 
-    def feed(self, piece: str) -> tuple[str, str]:
-        self.chars_in += len(piece)
-        text = self._carry + piece if self._carry else piece
-        self._carry = ""
-        answer: list[str] = []
-        reasoning: list[str] = []
-        while text:
-            state = self._state
-            if state == _OUT:
-                if self._skip_ws:
-                    text = text.lstrip()
-                    if not text:
-                        break
-                    self._skip_ws = False
-                i_open = text.find(OPEN)
-                i_close = text.find(CLOSE)
-                if i_open == -1 and i_close == -1:
-                    keep = _tag_prefix_len(text, _BOTH)
-                    if keep:
-                        self._carry = text[-keep:]
-                        text = text[:-keep]
-                    self._emit_answer(answer, text)
-                    break
-                if i_close == -1 or (i_open != -1 and i_open < i_close):
-                    self._emit_answer(answer, text[:i_open])
-                    self._open_block()
-                    text = text[i_open + len(OPEN):]
-                else:  # a stray `</think>`
-                    self._emit_answer(answer, text[:i_close])
-                    self._skip_ws = True
-                    text = text[i_close + len(CLOSE):]
-            elif state == _BLOCK:
-                i_close = text.find(CLOSE)
-                if i_close == -1:
-                    keep = _tag_prefix_len(text, _CLOSE_ONLY)
-                    if keep:
-                        self._carry = text[-keep:]
-                        text = text[:-keep]
-                    if text:
-                        reasoning.append(text)
-                    break
-                if i_close:
-                    reasoning.append(text[:i_close])
-                self._state = _OUT
-                self._skip_ws = True
-                text = text[i_close + len(CLOSE):]
-            else:  # _MID or _IMPLICIT: hold until decided
-                i_close = text.find(CLOSE)
-                i_open = text.find(OPEN) if state == _IMPLICIT else -1
-                if i_open == -1 and i_close == -1:
-                    keep = _tag_prefix_len(text, _BOTH if state == _IMPLICIT else _CLOSE_ONLY)
-                    if keep:
-                        self._carry = text[-keep:]
-                        text = text[:-keep]
-                    if text:
-                        self._held.append(text)
-                    break
-                if i_close == -1 or (i_open != -1 and i_open < i_close):
-                    # The model writes its own `<think>`: what came before it is answer.
-                    self._held.append(text[:i_open])
-                    self._emit_answer(answer, "".join(self._held))
-                    self._held = []
-                    self._state = _OUT
-                    self._open_block()
-                    text = text[i_open + len(OPEN):]
-                else:
-                    self._held.append(text[:i_close])
-                    held = "".join(self._held)
-                    self._held = []
-                    if held:
-                        reasoning.append(held)
-                    self.blocks += 1
-                    self._state = _OUT
-                    self._skip_ws = True
-                    text = text[i_close + len(CLOSE):]
-        return "".join(answer), "".join(reasoning)
+    @property
+    def _out_field(self) -> str:
+        return "reasoning_content" if self.kind in (CHAT, COMPLETIONS) else "thinking"
 
-    def finish(self) -> tuple[str, str]:
-        """End of the output: release what was held back, by the rules above."""
-        carry, self._carry = self._carry, ""
-        held = "".join(self._held) + carry
-        self._held = []
-        state, self._state = self._state, _OUT
-        if state == _BLOCK:
-            return "", held
-        if state == _MID:
-            held = OPEN + held
-        out: list[str] = []
-        self._emit_answer(out, held)
-        return "".join(out), ""
+    def _clean(self, c: _Choice, holder: dict[str, Any], end: bool
+               ) -> tuple[dict[str, Any], str, str, bool]:
+        """Clean the text and reasoning of one holder (a message, delta, choice or
+        Ollama object): returns (new holder, answer, reasoning, changed)."""
+        new = holder
+        reasoning = []
+        for key in self._fields:
+            if key in holder:
+                if new is holder:
+                    new = dict(holder)
+                value = new.pop(key)
+                if isinstance(value, str) and value:
+                    c.saw_field = True
+                    reasoning.append(value)
+        key = self._text_key
+        text = holder.get(key)
+        answer = ""
+        if isinstance(text, str) and text:
+            answer, r = c.feed(text)
+            reasoning.append(r)
+        if end:
+            a, r = c.finish(self.stats)
+            answer += a
+            reasoning.append(r)
+        joined = "".join(reasoning)
+        keep = self.keep_reasoning and joined
+        if answer != (text or "") or keep:
+            if new is holder:
+                new = dict(holder)
+            if answer or key in holder:
+                new[key] = answer
+            if keep:
+                new[self._out_field] = joined
+        return new, answer, joined if keep else "", new is not holder
 
-    def _open_block(self) -> None:
-        if self._answered:
-            self._state = _MID
+    # --- whole responses ------------------------------------------------------------
+
+    def body(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The cleaned non-stream response body, or None when it is unchanged."""
+        if self.kind in (CHAT, COMPLETIONS):
+            choices = body.get("choices")
+            if not isinstance(choices, list):
+                return None
+            new_choices, changed = [], False
+            for choice in choices:
+                holder = choice.get("message") if self.kind == CHAT else choice
+                if isinstance(choice, dict) and isinstance(holder, dict):
+                    c = self._choice(choice.get("index", 0))
+                    holder, _, _, touched = self._clean(c, holder, end=True)
+                    if touched:
+                        choice = {**choice, "message": holder} if self.kind == CHAT else holder
+                        changed = True
+                new_choices.append(choice)
+            return {**body, "choices": new_choices} if changed else None
+        holder = body.get("message") if self.kind == API_CHAT else body
+        if not isinstance(holder, dict):
+            return None
+        holder, _, _, touched = self._clean(self._choice(0), holder, end=True)
+        if not touched:
+            return None
+        return {**body, "message": holder} if self.kind == API_CHAT else holder
+
+    # --- streams --------------------------------------------------------------------
+
+    def event(self, obj: Any) -> list[Any] | None:
+        """Clean one stream event (the JSON of an SSE `data:` frame or an NDJSON line).
+
+        Returns None when the event passes unchanged, else the events to send instead:
+        none when nothing is left to say, or before an error event what was held back.
+        """
+        if not isinstance(obj, dict):
+            return None
+        if "error" in obj:  # an in-band error ends the stream: release what was held
+            held = self.end()
+            return [*held, obj] if held else None
+        if self.kind in (CHAT, COMPLETIONS):
+            return self._openai_event(obj)
+        return self._ollama_event(obj)
+
+    def end(self) -> list[dict[str, Any]]:
+        """The stream ended (`[DONE]`, or cut): events carrying what was still held."""
+        if self._last is None:
+            return []
+        if self.kind in (CHAT, COMPLETIONS):
+            choices = []
+            for index, c in self._choices.items():
+                new, answer, kept, _ = self._clean(c, {}, end=True)
+                if answer or kept:
+                    choices.append({"index": index, "finish_reason": None,
+                                    **({"delta": new} if self.kind == CHAT else new)})
+            if not choices:
+                return []
+            base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
+            return [{**base, "choices": choices}]
+        new, answer, kept, _ = self._clean(self._choice(0), {}, end=True)
+        if not (answer or kept):
+            return []
+        last = self._last
+        obj = {k: last[k] for k in ("model", "created_at") if k in last}
+        if self.kind == API_CHAT:
+            obj["message"] = {"role": "assistant", **new}
         else:
-            self._state = _BLOCK
-            self.blocks += 1
+            obj.update(new)
+        obj["done"] = False
+        return [obj]
 
-    def _emit_answer(self, out: list[str], text: str) -> None:
-        if text:
-            out.append(text)
-            self.chars_answer += len(text)
-            if not self._answered and not text.isspace():
-                self._answered = True
+    def _openai_event(self, obj: dict[str, Any]) -> list[Any] | None:
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return None  # the usage chunk
+        self._last = obj
+        chat = self.kind == CHAT
+        kept, changed = [], False
+        for choice in choices:
+            holder = choice.get("delta") if chat and isinstance(choice, dict) else choice
+            if not isinstance(holder, dict):
+                kept.append(choice)
+                continue
+            c = self._choice(choice.get("index", 0))
+            finishing = choice.get("finish_reason") is not None
+            new, answer, reasoning, touched = self._clean(c, holder, finishing)
+            if touched:
+                choice = {**choice, "delta": new} if chat else new
+                changed = True
+            if (answer or reasoning or finishing
+                    or any(k not in _CHOICE_PLAIN for k in choice)
+                    or (chat and any(k not in _DELTA_PLAIN for k in new))
+                    or (chat and "role" in new and not c.emitted)):
+                c.emitted = True
+                kept.append(choice)
+            else:
+                changed = True
+        if not changed:
+            return None
+        if not kept and "usage" not in obj:
+            return []
+        return [{**obj, "choices": kept}]
+
+    def _ollama_event(self, obj: dict[str, Any]) -> list[Any] | None:
+        chat = self.kind == API_CHAT
+        holder = obj.get("message") if chat else obj
+        if not isinstance(holder, dict):
+            return None
+        self._last = obj
+        done = obj.get("done") is True
+        new, answer, reasoning, touched = self._clean(self._choice(0), holder, done)
+        if not (done or answer or reasoning
+                or (chat and any(k not in _MESSAGE_PLAIN for k in new))):
+            return []
+        if not touched:
+            return None
+        return [{**obj, "message": new} if chat else new]
 
 
-def split_think(text: str, starts_inside: bool = False) -> tuple[str, str]:
-    """Split a whole output into (answer, reasoning); same rules as `ThinkFilter`."""
-    f = ThinkFilter(starts_inside)
-    answer, reasoning = f.feed(text)
-    answer_end, reasoning_end = f.finish()
-    return answer + answer_end, reasoning + reasoning_end
+class ThinkStage(Stage):
+    """Pipeline stage: clean request history, then the response on its way out."""
+
+    name = "think_filter"
+
+    def __init__(self, settings: Settings):
+        self.keep_reasoning = settings.keep_reasoning
+        self.start_models = settings.think_start_models
+
+    def cleaner(self, ex: Exchange) -> ThinkCleaner | None:
+        kind = KINDS.get((ex.surface, ex.endpoint))
+        if kind is None or not ex.is_model_request:
+            return None
+        return ThinkCleaner(kind, model_starts_inside(ex.model, self.start_models),
+                            self.keep_reasoning)
+
+    def on_request(self, ex: Exchange) -> None:
+        cleaner = self.cleaner(ex)
+        if cleaner is None:
+            return
+        if clean_history(ex.payload):
+            ex.replace_payload(ex.payload)
+        ex.notes["think"] = cleaner
+        ex.on_close(_publish)
+
+    def on_response(self, ex: Exchange) -> None:
+        cleaner: ThinkCleaner | None = ex.notes.get("think")
+        response = ex.response
+        if cleaner is None or response is None or not response.ok:
+            return
+        if response.streaming:
+            response.frames = _clean_frames(cleaner, response.frames)
+            return
+        data = response.json()
+        if isinstance(data, dict) and (cleaned := cleaner.body(data)) is not None:
+            response.set_json(cleaned)
 
 
-def strip_history(text: str) -> str:
-    """The answer part of an earlier assistant message, for sending history upstream.
-
-    The whole text is known here, so a `</think>` before any `<think>` is taken as
-    proof that the message started inside reasoning, whatever the model.
-    """
-    i_close = text.find(CLOSE)
-    if i_close == -1 and OPEN not in text:
-        return text
-    i_open = text.find(OPEN)
-    starts_inside = i_close != -1 and (i_open == -1 or i_close < i_open)
-    return split_think(text, starts_inside)[0]
+def _publish(ex: Exchange) -> None:
+    """Count what was removed, once the response is out (a stream's counts grow to its end)."""
+    stats = ex.notes["think"].stats
+    if stats.blocks:
+        events.emit("think.blocks_removed", stats.blocks)
+    if stats.chars:
+        events.emit("think.chars_removed", stats.chars)
 
 
-@lru_cache(maxsize=64)
-def _compile(pattern: str) -> re.Pattern[str] | None:
-    return re.compile(pattern, re.IGNORECASE) if pattern else None
+def _clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
+    with streaming.owned(frames) as upstream:
+        for frame in upstream:
+            if frame.is_done:
+                for obj in cleaner.end():
+                    yield Frame.of(obj)
+                yield frame
+                continue
+            replaced = cleaner.event(frame.data)
+            if replaced is None:
+                yield frame
+            else:
+                for obj in replaced:
+                    yield Frame.of(obj)
+        for obj in cleaner.end():  # a stream cut without `[DONE]`: nothing is lost
+            yield Frame.of(obj)
 
 
-def model_starts_inside(model: str, pattern: str = DEFAULT_START_INSIDE_MODELS) -> bool:
-    """Whether `model`'s name matches `pattern` (a regex searched case-insensitively) of
-    models whose chat template writes the opening `<think>` into the prompt."""
-    rx = _compile(pattern)
-    return bool(rx and model and rx.search(model))
+def make_stage(settings: Settings, context: Context) -> ThinkStage | None:
+    return None if settings.disable_think_filter else ThinkStage(settings)

@@ -1,234 +1,286 @@
-"""Tests of bridge/think_filter.py: the rules, edge cases, and stream == non-stream."""
+"""Tests of bridge/think_filter.py: where text and reasoning live in each API's payloads."""
 
-import itertools
-import time
+import copy
+import json
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
+from bridge import events
+from bridge import settings as bridge_settings
+from bridge.exchange import Exchange, Frame, Response
 from bridge.think_filter import (
-    CLOSE,
-    OPEN,
-    ThinkFilter,
-    model_starts_inside,
-    split_think,
-    strip_history,
+    API_CHAT,
+    API_GENERATE,
+    CHAT,
+    COMPLETIONS,
+    ThinkCleaner,
+    ThinkStage,
+    clean_history,
+    make_stage,
 )
 
 
-def reference(text: str, starts_inside: bool = False) -> tuple[str, str]:
-    """The rules of the module docstring, written over the whole text, char by char."""
-    answer, reasoning = [], []
-    i, n, answered = 0, len(text), False
-
-    def skip_ws(j: int) -> int:
-        while j < n and text[j].isspace():
-            j += 1
-        return j
-
-    if starts_inside:
-        c, o = text.find(CLOSE), text.find(OPEN)
-        if c != -1 and (o == -1 or c < o):
-            reasoning.append(text[:c])
-            i = skip_ws(c + len(CLOSE))
-        elif o == -1:
-            return text, ""
-    while i < n:
-        if text.startswith(OPEN, i):
-            c = text.find(CLOSE, i + len(OPEN))
-            if c == -1:
-                if answered:
-                    answer.append(text[i:])
-                else:
-                    reasoning.append(text[i + len(OPEN):])
-                break
-            reasoning.append(text[i + len(OPEN):c])
-            i = skip_ws(c + len(CLOSE))
-        elif text.startswith(CLOSE, i):
-            i = skip_ws(i + len(CLOSE))
-        else:
-            answered = answered or not text[i].isspace()
-            answer.append(text[i])
-            i += 1
-    return "".join(answer), "".join(reasoning)
+def run_stream(cleaner: ThinkCleaner, events: list) -> list:
+    """Events in, events out, the way the stage wraps frames (`[DONE]` as a string)."""
+    out = []
+    for ev in events:
+        if ev == "[DONE]":
+            out += [*cleaner.end(), ev]
+            continue
+        before = copy.deepcopy(ev)
+        replaced = cleaner.event(ev)
+        assert ev == before, "the cleaner must not change what it is given"
+        out += [ev] if replaced is None else replaced
+    return out + cleaner.end()
 
 
-def stream(pieces: list[str], starts_inside: bool = False) -> tuple[str, str, ThinkFilter]:
-    f = ThinkFilter(starts_inside)
-    answer, reasoning = [], []
-    for p in pieces:
-        a, r = f.feed(p)
-        answer.append(a)
-        reasoning.append(r)
-    a, r = f.finish()
-    return "".join(answer) + a, "".join(reasoning) + r, f
+def chat_chunk(delta: dict, finish: str | None = None) -> dict:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-# Text made of answer fragments, think blocks, tags and pieces of tags.
-FRAGMENTS = [OPEN, CLOSE, "<", "</", "<th", "<thi", "</thin", "think>", "nk>", ">", "\n",
-             "\n\n", " ", "\t", "a", "Paris.", "é", "x<y", "<b>", "</b>", "<thinking>"]
-texts = st.lists(
-    st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=30
-).map("".join)
+def deltas(events: list) -> list:
+    return [e if e == "[DONE]" else (e["choices"][0]["delta"] if e["choices"] else "usage")
+            for e in events]
 
 
-@st.composite
-def chunked(draw):
-    text = draw(texts)
-    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=12)))
-    bounds = [0, *cuts, len(text)]
-    return text, [text[a:b] for a, b in itertools.pairwise(bounds)]
+def answer_of(events: list, key: str = "content") -> str:
+    return "".join(e["choices"][0]["delta"].get(key) or "" for e in events
+                   if isinstance(e, dict) and e.get("choices"))
 
 
-# --- properties ---------------------------------------------------------------------
+# --- OpenAI chat streams ----------------------------------------------------------------
 
-@settings(max_examples=1500, deadline=None)
-@given(chunked(), st.booleans())
-@example(("<think>x</think>\n\nAnswer", ["<think>x</thi", "nk>\n", "\nAnswer"]), False)
-@example(("r</think>  A", ["r</", "think>", " ", " A"]), True)
-def test_stream_equals_non_stream_for_any_chunking(case, starts_inside):
-    text, pieces = case
-    answer, reasoning, f = stream(pieces, starts_inside)
-    assert (answer, reasoning) == split_think(text, starts_inside)
-    assert f.pending == 0
-    assert f.chars_removed == len(text) - len(answer)
-
-
-@settings(max_examples=1500, deadline=None)
-@given(texts, st.booleans())
-def test_non_stream_follows_the_written_rules(text, starts_inside):
-    assert split_think(text, starts_inside) == reference(text, starts_inside)
+NEW_SHAPE_TAGS = [
+    chat_chunk({"role": "assistant", "content": ""}),
+    chat_chunk({"content": "<th"}),
+    chat_chunk({"content": "ink>\n"}),
+    chat_chunk({"content": "Okay"}),
+    chat_chunk({"content": "\n</thi"}),
+    chat_chunk({"content": "nk>\n\n"}),
+    chat_chunk({"content": "Paris"}),
+    chat_chunk({"content": "."}),
+    chat_chunk({}, "stop"),
+    {"id": "chatcmpl-1", "choices": [], "usage": {"total_tokens": 3}},
+    "[DONE]",
+]
 
 
-@settings(max_examples=500, deadline=None)
-@given(chunked())
-def test_nothing_held_beyond_a_partial_tag_unless_awaiting_confirmation(case):
-    _, pieces = case
-    f = ThinkFilter()
-    for p in pieces:
-        f.feed(p)
-        if f._state in (0, 1):  # _OUT, _BLOCK
-            assert f.pending <= len(CLOSE) - 1
+def test_chat_stream_split_tags_new_shape():
+    out = run_stream(ThinkCleaner(CHAT), NEW_SHAPE_TAGS)
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "Paris"},
+                           {"content": "."}, {}, "usage", "[DONE]"]
 
 
-@given(st.text().filter(lambda t: "<" not in t))
-def test_text_without_tags_passes_unchanged_and_at_once(text):
-    f = ThinkFilter()
-    assert f.feed(text) == (text, "")
-    assert f.finish() == ("", "")
-    assert f.chars_removed == 0 and f.blocks == 0
+def test_chat_stream_keep_reasoning():
+    cleaner = ThinkCleaner(CHAT, keep_reasoning=True)
+    out = run_stream(cleaner, NEW_SHAPE_TAGS)
+    assert answer_of(out) == "Paris."
+    assert answer_of(out, "reasoning_content") == "\nOkay\n"
+    assert (cleaner.stats.blocks, cleaner.stats.chars) == (1, len("<think>\nOkay\n</think>\n\n"))
 
 
-# --- edge cases of the wire-format reference ------------------------------------------
+def test_chat_stream_no_opening_tag_needs_the_model_guess():
+    events = [chat_chunk({"role": "assistant", "content": ""}),
+              chat_chunk({"content": "Hm."}), chat_chunk({"content": "</think>\n\nA"}),
+              chat_chunk({}, "stop"), "[DONE]"]
+    assert answer_of(run_stream(ThinkCleaner(CHAT, starts_inside=True), events)) == "A"
+    assert answer_of(run_stream(ThinkCleaner(CHAT), events)) == "Hm.A"
 
-@pytest.mark.parametrize("text, starts_inside, expected", [
-    ("<think>\nOkay.\n</think>\n\nParis.", False, ("Paris.", "\nOkay.\n")),
-    ("Paris.", False, ("Paris.", "")),
-    ("", False, ("", "")),
-    # whitespace before the block and inside the answer is kept byte for byte
-    ("\n<think>x</think>\n\n  Paris  \n", False, ("\nParis  \n", "x")),
-    ("A <think>x</think> B", False, ("A B", "x")),
-    ("<think>a</think>B<think>c</think>\nD", False, ("BD", "ac")),
-    # 2. only </think>: with the model-name guess, everything before is reasoning
-    ("Okay, so.\n</think>\n\nParis.", True, ("Paris.", "Okay, so.\n")),
-    # ...without it, only the stray tag goes
-    ("Okay, so.\n</think>\n\nParis.", False, ("Okay, so.\nParis.", "")),
-    # the guess was wrong (no tag at all): the whole answer is delivered
-    ("Paris.", True, ("Paris.", "")),
-    # the guess, but the model writes its own <think> (R1-0528)
-    ("<think>\nhm\n</think>\n\nParis.", True, ("Paris.", "\nhm\n")),
-    # 3. unclosed block at the start (cut by length): reasoning, no answer
-    ("<think>\nOkay, the user asks", False, ("", "\nOkay, the user asks")),
-    ("\n <think>cut", False, ("\n ", "cut")),
-    ("<think>a</think>\n<think>cut", False, ("", "acut")),
-    # ... after answer text, a lone <think> was text after all
-    ("Use the <think> tag.", False, ("Use the <think> tag.", "")),
-    ("The answer <think> and </think> gone", False, ("The answer gone", " and ")),
-    # 4. nested tags: flat, the first </think> closes
-    ("<think>a<think>b</think>c</think>d", False, ("cd", "a<think>b")),
-    ("A</think>B", False, ("AB", "")),
-    # look-alikes are text
-    ("<thinking>x</thinking> <b>", False, ("<thinking>x</thinking> <b>", "")),
-    ("a < b and c </ d", False, ("a < b and c </ d", "")),
-    ("ends with <thi", False, ("ends with <thi", "")),
-    ("<think>r</thi", False, ("", "r</thi")),
+
+def test_chat_stream_wrong_guess_delivers_the_answer_with_the_finish_chunk():
+    events = [chat_chunk({"role": "assistant", "content": ""}),
+              chat_chunk({"content": "Par"}), chat_chunk({"content": "is."}),
+              chat_chunk({}, "stop"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside=True), events)
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "Paris."},
+                           "[DONE]"]
+    assert out[1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_chat_stream_reasoning_field_turns_the_guess_off():
+    events = [chat_chunk({"role": "assistant", "content": "", "reasoning": "Okay"}),
+              chat_chunk({"reasoning": " done."}),
+              chat_chunk({"content": "Paris"}), chat_chunk({}, "stop"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside=True), events)
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "Paris"}, {},
+                           "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside=True, keep_reasoning=True), events)
+    assert deltas(out) == [{"role": "assistant", "content": "", "reasoning_content": "Okay"},
+                           {"reasoning_content": " done."}, {"content": "Paris"}, {},
+                           "[DONE]"]
+
+
+def test_chat_stream_legacy_shape():
+    def legacy(content, finish=None, **extra):
+        return chat_chunk({"role": "assistant", "content": content, **extra}, finish)
+    events = [legacy("", reasoning="Ok"), legacy("<think>x</thi"), legacy("nk>\n"),
+              legacy("Hi"), legacy("", "stop"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT), events)
+    assert deltas(out) == [{"role": "assistant", "content": ""},
+                           {"role": "assistant", "content": "Hi"},
+                           {"role": "assistant", "content": ""}, "[DONE]"]
+
+
+def test_chat_stream_unchanged_chunks_are_passed_as_they_are():
+    events = [chat_chunk({"role": "assistant", "content": ""}), chat_chunk({"content": "Hi"})]
+    cleaner = ThinkCleaner(CHAT)
+    assert [cleaner.event(e) for e in events] == [None, None]
+
+
+def test_chat_stream_tool_calls_and_cut_streams():
+    tool = {"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                            "function": {"name": "f", "arguments": "{}"}}]}
+    events = [chat_chunk({"role": "assistant", "content": "<think>x</think>"}),
+              chat_chunk({"content": "", **tool}), chat_chunk({"content": "a <"})]
+    out = run_stream(ThinkCleaner(CHAT), events)  # no finish chunk, no [DONE]
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "", **tool},
+                           {"content": "a "}, {"content": "<"}]
+    assert out[-1]["choices"][0]["finish_reason"] is None and out[-1]["id"] == "chatcmpl-1"
+
+
+def test_chat_stream_error_event_releases_what_was_held():
+    error = {"error": {"message": "boom", "type": "api_error"}}
+    cleaner = ThinkCleaner(CHAT, starts_inside=True)
+    out = run_stream(cleaner, [chat_chunk({"content": "Answer"}), error])
+    assert out[-1] == error and answer_of(out[:-1]) == "Answer"
+
+
+# --- OpenAI completions, Ollama chat and generate -----------------------------------------
+
+def test_completions_stream_and_body():
+    def chunk(text, finish=None):
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+    out = run_stream(ThinkCleaner(COMPLETIONS), [chunk("<think>a"), chunk("</think>B"),
+                                                 chunk("", "stop"), "[DONE]"])
+    assert [e if e == "[DONE]" else e["choices"][0]["text"] for e in out] == ["B", "", "[DONE]"]
+    body = {"choices": [{"index": 0, "text": "<think>a</think>\nB", "finish_reason": "stop"}]}
+    assert ThinkCleaner(COMPLETIONS).body(body)["choices"][0]["text"] == "B"
+
+
+def test_chat_body_all_three_reasoning_shapes():
+    def body(message):
+        return {"id": "x", "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    for message in ({"role": "assistant", "content": "<think>r</think>\n\nA"},
+                    {"role": "assistant", "content": "r</think>\n\nA"},
+                    {"role": "assistant", "content": "A", "reasoning": "r"},
+                    {"role": "assistant", "content": "A", "reasoning_content": "r"}):
+        given = body(message)
+        before = copy.deepcopy(given)
+        out = ThinkCleaner(CHAT, starts_inside=True).body(given)
+        assert out["choices"][0]["message"] == {"role": "assistant", "content": "A"}
+        kept = ThinkCleaner(CHAT, starts_inside=True, keep_reasoning=True).body(given)
+        assert kept["choices"][0]["message"]["reasoning_content"] == "r"
+        assert given == before
+    plain = body({"role": "assistant", "content": "A"})
+    assert ThinkCleaner(CHAT).body(plain) is None
+
+
+def test_ollama_chat_stream():
+    def line(content, done=False, **extra):
+        return {"model": "m", "created_at": "t",
+                "message": {"role": "assistant", "content": content, **extra}, "done": done}
+    events = [line("", thinking="Okay"), line("<think>x</think>"), line("\n\nParis"),
+              line("", True, ), ]
+    events[-1]["done_reason"] = "stop"
+    out = run_stream(ThinkCleaner(API_CHAT), events)
+    assert [e["message"] for e in out] == [{"role": "assistant", "content": "Paris"},
+                                           {"role": "assistant", "content": ""}]
+    out = run_stream(ThinkCleaner(API_CHAT, keep_reasoning=True), events)
+    assert [e["message"].get("thinking") for e in out] == ["Okay", "x", None, None]
+
+
+def test_ollama_generate_stream_wrong_guess_and_error_line():
+    events = [{"model": "m", "response": "Hel", "done": False},
+              {"model": "m", "response": "lo", "done": False}, {"error": "runner crashed"}]
+    out = run_stream(ThinkCleaner(API_GENERATE, starts_inside=True), events)
+    assert out == [{"model": "m", "response": "Hello", "done": False},
+                   {"error": "runner crashed"}]
+
+
+def test_ollama_bodies():
+    chat = {"model": "m", "message": {"role": "assistant", "content": "A", "thinking": "r"},
+            "done": True}
+    assert ThinkCleaner(API_CHAT).body(chat)["message"] == {"role": "assistant",
+                                                           "content": "A"}
+    gen = {"model": "m", "response": "<think>r</think>\nA", "done": True, "context": [1]}
+    assert ThinkCleaner(API_GENERATE, keep_reasoning=True).body(gen) == {
+        "model": "m", "response": "A", "thinking": "r", "done": True, "context": [1]}
+
+
+# --- history, settings, the stage ---------------------------------------------------------
+
+def test_clean_history():
+    payload = {"model": "m", "messages": [
+        {"role": "user", "content": "<think>user text is theirs</think>"},
+        {"role": "assistant", "content": "<think>r</think>\n\nA", "reasoning_content": "r"},
+        {"role": "assistant", "content": "r2\n</think>\n\nB"},
+        {"role": "assistant", "content": [{"type": "text", "text": "<think>r</think>C"}]},
+        {"role": "assistant", "content": None, "tool_calls": []},
+        {"role": "user", "content": "Q"}]}
+    assert clean_history(payload)
+    assert [m["content"] for m in payload["messages"]] == [
+        "<think>user text is theirs</think>", "A", "B", [{"type": "text", "text": "C"}], None,
+        "Q"]
+    assert "reasoning_content" not in payload["messages"][1]
+    assert not clean_history(payload)
+
+
+def make_exchange(surface, endpoint, payload):
+    body = json.dumps(payload).encode()
+    return Exchange(surface=surface, endpoint=endpoint, method="POST", path="/x", query="",
+                    headers={}, body=body, request_id="r", payload=payload)
+
+
+def test_stage_cleans_history_and_response():
+    settings = bridge_settings.defaults()
+    stage = make_stage(settings, None)
+    assert isinstance(stage, ThinkStage)
+    ex = make_exchange("openai", "chat", {"model": "deepseek-r1:7b", "messages": [
+        {"role": "assistant", "content": "<think>r</think>A"}, {"role": "user", "content": "Q"}]})
+    stage.on_request(ex)
+    assert json.loads(ex.body)["messages"][0]["content"] == "A"
+    ex.response = Response(200, body=json.dumps({"choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "r</think>\n\nB"}}]}).encode())
+    stage.on_response(ex)
+    assert ex.response.json()["choices"][0]["message"]["content"] == "B"
+    seen = []
+    events.subscribe(listener := lambda name, value, labels: seen.append((name, value)))
+    try:
+        ex.close()
+    finally:
+        events.unsubscribe(listener)
+    assert seen == [("think.blocks_removed", 1), ("think.chars_removed", len("r</think>\n\n"))]
+
+
+def test_stage_wraps_streams_and_leaves_the_rest():
+    stage = ThinkStage(bridge_settings.defaults())
+    ex = make_exchange("ollama", "generate", {"model": "llama3.2", "prompt": "Q"})
+    stage.on_request(ex)
+    raw = [b'{"response":"<think>x</think>","done":false}', b'{"response":"A","done":false}',
+           b'{"response":"","done":true}']
+    ex.response = Response(200, frames=iter([Frame(r) for r in raw]), codec="ndjson")
+    stage.on_response(ex)
+    frames = list(ex.response.frames)
+    assert [f.raw for f in frames] == raw[1:]  # untouched frames relayed byte for byte
+    other = make_exchange("ollama", "embed", {"model": "m", "input": "x"})
+    stage.on_request(other)
+    assert "think" not in other.notes
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], (False, False, "deepseek-r1|qwq|qwen3")),
+    (["--disable-think-filter", "--keep-reasoning", "--think-start-models", ""],
+     (True, True, "")),
 ])
-def test_edge_cases(text, starts_inside, expected):
-    assert split_think(text, starts_inside) == expected
-    assert reference(text, starts_inside) == expected
-    # and one character at a time
-    assert stream(list(text), starts_inside)[:2] == expected
+def test_settings(argv, expected):
+    s = bridge_settings.load(argv, environ={})
+    assert (s.disable_think_filter, s.keep_reasoning, s.think_start_models) == expected
+    assert (make_stage(s, None) is None) == s.disable_think_filter
 
 
-def test_tag_split_across_chunks_like_the_reference_example():
-    f = ThinkFilter(starts_inside=True)
-    assert f.feed("Okay.") == ("", "")
-    assert f.feed("</thi") == ("", "")
-    assert f.feed("nk>\n") == ("", "Okay.")
-    assert f.feed("\nPar") == ("Par", "")
-    assert f.feed("is.") == ("is.", "")
-    assert f.finish() == ("", "")
-    assert (f.blocks, f.chars_removed) == (1, len("Okay.</think>\n\n"))
-
-
-def test_explicit_reasoning_is_forwarded_live_and_answer_at_once():
-    f = ThinkFilter()
-    assert f.feed("<think>\nOk") == ("", "\nOk")
-    assert f.feed("ay</") == ("", "ay")  # only the possible partial tag waits
-    assert f.feed("think>\n\nPa") == ("Pa", "")
-    assert f.feed("ris <") == ("ris ", "")
-    assert f.feed("3") == ("<3", "")
-    assert f.finish() == ("", "")
-    assert f.blocks == 1
-
-
-def test_counters():
-    f = ThinkFilter()
-    text = "<think>ab</think>\n\nX<think>c</think> Y</think>Z"
-    f.feed(text)
-    f.finish()
-    assert f.blocks == 2
-    assert f.chars_in == len(text)
-    assert f.chars_answer == len("XYZ")
-    assert f.chars_removed == len(text) - 3
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("<think>x</think>\n\nHi.", "Hi."),
-    ("reasoning\n</think>\n\nHi.", "Hi."),  # R1 history with no opening tag
-    ("Hi.", "Hi."),
-    ("Use <think> tags.", "Use <think> tags."),
-])
-def test_strip_history(text, expected):
-    assert strip_history(text) == expected
-
-
-@pytest.mark.parametrize("model, pattern, expected", [
-    ("deepseek-r1:7b", None, True),
-    ("DeepSeek-R1-Distill-Qwen-7B", None, True),
-    ("qwq:32b", None, True),
-    ("qwen3:8b", None, True),
-    ("qwen2.5", None, False),
-    ("llama3.2", None, False),
-    ("deepseek-r1:7b", "", False),
-    ("my-reasoner", "reasoner$", True),
-])
-def test_model_starts_inside(model, pattern, expected):
-    args = (model,) if pattern is None else (model, pattern)
-    assert model_starts_inside(*args) is expected
-
-
-def test_cost_per_chunk_is_a_few_microseconds():
-    reasoning = [f" step{i}" for i in range(400)]
-    answer = [f" word{i}" for i in range(400)]
-    pieces = ["<think>", *reasoning, "</th", "ink>\n\n", *answer]
-    best = float("inf")
-    for _ in range(5):
-        f = ThinkFilter()
-        t0 = time.perf_counter()
-        for p in pieces:
-            f.feed(p)
-        f.finish()
-        best = min(best, (time.perf_counter() - t0) / len(pieces))
-    assert best < 20e-6, f"{best * 1e6:.2f} µs per chunk"
+def test_bad_pattern_is_refused_at_start():
+    with pytest.raises(bridge_settings.SettingError, match="--think-start-models"):
+        bridge_settings.load(["--think-start-models", "("], environ={})

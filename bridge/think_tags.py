@@ -1,0 +1,243 @@
+"""Recognising and removing the `<think>…</think>` reasoning markup of reasoning models.
+
+Pure text logic, no HTTP: `ThinkFilter` splits a stream of text pieces into answer and
+reasoning pieces, `split_think` does the same for a whole text, and `strip_history`
+cleans an earlier assistant message. The pipeline stage `bridge/think_filter.py` applies them
+to the payloads of each API surface.
+
+The rules (non-stream and stream give the same result for any way of cutting the text):
+
+* Every `<think>…</think>` block is reasoning; the whitespace right after `</think>` is
+  dropped with it. Text outside blocks is answer, byte for byte.
+* Blocks are flat: inside a block, `<think>` is plain reasoning text and the first
+  `</think>` closes it. A `</think>` outside any block is stray markup: it and the
+  whitespace after it are dropped, the text around it stays answer.
+* Missing opening tag: a filter made with `starts_inside=True` (the caller's guess, e.g.
+  from the model name) treats everything up to the first `</think>` as reasoning. That
+  text is held back until the guess is confirmed: at `</think>` it becomes reasoning; if
+  a `<think>` comes first, the model opens its blocks itself and the held text is answer;
+  if the output ends with neither, the guess was wrong and all of it is the answer.
+  So nothing is lost, but for such a wrong guess the answer arrives only at the end.
+* Unclosed block: a block opened before any answer text (only whitespace before it,
+  e.g. a reasoning cut by `finish_reason: length`) is reasoning to the end — half a
+  chain of thought is never shown as the answer. A `<think>` that comes after answer
+  text is confirmed only by its `</think>`: what follows it is held back, and if the
+  output ends first, the `<think>` and everything after it are answer after all.
+
+Streaming adds no delay to answer text: a piece is forwarded at once except for a tail
+that could be the start of a tag (at most `len("</think>") - 1` characters), and except
+while a block awaits confirmation as described above.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+OPEN = "<think>"
+CLOSE = "</think>"
+_MAX_HOLD = len(CLOSE) - 1
+
+# States of ThinkFilter.
+_OUT = 0  # outside any block: text is answer
+_BLOCK = 1  # inside a block opened before any answer: text is reasoning, forwarded live
+_MID = 2  # inside a block opened after answer text: held until `</think>` or the end
+_IMPLICIT = 3  # maybe inside a block whose `<think>` the template wrote: held
+
+DEFAULT_START_INSIDE_MODELS = r"deepseek-r1|qwq|qwen3"
+
+
+def _tag_prefix_len(text: str, tags: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of one of `tags`."""
+    n = len(text)
+    p = text.find("<", max(0, n - _MAX_HOLD))
+    while p != -1:
+        tail = text[p:]
+        for tag in tags:
+            if tag.startswith(tail):
+                return n - p
+        p = text.find("<", p + 1)
+    return 0
+
+
+_BOTH = (OPEN, CLOSE)
+_CLOSE_ONLY = (CLOSE,)
+
+
+class ThinkFilter:
+    """Streaming splitter of answer text and reasoning; one object per output stream.
+
+    `feed(piece)` returns `(answer, reasoning)` for what can be decided now; `finish()`
+    returns what was held back. Counters: `blocks` (reasoning blocks recognised),
+    `chars_in`, `chars_answer`, and `chars_removed` (markup, reasoning and whitespace
+    taken out of the answer).
+    """
+
+    __slots__ = (
+        "_answered",
+        "_carry",
+        "_held",
+        "_skip_ws",
+        "_state",
+        "blocks",
+        "chars_answer",
+        "chars_in",
+    )
+
+    def __init__(self, starts_inside: bool = False) -> None:
+        self._state = _IMPLICIT if starts_inside else _OUT
+        self._carry = ""  # a possible partial tag at the end of the last piece
+        self._held: list[str] = []  # text of a _MID or _IMPLICIT block, not decided yet
+        self._skip_ws = False  # just after `</think>`: drop whitespace
+        self._answered = False  # non-whitespace answer text has been emitted
+        self.blocks = 0
+        self.chars_in = 0
+        self.chars_answer = 0
+
+    @property
+    def chars_removed(self) -> int:
+        return self.chars_in - self.chars_answer - self.pending
+
+    @property
+    def pending(self) -> int:
+        """Characters fed but not yet emitted as answer or reasoning."""
+        return len(self._carry) + sum(map(len, self._held))
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        self.chars_in += len(piece)
+        text = self._carry + piece if self._carry else piece
+        self._carry = ""
+        answer: list[str] = []
+        reasoning: list[str] = []
+        while text:
+            state = self._state
+            if state == _OUT:
+                if self._skip_ws:
+                    text = text.lstrip()
+                    if not text:
+                        break
+                    self._skip_ws = False
+                i_open = text.find(OPEN)
+                i_close = text.find(CLOSE)
+                if i_open == -1 and i_close == -1:
+                    keep = _tag_prefix_len(text, _BOTH)
+                    if keep:
+                        self._carry = text[-keep:]
+                        text = text[:-keep]
+                    self._emit_answer(answer, text)
+                    break
+                if i_close == -1 or (i_open != -1 and i_open < i_close):
+                    self._emit_answer(answer, text[:i_open])
+                    self._open_block()
+                    text = text[i_open + len(OPEN):]
+                else:  # a stray `</think>`
+                    self._emit_answer(answer, text[:i_close])
+                    self._skip_ws = True
+                    text = text[i_close + len(CLOSE):]
+            elif state == _BLOCK:
+                i_close = text.find(CLOSE)
+                if i_close == -1:
+                    keep = _tag_prefix_len(text, _CLOSE_ONLY)
+                    if keep:
+                        self._carry = text[-keep:]
+                        text = text[:-keep]
+                    if text:
+                        reasoning.append(text)
+                    break
+                if i_close:
+                    reasoning.append(text[:i_close])
+                self._state = _OUT
+                self._skip_ws = True
+                text = text[i_close + len(CLOSE):]
+            else:  # _MID or _IMPLICIT: hold until decided
+                i_close = text.find(CLOSE)
+                i_open = text.find(OPEN) if state == _IMPLICIT else -1
+                if i_open == -1 and i_close == -1:
+                    keep = _tag_prefix_len(text, _BOTH if state == _IMPLICIT else _CLOSE_ONLY)
+                    if keep:
+                        self._carry = text[-keep:]
+                        text = text[:-keep]
+                    if text:
+                        self._held.append(text)
+                    break
+                if i_close == -1 or (i_open != -1 and i_open < i_close):
+                    # The model writes its own `<think>`: what came before it is answer.
+                    self._held.append(text[:i_open])
+                    self._emit_answer(answer, "".join(self._held))
+                    self._held = []
+                    self._state = _OUT
+                    self._open_block()
+                    text = text[i_open + len(OPEN):]
+                else:
+                    self._held.append(text[:i_close])
+                    held = "".join(self._held)
+                    self._held = []
+                    if held:
+                        reasoning.append(held)
+                    self.blocks += 1
+                    self._state = _OUT
+                    self._skip_ws = True
+                    text = text[i_close + len(CLOSE):]
+        return "".join(answer), "".join(reasoning)
+
+    def finish(self) -> tuple[str, str]:
+        """End of the output: release what was held back, by the rules above."""
+        carry, self._carry = self._carry, ""
+        held = "".join(self._held) + carry
+        self._held = []
+        state, self._state = self._state, _OUT
+        if state == _BLOCK:
+            return "", held
+        if state == _MID:
+            held = OPEN + held
+        out: list[str] = []
+        self._emit_answer(out, held)
+        return "".join(out), ""
+
+    def _open_block(self) -> None:
+        if self._answered:
+            self._state = _MID
+        else:
+            self._state = _BLOCK
+            self.blocks += 1
+
+    def _emit_answer(self, out: list[str], text: str) -> None:
+        if text:
+            out.append(text)
+            self.chars_answer += len(text)
+            if not self._answered and not text.isspace():
+                self._answered = True
+
+
+def split_think(text: str, starts_inside: bool = False) -> tuple[str, str]:
+    """Split a whole output into (answer, reasoning); same rules as `ThinkFilter`."""
+    f = ThinkFilter(starts_inside)
+    answer, reasoning = f.feed(text)
+    answer_end, reasoning_end = f.finish()
+    return answer + answer_end, reasoning + reasoning_end
+
+
+def strip_history(text: str) -> str:
+    """The answer part of an earlier assistant message, for sending history upstream.
+
+    The whole text is known here, so a `</think>` before any `<think>` is taken as
+    proof that the message started inside reasoning, whatever the model.
+    """
+    i_close = text.find(CLOSE)
+    if i_close == -1 and OPEN not in text:
+        return text
+    i_open = text.find(OPEN)
+    starts_inside = i_close != -1 and (i_open == -1 or i_close < i_open)
+    return split_think(text, starts_inside)[0]
+
+
+@lru_cache(maxsize=64)
+def _compile(pattern: str) -> re.Pattern[str] | None:
+    return re.compile(pattern, re.IGNORECASE) if pattern else None
+
+
+def model_starts_inside(model: str, pattern: str = DEFAULT_START_INSIDE_MODELS) -> bool:
+    """Whether `model`'s name matches `pattern` (a regex searched case-insensitively) of
+    models whose chat template writes the opening `<think>` into the prompt."""
+    rx = _compile(pattern)
+    return bool(rx and model and rx.search(model))
