@@ -325,7 +325,7 @@ class ThinkStage(Stage):
         if cleaner is None or response is None or not response.ok:
             return
         if response.streaming:
-            response.frames = _clean_frames(cleaner, response.frames)
+            response.frames = clean_frames(cleaner, response.frames)
             return
         data = response.json()
         if isinstance(data, dict) and (cleaned := cleaner.body(data)) is not None:
@@ -341,7 +341,7 @@ def _publish(ex: Exchange) -> None:
         events.emit("think.chars_removed", stats.chars)
 
 
-def _clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
+def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
     with streaming.owned(frames) as upstream:
         for frame in upstream:
             if frame.is_done:
