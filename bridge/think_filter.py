@@ -183,14 +183,14 @@ class ThinkCleaner:
             choices = body.get("choices")
             if not isinstance(choices, list):
                 return None
-            new_choices, changed = [], False
+            chat, new_choices, changed = self.kind == CHAT, [], False
             for choice in choices:
-                holder = choice.get("message") if self.kind == CHAT else choice
-                if isinstance(choice, dict) and isinstance(holder, dict):
+                holder = choice.get("message") if chat and isinstance(choice, dict) else choice
+                if isinstance(holder, dict):
                     c = self._choice(choice.get("index", 0))
                     holder, _, _, touched = self._clean(c, holder, end=True)
                     if touched:
-                        choice = {**choice, "message": holder} if self.kind == CHAT else holder
+                        choice = {**choice, "message": holder} if chat else holder
                         changed = True
                 new_choices.append(choice)
             return {**body, "choices": new_choices} if changed else None

@@ -4,6 +4,9 @@ import copy
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_think_tags import chunked
 
 from bridge import events
 from bridge import settings as bridge_settings
@@ -176,6 +179,9 @@ def test_chat_body_all_three_reasoning_shapes():
         assert given == before
     plain = body({"role": "assistant", "content": "A"})
     assert ThinkCleaner(CHAT).body(plain) is None
+    odd = {"choices": [None, {"index": 1, "message": None}, {"index": 2}], "usage": {}}
+    assert ThinkCleaner(CHAT).body(odd) is None
+    assert ThinkCleaner(COMPLETIONS).body(odd) is None
 
 
 def test_ollama_chat_stream():
@@ -284,3 +290,21 @@ def test_settings(argv, expected):
 def test_bad_pattern_is_refused_at_start():
     with pytest.raises(bridge_settings.SettingError, match="--think-start-models"):
         bridge_settings.load(["--think-start-models", "("], environ={})
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(), st.booleans(), st.booleans(), st.booleans())
+def test_any_chat_stream_gives_the_non_stream_answer(case, starts_inside, keep, legacy):
+    text, pieces = case
+    role = {"role": "assistant"} if legacy else {}
+    events = [chat_chunk({"role": "assistant", "content": ""}),
+              *(chat_chunk({**role, "content": p}) for p in pieces),
+              chat_chunk({**role, "content": ""} if legacy else {}, "length"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside, keep), events)
+    body = {"choices": [{"index": 0, "finish_reason": "length",
+                         "message": {"role": "assistant", "content": text}}]}
+    message = (ThinkCleaner(CHAT, starts_inside, keep).body(body) or body)["choices"][0]["message"]
+    assert answer_of(out) == message["content"]
+    assert answer_of(out, "reasoning_content") == message.get("reasoning_content", "")
+    assert out[-1] == "[DONE]" and out[-2]["choices"][0]["finish_reason"] == "length"
+    assert all(e["choices"][0]["delta"] for e in out[1:-2])  # nothing empty was sent
