@@ -51,6 +51,7 @@ class Process:
     proc: subprocess.Popen
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid(self) -> int:
@@ -61,7 +62,7 @@ class Process:
 
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -77,15 +78,16 @@ class Process:
 
 
 def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | None,
-           log_dir: Path | None, cwd: Path = ROOT) -> Process:
+           log_dir: Path | None, stop_signal: int = signal.SIGTERM) -> Process:
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="bridge-logs-"))
     log_path = log_dir / f"process-{time.monotonic_ns()}.log"
     full_env = dict(os.environ)
     full_env.update(env or {})
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(list(cmd), stdout=log_file, stderr=subprocess.STDOUT,
-                                env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
-    process = Process(url=url, proc=proc, log_path=log_path, env=dict(env or {}))
+                                env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL)
+    process = Process(url=url, proc=proc, log_path=log_path, env=dict(env or {}),
+                      stop_signal=stop_signal)
     try:
         wait_until_up(url + probe, proc)
     except RuntimeError:
@@ -96,12 +98,13 @@ def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | No
 
 def start_bridge(*flags: str, upstream: str, workers: int = 2,
                  env: Mapping[str, str] | None = None, log_dir: Path | None = None,
-                 via: str = "cli") -> Process:
+                 via: str = "cli", graceful_stop: bool = False) -> Process:
     """Start the bridge with gevent workers on a free port, in front of `upstream`.
 
     via="cli" runs `python -m bridge FLAGS`; via="gunicorn" runs
     `gunicorn -c gunicorn.conf.py wsgi:app` with the flags given as BRIDGE_* variables
-    in `env` (flags are then not allowed).
+    in `env` (flags are then not allowed). The bridge is stopped with gunicorn's quick
+    shutdown (SIGQUIT) unless `graceful_stop`, which waits for open connections.
     """
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
@@ -116,7 +119,8 @@ def start_bridge(*flags: str, upstream: str, workers: int = 2,
     else:
         cmd = [sys.executable, "-m", "bridge", "-l", f"{LOOPBACK}:{port}", "-o", upstream,
                "-w", str(workers), *flags]
-    return _spawn(cmd, url, "/health", env, log_dir)
+    stop_signal = signal.SIGTERM if graceful_stop else signal.SIGQUIT
+    return _spawn(cmd, url, "/health", env, log_dir, stop_signal)
 
 
 def start_standin(*flags: str, port: int | None = None, log_dir: Path | None = None) -> Process:

@@ -29,7 +29,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "workers": settings.worker_count,
         "worker_class": "gevent",
         "worker_connections": 2000,
-        "keepalive": 75,
+        "keepalive": 5,
         "graceful_timeout": 30,
         "timeout": 60,
         "loglevel": "debug" if settings.debug else "info",
