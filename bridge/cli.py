@@ -11,6 +11,7 @@ from bridge import settings as bridge_settings
 # Subcommands: name → "module:function", the function taking the remaining arguments
 # and returning an exit status.
 SUBCOMMANDS: dict[str, str] = {
+    "keys": "bridge.keys_cli:main",
 }
 
 

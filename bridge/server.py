@@ -9,7 +9,7 @@ imports the app before gunicorn forks its workers.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
@@ -40,6 +40,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "on_starting": on_starting,
         "post_fork": post_fork,
         "child_exit": child_exit,
+        "when_ready": shared_mode_check(settings),
     }
 
 
@@ -53,6 +54,25 @@ def post_fork(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """In the master, when a worker has exited."""
+
+
+def shared_mode_check(settings: Settings) -> Callable[[Any], None]:
+    """The master's start-up check of shared mode (a closure: gunicorn logs its config)."""
+
+    def when_ready(server: Any) -> None:
+        if not settings.enable_shared_mode:
+            return
+        from bridge.keystore import KeyStoreError, open_access_warning
+
+        try:
+            warning = open_access_warning(settings.state_dir, settings.listen[0])
+        except KeyStoreError as exc:
+            server.log.error("--state-dir: %s", exc)
+            raise SystemExit(2) from None
+        if warning:
+            server.log.warning("%s", warning)
+
+    return when_ready
 
 
 class BridgeServer(BaseApplication):

@@ -115,6 +115,70 @@ class Switch:
         raise ValueError(f"not a switch (allowed: {self.allowed})")
 
 
+class Secret:
+    """A secret value (an API key): its repr and str never show it; `reveal()` does."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+def _check_secret(value: str) -> Secret:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain spaces or control characters")
+    return Secret(value)
+
+
+@dataclass(frozen=True)
+class SecretText:
+    """A secret given directly; error messages never echo it (see `Setting.is_secret`)."""
+
+    allowed: str = "printable text without spaces"
+
+    def __call__(self, text: str) -> Secret:
+        return _check_secret(text)
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A secret read from a file (so it is not in the process list); the value is the path."""
+
+    allowed: str = "a readable file holding the key"
+
+    def __call__(self, text: str) -> Secret:
+        try:
+            with open(text.strip(), encoding="utf-8") as handle:
+                content = handle.read(65536)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
+                             ) from None
+        try:
+            return _check_secret(content)
+        except ValueError as exc:
+            raise ValueError(f"the file's content {exc}") from None
+
+
 @dataclass(frozen=True)
 class Pattern:
     allowed: str = "a regular expression; empty = none"
@@ -145,6 +209,10 @@ class Setting:
     @property
     def is_switch(self) -> bool:
         return isinstance(self.parse, Switch)
+
+    @property
+    def is_secret(self) -> bool:
+        return isinstance(self.parse, SecretText)
 
     @property
     def allowed(self) -> str:
@@ -198,6 +266,20 @@ SETTINGS: list[Setting] = [
     Setting("think_start_models", ("--think-start-models",), "models (regex on the name) "
             "whose output starts inside reasoning, with only </think> shown",
             Pattern(), DEFAULT_START_INSIDE_MODELS, "REGEX"),
+    # --- enterprise shared mode (bridge/auth.py, bridge/keystore.py) --------------------
+    Setting("enable_shared_mode", ("--enable-shared-mode",), "send every upstream request "
+            "with the bridge's own key (--api-key), never the client's credentials; once "
+            "client keys exist (`keys create`), clients must send one", Switch(), False),
+    Setting("api_key", ("--api-key",), "the upstream key used in shared mode (prefer the "
+            "environment variable or --api-key-file: flags show in the process list)",
+            SecretText(), None, "KEY"),
+    Setting("api_key_file", ("--api-key-file",), "file holding the upstream key for shared "
+            "mode", SecretFile(), None, "FILE"),
+    Setting("state_dir", ("--state-dir",), "directory of the bridge's state (the client "
+            "key store)", Text(required=True), "./state", "DIR"),
+    Setting("cache_per_client_key", ("--cache-per-client-key",), "in shared mode, keep a "
+            "separate cache per client key instead of one shared by all clients",
+            Switch(), False),
 ]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -223,14 +305,16 @@ def _parse(setting: Setting, raw: str, source: str) -> Any:
     try:
         return setting.parse(raw)
     except ValueError as exc:
-        raise SettingError(f"{source}: invalid value {raw!r}: {exc}") from None
+        shown = "(hidden)" if setting.is_secret else repr(raw)
+        raise SettingError(f"{source}: invalid value {shown}: {exc}") from None
 
 
-def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def from_env(environ: Mapping[str, str] | None = None,
+             settings: Iterable[Setting] = SETTINGS) -> dict[str, Any]:
     """The settings given by environment variables, parsed and validated."""
     environ = os.environ if environ is None else environ
     given = {}
-    for setting in SETTINGS:
+    for setting in settings:
         if setting.env in environ:
             source = f"{setting.env} ({setting.label})"
             given[setting.name] = _parse(setting, environ[setting.env], source)
@@ -253,7 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-h", "--help", action="help", help="show this help and exit")
     parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
-    for setting in SETTINGS:
+    add_arguments(parser, [setting.name for setting in SETTINGS])
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add the flags of the named settings to `parser` (also used by tool subcommands,
+    so that e.g. `keys --state-dir` is the same setting as the server's)."""
+    for setting in (_BY_NAME[name] for name in names):
         extra = [f"env {setting.env}"]
         if setting.shown_default():
             extra.append(f"default {setting.shown_default()}")
@@ -266,7 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(*setting.flags, dest=setting.name, default=argparse.SUPPRESS,
                                 metavar=setting.metavar or "VALUE", help=text)
-    return parser
+
+
+def resolve(parsed: argparse.Namespace, names: Iterable[str],
+            environ: Mapping[str, str] | None = None) -> Settings:
+    """The named settings (only those) for a tool subcommand: defaults, then environment,
+    then the flags in `parsed` that `add_arguments` declared."""
+    names = list(names)
+    from_environ = from_env(environ, [_BY_NAME[name] for name in names])
+    values = {name: from_environ.get(name, _BY_NAME[name].default) for name in names}
+    for name in names:
+        if hasattr(parsed, name):
+            raw = getattr(parsed, name)
+            setting = _BY_NAME[name]
+            values[name] = bool(raw) if setting.is_switch else _parse(
+                setting, raw, "/".join(setting.flags))
+    return Settings(**values)
 
 
 def load(argv: Iterable[str] | None = None,
@@ -297,6 +403,12 @@ def check(settings: Settings) -> None:
         raise SettingError(
             f"--retry-min-interval: invalid value '{settings.retry_min_interval}': "
             f"must not exceed --retry-max-interval ({settings.retry_max_interval})")
+    if settings.api_key and settings.api_key_file:
+        raise SettingError("--api-key-file: give the upstream key once: either --api-key "
+                           "(or BRIDGE_API_KEY) or --api-key-file, not both")
+    if settings.enable_shared_mode and not (settings.api_key or settings.api_key_file):
+        raise SettingError("--enable-shared-mode: needs the upstream key: give --api-key, "
+                           "BRIDGE_API_KEY or --api-key-file")
 
 
 def load_or_exit(argv: Iterable[str] | None = None,
