@@ -98,8 +98,12 @@ def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | No
 
 def start_bridge(*flags: str, upstream: str, workers: int = 2,
                  env: Mapping[str, str] | None = None, log_dir: Path | None = None,
-                 via: str = "cli", graceful_stop: bool = False) -> Process:
+                 via: str = "cli", graceful_stop: bool = False,
+                 listen_host: str = LOOPBACK) -> Process:
     """Start the bridge with gevent workers on a free port, in front of `upstream`.
+
+    It listens on `listen_host` (e.g. "0.0.0.0" to test what a non-loopback bind does);
+    its URL is always the loopback one.
 
     via="cli" runs `python -m bridge FLAGS`; via="gunicorn" runs
     `gunicorn -c gunicorn.conf.py wsgi:app` with the flags given as BRIDGE_* variables
@@ -112,12 +116,12 @@ def start_bridge(*flags: str, upstream: str, workers: int = 2,
     if via == "gunicorn":
         if flags:
             raise ValueError("via='gunicorn' takes settings as BRIDGE_* variables in env")
-        env.setdefault("BRIDGE_LISTEN", f"{LOOPBACK}:{port}")
+        env.setdefault("BRIDGE_LISTEN", f"{listen_host}:{port}")
         env.setdefault("BRIDGE_OLLAMA", upstream)
         env.setdefault("BRIDGE_WORKERS", str(workers))
         cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
     else:
-        cmd = [sys.executable, "-m", "bridge", "-l", f"{LOOPBACK}:{port}", "-o", upstream,
+        cmd = [sys.executable, "-m", "bridge", "-l", f"{listen_host}:{port}", "-o", upstream,
                "-w", str(workers), *flags]
     stop_signal = signal.SIGTERM if graceful_stop else signal.SIGQUIT
     return _spawn(cmd, url, "/health", env, log_dir, stop_signal)
