@@ -35,7 +35,7 @@ log = logging.getLogger("bridge.pipeline")
 # Coming later: the Lua hooks (after auth), async requests (before the think filter).
 STAGE_ORDER: Sequence[str] = (
     # "bridge.observe",       # access log, request metrics: sees every exchange
-    "bridge.auth",            # shared mode: client keys, upstream key
+    "bridge.auth",  # shared mode: client keys, upstream key
     "bridge.think_filter",  # outside the cache: filters hits and misses on the way out
     # "bridge.cache",         # lookup (may answer) / store what the upstream produced
     # "bridge.rate_limit",    # token bucket: only calls that reach the upstream
