@@ -50,7 +50,10 @@ class AuthStage(Stage):
 
     def start(self) -> None:
         install_log_filter(self.redactor)
-        self.store.open()
+        try:
+            self.store.open()
+        except KeyStoreError as exc:  # every request retries it, and is refused meanwhile
+            log.error("%s", exc)
 
     def on_request(self, ex: Exchange) -> None:
         presented = bearer_token(ex.headers)

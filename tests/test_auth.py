@@ -21,6 +21,7 @@ import requests
 
 from bridge import settings as bridge_settings
 from bridge.auth import AuthStage
+from bridge.errors import ServiceUnavailable
 from bridge.exchange import Exchange
 from bridge.ollama_standin import Fault, StandIn
 from bridge.processes import ROOT, Process, start_bridge
@@ -314,15 +315,28 @@ def test_an_unusable_state_dir_stops_the_start() -> None:
     assert "--state-dir" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_per_key_cache_scope_and_client_key_name_go_to_the_notes(tmp_path: Path) -> None:
-    settings = bridge_settings.defaults().replace(
+def shared_stage(state_dir: Path) -> AuthStage:
+    return AuthStage(bridge_settings.defaults().replace(
         enable_shared_mode=True, api_key=bridge_settings.Secret("k"),
-        state_dir=str(tmp_path), cache_per_client_key=True)
-    stage = AuthStage(settings)
+        state_dir=str(state_dir), cache_per_client_key=True))
+
+
+def chat_exchange(headers: dict[str, str]) -> Exchange:
+    return Exchange(surface="openai", endpoint="chat", method="POST",
+                    path="/v1/chat/completions", query="", headers=headers, body=b"{}",
+                    request_id="r1", payload={"model": "m"})
+
+
+def test_per_key_cache_scope_and_client_key_name_go_to_the_notes(tmp_path: Path) -> None:
+    stage = shared_stage(tmp_path)
     raw, _ = stage.store.open().create("tenant-a")
-    ex = Exchange(surface="openai", endpoint="chat", method="POST", path="/v1/chat/completions",
-                  query="", headers={"authorization": f"Bearer {raw}", "x-api-key": "own"},
-                  body=b"{}", request_id="r1", payload={"model": "m"})
+    ex = chat_exchange({"authorization": f"Bearer {raw}", "x-api-key": "own"})
     stage.on_request(ex)
     assert ex.notes == {"client_key": "tenant-a", "cache_scope": "tenant-a"}
     assert ex.headers == {"authorization": "Bearer k"}
+
+
+def test_an_unreadable_key_store_refuses_with_503_not_a_crash() -> None:
+    stage = shared_stage(Path("/proc/no-state-here"))  # cannot be created
+    with pytest.raises(ServiceUnavailable):
+        stage.on_request(chat_exchange({"authorization": "Bearer sk-bridge-anything"}))
