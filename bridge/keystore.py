@@ -163,6 +163,7 @@ class KeyStore:
         self._db: sqlite3.Connection | None = None
         self._generation: int | None = None
         self._keys: tuple[ClientKey, ...] = ()
+        self._by_hash: dict[str, ClientKey] = {}
         self._usage_swept = 0.0
 
     # --- opening -----------------------------------------------------------------------
@@ -271,6 +272,7 @@ class KeyStore:
                 "SELECT value FROM meta WHERE name = 'generation'").fetchone()[0]
             if generation != self._generation:
                 self._keys = tuple(self.all())
+                self._by_hash = {key.key_hash: key for key in self._keys}
                 self._generation = generation
         except sqlite3.Error as exc:
             if self._generation is None:
@@ -282,14 +284,15 @@ class KeyStore:
         return self._keys
 
     def find(self, raw: str) -> ClientKey | None:
-        """The record of a presented key, comparing its hash with every stored hash in
-        constant time (no early exit), or None."""
+        """The record of a presented key, or None. The index is keyed by SHA-256 digests,
+        so its timing can tell at most something about a digest, which says nothing about
+        a 256-bit random key; the final comparison is constant-time all the same."""
         digest = hash_key(raw)
-        found = None
-        for record in self.keys():
-            if hmac.compare_digest(record.key_hash, digest):
-                found = record
-        return found
+        self.keys()
+        record = self._by_hash.get(digest)
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            return None
+        return record
 
     def take(self, key: ClientKey, now: float | None = None) -> float | None:
         """Count one request against the key's rate; None when allowed, else the seconds
