@@ -287,11 +287,15 @@ def run_bridge(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     (["--enable-shared-mode", "--api-key", "a b"], {}, "(hidden)"),
     (["--enable-shared-mode"], {"BRIDGE_API_KEY": " "}, "must not be empty"),
     (["--enable-shared-mode", "--api-key-file", "/no/such/file"], {}, "cannot read"),
-    (["--api-key", "k1", "--api-key-file", "/etc/hostname"], {}, "not both"),
+    (["--api-key", "k1", "--api-key-file", "{key_file}"], {}, "not both"),
+    (["--enable-shared-mode", "--api-key-file", "{empty_file}"], {}, "content must not be"),
 ])
 def test_bad_shared_mode_settings_exit_2_in_one_line(args: list[str], env: dict[str, str],
-                                                    message: str) -> None:
-    done = run_bridge(*args, env=env)
+                                                    message: str, tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("k2\n")
+    (tmp_path / "empty").write_text("\n")
+    files = {"key_file": tmp_path / "key", "empty_file": tmp_path / "empty"}
+    done = run_bridge(*(arg.format(**files) for arg in args), env=env)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "a b" not in done.stderr
