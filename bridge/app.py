@@ -13,9 +13,8 @@ from werkzeug.exceptions import HTTPException
 
 from bridge import logs
 from bridge.errors import BridgeError, error_response
-from bridge.exchange import Exchange
 from bridge.pipeline import Pipeline
-from bridge.proxy import request_id, to_flask
+from bridge.proxy import bare_exchange, to_flask
 from bridge.routes import ollama_api, openai_api, ops
 from bridge.settings import Settings
 
@@ -43,13 +42,6 @@ def _surface() -> str:
     return "ollama" if flask.request.path.startswith("/api/") else "openai"
 
 
-def _bare_exchange() -> Exchange:
-    headers = {"x-request-id": flask.request.headers.get("x-request-id", "")}
-    return Exchange(surface=_surface(), endpoint="other", method=flask.request.method,
-                    path=flask.request.path, query="", headers={}, body=b"",
-                    request_id=request_id(headers))
-
-
 def _http_error(exc: HTTPException) -> flask.Response:
     status = exc.code or 500
     message = {404: f"no route for {flask.request.path}",
@@ -59,11 +51,11 @@ def _http_error(exc: HTTPException) -> flask.Response:
     err.type = _HTTP_ERRORS.get(status, "api_error")
     if status == 405 and exc.valid_methods:
         err.headers["allow"] = ", ".join(exc.valid_methods)
-    return to_flask(_bare_exchange(), error_response(_surface(), err))
+    return to_flask(bare_exchange(_surface()), error_response(_surface(), err))
 
 
 def _unexpected_error(exc: Exception) -> flask.Response:
     log.exception("unexpected error while handling %s %s", flask.request.method,
                   flask.request.path)
     err = BridgeError("internal error in the bridge; see its log", code="internal_error")
-    return to_flask(_bare_exchange(), error_response(_surface(), err))
+    return to_flask(bare_exchange(_surface()), error_response(_surface(), err))

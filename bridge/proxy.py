@@ -8,6 +8,7 @@ streaming frame by frame without buffering.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from typing import Iterator
@@ -19,6 +20,8 @@ from bridge import streaming
 from bridge.errors import BadRequest, BridgeError, error_response
 from bridge.exchange import MODEL_ENDPOINTS, Exchange, Response
 from bridge.pipeline import Pipeline
+
+log = logging.getLogger("bridge.proxy")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -53,16 +56,21 @@ def parse_model_request(body: bytes) -> dict:
     return payload
 
 
+def bare_exchange(surface: str, endpoint: str = "other") -> Exchange:
+    """An exchange for a request refused before it could be read (bad body, no route)."""
+    request = flask.request
+    return Exchange(surface=surface, endpoint=endpoint, method=request.method,
+                    path=request.path, query="", headers={}, body=b"",
+                    request_id=request_id({"x-request-id": request.headers.get("x-request-id",
+                                                                               "")}))
+
+
 def forward(surface: str, endpoint: str) -> flask.Response:
     pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
     try:
         ex = build_exchange(surface, endpoint)
     except BridgeError as err:
-        headers = flask.request.headers
-        ex = Exchange(surface=surface, endpoint=endpoint, method=flask.request.method,
-                      path=flask.request.path, query="", headers={}, body=b"",
-                      request_id=request_id({"x-request-id": headers.get("x-request-id", "")}))
-        return to_flask(ex, error_response(surface, err))
+        return to_flask(bare_exchange(surface, endpoint), error_response(surface, err))
     return to_flask(ex, pipeline.handle(ex))
 
 
@@ -74,15 +82,30 @@ def forward_other(surface: str, rest: str, known: dict[str, list[str]]) -> flask
 
 
 def to_flask(ex: Exchange, response: Response) -> flask.Response:
+    if ex.response is None:
+        ex.response = response
     headers = dict(response.headers)
     headers["x-request-id"] = ex.request_id
     if response.streaming:
+        headers["x-accel-buffering"] = "no"  # nginx in front: relay each chunk at once
         result = flask.Response(_relay(response), status=response.status, headers=headers,
                                 direct_passthrough=True)
     else:
         result = flask.Response(response.body, status=response.status, headers=headers)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("-> %s %s%s [%s]", ex.method, ex.path, f"?{ex.query}" if ex.query else "",
+                  ex.request_id)
+        ex.on_close(_trace_end)
     result.call_on_close(ex.close)
     return result
+
+
+def _trace_end(ex: Exchange) -> None:
+    response = ex.response
+    status = response.status if response is not None else "-"
+    outcome = f" stream {response.outcome}" if response is not None and response.streaming else ""
+    log.debug("<- %s%s after %.1f ms, %d upstream attempt(s) [%s]", status, outcome,
+              ex.elapsed * 1000, ex.upstream_attempts, ex.request_id)
 
 
 def _relay(response: Response) -> Iterator[bytes]:

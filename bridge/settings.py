@@ -9,6 +9,7 @@ table are all derived from `SETTINGS`. Adding a flag is one entry in that list.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import sys
@@ -81,7 +82,7 @@ class Url:
 
     def __call__(self, text: str) -> str:
         parts = urlsplit(text.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not _is_host(parts.hostname or ""):
             raise ValueError(f"not a URL (allowed: {self.allowed})")
         try:
             parts.port  # noqa: B018 - raises on a bad port
@@ -96,10 +97,26 @@ class HostPort:
 
     def __call__(self, text: str) -> tuple[str, int]:
         host, sep, port = text.strip().rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if (not sep or not _is_host(host) or not port.isdigit()
+                or not 0 <= int(port) <= 65535):
             raise ValueError(f"not an address (allowed: {self.allowed})")
         return host, int(port)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address or a DNS host name (RFC 1123 labels)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return 0 < len(host) <= 253 and all(_HOST_LABEL.match(label)
+                                        for label in host.removesuffix(".").split("."))
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ def is_terminal(frame: Frame, codec: str) -> bool:
     if codec == SSE:
         return frame.is_done
     if codec == NDJSON:
+        if b'"done"' not in frame.raw:  # most lines: no JSON parsing on the relay path
+            return False
         data = frame.data
         return isinstance(data, dict) and data.get("done") is True
     return False

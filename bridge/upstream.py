@@ -9,18 +9,20 @@ and the mapping of transport failures to gateway errors (502, 504).
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import logging
 import os
 import random
 import time
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from bridge import streaming
+from bridge import events, streaming
 from bridge.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
 from bridge.exchange import Exchange, Frame, Response
 from bridge.settings import Settings
@@ -79,8 +81,25 @@ def forwardable(headers: dict[str, str], excluded: frozenset[str]) -> dict[str, 
             if name not in excluded and name not in named}
 
 
+class _NoCookies(http.cookiejar.CookiePolicy):
+    """The shared session must never keep one client's cookies and send them for another."""
+
+    netscape, rfc2965, hide_cookie2 = True, False, False
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+
 class UpstreamClient:
-    """Sends an exchange upstream and returns its `Response` (whole or streamed)."""
+    """Sends an exchange upstream and returns its `Response` (whole or streamed).
+
+    `-t` bounds each upstream request as a whole: connecting, waiting for the headers
+    and reading the body share one budget, so a stream that outlives it is cut with an
+    in-band error and a log line, whatever the pace of its chunks.
+    """
 
     def __init__(self, settings: Settings):
         self.base_url = settings.ollama
@@ -97,7 +116,9 @@ class UpstreamClient:
         # One pool per worker process, created after fork.
         if self._session is None or self._session_pid != os.getpid():
             session = requests.Session()
-            session.trust_env = False
+            session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
+            session.headers.clear()    # the upstream sees the client's headers, not ours
+            session.cookies.set_policy(_NoCookies())
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
                                   max_retries=0, pool_block=False)
             session.mount("http://", adapter)
@@ -112,33 +133,42 @@ class UpstreamClient:
         return headers
 
     def send(self, ex: Exchange) -> Response:
-        """Call the upstream with retries; raise `UpstreamUnavailable`/`UpstreamTimeout`."""
+        """Call the upstream with retries; raise `UpstreamUnavailable`/`UpstreamTimeout`.
+
+        A failure is retried only before anything of its response was used: connection
+        errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`.
+        """
         url = self.base_url + ex.path + (f"?{ex.query}" if ex.query else "")
         headers = self.request_headers(ex)
-        deadline = 0.0
         for attempt in range(1, self.attempts + 1):
             ex.upstream_attempts = attempt
             deadline = time.monotonic() + self.timeout
             retry_after = None
+            failure: BridgeError | None = None
             try:
                 upstream = self.session.request(
                     ex.method, url, data=ex.body or None, headers=headers, stream=True,
                     timeout=(self.timeout, self.timeout), allow_redirects=False)
             except requests.RequestException as exc:
-                failure: BridgeError | None = self.transport_error(exc)
+                failure = self.transport_error(exc)
                 detail = type(exc).__name__
             else:
-                if upstream.status_code not in RETRY_STATUSES or attempt == self.attempts:
+                if time.monotonic() > deadline:  # connect + headers took the whole budget
+                    upstream.close()
+                    failure = self.timeout_error("did not answer within")
+                    detail = "headers after the timeout"
+                elif upstream.status_code not in RETRY_STATUSES or attempt == self.attempts:
                     return self._response(ex, upstream, deadline)
-                retry_after = parse_retry_after(upstream.headers.get("retry-after"))
-                detail = f"status {upstream.status_code}"
-                failure = None
-                upstream.close()
+                else:
+                    retry_after = parse_retry_after(upstream.headers.get("retry-after"))
+                    detail = f"status {upstream.status_code}"
+                    upstream.close()
             if attempt == self.attempts:
                 break
             wait = self.backoff.delay(attempt, retry_after)
             log.warning("upstream attempt %d/%d failed (%s); retrying in %.3fs [%s]",
                         attempt, self.attempts, detail, wait, ex.request_id)
+            events.emit("upstream.retry")
             time.sleep(wait)
         log.error("upstream failed after %d attempt(s) (%s) [%s]", self.attempts, detail,
                   ex.request_id)
@@ -157,24 +187,42 @@ class UpstreamClient:
             ex.notes["upstream_response"] = response
             return response
         with closing(upstream):
-            body = b"".join(self._chunks(upstream, deadline))
+            body = b"".join(self._body(upstream, deadline))
         return Response(status=upstream.status_code, headers=headers, body=body)
 
-    def _chunks(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
+    def _body(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
+        """The upstream body as it arrives, chunk by chunk (never waiting to fill a
+        buffer), each read bounded by what is left of the `-t` budget."""
+        raw = upstream.raw
+        connection = raw.connection
+        if raw.chunked:
+            reads = raw.stream(READ_SIZE, decode_content=False)
+        else:  # read1: whatever has arrived, where read(n) would wait for n bytes
+            reads = iter(partial(raw.read1, READ_SIZE, decode_content=False), b"")
         try:
-            for chunk in upstream.raw.stream(READ_SIZE, decode_content=False):
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self.timeout_error("response exceeded")
+                sock = getattr(connection, "sock", None)
+                if sock is not None:
+                    sock.settimeout(left)
+                chunk = next(reads, None)
+                if chunk is None:
+                    return
                 yield chunk
-                if time.monotonic() > deadline:
-                    raise UpstreamTimeout(f"upstream response exceeded {self.timeout:g}s")
         except BridgeError:
             raise
         except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
             raise self.transport_error(exc) from None
 
+    def timeout_error(self, what: str) -> UpstreamTimeout:
+        return UpstreamTimeout(f"upstream {what} the {self.timeout:g}s timeout (-t)")
+
     def transport_error(self, exc: Exception) -> BridgeError:
         """The gateway error for a transport failure: 504 for timeouts, else 502."""
         if isinstance(exc, (requests.Timeout, TimeoutError)) or "Timeout" in type(exc).__name__:
-            return UpstreamTimeout(f"upstream did not answer within {self.timeout:g}s")
+            return self.timeout_error("did not answer within")
         return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
 
     def _frames(self, ex: Exchange, upstream: requests.Response, codec: str,
@@ -183,37 +231,29 @@ class UpstreamClient:
         in-band error, and the upstream connection is closed whatever happens (a client
         that hangs up closes this generator, which stops the generation upstream)."""
         response: Response = ex.notes["upstream_response"]
-        reader = streaming.READERS[codec]
+        failure: BridgeError | None = None
         try:
-            for frame in reader(upstream.raw.stream(READ_SIZE, decode_content=False)
-                                if codec != streaming.RAW else self._chunks(upstream, deadline)):
+            for frame in streaming.READERS[codec](self._body(upstream, deadline)):
                 if streaming.is_terminal(frame, codec):
                     response.outcome = "complete"
                 yield frame
-                if time.monotonic() > deadline and response.outcome != "complete":
-                    response.outcome = "timeout"
-                    log.error("upstream stream exceeded the %gs timeout [%s]",
-                              self.timeout, ex.request_id)
-                    yield streaming.error_frame(
-                        ex.surface, f"upstream stream exceeded the {self.timeout:g}s timeout",
-                        "upstream_timeout")
-                    return
-            if codec == streaming.RAW:
-                response.outcome = "complete"
-        except Exception as exc:  # noqa: BLE001 - any transport failure ends the stream the same way
-            if response.outcome != "complete":
-                timed_out = isinstance(self.transport_error(exc), UpstreamTimeout)
-                response.outcome = "timeout" if timed_out else "truncated"
-                log.error("upstream stream failed: %s [%s]", type(exc).__name__, ex.request_id)
+        except BridgeError as err:
+            failure = err
         finally:
             upstream.close()
-        if response.outcome is None:
+        if codec == streaming.RAW and failure is None:
+            response.outcome = "complete"
+        if response.outcome == "complete":
+            return
+        if isinstance(failure, UpstreamTimeout):
+            response.outcome = "timeout"
+            message, code = failure.message, failure.code
+        else:
             response.outcome = "truncated"
-        if response.outcome != "complete":
-            log.error("upstream stream ended without its terminator [%s]", ex.request_id)
-            if codec != streaming.RAW:
-                yield streaming.error_frame(ex.surface, "upstream stream ended prematurely",
-                                            "upstream_stream_truncated")
+            message, code = "upstream stream ended prematurely", "upstream_stream_truncated"
+        log.error("upstream stream cut (%s): %s [%s]", response.outcome, message, ex.request_id)
+        if codec != streaming.RAW:
+            yield streaming.error_frame(ex.surface, message, code or "stream_error")
 
     def reachable(self, timeout: float = 2.0) -> bool:
         """Whether the upstream answers HTTP at all (any status counts as reachable)."""
