@@ -27,7 +27,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "bind": [bind_address(settings)],
         "workers": settings.worker_count,
-        "worker_class": "gevent",
+        "worker_class": "bridge.worker.GeventWorker",
         "worker_connections": 2000,
         "keepalive": 5,
         "graceful_timeout": 30,

@@ -1,0 +1,32 @@
+"""Helpers shared by the end-to-end tests: comparing answers and reading bridge logs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+# Fields the stand-in (like Ollama) randomises or stamps per call.
+PER_CALL_FIELDS = frozenset({"id", "created", "created_at"})
+
+
+def normalized(value: Any) -> Any:
+    """`value` (parsed JSON, or an SDK object) without the per-call fields, recursively."""
+    if hasattr(value, "model_dump"):  # openai / ollama SDK objects
+        value = value.model_dump()
+    if isinstance(value, dict):
+        return {key: normalized(item) for key, item in value.items()
+                if key not in PER_CALL_FIELDS}
+    if isinstance(value, (list, tuple)):
+        return [normalized(item) for item in value]
+    return value
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll `condition` until it is truthy (bounded); returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            assert value, f"timed out after {timeout}s waiting for {what or condition}"
+            return value
+        time.sleep(0.02)
