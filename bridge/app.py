@@ -11,17 +11,18 @@ import logging
 import flask
 from werkzeug.exceptions import HTTPException
 
-from bridge import logs
+from bridge import errors, logs
 from bridge.errors import BridgeError, error_response
 from bridge.pipeline import Pipeline
-from bridge.proxy import bare_exchange, to_flask
+from bridge.proxy import bare_exchange, to_flask, too_large_message
 from bridge.routes import ollama_api, openai_api, ops
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.app")
 
-_HTTP_ERRORS = {404: "not_found_error", 405: "invalid_request_error",
-                413: "invalid_request_error"}
+_HTTP_ERRORS: dict[int, type[BridgeError]] = {
+    400: errors.BadRequest, 404: errors.NotFound, 405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge}
 
 
 def create_app(settings: Settings) -> flask.Flask:
@@ -43,13 +44,15 @@ def _surface() -> str:
 
 
 def _http_error(exc: HTTPException) -> flask.Response:
+    """Werkzeug's own refusals (no route, wrong method, body too large), in our shape."""
+    request = flask.request
     status = exc.code or 500
-    message = {404: f"no route for {flask.request.path}",
-               405: f"method {flask.request.method} not allowed for {flask.request.path}",
-               413: "request body too large"}.get(status, exc.description or exc.name)
-    err = BridgeError(message, status=status)
-    err.type = _HTTP_ERRORS.get(status, "api_error")
-    if status == 405 and exc.valid_methods:
+    message = {404: f"no route for {request.path}",
+               405: f"method {request.method} not allowed for {request.path}",
+               413: too_large_message(request.max_content_length)}.get(status, exc.description
+                                                                       or exc.name)
+    err = _HTTP_ERRORS.get(status, BridgeError)(message, status=status)
+    if status == 405 and getattr(exc, "valid_methods", None):
         err.headers["allow"] = ", ".join(exc.valid_methods)
     return to_flask(bare_exchange(_surface()), error_response(_surface(), err))
 

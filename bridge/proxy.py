@@ -17,7 +17,7 @@ import flask
 from werkzeug.exceptions import MethodNotAllowed
 
 from bridge import streaming
-from bridge.errors import BadRequest, BridgeError, error_response
+from bridge.errors import BadRequest, BridgeError, PayloadTooLarge, error_response
 from bridge.exchange import MODEL_ENDPOINTS, Exchange, Response
 from bridge.pipeline import Pipeline
 
@@ -37,11 +37,31 @@ def build_exchange(surface: str, endpoint: str) -> Exchange:
     ex = Exchange(
         surface=surface, endpoint=endpoint, method=request.method, path=request.path,
         query=request.query_string.decode("latin-1"), headers=headers,
-        body=request.get_data(cache=False), request_id=request_id(headers),
+        body=read_body(request), request_id=request_id(headers),
         client_addr=request.remote_addr or "")
     if endpoint in MODEL_ENDPOINTS:
         ex.payload = parse_model_request(ex.body)
     return ex
+
+
+def read_body(request: flask.Request) -> bytes:
+    """The request body, refused with a 413 when over `--max-body-size`.
+
+    Werkzeug checks a declared Content-Length against the limit but silently cuts a
+    chunked body at it, so a chunked body is read up to one byte past the limit here.
+    """
+    limit = request.max_content_length
+    if (limit is not None and request.content_length is None
+            and request.environ.get("wsgi.input_terminated")):
+        body = request.environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(too_large_message(limit))
+        return body
+    return request.get_data(cache=False)
+
+
+def too_large_message(limit: int | None) -> str:
+    return f"request body is larger than the limit of {limit} bytes (--max-body-size)"
 
 
 def parse_model_request(body: bytes) -> dict:

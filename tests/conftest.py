@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import pytest
-
 from bridge.ollama_standin import StandIn
+
 from bridge.processes import Process, start_bridge
 
 

@@ -1,0 +1,88 @@
+"""Streams through the bridge: relayed chunk by chunk as the upstream produces them, a
+client hanging up closes the upstream request, and a cut stream never looks complete."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import ollama
+import openai
+import pytest
+import requests
+from bridge.ollama_standin import Fault
+from helpers import wait_for
+
+CHAT = {"model": "llama3.2", "stream": True,
+        "messages": [{"role": "user", "content": "Tell me about the sea"}]}
+SLOW = {"x-standin-token-delay": "0.25"}  # the stand-in waits this long between chunks
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_first_chunk_arrives_while_the_upstream_is_still_generating(bridge, standin, path):
+    started = time.monotonic()
+    with requests.post(bridge.url + path, json=CHAT, headers=SLOW, stream=True,
+                       timeout=30) as response:
+        chunks = response.iter_content(chunk_size=None)
+        first = next(chunks)
+        first_at = time.monotonic()
+        upstream_busy = standin.in_flight
+        rest = b"".join(chunks)
+    ended = time.monotonic()
+    assert first.strip() and rest.strip()
+    assert upstream_busy == 1  # the upstream had not finished when the client saw a chunk
+    # With several 0.25 s gaps after it, the first chunk came well before the end.
+    assert ended - first_at >= 0.4, (first_at - started, ended - started)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_client_hanging_up_closes_the_upstream_request(bridge, standin, path):
+    host, port = bridge.url.removeprefix("http://").split(":")
+    body = json.dumps(CHAT).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(f"POST {path} HTTP/1.1\r\nHost: bridge\r\nContent-Type: "
+                       f"application/json\r\nContent-Length: {len(body)}\r\n"
+                       f"X-Standin-Token-Delay: 0.3\r\n\r\n".encode() + body)
+        received = b""
+        while b"assistant" not in received:  # the first chunk of the answer
+            received += client.recv(65536)
+        assert standin.in_flight == 1
+    # The client is gone mid-stream: the bridge must hang up on the upstream too.
+    wait_for(lambda: standin.closed_early == 1 and standin.in_flight == 0, timeout=10,
+             what="the upstream request to be closed")
+    assert standin.count(path) == 1
+
+
+def test_openai_sdk_raises_on_a_cut_stream(bridge, standin):
+    standin.push_fault(Fault("cut", after_chunks=2))
+    sdk = openai.OpenAI(base_url=bridge.url + "/v1", api_key="sk-test", max_retries=0)
+    stream = sdk.chat.completions.create(model="llama3.2", messages=CHAT["messages"],
+                                         stream=True)
+    received = []
+    with pytest.raises(openai.APIError, match="ended prematurely"):
+        for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 2  # what came before the cut was relayed
+    assert standin.count() == 1  # bytes had reached the client: never retried
+
+
+def test_ollama_client_sees_an_error_on_a_cut_stream(bridge, standin):
+    standin.push_fault(Fault("cut", after_chunks=1))
+    client = ollama.Client(host=bridge.url)
+    parts = []
+    with pytest.raises(ollama.ResponseError, match="ended prematurely"):
+        for part in client.chat(model="llama3.2", messages=CHAT["messages"], stream=True):
+            parts.append(part)
+    assert len(parts) == 1 and not parts[0].done
+
+
+def test_stream_relays_upstream_error_line_and_done_unchanged(bridge, standin):
+    """NDJSON and SSE framing survive the relay byte for byte."""
+    for path in ("/v1/chat/completions", "/api/generate"):
+        body = dict(CHAT, prompt="hi") if path == "/api/generate" else CHAT
+        via = requests.post(bridge.url + path, json=body, timeout=30)
+        direct = requests.post(standin.url + path, json=body, timeout=30)
+        assert via.headers["content-type"] == direct.headers["content-type"]
+        assert len(via.content.splitlines()) == len(direct.content.splitlines())
+        assert via.content.endswith(b"data: [DONE]\n\n" if path.startswith("/v1") else b"}\n")
