@@ -262,7 +262,8 @@ SETTINGS: list[Setting] = [
     Setting("ollama", ("-o", "--ollama"), "base URL of the upstream (Ollama or any "
             "OpenAI-compatible API)", Url(), "http://127.0.0.1:11434", "URL"),
     Setting("timeout", ("-t", "--timeout"), "timeout of each upstream HTTP request, "
-            "connect + response, in ms", Integer(1000, 86_400_000), 300_000, "MS"),
+            "connect + whole response (streams too), in ms", Integer(1000, 86_400_000),
+            300_000, "MS"),
     Setting("retry_attempts", ("-a", "--retry-attempts"), "max retries after a failed "
             "upstream call; 0 = none", Integer(0, 1024), 0, "N"),
     Setting("retry_min_interval", ("-i", "--retry-min-interval"), "first retry wait in ms, "
