@@ -323,8 +323,11 @@ def _parse(setting: Setting, raw: str, source: str) -> Any:
     try:
         return setting.parse(raw)
     except ValueError as exc:
+        message = str(exc)
+        if setting.allowed and setting.allowed not in message:
+            message += f" (allowed: {setting.allowed})"
         shown = "(hidden)" if setting.is_secret else repr(raw)
-        raise SettingError(f"{source}: invalid value {shown}: {exc}") from None
+        raise SettingError(f"{source}: invalid value {shown}: {message}") from None
 
 
 def from_env(environ: Mapping[str, str] | None = None,
@@ -451,9 +454,14 @@ def markdown_table() -> str:
         if not setting.is_switch:
             flags += f" `{setting.metavar or 'VALUE'}`"
         allowed = "" if setting.is_switch else setting.allowed
-        rows.append(f"| {flags} | `{setting.env}` | {setting.help} | {allowed} | "
-                    f"{setting.shown_default()} |")
+        cells = [flags, f"`{setting.env}`", setting.help, allowed, setting.shown_default()]
+        rows.append("| " + " | ".join(_table_cell(cell) for cell in cells) + " |")
     return "\n".join(rows)
+
+
+def _table_cell(text: str) -> str:
+    # A literal "|" (in a regex default, say) would end the cell; "<" would start HTML.
+    return text.replace("|", "\\|").replace("<", "&lt;")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import pytest
-from bridge.ollama_standin import StandIn
 
+from bridge.ollama_standin import StandIn
 from bridge.processes import Process, start_bridge
 
 
@@ -30,6 +30,19 @@ def bridge(standin_server: StandIn, tmp_path_factory: pytest.TempPathFactory) ->
     """A bridge with default settings and 2 workers in front of the stand-in."""
     with start_bridge(upstream=standin_server.url, workers=2,
                       log_dir=tmp_path_factory.mktemp("bridge")) as process:
+        yield process
+
+
+# Flags that turn off the features that are on by default: the bridge then relays
+# every answer unchanged (the core gateway's tests compare it with the stand-in's).
+RELAY_FLAGS = ("--disable-think-filter",)
+
+
+@pytest.fixture(scope="module")
+def relay(standin_server: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A bridge (2 workers) with every default-on feature off: a plain relay."""
+    with start_bridge(*RELAY_FLAGS, upstream=standin_server.url, workers=2,
+                      log_dir=tmp_path_factory.mktemp("relay")) as process:
         yield process
 
 

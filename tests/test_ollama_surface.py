@@ -17,8 +17,8 @@ MESSAGES = [
 
 
 @pytest.fixture
-def pair(bridge, standin):
-    return ollama.Client(host=bridge.url, timeout=30), ollama.Client(host=standin.url, timeout=30)
+def pair(relay, standin):
+    return ollama.Client(host=relay.url, timeout=30), ollama.Client(host=standin.url, timeout=30)
 
 
 @pytest.mark.parametrize("model", ["llama3.2", "qwen3"])
@@ -58,12 +58,12 @@ def test_tags_show_ps_version_embed(pair):
         direct.embed(model="all-minilm", input="hi"))
 
 
-def test_version_and_unlisted_paths_are_forwarded_unchanged(bridge, standin):
+def test_version_and_unlisted_paths_are_forwarded_unchanged(relay, standin):
     for path in ("/api/version", "/api/embeddings", "/api/no-such-thing"):
         method = requests.get if path == "/api/version" else requests.post
         kwargs = {} if path == "/api/version" else {"json": {"model": "all-minilm",
                                                              "prompt": "hi"}}
-        got = method(bridge.url + path, timeout=10, **kwargs)
+        got = method(relay.url + path, timeout=10, **kwargs)
         want = method(standin.url + path, timeout=10, **kwargs)
         assert (got.status_code, got.content) == (want.status_code, want.content), path
 

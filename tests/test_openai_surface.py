@@ -21,9 +21,9 @@ def client(base: str) -> openai.OpenAI:
 
 
 @pytest.fixture
-def pair(bridge, standin):
-    """The SDK pointed at the bridge, and the SDK pointed at the stand-in directly."""
-    return client(bridge.url), client(standin.url)
+def pair(relay, standin):
+    """The SDK pointed at the relay, and the SDK pointed at the stand-in directly."""
+    return client(relay.url), client(standin.url)
 
 
 @pytest.mark.parametrize("messages", [HISTORY[1:2], HISTORY], ids=["single-turn", "multi-turn"])

@@ -17,6 +17,7 @@ from bridge.processes import ROOT, start_bridge
 def test_gunicorn_with_the_config_file_serves_the_bridge_configured_by_env(standin,
                                                                             tmp_path):
     env = {"BRIDGE_RETRY_ATTEMPTS": "2", "BRIDGE_RETRY_MIN_INTERVAL": "50",
+           "BRIDGE_DISABLE_THINK_FILTER": "1",
            "BRIDGE_DEBUG": "1", "BRIDGE_MAX_BODY_SIZE": "2048"}
     with start_bridge(upstream=standin.url, via="gunicorn", env=env, workers=1,
                       log_dir=tmp_path) as process:

@@ -11,8 +11,19 @@ from pathlib import Path
 import pytest
 
 from bridge import __version__
-from bridge.settings import (SETTINGS, PROG, HostPort, Integer, Setting, Switch, Text, Url,
-                             load_or_exit, markdown_table)
+from bridge.settings import (
+    PROG,
+    SETTINGS,
+    HostPort,
+    Integer,
+    Pattern,
+    Setting,
+    Switch,
+    Text,
+    Url,
+    load_or_exit,
+    markdown_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +39,8 @@ def bad_values(setting: Setting) -> list[str]:
         return ["localhost", "127.0.0.1:70000", "bad host:80", ":3000", "127.0.0.1:port"]
     if isinstance(parse, Switch):
         return ["maybe"]
+    if isinstance(parse, Pattern):
+        return ["(unclosed", "[z-a]"]
     if isinstance(parse, Text):
         return [""] if parse.required else []
     options = getattr(parse, "options", None)
@@ -59,7 +72,9 @@ def test_bad_flag_value_exits_2_with_one_line_naming_the_flag(setting, value):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert setting.label in lines[0] and repr(value) in lines[0]
+    assert setting.label in lines[0]
+    assert ("(hidden)" if setting.is_secret else repr(value)) in lines[0]
+    assert setting.allowed in lines[0]
     assert result.stdout == ""
 
 
@@ -72,8 +87,7 @@ def test_bad_environment_value_exits_2_with_one_line_naming_variable_and_flag(se
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert setting.env in lines[0] and setting.label in lines[0]
-    if setting.allowed and not isinstance(setting.parse, (Url, HostPort)):
-        assert setting.allowed in lines[0]  # the allowed range is named
+    assert setting.allowed in lines[0]  # what is allowed is named
 
 
 def test_min_interval_above_max_interval_is_refused():

