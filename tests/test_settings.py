@@ -17,6 +17,8 @@ from bridge.settings import (
     HostPort,
     Integer,
     Pattern,
+    SecretFile,
+    SecretText,
     Setting,
     Switch,
     Text,
@@ -41,6 +43,10 @@ def bad_values(setting: Setting) -> list[str]:
         return ["maybe"]
     if isinstance(parse, Pattern):
         return ["(unclosed", "[z-a]"]
+    if isinstance(parse, SecretText):
+        return ["two words", ""]
+    if isinstance(parse, SecretFile):
+        return ["/nonexistent/key-file"]
     if isinstance(parse, Text):
         return [""] if parse.required else []
     options = getattr(parse, "options", None)
