@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 from bridge.exchange import Frame
 
 REDACTED = "[REDACTED]"
+MIN_SECRET_LENGTH = 8
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;\\]+")
 _CLIENT_KEY = re.compile(r"sk-bridge-[A-Za-z0-9_\-]{8,}")
 _LOGGERS = ("", "bridge", "gunicorn.error", "gunicorn.access")
@@ -26,7 +27,8 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]):
         forms: set[str] = set()
         for secret in secrets:
-            if secret:
+            # a very short "key" would be cut out of ordinary answer text: leave it
+            if len(secret) >= MIN_SECRET_LENGTH:
                 forms.update((secret, json.dumps(secret)[1:-1]))
         # longest first, so a secret that contains another is replaced whole
         self._text = sorted(forms, key=len, reverse=True)
