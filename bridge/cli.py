@@ -12,6 +12,7 @@ from bridge import settings as bridge_settings
 # and returning an exit status.
 SUBCOMMANDS: dict[str, str] = {
     "keys": "bridge.keys_cli:main",
+    "cache": "bridge.cache.admin:main",
 }
 
 

@@ -298,6 +298,20 @@ SETTINGS: list[Setting] = [
     Setting("cache_per_client_key", ("--cache-per-client-key",), "in shared mode, keep a "
             "separate cache per client key instead of one shared by all clients",
             Switch(), False),
+    # --- multi-tier response cache (bridge/cache) -----------------------------------
+    Setting("enable_cache", ("--enable-cache",), "cache identical model requests (memory "
+            "tier per worker over a disk tier shared by all workers)", Switch(), False),
+    Setting("cache_dir", ("--cache-dir",), "directory of the persistent cache file",
+            Text("a directory path", required=True), "./cache", "DIR"),
+    Setting("cache_ttl", ("--cache-ttl",), "time after which a cached response expires, "
+            "in ms", Integer(30_000, 86_400_000), 30_000, "MS"),
+    Setting("cache_max_entries", ("--cache-max-entries",), "max entries on disk; the oldest "
+            "go first when full", Integer(4500, 1_000_000), 65535, "N"),
+    Setting("cache_hot_threshold", ("--cache-hot-threshold",), "initial hot-promotion "
+            "threshold in requests per minute (adapts at run time)",
+            Integer(1, 100_000), 12, "N"),
+    Setting("cache_memory_entries", ("--cache-memory-entries",), "entries of the in-memory "
+            "tier of each worker; 0 = no memory tier", Integer(0, 1_000_000), 8192, "N"),
 ]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
