@@ -1,0 +1,404 @@
+"""The disk tier: one sqlitedict file shared by every worker, surviving restarts.
+
+The file is `<cache-dir>/responses.sqlite`, table `responses` in sqlitedict's layout
+(`key TEXT PRIMARY KEY, value BLOB`), journal WAL, values encoded by `bridge.cache.entry`
+(never pickle). sqlitedict's `REPLACE INTO` gives a rewritten key a new, highest rowid,
+so rowid order is age order: eviction and TTL sweeps delete from the smallest rowid
+with short statements. Triggers keep the entry count in `cache_meta` (a `COUNT(*)` over
+a million rows would stall a worker), and `cache_purges` lets workers see purges made
+by the `cache` command so they drop the same entries from memory. `cache_flights` holds short leases
+that make single flight work across workers: the worker holding a key's lease calls
+the upstream, the others wait for the entry to appear.
+
+A file SQLite cannot read is moved aside (`responses.sqlite.corrupt-<time>`) with an
+error in the log and a fresh one is created; an entry that fails to decode is removed.
+Opening happens per process, after fork, under a file lock so workers recover once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlitedict import SqliteDict
+
+from bridge.cache.entry import (
+    HEADER_SIZE,
+    Entry,
+    UndecodableEntry,
+    created_of,
+    decode_entry,
+    encode_entry,
+    pack_created,
+)
+from bridge.cache.keys import SEPARATOR, key_model, model_prefix
+from bridge.events import emit
+
+log = logging.getLogger("bridge.cache")
+# sqlitedict logs each failed statement as a multi-line stack; we log our own one line.
+logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)
+
+TIER = "disk"
+FILE_NAME = "responses.sqlite"
+TABLE = "responses"
+BUSY_TIMEOUT_MS = 2000
+INLINE_EVICTION = 64  # rows evicted by a store itself; the sweeper does larger backlogs
+RECOVER_INTERVAL = 10.0
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS "{TABLE}" (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS cache_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cache_purges (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT,
+                                         at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cache_flights (key TEXT PRIMARY KEY, pid INTEGER NOT NULL,
+                                          expires REAL NOT NULL);
+CREATE TRIGGER IF NOT EXISTS responses_added AFTER INSERT ON "{TABLE}"
+  BEGIN UPDATE cache_meta SET value = value + 1 WHERE name = 'entries'; END;
+CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON "{TABLE}"
+  BEGIN UPDATE cache_meta SET value = value - 1 WHERE name = 'entries'; END;
+"""
+# Per connection: REPLACE's implicit delete must fire the delete trigger too.
+CONNECTION_PRAGMAS = ("PRAGMA recursive_triggers = ON",
+                      f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+_OLDEST = f'SELECT rowid FROM "{TABLE}" ORDER BY rowid LIMIT ?'
+# Counted once, when the file has no count yet (made by an older version or by hand).
+INIT_COUNT = f"""INSERT INTO cache_meta (name, value)
+  SELECT 'entries', (SELECT COUNT(*) FROM "{TABLE}")
+  WHERE NOT EXISTS (SELECT 1 FROM cache_meta WHERE name = 'entries')"""
+
+
+def cache_file(cache_dir: str | os.PathLike) -> Path:
+    return Path(cache_dir) / FILE_NAME
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """SQLite errors meaning the file itself is bad (not a lock or a full disk)."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text or "corrupt" in text)
+
+
+def _probe(path: Path) -> None:
+    """Raise sqlite3.DatabaseError when `path` exists and SQLite cannot read it."""
+    if not path.exists():
+        return
+    with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as conn:
+        conn.execute("SELECT name FROM sqlite_master").fetchall()
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if TABLE in tables:
+            conn.execute(f'SELECT key, value FROM "{TABLE}" ORDER BY rowid DESC LIMIT 1'
+                         ).fetchall()
+
+
+def _move_aside(path: Path, reason: str) -> Path:
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            os.replace(source, f"{aside}{suffix}")
+    log.error("cache file %s is unreadable (%s): moved aside to %s; starting a fresh one",
+              path, reason, aside)
+    return aside
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialises opening and recovery between the processes using the cache file."""
+    with open(f"{path}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _encode(entry: Entry) -> sqlite3.Binary:
+    return sqlite3.Binary(encode_entry(entry))
+
+
+class DiskTier:
+    """The shared disk tier; `open()` in each process before use, after fork."""
+
+    def __init__(self, cache_dir: str | os.PathLike, ttl: float, max_entries: int):
+        self.path = cache_file(cache_dir)
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.db: SqliteDict | None = None
+        self._inode = 0
+        self._recovered_at = 0.0
+
+    # --- opening and recovery ---------------------------------------------------------
+
+    def open(self) -> "DiskTier":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.path):
+            try:
+                _probe(self.path)
+            except sqlite3.DatabaseError as exc:
+                _move_aside(self.path, str(exc))
+            self._connect()
+        return self
+
+    def _connect(self) -> None:
+        self.db = SqliteDict(str(self.path), tablename=TABLE, autocommit=True,
+                             journal_mode="WAL", encode=_encode, decode=decode_entry,
+                             outer_stack=False)
+        for pragma in CONNECTION_PRAGMAS:
+            self.db.conn.execute(pragma)
+        for statement in [*SCHEMA.split(";\n"), INIT_COUNT]:
+            if statement.strip():
+                self.db.conn.execute(statement)
+        self.db.commit()
+        self._inode = os.stat(self.path).st_ino
+
+    def close(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(Exception):
+                self.db.close()
+            self.db = None
+
+    def _failed(self, exc: Exception, doing: str) -> None:
+        """Log a failed operation; when the file is corrupt, replace it (once per worker
+        and per `RECOVER_INTERVAL`, and only if no other process did already)."""
+        log.error("cache disk tier: %s failed: %s: %s", doing, type(exc).__name__, exc)
+        if not is_corruption(exc) or time.monotonic() - self._recovered_at < RECOVER_INTERVAL:
+            return
+        self._recovered_at = time.monotonic()
+        self.close()
+        with _file_lock(self.path):
+            try:
+                same_file = os.stat(self.path).st_ino == self._inode
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                _move_aside(self.path, str(exc))
+            try:
+                self._connect()
+            except sqlite3.Error as again:
+                log.error("cache disk tier: cannot reopen %s: %s", self.path, again)
+
+    def _select(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        assert self.db is not None, "DiskTier.open() first"
+        return list(self.db.conn.select(sql, tuple(args)))
+
+    # --- entries ----------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        """The entry under `key`, or None (absent, expired, undecodable or unreadable)."""
+        if self.db is None:
+            return None
+        try:
+            entry = self.db[key]
+        except KeyError:
+            return None
+        except UndecodableEntry as exc:
+            log.warning("cache entry for %s could not be decoded (%s): removed", key_model(key),
+                        exc)
+            self.delete(key)
+            return None
+        except sqlite3.Error as exc:
+            self._failed(exc, "read")
+            return None
+        if entry.expired(self.ttl):
+            if self.delete(key):
+                emit("cache.expiration", tier=TIER)
+            return None
+        return entry
+
+    def put(self, key: str, entry: Entry) -> bool:
+        if self.db is None:
+            return False
+        try:
+            self.db[key] = entry
+        except sqlite3.Error as exc:
+            self._failed(exc, "write")
+            return False
+        self.report()
+        self.evict_excess(INLINE_EVICTION)
+        return True
+
+    def delete(self, key: str) -> bool:
+        try:
+            return bool(self._select(f'DELETE FROM "{TABLE}" WHERE key = ? RETURNING 1', (key,)))
+        except sqlite3.Error as exc:
+            self._failed(exc, "delete")
+            return False
+
+    def count(self) -> int:
+        try:
+            rows = self._select("SELECT value FROM cache_meta WHERE name = 'entries'")
+        except sqlite3.Error as exc:
+            self._failed(exc, "count")
+            return 0
+        return int(rows[0][0]) if rows else 0
+
+    def report(self) -> None:
+        emit("cache.entries", self.count(), tier=TIER)
+
+    # --- single flight across workers ----------------------------------------------------
+
+    def claim(self, key: str, seconds: float) -> bool:
+        """Take the lease on `key` for `seconds` unless another live one holds it.
+        Without a readable disk, every worker may go ahead."""
+        if self.db is None:
+            return True
+        now = time.time()
+        try:
+            return bool(self._select(
+                "INSERT INTO cache_flights (key, pid, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET pid = excluded.pid, expires = excluded.expires"
+                " WHERE cache_flights.expires < ? OR cache_flights.pid = excluded.pid RETURNING 1",
+                (key, os.getpid(), now + seconds, now)))
+        except sqlite3.Error as exc:
+            self._failed(exc, "flight claim")
+            return True
+
+    def claimed(self, key: str) -> bool:
+        """Whether a live lease on `key` is held (by any worker)."""
+        try:
+            return bool(self._select("SELECT 1 FROM cache_flights WHERE key = ? AND expires >= ?",
+                                     (key, time.time())))
+        except sqlite3.Error as exc:
+            self._failed(exc, "flight check")
+            return False
+
+    def release(self, key: str) -> None:
+        try:
+            self._select("DELETE FROM cache_flights WHERE key = ? AND pid = ? RETURNING 1",
+                         (key, os.getpid()))
+        except sqlite3.Error as exc:
+            self._failed(exc, "flight release")
+
+    # --- maintenance in small steps (each one short statement) --------------------------
+
+    def _delete_returning(self, where: str, args: tuple, doing: str) -> list[str]:
+        try:
+            rows = self._select(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args)
+        except sqlite3.Error as exc:
+            self._failed(exc, doing)
+            return []
+        return [row[0] for row in rows]
+
+    def evict_excess(self, batch: int) -> int:
+        """Delete up to `batch` oldest entries beyond `max_entries`; returns how many."""
+        excess = min(batch, self.count() - self.max_entries)
+        if excess <= 0:
+            return 0
+        keys = self._delete_returning(f"rowid IN ({_OLDEST})", (excess,), "eviction")
+        if keys:
+            emit("cache.eviction", len(keys), tier=TIER)
+            self.report()
+        return len(keys)
+
+    def expire_step(self, batch: int, now: float | None = None) -> tuple[list[str], bool]:
+        """Delete the expired among the `batch` oldest entries.
+
+        Returns the deleted keys and whether more may be expired (a whole batch went).
+        Creation times are compared as big-endian doubles, which order like the numbers.
+        """
+        limit = pack_created((time.time() if now is None else now) - self.ttl)
+        keys = self._delete_returning(
+            f"rowid IN ({_OLDEST}) AND substr(value, 5, 8) < ?", (batch, limit), "TTL sweep")
+        if keys:
+            emit("cache.expiration", len(keys), tier=TIER)
+            self.report()
+        return keys, len(keys) == batch
+
+    # --- operations: purge and statistics -----------------------------------------------
+
+    def purge(self, model: str | None = None, batch: int = 5000) -> int:
+        """Delete every entry (or those of `model`) and record the purge for the workers."""
+        if model is None:
+            where, args = "1", ()
+        else:
+            start = model_prefix(model)
+            where, args = "key >= ? AND key < ?", (start, start[:-1] + chr(ord(SEPARATOR) + 1))
+        removed = 0
+        while True:
+            keys = self._delete_returning(
+                f'rowid IN (SELECT rowid FROM "{TABLE}" WHERE {where} LIMIT ?)',
+                (*args, batch), "purge")
+            removed += len(keys)
+            if len(keys) < batch:
+                break
+        self._select("INSERT INTO cache_purges (model, at) VALUES (?, ?) RETURNING id",
+                     (model, time.time()))
+        return removed
+
+    def purges_since(self, last_id: int) -> list[tuple[int, str | None]]:
+        """Purges recorded after `last_id`: (id, model or None for all)."""
+        try:
+            return [(row[0], row[1]) for row in self._select(
+                "SELECT id, model FROM cache_purges WHERE id > ? ORDER BY id", (last_id,))]
+        except sqlite3.Error as exc:
+            self._failed(exc, "purge check")
+            return []
+
+    def last_purge(self) -> int:
+        rows = self._select("SELECT COALESCE(MAX(id), 0) FROM cache_purges")
+        return int(rows[0][0])
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by model, ages and file sizes (a full scan: for the `cache` command)."""
+        now = time.time()
+        by_model: dict[str, int] = {}
+        expired = 0
+        oldest = newest = None
+        for key, header in self._select(
+                f'SELECT key, substr(value, 1, {HEADER_SIZE}) FROM "{TABLE}" ORDER BY rowid'):
+            by_model[key_model(key)] = by_model.get(key_model(key), 0) + 1
+            try:
+                created = created_of(bytes(header))
+            except UndecodableEntry:
+                continue
+            expired += now - created >= self.ttl
+            oldest = created if oldest is None else min(oldest, created)
+            newest = created if newest is None else max(newest, created)
+        total = sum(by_model.values())
+        # the triggers' count is what the workers use; a full scan is the moment to fix drift
+        self._select("UPDATE cache_meta SET value = ? WHERE name = 'entries' RETURNING 1",
+                     (total,))
+        size = sum(os.path.getsize(f"{self.path}{suffix}") for suffix in ("", "-wal")
+                   if os.path.exists(f"{self.path}{suffix}"))
+        return {"file": str(self.path), "bytes": size, "entries": total, "expired": expired,
+                "max_entries": self.max_entries, "ttl_seconds": self.ttl,
+                "oldest_age_seconds": None if oldest is None else round(now - oldest, 1),
+                "newest_age_seconds": None if newest is None else round(now - newest, 1),
+                "models": dict(sorted(by_model.items()))}
+
+
+def bulk_insert(cache_dir: str | os.PathLike, items: Iterable[tuple[str, Entry]],
+                batch: int = 10_000) -> int:
+    """Write many entries fast with plain sqlite3 in the tier's format (benchmarks, tests,
+    imports). Items are written in order, so the first is the oldest."""
+    path = cache_file(cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for pragma in CONNECTION_PRAGMAS:
+            conn.execute(pragma)
+        conn.executescript(SCHEMA)
+        conn.execute(INIT_COUNT)
+        rows: list[tuple[str, bytes]] = []
+        for key, entry in items:
+            rows.append((key, encode_entry(entry)))
+            if len(rows) >= batch:
+                written += _write(conn, rows)
+        written += _write(conn, rows)
+    return written
+
+
+def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes]]) -> int:
+    conn.execute("BEGIN")
+    conn.executemany(f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)', rows)
+    conn.execute("COMMIT")
+    count = len(rows)
+    rows.clear()
+    return count

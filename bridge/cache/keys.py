@@ -1,0 +1,99 @@
+"""The cache key: which requests are "the same question".
+
+The key is the conversation, not the bytes: canonical JSON (sorted keys, no whitespace,
+integral floats written as integers) of the API surface, the endpoint and the request
+body minus the fields that do not change the answer, with the reasoning of earlier
+assistant turns removed.
+
+Part of the key: the surface (`/v1` or `/api`), the endpoint, the model and every other
+body field, the whole message history included (`messages`, `prompt`, `system`,
+`suffix`, `context`, `images`, `tools`, `tool_choice`, `format`, `response_format`,
+`options`, `temperature`, `top_p`, `seed`, `n`, `stop`, `max_tokens`, `think`, `logprobs`,
+`input`, …). An unknown field counts as changing the answer.
+
+Not part of the key: `stream`, `stream_options`, `user`, `request_fingerprint`,
+`keep_alive`, `store`, `metadata`, `service_tier`; key order and whitespace; `<think>…</think>`
+blocks (and text before a lone `</think>`) in earlier assistant messages, and their
+`reasoning` / `reasoning_content` / `thinking` fields. Headers (Authorization included)
+are not part of the key: who may ask is decided by the stages before the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+# Body fields that never change the answer.
+IGNORED_FIELDS = frozenset({
+    "stream", "stream_options", "user", "request_fingerprint", "keep_alive", "store",
+    "metadata", "service_tier",
+})
+# Where earlier turns keep their reasoning besides think tags in the text.
+REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_UP_TO_CLOSE = re.compile(r"^.*?</think>", re.DOTALL)  # R1 templates: no opening tag
+SEPARATOR = "\t"  # between the model and the digest: purge by model is a key-range delete
+
+
+def strip_reasoning(text: str) -> str:
+    """An earlier answer without its reasoning: think blocks and what precedes a lone
+    `</think>` are removed, and the whitespace they leave at the start."""
+    if "think>" not in text:
+        return text
+    text = _THINK_BLOCK.sub("", text)
+    if "</think>" in text:
+        text = _UP_TO_CLOSE.sub("", text, count=1)
+    return text.lstrip()
+
+
+def _history_message(message: Any) -> Any:
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return message
+    clean = {name: value for name, value in message.items() if name not in REASONING_FIELDS}
+    content = clean.get("content")
+    if isinstance(content, str):
+        clean["content"] = strip_reasoning(content)
+    elif isinstance(content, list):
+        clean["content"] = [
+            {**part, "text": strip_reasoning(part["text"])}
+            if isinstance(part, dict) and isinstance(part.get("text"), str) else part
+            for part in content]
+    return clean
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {name: _canonical(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def canonical_request(surface: str, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """What identifies the question (see the module docstring)."""
+    body = {name: value for name, value in payload.items() if name not in IGNORED_FIELDS}
+    if isinstance(body.get("messages"), list):
+        body["messages"] = [_history_message(message) for message in body["messages"]]
+    return {"surface": surface, "endpoint": endpoint, "request": _canonical(body)}
+
+
+def model_prefix(model: str) -> str:
+    """The common start of the keys of every entry of `model`."""
+    return f"{model}{SEPARATOR}"
+
+
+def cache_key(surface: str, endpoint: str, payload: dict[str, Any]) -> str:
+    """`<model>\\t<sha256 of the canonical request>`."""
+    text = json.dumps(canonical_request(surface, endpoint, payload), sort_keys=True,
+                      ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return model_prefix(str(payload.get("model", ""))) + digest
+
+
+def key_model(key: str) -> str:
+    return key.rpartition(SEPARATOR)[0]

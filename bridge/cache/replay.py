@@ -1,0 +1,366 @@
+"""Serving an entry in the shape the client asked for, whatever shape it was stored in.
+
+Entries hold what the upstream produced: the frames of a stream (the usual case, see
+`bridge.cache.stage`) or a body. A streamed answer replays the stored frames with their
+original boundaries; a whole answer is assembled from them (`assemble`). The reverse,
+for an entry stored as a body, cuts the text at word boundaries (`split_body`).
+Every response gets a fresh `id` and `created` (Ollama: `created_at`), and the usage
+chunk only when the client's `stream_options.include_usage` asks for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from bridge import streaming
+from bridge.cache.entry import Entry
+from bridge.exchange import Exchange, Frame, Response, encode_json
+
+OPENAI, OLLAMA = "openai", "ollama"
+EMBEDDING_ENDPOINTS = frozenset({"embeddings", "embed"})
+ID_PREFIXES = {"chat": "chatcmpl-", "completions": "cmpl-"}
+TEXT_FIELDS = {"chat": "content", "completions": "text", "generate": "response"}
+REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+BODY_CONTENT_TYPES = {OPENAI: "application/json", OLLAMA: "application/json; charset=utf-8"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the client asked for: a stream or a whole body, and usage in streams."""
+
+    stream: bool
+    include_usage: bool
+
+    @classmethod
+    def of(cls, ex: Exchange) -> "Shape":
+        options = ex.payload.get("stream_options") if isinstance(ex.payload, dict) else None
+        include = isinstance(options, dict) and options.get("include_usage") is True
+        return cls(stream=ex.wants_stream, include_usage=include)
+
+
+def stream_codec(surface: str) -> str:
+    return streaming.NDJSON if surface == OLLAMA else streaming.SSE
+
+
+def ollama_time(now: float | None = None) -> str:
+    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's RFC3339Nano)."""
+    now = time.time() if now is None else now
+    moment = datetime.fromtimestamp(now, timezone.utc)
+    fraction = f"{moment.microsecond:06d}000".rstrip("0")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+class Rewriter:
+    """Per response: fresh identity on every frame or body, usage only when asked."""
+
+    def __init__(self, surface: str, endpoint: str, include_usage: bool):
+        self.surface = surface
+        self.include_usage = include_usage
+        self.id = ID_PREFIXES.get(endpoint, "") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+
+    def data(self, data: dict[str, Any], stream: bool) -> dict[str, Any] | None:
+        """The rewritten object (changed in place), or None when the client must not see it."""
+        if self.surface == OLLAMA:
+            if "created_at" in data:
+                data["created_at"] = ollama_time()
+            return data
+        if "error" in data:
+            return data
+        if "id" in data:
+            data["id"] = self.id
+        if "created" in data:
+            data["created"] = self.created
+        if stream and not self.include_usage and "usage" in data:
+            if data.get("choices") == []:
+                return None
+            del data["usage"]
+        return data
+
+    def frame(self, frame: Frame) -> Frame | None:
+        if frame.verbatim or frame.is_done:
+            return frame
+        try:
+            data = json.loads(frame.raw)  # never the shared parsed copy: callers may change it
+        except ValueError:
+            return frame
+        if not isinstance(data, dict):
+            return frame
+        data = self.data(data, stream=True)
+        return None if data is None else Frame.of(data)
+
+
+# --- stream → body -----------------------------------------------------------------------
+
+
+def _merge_tool_calls(calls: list[dict[str, Any]], pieces: list[Any]) -> None:
+    """OpenAI streams a call's arguments in pieces under one `index`; Ollama sends whole calls."""
+    for piece in pieces:
+        if not isinstance(piece, dict):
+            continue
+        index = piece.get("index")
+        same = next((call for call in calls if index is not None and call.get("index") == index
+                     and "function" in piece and isinstance(piece["function"], dict)
+                     and "name" not in piece["function"]), None)
+        if same is None:
+            calls.append(copy.deepcopy(piece))
+            continue
+        function = same.setdefault("function", {})
+        for name, value in piece["function"].items():
+            if isinstance(value, str) and isinstance(function.get(name), str):
+                function[name] += value
+            else:
+                function[name] = value
+
+
+def _merge(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    for name, value in delta.items():
+        if name == "tool_calls" and isinstance(value, list):
+            _merge_tool_calls(message.setdefault("tool_calls", []), value)
+        elif isinstance(value, str) and name != "role":
+            message[name] = message.get(name, "") + value
+        elif name == "role" and value:
+            message["role"] = value
+        elif value is not None or name not in message:
+            message[name] = value
+
+
+def _drop_empty(holder: dict[str, Any]) -> dict[str, Any]:
+    for name in (*REASONING_FIELDS, "tool_calls", "images"):
+        if holder.get(name) in ("", [], None) and name in holder:
+            del holder[name]
+    return holder
+
+
+def _merge_logprobs(choice: dict[str, Any], logprobs: Any) -> None:
+    if not isinstance(logprobs, dict):
+        return
+    merged = choice.setdefault("logprobs", {})
+    for name, value in logprobs.items():
+        if isinstance(value, list):
+            merged.setdefault(name, []).extend(value)
+        else:
+            merged[name] = value
+
+
+def _assemble_openai(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    first = objects[0] if objects else {}
+    choices: dict[int, dict[str, Any]] = {}
+    usage = None
+    for obj in objects:
+        if obj.get("usage"):
+            usage = obj["usage"]
+        for piece in obj.get("choices") or ():
+            index = piece.get("index", 0)
+            if endpoint == "chat":
+                choice = choices.setdefault(index, {
+                    "index": index, "message": {"role": "assistant", "content": ""},
+                    "finish_reason": None})
+                _merge(choice["message"], piece.get("delta") or {})
+            else:
+                choice = choices.setdefault(index, {"index": index, "text": "",
+                                                    "finish_reason": None})
+                choice["text"] += piece.get("text") or ""
+            if piece.get("finish_reason"):
+                choice["finish_reason"] = piece["finish_reason"]
+            if piece.get("logprobs"):
+                _merge_logprobs(choice, piece["logprobs"])
+    body: dict[str, Any] = {
+        "id": first.get("id", ""),
+        "object": "chat.completion" if endpoint == "chat" else "text_completion",
+        "created": first.get("created", 0), "model": first.get("model", "")}
+    if "system_fingerprint" in first:
+        body["system_fingerprint"] = first["system_fingerprint"]
+    body["choices"] = [choices[index] for index in sorted(choices)]
+    for choice in body["choices"]:
+        if "message" in choice:
+            _drop_empty(choice["message"])
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def _assemble_ollama(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    final = next((obj for obj in reversed(objects) if obj.get("done") is True),
+                 objects[-1] if objects else {})
+    body = {name: value for name, value in final.items()}
+    if endpoint == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        for obj in objects:
+            _merge(message, obj.get("message") or {})
+        body["message"] = _drop_empty(message)
+    else:
+        body["response"] = "".join(str(obj.get("response") or "") for obj in objects)
+        thinking = "".join(str(obj.get("thinking") or "") for obj in objects)
+        body.pop("thinking", None)
+        if thinking:
+            body["thinking"] = thinking
+    return body
+
+
+def assemble(surface: str, endpoint: str, frames: Iterable[Frame]) -> dict[str, Any]:
+    """The whole response the upstream would have sent without streaming."""
+    objects = [obj for obj in (json.loads(frame.raw) for frame in frames
+                               if not frame.verbatim and not frame.is_done)
+               if isinstance(obj, dict)]
+    if surface == OLLAMA:
+        return _assemble_ollama(endpoint, objects)
+    return _assemble_openai(endpoint, objects)
+
+
+# --- body → stream -------------------------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    """Text cut at word boundaries, each piece keeping its trailing whitespace."""
+    return _WORDS.findall(text)
+
+
+def _split_openai(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    base = {"id": body.get("id", ""), "created": body.get("created", 0),
+            "model": body.get("model", "")}
+    if "system_fingerprint" in body:
+        base["system_fingerprint"] = body["system_fingerprint"]
+    out: list[dict[str, Any]] = []
+    if endpoint == "chat":
+        base["object"] = "chat.completion.chunk"
+
+        def chunk(index: int, delta: dict[str, Any], finish: Any = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": index, "delta": delta,
+                                         "finish_reason": finish}]}
+
+        for choice in body.get("choices") or ():
+            index, message = choice.get("index", 0), dict(choice.get("message") or {})
+            out.append(chunk(index, {"role": message.pop("role", "assistant"), "content": ""}))
+            for name in REASONING_FIELDS:
+                out.extend(chunk(index, {name: piece}) for piece in words(message.pop(name, "")
+                                                                           or ""))
+            out.extend(chunk(index, {"content": piece})
+                       for piece in words(message.pop("content", "") or ""))
+            calls = message.pop("tool_calls", None)
+            if calls:
+                out.append(chunk(index, {"tool_calls": [{"index": position, **call}
+                                                        for position, call in enumerate(calls)]}))
+            out.append(chunk(index, {}, choice.get("finish_reason") or "stop"))
+    else:
+        base["object"] = "text_completion"
+        for choice in body.get("choices") or ():
+            index = choice.get("index", 0)
+            out.extend({**base, "choices": [{"index": index, "text": piece,
+                                             "finish_reason": None}]}
+                       for piece in words(choice.get("text") or ""))
+            out.append({**base, "choices": [{"index": index, "text": "",
+                                             "finish_reason": choice.get("finish_reason")
+                                             or "stop"}]})
+    if body.get("usage"):
+        out.append({**base, "choices": [], "usage": body["usage"]})
+    return out
+
+
+def _split_ollama(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    head = {name: body[name] for name in ("model", "created_at") if name in body}
+    final = {name: value for name, value in body.items()
+             if name not in ("message", "response", "thinking")}
+    final["done"] = True
+    out: list[dict[str, Any]] = []
+    if endpoint == "chat":
+        message = dict(body.get("message") or {})
+        role = message.pop("role", "assistant")
+        for name in REASONING_FIELDS:
+            out.extend({**head, "message": {"role": role, "content": "", name: piece},
+                        "done": False} for piece in words(message.pop(name, "") or ""))
+        out.extend({**head, "message": {"role": role, "content": piece}, "done": False}
+                   for piece in words(message.pop("content", "") or ""))
+        if message:  # tool calls, images: whole, in one more frame
+            out.append({**head, "message": {"role": role, "content": "", **message},
+                        "done": False})
+        final = {**final, "message": {"role": role, "content": ""}}
+    else:
+        out.extend({**head, "response": "", "thinking": piece, "done": False}
+                   for piece in words(body.get("thinking") or ""))
+        out.extend({**head, "response": piece, "done": False}
+                   for piece in words(body.get("response") or ""))
+        final = {**final, "response": ""}
+    out.append(final)
+    return out
+
+
+def split_body(surface: str, endpoint: str, body: dict[str, Any]) -> list[Frame]:
+    """A stream of the answer in `body`, chunked at word boundaries, terminator included."""
+    if surface == OLLAMA:
+        return [Frame.of(obj) for obj in _split_ollama(endpoint, body)]
+    return [*(Frame.of(obj) for obj in _split_openai(endpoint, body)), Frame(b"[DONE]")]
+
+
+# --- entry → response ----------------------------------------------------------------------
+
+
+def entry_frames(entry: Entry) -> list[Frame]:
+    """The entry as a stream: its own frames, or frames cut from its body (kept)."""
+    if entry.is_stream:
+        return [entry.frame(index) for index in range(len(entry.frames))]
+    if "frames" not in entry.derived:
+        entry.derived["frames"] = split_body(entry.surface, entry.endpoint,
+                                             json.loads(entry.body or b"{}"))
+    return entry.derived["frames"]
+
+
+def entry_body(entry: Entry) -> bytes:
+    """The entry as a whole body: its own, or assembled from its frames (kept)."""
+    if entry.body is not None:
+        return entry.body
+    if "body" not in entry.derived:
+        entry.derived["body"] = encode_json(
+            assemble(entry.surface, entry.endpoint, entry_frames(entry))) + b"\n"
+    return entry.derived["body"]
+
+
+def body_response(surface: str, endpoint: str, body: bytes, shape: Shape,
+                  headers: dict[str, str]) -> Response:
+    headers = {"content-type": BODY_CONTENT_TYPES[surface], **headers}
+    if endpoint in EMBEDDING_ENDPOINTS:
+        return Response(status=200, headers=headers, body=body)
+    data = json.loads(body)
+    response = Response(status=200, headers=headers)
+    rewritten = Rewriter(surface, endpoint, shape.include_usage).data(data, stream=False)
+    response.set_json(rewritten)
+    return response
+
+
+def stream_response(surface: str, frames: Iterable[Frame], rewriter: Rewriter,
+                    headers: dict[str, str]) -> Response:
+    """A stream of `frames` rewritten for one client; `outcome` is set as the end passes."""
+    codec = stream_codec(surface)
+    response = streaming.stream_response(200, headers, iter(()), codec)
+    response.frames = _replayed(response, frames, rewriter, codec)
+    return response
+
+
+def _replayed(response: Response, frames: Iterable[Frame], rewriter: Rewriter,
+              codec: str) -> Iterator[Frame]:
+    with streaming.owned(iter(frames)) as source:
+        for frame in source:
+            if streaming.is_terminal(frame, codec):
+                response.outcome = "complete"
+            out = rewriter.frame(frame)
+            if out is not None:
+                yield out
+    if response.outcome is None:
+        response.outcome = "truncated"
+
+
+def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
+    """A response for a stored entry, in the shape the client asked for."""
+    if shape.stream and entry.endpoint not in EMBEDDING_ENDPOINTS:
+        rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
+        return stream_response(entry.surface, entry_frames(entry), rewriter, headers)
+    return body_response(entry.surface, entry.endpoint, entry_body(entry), shape, headers)

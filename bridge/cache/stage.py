@@ -1,0 +1,341 @@
+"""The cache stage of the pipeline: look up (and maybe answer), or call once and store.
+
+On the way in: the key of a cacheable request is looked up in memory, then on disk; a
+hit answers at once in the shape the client asked for. An identical miss already in
+flight in this worker is followed instead of calling the upstream again. Otherwise this
+request leads: it asks the upstream for a stream (`stream: true`, and
+`stream_options.include_usage` on the OpenAI surface) whatever the client asked, so
+that every entry holds the upstream's own frames and serves streamed and whole answers
+alike; the client's payload is restored on the way out.
+
+On the way out: a complete stream (terminator seen) or a successful whole body is stored
+in both tiers; errors and cut streams never are. Per request, `Cache-Control: no-cache`
+skips the lookup and refreshes the entry, `no-store` bypasses the cache both ways,
+`max-age=N` accepts only entries younger than N seconds. Responses carry `X-Cache`
+(HIT-MEMORY, HIT-DISK, MISS, BYPASS) and, on hits, `Age`. A follower of an in-flight
+call is a MISS that cost no upstream call of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+
+from bridge.cache import replay
+from bridge.cache.disk import DiskTier
+from bridge.cache.entry import Entry
+from bridge.cache.flight import Flight, Flights
+from bridge.cache.hot import HotTracker
+from bridge.cache.keys import cache_key
+from bridge.cache.memory import MemoryTier
+from bridge.cache.sweeper import Sweeper
+from bridge.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable, error_response
+from bridge.events import emit
+from bridge.exchange import Exchange, Response
+from bridge.pipeline import Context, Stage
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.cache")
+
+CACHEABLE = frozenset({("openai", "chat"), ("openai", "completions"), ("openai", "embeddings"),
+                       ("ollama", "chat"), ("ollama", "generate"), ("ollama", "embed")})
+HIT_MEMORY, HIT_DISK, MISS, BYPASS = "HIT-MEMORY", "HIT-DISK", "MISS", "BYPASS"
+NOTE = "cache"
+REMOTE_POLL = 0.05   # how often a worker looks for the entry another worker is producing
+CLOCK_SLACK = 1.0    # an entry stored this long before we started waiting is still fresh
+
+
+@dataclass(frozen=True)
+class Control:
+    """The client's `Cache-Control` for this request."""
+
+    lookup: bool = True
+    store: bool = True
+    max_age: float | None = None
+
+    @classmethod
+    def parse(cls, headers: dict[str, str]) -> "Control":
+        lookup, store, max_age = True, True, None
+        directives = [part.strip().lower() for part in headers.get("cache-control", "").split(",")]
+        if "no-cache" in headers.get("pragma", "").lower():
+            directives.append("no-cache")
+        for directive in directives:
+            name, _, value = directive.partition("=")
+            if name == "no-store":
+                lookup = store = False
+            elif name == "no-cache":
+                lookup = False
+            elif name == "max-age":
+                try:
+                    max_age = max(0.0, float(value.strip().strip('"')))
+                except ValueError:
+                    continue
+        return cls(lookup=lookup, store=store, max_age=max_age)
+
+
+@dataclass
+class Pending:
+    """What the cache noted about a leading miss, between on_request and on_response."""
+
+    key: str
+    control: Control
+    flight: Flight | None
+    payload: Any  # the client's own payload, restored on the way out
+
+
+class CacheStage(Stage):
+    name = "cache"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ttl = settings.cache_ttl / 1000
+        self.wait_limit = (settings.timeout / 1000) * (1 + settings.retry_attempts) + 5
+        self.memory = MemoryTier(settings.cache_memory_entries, self.ttl)
+        self.disk: DiskTier | None = None
+        self.hot = HotTracker(settings.cache_hot_threshold)
+        self.flights = Flights(on_end=self._released)
+        self.sweeper: Sweeper | None = None
+
+    def start(self) -> None:
+        disk = DiskTier(self.settings.cache_dir, self.ttl, self.settings.cache_max_entries)
+        try:
+            self.disk = disk.open()
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot open must not stop serving
+            log.error("cache disk tier unavailable (%s: %s): serving with the memory tier only",
+                      type(exc).__name__, exc)
+            self.disk = None
+        self.sweeper = Sweeper(self.memory, self.disk, self.hot)
+        self.sweeper.start()
+        self.memory.report()
+        self.hot.report()
+        if self.disk is not None:
+            self.disk.report()
+
+    # --- on the way in ------------------------------------------------------------------
+
+    def on_request(self, ex: Exchange) -> None:
+        if not ex.is_model_request or (ex.surface, ex.endpoint) not in CACHEABLE \
+                or ex.method != "POST":
+            return
+        control = Control.parse(ex.headers)
+        if not control.store:
+            self._mark(ex, BYPASS)
+            emit("cache.bypass")
+            return
+        key = cache_key(ex.surface, ex.endpoint, ex.payload)
+        shape = replay.Shape.of(ex)
+        self._mark(ex, MISS)
+        if control.lookup:
+            count = self.hot.touch(key)
+            if self._answer_from_tiers(ex, key, control, shape, count):
+                return
+            flight = self.flights.get(key, self.wait_limit)
+            if flight is not None and self._follow(ex, flight, shape):
+                emit("cache.miss")
+                return
+        emit("cache.miss")
+        flight = self._lead(ex, key, control)
+        if flight is not None and flight.entry is not None:  # another worker answered it
+            ex.response = replay.serve_entry(flight.entry, shape, {})
+
+    def _answer_from_tiers(self, ex: Exchange, key: str, control: Control,
+                           shape: replay.Shape, count: int) -> bool:
+        entry = self.memory.get(key)
+        tier = HIT_MEMORY
+        if entry is None and self.disk is not None:
+            entry = self.disk.get(key)
+            tier = HIT_DISK
+            if entry is not None:
+                self.hot.disk_hit(key, entry, count)
+        if entry is None:
+            return False
+        age = entry.age()
+        if control.max_age is not None and age > control.max_age:
+            return False
+        ex.response = replay.serve_entry(entry, shape, {"age": str(int(age))})
+        self._mark(ex, tier)
+        emit("cache.hit", tier=tier.removeprefix("HIT-").lower())
+        return True
+
+    def _subscribe(self, ex: Exchange, flight: Flight, leader: bool = False) -> None:
+        flight.join()
+        if leader:
+            ex.on_close(lambda _ex: (flight.leave(), flight.abandon()))
+        else:
+            ex.on_close(lambda _ex: flight.leave())
+
+    def _follow(self, ex: Exchange, flight: Flight, shape: replay.Shape) -> bool:
+        """Serve this request from an identical one in flight; False when it must go
+        upstream itself (the leader went away)."""
+        self._subscribe(ex, flight)
+        if not flight.wait(self.wait_limit, started=shape.stream) or \
+                flight.outcome == "abandoned":
+            return False
+        response = self._from_flight(ex, flight, shape)
+        if response is None:
+            return False
+        ex.response = response
+        return True
+
+    def _lead(self, ex: Exchange, key: str, control: Control) -> Flight | None:
+        """Become the leader for `key` in this worker (unless a refresh runs beside a
+        flight), then across workers; note what on_response needs and ask for a stream."""
+        flight = None
+        if self.flights.get(key, self.wait_limit) is None:
+            flight = self.flights.lead(key)
+            self._subscribe(ex, flight, leader=True)
+            if control.lookup and self._wait_for_other_worker(key, flight):
+                return flight
+        ex.notes[NOTE] = Pending(key=key, control=control, flight=flight, payload=ex.payload)
+        upstream_payload = streaming_payload(ex)
+        if upstream_payload is not ex.payload:
+            ex.replace_payload(upstream_payload)
+        return flight
+
+    def _wait_for_other_worker(self, key: str, flight: Flight) -> bool:
+        """Claim the cross-worker lease on `key`; while another worker holds it, wait for
+        the entry it stores. True when that entry arrived (it ends `flight`)."""
+        if self.disk is None:
+            return False
+        started, deadline = time.time(), time.monotonic() + self.wait_limit
+        while not self.disk.claim(key, self.wait_limit):
+            if time.monotonic() > deadline:
+                return False
+            gevent.sleep(REMOTE_POLL)
+            entry = self.disk.get(key)
+            if entry is not None and entry.created >= started - CLOCK_SLACK:
+                flight.finish_with(entry)
+                return True
+        flight.claimed = True
+        return False
+
+    def _released(self, flight: Flight) -> None:
+        if flight.claimed and self.disk is not None:
+            self.disk.release(flight.key)
+
+    # --- on the way out -----------------------------------------------------------------
+
+    def on_response(self, ex: Exchange) -> None:
+        pending: Pending | None = ex.notes.pop(NOTE, None)
+        response = ex.response
+        if pending is None or response is None:
+            self._headers(ex)
+            return
+        if pending.payload is not ex.payload:
+            ex.replace_payload(pending.payload)
+        shape = replay.Shape.of(ex)
+        flight = pending.flight
+        if flight is None:  # a refresh while an identical call is in flight: on its own
+            flight = Flight(pending.key, lambda _flight: None)
+            self._subscribe(ex, flight)
+        if response.ok and response.streaming:
+            flight.produce(response, lambda done: self._store(
+                ex, pending.key, self._entry(ex, done.codec, done.frames)))
+        elif response.ok and self._storable_body(response):
+            entry = self._entry(ex, None, (), body=response.body)
+            flight.finish_with(entry)
+            self._store(ex, pending.key, entry)
+        else:
+            flight.finish_with(response)
+            self._headers(ex)
+            return
+        ex.response = self._from_flight(ex, flight, shape) or response
+        self._headers(ex)
+
+    def _from_flight(self, ex: Exchange, flight: Flight, shape: replay.Shape
+                     ) -> Response | None:
+        """This client's response from a flight (waiting for its end for a whole answer)."""
+        if flight.failure is not None:
+            return flight.shared_failure()
+        if flight.entry is not None:
+            return replay.serve_entry(flight.entry, shape, {})
+        if flight.codec is None:
+            return None
+        if shape.stream:
+            rewriter = replay.Rewriter(ex.surface, ex.endpoint, shape.include_usage)
+            return replay.stream_response(ex.surface, flight.follow(), rewriter, {})
+        if not flight.wait(self.wait_limit) or flight.outcome != "complete":
+            return self._incomplete(ex, flight)
+        return replay.serve_entry(self._entry(ex, flight.codec, flight.frames), shape, {})
+
+    def _incomplete(self, ex: Exchange, flight: Flight) -> Response:
+        """A whole answer was asked for, and the upstream stream did not finish."""
+        err: BridgeError
+        if flight.outcome == "timeout":
+            err = UpstreamTimeout("upstream did not finish the response in time")
+        else:
+            err = UpstreamUnavailable("upstream stream ended prematurely",
+                                      code="upstream_stream_truncated")
+        return error_response(ex.surface, err)
+
+    # --- storing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _storable_body(response: Response) -> bool:
+        data = response.json()
+        return isinstance(data, dict) and "error" not in data
+
+    def _entry(self, ex: Exchange, codec: str | None, frames: Any,
+               body: bytes | None = None) -> Entry:
+        return Entry(surface=ex.surface, endpoint=ex.endpoint, model=ex.model,
+                     created=time.time(), codec=codec,
+                     frames=tuple(frame.raw for frame in frames),
+                     verbatim=frozenset(i for i, frame in enumerate(frames) if frame.verbatim),
+                     body=body)
+
+    def _store(self, ex: Exchange, key: str, entry: Entry) -> None:
+        if not all(_utf8(data) for data in (*entry.frames, entry.body or b"")):
+            log.warning("cache: response of %s not stored (not UTF-8) [%s]", ex.model,
+                        ex.request_id)
+            return
+        self.memory.put(key, entry)
+        if self.disk is not None:
+            self.disk.put(key, entry)
+        emit("cache.store")
+
+    # --- headers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _mark(ex: Exchange, status: str) -> None:
+        ex.cache_status = status
+
+    @staticmethod
+    def _headers(ex: Exchange) -> None:
+        if ex.cache_status is not None and ex.response is not None:
+            ex.response.headers["x-cache"] = ex.cache_status
+            if not ex.cache_status.startswith("HIT"):
+                ex.response.headers.pop("age", None)
+
+
+def _utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def streaming_payload(ex: Exchange) -> Any:
+    """The payload sent upstream by a leading miss: always a stream (with usage), so
+    the entry holds the upstream's frames; embeddings go unchanged."""
+    payload = ex.payload
+    if ex.endpoint in replay.EMBEDDING_ENDPOINTS:
+        return payload
+    if ex.surface == "ollama":
+        return payload if payload.get("stream") is True else {**payload, "stream": True}
+    options = payload.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    if payload.get("stream") is True and options.get("include_usage") is True:
+        return payload
+    options["include_usage"] = True
+    return {**payload, "stream": True, "stream_options": options}
+
+
+def make_stage(settings: Settings, context: Context) -> CacheStage | None:
+    return CacheStage(settings) if settings.enable_cache else None
