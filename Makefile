@@ -3,7 +3,7 @@
 #   make test   run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-ARGS ?=
+ARGS ?= --enable-cache --cache-dir ./cache
 
 .PHONY: run test lint bench
 

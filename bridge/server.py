@@ -39,6 +39,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,  # one per user by default: instances would collide
         "on_starting": on_starting,
         "post_fork": post_fork,
+        "post_worker_init": post_worker_init,
         "child_exit": child_exit,
         "when_ready": shared_mode_check(settings),
     }
@@ -50,6 +51,18 @@ def on_starting(server: Any) -> None:
 
 def post_fork(server: Any, worker: Any) -> None:
     """In each new worker, right after fork."""
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each worker, once the app is loaded: start the stages now (background work such
+    as the cache's TTL sweeps must not wait for a first request)."""
+    pipeline = getattr(worker.wsgi, "extensions", {}).get("bridge.pipeline")
+    if pipeline is None:
+        return
+    try:
+        pipeline.start()
+    except Exception:  # noqa: BLE001 - a worker that cannot start a stage still serves
+        log.exception("starting the pipeline's stages failed")
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -24,7 +24,7 @@ CHAT = "/v1/chat/completions"
 @pytest.fixture(scope="module")
 def cached(standin_server, tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
-    with start_bridge("--enable-cache", "--cache-dir", str(cache_dir),
+    with start_bridge("--enable-cache", "--cache-dir", str(cache_dir), "--keep-reasoning",
                       upstream=standin_server.url, workers=2,
                       log_dir=tmp_path_factory.mktemp("bridge")) as process:
         yield process
@@ -49,7 +49,8 @@ def post(bridge, body, path=CHAT, headers=None, **kwargs) -> requests.Response:
 
 
 def reasoning_of(holder) -> str:
-    return (holder.model_extra or {}).get("reasoning") or ""
+    """The reasoning the think filter hands over (`--keep-reasoning`)."""
+    return (holder.model_extra or {}).get("reasoning_content") or ""
 
 
 def streamed(oai, q, **kwargs):

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from bridge.cache.disk import FILE_NAME, TABLE, bulk_insert
-from bridge.cache.entry import MAGIC, Entry, pack_created
+from bridge.cache.entry import HEADER_SIZE, MAGIC, Entry, pack_created
 from bridge.cache.keys import cache_key
 from bridge.processes import ROOT
 
@@ -50,12 +50,11 @@ def stats(cache_dir: Path) -> dict:
 
 def set_age(cache_dir: Path, q: str, seconds: float) -> None:
     """Make the stored entry of question `q` look `seconds` old."""
+    key = cache_key("openai", "chat", body_for(q))
     with contextlib.closing(sqlite3.connect(cache_dir / FILE_NAME, isolation_level=None)) as db:
-        changed = db.execute(
-            f'UPDATE "{TABLE}" SET value = ? || substr(value, 13) WHERE key = ?',
-            (MAGIC + pack_created(time.time() - seconds),
-             cache_key("openai", "chat", body_for(q)))).rowcount
-    assert changed == 1
+        (value,), = db.execute(f'SELECT value FROM "{TABLE}" WHERE key = ?', (key,))
+        db.execute(f'UPDATE "{TABLE}" SET value = ? WHERE key = ?',
+                   (MAGIC + pack_created(time.time() - seconds) + value[HEADER_SIZE:], key))
 
 
 def poll(condition, timeout: float = 6.0, every: float = 0.2):
@@ -69,15 +68,18 @@ def poll(condition, timeout: float = 6.0, every: float = 0.2):
 
 def test_restart_keeps_entries_and_hot_entries_move_to_memory(standin, make_bridge, tmp_path):
     q = f"restart {uuid.uuid4().hex[:6]}"
-    first = make_bridge(*enable(tmp_path))
-    assert ask(first, q).headers["x-cache"] == "MISS"
+    first = make_bridge(*enable(tmp_path, "--disable-think-filter"))
+    miss = ask(first, q)
+    assert miss.headers["x-cache"] == "MISS" and miss.json()["choices"][0]["message"]["reasoning"]
     first.stop()
     second = make_bridge(*enable(tmp_path, "--cache-hot-threshold", "3"))
     with requests.Session() as session:  # one connection: one worker, one memory tier
         seen = [ask(second, q, session).headers["x-cache"] for _ in range(4)]
         assert seen == ["HIT-DISK"] * 4  # 4 > 3 requests this minute: a candidate
         assert poll(lambda: ask(second, q, session).headers["x-cache"] == "HIT-MEMORY")
-    assert ask(second, q).json()["choices"][0]["message"]["content"] == f"Echo: {q}"
+    # stored unfiltered, served through this bridge's think filter
+    assert ask(second, q).json()["choices"][0]["message"] == {"role": "assistant",
+                                                               "content": f"Echo: {q}"}
     assert standin.count(CHAT) == 1
 
 
@@ -86,16 +88,16 @@ def test_entries_expire_after_the_ttl_in_both_tiers(standin, make_bridge, tmp_pa
     first = make_bridge(*enable(tmp_path))
     ask(first, kept), ask(first, stale)
     first.stop()
-    set_age(tmp_path, kept, 27.5)   # the TTL is 30 s
-    set_age(tmp_path, stale, 40)
+    set_age(tmp_path, stale, 40)  # the TTL is 30 s
     bridge = make_bridge(*enable(tmp_path, "--cache-hot-threshold", "1"))
     assert poll(lambda: stats(tmp_path)["entries"] == 1)  # the sweeper removed the stale one
+    set_age(tmp_path, kept, 25)
     with requests.Session() as session:
         hit = ask(bridge, kept, session)
-        assert hit.headers["x-cache"] == "HIT-DISK" and int(hit.headers["age"]) >= 27
-        assert poll(lambda: ask(bridge, kept, session).headers["x-cache"] == "HIT-MEMORY")
+        assert hit.headers["x-cache"] == "HIT-DISK" and int(hit.headers["age"]) >= 25
+        assert poll(lambda: ask(bridge, kept, session).headers["x-cache"] == "HIT-MEMORY", 4)
         time.sleep(max(0.0, 30.2 - float(ask(bridge, kept, session).headers["age"])))
-        assert poll(lambda: ask(bridge, kept, session).headers["x-cache"] == "MISS", 3)
+        assert ask(bridge, kept, session).headers["x-cache"] == "MISS"  # gone from memory too
     assert ask(bridge, stale).headers["x-cache"] == "MISS"
     assert standin.count(CHAT) == 4
 
@@ -135,11 +137,14 @@ def test_corrupt_file_and_entries_are_survived(standin, make_bridge, tmp_path):
     with contextlib.closing(sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)) as db:
         db.execute(f'INSERT INTO "{TABLE}" (key, value) VALUES (?, ?)',
                    (cache_key("openai", "chat", body_for(other)), b"\x80garbage"))
+        db.execute(f'INSERT INTO "{TABLE}" (key, value) VALUES (?, CAST(? AS TEXT))',
+                   (cache_key("openai", "chat", body_for(other + "!")), b"\x80garbage"))
     answer = ask(bridge, other)
     assert answer.headers["x-cache"] == "MISS" and answer.json()["choices"][0]["message"]
     assert ask(bridge, other).headers["x-cache"].startswith("HIT-")
+    assert ask(bridge, other + "!").headers["x-cache"] == "MISS"
     assert "could not be decoded" in bridge.log()
-    assert standin.count(CHAT) == 2
+    assert standin.count(CHAT) == 3
 
 
 def test_cache_command_while_the_bridge_runs(standin, make_bridge, tmp_path):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sqlitedict import SqliteDict
+from sqlitedict import SqliteDict, SqliteMultithread
 
 from bridge.cache.entry import (
     HEADER_SIZE,
@@ -92,8 +92,8 @@ def _probe(path: Path) -> None:
         conn.execute("SELECT name FROM sqlite_master").fetchall()
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         if TABLE in tables:
-            conn.execute(f'SELECT key, value FROM "{TABLE}" ORDER BY rowid DESC LIMIT 1'
-                         ).fetchall()
+            conn.execute(f'SELECT key, length(value) FROM "{TABLE}" ORDER BY rowid DESC '
+                         "LIMIT 1").fetchall()
 
 
 def _move_aside(path: Path, reason: str) -> Path:
@@ -122,6 +122,27 @@ def _encode(entry: Entry) -> sqlite3.Binary:
     return sqlite3.Binary(encode_entry(entry))
 
 
+def _tolerant_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+class _Connection(SqliteMultithread):
+    """sqlitedict's connection thread, reading TEXT that is not UTF-8 without failing:
+    such a failure happens while it hands rows over, kills the thread and leaves its
+    caller waiting forever (a foreign or damaged row must not hang a worker)."""
+
+    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Cursor]:
+        conn, cursor = super()._connect()
+        conn.text_factory = _tolerant_text
+        return conn, cursor
+
+
+class _Table(SqliteDict):
+    def _new_conn(self) -> SqliteMultithread:
+        return _Connection(self.filename, autocommit=self.autocommit,
+                           journal_mode=self.journal_mode, outer_stack=self._outer_stack)
+
+
 class DiskTier:
     """The shared disk tier; `open()` in each process before use, after fork."""
 
@@ -129,7 +150,7 @@ class DiskTier:
         self.path = cache_file(cache_dir)
         self.ttl = ttl
         self.max_entries = max_entries
-        self.db: SqliteDict | None = None
+        self.db: _Table | None = None
         self._inode = 0
         self._recovered_at = 0.0
 
@@ -141,12 +162,14 @@ class DiskTier:
             try:
                 _probe(self.path)
             except sqlite3.DatabaseError as exc:
+                if not is_corruption(exc):
+                    raise
                 _move_aside(self.path, str(exc))
             self._connect()
         return self
 
     def _connect(self) -> None:
-        self.db = SqliteDict(str(self.path), tablename=TABLE, autocommit=True,
+        self.db = _Table(str(self.path), tablename=TABLE, autocommit=True,
                              journal_mode="WAL", encode=_encode, decode=decode_entry,
                              outer_stack=False)
         for pragma in CONNECTION_PRAGMAS:
@@ -194,16 +217,19 @@ class DiskTier:
         if self.db is None:
             return None
         try:
-            entry = self.db[key]
-        except KeyError:
+            rows = self._select(f'SELECT CAST(value AS BLOB) FROM "{TABLE}" WHERE key = ?',
+                                (key,))
+        except sqlite3.Error as exc:
+            self._failed(exc, "read")
             return None
+        if not rows:
+            return None
+        try:
+            entry = decode_entry(rows[0][0])
         except UndecodableEntry as exc:
             log.warning("cache entry for %s could not be decoded (%s): removed", key_model(key),
                         exc)
             self.delete(key)
-            return None
-        except sqlite3.Error as exc:
-            self._failed(exc, "read")
             return None
         if entry.expired(self.ttl):
             if self.delete(key):
@@ -351,7 +377,8 @@ class DiskTier:
         expired = 0
         oldest = newest = None
         for key, header in self._select(
-                f'SELECT key, substr(value, 1, {HEADER_SIZE}) FROM "{TABLE}" ORDER BY rowid'):
+                f'SELECT key, substr(CAST(value AS BLOB), 1, {HEADER_SIZE}) FROM "{TABLE}" '
+                'ORDER BY rowid'):
             by_model[key_model(key)] = by_model.get(key_model(key), 0) + 1
             try:
                 created = created_of(bytes(header))

@@ -11,6 +11,9 @@ body field, the whole message history included (`messages`, `prompt`, `system`,
 `options`, `temperature`, `top_p`, `seed`, `n`, `stop`, `max_tokens`, `think`, `logprobs`,
 `input`, …). An unknown field counts as changing the answer.
 
+In shared mode with `--cache-per-client-key`, the auth stage's `cache_scope` note (the
+client key's name) is part of the key too: one cache per client key.
+
 Not part of the key: `stream`, `stream_options`, `user`, `request_fingerprint`,
 `keep_alive`, `store`, `metadata`, `service_tier`; key order and whitespace; `<think>…</think>`
 blocks (and text before a lone `</think>`) in earlier assistant messages, and their
@@ -74,12 +77,16 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def canonical_request(surface: str, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+def canonical_request(surface: str, endpoint: str, payload: dict[str, Any],
+                      scope: str | None = None) -> dict[str, Any]:
     """What identifies the question (see the module docstring)."""
     body = {name: value for name, value in payload.items() if name not in IGNORED_FIELDS}
     if isinstance(body.get("messages"), list):
         body["messages"] = [_history_message(message) for message in body["messages"]]
-    return {"surface": surface, "endpoint": endpoint, "request": _canonical(body)}
+    canonical = {"surface": surface, "endpoint": endpoint, "request": _canonical(body)}
+    if scope is not None:
+        canonical["scope"] = scope
+    return canonical
 
 
 def model_prefix(model: str) -> str:
@@ -87,9 +94,10 @@ def model_prefix(model: str) -> str:
     return f"{model}{SEPARATOR}"
 
 
-def cache_key(surface: str, endpoint: str, payload: dict[str, Any]) -> str:
+def cache_key(surface: str, endpoint: str, payload: dict[str, Any],
+              scope: str | None = None) -> str:
     """`<model>\\t<sha256 of the canonical request>`."""
-    text = json.dumps(canonical_request(surface, endpoint, payload), sort_keys=True,
+    text = json.dumps(canonical_request(surface, endpoint, payload, scope), sort_keys=True,
                       ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return model_prefix(str(payload.get("model", ""))) + digest

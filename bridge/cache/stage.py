@@ -126,7 +126,7 @@ class CacheStage(Stage):
             self._mark(ex, BYPASS)
             emit("cache.bypass")
             return
-        key = cache_key(ex.surface, ex.endpoint, ex.payload)
+        key = cache_key(ex.surface, ex.endpoint, ex.payload, ex.notes.get("cache_scope"))
         shape = replay.Shape.of(ex)
         self._mark(ex, MISS)
         if control.lookup:
