@@ -3,18 +3,23 @@
 When the upstream URL (`-o`/`BRIDGE_OLLAMA`, default http://127.0.0.1:11434) does not
 answer and points at this machine, the Ollama stand-in is started on that port first, so
 a newcomer sees the bridge work; it is stopped when the bridge stops.
+
+The bridge runs as a child process (`python -m bridge`): this process has imported
+`requests` (and so `ssl`), and gevent workers forked from it would patch `ssl` too late.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
+import subprocess
 import sys
 from urllib.parse import urlsplit
 
 import requests
 
-from bridge import cli, processes
+from bridge import processes
 from bridge import settings as bridge_settings
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -41,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
           f"  curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json'"
           " -d '{\"model\":\"deepseek-r1:7b\",\"messages\":[{\"role\":\"user\","
           "\"content\":\"Why is the sky blue?\"}]}'", flush=True)
-    return cli.main(argv)
+    bridge = subprocess.Popen([sys.executable, "-m", "bridge", *argv])
+    signal.signal(signal.SIGTERM, lambda *_: bridge.terminate())
+    while True:
+        try:
+            return bridge.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the bridge too: wait for it to stop
+            continue
 
 
 if __name__ == "__main__":

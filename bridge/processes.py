@@ -134,3 +134,10 @@ def start_standin(*flags: str, port: int | None = None, log_dir: Path | None = N
     cmd = [sys.executable, "-m", "bridge.ollama_standin", "--host", LOOPBACK, "--port",
            str(port), *flags]
     return _spawn(cmd, url, "/api/version", None, log_dir)
+
+
+def start_server(cmd: Sequence[str], url: str, probe: str = "/",
+                 env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> Process:
+    """Start any other server command (a benchmark's reference server, say) the same way:
+    a bounded wait until `url + probe` answers, stopped by its PID."""
+    return _spawn(cmd, url, probe, env, log_dir)
