@@ -118,6 +118,7 @@ class Exchange:
     upstream_attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
     notes: dict[str, Any] = field(default_factory=dict)  # per-stage scratch space
+    raw_path: str = ""           # `path` as the client sent it, percent-encoding kept
     _closers: list[Callable[["Exchange"], None]] = field(default_factory=list, repr=False)
 
     @property

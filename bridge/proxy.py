@@ -38,7 +38,8 @@ def build_exchange(surface: str, endpoint: str) -> Exchange:
         surface=surface, endpoint=endpoint, method=request.method, path=request.path,
         query=request.query_string.decode("latin-1"), headers=headers,
         body=read_body(request), request_id=request_id(headers),
-        client_addr=request.remote_addr or "")
+        client_addr=request.remote_addr or "",
+        raw_path=request.environ.get("RAW_URI", "").partition("?")[0])
     if endpoint in MODEL_ENDPOINTS:
         ex.payload = parse_model_request(ex.body)
     return ex

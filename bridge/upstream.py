@@ -17,6 +17,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator
+from urllib.parse import quote, unquote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -78,6 +79,14 @@ def forwardable(headers: dict[str, str], excluded: frozenset[str]) -> dict[str, 
     named = {token.strip().lower() for token in headers.get("connection", "").split(",")}
     return {name: value for name, value in headers.items()
             if name not in excluded and name not in named}
+
+
+def upstream_path(ex: Exchange) -> str:
+    """The path to call upstream: the client's own bytes (`%2F` stays `%2F`), unless a
+    stage has rewritten `ex.path`."""
+    if ex.raw_path and unquote(ex.raw_path) == ex.path:
+        return ex.raw_path
+    return quote(ex.path, safe="/:@!$&'()*+,;=-._~")
 
 
 class UpstreamClient:
@@ -142,7 +151,7 @@ class UpstreamClient:
         A failure is retried only before anything of its response was used: connection
         errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`.
         """
-        url = self.base_url + ex.path + (f"?{ex.query}" if ex.query else "")
+        url = self.base_url + upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
         headers = self.request_headers(ex)
         for attempt in range(1, self.attempts + 1):
             ex.upstream_attempts = attempt

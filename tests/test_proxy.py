@@ -132,3 +132,10 @@ def test_paths_outside_the_apis_are_a_404_in_the_error_shape(bridge, standin):
     response = requests.get(bridge.url + "/nowhere", timeout=10)
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
     assert standin.count() == 0
+
+
+def test_percent_encoded_paths_are_forwarded_as_sent(bridge, standin):
+    requests.get(bridge.url + "/v1/models/hf.co%2Fbartowski%2Fllama:Q4", timeout=10)
+    requests.get(bridge.url + "/api/a%20b/%C3%A9", timeout=10)
+    assert [(r.path, r.method) for r in standin.requests] == [
+        ("/v1/models/hf.co%2Fbartowski%2Fllama:Q4", "GET"), ("/api/a%20b/%C3%A9", "GET")]
