@@ -3,8 +3,11 @@ configured by BRIDGE_* variables, the same app as the `deepseek-ollama-bridge` c
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import openai
 import requests
@@ -49,3 +52,30 @@ def test_gunicorn_with_a_bad_environment_value_exits_2_with_one_line():
     assert result.stderr.splitlines() == [
         "deepseek-ollama-bridge: error: BRIDGE_RETRY_ATTEMPTS (--retry-attempts): invalid "
         "value 'lots': not a whole number (allowed: 0-1024)"]
+
+
+def test_graceful_stop_finishes_streams_and_closes_idle_connections_at_once(standin, tmp_path):
+    process = start_bridge("--disable-think-filter", upstream=standin.url, workers=1,
+                           graceful_stop=True, log_dir=tmp_path)
+    try:
+        host, port = process.url.removeprefix("http://").split(":")
+        idle = socket.create_connection((host, int(port)), timeout=10)
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: bridge\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"}\n"):  # the whole /health answer
+            answer += idle.recv(65536)
+        assert b"200 OK" in answer  # now an idle kept-alive connection
+        stream = requests.post(process.url + "/v1/chat/completions", stream=True, timeout=30,
+                               headers={"x-standin-token-delay": "0.2"},
+                               json={"model": "llama3.2", "stream": True,
+                                     "messages": [{"role": "user", "content": "Tell me more"}]})
+        chunks = stream.iter_content(chunk_size=None)
+        assert next(chunks)
+        process.proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        assert idle.recv(65536) == b""  # closed by the bridge, not by the keep-alive timeout
+        assert time.monotonic() - stopping < 3
+        assert b"".join(chunks).rstrip().endswith(b"data: [DONE]")  # the stream finished
+        assert process.proc.wait(20) == 0
+    finally:
+        process.stop()
