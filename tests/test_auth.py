@@ -248,6 +248,7 @@ def test_nothing_the_bridge_wrote_holds_a_key(locked: Locked) -> None:
             if path.is_file():
                 written[str(path)] = path.read_bytes()
     assert any(name.endswith("keys.sqlite3") for name in written)
+    assert not HAS_CACHE or any(name.startswith(str(locked.cache_dir)) for name in written)
     assert b"bridge.auth" in written["log"]  # debug logging was on
     for secret in [UPSTREAM_KEY, *locked.keys.values()]:
         for name, content in written.items():
