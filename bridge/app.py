@@ -11,7 +11,7 @@ import logging
 import flask
 from werkzeug.exceptions import HTTPException
 
-from bridge import errors, logs
+from bridge import errors, logs, metrics, observe
 from bridge.errors import BridgeError, error_response
 from bridge.pipeline import Pipeline
 from bridge.proxy import bare_exchange, to_flask, too_large_message
@@ -34,6 +34,8 @@ def create_app(settings: Settings) -> flask.Flask:
     app.register_blueprint(openai_api.blueprint)
     app.register_blueprint(ollama_api.blueprint)
     app.register_blueprint(ops.blueprint)
+    metrics.init_app(app)
+    observe.init_app(app)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app

@@ -9,8 +9,12 @@ Event names in use (feature.what; labels in brackets):
   cache.hit [tier], cache.miss, cache.bypass, cache.store, cache.eviction [tier],
   cache.expiration [tier], cache.promotion, cache.entries [tier] (gauge),
   cache.hot_threshold (gauge)
-  upstream.retry, auth.refused [reason], ratelimit.refused, admission.queued,
-  admission.refused
+  upstream.retry, auth.refused [reason], ratelimit.refused, ratelimit.delayed,
+  admission.queued, admission.refused [reason], admission.waiting (gauge, ±1)
+  upstream.in_flight (gauge, ±1), upstream.duration [endpoint, status] (seconds),
+  upstream.ttft [endpoint] (seconds)
+  request.finished [route, method, status, client_key] (seconds),
+  tokens.prompt, tokens.completion [client_key, source]
 """
 
 from __future__ import annotations

@@ -34,12 +34,12 @@ log = logging.getLogger("bridge.pipeline")
 # Each feature uncomments its own line when it lands.
 # Coming later: the Lua hooks (after auth), async requests (before the think filter).
 STAGE_ORDER: Sequence[str] = (
-    # "bridge.observe",       # access log, request metrics: sees every exchange
+    "bridge.observe",  # access log, request metrics: sees every exchange
     "bridge.auth",  # shared mode: client keys, upstream key
     "bridge.think_filter",  # outside the cache: filters hits and misses on the way out
     "bridge.cache",  # lookup (may answer) / store what the upstream produced
-    # "bridge.rate_limit",    # token bucket: only calls that reach the upstream
-    # "bridge.admission",     # GPU-slot admission: in-flight cap with a bounded queue
+    "bridge.rate_limit",  # token bucket: only calls that reach the upstream
+    "bridge.admission",  # GPU-slot admission: in-flight cap with a bounded queue
 )
 
 

@@ -109,8 +109,9 @@ def to_flask(ex: Exchange, response: Response) -> flask.Response:
     headers["x-request-id"] = ex.request_id
     if response.streaming:
         headers["x-accel-buffering"] = "no"  # nginx in front: relay each chunk at once
-        result = flask.Response(_relay(response), status=response.status, headers=headers,
-                                direct_passthrough=True)
+        # not direct_passthrough: werkzeug then returns the stream without the iterator
+        # that runs `call_on_close` callbacks, and `ex.close` would never run for streams
+        result = flask.Response(_relay(response), status=response.status, headers=headers)
     else:
         result = flask.Response(response.body, status=response.status, headers=headers)
     if log.isEnabledFor(logging.DEBUG):

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
+from bridge import instance, metrics
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.server")
@@ -42,11 +43,13 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "post_worker_init": post_worker_init,
         "child_exit": child_exit,
         "when_ready": shared_mode_check(settings),
+        "on_exit": on_exit,
     }
 
 
 def on_starting(server: Any) -> None:
     """In the master, before any worker exists."""
+    instance.prepare()  # the run directory all workers share (rate limit, slots, metrics)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -67,6 +70,12 @@ def post_worker_init(worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """In the master, when a worker has exited."""
+    metrics.worker_exited(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """In the master, just before it exits."""
+    instance.cleanup()
 
 
 def shared_mode_check(settings: Settings) -> Callable[[Any], None]:

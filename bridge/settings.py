@@ -312,6 +312,20 @@ SETTINGS: list[Setting] = [
             Integer(1, 100_000), 12, "N"),
     Setting("cache_memory_entries", ("--cache-memory-entries",), "entries of the in-memory "
             "tier of each worker; 0 = no memory tier", Integer(0, 1_000_000), 8192, "N"),
+    # --- traffic control and observability ------------------------------------------------
+    Setting("rate_limit", ("-r", "--rate-limit"), "max upstream calls per second for the whole "
+            "instance (token bucket, burst N); 0 = unlimited", Integer(0, 65535), 0, "N"),
+    Setting("rate_limit_wait", ("--rate-limit-wait",), "longest wait in ms for a rate-limit "
+            "token before answering 429; 0 = answer at once", Integer(0, 600_000), 0, "MS"),
+    Setting("max_concurrency", ("--max-concurrency",), "max upstream requests in flight for "
+            "the whole instance (match OLLAMA_NUM_PARALLEL); 0 = unlimited",
+            Integer(0, 4096), 0, "N"),
+    Setting("max_queue", ("--max-queue",), "requests that may wait for a free slot when "
+            "--max-concurrency is reached; more get 503", Integer(0, 10_000), 100, "N"),
+    Setting("max_queue_wait", ("--max-queue-wait",), "longest wait in ms for a free slot "
+            "before answering 503", Integer(0, 3_600_000), 30_000, "MS"),
+    Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
+            "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
 ]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
