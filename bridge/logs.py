@@ -82,11 +82,12 @@ class JsonFormatter(RedactingFormatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redact(self.formatException(record.exc_info))
+        # redacted before and after encoding: JSON escapes the quotes the patterns look for
         return redact(json.dumps(line, ensure_ascii=False, default=str))
 
 
