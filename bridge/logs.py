@@ -1,10 +1,11 @@
-"""Logging set-up for the bridge's processes: text or JSON lines, secrets always redacted.
+"""Logging set-up for the bridge's processes: text or JSON lines, credentials masked.
 
-Every line the bridge writes goes through `RedactingFormatter`, which removes
-credentials (`Bearer …`, `sk-…` keys, key-like JSON fields, and any secret registered
-with `register_secret`) from the whole formatted line, tracebacks included: a key never
-reaches a log, whatever the message. `--log-format json` writes one JSON object per
-line, with the structured fields of access lines as keys of their own.
+Every line the bridge writes goes through `RedactingFormatter`, which masks credentials
+by their shape in the whole formatted line, tracebacks included: bearer credentials and
+bridge client keys (`bridge.redaction`), `sk-…` keys and key-like JSON fields. Known
+secrets (the upstream key of shared mode) are removed by `bridge.redaction`'s filter.
+`--log-format json` writes one JSON object per line, with the structured fields of
+access lines as keys of their own.
 """
 
 from __future__ import annotations
@@ -16,35 +17,26 @@ import sys
 import time
 from typing import Any, Mapping
 
+from bridge.redaction import REDACTED, Redactor
 from bridge.settings import Settings
 
 FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
-REDACTED = "[redacted]"
 
 # Headers whose values are credentials: never logged.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key",
                             "cookie", "set-cookie"})
 
+_SHAPES = Redactor(())  # no known secret: bearer credentials and client keys, by shape
 _PATTERNS = [
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 " + REDACTED),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{4,}"), "sk-" + REDACTED),
     (re.compile(r'(?i)("(?:api[_-]?key|authorization|password|secret|access_token)"\s*:\s*)'
                 r'"(?:[^"\\]|\\.)*"'), r'\1"' + REDACTED + '"'),
 ]
-_secrets: set[str] = set()
-
-
-def register_secret(value: str | None) -> None:
-    """Make sure `value` (an upstream or client key) never appears in a log line."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
 
 
 def redact(text: str) -> str:
-    """`text` with every credential it contains replaced by `[redacted]`."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+    """`text` with every credential recognisable by its shape masked."""
+    text = _SHAPES.log_text(text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -104,4 +96,3 @@ def configure(settings: Settings) -> None:
         root.addHandler(handler)
         root.propagate = False
     handler.setFormatter(formatter)
-    register_secret(getattr(settings, "api_key", None))

@@ -24,7 +24,6 @@ from requests.adapters import HTTPAdapter
 
 from bridge import events, streaming
 from bridge.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
-from bridge.events import emit
 from bridge.exchange import Exchange, Frame, Response
 from bridge.settings import Settings
 
@@ -178,7 +177,6 @@ class UpstreamClient:
             if attempt == self.attempts:
                 break
             wait = self.backoff.delay(attempt, retry_after)
-            emit("upstream.retry")
             log.warning("upstream attempt %d/%d failed (%s); retrying in %.3fs [%s]",
                         attempt, self.attempts, detail, wait, ex.request_id)
             events.emit("upstream.retry")

@@ -135,8 +135,9 @@ def test_counters_add_up_across_workers_even_when_one_is_replaced(three_workers,
         return total(text, name, **labels) - total(before, name, **labels)
 
     deadline = time.monotonic() + 5  # the last records are written as the responses close
-    while (sent(name := "bridge_requests_total") if (text := scrape(url)) else 0) < len(answers):
-        assert time.monotonic() < deadline, f"{name} never reached the traffic sent"
+    recorded = ("bridge_requests_total", "bridge_request_duration_seconds_count")
+    while min(sent(name) for name in recorded if (text := scrape(url))) < len(answers):
+        assert time.monotonic() < deadline, "the request metrics never reached the traffic sent"
         time.sleep(0.05)
 
     assert sent("bridge_requests_total") == len(answers)

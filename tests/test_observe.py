@@ -13,6 +13,7 @@ from bridge.logs import redact
 from bridge.observe import usage_of
 from bridge.ollama_standin import Fault
 from bridge.processes import start_bridge
+from bridge.redaction import REDACTED
 
 SECRET = "sk-live-SECRET0123456789abcdef"
 CREDENTIALS = {"authorization": f"Bearer {SECRET}", "x-api-key": "key-SECRET-42"}
@@ -67,7 +68,7 @@ def test_no_credential_reaches_a_log_line_a_metric_or_an_error_body(traced, stan
     assert "SECRET" not in traced.log()
     assert "SECRET" not in requests.get(traced.url + "/metrics", timeout=10).text
     traces = [line["message"] for line in lines if line["logger"] == "bridge.trace"]
-    assert any("[redacted]" in message and "fine" in message for message in traces)
+    assert any(REDACTED in message and "fine" in message for message in traces)
 
 
 def test_json_access_lines_carry_what_operators_need(traced, standin):
