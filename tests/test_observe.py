@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Callable
 
 import pytest
 import requests
@@ -23,16 +24,20 @@ def chat(text: str, **extra: object) -> dict:
     return {"model": "qwen2.5", "messages": [{"role": "user", "content": text}], **extra}
 
 
-def log_lines(process, timeout: float = 5.0, expect: int = 0) -> list[dict]:
-    """The JSON lines of a bridge's log (gunicorn's own lines are text), waiting for
-    `expect` access lines: they are written as the responses close."""
+def log_lines(process, until: Callable[[list[dict]], bool], timeout: float = 5.0) -> list[dict]:
+    """The JSON lines of a bridge's log (gunicorn's own lines are text), once `until`
+    holds for them: access lines are written as the responses close."""
     deadline = time.monotonic() + timeout
     while True:
         lines = [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
-        if sum(line["logger"] == "bridge.access" for line in lines) >= expect:
+        if until(lines):
             return lines
-        assert time.monotonic() < deadline, "the access lines were not written"
+        assert time.monotonic() < deadline, "the expected log lines were not written"
         time.sleep(0.05)
+
+
+def access_lines(lines: list[dict]) -> list[dict]:
+    return [line for line in lines if line["logger"] == "bridge.access"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ def test_no_credential_reaches_a_log_line_a_metric_or_an_error_body(traced, stan
     upstream_headers = {k.lower(): v for k, v in standin.requests[0].headers.items()}
     assert upstream_headers["authorization"] == f"Bearer {SECRET}"  # passed on, not logged
 
-    lines = log_lines(traced, expect=len(sends))
+    lines = log_lines(traced, lambda lines: len(access_lines(lines)) >= len(sends))
     assert "SECRET" not in traced.log()
     assert "SECRET" not in requests.get(traced.url + "/metrics", timeout=10).text
     traces = [line["message"] for line in lines if line["logger"] == "bridge.trace"]
@@ -75,7 +80,8 @@ def test_json_access_lines_carry_what_operators_need(traced, standin):
     time.sleep(1.1)  # a token for us
     requests.post(traced.url + "/v1/chat/completions", json=chat("who am I"),
                   headers={"x-request-id": "json-line-1"}, timeout=30)
-    lines = log_lines(traced)
+    lines = log_lines(traced, lambda lines: any(line.get("request_id") == "json-line-1"
+                                                for line in lines))
     line = next(line for line in lines if line.get("request_id") == "json-line-1")
     assert line["logger"] == "bridge.access" and line["level"] == "info"
     assert (line["method"], line["path"], line["status"]) == ("POST", "/v1/chat/completions",
