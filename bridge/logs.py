@@ -96,3 +96,24 @@ def configure(settings: Settings) -> None:
         root.addHandler(handler)
         root.propagate = False
     handler.setFormatter(formatter)
+
+
+def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:
+    """gunicorn's `logconfig_dict`: with `--log-format json` its own lines (master and
+    workers) are JSON too, and its access log stays off (the bridge writes its own); {}
+    keeps gunicorn's default."""
+    if settings.log_format != "json":
+        return {}
+    return {
+        "root": {"level": "INFO", "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": "DEBUG" if settings.debug else "INFO",
+                               "handlers": ["json"], "propagate": False,
+                               "qualname": "gunicorn.error"},
+            "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False,
+                                "qualname": "gunicorn.access"},
+        },
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json",
+                              "stream": "ext://sys.stderr"}},
+        "formatters": {"json": {"()": JsonFormatter}},
+    }

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
-from bridge import instance, metrics
+from bridge import instance, logs, metrics
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.server")
@@ -35,6 +35,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout": 60,
         "loglevel": "debug" if settings.debug else "info",
         "accesslog": None,
+        "logconfig_dict": logs.gunicorn_logconfig(settings),
         "preload_app": False,  # SQLite handles, pools and greenlets must be created per worker
         "proc_name": "deepseek-ollama-bridge",
         "control_socket_disable": True,  # one per user by default: instances would collide

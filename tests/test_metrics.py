@@ -17,6 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.processes import start_bridge
+from tests.test_keystore import keys_command
 
 PROMTOOL = shutil.which("promtool")
 
@@ -157,14 +158,19 @@ def test_counters_add_up_across_workers_even_when_one_is_replaced(three_workers,
     assert 'route="/no/such/route"' not in text  # route templates, never raw paths
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package "
-                    "`prometheus`; .ci/run installs it)")
+def promtool_check(text: str) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (Debian package `prometheus`; .ci/run "
+                    "installs it)")
+    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                             text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_promtool_accepts_a_real_scrape(three_workers, standin, tmp_path):
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda s: send(three_workers.url, *s), mixed_traffic()))
-    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape(three_workers.url),
-                             capture_output=True, text=True, timeout=30)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    promtool_check(scrape(three_workers.url))
 
 
 def test_every_event_maps_to_a_metric_once_emitted(three_workers):
@@ -188,3 +194,31 @@ def test_gunicorn_conf_py_shares_the_bucket_and_the_metrics(standin, tmp_path):
         refused = sum(status == 429 for status, _, _ in answers)
         assert standin.count() <= 3 + 3 * elapsed and refused > 0
         assert total(scrape(bridge.url), "bridge_ratelimit_refused_total") == refused
+
+
+def test_cache_think_and_per_key_metrics(make_bridge, standin, tmp_path):
+    """Shared mode with a client key, the cache and the think filter: the scrape names the
+    key (never the key itself) and counts hits, stores and removed think blocks."""
+    key = keys_command(tmp_path / "state", "create", "team-a")
+    assert key.returncode == 0, key.stderr
+    bridge = make_bridge("--enable-shared-mode", "--state-dir", str(tmp_path / "state"),
+                         "--enable-cache", "--cache-dir", str(tmp_path / "cache"),
+                         env={"BRIDGE_API_KEY": "sk-upstream-key-for-metrics"})
+    raw_key = key.stdout.strip()
+    body = {"model": "deepseek-r1:7b", "messages": [{"role": "user", "content": "why?"}]}
+    for _ in range(3):
+        answer = requests.post(bridge.url + "/v1/chat/completions", json=body, timeout=30,
+                               headers={"authorization": f"Bearer {raw_key}"})
+        assert answer.status_code == 200 and "<think>" not in answer.text
+
+    text = scrape(bridge.url)
+    assert standin.count() == 1
+    assert total(text, "bridge_requests_total", client_key="team-a", status="200") == 3
+    assert total(text, "bridge_cache_misses_total") == 1
+    assert total(text, "bridge_cache_stores_total") == 1
+    assert total(text, "bridge_cache_hits_total") == 2
+    assert total(text, "bridge_cache_disk_entries") == 1
+    assert total(text, "bridge_think_blocks_removed_total") >= 1
+    assert total(text, "bridge_prompt_tokens_total", client_key="team-a", source="cache") > 0
+    assert raw_key not in text and "sk-upstream-key-for-metrics" not in text
+    promtool_check(text)  # with the cache's and the think filter's series too

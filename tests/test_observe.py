@@ -25,8 +25,8 @@ def chat(text: str, **extra: object) -> dict:
 
 
 def log_lines(process, until: Callable[[list[dict]], bool], timeout: float = 5.0) -> list[dict]:
-    """The JSON lines of a bridge's log (gunicorn's own lines are text), once `until`
-    holds for them: access lines are written as the responses close."""
+    """The lines of a bridge's JSON log, once `until` holds for them: access lines are
+    written as the responses close."""
     deadline = time.monotonic() + timeout
     while True:
         lines = [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
@@ -88,6 +88,13 @@ def test_json_access_lines_carry_what_operators_need(traced, standin):
                                                               200)
     assert line["upstream_attempts"] == 1 and line["duration_ms"] > 0
     assert {"cache", "client_key", "outcome", "time", "pid"} <= line.keys()
+
+
+def test_json_mode_writes_only_json_lines_gunicorns_own_too(traced):
+    lines = [line for line in traced.log().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]
+    assert any(line["logger"] == "gunicorn.error" for line in parsed)  # "Booting worker"
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in parsed)
 
 
 def test_text_access_line_per_request(bridge, standin):
