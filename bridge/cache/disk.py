@@ -63,9 +63,12 @@ CREATE TRIGGER IF NOT EXISTS responses_added AFTER INSERT ON "{TABLE}"
 CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON "{TABLE}"
   BEGIN UPDATE cache_meta SET value = value - 1 WHERE name = 'entries'; END;
 """
-# Per connection: REPLACE's implicit delete must fire the delete trigger too.
+# Per connection: REPLACE's implicit delete must fire the delete trigger too; small WAL
+# checkpoints (100 pages instead of 1000), because the statement that triggers one pays
+# for it while its worker's event loop waits (measured: max sweep step 28 ms -> 5 ms).
 CONNECTION_PRAGMAS = ("PRAGMA recursive_triggers = ON",
-                      f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                      f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+                      "PRAGMA wal_autocheckpoint = 100")
 _OLDEST = f'SELECT rowid FROM "{TABLE}" ORDER BY rowid LIMIT ?'
 # Counted once, when the file has no count yet (made by an older version or by hand).
 INIT_COUNT = f"""INSERT INTO cache_meta (name, value)
@@ -338,7 +341,7 @@ class DiskTier:
 
     # --- operations: purge and statistics -----------------------------------------------
 
-    def purge(self, model: str | None = None, batch: int = 5000) -> int:
+    def purge(self, model: str | None = None, batch: int = 1000) -> int:
         """Delete every entry (or those of `model`) and record the purge for the workers."""
         if model is None:
             where, args = "1", ()
@@ -404,6 +407,12 @@ def bulk_insert(cache_dir: str | os.PathLike, items: Iterable[tuple[str, Entry]]
                 batch: int = 10_000) -> int:
     """Write many entries fast with plain sqlite3 in the tier's format (benchmarks, tests,
     imports). Items are written in order, so the first is the oldest."""
+    return bulk_write(cache_dir, ((key, encode_entry(entry)) for key, entry in items), batch)
+
+
+def bulk_write(cache_dir: str | os.PathLike, rows: Iterable[tuple[str, bytes]],
+               batch: int = 10_000) -> int:
+    """`bulk_insert` for values already encoded: `executemany` in transactions of `batch`."""
     path = cache_file(cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -413,12 +422,12 @@ def bulk_insert(cache_dir: str | os.PathLike, items: Iterable[tuple[str, Entry]]
             conn.execute(pragma)
         conn.executescript(SCHEMA)
         conn.execute(INIT_COUNT)
-        rows: list[tuple[str, bytes]] = []
-        for key, entry in items:
-            rows.append((key, encode_entry(entry)))
-            if len(rows) >= batch:
-                written += _write(conn, rows)
-        written += _write(conn, rows)
+        pending: list[tuple[str, bytes]] = []
+        for row in rows:
+            pending.append(row)
+            if len(pending) >= batch:
+                written += _write(conn, pending)
+        written += _write(conn, pending)
     return written
 
 

@@ -21,9 +21,9 @@ from bridge.cache.memory import MemoryTier
 log = logging.getLogger("bridge.cache")
 
 INTERVAL = 1.0
-BATCH = 200            # rows per disk statement (about 1-2 ms each)
+BATCH = 100            # rows per disk statement: ~2 ms, 5 ms at most, on a million rows
 MEMORY_BATCH = 500     # memory entries checked between two yields
-MAX_STEPS = 250        # disk batches per round; the rest waits for the next round
+MAX_STEPS = 500        # disk batches per round (50,000 rows); the rest waits for the next
 
 
 class Sweeper:
