@@ -226,13 +226,13 @@ def words(text: str) -> list[str]:
 
 
 def _split_openai(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    base = {"id": body.get("id", ""), "created": body.get("created", 0),
+    kind = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+    base = {"id": body.get("id", ""), "object": kind, "created": body.get("created", 0),
             "model": body.get("model", "")}
     if "system_fingerprint" in body:
         base["system_fingerprint"] = body["system_fingerprint"]
     out: list[dict[str, Any]] = []
     if endpoint == "chat":
-        base["object"] = "chat.completion.chunk"
 
         def chunk(index: int, delta: dict[str, Any], finish: Any = None) -> dict[str, Any]:
             return {**base, "choices": [{"index": index, "delta": delta,
@@ -252,7 +252,6 @@ def _split_openai(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
                                                         for position, call in enumerate(calls)]}))
             out.append(chunk(index, {}, choice.get("finish_reason") or "stop"))
     else:
-        base["object"] = "text_completion"
         for choice in body.get("choices") or ():
             index = choice.get("index", 0)
             out.extend({**base, "choices": [{"index": index, "text": piece,
