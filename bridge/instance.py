@@ -4,7 +4,8 @@ The master creates it, empty, before forking (`prepare()` from the `on_starting`
 and passes its path to the workers in the environment. It holds what must be one
 thing for the whole instance rather than one per worker: the rate limiter's token
 bucket, the admission slots and the Prometheus multiprocess files. The master removes
-it when it exits.
+it when it exits; one left behind by a master that was killed is removed by the next
+instance that starts.
 """
 
 from __future__ import annotations
@@ -13,16 +14,48 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 ENV = "BRIDGE_INSTANCE_DIR"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _FAST_TMP = "/dev/shm"  # tmpfs: flock and mmap without disk traffic
+_PREFIX = "deepseek-ollama-bridge-"
+_OWNER = "owner.pid"
+_GRACE_SECONDS = 60  # a directory without its owner file yet may be starting up
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove run directories whose owner process is gone (killed before it could)."""
+    for path in parent.glob(_PREFIX + "*"):
+        try:
+            pid = int((path / _OWNER).read_text())
+        except (OSError, ValueError):
+            pid = 0
+        try:
+            young = time.time() - path.stat().st_mtime < _GRACE_SECONDS
+        except OSError:
+            continue  # removed meanwhile
+        if (pid and not _alive(pid)) or (not pid and not young):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _new_directory() -> Path:
-    parent = _FAST_TMP if os.access(_FAST_TMP, os.W_OK) else tempfile.gettempdir()
-    return Path(tempfile.mkdtemp(prefix="deepseek-ollama-bridge-", dir=parent))
+    parent = Path(_FAST_TMP if os.access(_FAST_TMP, os.W_OK) else tempfile.gettempdir())
+    _remove_stale(parent)
+    path = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=parent))
+    (path / _OWNER).write_text(str(os.getpid()))
+    return path
 
 
 def prepare() -> Path:

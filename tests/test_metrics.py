@@ -16,6 +16,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import instance
 from bridge.processes import start_bridge
 from tests.test_keystore import keys_command
 
@@ -222,3 +223,20 @@ def test_cache_think_and_per_key_metrics(make_bridge, standin, tmp_path):
     assert total(text, "bridge_prompt_tokens_total", client_key="team-a", source="cache") > 0
     assert raw_key not in text and "sk-upstream-key-for-metrics" not in text
     promtool_check(text)  # with the cache's and the think filter's series too
+
+
+def test_a_run_directory_left_by_a_killed_instance_is_removed_at_the_next_start(
+        make_bridge, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = instance.directory().parent / "deepseek-ollama-bridge-left-behind"
+    (stale / "metrics").mkdir(parents=True)
+    (stale / "owner.pid").write_text(str(dead.pid))
+    bridge = make_bridge(workers=1)
+    assert not stale.exists()
+    owners = [path / "owner.pid" for path in stale.parent.glob("deepseek-ollama-bridge-*")]
+    run_dirs = [owner.parent for owner in owners
+                if owner.exists() and owner.read_text() == str(bridge.pid)]
+    assert len(run_dirs) == 1
+    bridge.stop()
+    assert not run_dirs[0].exists()  # the master removes its own at exit
