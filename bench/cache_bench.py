@@ -203,6 +203,41 @@ def bench_memory(standin_url: str, workdir: Path, seconds: float, connections: i
         bridge.stop()
 
 
+def bench_stage_cost(standin_url: str, workdir: Path, rounds: int = 5000) -> None:
+    """In process, without HTTP: what a memory hit costs in the pipeline, and in the cache."""
+    from bridge import settings as bridge_settings
+    from bridge.app import create_app
+    from bridge.exchange import Exchange
+
+    settings = bridge_settings.load(["--enable-cache", "--cache-dir",
+                                     str(workdir / "stage-cache"), "-o", standin_url,
+                                     "--cache-ttl", DAY_MS])
+    app = create_app(settings)
+    raw = json.dumps(chat_body(QUESTION)).encode()
+    app.test_client().post("/v1/chat/completions", data=raw, content_type="application/json")
+    pipeline = app.extensions["bridge.pipeline"]
+    cache = pipeline.stage("cache")
+
+    def exchange() -> Exchange:
+        return Exchange(surface="openai", endpoint="chat", method="POST",
+                        path="/v1/chat/completions", query="",
+                        headers={"content-type": "application/json"}, body=raw,
+                        request_id="bench", payload=json.loads(raw))
+
+    timings = {}
+    for name, run in (("whole pipeline", lambda ex: pipeline.handle(ex)),
+                      ("cache stage", lambda ex: (cache.on_request(ex), cache.on_response(ex)))):
+        start = time.perf_counter()
+        for _ in range(rounds):
+            ex = exchange()
+            run(ex)
+            ex.close()
+        timings[name] = (time.perf_counter() - start) / rounds * 1e6
+    stages = ", ".join(stage.name for stage in pipeline.stages)
+    print(f"   in process, per memory hit: pipeline ({stages}) {timings['whole pipeline']:.0f} µs"
+          f", of which the cache stage {timings['cache stage']:.0f} µs")
+
+
 # --- 2. disk hits with a million entries ------------------------------------------------------
 
 
@@ -356,6 +391,7 @@ def main() -> None:
     standin = start_standin(log_dir=workdir)
     try:
         bench_memory(standin.url, workdir, args.duration, args.connections)
+        bench_stage_cost(standin.url, workdir)
         bench_disk(standin.url, workdir, workdir / "disk-cache", args.entries)
         bench_sweep(workdir / "disk-cache", args.entries)
     finally:

@@ -4,7 +4,9 @@ often the upstream is called."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -235,3 +237,30 @@ def test_errors_are_not_cached(standin, cached):
     unknown = {"model": "no-such-model", "messages": messages(question())}
     assert [post(cached, unknown).status_code for _ in range(2)] == [404, 404]
     assert standin.count(CHAT) == 4
+
+
+def test_streamed_follower_gets_the_stream_as_it_is_produced(standin, make_bridge, tmp_path):
+    bridge = make_bridge("--enable-cache", "--cache-dir", str(tmp_path), workers=1)
+    standin.configure(token_delay=0.04)
+    body = {"model": MODEL, "messages": messages(question()), "stream": True}
+    follower: dict = {}
+
+    def follow() -> None:
+        with post(bridge, body, stream=True) as response:
+            follower["status"] = response.headers["x-cache"]
+            lines = response.iter_lines()
+            follower["first"] = next(line for line in lines if line)
+            follower["first_at"] = time.monotonic()
+            follower["rest"] = [line for line in lines if line]
+
+    with post(bridge, body, stream=True) as leader:
+        chunks = filter(None, leader.iter_lines())
+        lines = list(itertools.islice(chunks, 6))
+        thread = threading.Thread(target=follow)
+        thread.start()
+        lines += list(chunks)
+        leader_done_at = time.monotonic()
+    thread.join(30)
+    assert follower["status"] == "MISS" and follower["first_at"] < leader_done_at
+    assert len(follower["rest"]) + 1 == len(lines) and lines[-1] == b"data: [DONE]"
+    assert standin.count(CHAT) == 1

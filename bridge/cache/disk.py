@@ -121,6 +121,17 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` (of this machine: the cache file is local) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _encode(entry: Entry) -> sqlite3.Binary:
     return sqlite3.Binary(encode_entry(entry))
 
@@ -279,11 +290,18 @@ class DiskTier:
             return True
         now = time.time()
         try:
-            return bool(self._select(
-                "INSERT INTO cache_flights (key, pid, expires) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET pid = excluded.pid, expires = excluded.expires"
-                " WHERE cache_flights.expires < ? OR cache_flights.pid = excluded.pid RETURNING 1",
-                (key, os.getpid(), now + seconds, now)))
+            if self._select(
+                    "INSERT INTO cache_flights (key, pid, expires) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET pid = excluded.pid, expires = "
+                    "excluded.expires WHERE cache_flights.expires < ? OR cache_flights.pid = "
+                    "excluded.pid RETURNING 1", (key, os.getpid(), now + seconds, now)):
+                return True
+            holder = self._select("SELECT pid FROM cache_flights WHERE key = ?", (key,))
+            if holder and not _alive(holder[0][0]):  # its worker died: take the lease over
+                return bool(self._select(
+                    "UPDATE cache_flights SET pid = ?, expires = ? WHERE key = ? AND pid = ? "
+                    "RETURNING 1", (os.getpid(), now + seconds, key, holder[0][0])))
+            return False
         except sqlite3.Error as exc:
             self._failed(exc, "flight claim")
             return True

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
@@ -65,7 +65,7 @@ class Rewriter:
     def __init__(self, surface: str, endpoint: str, include_usage: bool):
         self.surface = surface
         self.include_usage = include_usage
-        self.id = ID_PREFIXES.get(endpoint, "") + uuid.uuid4().hex[:24]
+        self.id = ID_PREFIXES.get(endpoint, "") + f"{random.getrandbits(96):024x}"
         self.created = int(time.time())
 
     def data(self, data: dict[str, Any], stream: bool) -> dict[str, Any] | None:
@@ -323,16 +323,45 @@ def entry_body(entry: Entry) -> bytes:
     return entry.derived["body"]
 
 
-def body_response(surface: str, endpoint: str, body: bytes, shape: Shape,
-                  headers: dict[str, str]) -> Response:
-    headers = {"content-type": BODY_CONTENT_TYPES[surface], **headers}
-    if endpoint in EMBEDDING_ENDPOINTS:
-        return Response(status=200, headers=headers, body=body)
+# Placeholders in a body template: filled per response by plain byte replacement, which
+# is much cheaper than parsing and encoding the body for every memory hit.
+_ID = encode_json("\0id\0")
+_CREATED = encode_json("\0created\0")
+_CREATED_AT = encode_json("\0created_at\0")
+
+
+def body_template(surface: str, body: bytes) -> bytes | None:
+    """`body` with placeholders where each response gets its own identity; None when
+    `body` is not a JSON object."""
     data = json.loads(body)
-    response = Response(status=200, headers=headers)
-    rewritten = Rewriter(surface, endpoint, shape.include_usage).data(data, stream=False)
-    response.set_json(rewritten)
-    return response
+    if not isinstance(data, dict):
+        return None
+    if surface == OLLAMA:
+        if "created_at" in data:
+            data["created_at"] = "\0created_at\0"
+    else:
+        if "id" in data:
+            data["id"] = "\0id\0"
+        if "created" in data:
+            data["created"] = "\0created\0"
+    return encode_json(data) + b"\n"
+
+
+def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
+    headers = {"content-type": BODY_CONTENT_TYPES[entry.surface], **headers}
+    body = entry_body(entry)
+    if entry.endpoint in EMBEDDING_ENDPOINTS:
+        return Response(status=200, headers=headers, body=body)
+    if "template" not in entry.derived:
+        entry.derived["template"] = body_template(entry.surface, body)
+    template = entry.derived["template"]
+    if template is None:
+        return Response(status=200, headers=headers, body=body)
+    rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
+    body = template.replace(_ID, encode_json(rewriter.id)).replace(
+        _CREATED, str(rewriter.created).encode()).replace(
+        _CREATED_AT, encode_json(ollama_time()))
+    return Response(status=200, headers=headers, body=body)
 
 
 def stream_response(surface: str, frames: Iterable[Frame], rewriter: Rewriter,
@@ -362,4 +391,4 @@ def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response
     if shape.stream and entry.endpoint not in EMBEDDING_ENDPOINTS:
         rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
         return stream_response(entry.surface, entry_frames(entry), rewriter, headers)
-    return body_response(entry.surface, entry.endpoint, entry_body(entry), shape, headers)
+    return body_response(entry, shape, headers)

@@ -24,6 +24,10 @@ INTERVAL = 1.0
 BATCH = 100            # rows per disk statement: ~2 ms, 5 ms at most, on a million rows
 MEMORY_BATCH = 500     # memory entries checked between two yields
 MAX_STEPS = 500        # disk batches per round (50,000 rows); the rest waits for the next
+# Between steps: a timer, not sleep(0). sleep(0) only queues a callback, and gevent may run
+# many queued callbacks (our steps, sqlitedict's hand-overs) before it looks at timers and
+# sockets again; a 1 ms timer makes every step go through a whole loop iteration.
+PAUSE = 0.001
 
 
 class Sweeper:
@@ -74,17 +78,17 @@ class Sweeper:
         for start in range(0, len(keys), MEMORY_BATCH):
             self.memory.expire(self.memory.expired_keys(keys[start:start + MEMORY_BATCH],
                                                         time.time()))
-            gevent.sleep(0)
+            gevent.sleep(PAUSE)
 
     def sweep_disk(self) -> None:
         if self.disk is None:
             return
         for _ in range(MAX_STEPS):
             _, more = self.disk.expire_step(BATCH)
-            gevent.sleep(0)
+            gevent.sleep(PAUSE)
             if not more:
                 break
         for _ in range(MAX_STEPS):
             if self.disk.evict_excess(BATCH) < BATCH:
                 break
-            gevent.sleep(0)
+            gevent.sleep(PAUSE)
