@@ -1,8 +1,8 @@
 """Prometheus metrics at `/metrics`, aggregated across all gunicorn workers.
 
 prometheus-flask-exporter in multiprocess mode serves `/metrics` on the bridge's own
-port and times requests by route template (`url_rule`) to their first byte. The bridge's
-own metrics are declared once in `METRICS`, each fed by an event of `bridge.events`:
+port, aggregating the files of all workers. The metrics are declared once in `METRICS`,
+each fed by an event of `bridge.events`:
 features emit events and never import Prometheus. This is the only module that does,
 and only once `PROMETHEUS_MULTIPROC_DIR` is set (prometheus_client reads it at import):
 the master sets it in `on_starting` (`bridge.instance`), before forking the workers.
@@ -51,7 +51,7 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    # requests (all routes; the exporter's bridge_http_request_* stop at the first byte)
+    # requests, every route but /metrics, labelled by route template (never the raw path)
     Metric("request.finished", COUNTER, "bridge_requests_total",
            "Requests answered, by route template, method, status and client key name",
            ("route", "method", "status", "client_key"), count_events=True),
@@ -159,8 +159,11 @@ def init_app(app: flask.Flask) -> None:
     instance.directory()  # a process started without the master gets its own directory
     from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+    # its default request metrics would time streams to the first byte only and cost a
+    # second set of writes per request: bridge_requests_total and
+    # bridge_request_duration_seconds (by route template) take their place
     exporter = GunicornInternalPrometheusMetrics.for_app_factory(
-        group_by="url_rule", defaults_prefix="bridge", buckets=REQUEST_BUCKETS)
+        export_defaults=False, group_by="url_rule", defaults_prefix="bridge")
     exporter.init_app(app)
     if _bridge is None:
         _bridge = _Bridge()

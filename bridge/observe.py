@@ -12,8 +12,9 @@ clipped, credentials redacted).
 from __future__ import annotations
 
 import logging
+import re
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import flask
 
@@ -36,20 +37,19 @@ TRACE_FRAME_LIMIT = 300
 
 # --- token usage ----------------------------------------------------------------------
 
-def usage_of(data: Any) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from an OpenAI `usage` object or Ollama's final counts."""
-    if not isinstance(data, dict):
+_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|prompt_eval_count|eval_count)"'
+                    rb"\s*:\s*(\d+)")
+
+
+def usage_in(raw: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a JSON body or frame: OpenAI's `usage`, or Ollama's
+    final counts. Read from the bytes without parsing them: inside a JSON string the
+    quotes around these names would be escaped, so only real keys match."""
+    counts = {name: int(value) for name, value in _USAGE.findall(raw)}
+    if not counts:
         return None
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    if "prompt_eval_count" in data or "eval_count" in data:
-        return _count(data.get("prompt_eval_count")), _count(data.get("eval_count"))
-    return None
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return (counts.get(b"prompt_tokens", counts.get(b"prompt_eval_count", 0)),
+            counts.get(b"completion_tokens", counts.get(b"eval_count", 0)))
 
 
 def client_key(ex: Exchange | None) -> str:
@@ -92,7 +92,7 @@ class ObserveStage(Stage):
         if response.streaming:
             response.frames = self._frames(ex, response.frames)
         elif response.ok and ex.is_model_request:
-            _emit_usage(ex, usage_of(response.json()))
+            _emit_usage(ex, usage_in(response.body))
         if self.trace:
             trace_log.debug("response %d headers=%s%s [%s]", response.status,
                             logs.safe_headers(response.headers),
@@ -104,7 +104,7 @@ class ObserveStage(Stage):
         with streaming.owned(frames) as inner:
             for frame in inner:
                 if b'"usage"' in frame.raw or b'"eval_count"' in frame.raw:
-                    _emit_usage(ex, usage_of(frame.data))
+                    _emit_usage(ex, usage_in(frame.raw))
                 if self.trace:
                     trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
                                     ex.request_id)

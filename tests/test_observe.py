@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from bridge.logs import redact
-from bridge.observe import usage_of
+from bridge.observe import usage_in
 from bridge.ollama_standin import Fault
 from bridge.processes import start_bridge
 from bridge.redaction import REDACTED
@@ -122,6 +122,8 @@ def test_redaction_covers_keys_wherever_they_appear():
 
 
 def test_usage_is_read_from_both_api_shapes():
-    assert usage_of({"usage": {"prompt_tokens": 5, "completion_tokens": 2}}) == (5, 2)
-    assert usage_of({"done": True, "prompt_eval_count": 7, "eval_count": 3}) == (7, 3)
-    assert usage_of({"choices": []}) is None
+    assert usage_in(b'{"usage":{"prompt_tokens":5,"completion_tokens":2,'
+                    b'"prompt_tokens_details":{"cached_tokens":9}}}') == (5, 2)
+    assert usage_in(b'{"done":true,"prompt_eval_count":7,"eval_count":3}') == (7, 3)
+    assert usage_in(b'{"content":"say \\"prompt_tokens\\": 99"}') is None
+    assert usage_in(b'{"choices":[]}') is None
