@@ -29,6 +29,7 @@ trace_log = logging.getLogger("bridge.trace")
 
 _EXCHANGE = "bridge_exchange"  # flask.g attribute: the request's exchange
 _STARTED = "bridge_started"
+_RELAYED = "observe.relayed"  # ex.notes: the whole stream went to the client
 UNMATCHED_ROUTE = "<unmatched>"
 NOT_OBSERVED = frozenset({"/metrics"})
 TRACE_BODY_LIMIT = 2000
@@ -109,6 +110,7 @@ class ObserveStage(Stage):
                     trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
                                     ex.request_id)
                 yield frame
+        ex.notes[_RELAYED] = True
 
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:
@@ -145,7 +147,10 @@ def _on_close(response: flask.Response) -> flask.Response:
 def record(*, method: str, path: str, route: str, status: int, remote: str, duration: float,
            request_id: str, ex: Exchange | None) -> None:
     """The access line and request events of one finished request."""
-    outcome = ex.response.outcome if ex is not None and ex.response is not None else None
+    outcome = None
+    if ex is not None and ex.response is not None:
+        gone = ex.response.streaming and not ex.notes.get(_RELAYED)
+        outcome = "client_left" if gone else ex.response.outcome
     fields = {
         "remote": remote, "method": method, "path": path, "status": status,
         "duration_ms": round(duration * 1000, 1),

@@ -36,6 +36,17 @@ def log_lines(process, until: Callable[[list[dict]], bool], timeout: float = 5.0
         time.sleep(0.05)
 
 
+def text_access_line(process, request_id: str, timeout: float = 5.0) -> str:
+    """The access line of one request in a text log, once it is written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in process.log().splitlines() if f"id={request_id}" in line]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no access line for {request_id}"
+        time.sleep(0.05)
+
+
 def access_lines(lines: list[dict]) -> list[dict]:
     return [line for line in lines if line["logger"] == "bridge.access"]
 
@@ -103,15 +114,21 @@ def test_text_access_line_per_request(bridge, standin):
                        headers={"x-request-id": "text-line-1"}, timeout=30) as answer:
         assert answer.status_code == 200
         answer.content  # noqa: B018 - the whole stream
-    deadline = time.monotonic() + 5
-    while "id=text-line-1" not in bridge.log():
-        assert time.monotonic() < deadline, "no access line"
-        time.sleep(0.05)
-    line = next(line for line in bridge.log().splitlines() if "id=text-line-1" in line)
+    line = text_access_line(bridge, "text-line-1")
     assert '"POST /v1/chat/completions" 200' in line
     assert "attempts=1" in line and "outcome=complete" in line
     duration_ms = float(line.split('" 200 ')[1].split("ms")[0])
     assert duration_ms >= 50  # the whole stream, not the first byte
+
+
+def test_a_client_that_leaves_mid_stream_is_logged_so(bridge, standin):
+    standin.configure(token_delay=0.5)
+    with requests.post(bridge.url + "/v1/chat/completions", json=chat("long", stream=True),
+                       headers={"x-request-id": "left-early-1"}, stream=True,
+                       timeout=30) as answer:
+        next(answer.iter_lines())
+    line = text_access_line(bridge, "left-early-1")
+    assert "outcome=client_left" in line
 
 
 def test_redaction_covers_keys_wherever_they_appear():
