@@ -60,13 +60,15 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = 10.0) -> int:
+        """Stop it with its stop signal; past `timeout`, kill its whole process group
+        (a gunicorn master and its workers), which it leads since it started."""
         if self.proc.poll() is None:
             self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
 
@@ -85,7 +87,8 @@ def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | No
     full_env.update(env or {})
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(list(cmd), stdout=log_file, stderr=subprocess.STDOUT,
-                                env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL)
+                                env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     process = Process(url=url, proc=proc, log_path=log_path, env=dict(env or {}),
                       stop_signal=stop_signal)
     try:
