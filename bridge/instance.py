@@ -25,7 +25,8 @@ _OWNER = "owner.pid"
 _GRACE_SECONDS = 60  # a directory without its owner file yet may be starting up
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -46,7 +47,7 @@ def _remove_stale(parent: Path) -> None:
             young = time.time() - path.stat().st_mtime < _GRACE_SECONDS
         except OSError:
             continue  # removed meanwhile
-        if (pid and not _alive(pid)) or (not pid and not young):
+        if (pid and not pid_alive(pid)) or (not pid and not young):
             shutil.rmtree(path, ignore_errors=True)
 
 

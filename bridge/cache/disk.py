@@ -39,6 +39,7 @@ from bridge.cache.entry import (
 )
 from bridge.cache.keys import SEPARATOR, key_model, model_prefix
 from bridge.events import emit
+from bridge.instance import pid_alive
 
 log = logging.getLogger("bridge.cache")
 # sqlitedict logs each failed statement as a multi-line stack; we log our own one line.
@@ -119,17 +120,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` (of this machine: the cache file is local) still runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _encode(entry: Entry) -> sqlite3.Binary:
@@ -297,7 +287,7 @@ class DiskTier:
                     "excluded.pid RETURNING 1", (key, os.getpid(), now + seconds, now)):
                 return True
             holder = self._select("SELECT pid FROM cache_flights WHERE key = ?", (key,))
-            if holder and not _alive(holder[0][0]):  # its worker died: take the lease over
+            if holder and not pid_alive(holder[0][0]):  # its worker died: take the lease over
                 return bool(self._select(
                     "UPDATE cache_flights SET pid = ?, expires = ? WHERE key = ? AND pid = ? "
                     "RETURNING 1", (os.getpid(), now + seconds, key, holder[0][0])))
