@@ -41,6 +41,15 @@ _HISTORY_REASONING = (*_OPENAI_REASONING, "thinking")
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
 _DELTA_PLAIN = frozenset(("content", "role", "reasoning_content"))
 _MESSAGE_PLAIN = frozenset(("content", "role", "thinking"))
+# A body containing none of these bytes has no think tags and no reasoning field, even
+# JSON-escaped (`<\/think>`; any `\u` escape is looked at the slow way): it passes
+# unchanged, so it is not parsed and re-encoded.
+_MAYBE_REASONING = (b"think", b"reasoning", b"\\u")
+
+
+def may_hold_reasoning(raw: bytes) -> bool:
+    """Whether a JSON body may hold think tags or reasoning fields (a cheap byte check)."""
+    return any(marker in raw for marker in _MAYBE_REASONING)
 
 
 @dataclass
@@ -326,6 +335,8 @@ class ThinkStage(Stage):
             return
         if response.streaming:
             response.frames = clean_frames(cleaner, response.frames)
+            return
+        if not may_hold_reasoning(response.body):
             return
         data = response.json()
         if isinstance(data, dict) and (cleaned := cleaner.body(data)) is not None:

@@ -20,6 +20,7 @@ from bridge.think_filter import (
     ThinkStage,
     clean_history,
     make_stage,
+    may_hold_reasoning,
 )
 
 
@@ -308,3 +309,19 @@ def test_any_chat_stream_gives_the_non_stream_answer(case, starts_inside, keep, 
     assert answer_of(out, "reasoning_content") == message.get("reasoning_content", "")
     assert out[-1] == "[DONE]" and out[-2]["choices"][0]["finish_reason"] == "length"
     assert all(e["choices"][0]["delta"] for e in out[1:-2])  # nothing empty was sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(), st.booleans(), st.booleans(), st.sampled_from(["chat", "generate"]))
+def test_bodies_skipped_by_the_byte_check_are_the_ones_left_unchanged(case, starts_inside,
+                                                                      keep, kind):
+    """The stage leaves a body unparsed when its bytes show no think tag or reasoning
+    field: the full cleaner must agree that such a body stays as it is, however encoded."""
+    text, _ = case
+    body = ({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+            if kind == "chat" else {"model": "m", "response": text, "done": True})
+    cleaner = ThinkCleaner(CHAT if kind == "chat" else API_GENERATE, starts_inside, keep)
+    unchanged = cleaner.body(body) is None
+    for ascii_only in (False, True):
+        if not may_hold_reasoning(json.dumps(body, ensure_ascii=ascii_only).encode()):
+            assert unchanged
