@@ -118,12 +118,16 @@ METRICS: tuple[Metric, ...] = (
 
 
 class _Bridge:
-    """The Prometheus objects of `METRICS`, created once per process, fed by events."""
+    """The Prometheus objects of `METRICS`, created once per process, fed by events.
+
+    Each event finds its metrics' update methods by label values in a per-metric dict,
+    so the work of `labels(...)` is done once per label combination, not per event.
+    """
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
-        self.by_event: dict[str, list[tuple[Metric, Any]]] = {}
+        self.by_event: dict[str, list[tuple[Metric, Any, dict[tuple[str, ...], Any]]]] = {}
         for metric in METRICS:
             kwargs: dict[str, Any] = {"labelnames": metric.labels, "registry": None}
             if metric.kind == COUNTER:
@@ -132,22 +136,27 @@ class _Bridge:
                 made = Histogram(metric.name, metric.help, buckets=metric.buckets, **kwargs)
             else:
                 made = Gauge(metric.name, metric.help, multiprocess_mode=metric.mode, **kwargs)
-            self.by_event.setdefault(metric.event, []).append((metric, made))
+            self.by_event.setdefault(metric.event, []).append((metric, made, {}))
+
+    @staticmethod
+    def _update(metric: Metric, target: Any) -> Any:
+        """The method that feeds `target` (the metric or one of its labelled children)."""
+        if metric.kind == HISTOGRAM:
+            return target.observe
+        if metric.kind == GAUGE_SET:
+            return target.set
+        return target.inc
 
     def __call__(self, event: str, value: float, labels: Mapping[str, str]) -> None:
-        for metric, made in self.by_event.get(event, ()):
-            if any(labels.get(name) != wanted for name, wanted in metric.only):
+        for metric, made, updates in self.by_event.get(event, ()):
+            if metric.only and any(labels.get(name) != wanted for name, wanted in metric.only):
                 continue
-            target = made.labels(*(str(labels.get(name, "")) for name in metric.labels)) \
-                if metric.labels else made
-            if metric.kind == COUNTER:
-                target.inc(1 if metric.count_events else value)
-            elif metric.kind == HISTOGRAM:
-                target.observe(value)
-            elif metric.kind == GAUGE_ADD:
-                target.inc(value)
-            else:
-                target.set(value)
+            values = tuple([str(labels.get(name, "")) for name in metric.labels])
+            update = updates.get(values)
+            if update is None:
+                update = updates[values] = self._update(
+                    metric, made.labels(*values) if metric.labels else made)
+            update(1 if metric.count_events else value)
 
 
 _bridge: _Bridge | None = None
