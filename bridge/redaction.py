@@ -52,7 +52,7 @@ class Redactor:
         text = self.text(text)
         if "sk-bridge-" in text:
             text = _CLIENT_KEY.sub("sk-bridge-" + REDACTED, text)
-        if "earer" in text:
+        if "earer" in text.lower():  # as the pattern, whatever the case
             text = _BEARER.sub(r"\1" + REDACTED, text)
         return text
 

@@ -136,6 +136,8 @@ def test_redaction_covers_keys_wherever_they_appear():
     assert SECRET not in redact(f"key {SECRET} in prose")
     assert "hunter2" not in redact('{"model": "m", "api_key": "hunter2"}')
     assert redact('{"max_tokens": 5}') == '{"max_tokens": 5}'
+    assert "hunter2" not in redact('{"PassWord" : "hunter2"}')
+    assert SECRET not in redact(f"AUTHORIZATION: BEARER {SECRET}")
 
 
 def test_usage_is_read_from_both_api_shapes():

@@ -45,6 +45,7 @@ def test_log_records_are_redacted_messages_arguments_and_tracebacks() -> None:
     try:
         logger.warning("headers %s", {"authorization": "Bearer UPSTREAM-KEY"})
         logger.warning("client sent authorization: bearer sk-own-credential")
+        logger.warning("client sent AUTHORIZATION: BEARER SHOUTED-CREDENTIAL")
         logger.warning("key %s", "sk-bridge-abcdefghijklmnop")
         try:
             raise ValueError("UPSTREAM-KEY")
@@ -54,6 +55,7 @@ def test_log_records_are_redacted_messages_arguments_and_tracebacks() -> None:
         logger.removeHandler(handler)
     text = stream.getvalue()
     assert "UPSTREAM-KEY" not in text and "sk-own-credential" not in text
+    assert "SHOUTED-CREDENTIAL" not in text
     assert "abcdefghijklmnop" not in text
     assert text.count(REDACTED) >= 4 and "ValueError" in text
 
