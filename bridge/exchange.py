@@ -67,6 +67,11 @@ class Response:
     each) or "raw" (bytes as they came). Header names are lower-case. When a stream
     ends, the stage or client that produced it sets `outcome`: "complete" when the
     terminator (`[DONE]` / `done: true`) was seen, else "truncated" or "timeout".
+
+    A body replayed from a stored entry comes with `memo`, the entry's own scratch dict
+    (the same for every replay of it), where stages may keep what they derive from the
+    body, and may be a template until the pipeline calls `finish()`: `stamp` then fills
+    in what each response gets of its own (id, created), as the last step.
     """
 
     status: int
@@ -75,6 +80,8 @@ class Response:
     frames: Iterator[Frame] | None = None
     codec: str | None = None
     outcome: str | None = None
+    memo: dict[Any, Any] | None = field(default=None, repr=False)
+    stamp: Callable[[bytes], bytes] | None = field(default=None, repr=False)
     _json: Any = field(default=None, repr=False)
 
     @property
@@ -97,6 +104,15 @@ class Response:
     def set_json(self, data: Any) -> None:
         self._json = data
         self.body = encode_json(data) + b"\n"
+
+    def set_body(self, body: bytes) -> None:
+        self.body, self._json = body, None
+
+    def finish(self) -> None:
+        """The body as it goes out: a template's per-response fields filled in."""
+        if self.stamp is not None:
+            stamp, self.stamp = self.stamp, None
+            self.set_body(stamp(self.body))
 
 
 @dataclass

@@ -129,11 +129,12 @@ def _start() -> None:
 
 
 def _on_close(response: flask.Response) -> flask.Response:
-    request = flask.request
+    request = flask.request._get_current_object()  # type: ignore[attr-defined]
     if request.path in NOT_OBSERVED:
         return response
-    started = flask.g.get(_STARTED, time.perf_counter())
-    ex: Exchange | None = flask.g.get(_EXCHANGE)
+    g = flask.g._get_current_object()  # type: ignore[attr-defined]
+    started = g.get(_STARTED, time.perf_counter())
+    ex: Exchange | None = g.get(_EXCHANGE)
     rule = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
     method, path, status = request.method, request.path, response.status_code
     remote = request.remote_addr or ""

@@ -107,4 +107,5 @@ class Pipeline:
             except BridgeError as err:
                 ex.response = error_response(ex.surface, err)
         assert ex.response is not None
+        ex.response.finish()
         return ex.response

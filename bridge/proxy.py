@@ -32,29 +32,54 @@ def request_id(headers: dict[str, str]) -> str:
 
 
 def build_exchange(surface: str, endpoint: str) -> Exchange:
-    request = flask.request
-    headers = {name.lower(): value for name, value in request.headers.items()}
+    request = flask.request._get_current_object()  # type: ignore[attr-defined]
+    environ = request.environ
+    headers = request_headers(environ)
     ex = Exchange(
         surface=surface, endpoint=endpoint, method=request.method, path=request.path,
-        query=request.query_string.decode("latin-1"), headers=headers,
+        query=environ.get("QUERY_STRING", ""), headers=headers,
         body=read_body(request), request_id=request_id(headers),
         client_addr=request.remote_addr or "",
-        raw_path=request.environ.get("RAW_URI", "").partition("?")[0])
+        raw_path=environ.get("RAW_URI", "").partition("?")[0])
     if endpoint in MODEL_ENDPOINTS:
         ex.payload = parse_model_request(ex.body)
     return ex
 
 
+_BODY_HEADERS = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
+
+
+def request_headers(environ: dict) -> dict[str, str]:
+    """The request's headers with lower-case names, read from the WSGI environ the way
+    werkzeug's `EnvironHeaders` reads them, without building that object."""
+    headers = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                headers[key[5:].replace("_", "-").lower()] = value
+        elif key in _BODY_HEADERS and value:
+            headers[_BODY_HEADERS[key]] = value
+    return headers
+
+
 def read_body(request: flask.Request) -> bytes:
     """The request body, refused with a 413 when over `--max-body-size`.
 
-    Werkzeug checks a declared Content-Length against the limit but silently cuts a
-    chunked body at it, so a chunked body is read up to one byte past the limit here.
+    A body with a declared Content-Length is read straight from the input stream (as
+    werkzeug would, after the same check against the limit). Werkzeug silently cuts a
+    chunked body at the limit, so a chunked body is read up to one byte past it here.
     """
     limit = request.max_content_length
+    environ = request.environ
+    declared = environ.get("CONTENT_LENGTH", "")
+    if declared.isdigit() and "HTTP_TRANSFER_ENCODING" not in environ:
+        length = int(declared)
+        if limit is not None and length > limit:
+            raise PayloadTooLarge(too_large_message(limit))
+        return environ["wsgi.input"].read(length) if length else b""
     if (limit is not None and request.content_length is None
-            and request.environ.get("wsgi.input_terminated")):
-        body = request.environ["wsgi.input"].read(limit + 1)
+            and environ.get("wsgi.input_terminated")):
+        body = environ["wsgi.input"].read(limit + 1)
         if len(body) > limit:
             raise PayloadTooLarge(too_large_message(limit))
         return body

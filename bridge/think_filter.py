@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from bridge import events, streaming
-from bridge.exchange import Exchange, Frame
+from bridge.exchange import Exchange, Frame, encode_json
 from bridge.pipeline import Context, Stage
 from bridge.settings import Settings
 from bridge.think_tags import ThinkFilter, model_starts_inside, strip_history
@@ -338,9 +338,22 @@ class ThinkStage(Stage):
             return
         if not may_hold_reasoning(response.body):
             return
-        data = response.json()
-        if isinstance(data, dict) and (cleaned := cleaner.body(data)) is not None:
-            response.set_json(cleaned)
+        # a body replayed from the cache: cleaned once per entry and way of cleaning
+        memo_key = ("think", cleaner.kind, cleaner.starts_inside, cleaner.keep_reasoning)
+        memo = response.memo.get(memo_key) if response.memo is not None else None
+        if memo is not None and memo[0] == response.body:
+            _, cleaned_body, blocks, chars = memo
+            cleaner.stats.blocks += blocks
+            cleaner.stats.chars += chars
+        else:
+            data = response.json()
+            cleaned = cleaner.body(data) if isinstance(data, dict) else None
+            cleaned_body = None if cleaned is None else encode_json(cleaned) + b"\n"
+            if response.memo is not None:
+                response.memo[memo_key] = (response.body, cleaned_body, cleaner.stats.blocks,
+                                           cleaner.stats.chars)
+        if cleaned_body is not None:
+            response.set_body(cleaned_body)
 
 
 def _publish(ex: Exchange) -> None:

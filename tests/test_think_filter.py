@@ -277,6 +277,30 @@ def test_stage_wraps_streams_and_leaves_the_rest():
     assert "think" not in other.notes
 
 
+def test_stage_cleans_a_replayed_body_once_per_entry_and_counts_every_replay():
+    stage = ThinkStage(bridge_settings.defaults())
+    template = (b'{"id":"@ID@","choices":[{"index":0,"message":{"role":"assistant",'
+                b'"content":"<think>hm</think>\\n\\nA"}}]}\n')
+    memo: dict = {}
+    for n in range(3):
+        ex = make_exchange("openai", "chat", {"model": "llama3", "messages": []})
+        stage.on_request(ex)
+        ex.response = Response(200, body=template, memo=memo,
+                               stamp=lambda body, n=n: body.replace(b"@ID@", b"id-%d" % n))
+        stage.on_response(ex)
+        ex.response.finish()
+        assert ex.response.json() == {"id": f"id-{n}", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "A"}}]}
+        assert (ex.notes["think"].stats.blocks, ex.notes["think"].stats.chars) == (1, 19)
+    assert len(memo) == 1
+    other = make_exchange("openai", "chat", {"model": "llama3", "messages": []})
+    stage.on_request(other)  # another body with the same memo: cleaned for itself
+    other.response = Response(200, body=b'{"choices":[{"index":0,"message":{"content":'
+                              b'"<think>x</think>B"}}]}', memo=memo)
+    stage.on_response(other)
+    assert other.response.json()["choices"][0]["message"]["content"] == "B"
+
+
 @pytest.mark.parametrize("argv, expected", [
     ([], (False, False, "deepseek-r1|qwq|qwen3")),
     (["--disable-think-filter", "--keep-reasoning", "--think-start-models", ""],

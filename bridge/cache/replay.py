@@ -348,20 +348,23 @@ def body_template(surface: str, body: bytes) -> bytes | None:
 
 
 def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
+    """The entry's body, as a template stamped with a fresh identity when the response
+    leaves the pipeline (so that stages outside the cache see the same bytes for every
+    replay, and may keep what they derive from them in the entry's `memo`)."""
     headers = {"content-type": BODY_CONTENT_TYPES[entry.surface], **headers}
     body = entry_body(entry)
     if entry.endpoint in EMBEDDING_ENDPOINTS:
-        return Response(status=200, headers=headers, body=body)
+        return Response(status=200, headers=headers, body=body, memo=entry.derived)
     if "template" not in entry.derived:
         entry.derived["template"] = body_template(entry.surface, body)
     template = entry.derived["template"]
     if template is None:
-        return Response(status=200, headers=headers, body=body)
+        return Response(status=200, headers=headers, body=body, memo=entry.derived)
     rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
-    body = template.replace(_ID, encode_json(rewriter.id)).replace(
-        _CREATED, str(rewriter.created).encode()).replace(
-        _CREATED_AT, encode_json(ollama_time()))
-    return Response(status=200, headers=headers, body=body)
+    return Response(status=200, headers=headers, body=template, memo=entry.derived,
+                    stamp=lambda body: body.replace(_ID, encode_json(rewriter.id)).replace(
+                        _CREATED, str(rewriter.created).encode()).replace(
+                        _CREATED_AT, encode_json(ollama_time())))
 
 
 def stream_response(surface: str, frames: Iterable[Frame], rewriter: Rewriter,
