@@ -362,9 +362,19 @@ def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Respon
         return Response(status=200, headers=headers, body=body, memo=entry.derived)
     rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
     return Response(status=200, headers=headers, body=template, memo=entry.derived,
-                    stamp=lambda body: body.replace(_ID, encode_json(rewriter.id)).replace(
-                        _CREATED, str(rewriter.created).encode()).replace(
-                        _CREATED_AT, encode_json(ollama_time())))
+                    stamp=lambda body: _stamp(body, rewriter))
+
+
+def _stamp(template: bytes, rewriter: Rewriter) -> bytes:
+    """The placeholders of a body template replaced by this response's identity."""
+    body = template
+    if _ID in body:
+        body = body.replace(_ID, encode_json(rewriter.id))
+    if _CREATED in body:
+        body = body.replace(_CREATED, str(rewriter.created).encode())
+    if _CREATED_AT in body:
+        body = body.replace(_CREATED_AT, encode_json(ollama_time()))
+    return body
 
 
 def stream_response(surface: str, frames: Iterable[Frame], rewriter: Rewriter,
