@@ -68,6 +68,18 @@ def clip(data: bytes | str, limit: int = 2000) -> str:
 class RedactingFormatter(logging.Formatter):
     """Plain text lines, with credentials removed from the whole line."""
 
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As logging's, with the date and time formatted once per second."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime(self.default_time_format,
+                                                  self.converter(record.created)))
+        return self.default_msec_format % (self._second[1], record.msecs)
+
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 

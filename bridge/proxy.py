@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import uuid
 from typing import Iterator
 
 import flask
@@ -28,7 +28,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 def request_id(headers: dict[str, str]) -> str:
     given = headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.match(given) else os.urandom(16).hex()  # 32 hex digits
 
 
 def build_exchange(surface: str, endpoint: str) -> Exchange:

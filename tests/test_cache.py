@@ -264,3 +264,30 @@ def test_streamed_follower_gets_the_stream_as_it_is_produced(standin, make_bridg
     assert follower["status"] == "MISS" and follower["first_at"] < leader_done_at
     assert len(follower["rest"]) + 1 == len(lines) and lines[-1] == b"data: [DONE]"
     assert standin.count(CHAT) == 1
+
+
+def test_keys_of_repeated_bodies_are_remembered_per_scope_and_bounded(tmp_path):
+    from bridge import settings as bridge_settings
+    from bridge.cache import stage as cache_stage
+    from bridge.cache.keys import cache_key
+    from bridge.exchange import Exchange
+
+    stage = cache_stage.CacheStage(bridge_settings.load(
+        ["--enable-cache", "--cache-dir", str(tmp_path)], environ={}))
+
+    def key(payload: dict, scope: str | None = None) -> str:
+        ex = Exchange(surface="openai", endpoint="chat", method="POST", path="/v1/chat/completions",
+                      query="", headers={}, body=json.dumps(payload).encode(), request_id="r",
+                      payload=payload)
+        if scope is not None:
+            ex.notes["cache_scope"] = scope
+        return stage._key(ex)
+
+    question = {"model": "m", "messages": [{"role": "user", "content": "Q"}]}
+    for _ in range(2):
+        assert key(question) == cache_key("openai", "chat", question)
+        assert key(question, "team-a") == cache_key("openai", "chat", question, "team-a")
+    assert key(question, "team-a") != key(question)
+    for n in range(cache_stage.KEY_MEMO_ENTRIES + 10):
+        key({"model": "m", "prompt": str(n)})
+    assert len(stage._keys) == cache_stage.KEY_MEMO_ENTRIES

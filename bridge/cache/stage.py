@@ -45,6 +45,11 @@ CACHEABLE = frozenset({("openai", "chat"), ("openai", "completions"), ("openai",
                        ("ollama", "chat"), ("ollama", "generate"), ("ollama", "embed")})
 HIT_MEMORY, HIT_DISK, MISS, BYPASS = "HIT-MEMORY", "HIT-DISK", "MISS", "BYPASS"
 NOTE = "cache"
+# Keys of recent request bodies: a repeated question skips canonical JSON and hashing.
+# A key depends only on the payload, and `body` is its JSON (stages change requests with
+# `Exchange.replace_payload`, which keeps the two in step).
+KEY_MEMO_ENTRIES = 1024
+KEY_MEMO_BODY_LIMIT = 16 * 1024
 REMOTE_POLL = 0.05   # how often a worker looks for the entry another worker is producing
 CLOCK_SLACK = 1.0    # an entry stored this long before we started waiting is still fresh
 
@@ -99,6 +104,7 @@ class CacheStage(Stage):
         self.hot = HotTracker(settings.cache_hot_threshold)
         self.flights = Flights(on_end=self._released)
         self.sweeper: Sweeper | None = None
+        self._keys: dict[tuple[str, str, str | None, bytes], str] = {}
 
     def start(self) -> None:
         disk = DiskTier(self.settings.cache_dir, self.ttl, self.settings.cache_max_entries)
@@ -126,7 +132,7 @@ class CacheStage(Stage):
             self._mark(ex, BYPASS)
             emit("cache.bypass")
             return
-        key = cache_key(ex.surface, ex.endpoint, ex.payload, ex.notes.get("cache_scope"))
+        key = self._key(ex)
         shape = replay.Shape.of(ex)
         self._mark(ex, MISS)
         if control.lookup:
@@ -141,6 +147,19 @@ class CacheStage(Stage):
         flight = self._lead(ex, key, control)
         if flight is not None and flight.entry is not None:  # another worker answered it
             ex.response = replay.serve_entry(flight.entry, shape, {})
+
+    def _key(self, ex: Exchange) -> str:
+        scope = ex.notes.get("cache_scope")
+        if len(ex.body) > KEY_MEMO_BODY_LIMIT:
+            return cache_key(ex.surface, ex.endpoint, ex.payload, scope)
+        memo_key = (ex.surface, ex.endpoint, scope, ex.body)
+        key = self._keys.get(memo_key)
+        if key is None:
+            key = cache_key(ex.surface, ex.endpoint, ex.payload, scope)
+            if len(self._keys) >= KEY_MEMO_ENTRIES:
+                del self._keys[next(iter(self._keys))]
+            self._keys[memo_key] = key
+        return key
 
     def _answer_from_tiers(self, ex: Exchange, key: str, control: Control,
                            shape: replay.Shape, count: int) -> bool:
