@@ -369,7 +369,7 @@ def _stamp(template: bytes, rewriter: Rewriter) -> bytes:
     """The placeholders of a body template replaced by this response's identity."""
     body = template
     if _ID in body:
-        body = body.replace(_ID, encode_json(rewriter.id))
+        body = body.replace(_ID, b'"%s"' % rewriter.id.encode())  # a prefix and hex digits
     if _CREATED in body:
         body = body.replace(_CREATED, str(rewriter.created).encode())
     if _CREATED_AT in body:
