@@ -130,6 +130,7 @@ def forward_other(surface: str, rest: str, known: dict[str, list[str]]) -> flask
 def to_flask(ex: Exchange, response: Response) -> flask.Response:
     if ex.response is None:
         ex.response = response
+    response.finish()  # done by the pipeline already; a template must never go out as is
     headers = dict(response.headers)
     headers["x-request-id"] = ex.request_id
     if response.streaming:
