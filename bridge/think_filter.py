@@ -68,7 +68,8 @@ def clean_history(payload: dict[str, Any]) -> bool:
     Returns whether anything changed.
     """
     changed = False
-    for msg in payload.get("messages") or ():
+    messages = payload.get("messages")
+    for msg in messages if isinstance(messages, list) else ():  # else the upstream says 400
         if not isinstance(msg, dict) or msg.get("role") != "assistant":
             continue
         for key in _HISTORY_REASONING:

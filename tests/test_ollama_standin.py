@@ -148,6 +148,12 @@ def test_embeddings(standin, oai):
     assert again["usage"]["prompt_tokens"] == again["usage"]["total_tokens"] > 0
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/api/embed"])
+def test_embedding_input_of_the_wrong_type_is_a_400_not_a_dropped_connection(standin, path):
+    response = requests.post(standin.url + path, json={"model": "all-minilm", "input": [None]})
+    assert response.status_code == 400 and "error" in response.json()
+
+
 # ---------------------------------------------------------------- /v1, streams
 
 

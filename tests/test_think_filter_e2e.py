@@ -158,6 +158,16 @@ def test_history_is_cleaned_before_going_upstream(filtering, standin):
     assert sent["messages"][1] == {"role": "assistant", "content": "Hello!"}
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+@pytest.mark.parametrize("messages", [1, True, "text", {"role": "user"}])
+def test_messages_of_the_wrong_type_get_the_upstreams_400_not_a_500(filtering, standin, path,
+                                                                     messages):
+    response = requests.post(filtering.url + path, timeout=10,
+                             json={"model": "llama3.2", "messages": messages, "stream": False})
+    assert response.status_code == 400
+    assert "error" in response.json()
+
+
 # --- the Ollama client -------------------------------------------------------------------
 
 @pytest.mark.parametrize("think, model", CASES)

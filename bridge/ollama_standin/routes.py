@@ -68,6 +68,8 @@ def handle(call: Call) -> Reply | StreamReply:
         return handler(call)
     except ApiError as exc:
         return error_reply(call.path, exc.status, exc.message)
+    except (TypeError, ValueError, AttributeError) as exc:  # a request shape not foreseen:
+        return error_reply(call.path, 500, f"internal error: {exc}")  # Ollama answers 500
 
 
 def error_reply(path: str, status: int, message: str,
@@ -251,6 +253,8 @@ def _inputs(value: object) -> list[str]:
     if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
         return [" ".join(map(str, value))]
     if isinstance(value, list):
+        if not all(isinstance(v, (str, list)) for v in value):
+            raise ApiError(400, "invalid input type")
         return [v if isinstance(v, str) else " ".join(map(str, v)) for v in value]
     return []
 
