@@ -166,6 +166,15 @@ def _off_loop(function: Any, *args: Any) -> Any:
     return function(*args)
 
 
+def _maintenance_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.text_factory = _tolerant_text
+    for pragma in MAINTENANCE_PRAGMAS:
+        conn.execute(pragma)
+    return conn
+
+
 def _fetch_all(conn: sqlite3.Connection, sql: str, args: tuple) -> list[tuple]:
     return conn.execute(sql, args).fetchall()
 
@@ -248,13 +257,8 @@ class DiskTier:
         """Run a maintenance statement on the second connection, off the event loop."""
         assert self.db is not None, "DiskTier.open() first"
         with self._maintenance_lock:
-            if self._maintenance is None:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=BUSY_TIMEOUT_MS / 1000)
-                conn.text_factory = _tolerant_text
-                for pragma in MAINTENANCE_PRAGMAS:
-                    conn.execute(pragma)
-                self._maintenance = conn
+            if self._maintenance is None:  # opening reads the file too: off the loop
+                self._maintenance = _off_loop(_maintenance_connection, self.path)
             return _off_loop(_fetch_all, self._maintenance, sql, args)
 
     # --- entries ----------------------------------------------------------------------
