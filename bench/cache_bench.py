@@ -2,7 +2,7 @@
 
 1. memory hits: req/s and p50/p99 of the bridge answering from its memory tier, against a
    bare Flask view returning the same body from memory (both on 2 gunicorn gevent workers,
-   measured alternately with `wrk`, or a built-in load generator when wrk is missing);
+   measured alternately with `bench/loadgen.py`: wrk, or a gevent client without it);
 2. disk hits with 1,000,000 entries on disk: latency p50/p99 through the bridge, and of
    the disk tier's lookup alone;
 3. the longest stall of a worker's event loop while the sweeper deletes 1,000,000 expired
@@ -17,22 +17,22 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
 import random
-import re
 import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # also when run through runpy (the sweep probe)
+
+from loadgen import load, percentile, tool  # noqa: E402 - imports nothing gevent must patch first
 
 QUESTION = "Why is the sky blue?"
 DAY_MS = "86400000"
@@ -42,94 +42,17 @@ def chat_body(question: str) -> dict:
     return {"model": "qwen3", "messages": [{"role": "user", "content": question}]}
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-# --- load generation -------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _wrk_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * _UNITS[unit]
-
-
-def wrk(url: str, body: bytes, seconds: float, connections: int) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
-                     'wrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-                          "-s", script.name, url], capture_output=True, text=True, check=True
-                         ).stdout
-    os.unlink(script.name)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
-    if "99" not in latency:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50": _wrk_ms(latency["50"]), "p99": _wrk_ms(latency["99"]),
-            "errors": int(errors.group(1)) if errors else 0}
-
-
-def builtin_load(url: str, body: bytes, seconds: float, connections: int) -> dict:
-    """A bounded keep-alive load: `connections` threads, each one request at a time."""
-    parts = urlsplit(url)
-    latencies: list[float] = []
-    errors = [0]
-    deadline = time.monotonic() + seconds
-
-    def client() -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            conn.request("POST", parts.path, body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            latencies.append((time.perf_counter() - start) * 1000)
-            errors[0] += response.status != 200
-        conn.close()
-
-    threads = [threading.Thread(target=client) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return {"rps": len(latencies) / seconds, "p50": percentile(latencies, 0.5),
-            "p99": percentile(latencies, 0.99), "errors": errors[0]}
-
-
-def load(url: str, body: bytes, seconds: float, connections: int) -> dict:
-    if shutil.which("wrk"):
-        return wrk(url, body, seconds, connections)
-    return builtin_load(url, body, seconds, min(connections, 16))
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
 def start_bare_view(body: bytes, workdir: Path):
-    from bridge.processes import LOOPBACK, Process, free_port, wait_until_up
+    from bridge.processes import LOOPBACK, free_port, start_server
 
     body_file = workdir / "body.json"
     body_file.write_bytes(body)
     port = free_port()
-    log_path = workdir / "bare_view.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--keep-alive", "5",
-             "-b", f"{LOOPBACK}:{port}", "--chdir", str(ROOT / "bench"), "bare_view:app"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "BENCH_BODY_FILE": str(body_file)})
-    process = Process(url=f"http://{LOOPBACK}:{port}", proc=proc, log_path=log_path)
-    try:
-        wait_until_up(process.url + "/health", proc)  # any answer, even a 405, means up
-    except RuntimeError:
-        process.stop()
-        raise
-    return process
+    cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--keep-alive", "5",
+           "-b", f"{LOOPBACK}:{port}", "--chdir", str(ROOT / "bench"), "bare_view:app"]
+    # any answer to the probe, even a 405, means it is up
+    return start_server(cmd, f"http://{LOOPBACK}:{port}", "/health",
+                        env={"BENCH_BODY_FILE": str(body_file)}, log_dir=workdir)
 
 
 def post(conn: http.client.HTTPConnection, body: dict) -> tuple[str, bytes, float]:
@@ -174,29 +97,28 @@ def bench_memory(standin_url: str, workdir: Path, seconds: float, connections: i
             time.sleep(0.5)
         _, hit_body, _ = fresh_post(bridge.url, body)
         bare_view = start_bare_view(hit_body, workdir)
-        request = json.dumps(body).encode()
+        request = json.dumps(body)
         results: dict[str, list[dict]] = {"bare Flask view": [], "bridge memory hit": []}
         for _ in range(rounds):  # alternated, so drift and neighbours hit both alike
             results["bare Flask view"].append(load(bare_view.url + "/v1/chat/completions",
-                                                   request, seconds, connections))
+                                                   request, connections, seconds))
             results["bridge memory hit"].append(load(bridge.url + "/v1/chat/completions",
-                                                     request, seconds, connections))
-        tool = "wrk" if shutil.which("wrk") else "built-in load generator"
-        print(f"1. memory hits ({tool}, {connections} connections, {seconds:g} s x {rounds} "
+                                                     request, connections, seconds))
+        print(f"1. memory hits ({tool()}, {connections} connections, {seconds:g} s x {rounds} "
               f"rounds, 2 gevent workers each, body {len(hit_body)} bytes; "
               f"{statuses.count('HIT-MEMORY')}/20 probes HIT-MEMORY before the run)")
         summary = {}
         for name, runs in results.items():
             summary[name] = {key: statistics.median(run[key] for run in runs)
-                             for key in ("rps", "p50", "p99")}
+                             for key in ("rps", "p50_ms", "p99_ms")}
             detail = ", ".join(f"{run['rps']:.0f}" for run in runs)
             print(f"   {name:18}: {summary[name]['rps']:8.0f} req/s (runs: {detail})  "
-                  f"p50 {summary[name]['p50']:6.2f} ms  p99 {summary[name]['p99']:6.2f} ms  "
-                  f"errors {sum(run['errors'] for run in runs)}")
+                  f"p50 {summary[name]['p50_ms']:6.2f} ms  p99 {summary[name]['p99_ms']:6.2f} ms"
+                  f"  errors {sum(run['errors'] + run['non2xx'] for run in runs)}")
         bare, hit = summary["bare Flask view"], summary["bridge memory hit"]
         print(f"   ratio bridge/bare: {hit['rps'] / bare['rps']:.0%} of the req/s "
-              f"(target >= 60%), p50 x{hit['p50'] / bare['p50']:.2f}, "
-              f"p99 x{hit['p99'] / bare['p99']:.2f}")
+              f"(target >= 60%), p50 x{hit['p50_ms'] / bare['p50_ms']:.2f}, "
+              f"p99 x{hit['p99_ms'] / bare['p99_ms']:.2f}")
     finally:
         if bare_view is not None:
             bare_view.stop()
