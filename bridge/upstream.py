@@ -193,9 +193,8 @@ class UpstreamClient:
         if codec is None and not ex.is_model_request and "content-length" not in upstream.headers:
             codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
         if codec is not None and upstream.ok:
-            frames = self._frames(ex, upstream, codec, deadline)
-            response = streaming.stream_response(upstream.status_code, headers, frames, codec)
-            ex.notes["upstream_response"] = response
+            response = streaming.stream_response(upstream.status_code, headers, iter(()), codec)
+            response.frames = self._frames(ex, response, upstream, codec, deadline)
             return response
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline))
@@ -236,12 +235,12 @@ class UpstreamClient:
             return self.timeout_error("did not answer within")
         return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
 
-    def _frames(self, ex: Exchange, upstream: requests.Response, codec: str,
-                deadline: float) -> Iterator[Frame]:
+    def _frames(self, ex: Exchange, response: Response, upstream: requests.Response,
+                codec: str, deadline: float) -> Iterator[Frame]:
         """Relay frames as they arrive; a stream that does not end normally ends with an
         in-band error, and the upstream connection is closed whatever happens (a client
-        that hangs up closes this generator, which stops the generation upstream)."""
-        response: Response = ex.notes["upstream_response"]
+        that hangs up closes this generator, which stops the generation upstream).
+        `response.outcome` says how it ended."""
         failure: BridgeError | None = None
         try:
             for frame in streaming.READERS[codec](self._body(upstream, deadline)):
