@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m bridge.demo $(ARGS)
+	$(PY) -m bridge.serve.demo $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

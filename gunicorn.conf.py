@@ -4,7 +4,7 @@ The bridge's settings come from BRIDGE_* environment variables (see README), exa
 as `deepseek-ollama-bridge` flags would set them.
 """
 
-from bridge.server import gunicorn_options
-from bridge.settings import load_or_exit
+from bridge.serve.server import gunicorn_options
+from bridge.core.settings import load_or_exit
 
 globals().update(gunicorn_options(load_or_exit(None)))

@@ -43,7 +43,7 @@ def chat_body(question: str) -> dict:
 
 
 def start_bare_view(body: bytes, workdir: Path):
-    from bridge.processes import LOOPBACK, free_port, start_server
+    from bridge.serve.processes import LOOPBACK, free_port, start_server
 
     body_file = workdir / "body.json"
     body_file.write_bytes(body)
@@ -79,7 +79,7 @@ def fresh_post(url: str, body: dict) -> tuple[str, bytes, float]:
 
 def bench_memory(standin_url: str, workdir: Path, seconds: float, connections: int,
                  rounds: int = 2) -> None:
-    from bridge.processes import start_bridge
+    from bridge.serve.processes import start_bridge
 
     bridge = start_bridge("--enable-cache", "--cache-dir", str(workdir / "memory-cache"),
                           "--cache-ttl", DAY_MS, "--cache-hot-threshold", "1",
@@ -127,9 +127,9 @@ def bench_memory(standin_url: str, workdir: Path, seconds: float, connections: i
 
 def bench_stage_cost(standin_url: str, workdir: Path, rounds: int = 5000) -> None:
     """In process, without HTTP: what a memory hit costs in the pipeline, and in the cache."""
-    from bridge import settings as bridge_settings
-    from bridge.app import create_app
-    from bridge.exchange import Exchange
+    from bridge.core import settings as bridge_settings
+    from bridge.core.exchange import Exchange
+    from bridge.web.app import create_app
 
     settings = bridge_settings.load(["--enable-cache", "--cache-dir",
                                      str(workdir / "stage-cache"), "-o", standin_url,
@@ -137,7 +137,7 @@ def bench_stage_cost(standin_url: str, workdir: Path, rounds: int = 5000) -> Non
     app = create_app(settings)
     raw = json.dumps(chat_body(QUESTION)).encode()
     app.test_client().post("/v1/chat/completions", data=raw, content_type="application/json")
-    pipeline = app.extensions["bridge.pipeline"]
+    pipeline = app.extensions["bridge.core.pipeline"]
     cache = pipeline.stage("cache")
 
     def exchange() -> Exchange:
@@ -169,7 +169,7 @@ def fill(cache_dir: Path, standin_url: str, workdir: Path, entries: int) -> floa
     from bridge.cache.disk import FILE_NAME, TABLE, bulk_write
     from bridge.cache.entry import HEADER_SIZE, MAGIC, pack_created
     from bridge.cache.keys import cache_key
-    from bridge.processes import start_bridge
+    from bridge.serve.processes import start_bridge
 
     with start_bridge("--enable-cache", "--cache-dir", str(cache_dir), upstream=standin_url,
                       workers=1, log_dir=workdir) as bridge:
@@ -196,7 +196,7 @@ def bench_disk(standin_url: str, workdir: Path, cache_dir: Path, entries: int,
                samples: int = 2000) -> None:
     from bridge.cache.disk import DiskTier
     from bridge.cache.keys import cache_key
-    from bridge.processes import start_bridge
+    from bridge.serve.processes import start_bridge
 
     print(f"2. disk hits with {entries} entries on disk")
     fill(cache_dir, standin_url, workdir, entries)
@@ -307,7 +307,7 @@ def main() -> None:
     if args.sweep_probe:
         sweep_probe(args.sweep_probe)
         return
-    from bridge.processes import start_standin
+    from bridge.serve.processes import start_standin
 
     workdir = Path(tempfile.mkdtemp(prefix="cache-bench-"))
     standin = start_standin(log_dir=workdir)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadgen import HEADERS, load, percentile, tool  # noqa: E402
 
-from bridge.processes import (  # noqa: E402
+from bridge.serve.processes import (  # noqa: E402
     LOOPBACK,
     free_port,
     start_bridge,

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge import settings as bridge_settings  # noqa: E402
-from bridge.auth import AuthStage  # noqa: E402
-from bridge.exchange import Exchange, Response  # noqa: E402
-from bridge.keystore import KeyStore  # noqa: E402
-from bridge.processes import start_bridge, start_standin  # noqa: E402
+from bridge.core.exchange import Exchange, Response  # noqa: E402
+from bridge.serve.processes import start_bridge, start_standin  # noqa: E402
+from bridge.shared_mode.keystore import KeyStore  # noqa: E402
+from bridge.shared_mode.stage import AuthStage  # noqa: E402
 
 UPSTREAM_KEY = "sk-bench-upstream-key-0123456789abcdef"
 BODY = json.dumps({"model": "llama3.2", "stream": False,

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.exchange import Frame  # noqa: E402
-from bridge.processes import start_bridge, start_standin  # noqa: E402
-from bridge.think_filter import CHAT, ThinkCleaner, clean_frames  # noqa: E402
-from bridge.think_tags import ThinkFilter  # noqa: E402
+from bridge.core.exchange import Frame  # noqa: E402
+from bridge.core.reasoning import ThinkFilter  # noqa: E402
+from bridge.serve.processes import start_bridge, start_standin  # noqa: E402
+from bridge.think.stage import CHAT, ThinkCleaner, clean_frames  # noqa: E402
 
 PROMPT = "Why is the sky blue?"
 ANSWER_START = "Echo:"  # the stand-in's first answer token

@@ -1,5 +1,5 @@
 """`python -m bridge` runs the same command as `deepseek-ollama-bridge`."""
 
-from bridge.cli import main
+from bridge.serve.cli import main
 
 raise SystemExit(main())

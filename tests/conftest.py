@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import pytest
 
 from bridge.ollama_standin import StandIn
-from bridge.processes import Process, start_bridge
+from bridge.serve.processes import Process, start_bridge
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+from bridge.serve.processes import ROOT
 
 # Fields the stand-in (like Ollama) randomises or stamps per call.
 PER_CALL_FIELDS = frozenset({"id", "created", "created_at"})
@@ -30,3 +35,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = ""
             assert value, f"timed out after {timeout}s waiting for {what or condition}"
             return value
         time.sleep(0.02)
+
+
+def keys_command(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the `keys` command on a state directory, as an operator would."""
+    return subprocess.run([sys.executable, "-m", "bridge", "keys", "--state-dir",
+                           str(state_dir), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)

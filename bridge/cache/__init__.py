@@ -6,7 +6,3 @@ bytes), `memory` and `disk` (the tiers), `hot` (promotion and its adaptive thres
 `sweeper` (background work), `flight` (single flight), `replay` (serving an entry in the
 shape asked for), `stage` (the pipeline stage), `admin` (the `cache` command).
 """
-
-from bridge.cache.stage import make_stage
-
-__all__ = ["make_stage"]

@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Sequence
 
-from bridge import settings as bridge_settings
 from bridge.cache.disk import DiskTier, cache_file
+from bridge.core import settings as bridge_settings
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -47,8 +47,8 @@ from bridge.cache.entry import (
     pack_created,
 )
 from bridge.cache.keys import SEPARATOR, key_model, model_prefix
-from bridge.events import emit
-from bridge.instance import pid_alive
+from bridge.core.events import emit
+from bridge.core.instance import pid_alive
 
 log = logging.getLogger("bridge.cache")
 # sqlitedict logs each failed statement as a multi-line stack; we log our own one line.

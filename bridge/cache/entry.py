@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.exchange import Frame
+from bridge.core.exchange import Frame
 
 MAGIC = b"BRC1"
 _CREATED = struct.Struct(">d")

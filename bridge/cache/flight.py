@@ -19,9 +19,9 @@ from typing import Callable, Iterator
 import gevent
 from gevent.event import Event
 
-from bridge import streaming
 from bridge.cache.entry import Entry
-from bridge.exchange import Frame, Response
+from bridge.core import streaming
+from bridge.core.exchange import Frame, Response
 
 log = logging.getLogger("bridge.cache")
 

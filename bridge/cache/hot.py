@@ -22,7 +22,7 @@ from typing import Callable
 
 from bridge.cache.entry import Entry
 from bridge.cache.memory import MemoryTier
-from bridge.events import emit
+from bridge.core.events import emit
 
 log = logging.getLogger("bridge.cache")
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Iterator
 
 from bridge.cache.entry import Entry
-from bridge.events import emit
+from bridge.core.events import emit
 
 TIER = "memory"
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from bridge import streaming
 from bridge.cache.entry import Entry
-from bridge.exchange import Exchange, Frame, Response, encode_json
+from bridge.core import streaming
+from bridge.core.exchange import Exchange, Frame, Response, encode_json
 
 OPENAI, OLLAMA = "openai", "ollama"
 EMBEDDING_ENDPOINTS = frozenset({"embeddings", "embed"})

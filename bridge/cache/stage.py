@@ -33,11 +33,11 @@ from bridge.cache.hot import HotTracker
 from bridge.cache.keys import cache_key
 from bridge.cache.memory import MemoryTier
 from bridge.cache.sweeper import Sweeper
-from bridge.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable, error_response
-from bridge.events import emit
-from bridge.exchange import Exchange, Response
-from bridge.pipeline import Context, Stage
-from bridge.settings import Settings
+from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable, error_response
+from bridge.core.events import emit
+from bridge.core.exchange import Exchange, Response
+from bridge.core.pipeline import Context, Stage
+from bridge.core.settings import Settings
 
 log = logging.getLogger("bridge.cache")
 

@@ -1,0 +1,3 @@
+"""What every feature builds on: settings, the exchange and its pipeline, errors, stream
+framing, the upstream client, events, the instance's run directory, the reasoning rule
+and log redaction. Nothing in `core` imports a feature package."""

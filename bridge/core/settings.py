@@ -1,0 +1,496 @@
+"""Every setting of the bridge, declared once.
+
+Each `Setting` names its flags, environment variable, parser (which also validates the
+range), default and help. The command line, the environment reading used under
+`gunicorn -c gunicorn.conf.py wsgi:app`, start-up validation and the README's option
+table are all derived from `SETTINGS`. Adding a flag is one entry in that list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from bridge import __version__
+from bridge.core.reasoning import DEFAULT_START_INSIDE_MODELS
+
+PROG = "deepseek-ollama-bridge"
+ENV_PREFIX = "BRIDGE_"
+
+
+class SettingError(ValueError):
+    """A setting's value is malformed or out of range; the message is one line."""
+
+
+# --- value parsers: each takes the raw text, returns the value or raises ValueError ---------
+
+
+@dataclass(frozen=True)
+class Integer:
+    low: int
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}-{self.high}"
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError(f"not a whole number (allowed: {self.allowed})") from None
+        if not self.low <= value <= self.high:
+            raise ValueError(f"out of range (allowed: {self.allowed})")
+        return value
+
+
+@dataclass(frozen=True)
+class Text:
+    allowed: str = "any text"
+    required: bool = False
+
+    def __call__(self, text: str) -> str:
+        if self.required and not text.strip():
+            raise ValueError("must not be empty")
+        return text
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
+
+    @property
+    def allowed(self) -> str:
+        return "|".join(self.options)
+
+    def __call__(self, text: str) -> str:
+        if text not in self.options:
+            raise ValueError(f"not one of {self.allowed}")
+        return text
+
+
+@dataclass(frozen=True)
+class Url:
+    allowed: str = "http(s)://host[:port][/path]"
+
+    def __call__(self, text: str) -> str:
+        parts = urlsplit(text.strip())
+        if parts.scheme not in ("http", "https") or not _is_host(parts.hostname or ""):
+            raise ValueError(f"not a URL (allowed: {self.allowed})")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"bad port (allowed: {self.allowed})") from None
+        return text.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class HostPort:
+    allowed: str = "HOST:PORT, port 0-65535"
+
+    def __call__(self, text: str) -> tuple[str, int]:
+        host, sep, port = text.strip().rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if (not sep or not _is_host(host) or not port.isdigit()
+                or not 0 <= int(port) <= 65535):
+            raise ValueError(f"not an address (allowed: {self.allowed})")
+        return host, int(port)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address or a DNS host name (RFC 1123 labels)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return 0 < len(host) <= 253 and all(_HOST_LABEL.match(label)
+                                        for label in host.removesuffix(".").split("."))
+
+
+@dataclass(frozen=True)
+class Switch:
+    allowed: str = "on/off (1/0, true/false, yes/no)"
+
+    def __call__(self, text: str) -> bool:
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a switch (allowed: {self.allowed})")
+
+
+class Secret:
+    """A secret value (an API key): its repr and str never show it; `reveal()` does."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+def _check_secret(value: str) -> Secret:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain spaces or control characters")
+    return Secret(value)
+
+
+@dataclass(frozen=True)
+class SecretText:
+    """A secret given directly; error messages never echo it (see `Setting.is_secret`)."""
+
+    allowed: str = "printable text without spaces"
+
+    def __call__(self, text: str) -> Secret:
+        return _check_secret(text)
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A secret read from a file (so it is not in the process list); the value is the path."""
+
+    allowed: str = "a readable file holding the key"
+
+    def __call__(self, text: str) -> Secret:
+        try:
+            with open(text.strip(), encoding="utf-8") as handle:
+                content = handle.read(65536)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
+                             ) from None
+        try:
+            return _check_secret(content)
+        except ValueError as exc:
+            raise ValueError(f"the file's content {exc}") from None
+
+
+@dataclass(frozen=True)
+class Pattern:
+    allowed: str = "a regular expression; empty = none"
+
+    def __call__(self, text: str) -> str:
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its flags, parser, default and help, from which everything else comes."""
+
+    name: str
+    flags: tuple[str, ...]
+    help: str
+    parse: Callable[[str], Any] = Text()
+    default: Any = None
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_switch(self) -> bool:
+        return isinstance(self.parse, Switch)
+
+    @property
+    def is_secret(self) -> bool:
+        return isinstance(self.parse, SecretText)
+
+    @property
+    def allowed(self) -> str:
+        return getattr(self.parse, "allowed", "")
+
+    @property
+    def label(self) -> str:
+        return self.flags[-1]
+
+    def shown_default(self) -> str:
+        if self.is_switch:
+            return "off" if not self.default else "on"
+        if self.default is None:
+            return ""
+        if isinstance(self.default, tuple):
+            return ":".join(str(part) for part in self.default)
+        return str(self.default)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+SETTINGS: list[Setting] = [
+    # --- core gateway ------------------------------------------------------------------
+    Setting("debug", ("-d", "--debug"), "verbose debug logs tracing requests and responses",
+            Switch(), False),
+    Setting("listen", ("-l", "--listen"), "address the bridge listens on",
+            HostPort(), ("127.0.0.1", 3000), "HOST:PORT"),
+    Setting("ollama", ("-o", "--ollama"), "base URL of the upstream (Ollama or any "
+            "OpenAI-compatible API)", Url(), "http://127.0.0.1:11434", "URL"),
+    Setting("timeout", ("-t", "--timeout"), "timeout of each upstream HTTP request, "
+            "connect + whole response (streams too), in ms", Integer(1000, 86_400_000),
+            300_000, "MS"),
+    Setting("retry_attempts", ("-a", "--retry-attempts"), "max retries after a failed "
+            "upstream call; 0 = none", Integer(0, 1024), 0, "N"),
+    Setting("retry_min_interval", ("-i", "--retry-min-interval"), "first retry wait in ms, "
+            "grows exponentially", Integer(50, 300_000), 500, "MS"),
+    Setting("retry_max_interval", ("-m", "--retry-max-interval"), "cap of the exponential "
+            "back-off in ms", Integer(50, 300_000), 10_000, "MS"),
+    Setting("workers", ("-w", "--workers"), "gevent worker processes (default: CPU count)",
+            Integer(1, 256), None, "N"),
+    Setting("max_body_size", ("--max-body-size",), "largest accepted request body in bytes",
+            Integer(1024, 1 << 30), 16 << 20, "BYTES"),
+    Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
+            "per worker", Integer(1, 10_000), 256, "N"),
+    # --- think filter (bridge/think_filter.py) -----------------------------------------
+    Setting("disable_think_filter", ("--disable-think-filter",), "turn off removal of "
+            "<think>...</think> and reasoning fields from responses", Switch(), False),
+    Setting("keep_reasoning", ("--keep-reasoning",), "deliver the removed reasoning as "
+            "reasoning_content (OpenAI API) or thinking (Ollama API)", Switch(), False),
+    Setting("think_start_models", ("--think-start-models",), "models (regex on the name) "
+            "whose output starts inside reasoning, with only </think> shown",
+            Pattern(), DEFAULT_START_INSIDE_MODELS, "REGEX"),
+    # --- enterprise shared mode (bridge/auth.py, bridge/keystore.py) --------------------
+    Setting("enable_shared_mode", ("--enable-shared-mode",), "send every upstream request "
+            "with the bridge's own key (--api-key), never the client's credentials; once "
+            "client keys exist (`keys create`), clients must send one", Switch(), False),
+    Setting("api_key", ("--api-key",), "the upstream key used in shared mode (prefer the "
+            "environment variable or --api-key-file: flags show in the process list)",
+            SecretText(), None, "KEY"),
+    Setting("api_key_file", ("--api-key-file",), "file holding the upstream key for shared "
+            "mode", SecretFile(), None, "FILE"),
+    Setting("state_dir", ("--state-dir",), "directory of the bridge's state (the client "
+            "key store)", Text(required=True), "./state", "DIR"),
+    Setting("cache_per_client_key", ("--cache-per-client-key",), "in shared mode, keep a "
+            "separate cache per client key instead of one shared by all clients",
+            Switch(), False),
+    # --- multi-tier response cache (bridge/cache) -----------------------------------
+    Setting("enable_cache", ("--enable-cache",), "cache identical model requests (memory "
+            "tier per worker over a disk tier shared by all workers)", Switch(), False),
+    Setting("cache_dir", ("--cache-dir",), "directory of the persistent cache file",
+            Text("a directory path", required=True), "./cache", "DIR"),
+    Setting("cache_ttl", ("--cache-ttl",), "time after which a cached response expires, "
+            "in ms", Integer(30_000, 86_400_000), 30_000, "MS"),
+    Setting("cache_max_entries", ("--cache-max-entries",), "max entries on disk; the oldest "
+            "go first when full", Integer(4500, 1_000_000), 65535, "N"),
+    Setting("cache_hot_threshold", ("--cache-hot-threshold",), "initial hot-promotion "
+            "threshold in requests per minute (adapts at run time)",
+            Integer(1, 100_000), 12, "N"),
+    Setting("cache_memory_entries", ("--cache-memory-entries",), "entries of the in-memory "
+            "tier of each worker; 0 = no memory tier", Integer(0, 1_000_000), 8192, "N"),
+    # --- traffic control and observability ------------------------------------------------
+    Setting("rate_limit", ("-r", "--rate-limit"), "max upstream calls per second for the whole "
+            "instance (token bucket, burst N); 0 = unlimited", Integer(0, 65535), 0, "N"),
+    Setting("rate_limit_wait", ("--rate-limit-wait",), "longest wait in ms for a rate-limit "
+            "token before answering 429; 0 = answer at once", Integer(0, 600_000), 0, "MS"),
+    Setting("max_concurrency", ("--max-concurrency",), "max upstream requests in flight for "
+            "the whole instance (match OLLAMA_NUM_PARALLEL); 0 = unlimited",
+            Integer(0, 4096), 0, "N"),
+    Setting("max_queue", ("--max-queue",), "requests that may wait for a free slot when "
+            "--max-concurrency is reached; more get 503", Integer(0, 10_000), 100, "N"),
+    Setting("max_queue_wait", ("--max-queue-wait",), "longest wait in ms for a free slot "
+            "before answering 503", Integer(0, 3_600_000), 30_000, "MS"),
+    Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
+            "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
+]
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+class Settings(types.SimpleNamespace):
+    """The resolved value of every setting, as attributes named after `Setting.name`."""
+
+    def replace(self, **changes: Any) -> "Settings":
+        values = dict(vars(self))
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise KeyError(f"unknown settings: {sorted(unknown)}")
+        values.update(changes)
+        return Settings(**values)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or _cpu_count()
+
+
+def _parse(setting: Setting, raw: str, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        message = str(exc)
+        if setting.allowed and setting.allowed not in message:
+            message += f" (allowed: {setting.allowed})"
+        shown = "(hidden)" if setting.is_secret else repr(raw)
+        raise SettingError(f"{source}: invalid value {shown}: {message}") from None
+
+
+def from_env(environ: Mapping[str, str] | None = None,
+             settings: Iterable[Setting] = SETTINGS) -> dict[str, Any]:
+    """The settings given by environment variables, parsed and validated."""
+    environ = os.environ if environ is None else environ
+    given = {}
+    for setting in settings:
+        if setting.env in environ:
+            source = f"{setting.env} ({setting.label})"
+            given[setting.name] = _parse(setting, environ[setting.env], source)
+    return given
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=PROG,
+        description="OpenAI-compatible caching gateway in front of Ollama and other LLM APIs.",
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-h", "--help", action="help", help="show this help and exit")
+    parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    add_arguments(parser, [setting.name for setting in SETTINGS])
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add the flags of the named settings to `parser` (also used by tool subcommands,
+    so that e.g. `keys --state-dir` is the same setting as the server's)."""
+    for setting in (_BY_NAME[name] for name in names):
+        extra = [f"env {setting.env}"]
+        if setting.shown_default():
+            extra.append(f"default {setting.shown_default()}")
+        if setting.allowed and not setting.is_switch:
+            extra.append(f"allowed {setting.allowed}")
+        text = f"{setting.help} [{'; '.join(extra)}]".replace("%", "%%")
+        if setting.is_switch:
+            parser.add_argument(*setting.flags, dest=setting.name, action="store_true",
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(*setting.flags, dest=setting.name, default=argparse.SUPPRESS,
+                                metavar=setting.metavar or "VALUE", help=text)
+
+
+def resolve(parsed: argparse.Namespace, names: Iterable[str],
+            environ: Mapping[str, str] | None = None) -> Settings:
+    """The named settings (only those) for a tool subcommand: defaults, then environment,
+    then the flags in `parsed` that `add_arguments` declared."""
+    names = list(names)
+    from_environ = from_env(environ, [_BY_NAME[name] for name in names])
+    values = {name: from_environ.get(name, _BY_NAME[name].default) for name in names}
+    for name in names:
+        if hasattr(parsed, name):
+            raw = getattr(parsed, name)
+            setting = _BY_NAME[name]
+            values[name] = bool(raw) if setting.is_switch else _parse(
+                setting, raw, "/".join(setting.flags))
+    return Settings(**values)
+
+
+def load(argv: Iterable[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting: defaults, then environment, then command line.
+
+    Raises `SettingError` with a one-line message naming the flag, the value and the
+    allowed range. `-h`/`-V` and unknown flags exit through argparse.
+    """
+    values = {setting.name: setting.default for setting in SETTINGS}
+    values.update(from_env(environ))
+    if argv is not None:
+        parsed = build_parser().parse_args(list(argv))
+        for name, raw in vars(parsed).items():
+            setting = _BY_NAME[name]
+            if setting.is_switch:
+                values[name] = bool(raw)
+            else:
+                values[name] = _parse(setting, raw, "/".join(setting.flags))
+    settings = Settings(**values)
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """Rules that involve more than one setting."""
+    if settings.retry_min_interval > settings.retry_max_interval:
+        raise SettingError(
+            f"--retry-min-interval: invalid value '{settings.retry_min_interval}': "
+            f"must not exceed --retry-max-interval ({settings.retry_max_interval})")
+    if settings.api_key and settings.api_key_file:
+        raise SettingError("--api-key-file: give the upstream key once: either --api-key "
+                           "(or BRIDGE_API_KEY) or --api-key-file, not both")
+    if settings.enable_shared_mode and not (settings.api_key or settings.api_key_file):
+        raise SettingError("--enable-shared-mode: needs the upstream key: give --api-key, "
+                           "BRIDGE_API_KEY or --api-key-file")
+
+
+def load_or_exit(argv: Iterable[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> Settings:
+    try:
+        return load(argv, environ)
+    except SettingError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def defaults() -> Settings:
+    """Every setting at its default (for tests and tools)."""
+    return Settings(**{setting.name: setting.default for setting in SETTINGS})
+
+
+def markdown_table() -> str:
+    """The README's option table, generated from `SETTINGS`."""
+    rows = ["| flag | environment | meaning | allowed | default |", "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        flags = ", ".join(f"`{flag}`" for flag in setting.flags)
+        if not setting.is_switch:
+            flags += f" `{setting.metavar or 'VALUE'}`"
+        allowed = "" if setting.is_switch else setting.allowed
+        cells = [flags, f"`{setting.env}`", setting.help, allowed, setting.shown_default()]
+        rows.append("| " + " | ".join(_table_cell(cell) for cell in cells) + " |")
+    return "\n".join(rows)
+
+
+def _table_cell(text: str) -> str:
+    # A literal "|" (in a regex default, say) would end the cell; "<" would start HTML.
+    return text.replace("|", "\\|").replace("<", "&lt;")
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,144 @@
+"""Stream framing: reading SSE and NDJSON from the upstream into frames, writing them out.
+
+Readers yield each frame as soon as its last byte arrives; nothing is buffered beyond
+one incomplete frame. Writers add exactly the framing Ollama uses.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+from bridge.core.exchange import Frame, Response, encode_json
+
+SSE = "sse"
+NDJSON = "ndjson"
+RAW = "raw"
+
+CONTENT_TYPES = {
+    SSE: "text/event-stream",
+    NDJSON: "application/x-ndjson",
+}
+
+
+def codec_for(content_type: str) -> str | None:
+    """The stream codec for an upstream Content-Type, or None when it is not a stream."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "text/event-stream":
+        return SSE
+    if kind == "application/x-ndjson":
+        return NDJSON
+    return None
+
+
+def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
+    """Split an SSE byte stream into frames (one per event)."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, buffer = buffer[:end], buffer[end + 2:]
+            frame = _sse_event(event)
+            if frame is not None:
+                yield frame
+    if buffer.strip():
+        frame = _sse_event(buffer.strip(b"\n"))
+        if frame is not None:
+            yield frame
+
+
+def _sse_event(event: bytes) -> Frame | None:
+    if not event:
+        return None
+    if event.startswith(b"data:") and b"\n" not in event:
+        payload = event[5:]
+        return Frame(payload[1:] if payload.startswith(b" ") else payload)
+    lines = event.split(b"\n")
+    data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+    if data and all(line.startswith((b"data:", b":")) for line in lines):
+        return Frame(b"\n".join(data))
+    return Frame(event, verbatim=True)  # comments, named events: relayed as they came
+
+
+def read_ndjson(chunks: Iterable[bytes]) -> Iterator[Frame]:
+    """Split an NDJSON byte stream into frames (one per line)."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            line, buffer = buffer[:end].rstrip(b"\r"), buffer[end + 1:]
+            if line.strip():
+                yield Frame(line)
+    if buffer.strip():
+        yield Frame(buffer.strip())
+
+
+def read_raw(chunks: Iterable[bytes]) -> Iterator[Frame]:
+    for chunk in chunks:
+        if chunk:
+            yield Frame(chunk, verbatim=True)
+
+
+READERS = {SSE: read_sse, NDJSON: read_ndjson, RAW: read_raw}
+
+
+def encode(frame: Frame, codec: str) -> bytes:
+    if codec == SSE:
+        return frame.raw + b"\n\n" if frame.verbatim else b"data: " + frame.raw + b"\n\n"
+    if codec == NDJSON:
+        return frame.raw + b"\n"
+    return frame.raw
+
+
+def is_terminal(frame: Frame, codec: str) -> bool:
+    """Whether the frame is the stream's normal end: `[DONE]`, or `done: true` in NDJSON."""
+    if codec == SSE:
+        return frame.is_done
+    if codec == NDJSON:
+        if b'"done"' not in frame.raw:  # most lines: no JSON parsing on the relay path
+            return False
+        data = frame.data
+        return isinstance(data, dict) and data.get("done") is True
+    return False
+
+
+def error_frame(surface: str, message: str, code: str = "stream_error") -> Frame:
+    """The in-band error a client sees when a stream cannot finish normally."""
+    if surface == "ollama":
+        return Frame.of({"error": message})
+    return Frame.of({"error": {"message": message, "type": "api_error", "param": None,
+                               "code": code}})
+
+
+def stream_response(status: int, headers: dict[str, str], frames: Iterator[Frame],
+                    codec: str) -> Response:
+    headers = dict(headers)
+    headers["content-type"] = headers.get("content-type") or CONTENT_TYPES.get(codec, "")
+    return Response(status=status, headers=headers, frames=frames, codec=codec)
+
+
+def single_body(data: dict) -> bytes:
+    return encode_json(data) + b"\n"
+
+
+@contextmanager
+def owned(frames: Iterator[Frame]) -> Iterator[Iterator[Frame]]:
+    """Use a frame iterator and close it afterwards, even when we are closed early.
+
+    Every stage that wraps a stream iterates its input inside `with owned(frames)`, so
+    that a client hanging up closes the chain down to the upstream connection.
+    """
+    try:
+        yield frames
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,274 @@
+"""The upstream client: the only code that talks HTTP to Ollama or the OpenAI-compatible API.
+
+It owns connection pooling (one `requests.Session` per worker process, created on first
+use, after fork), the `-t` timeout (connect + response, and a deadline for streams),
+retries with exponential back-off and jitter (`-a/-i/-m`, honouring `Retry-After`),
+and the mapping of transport failures to gateway errors (502, 504).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator
+from urllib.parse import quote, unquote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from bridge.core import events, streaming
+from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
+from bridge.core.exchange import Exchange, Frame, Response
+from bridge.core.settings import Settings
+
+log = logging.getLogger("bridge.upstream")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# Connection-level headers (RFC 9110 7.6.1) and those the transport recomputes.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+})
+NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
+NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+
+READ_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off with jitter, bounded by the minimum and maximum interval."""
+
+    min_interval: float
+    max_interval: float
+
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_interval)
+        ceiling = min(self.max_interval, self.min_interval * 2 ** (retry - 1))
+        # "equal jitter": never shorter than half the step, never below the minimum
+        return max(self.min_interval, random.uniform(ceiling / 2, ceiling))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def forwardable(headers: dict[str, str], excluded: frozenset[str]) -> dict[str, str]:
+    """End-to-end headers only: hop-by-hop ones and those named in `Connection` are dropped."""
+    named = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    return {name: value for name, value in headers.items()
+            if name not in excluded and name not in named}
+
+
+def upstream_path(ex: Exchange) -> str:
+    """The path to call upstream: the client's own bytes (`%2F` stays `%2F`), unless a
+    stage has rewritten `ex.path`."""
+    if ex.raw_path and unquote(ex.raw_path) == ex.path:
+        return ex.raw_path
+    return quote(ex.path, safe="/:@!$&'()*+,;=-._~")
+
+
+class UpstreamClient:
+    """Sends an exchange upstream and returns its `Response` (whole or streamed).
+
+    `-t` bounds each upstream request as a whole: connecting, waiting for the headers
+    and reading the body share one budget, so a stream that outlives it is cut with an
+    in-band error and a log line, whatever the pace of its chunks.
+    """
+
+    def __init__(self, settings: Settings):
+        self.base_url = settings.ollama
+        self.timeout = settings.timeout / 1000
+        self.attempts = 1 + settings.retry_attempts
+        self.backoff = Backoff(settings.retry_min_interval / 1000,
+                               settings.retry_max_interval / 1000)
+        self.pool_size = settings.upstream_pool_size
+        self._session: requests.Session | None = None
+        self._session_pid = 0
+        self._adapter: HTTPAdapter | None = None
+
+    def _transport(self) -> tuple[requests.Session, HTTPAdapter]:
+        # One pool per worker process, created after fork.
+        if self._session is None or self._adapter is None or self._session_pid != os.getpid():
+            session = requests.Session()
+            session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
+                                  max_retries=0, pool_block=False)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._session, self._adapter, self._session_pid = session, adapter, os.getpid()
+        return self._session, self._adapter
+
+    @property
+    def session(self) -> requests.Session:
+        """This worker's session; its adapter holds the connection pool."""
+        return self._transport()[0]
+
+    def _send_once(self, method: str, url: str, headers: dict[str, str],
+                   body: bytes) -> requests.Response:
+        """One upstream call through the session's transport adapter.
+
+        `Session.request` would merge session headers, cookies, hooks and environment
+        settings on every call (~0.1 ms of CPU each, and a cookie jar shared by all
+        clients): a proxy wants none of them, so the request is prepared from the
+        client's own headers and handed to the pooled adapter directly.
+        """
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=method, url=url, headers=headers, data=body or None)
+        adapter = self._transport()[1]
+        return adapter.send(prepared, stream=True, timeout=(self.timeout, self.timeout))
+
+    def request_headers(self, ex: Exchange) -> dict[str, str]:
+        headers = forwardable(ex.headers, NOT_FORWARDED_REQUEST)
+        headers["accept-encoding"] = "identity"  # relay bytes as they come, never re-encode
+        headers["x-request-id"] = ex.request_id
+        return headers
+
+    def send(self, ex: Exchange) -> Response:
+        """Call the upstream with retries; raise `UpstreamUnavailable`/`UpstreamTimeout`.
+
+        A failure is retried only before anything of its response was used: connection
+        errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`.
+        """
+        url = self.base_url + upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
+        headers = self.request_headers(ex)
+        for attempt in range(1, self.attempts + 1):
+            ex.upstream_attempts = attempt
+            deadline = time.monotonic() + self.timeout
+            retry_after = None
+            failure: BridgeError | None = None
+            try:
+                upstream = self._send_once(ex.method, url, headers, ex.body)
+            except requests.RequestException as exc:
+                failure = self.transport_error(exc)
+                detail = type(exc).__name__
+            else:
+                if time.monotonic() > deadline:  # connect + headers took the whole budget
+                    upstream.close()
+                    failure = self.timeout_error("did not answer within")
+                    detail = "headers after the timeout"
+                elif upstream.status_code not in RETRY_STATUSES or attempt == self.attempts:
+                    return self._response(ex, upstream, deadline)
+                else:
+                    retry_after = parse_retry_after(upstream.headers.get("retry-after"))
+                    detail = f"status {upstream.status_code}"
+                    upstream.close()
+            if attempt == self.attempts:
+                break
+            wait = self.backoff.delay(attempt, retry_after)
+            log.warning("upstream attempt %d/%d failed (%s); retrying in %.3fs [%s]",
+                        attempt, self.attempts, detail, wait, ex.request_id)
+            events.emit("upstream.retry")
+            time.sleep(wait)
+        log.error("upstream failed after %d attempt(s) (%s) [%s]", self.attempts, detail,
+                  ex.request_id)
+        assert failure is not None
+        raise failure
+
+    def _response(self, ex: Exchange, upstream: requests.Response, deadline: float) -> Response:
+        headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
+                              NOT_FORWARDED_RESPONSE)
+        codec = streaming.codec_for(upstream.headers.get("content-type", ""))
+        if codec is None and not ex.is_model_request and "content-length" not in upstream.headers:
+            codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
+        if codec is not None and upstream.ok:
+            response = streaming.stream_response(upstream.status_code, headers, iter(()), codec)
+            response.frames = self._frames(ex, response, upstream, codec, deadline)
+            return response
+        with closing(upstream):
+            body = b"".join(self._body(upstream, deadline))
+        return Response(status=upstream.status_code, headers=headers, body=body)
+
+    def _body(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
+        """The upstream body as it arrives, chunk by chunk (never waiting to fill a
+        buffer), each read bounded by what is left of the `-t` budget."""
+        raw = upstream.raw
+        connection = raw.connection
+        if raw.chunked:
+            reads = raw.stream(READ_SIZE, decode_content=False)
+        else:  # read1: whatever has arrived, where read(n) would wait for n bytes
+            reads = iter(partial(raw.read1, READ_SIZE, decode_content=False), b"")
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self.timeout_error("response exceeded")
+                sock = getattr(connection, "sock", None)
+                if sock is not None:
+                    sock.settimeout(left)
+                chunk = next(reads, None)
+                if chunk is None:
+                    return
+                yield chunk
+        except BridgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
+            raise self.transport_error(exc) from None
+
+    def timeout_error(self, what: str) -> UpstreamTimeout:
+        return UpstreamTimeout(f"upstream {what} the {self.timeout:g}s timeout (-t)")
+
+    def transport_error(self, exc: Exception) -> BridgeError:
+        """The gateway error for a transport failure: 504 for timeouts, else 502."""
+        if isinstance(exc, (requests.Timeout, TimeoutError)) or "Timeout" in type(exc).__name__:
+            return self.timeout_error("did not answer within")
+        return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
+
+    def _frames(self, ex: Exchange, response: Response, upstream: requests.Response,
+                codec: str, deadline: float) -> Iterator[Frame]:
+        """Relay frames as they arrive; a stream that does not end normally ends with an
+        in-band error, and the upstream connection is closed whatever happens (a client
+        that hangs up closes this generator, which stops the generation upstream).
+        `response.outcome` says how it ended."""
+        failure: BridgeError | None = None
+        try:
+            for frame in streaming.READERS[codec](self._body(upstream, deadline)):
+                if streaming.is_terminal(frame, codec):
+                    response.outcome = "complete"
+                yield frame
+        except BridgeError as err:
+            failure = err
+        finally:
+            upstream.close()
+        if codec == streaming.RAW and failure is None:
+            response.outcome = "complete"
+        if response.outcome == "complete":
+            return
+        if isinstance(failure, UpstreamTimeout):
+            response.outcome = "timeout"
+            message, code = failure.message, failure.code
+        else:
+            response.outcome = "truncated"
+            message, code = "upstream stream ended prematurely", "upstream_stream_truncated"
+        log.error("upstream stream cut (%s): %s [%s]", response.outcome, message, ex.request_id)
+        if codec != streaming.RAW:
+            yield streaming.error_frame(ex.surface, message, code or "stream_error")
+
+    def reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the upstream answers HTTP at all (any status counts as reachable)."""
+        try:
+            self.session.get(self.base_url + "/", timeout=(timeout, timeout)).close()
+        except requests.RequestException:
+            return False
+        return True

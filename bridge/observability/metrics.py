@@ -1,0 +1,186 @@
+"""Prometheus metrics at `/metrics`, aggregated across all gunicorn workers.
+
+prometheus-flask-exporter in multiprocess mode serves `/metrics` on the bridge's own
+port, aggregating the files of all workers. The metrics are declared once in `METRICS`,
+each fed by an event of `bridge.core.events`:
+features emit events and never import Prometheus. This is the only module that does,
+and only once `PROMETHEUS_MULTIPROC_DIR` is set (prometheus_client reads it at import):
+the master sets it in `on_starting` (`bridge.core.instance`), before forking the workers.
+
+Gauges say how workers' values combine: a per-worker quantity (memory-tier entries,
+calls in flight) is summed over live workers; a shared one (disk-tier entries) is the
+largest value any worker saw.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import flask
+
+from bridge.core import events, instance
+
+log = logging.getLogger("bridge.metrics")
+
+COUNTER, GAUGE_SET, GAUGE_ADD, HISTOGRAM = "counter", "gauge_set", "gauge_add", "histogram"
+
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric and the event that feeds it.
+
+    A counter adds the event's value (or 1 with `count_events`), a gauge sets it (or
+    adds it, GAUGE_ADD), a histogram observes it. `only` keeps the events whose labels
+    have those values. Labels missing from an event are "".
+    """
+
+    event: str
+    kind: str
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    count_events: bool = False
+    mode: str = ""
+    buckets: tuple[float, ...] = ()
+    only: tuple[tuple[str, str], ...] = ()
+
+
+METRICS: tuple[Metric, ...] = (
+    # requests, every route but /metrics, labelled by route template (never the raw path)
+    Metric("request.finished", COUNTER, "bridge_requests_total",
+           "Requests answered, by route template, method, status and client key name",
+           ("route", "method", "status", "client_key"), count_events=True),
+    Metric("request.finished", HISTOGRAM, "bridge_request_duration_seconds",
+           "Request duration until the last byte of the response (whole stream)",
+           ("route", "method", "status"), buckets=REQUEST_BUCKETS),
+    Metric("tokens.prompt", COUNTER, "bridge_prompt_tokens_total",
+           "Prompt tokens reported in usage, by client key name and source (upstream, cache)",
+           ("client_key", "source")),
+    Metric("tokens.completion", COUNTER, "bridge_completion_tokens_total",
+           "Completion tokens reported in usage, by client key name and source",
+           ("client_key", "source")),
+    # upstream
+    Metric("upstream.duration", HISTOGRAM, "bridge_upstream_request_duration_seconds",
+           "Upstream call duration, retries and whole stream included",
+           ("endpoint", "status"), buckets=REQUEST_BUCKETS),
+    Metric("upstream.ttft", HISTOGRAM, "bridge_upstream_time_to_first_token_seconds",
+           "Time from sending an upstream request to its first stream frame",
+           ("endpoint",), buckets=FIRST_TOKEN_BUCKETS),
+    Metric("upstream.in_flight", GAUGE_ADD, "bridge_upstream_requests_in_flight",
+           "Upstream calls in progress", mode="livesum"),
+    Metric("upstream.retry", COUNTER, "bridge_upstream_retries_total",
+           "Upstream calls retried after a failure"),
+    # traffic control
+    Metric("ratelimit.refused", COUNTER, "bridge_ratelimit_refused_total",
+           "Requests refused with 429 by the rate limit"),
+    Metric("ratelimit.delayed", COUNTER, "bridge_ratelimit_delayed_total",
+           "Requests that waited for a rate-limit token"),
+    Metric("admission.queued", COUNTER, "bridge_admission_queued_total",
+           "Requests that waited in the queue for an upstream slot"),
+    Metric("admission.refused", COUNTER, "bridge_admission_refused_total",
+           "Requests refused with 503 for want of an upstream slot, by reason",
+           ("reason",)),
+    Metric("admission.waiting", GAUGE_ADD, "bridge_admission_queue_length",
+           "Requests waiting for an upstream slot now", mode="livesum"),
+    # think filter
+    Metric("think.blocks_removed", COUNTER, "bridge_think_blocks_removed_total",
+           "Think blocks removed from responses"),
+    Metric("think.chars_removed", COUNTER, "bridge_think_characters_removed_total",
+           "Characters of think blocks removed from responses"),
+    # cache
+    Metric("cache.hit", COUNTER, "bridge_cache_hits_total", "Cache hits, by tier", ("tier",)),
+    Metric("cache.miss", COUNTER, "bridge_cache_misses_total", "Cache misses"),
+    Metric("cache.bypass", COUNTER, "bridge_cache_bypasses_total",
+           "Cacheable-looking requests that bypassed the cache"),
+    Metric("cache.store", COUNTER, "bridge_cache_stores_total", "Responses stored in the cache"),
+    Metric("cache.eviction", COUNTER, "bridge_cache_evictions_total",
+           "Entries evicted to make room, by tier", ("tier",)),
+    Metric("cache.expiration", COUNTER, "bridge_cache_expirations_total",
+           "Entries removed after their TTL, by tier", ("tier",)),
+    Metric("cache.promotion", COUNTER, "bridge_cache_promotions_total",
+           "Disk entries promoted into the memory tier"),
+    Metric("cache.entries", GAUGE_SET, "bridge_cache_memory_entries",
+           "Entries in the memory tiers of all workers", mode="livesum",
+           only=(("tier", "memory"),)),
+    Metric("cache.entries", GAUGE_SET, "bridge_cache_disk_entries",
+           "Entries in the shared disk tier", mode="max", only=(("tier", "disk"),)),
+    Metric("cache.hot_threshold", GAUGE_SET, "bridge_cache_hot_threshold",
+           "Current hot-promotion threshold, requests per minute", mode="livemostrecent"),
+    # shared mode
+    Metric("auth.refused", COUNTER, "bridge_auth_refused_total",
+           "Requests refused by client-key authentication, by reason", ("reason",)),
+)
+
+
+class _Bridge:
+    """The Prometheus objects of `METRICS`, created once per process, fed by events.
+
+    Each event finds its metrics' update methods by label values in a per-metric dict,
+    so the work of `labels(...)` is done once per label combination, not per event.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.by_event: dict[str, list[tuple[Metric, Any, dict[tuple[str, ...], Any]]]] = {}
+        for metric in METRICS:
+            kwargs: dict[str, Any] = {"labelnames": metric.labels, "registry": None}
+            if metric.kind == COUNTER:
+                made: Any = Counter(metric.name, metric.help, **kwargs)
+            elif metric.kind == HISTOGRAM:
+                made = Histogram(metric.name, metric.help, buckets=metric.buckets, **kwargs)
+            else:
+                made = Gauge(metric.name, metric.help, multiprocess_mode=metric.mode, **kwargs)
+            self.by_event.setdefault(metric.event, []).append((metric, made, {}))
+
+    @staticmethod
+    def _update(metric: Metric, target: Any) -> Any:
+        """The method that feeds `target` (the metric or one of its labelled children)."""
+        if metric.kind == HISTOGRAM:
+            return target.observe
+        if metric.kind == GAUGE_SET:
+            return target.set
+        return target.inc
+
+    def __call__(self, event: str, value: float, labels: Mapping[str, str]) -> None:
+        for metric, made, updates in self.by_event.get(event, ()):
+            if metric.only and any(labels.get(name) != wanted for name, wanted in metric.only):
+                continue
+            values = tuple([str(labels.get(name, "")) for name in metric.labels])
+            update = updates.get(values)
+            if update is None:
+                update = updates[values] = self._update(
+                    metric, made.labels(*values) if metric.labels else made)
+            update(1 if metric.count_events else value)
+
+
+_bridge: _Bridge | None = None
+
+
+def init_app(app: flask.Flask) -> None:
+    """Serve `/metrics` on `app` and start feeding the bridge's metrics from events."""
+    global _bridge
+    instance.directory()  # a process started without the master gets its own directory
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+    # its default request metrics would time streams to the first byte only and cost a
+    # second set of writes per request: bridge_requests_total and
+    # bridge_request_duration_seconds (by route template) take their place
+    exporter = GunicornInternalPrometheusMetrics.for_app_factory(
+        export_defaults=False, group_by="url_rule", defaults_prefix="bridge")
+    exporter.init_app(app)
+    if _bridge is None:
+        _bridge = _Bridge()
+        events.subscribe(_bridge)
+
+
+def worker_exited(pid: int) -> None:
+    """In the master: drop the live gauges of a worker that is gone."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)

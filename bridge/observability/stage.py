@@ -1,0 +1,170 @@
+"""Observing every request: the access log line, request metrics, token usage, `-d` tracing.
+
+`init_app(app)` hooks Flask so that every request (model calls, `/health`, errors) gets
+one access line and its request events when its response is closed, that is after the
+last byte of a stream was sent or the client left: the duration includes the whole
+stream. The pipeline stage (outermost) hands its exchange to that hook for the cache
+status, upstream attempts and client key, counts prompt/completion tokens from `usage`
+in bodies and stream frames, and with `-d` traces requests and responses (bodies
+clipped, credentials redacted).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Iterator
+
+import flask
+
+from bridge.core import streaming
+from bridge.core.events import emit
+from bridge.core.exchange import Exchange, Frame
+from bridge.core.pipeline import Context, Stage
+from bridge.core.settings import Settings
+from bridge.observability import logs
+
+access_log = logging.getLogger("bridge.access")
+trace_log = logging.getLogger("bridge.trace")
+
+_EXCHANGE = "bridge_exchange"  # flask.g attribute: the request's exchange
+_STARTED = "bridge_started"
+_RELAYED = "observe.relayed"  # ex.notes: the whole stream went to the client
+UNMATCHED_ROUTE = "<unmatched>"
+NOT_OBSERVED = frozenset({"/metrics"})
+TRACE_BODY_LIMIT = 2000
+TRACE_FRAME_LIMIT = 300
+
+
+# --- token usage ----------------------------------------------------------------------
+
+_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|prompt_eval_count|eval_count)"'
+                    rb"\s*:\s*(\d+)")
+
+
+def usage_in(raw: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a JSON body or frame: OpenAI's `usage`, or Ollama's
+    final counts. Read from the bytes without parsing them: inside a JSON string the
+    quotes around these names would be escaped, so only real keys match."""
+    counts = {name: int(value) for name, value in _USAGE.findall(raw)}
+    if not counts:
+        return None
+    return (counts.get(b"prompt_tokens", counts.get(b"prompt_eval_count", 0)),
+            counts.get(b"completion_tokens", counts.get(b"eval_count", 0)))
+
+
+def client_key(ex: Exchange | None) -> str:
+    """The NAME of the client's key (set by the auth stage in shared mode), or ""."""
+    return str(ex.notes.get("client_key") or "") if ex is not None else ""
+
+
+def _emit_usage(ex: Exchange, usage: tuple[int, int] | None) -> None:
+    if usage is None:
+        return
+    labels = {"client_key": client_key(ex),
+              "source": "cache" if (ex.cache_status or "").startswith("HIT") else "upstream"}
+    prompt, completion = usage
+    if prompt:
+        emit("tokens.prompt", prompt, **labels)
+    if completion:
+        emit("tokens.completion", completion, **labels)
+
+
+# --- the pipeline stage -----------------------------------------------------------------
+
+class ObserveStage(Stage):
+    name = "observe"
+
+    def __init__(self, settings: Settings):
+        self.trace = settings.debug
+
+    def on_request(self, ex: Exchange) -> None:
+        if flask.has_request_context():
+            setattr(flask.g, _EXCHANGE, ex)
+        if self.trace:
+            trace_log.debug("request %s %s headers=%s body=%s [%s]", ex.method, ex.path,
+                            logs.safe_headers(ex.headers), logs.clip(ex.body, TRACE_BODY_LIMIT),
+                            ex.request_id)
+
+    def on_response(self, ex: Exchange) -> None:
+        response = ex.response
+        if response is None:
+            return
+        if response.streaming:
+            response.frames = self._frames(ex, response.frames)
+        elif response.ok and ex.is_model_request:
+            _emit_usage(ex, usage_in(response.body))
+        if self.trace:
+            trace_log.debug("response %d headers=%s%s [%s]", response.status,
+                            logs.safe_headers(response.headers),
+                            " (stream)" if response.streaming
+                            else " body=" + logs.clip(response.body, TRACE_BODY_LIMIT),
+                            ex.request_id)
+
+    def _frames(self, ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
+        with streaming.owned(frames) as inner:
+            for frame in inner:
+                if b'"usage"' in frame.raw or b'"eval_count"' in frame.raw:
+                    _emit_usage(ex, usage_in(frame.raw))
+                if self.trace:
+                    trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
+                                    ex.request_id)
+                yield frame
+        ex.notes[_RELAYED] = True
+
+
+def make_stage(settings: Settings, context: Context) -> Stage | None:
+    return ObserveStage(settings)
+
+
+# --- the Flask hooks: one record per request, when its response is closed ---------------
+
+def init_app(app: flask.Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_on_close)
+
+
+def _start() -> None:
+    setattr(flask.g, _STARTED, time.perf_counter())
+
+
+def _on_close(response: flask.Response) -> flask.Response:
+    request = flask.request._get_current_object()  # type: ignore[attr-defined]
+    if request.path in NOT_OBSERVED:
+        return response
+    g = flask.g._get_current_object()  # type: ignore[attr-defined]
+    started = g.get(_STARTED, time.perf_counter())
+    ex: Exchange | None = g.get(_EXCHANGE)
+    rule = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+    method, path, status = request.method, request.path, response.status_code
+    remote = request.remote_addr or ""
+    request_id = response.headers.get("x-request-id", "")
+    response.call_on_close(lambda: record(
+        method=method, path=path, route=rule, status=status, remote=remote,
+        duration=time.perf_counter() - started, request_id=request_id, ex=ex))
+    return response
+
+
+def record(*, method: str, path: str, route: str, status: int, remote: str, duration: float,
+           request_id: str, ex: Exchange | None) -> None:
+    """The access line and request events of one finished request."""
+    outcome = None
+    if ex is not None and ex.response is not None:
+        gone = ex.response.streaming and not ex.notes.get(_RELAYED)
+        outcome = "client_left" if gone else ex.response.outcome
+    fields = {
+        "remote": remote, "method": method, "path": path, "status": status,
+        "duration_ms": round(duration * 1000, 1),
+        "cache": (ex.cache_status if ex is not None else None) or "-",
+        "upstream_attempts": ex.upstream_attempts if ex is not None else 0,
+        "client_key": client_key(ex) or "-",
+        "outcome": outcome or "-",
+        "request_id": request_id,
+    }
+    access_log.info("%s \"%s %s\" %d %.1fms cache=%s attempts=%d key=%s outcome=%s id=%s",
+                    remote, method, path, status, fields["duration_ms"], fields["cache"],
+                    fields["upstream_attempts"], fields["client_key"], fields["outcome"],
+                    request_id, extra={"fields": fields})
+    emit("request.finished", duration, route=route, method=method, status=str(status),
+         client_key=client_key(ex))

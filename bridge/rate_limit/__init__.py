@@ -1,0 +1,1 @@
+"""Rate limiting: the instance-wide token bucket in front of the upstream (`-r`)."""

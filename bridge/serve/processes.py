@@ -1,0 +1,146 @@
+"""Starting and stopping bridge and stand-in processes on free loopback ports.
+
+Shared by the tests, the benchmarks and the demo: each process is started with a
+bounded wait for readiness and stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with status {proc.returncode} before {url} "
+                               "answered")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+@dataclass
+class Process:
+    """A started server process with its URL and a log file of its stdout and stderr."""
+
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Stop it with its stop signal; past `timeout`, kill its whole process group
+        (a gunicorn master and its workers), which it leads since it started."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | None,
+           log_dir: Path | None, stop_signal: int = signal.SIGTERM) -> Process:
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="bridge-logs-"))
+    log_path = log_dir / f"process-{time.monotonic_ns()}.log"
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(list(cmd), stdout=log_file, stderr=subprocess.STDOUT,
+                                env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    process = Process(url=url, proc=proc, log_path=log_path, env=dict(env or {}),
+                      stop_signal=stop_signal)
+    try:
+        wait_until_up(url + probe, proc)
+    except RuntimeError:
+        process.stop()
+        raise RuntimeError(f"{' '.join(cmd)} did not start:\n{process.log()[-3000:]}") from None
+    return process
+
+
+def start_bridge(*flags: str, upstream: str, workers: int = 2,
+                 env: Mapping[str, str] | None = None, log_dir: Path | None = None,
+                 via: str = "cli", graceful_stop: bool = False,
+                 listen_host: str = LOOPBACK) -> Process:
+    """Start the bridge with gevent workers on a free port, in front of `upstream`.
+
+    It listens on `listen_host` (e.g. "0.0.0.0" to test what a non-loopback bind does);
+    its URL is always the loopback one.
+
+    via="cli" runs `python -m bridge FLAGS`; via="gunicorn" runs
+    `gunicorn -c gunicorn.conf.py wsgi:app` with the flags given as BRIDGE_* variables
+    in `env` (flags are then not allowed). The bridge is stopped with gunicorn's quick
+    shutdown (SIGQUIT) unless `graceful_stop`, which waits for open connections.
+    """
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    env = dict(env or {})
+    if via == "gunicorn":
+        if flags:
+            raise ValueError("via='gunicorn' takes settings as BRIDGE_* variables in env")
+        env.setdefault("BRIDGE_LISTEN", f"{listen_host}:{port}")
+        env.setdefault("BRIDGE_OLLAMA", upstream)
+        env.setdefault("BRIDGE_WORKERS", str(workers))
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    else:
+        cmd = [sys.executable, "-m", "bridge", "-l", f"{listen_host}:{port}", "-o", upstream,
+               "-w", str(workers), *flags]
+    stop_signal = signal.SIGTERM if graceful_stop else signal.SIGQUIT
+    return _spawn(cmd, url, "/health", env, log_dir, stop_signal)
+
+
+def start_standin(*flags: str, port: int | None = None, log_dir: Path | None = None) -> Process:
+    """Start the Ollama stand-in as its own process."""
+    port = port or free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    cmd = [sys.executable, "-m", "bridge.ollama_standin", "--host", LOOPBACK, "--port",
+           str(port), *flags]
+    return _spawn(cmd, url, "/api/version", None, log_dir)
+
+
+def start_server(cmd: Sequence[str], url: str, probe: str = "/",
+                 env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> Process:
+    """Start any other server command (a benchmark's reference server, say) the same way:
+    a bounded wait until `url + probe` answers, stopped by its PID."""
+    return _spawn(cmd, url, probe, env, log_dir)

@@ -1,0 +1,92 @@
+"""`deepseek-ollama-bridge keys create|list|revoke`: managing shared mode's client keys.
+
+Works on the key store in `--state-dir`/`BRIDGE_STATE_DIR`, the same setting the server
+reads, while the bridge runs or not; a change reaches every worker on its next request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Sequence
+
+from bridge.core import settings as bridge_settings
+from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError, parse_expiry, parse_rate
+
+STORE_SETTINGS = ("state_dir",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = bridge_settings._OneLineParser(
+        prog=f"{bridge_settings.PROG} keys",
+        description="Manage the client keys of shared mode (stored only as hashes).")
+    bridge_settings.add_arguments(parser, STORE_SETTINGS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=bridge_settings._OneLineParser)
+    create = commands.add_parser("create", help="issue a key and print it (only this once)")
+    create.add_argument("name", help="the key's name: 1-64 of A-Z a-z 0-9 . _ -; shown in "
+                        "metrics and logs")
+    create.add_argument("--expires", metavar="WHEN",
+                        help="expiry: a duration (90s, 30m, 12h, 30d, 2w) or an ISO date/time")
+    create.add_argument("--rate", metavar="N[/min|/s]",
+                        help="requests allowed per minute (N or N/min) or per second (N/s)")
+    create.add_argument("--models", metavar="A,B",
+                        help="the only models this key may use (comma-separated)")
+    commands.add_parser("list", help="list the keys (never the keys themselves)")
+    revoke = commands.add_parser("revoke", help="revoke a key; refused on every worker "
+                                 "within a second, no restart")
+    revoke.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    try:
+        state = bridge_settings.resolve(args, STORE_SETTINGS)
+    except bridge_settings.SettingError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    try:
+        if args.command == "create":
+            return create(state.state_dir, args)
+        store = KeyStore(state.state_dir)
+        if args.command == "list" and not store.path.exists():
+            print(f"no client keys yet (no key store at {store.path})", file=sys.stderr)
+            return 0
+        with store.open(create=False):
+            if args.command == "list":
+                print(table(store.all()))
+            else:
+                key = store.revoke(args.name)
+                print(f"revoked key {key.name!r}", file=sys.stderr)
+        return 0
+    except KeyStoreError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def create(state_dir: str, args: argparse.Namespace) -> int:
+    expires = parse_expiry(args.expires) if args.expires else None
+    rate = parse_rate(args.rate) if args.rate else None
+    models = args.models.split(",") if args.models is not None else None
+    with KeyStore(state_dir) as store:
+        raw, key = store.create(args.name, expires=expires, rate=rate, models=models)
+    print(raw)
+    print(f"created key {key.name!r}; it is shown only this once", file=sys.stderr)
+    return 0
+
+
+def _when(moment: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment)) if moment else "-"
+
+
+def table(keys: list[ClientKey]) -> str:
+    rows = [("NAME", "KEY", "STATUS", "CREATED", "EXPIRES", "RATE", "MODELS")]
+    for key in keys:
+        rows.append((key.name, key.hint, key.status(), _when(key.created), _when(key.expires),
+                     key.rate_text or "-", ",".join(key.models) if key.models else "all"))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows)
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,135 @@
+"""Shared mode's pipeline stage: client keys in, the bridge's upstream key out.
+
+With `--enable-shared-mode`, every request goes upstream with `Authorization: Bearer
+<the upstream key>`, and whatever credentials the client sent are dropped. Once client
+keys exist in the key store (`deepseek-ollama-bridge keys create`), a request must carry
+one (`Authorization: Bearer sk-bridge-…`): missing, unknown, revoked or expired → 401, a
+model the key may not use → 403, over the key's own rate → 429. Responses are scrubbed of
+the upstream key in case the upstream echoes it, and so are this process's log records.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator, NoReturn
+
+from bridge.core import events, streaming
+from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnavailable, Unauthorized
+from bridge.core.exchange import Exchange, Frame
+from bridge.core.pipeline import Context, Stage
+from bridge.core.redaction import Redactor, install_log_filter
+from bridge.core.settings import Settings
+from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError
+
+log = logging.getLogger("bridge.auth")
+
+# Credentials a client may send for its own upstream account: never forwarded in shared mode.
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge"'}
+
+
+def upstream_key(settings: Settings) -> str:
+    secret = settings.api_key or settings.api_key_file
+    return secret.reveal() if secret else ""
+
+
+def bearer_token(headers: dict[str, str]) -> str:
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class AuthStage(Stage):
+    name = "auth"
+
+    def __init__(self, settings: Settings):
+        self.upstream_authorization = f"Bearer {upstream_key(settings)}"
+        self.cache_per_client_key = settings.cache_per_client_key
+        self.store = KeyStore(settings.state_dir)
+        self.redactor = Redactor([upstream_key(settings)])
+
+    def start(self) -> None:
+        install_log_filter(self.redactor)
+        try:
+            self.store.open()
+        except KeyStoreError as exc:  # every request retries it, and is refused meanwhile
+            log.error("%s", exc)
+
+    def on_request(self, ex: Exchange) -> None:
+        presented = bearer_token(ex.headers)
+        for name in CLIENT_CREDENTIAL_HEADERS:
+            ex.headers.pop(name, None)
+        key = self.authenticate(ex, presented)
+        ex.headers["authorization"] = self.upstream_authorization
+        if key is not None:
+            ex.notes["client_key"] = key.name
+            if self.cache_per_client_key:
+                # the cache puts ex.notes.get("cache_scope") in its key: one cache per key
+                ex.notes["cache_scope"] = key.name
+
+    def authenticate(self, ex: Exchange, presented: str) -> ClientKey | None:
+        """The client's key, or None when no client keys exist (open shared mode); raises
+        the refusal otherwise."""
+        try:
+            keys = self.store.keys()
+        except KeyStoreError as exc:
+            log.error("%s [%s]", exc, ex.request_id)
+            raise ServiceUnavailable("the bridge's client key store is unavailable") from None
+        if not keys:
+            return None
+        key = self.store.find(presented) if presented else None
+        if key is None:
+            reason = "invalid" if presented else "missing"
+            message = ("Incorrect API key provided" if presented else
+                       "Missing API key: send a bridge client key as 'Authorization: "
+                       "Bearer sk-bridge-…'")
+            self.refuse(ex, reason, Unauthorized(message, headers=CHALLENGE))
+        status = key.status()
+        if status != "active":
+            self.refuse(ex, status, Unauthorized(f"API key {key.name!r} is {status}",
+                                                 headers=CHALLENGE), key)
+        if ex.is_model_request and not key.allows(ex.model):
+            self.refuse(ex, "model", Forbidden(
+                f"API key {key.name!r} may not use model {ex.model!r}",
+                code="model_not_allowed", param="model"), key)
+        wait = self.store.take(key)
+        if wait is not None:
+            self.refuse(ex, "rate", RateLimited(
+                f"API key {key.name!r} is over its rate of {key.rate_text}; retry in "
+                f"{math.ceil(wait)}s", headers={"retry-after": str(max(1, math.ceil(wait)))}),
+                key)
+        log.debug("client key %r accepted [%s]", key.name, ex.request_id)
+        return key
+
+    @staticmethod
+    def refuse(ex: Exchange, reason: str, err: BridgeError,
+               key: ClientKey | None = None) -> NoReturn:
+        if key is not None:
+            ex.notes["client_key"] = key.name
+        events.emit("auth.refused", reason=reason)
+        log.debug("request refused (%s, key %r) [%s]", reason, key.name if key else None,
+                  ex.request_id)
+        raise err
+
+    def on_response(self, ex: Exchange) -> None:
+        response = ex.response
+        if response is None:
+            return
+        response.headers = self.redactor.headers(response.headers)
+        if response.frames is None:
+            body = self.redactor.bytes(response.body)
+            if body is not response.body:
+                response.body, response._json = body, None
+            return
+        response.frames = self._redacted(response.frames, response.codec)
+
+    def _redacted(self, frames: Iterator[Frame], codec: str | None) -> Iterator[Frame]:
+        with streaming.owned(frames) as inner:
+            if codec == streaming.RAW:
+                yield from self.redactor.chunks(inner)
+            else:
+                yield from self.redactor.frames(inner)
+
+
+def make_stage(settings: Settings, context: Context) -> AuthStage | None:
+    return AuthStage(settings) if settings.enable_shared_mode else None

@@ -1,0 +1,33 @@
+"""Operations endpoints: `/health` (the process is up) and `/ready` (the upstream answers)."""
+
+from __future__ import annotations
+
+import time
+
+import flask
+
+from bridge import __version__
+from bridge.core.pipeline import Pipeline
+
+blueprint = flask.Blueprint("ops", __name__)
+
+READY_CHECK_TIMEOUT = 2.0
+READY_REUSE_SECONDS = 1.0
+_ready_cache: dict[str, tuple[float, bool]] = {}
+
+
+@blueprint.get("/health")
+def health() -> flask.Response:
+    return flask.jsonify(status="ok", version=__version__)
+
+
+@blueprint.get("/ready")
+def ready() -> tuple[flask.Response, int]:
+    pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
+    upstream = pipeline.context.upstream
+    checked_at, reachable = _ready_cache.get(upstream.base_url, (0.0, False))
+    if time.monotonic() - checked_at > READY_REUSE_SECONDS:
+        reachable = upstream.reachable(READY_CHECK_TIMEOUT)
+        _ready_cache[upstream.base_url] = (time.monotonic(), reachable)
+    status = "ready" if reachable else "upstream unreachable"
+    return flask.jsonify(status=status, version=__version__), 200 if reachable else 503

@@ -1,0 +1,81 @@
+"""Running the bridge the way operators do: `gunicorn -c gunicorn.conf.py wsgi:app`
+configured by BRIDGE_* variables, the same app as the `deepseek-ollama-bridge` command."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import openai
+import requests
+from helpers import normalized
+
+from bridge.ollama_standin import Fault
+from bridge.serve.processes import ROOT, start_bridge
+
+
+def test_gunicorn_with_the_config_file_serves_the_bridge_configured_by_env(standin,
+                                                                            tmp_path):
+    env = {"BRIDGE_RETRY_ATTEMPTS": "2", "BRIDGE_RETRY_MIN_INTERVAL": "50",
+           "BRIDGE_DISABLE_THINK_FILTER": "1",
+           "BRIDGE_DEBUG": "1", "BRIDGE_MAX_BODY_SIZE": "2048"}
+    with start_bridge(upstream=standin.url, via="gunicorn", env=env, workers=1,
+                      log_dir=tmp_path) as process:
+        standin.push_fault(Fault("status", status=502), times=2)
+        sdk = openai.OpenAI(base_url=process.url + "/v1", api_key="sk-x", max_retries=0)
+        got = sdk.chat.completions.create(
+            model="qwen3", messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Request-Id": "via-gunicorn-1"})
+        assert standin.count() == 3  # BRIDGE_RETRY_ATTEMPTS=2 took effect
+        direct = openai.OpenAI(base_url=standin.url + "/v1", api_key="sk-x")
+        want = direct.chat.completions.create(model="qwen3",
+                                              messages=[{"role": "user", "content": "hi"}])
+        assert normalized(got) == normalized(want)
+        big = requests.post(process.url + "/api/chat", data=b"{" + b" " * 3000 + b"}",
+                            timeout=10)
+        assert big.status_code == 413  # BRIDGE_MAX_BODY_SIZE took effect
+        log = process.log()
+        assert "Using worker: bridge.serve.worker.GeventWorker" in log
+        assert "[via-gunicorn-1]" in log  # BRIDGE_DEBUG traces requests with their id
+        assert process.stop() == 0
+
+
+def test_gunicorn_with_a_bad_environment_value_exits_2_with_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+        env={"BRIDGE_RETRY_ATTEMPTS": "lots", "PATH": ""}, capture_output=True, text=True,
+        timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "deepseek-ollama-bridge: error: BRIDGE_RETRY_ATTEMPTS (--retry-attempts): invalid "
+        "value 'lots': not a whole number (allowed: 0-1024)"]
+
+
+def test_graceful_stop_finishes_streams_and_closes_idle_connections_at_once(standin, tmp_path):
+    process = start_bridge("--disable-think-filter", upstream=standin.url, workers=1,
+                           graceful_stop=True, log_dir=tmp_path)
+    try:
+        host, port = process.url.removeprefix("http://").split(":")
+        idle = socket.create_connection((host, int(port)), timeout=10)
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: bridge\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"}\n"):  # the whole /health answer
+            answer += idle.recv(65536)
+        assert b"200 OK" in answer  # now an idle kept-alive connection
+        stream = requests.post(process.url + "/v1/chat/completions", stream=True, timeout=30,
+                               headers={"x-standin-token-delay": "0.2"},
+                               json={"model": "llama3.2", "stream": True,
+                                     "messages": [{"role": "user", "content": "Tell me more"}]})
+        chunks = stream.iter_content(chunk_size=None)
+        assert next(chunks)
+        process.proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        assert idle.recv(65536) == b""  # closed by the bridge, not by the keep-alive timeout
+        assert time.monotonic() - stopping < 3
+        assert b"".join(chunks).rstrip().endswith(b"data: [DONE]")  # the stream finished
+        assert process.proc.wait(20) == 0
+    finally:
+        process.stop()

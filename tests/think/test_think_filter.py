@@ -1,0 +1,351 @@
+"""Tests of bridge/think_filter.py: where text and reasoning live in each API's payloads."""
+
+import copy
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_think_tags import chunked
+
+from bridge.core import events
+from bridge.core import settings as bridge_settings
+from bridge.core.exchange import Exchange, Frame, Response
+from bridge.think.stage import (
+    API_CHAT,
+    API_GENERATE,
+    CHAT,
+    COMPLETIONS,
+    ThinkCleaner,
+    ThinkStage,
+    clean_history,
+    make_stage,
+    may_hold_reasoning,
+)
+
+
+def run_stream(cleaner: ThinkCleaner, events: list) -> list:
+    """Events in, events out, the way the stage wraps frames (`[DONE]` as a string)."""
+    out = []
+    for ev in events:
+        if ev == "[DONE]":
+            out += [*cleaner.end(), ev]
+            continue
+        before = copy.deepcopy(ev)
+        replaced = cleaner.event(ev)
+        assert ev == before, "the cleaner must not change what it is given"
+        out += [ev] if replaced is None else replaced
+    return out + cleaner.end()
+
+
+def chat_chunk(delta: dict, finish: str | None = None) -> dict:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def deltas(events: list) -> list:
+    return [e if e == "[DONE]" else (e["choices"][0]["delta"] if e["choices"] else "usage")
+            for e in events]
+
+
+def answer_of(events: list, key: str = "content") -> str:
+    return "".join(e["choices"][0]["delta"].get(key) or "" for e in events
+                   if isinstance(e, dict) and e.get("choices"))
+
+
+# --- OpenAI chat streams ----------------------------------------------------------------
+
+NEW_SHAPE_TAGS = [
+    chat_chunk({"role": "assistant", "content": ""}),
+    chat_chunk({"content": "<th"}),
+    chat_chunk({"content": "ink>\n"}),
+    chat_chunk({"content": "Okay"}),
+    chat_chunk({"content": "\n</thi"}),
+    chat_chunk({"content": "nk>\n\n"}),
+    chat_chunk({"content": "Paris"}),
+    chat_chunk({"content": "."}),
+    chat_chunk({}, "stop"),
+    {"id": "chatcmpl-1", "choices": [], "usage": {"total_tokens": 3}},
+    "[DONE]",
+]
+
+
+def test_chat_stream_split_tags_new_shape():
+    out = run_stream(ThinkCleaner(CHAT), NEW_SHAPE_TAGS)
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "Paris"},
+                           {"content": "."}, {}, "usage", "[DONE]"]
+
+
+def test_chat_stream_keep_reasoning():
+    cleaner = ThinkCleaner(CHAT, keep_reasoning=True)
+    out = run_stream(cleaner, NEW_SHAPE_TAGS)
+    assert answer_of(out) == "Paris."
+    assert answer_of(out, "reasoning_content") == "\nOkay\n"
+    assert (cleaner.stats.blocks, cleaner.stats.chars) == (1, len("<think>\nOkay\n</think>\n\n"))
+
+
+def test_chat_stream_no_opening_tag_needs_the_model_guess():
+    events = [chat_chunk({"role": "assistant", "content": ""}),
+              chat_chunk({"content": "Hm."}), chat_chunk({"content": "</think>\n\nA"}),
+              chat_chunk({}, "stop"), "[DONE]"]
+    assert answer_of(run_stream(ThinkCleaner(CHAT, starts_inside=True), events)) == "A"
+    assert answer_of(run_stream(ThinkCleaner(CHAT), events)) == "Hm.A"
+
+
+def test_chat_stream_wrong_guess_delivers_the_answer_with_the_finish_chunk():
+    events = [chat_chunk({"role": "assistant", "content": ""}),
+              chat_chunk({"content": "Par"}), chat_chunk({"content": "is."}),
+              chat_chunk({}, "stop"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside=True), events)
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "Paris."},
+                           "[DONE]"]
+    assert out[1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_chat_stream_reasoning_field_turns_the_guess_off():
+    events = [chat_chunk({"role": "assistant", "content": "", "reasoning": "Okay"}),
+              chat_chunk({"reasoning": " done."}),
+              chat_chunk({"content": "Paris"}), chat_chunk({}, "stop"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside=True), events)
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "Paris"}, {},
+                           "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside=True, keep_reasoning=True), events)
+    assert deltas(out) == [{"role": "assistant", "content": "", "reasoning_content": "Okay"},
+                           {"reasoning_content": " done."}, {"content": "Paris"}, {},
+                           "[DONE]"]
+
+
+def test_chat_stream_legacy_shape():
+    def legacy(content, finish=None, **extra):
+        return chat_chunk({"role": "assistant", "content": content, **extra}, finish)
+    events = [legacy("", reasoning="Ok"), legacy("<think>x</thi"), legacy("nk>\n"),
+              legacy("Hi"), legacy("", "stop"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT), events)
+    assert deltas(out) == [{"role": "assistant", "content": ""},
+                           {"role": "assistant", "content": "Hi"},
+                           {"role": "assistant", "content": ""}, "[DONE]"]
+
+
+def test_chat_stream_unchanged_chunks_are_passed_as_they_are():
+    events = [chat_chunk({"role": "assistant", "content": ""}), chat_chunk({"content": "Hi"})]
+    cleaner = ThinkCleaner(CHAT)
+    assert [cleaner.event(e) for e in events] == [None, None]
+
+
+def test_chat_stream_tool_calls_and_cut_streams():
+    tool = {"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                            "function": {"name": "f", "arguments": "{}"}}]}
+    events = [chat_chunk({"role": "assistant", "content": "<think>x</think>"}),
+              chat_chunk({"content": "", **tool}), chat_chunk({"content": "a <"})]
+    out = run_stream(ThinkCleaner(CHAT), events)  # no finish chunk, no [DONE]
+    assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "", **tool},
+                           {"content": "a "}, {"content": "<"}]
+    assert out[-1]["choices"][0]["finish_reason"] is None and out[-1]["id"] == "chatcmpl-1"
+
+
+def test_chat_stream_error_event_releases_what_was_held():
+    error = {"error": {"message": "boom", "type": "api_error"}}
+    cleaner = ThinkCleaner(CHAT, starts_inside=True)
+    out = run_stream(cleaner, [chat_chunk({"content": "Answer"}), error])
+    assert out[-1] == error and answer_of(out[:-1]) == "Answer"
+
+
+# --- OpenAI completions, Ollama chat and generate -----------------------------------------
+
+def test_completions_stream_and_body():
+    def chunk(text, finish=None):
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+    out = run_stream(ThinkCleaner(COMPLETIONS), [chunk("<think>a"), chunk("</think>B"),
+                                                 chunk("", "stop"), "[DONE]"])
+    assert [e if e == "[DONE]" else e["choices"][0]["text"] for e in out] == ["B", "", "[DONE]"]
+    body = {"choices": [{"index": 0, "text": "<think>a</think>\nB", "finish_reason": "stop"}]}
+    assert ThinkCleaner(COMPLETIONS).body(body)["choices"][0]["text"] == "B"
+
+
+def test_chat_body_all_three_reasoning_shapes():
+    def body(message):
+        return {"id": "x", "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    for message in ({"role": "assistant", "content": "<think>r</think>\n\nA"},
+                    {"role": "assistant", "content": "r</think>\n\nA"},
+                    {"role": "assistant", "content": "A", "reasoning": "r"},
+                    {"role": "assistant", "content": "A", "reasoning_content": "r"}):
+        given = body(message)
+        before = copy.deepcopy(given)
+        out = ThinkCleaner(CHAT, starts_inside=True).body(given)
+        assert out["choices"][0]["message"] == {"role": "assistant", "content": "A"}
+        kept = ThinkCleaner(CHAT, starts_inside=True, keep_reasoning=True).body(given)
+        assert kept["choices"][0]["message"]["reasoning_content"] == "r"
+        assert given == before
+    plain = body({"role": "assistant", "content": "A"})
+    assert ThinkCleaner(CHAT).body(plain) is None
+    odd = {"choices": [None, {"index": 1, "message": None}, {"index": 2}], "usage": {}}
+    assert ThinkCleaner(CHAT).body(odd) is None
+    assert ThinkCleaner(COMPLETIONS).body(odd) is None
+
+
+def test_ollama_chat_stream():
+    def line(content, done=False, **extra):
+        return {"model": "m", "created_at": "t",
+                "message": {"role": "assistant", "content": content, **extra}, "done": done}
+    events = [line("", thinking="Okay"), line("<think>x</think>"), line("\n\nParis"),
+              line("", True, ), ]
+    events[-1]["done_reason"] = "stop"
+    out = run_stream(ThinkCleaner(API_CHAT), events)
+    assert [e["message"] for e in out] == [{"role": "assistant", "content": "Paris"},
+                                           {"role": "assistant", "content": ""}]
+    out = run_stream(ThinkCleaner(API_CHAT, keep_reasoning=True), events)
+    assert [e["message"].get("thinking") for e in out] == ["Okay", "x", None, None]
+
+
+def test_ollama_generate_stream_wrong_guess_and_error_line():
+    events = [{"model": "m", "response": "Hel", "done": False},
+              {"model": "m", "response": "lo", "done": False}, {"error": "runner crashed"}]
+    out = run_stream(ThinkCleaner(API_GENERATE, starts_inside=True), events)
+    assert out == [{"model": "m", "response": "Hello", "done": False},
+                   {"error": "runner crashed"}]
+
+
+def test_ollama_bodies():
+    chat = {"model": "m", "message": {"role": "assistant", "content": "A", "thinking": "r"},
+            "done": True}
+    assert ThinkCleaner(API_CHAT).body(chat)["message"] == {"role": "assistant",
+                                                           "content": "A"}
+    gen = {"model": "m", "response": "<think>r</think>\nA", "done": True, "context": [1]}
+    assert ThinkCleaner(API_GENERATE, keep_reasoning=True).body(gen) == {
+        "model": "m", "response": "A", "thinking": "r", "done": True, "context": [1]}
+
+
+# --- history, settings, the stage ---------------------------------------------------------
+
+def test_clean_history():
+    payload = {"model": "m", "messages": [
+        {"role": "user", "content": "<think>user text is theirs</think>"},
+        {"role": "assistant", "content": "<think>r</think>\n\nA", "reasoning_content": "r"},
+        {"role": "assistant", "content": "r2\n</think>\n\nB"},
+        {"role": "assistant", "content": [{"type": "text", "text": "<think>r</think>C"}]},
+        {"role": "assistant", "content": None, "tool_calls": []},
+        {"role": "user", "content": "Q"}]}
+    assert clean_history(payload)
+    assert [m["content"] for m in payload["messages"]] == [
+        "<think>user text is theirs</think>", "A", "B", [{"type": "text", "text": "C"}], None,
+        "Q"]
+    assert "reasoning_content" not in payload["messages"][1]
+    assert not clean_history(payload)
+
+
+def make_exchange(surface, endpoint, payload):
+    body = json.dumps(payload).encode()
+    return Exchange(surface=surface, endpoint=endpoint, method="POST", path="/x", query="",
+                    headers={}, body=body, request_id="r", payload=payload)
+
+
+def test_stage_cleans_history_and_response():
+    settings = bridge_settings.defaults()
+    stage = make_stage(settings, None)
+    assert isinstance(stage, ThinkStage)
+    ex = make_exchange("openai", "chat", {"model": "deepseek-r1:7b", "messages": [
+        {"role": "assistant", "content": "<think>r</think>A"}, {"role": "user", "content": "Q"}]})
+    stage.on_request(ex)
+    assert json.loads(ex.body)["messages"][0]["content"] == "A"
+    ex.response = Response(200, body=json.dumps({"choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "r</think>\n\nB"}}]}).encode())
+    stage.on_response(ex)
+    assert ex.response.json()["choices"][0]["message"]["content"] == "B"
+    seen = []
+    events.subscribe(listener := lambda name, value, labels: seen.append((name, value)))
+    try:
+        ex.close()
+    finally:
+        events.unsubscribe(listener)
+    assert seen == [("think.blocks_removed", 1), ("think.chars_removed", len("r</think>\n\n"))]
+
+
+def test_stage_wraps_streams_and_leaves_the_rest():
+    stage = ThinkStage(bridge_settings.defaults())
+    ex = make_exchange("ollama", "generate", {"model": "llama3.2", "prompt": "Q"})
+    stage.on_request(ex)
+    raw = [b'{"response":"<think>x</think>","done":false}', b'{"response":"A","done":false}',
+           b'{"response":"","done":true}']
+    ex.response = Response(200, frames=iter([Frame(r) for r in raw]), codec="ndjson")
+    stage.on_response(ex)
+    frames = list(ex.response.frames)
+    assert [f.raw for f in frames] == raw[1:]  # untouched frames relayed byte for byte
+    other = make_exchange("ollama", "embed", {"model": "m", "input": "x"})
+    stage.on_request(other)
+    assert "think" not in other.notes
+
+
+def test_stage_cleans_a_replayed_body_once_per_entry_and_counts_every_replay():
+    stage = ThinkStage(bridge_settings.defaults())
+    template = (b'{"id":"@ID@","choices":[{"index":0,"message":{"role":"assistant",'
+                b'"content":"<think>hm</think>\\n\\nA"}}]}\n')
+    memo: dict = {}
+    for n in range(3):
+        ex = make_exchange("openai", "chat", {"model": "llama3", "messages": []})
+        stage.on_request(ex)
+        ex.response = Response(200, body=template, memo=memo,
+                               stamp=lambda body, n=n: body.replace(b"@ID@", b"id-%d" % n))
+        stage.on_response(ex)
+        ex.response.finish()
+        assert ex.response.json() == {"id": f"id-{n}", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "A"}}]}
+        assert (ex.notes["think"].stats.blocks, ex.notes["think"].stats.chars) == (1, 19)
+    assert len(memo) == 1
+    other = make_exchange("openai", "chat", {"model": "llama3", "messages": []})
+    stage.on_request(other)  # another body with the same memo: cleaned for itself
+    other.response = Response(200, body=b'{"choices":[{"index":0,"message":{"content":'
+                              b'"<think>x</think>B"}}]}', memo=memo)
+    stage.on_response(other)
+    assert other.response.json()["choices"][0]["message"]["content"] == "B"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], (False, False, "deepseek-r1|qwq|qwen3")),
+    (["--disable-think-filter", "--keep-reasoning", "--think-start-models", ""],
+     (True, True, "")),
+])
+def test_settings(argv, expected):
+    s = bridge_settings.load(argv, environ={})
+    assert (s.disable_think_filter, s.keep_reasoning, s.think_start_models) == expected
+    assert (make_stage(s, None) is None) == s.disable_think_filter
+
+
+def test_bad_pattern_is_refused_at_start():
+    with pytest.raises(bridge_settings.SettingError, match="--think-start-models"):
+        bridge_settings.load(["--think-start-models", "("], environ={})
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(), st.booleans(), st.booleans(), st.booleans())
+def test_any_chat_stream_gives_the_non_stream_answer(case, starts_inside, keep, legacy):
+    text, pieces = case
+    role = {"role": "assistant"} if legacy else {}
+    events = [chat_chunk({"role": "assistant", "content": ""}),
+              *(chat_chunk({**role, "content": p}) for p in pieces),
+              chat_chunk({**role, "content": ""} if legacy else {}, "length"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside, keep), events)
+    body = {"choices": [{"index": 0, "finish_reason": "length",
+                         "message": {"role": "assistant", "content": text}}]}
+    message = (ThinkCleaner(CHAT, starts_inside, keep).body(body) or body)["choices"][0]["message"]
+    assert answer_of(out) == message["content"]
+    assert answer_of(out, "reasoning_content") == message.get("reasoning_content", "")
+    assert out[-1] == "[DONE]" and out[-2]["choices"][0]["finish_reason"] == "length"
+    assert all(e["choices"][0]["delta"] for e in out[1:-2])  # nothing empty was sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(), st.booleans(), st.booleans(), st.sampled_from(["chat", "generate"]))
+def test_bodies_skipped_by_the_byte_check_are_the_ones_left_unchanged(case, starts_inside,
+                                                                      keep, kind):
+    """The stage leaves a body unparsed when its bytes show no think tag or reasoning
+    field: the full cleaner must agree that such a body stays as it is, however encoded."""
+    text, _ = case
+    body = ({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+            if kind == "chat" else {"model": "m", "response": text, "done": True})
+    cleaner = ThinkCleaner(CHAT if kind == "chat" else API_GENERATE, starts_inside, keep)
+    unchanged = cleaner.body(body) is None
+    for ascii_only in (False, True):
+        if not may_hold_reasoning(json.dumps(body, ensure_ascii=ascii_only).encode()):
+            assert unchanged
