@@ -26,7 +26,7 @@ import weakref
 from pathlib import Path
 from typing import Iterator
 
-from bridge.core import instance, streaming
+from bridge.core import instance
 from bridge.core.errors import ServiceUnavailable
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame
@@ -168,20 +168,19 @@ class AdmissionStage(Stage):
         if _CALL not in ex.notes or response is None:
             return
         if response.streaming:
-            response.frames = self._watch(ex, response.frames)
+            response.map_frames(lambda frames: self._watch(ex, frames))
         else:
             self._end(ex)
 
     def _watch(self, ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
         call: Call = ex.notes[_CALL]
         try:
-            with streaming.owned(frames) as inner:
-                for frame in inner:
-                    if not call.first_frame:
-                        call.first_frame = True
-                        emit("upstream.ttft", time.perf_counter() - call.started,
-                             endpoint=ex.endpoint)
-                    yield frame
+            for frame in frames:
+                if not call.first_frame:
+                    call.first_frame = True
+                    emit("upstream.ttft", time.perf_counter() - call.started,
+                         endpoint=ex.endpoint)
+                yield frame
         finally:
             self._end(ex)
 

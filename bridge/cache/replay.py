@@ -381,20 +381,19 @@ def stream_response(surface: str, frames: Iterable[Frame], rewriter: Rewriter,
                     headers: dict[str, str]) -> Response:
     """A stream of `frames` rewritten for one client; `outcome` is set as the end passes."""
     codec = stream_codec(surface)
-    response = streaming.stream_response(200, headers, iter(()), codec)
-    response.frames = _replayed(response, frames, rewriter, codec)
+    response = streaming.stream_response(200, headers, iter(frames), codec)
+    response.map_frames(lambda source: _replayed(response, source, rewriter, codec))
     return response
 
 
-def _replayed(response: Response, frames: Iterable[Frame], rewriter: Rewriter,
+def _replayed(response: Response, frames: Iterator[Frame], rewriter: Rewriter,
               codec: str) -> Iterator[Frame]:
-    with streaming.owned(iter(frames)) as source:
-        for frame in source:
-            if streaming.is_terminal(frame, codec):
-                response.outcome = "complete"
-            out = rewriter.frame(frame)
-            if out is not None:
-                yield out
+    for frame in frames:
+        if streaming.is_terminal(frame, codec):
+            response.outcome = "complete"
+        out = rewriter.frame(frame)
+        if out is not None:
+            yield out
     if response.outcome is None:
         response.outcome = "truncated"
 

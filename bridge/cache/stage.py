@@ -149,7 +149,7 @@ class CacheStage(Stage):
             ex.response = replay.serve_entry(flight.entry, shape, {})
 
     def _key(self, ex: Exchange) -> str:
-        scope = ex.notes.get("cache_scope")
+        scope = ex.cache_scope
         if len(ex.body) > KEY_MEMO_BODY_LIMIT:
             return cache_key(ex.surface, ex.endpoint, ex.payload, scope)
         memo_key = (ex.surface, ex.endpoint, scope, ex.body)

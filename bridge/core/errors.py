@@ -26,6 +26,13 @@ class BridgeError(Exception):
         self.headers = headers or {}
 
 
+class InternalError(BridgeError):
+    """A defect of the bridge itself, contained to one request."""
+
+    status = 500
+    code = "internal_error"
+
+
 class BadRequest(BridgeError):
     status = 400
     type = "invalid_request_error"

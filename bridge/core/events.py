@@ -14,6 +14,7 @@ Event names in use (feature.what; labels in brackets):
   upstream.in_flight (gauge, ±1), upstream.duration [endpoint, status] (seconds),
   upstream.ttft [endpoint] (seconds)
   request.finished [route, method, status, client_key] (seconds),
+  stage.failed [stage, phase] (a contained failure of one request),
   tokens.prompt, tokens.completion [client_key, source]
 """
 

@@ -8,9 +8,14 @@ upstream, the cache or a stage answering early), and what stages note along the 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+
+from bridge.core import events
+
+log = logging.getLogger("bridge.pipeline")
 
 # Endpoints whose bodies are model requests (parsed, filtered, cached).
 MODEL_ENDPOINTS = frozenset({"chat", "completions", "embeddings", "generate", "embed"})
@@ -101,12 +106,29 @@ class Response:
                 return None
         return self._json
 
-    def set_json(self, data: Any) -> None:
-        self._json = data
-        self.body = encode_json(data) + b"\n"
-
     def set_body(self, body: bytes) -> None:
         self.body, self._json = body, None
+
+    def map_frames(self, transform: Callable[[Iterator[Frame]], Iterator[Frame]]) -> None:
+        """Replace the stream by `transform(frames)`, a generator over the current frames.
+
+        The close chain is guaranteed: when the new stream ends, fails or is closed early
+        (a client hanging up), `transform` is closed first (its `finally` runs), then the
+        frames it was reading, down to the upstream connection.
+        """
+        inner = self.frames
+        if inner is None:
+            raise ValueError("map_frames on a response without a stream")
+
+        def chained() -> Iterator[Frame]:
+            try:
+                yield from transform(inner)
+            finally:
+                close = getattr(inner, "close", None)
+                if close is not None:
+                    close()
+
+        self.frames = chained()
 
     def finish(self) -> None:
         """The body as it goes out: a template's per-response fields filled in."""
@@ -131,9 +153,13 @@ class Exchange:
     payload: Any = None          # the JSON body of a model request, parsed
     response: Response | None = None
     cache_status: str | None = None   # HIT-MEMORY, HIT-DISK, MISS, BYPASS; None when not cacheable
+    # What stages tell each other (each set by one stage, read by those inside or outside it):
+    client_key: str | None = None     # NAME of the client key shared mode accepted
+    cache_scope: str | None = None    # partitions the cache (e.g. one cache per client key)
+    upstream: str | None = None       # base URL of the upstream chosen; None: the configured one
     upstream_attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
-    notes: dict[str, Any] = field(default_factory=dict)  # per-stage scratch space
+    notes: dict[str, Any] = field(default_factory=dict)  # one stage's private scratch space
     raw_path: str = ""           # `path` as the client sent it, percent-encoding kept
     _closers: list[Callable[["Exchange"], None]] = field(default_factory=list, repr=False)
 
@@ -164,9 +190,16 @@ class Exchange:
         self._closers.append(callback)
 
     def close(self) -> None:
+        """Run the closers, innermost first, each exactly once; one that fails is logged
+        and the others still run."""
         closers, self._closers = self._closers, []
         for callback in reversed(closers):
-            callback(self)
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - a failing closer must not skip the others
+                log.exception("closing the exchange failed [%s]", self.request_id)
+                events.emit("stage.failed", stage=getattr(callback, "__qualname__", "closer"),
+                            phase="closer")
 
     @property
     def elapsed(self) -> float:

@@ -6,9 +6,19 @@ refusal), and then the stages after it, and the upstream, are skipped. `on_respo
 runs in the reverse order for every stage whose `on_request` ran, with the response
 whatever produced it (upstream, cache, an error), so outer stages see cache hits too.
 
-A stage that changes a stream wraps `response.frames` in a generator of its own; such
-a generator must close the iterator it wraps when it is closed (iterate inside
-`with streaming.owned(frames)`), so that a client hanging up reaches the upstream connection.
+A stage that changes a stream wraps it with `response.map_frames(transform)`, which
+closes the chain down to the upstream connection when a client hangs up.
+
+Failures are contained, like Kong's plugin phases: an unexpected exception in a stage's
+`on_request` or `on_response`, in a frame generator or in a closer costs that one
+request (a 500 in the surface's error shape, or an in-band error at the end of a stream
+already under way), one log line with the traceback and the request id, and a count in
+`bridge_stage_failures_total`. Every stage that was entered still sees the response and
+every closer runs exactly once, so no flight, lease or slot stays held.
+
+`run(ex, after=name)` runs only the stages after the named one (and the upstream): the
+way to resume an exchange later, e.g. in a background greenlet with `drain`, which
+reads a stream to its end on behalf of no client and runs the exchange's closers.
 
 Stages are built per worker process (after fork) and must not open files, sockets or
 greenlets in `__init__`: they do that in `start()`, called once per worker before the
@@ -20,10 +30,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from bridge.core.errors import BridgeError, error_response
-from bridge.core.exchange import Exchange, Response
+from bridge.core import streaming
+from bridge.core.errors import BridgeError, InternalError, error_response
+from bridge.core.events import emit
+from bridge.core.exchange import Exchange, Frame, Response
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
 
@@ -89,23 +101,86 @@ class Pipeline:
             stage.start()
 
     def handle(self, ex: Exchange) -> Response:
+        """Answer a client's exchange with every stage."""
         self.start()
+        return self.run(ex)
+
+    def run(self, ex: Exchange, after: str | None = None) -> Response:
+        """Run the stages after the one named `after` (all when None), then the upstream
+        unless a stage answered; `on_response` goes back out through those stages only."""
+        stages = self.stages[self._index(after) + 1:] if after is not None else self.stages
         entered: list[Stage] = []
+        current = "upstream"
         try:
-            for stage in self.stages:
+            for stage in stages:
                 entered.append(stage)
+                current = stage.name
                 stage.on_request(ex)
                 if ex.response is not None:
                     break
             else:
+                current = "upstream"
                 ex.response = self.context.upstream.send(ex)
-        except BridgeError as err:
-            ex.response = error_response(ex.surface, err)
+        except Exception as exc:  # noqa: BLE001 - contained: costs this request only
+            ex.response = failure_response(ex, exc, current, "on_request")
         for stage in reversed(entered):
             try:
                 stage.on_response(ex)
-            except BridgeError as err:
-                ex.response = error_response(ex.surface, err)
-        assert ex.response is not None
-        ex.response.finish()
-        return ex.response
+            except Exception as exc:  # noqa: BLE001 - contained: the outer stages go on
+                ex.response = failure_response(ex, exc, stage.name, "on_response")
+        response = ex.response
+        assert response is not None
+        try:
+            response.finish()
+        except Exception as exc:  # noqa: BLE001
+            response = ex.response = failure_response(ex, exc, "pipeline", "finish")
+        if response.streaming:
+            response.map_frames(lambda frames: _contained(ex, frames))
+        return response
+
+    def drain(self, ex: Exchange, after: str | None = None) -> Response:
+        """Run a detached exchange (no client waits on it): as `run`, then read a stream to
+        its end and run the exchange's closers once. The frames read are kept in the
+        returned response, which can be read again."""
+        self.start()
+        response = self.run(ex, after)
+        try:
+            if response.frames is not None:
+                with streaming.owned(response.frames) as frames:
+                    kept = list(frames)
+                response.frames = iter(kept)
+        finally:
+            ex.close()
+        return response
+
+    def _index(self, name: str) -> int:
+        for index, stage in enumerate(self.stages):
+            if stage.name == name:
+                return index
+        raise ValueError(f"no stage named {name!r} in this pipeline")
+
+
+def failure_response(ex: Exchange, exc: Exception, stage: str, phase: str) -> Response:
+    """The client's answer when a stage failed: its own error when it raised a
+    `BridgeError`, else a 500 that names neither the exception nor its traceback."""
+    if isinstance(exc, BridgeError):
+        return error_response(ex.surface, exc)
+    log.error("stage %s failed in %s [%s]", stage, phase, ex.request_id, exc_info=exc)
+    emit("stage.failed", stage=stage, phase=phase)
+    return error_response(ex.surface, InternalError(
+        f"internal error in the bridge's {stage} stage; request id {ex.request_id}"))
+
+
+def _contained(ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
+    """The outermost frame generator: a stage failing mid-stream ends the stream with an
+    in-band error (the status is already sent) instead of a dropped connection."""
+    try:
+        yield from frames
+    except Exception as exc:  # noqa: BLE001 - contained: costs this stream only
+        log.error("a stream failed [%s]", ex.request_id, exc_info=exc)
+        emit("stage.failed", stage="stream", phase="frames")
+        response = ex.response
+        if response is not None:
+            response.outcome = "truncated"
+        yield streaming.error_frame(ex.surface, "internal error in the bridge; the stream "
+                                    f"was cut (request id {ex.request_id})")

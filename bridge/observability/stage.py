@@ -18,7 +18,6 @@ from typing import Iterator
 
 import flask
 
-from bridge.core import streaming
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame
 from bridge.core.pipeline import Context, Stage
@@ -56,7 +55,7 @@ def usage_in(raw: bytes) -> tuple[int, int] | None:
 
 def client_key(ex: Exchange | None) -> str:
     """The NAME of the client's key (set by the auth stage in shared mode), or ""."""
-    return str(ex.notes.get("client_key") or "") if ex is not None else ""
+    return (ex.client_key or "") if ex is not None else ""
 
 
 def _emit_usage(ex: Exchange, usage: tuple[int, int] | None) -> None:
@@ -92,7 +91,7 @@ class ObserveStage(Stage):
         if response is None:
             return
         if response.streaming:
-            response.frames = self._frames(ex, response.frames)
+            response.map_frames(lambda frames: self._frames(ex, frames))
         elif response.ok and ex.is_model_request:
             _emit_usage(ex, usage_in(response.body))
         if self.trace:
@@ -103,14 +102,13 @@ class ObserveStage(Stage):
                             ex.request_id)
 
     def _frames(self, ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
-        with streaming.owned(frames) as inner:
-            for frame in inner:
-                if b'"usage"' in frame.raw or b'"eval_count"' in frame.raw:
-                    _emit_usage(ex, usage_in(frame.raw))
-                if self.trace:
-                    trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
-                                    ex.request_id)
-                yield frame
+        for frame in frames:
+            if b'"usage"' in frame.raw or b'"eval_count"' in frame.raw:
+                _emit_usage(ex, usage_in(frame.raw))
+            if self.trace:
+                trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
+                                ex.request_id)
+            yield frame
         ex.notes[_RELAYED] = True
 
 

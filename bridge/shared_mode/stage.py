@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnavailable, Unauthorized
-from bridge.core.exchange import Exchange, Frame
+from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
 from bridge.core.redaction import Redactor, install_log_filter
 from bridge.core.settings import Settings
@@ -62,10 +62,10 @@ class AuthStage(Stage):
         key = self.authenticate(ex, presented)
         ex.headers["authorization"] = self.upstream_authorization
         if key is not None:
-            ex.notes["client_key"] = key.name
+            ex.client_key = key.name
             if self.cache_per_client_key:
-                # the cache puts ex.notes.get("cache_scope") in its key: one cache per key
-                ex.notes["cache_scope"] = key.name
+                # the cache puts ex.cache_scope in its key: one cache per key
+                ex.cache_scope = key.name
 
     def authenticate(self, ex: Exchange, presented: str) -> ClientKey | None:
         """The client's key, or None when no client keys exist (open shared mode); raises
@@ -105,7 +105,7 @@ class AuthStage(Stage):
     def refuse(ex: Exchange, reason: str, err: BridgeError,
                key: ClientKey | None = None) -> NoReturn:
         if key is not None:
-            ex.notes["client_key"] = key.name
+            ex.client_key = key.name
         events.emit("auth.refused", reason=reason)
         log.debug("request refused (%s, key %r) [%s]", reason, key.name if key else None,
                   ex.request_id)
@@ -121,14 +121,8 @@ class AuthStage(Stage):
             if body is not response.body:
                 response.body, response._json = body, None
             return
-        response.frames = self._redacted(response.frames, response.codec)
-
-    def _redacted(self, frames: Iterator[Frame], codec: str | None) -> Iterator[Frame]:
-        with streaming.owned(frames) as inner:
-            if codec == streaming.RAW:
-                yield from self.redactor.chunks(inner)
-            else:
-                yield from self.redactor.frames(inner)
+        response.map_frames(self.redactor.chunks if response.codec == streaming.RAW
+                            else self.redactor.frames)
 
 
 def make_stage(settings: Settings, context: Context) -> AuthStage | None:

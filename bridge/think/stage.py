@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from bridge.core import events, streaming
+from bridge.core import events
 from bridge.core.exchange import Exchange, Frame, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.reasoning import ThinkFilter, model_starts_inside, strip_history
@@ -335,7 +335,7 @@ class ThinkStage(Stage):
         if cleaner is None or response is None or not response.ok:
             return
         if response.streaming:
-            response.frames = clean_frames(cleaner, response.frames)
+            response.map_frames(lambda frames: clean_frames(cleaner, frames))
             return
         if not may_hold_reasoning(response.body):
             return
@@ -367,21 +367,20 @@ def _publish(ex: Exchange) -> None:
 
 
 def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
-    with streaming.owned(frames) as upstream:
-        for frame in upstream:
-            if frame.is_done:
-                for obj in cleaner.end():
-                    yield Frame.of(obj)
-                yield frame
-                continue
-            replaced = cleaner.event(frame.data)
-            if replaced is None:
-                yield frame
-            else:
-                for obj in replaced:
-                    yield Frame.of(obj)
-        for obj in cleaner.end():  # a stream cut without `[DONE]`: nothing is lost
-            yield Frame.of(obj)
+    for frame in frames:
+        if frame.is_done:
+            for obj in cleaner.end():
+                yield Frame.of(obj)
+            yield frame
+            continue
+        replaced = cleaner.event(frame.data)
+        if replaced is None:
+            yield frame
+        else:
+            for obj in replaced:
+                yield Frame.of(obj)
+    for obj in cleaner.end():  # a stream cut without `[DONE]`: nothing is lost
+        yield Frame.of(obj)
 
 
 def make_stage(settings: Settings, context: Context) -> ThinkStage | None:
