@@ -12,7 +12,16 @@ In a test::
 
 Answers are deterministic: "Echo: <last user message>" ("Echo (N messages): ..." for
 a history), with reasoning "Okay, the user asks about <first words>. ..." emitted as
-the think mode says, one token per stream chunk.
+the think mode says, one token per stream chunk. The default ("auto") is today's
+Ollama: models with the `thinking` capability (deepseek-r1, qwen3 hybrids, qwq,
+gpt-oss) reason in `reasoning` / `thinking` unasked, raw tags land in `content` only
+with thinking off (`think:false`, `reasoning_effort:"none"`), and the other models
+never reason. Forced modes give other upstreams' shapes (raw tags, no opening tag,
+`reasoning_content`); shape "nulls" sends null fields before values.
+
+Faults: HTTP statuses, refused/reset connections, streams cut mid-way ("cut") or
+failed in band as Ollama does ("inband"), slow headers, hangs. `catalogue="any"`
+answers every model name (the demo); `api_key` makes it an upstream wanting a key.
 
 Per-request headers (handy through a proxy): X-Standin-Think, X-Standin-Shape,
 X-Standin-First-Token-Delay, X-Standin-Token-Delay.

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from .config import SHAPES, THINK_MODES, StandInConfig
+from .config import CATALOGUES, SHAPES, THINK_MODES, StandInConfig
 from .server import StandIn
 
 
@@ -26,9 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=11434, help="port; 0 = any free (11434)")
     parser.add_argument("--shape", choices=SHAPES, default="new",
-                        help="/v1 stream shape: new (v0.32.6+) or legacy")
+                        help="/v1 stream shape: new (v0.32.6+, /api/version 0.33.0), legacy "
+                             "(0.32.5) or nulls (new, every delta key present, null if empty)")
     parser.add_argument("--think", choices=THINK_MODES, default="auto",
-                        help="how reasoning is emitted (auto: from the model name)")
+                        help="how reasoning is emitted (auto: as today's Ollama, from the "
+                             "model's capabilities and the request's think/reasoning_effort)")
+    parser.add_argument("--catalogue", choices=CATALOGUES, default="strict",
+                        help="strict: unlisted models get 404; any: every name answers, "
+                             "unknown ones as a plain chat model (the demo's choice)")
+    parser.add_argument("--api-key", metavar="KEY",
+                        help="require `Authorization: Bearer KEY` (401 otherwise)")
     parser.add_argument("--first-token-delay", type=_seconds, default=0.0, metavar="S",
                         help="seconds before the headers and first token")
     parser.add_argument("--token-delay", type=_seconds, default=0.0, metavar="S",
@@ -45,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = StandInConfig(shape=args.shape, think=args.think,
                            first_token_delay=args.first_token_delay,
-                           token_delay=args.token_delay)
+                           token_delay=args.token_delay, catalogue=args.catalogue,
+                           api_key=args.api_key)
     if args.models:
         config.models = args.models
     try:

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SHAPES = ("new", "legacy")
-THINK_MODES = ("auto", "none", "tags", "tags-no-open", "field")
-FAULT_KINDS = ("status", "refuse", "reset", "cut", "slow_headers", "hang")
+# /v1 stream shapes: Ollama v0.32.6+ ("new"), v0.32.5 and older ("legacy"), and the new
+# shape with every delta key present, null until it has a value ("nulls", as vLLM does).
+SHAPES = ("new", "legacy", "nulls")
+# "auto": as today's Ollama (reasoning in a field for thinking-capable models, raw text
+# with thinking off); the others force one shape whatever the model and request say,
+# as other upstreams (vLLM, llama.cpp, older Ollama, the DeepSeek API) send it.
+THINK_MODES = ("auto", "none", "tags", "tags-no-open", "field", "reasoning_content")
+# "inband": an error after `after_chunks` frames, sent the way Ollama sends it (see
+# wire.inband_error_frame); "cut": the connection dropped after `after_chunks` frames.
+FAULT_KINDS = ("status", "refuse", "reset", "cut", "inband", "slow_headers", "hang")
+# "strict": only the listed models answer (404 for others); "any": every name answers,
+# unknown ones as a plain chat model (the demo's catalogue).
+CATALOGUES = ("strict", "any")
 
 DEFAULT_MODELS = (
     "llama3.2:latest",
@@ -15,6 +25,7 @@ DEFAULT_MODELS = (
     "deepseek-coder:latest",
     "qwen2.5:latest",
     "all-minilm:latest",
+    "gpt-oss:20b",
 )
 
 
@@ -27,10 +38,15 @@ class StandInConfig:
     first_token_delay: float = 0.0
     token_delay: float = 0.0
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    catalogue: str = "strict"
+    api_key: str | None = None  # when set, every request needs `Authorization: Bearer <it>`
 
     def __post_init__(self) -> None:
         check_choice("shape", self.shape, SHAPES)
         check_choice("think", self.think, THINK_MODES)
+        check_choice("catalogue", self.catalogue, CATALOGUES)
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ValueError(f"api_key must be a non-empty string or null, got {self.api_key!r}")
         check_delay("first_token_delay", self.first_token_delay)
         check_delay("token_delay", self.token_delay)
         if isinstance(self.models, str) or not all(isinstance(m, str) for m in self.models):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from . import wire
-from .config import SHAPES, THINK_MODES, StandInConfig
+from .config import SHAPES, THINK_MODES, Fault, StandInConfig
 
 JSON = "application/json"
 NATIVE_JSON = "application/json; charset=utf-8"
@@ -31,6 +31,7 @@ class Call:
     headers: Mapping[str, str]
     body: bytes
     config: StandInConfig
+    fault: Fault | None = None  # an "inband" fault this request fails with
 
 
 @dataclass
@@ -49,13 +50,19 @@ class StreamReply:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A request Ollama refuses. `early`: refused by the /v1 middleware before the
+    handler runs (bad JSON, no messages, invalid effort), which writes it differently."""
+
+    def __init__(self, status: int, message: str, early: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.early = early
 
 
 def handle(call: Call) -> Reply | StreamReply:
+    if call.config.api_key is not None and not _authorized(call):
+        return unauthorized_reply(call.path, "authorization" in call.headers)
     route = ROUTES.get(call.path)
     if route is None and call.path.startswith("/v1/models/"):
         route = ({"GET"}, _openai_model)
@@ -67,25 +74,49 @@ def handle(call: Call) -> Reply | StreamReply:
     try:
         return handler(call)
     except ApiError as exc:
-        return error_reply(call.path, exc.status, exc.message)
+        return error_reply(call.path, exc.status, exc.message, early=exc.early)
     except (TypeError, ValueError, AttributeError) as exc:  # a request shape not foreseen:
         return error_reply(call.path, 500, f"internal error: {exc}")  # Ollama answers 500
 
 
-def error_reply(path: str, status: int, message: str,
-                retry_after: float | None = None) -> Reply:
-    """An error in the shape of the surface `path` belongs to."""
+def json_body(obj: object, content_type: str) -> bytes:
+    """Go's bytes for `obj`: Ollama's json.Encoder writes (`application/json`) end with a
+    newline, gin's c.JSON ones (`application/json; charset=utf-8`) do not."""
+    return wire.go_json(obj) + (b"\n" if content_type == JSON else b"")
+
+
+def error_reply(path: str, status: int, message: str, retry_after: float | None = None,
+                early: bool = False, code: str | None = None) -> Reply:
+    """An error in the shape of the surface `path` belongs to; `early`: a /v1 error of
+    the middleware (gin's c.JSON bytes), not of the handler (Ollama's encoder)."""
     headers = {}
     if retry_after is not None:
         headers["Retry-After"] = (str(int(retry_after)) if float(retry_after).is_integer()
                                   else str(retry_after))
     if path.startswith("/v1/"):
-        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-        return Reply(status, JSON, wire.go_json(body) + b"\n", headers)
+        kind = {400: "invalid_request_error", 401: "invalid_request_error",
+                404: "not_found_error"}.get(status, "api_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        content_type = NATIVE_JSON if early else JSON
+        return Reply(status, content_type, json_body(body, content_type), headers)
     if path.startswith("/api/"):
-        return Reply(status, NATIVE_JSON, wire.go_json({"error": message}) + b"\n", headers)
+        return Reply(status, NATIVE_JSON, json_body({"error": message}, NATIVE_JSON), headers)
     return Reply(status, TEXT, message.encode(), headers)
+
+
+def _authorized(call: Call) -> bool:
+    scheme, _, key = call.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and key.strip() == call.config.api_key
+
+
+def unauthorized_reply(path: str, key_given: bool) -> Reply:
+    """401 of an upstream that wants a bearer key: OpenAI's shape on /v1, Ollama's on /api."""
+    if not path.startswith("/v1/"):
+        return error_reply(path, 401, "unauthorized")
+    message = ("Incorrect API key provided." if key_given else
+               "You didn't provide an API key. You need to provide your API key in an "
+               "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+    return error_reply(path, 401, message, code="invalid_api_key")
 
 
 def default_error_message(status: int) -> str:
@@ -100,7 +131,7 @@ def default_error_message(status: int) -> str:
 
 
 def _json(obj: object, content_type: str = JSON, generated: bool = False) -> Reply:
-    return Reply(200, content_type, wire.go_json(obj) + b"\n", generated=generated)
+    return Reply(200, content_type, json_body(obj, content_type), generated=generated)
 
 
 # ---------------------------------------------------------------- request parsing
@@ -108,16 +139,16 @@ def _json(obj: object, content_type: str = JSON, generated: bool = False) -> Rep
 
 def _decode(call: Call, struct: str, empty_message: str) -> dict:
     if not call.body.strip():
-        raise ApiError(400, empty_message)
+        raise ApiError(400, empty_message, early=True)
     try:
         obj = wire.go_decode(call.body)
     except wire.GoJSONError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(400, str(exc), early=True) from None
     if obj is None:
         return {}
     if not isinstance(obj, dict):
         raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(obj)} into Go value of "
-                            f"type {struct}")
+                            f"type {struct}", early=True)
     return obj
 
 
@@ -135,17 +166,48 @@ def _field(req: dict, name: str, go_type: str, struct: str, default: object = No
     if not isinstance(value, kinds) or (go_type == "int" and isinstance(value, bool)):
         shown = go_type.split(":")[-1]
         raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(value)} into Go struct "
-                            f"field {struct.split('.')[-1]}.{name} of type {shown}")
+                            f"field {struct.split('.')[-1]}.{name} of type {shown}",
+                       early=True)
     return value
 
 
-def _model(call: Call, name: str, openai: bool) -> str:
-    known = {wire.canonical_name(m) for m in call.config.models}
-    if not name and not openai:
+def _model(call: Call, name: str) -> str:
+    """The model asked for, if it answers: any non-empty name in the "any" catalogue."""
+    if not name.strip():
         raise ApiError(400, "model is required")
-    if wire.canonical_name(name) not in known:
+    if call.config.catalogue == "any":
+        return name
+    if wire.canonical_name(name) not in {wire.canonical_name(m) for m in call.config.models}:
         raise ApiError(404, f"model '{name}' not found")
     return name
+
+
+THINK_LEVELS = ("low", "medium", "high", "max")
+# /v1 reasoning effort -> think (`thinkFromReasoningEffort`): None keeps the model's default.
+_EFFORTS: dict[str, object] = {"": None, "none": False, "minimal": "low", "xhigh": "max",
+                               "ultra": "max", **{level: level for level in THINK_LEVELS}}
+
+
+def _native_think(req: dict) -> object:
+    """The native `think`: None (unasked), a bool or a level."""
+    think = req.get("think")
+    if think is None or isinstance(think, bool) or think in THINK_LEVELS:
+        return think
+    raise ApiError(400, "invalid think value")
+
+
+def _openai_think(req: dict) -> object:
+    """/v1's wish, as a native `think`: `reasoning.effort` wins over `reasoning_effort`."""
+    reasoning = req.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if effort is None:
+        effort = req.get("reasoning_effort")
+    if effort is None:
+        return None
+    if not isinstance(effort, str) or effort not in _EFFORTS:
+        shown = effort if isinstance(effort, str) else wire.go_json(effort).decode()
+        raise ApiError(400, f"invalid reasoning value: '{shown}'", early=True)
+    return _EFFORTS[effort]
 
 
 def _think_mode(call: Call, model: str, requested: object) -> str:
@@ -195,10 +257,20 @@ def _no_chat(model: str, what: str) -> None:
 
 
 def _openai_limit(req: dict, struct: str) -> int | None:
+    """`max_tokens`; Ollama ignores `max_completion_tokens`."""
     limit = _field(req, "max_tokens", "int", struct)
-    if limit is None:
-        limit = _field(req, "max_completion_tokens", "int", struct)
     return None if limit is None or limit < 0 else limit
+
+
+def _in_band(call: Call, stream: bool) -> tuple[int | None, str]:
+    """(frames before the failure, its message) of an "inband" fault; a whole-body
+    answer has no band to fail in: it gets Ollama's 500 instead."""
+    if call.fault is None:
+        return None, ""
+    message = call.fault.body or default_error_message(500)
+    if not stream:
+        raise ApiError(500, message)
+    return call.fault.after_chunks, message
 
 
 def _include_usage(req: dict, struct: str) -> bool:
@@ -212,19 +284,19 @@ def _openai_chat(call: Call) -> Reply | StreamReply:
     name = _field(req, "model", "string", struct, "")
     messages = _field(req, "messages", "array:[]openai.Message", struct, [])
     if not messages:
-        raise ApiError(400, "[] is too short - 'messages'")
+        raise ApiError(400, "[] is too short - 'messages'", early=True)
     stream = _field(req, "stream", "bool", struct, False)
-    effort = req.get("reasoning_effort")
-    if effort is None and isinstance(req.get("reasoning"), dict):
-        effort = req["reasoning"].get("effort")
-    model = _model(call, name, openai=True)
+    requested = _openai_think(req)
+    model = _model(call, name)
     _no_chat(model, "chat")
-    mode = _think_mode(call, model, None if effort is None else effort != "none")
+    mode = _think_mode(call, model, requested)
     prompt, texts = _conversation(messages, struct)
     gen = wire.generate(prompt, len(messages), mode, _openai_limit(req, struct),
                         wire.count_prompt_tokens(texts))
+    fail_after, _ = _in_band(call, stream)
     if stream:
-        frames = wire.openai_chat_frames(gen, model, _shape(call), _include_usage(req, struct))
+        frames = wire.openai_chat_frames(gen, model, _shape(call), _include_usage(req, struct),
+                                         fail_after)
         return StreamReply(SSE, frames)
     return _json(wire.openai_chat_body(gen, model), generated=True)
 
@@ -235,14 +307,15 @@ def _openai_completion(call: Call) -> Reply | StreamReply:
     name = _field(req, "model", "string", struct, "")
     prompt = _field(req, "prompt", "string", struct, "")
     stream = _field(req, "stream", "bool", struct, False)
-    model = _model(call, name, openai=True)
+    model = _model(call, name)
     _no_chat(model, "generate")
     mode = _think_mode(call, model, None)
     gen = wire.generate(prompt, 1, mode, _openai_limit(req, struct),
                         wire.count_prompt_tokens([prompt]))
+    fail_after, _ = _in_band(call, stream)
     if stream:
-        return StreamReply(SSE, wire.openai_completion_frames(gen, model,
-                                                              _include_usage(req, struct)))
+        return StreamReply(SSE, wire.openai_completion_frames(
+            gen, model, _include_usage(req, struct), fail_after))
     return _json(wire.openai_completion_body(gen, model), generated=True)
 
 
@@ -265,8 +338,8 @@ def _openai_embeddings(call: Call) -> Reply:
     name = _field(req, "model", "string", struct, "")
     inputs = _inputs(req.get("input"))
     if not inputs:
-        raise ApiError(400, "invalid input")
-    model = _model(call, name, openai=True)
+        raise ApiError(400, "invalid input", early=True)
+    model = _model(call, name)
     as_base64 = req.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(inputs):
@@ -291,7 +364,7 @@ def _openai_models(call: Call) -> Reply:
 
 def _openai_model(call: Call) -> Reply:
     name = call.path[len("/v1/models/"):]
-    return _json(_openai_model_entry(_model(call, name, openai=True)))
+    return _json(_openai_model_entry(_model(call, name)))
 
 
 # ---------------------------------------------------------------- /api
@@ -314,43 +387,46 @@ def _native_idle(model: str, req: dict, part: dict) -> Reply:
 def _native_chat(call: Call) -> Reply | StreamReply:
     struct = "api.ChatRequest"
     req = _decode(call, struct, "missing request body")
-    model = _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    model = _model(call, _field(req, "model", "string", struct, ""))
     messages = _field(req, "messages", "array:[]api.Message", struct, [])
     stream = _field(req, "stream", "bool", struct, True)
     if not messages:
         return _native_idle(model, req, {"message": {"role": "assistant", "content": ""}})
     _no_chat(model, "chat")
-    mode = _think_mode(call, model, req.get("think"))
+    mode = _think_mode(call, model, _native_think(req))
     prompt, texts = _conversation(messages, "ChatRequest")
     gen = wire.generate(prompt, len(messages), mode, _native_limit(req, struct),
                         wire.count_prompt_tokens(texts))
+    fail_after, error = _in_band(call, stream)
     if stream:
-        return StreamReply(NDJSON, wire.native_chat_frames(gen, model))
+        return StreamReply(NDJSON, wire.native_chat_frames(gen, model, fail_after, error))
     return _json(wire.native_chat_body(gen, model), NATIVE_JSON, generated=True)
 
 
 def _native_generate(call: Call) -> Reply | StreamReply:
     struct = "api.GenerateRequest"
     req = _decode(call, struct, "missing request body")
-    model = _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    model = _model(call, _field(req, "model", "string", struct, ""))
     prompt = _field(req, "prompt", "string", struct, "")
     stream = _field(req, "stream", "bool", struct, True)
     if not prompt:
         return _native_idle(model, req, {"response": ""})
     _no_chat(model, "generate")
-    mode = _think_mode(call, model, req.get("think"))
+    mode = _think_mode(call, model, _native_think(req))
     gen = wire.generate(prompt, 1, mode, _native_limit(req, struct),
                         wire.count_prompt_tokens([prompt]))
     context = wire.context_ids(prompt, gen.text("content"))
+    fail_after, error = _in_band(call, stream)
     if stream:
-        return StreamReply(NDJSON, wire.native_generate_frames(gen, model, context))
+        return StreamReply(NDJSON, wire.native_generate_frames(gen, model, context,
+                                                               fail_after, error))
     return _json(wire.native_generate_body(gen, model, context), NATIVE_JSON, generated=True)
 
 
 def _native_embed(call: Call) -> Reply:
     struct = "api.EmbedRequest"
     req = _decode(call, struct, "missing request body")
-    model = _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    model = _model(call, _field(req, "model", "string", struct, ""))
     inputs = _inputs(req.get("input"))
     return _json({"model": model, "embeddings": [wire.embedding(t) for t in inputs],
                   "total_duration": 14143917, "load_duration": 1019500,
@@ -362,7 +438,7 @@ def _native_embeddings(call: Call) -> Reply:
     """The pre-/api/embed endpoint: one prompt, one "embedding"."""
     struct = "api.EmbeddingRequest"
     req = _decode(call, struct, "missing request body")
-    _model(call, _field(req, "model", "string", struct, ""), openai=False)
+    _model(call, _field(req, "model", "string", struct, ""))
     prompt = _field(req, "prompt", "string", struct, "")
     return _json({"embedding": wire.embedding(prompt)}, NATIVE_JSON, generated=True)
 
@@ -374,21 +450,14 @@ def _native_tags(call: Call) -> Reply:
 def _native_show(call: Call) -> Reply:
     struct = "api.ShowRequest"
     req = _decode(call, struct, "missing request body")
-    model = _model(call, str(req.get("model") or req.get("name") or ""), openai=False)
-    details = wire.model_info(model)["details"]
-    if wire.is_embedding_model(model):
-        capabilities = ["embedding"]
-    else:
-        capabilities = ["completion", "tools"]
-        if wire.model_think_style(model) != "none":
-            capabilities.append("thinking")
-    return _json({"license": "", "modelfile": f"# Modelfile generated by \"ollama show\"\n"
-                                              f"FROM {model}\n",
+    model = _model(call, str(req.get("model") or req.get("name") or ""))
+    # No `license`: Ollama omits it when empty.
+    return _json({"modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {model}\n",
                   "parameters": "temperature 0.6", "template": "{{ .Prompt }}",
-                  "details": details,
-                  "model_info": {"general.architecture": details["family"],
-                                 "general.parameter_count": 7615616512},
-                  "capabilities": capabilities, "modified_at": wire.MODIFIED_AT}, NATIVE_JSON)
+                  "details": wire.model_info(model)["details"],
+                  "model_info": wire.gguf_info(model),
+                  "capabilities": wire.capabilities(model), "modified_at": wire.MODIFIED_AT},
+                 NATIVE_JSON)
 
 
 def _native_ps(call: Call) -> Reply:
@@ -402,7 +471,7 @@ def _native_ps(call: Call) -> Reply:
 
 
 def _native_version(call: Call) -> Reply:
-    return _json({"version": wire.OLLAMA_VERSION}, NATIVE_JSON)
+    return _json({"version": wire.OLLAMA_VERSIONS[_shape(call)]}, NATIVE_JSON)
 
 
 def _root(call: Call) -> Reply:

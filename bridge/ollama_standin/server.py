@@ -329,7 +329,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault.kind == "cut":
                 cut = fault.after_chunks
-        reply = routes.handle(routes.Call(self.command, path, headers, body, config))
+        in_band = fault if fault is not None and fault.kind == "inband" else None
+        reply = routes.handle(routes.Call(self.command, path, headers, body, config, in_band))
         if isinstance(reply, routes.StreamReply):
             self._stream(reply, first_delay, token_delay, cut)
             return

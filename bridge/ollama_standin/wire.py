@@ -16,11 +16,13 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 SYSTEM_FINGERPRINT = "fp_ollama"
-OLLAMA_VERSION = "0.5.1"
+# /api/version per /v1 stream shape: the version whose shapes the stand-in then serves.
+# 0.32.5 is the last with the legacy shape, and (since 0.12.4) already thinks by default.
+OLLAMA_VERSIONS = {"new": "0.33.0", "nulls": "0.33.0", "legacy": "0.32.5"}
 MODIFIED_AT = "2025-08-12T09:30:00.123456789Z"
 
 # One stream frame: its payload, and whether it is the frame that ends the stream
@@ -159,18 +161,6 @@ def count_prompt_tokens(texts: list[str]) -> int:
     return sum(len(split_tokens(text)) + 4 for text in texts)
 
 
-def model_think_style(model: str) -> str:
-    """How a model emits reasoning when the think mode is "auto"."""
-    name = model.lower()
-    if "deepseek-r1" in name:
-        return "tags-no-open"
-    if "qwq" in name:
-        return "tags"
-    if "qwen3" in name:
-        return "field"
-    return "none"
-
-
 class ThinkingUnsupported(Exception):
     """Thinking was requested of a model that has none."""
 
@@ -178,19 +168,20 @@ class ThinkingUnsupported(Exception):
 def resolve_think(mode: str, model: str, requested: object = None) -> str:
     """The concrete think mode for one request.
 
-    `requested` is the request's own wish (native `think`, /v1 `reasoning_effort`):
-    None = unasked. It only matters in "auto"; with thinking off a thinking model's
-    raw tags land in the content, as in real Ollama.
+    `requested` is the request's wish, already validated: None (unasked), False (off),
+    True or a level ("low"...). In "auto", as today's Ollama: a thinking-capable model
+    reasons in a field unless thinking is off, when its raw output (tags included) lands
+    in the content; a model without thinking never reasons and refuses to be asked to.
+    Any other mode is forced, whatever the model and the request say.
     """
     if mode != "auto":
         return mode
-    style = model_think_style(model)
-    if requested is None:
-        return style
-    if requested is False:
-        return "tags" if style == "field" else style
-    if style == "none":
-        raise ThinkingUnsupported(model)
+    if "thinking" not in capabilities(model):
+        if requested not in (None, False):
+            raise ThinkingUnsupported(model)
+        return "none"
+    if requested is False and model_base(model) not in REASONS_ONLY_IN_FIELD:
+        return "tags"
     return "field"
 
 
@@ -208,6 +199,7 @@ class Generation:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    reasoning_key: str = "reasoning"  # the /v1 field of reasoning pieces
 
     def text(self, kind: str) -> str:
         return "".join(p.text for p in self.pieces if p.kind == kind)
@@ -245,7 +237,7 @@ def generate(prompt: str, n_messages: int, mode: str, limit: int | None,
     reasoning = split_tokens(reasoning_text(prompt))
     answer = [(Piece("content", t), True) for t in split_tokens(answer_text(prompt, n_messages))]
     plan: list[tuple[Piece, bool]]  # (piece, counts against the limit)
-    if mode == "field":
+    if mode in ("field", "reasoning_content"):
         plan = [(Piece("reasoning", t), True) for t in reasoning] + answer
     elif mode in ("tags", "tags-no-open"):
         plan = [(Piece("content", t), False) for t in _OPEN_TAG] if mode == "tags" else []
@@ -263,7 +255,8 @@ def generate(prompt: str, n_messages: int, mode: str, limit: int | None,
                 break
             used += 1
         pieces.append(piece)
-    return Generation(pieces, finish, prompt_tokens, used)
+    key = "reasoning_content" if mode == "reasoning_content" else "reasoning"
+    return Generation(pieces, finish, prompt_tokens, used, key)
 
 
 def embedding(text: str, dims: int = 8) -> list[float]:
@@ -285,16 +278,46 @@ def context_ids(*texts: str) -> list[int]:
 
 # ---------------------------------------------------------------- models
 
-# base name -> (family, parameter_size, quantization_level, size in bytes)
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the stand-in knows of a model family: /api/tags details, /api/show data."""
+
+    family: str
+    parameter_size: str
+    quantization: str
+    size: int
+    capabilities: tuple[str, ...]  # in Ollama's order: completion, tools, insert, thinking
+    context_length: int = 131072
+    embedding_length: int = 3584
+    block_count: int = 28
+
+
 _KNOWN_MODELS = {
-    "llama3.2": ("llama", "3.2B", "Q4_K_M", 2019393189),
-    "qwen3": ("qwen3", "8.2B", "Q4_K_M", 5225388164),
-    "qwq": ("qwen2", "32.8B", "Q4_K_M", 19851349856),
-    "deepseek-r1": ("qwen2", "7.6B", "Q4_K_M", 4683075271),
-    "deepseek-coder": ("llama", "1B", "Q4_0", 776080839),
-    "qwen2.5": ("qwen2", "7.6B", "Q4_K_M", 4683087332),
-    "all-minilm": ("bert", "23M", "F16", 45960996),
+    "llama3.2": ModelCard("llama", "3.2B", "Q4_K_M", 2019393189, ("completion", "tools"),
+                          embedding_length=3072),
+    "qwen3": ModelCard("qwen3", "8.2B", "Q4_K_M", 5225388164,
+                       ("completion", "tools", "thinking"), 40960, 4096, 36),
+    "qwen3-coder": ModelCard("qwen3moe", "30.5B", "Q4_K_M", 18556688734,
+                             ("completion", "tools"), 262144, 2048, 48),
+    "qwq": ModelCard("qwen2", "32.8B", "Q4_K_M", 19851349856,
+                     ("completion", "tools", "thinking"), 40960, 5120, 64),
+    "deepseek-r1": ModelCard("qwen2", "7.6B", "Q4_K_M", 4683075271,
+                             ("completion", "tools", "thinking")),
+    "deepseek-coder": ModelCard("llama", "1B", "Q4_0", 776080839, ("completion", "insert"),
+                                16384, 2048, 24),
+    "qwen2.5": ModelCard("qwen2", "7.6B", "Q4_K_M", 4683087332, ("completion", "tools"),
+                         32768),
+    "gpt-oss": ModelCard("gptoss", "20.9B", "MXFP4", 13780173734,
+                         ("completion", "tools", "thinking"), 131072, 2880, 24),
+    "all-minilm": ModelCard("bert", "23M", "F16", 45960996, ("embedding",), 512, 384, 6),
 }
+# Unknown names (a "strict" catalogue's extra models, any name in "any") are plain chat.
+_PLAIN = ModelCard("llama", "7B", "Q4_K_M", 4_000_000_000, ("completion",), 4096, 4096, 32)
+# Models whose reasoning comes in a field even with thinking off (gpt-oss cannot stop).
+REASONS_ONLY_IN_FIELD = frozenset({"gpt-oss"})
+_FILE_TYPES = {"F16": 1, "Q4_0": 2, "Q4_K_M": 15, "MXFP4": 38}
+_SIZE_UNITS = {"M": 10**6, "B": 10**9}
 
 
 def canonical_name(name: str) -> str:
@@ -302,21 +325,56 @@ def canonical_name(name: str) -> str:
     return name if ":" in name else name + ":latest"
 
 
+def model_base(name: str) -> str:
+    """The family part of a model name: "deepseek-r1" of "DeepSeek-R1:7b"."""
+    return name.strip().lower().split(":", 1)[0].rsplit("/", 1)[-1]
+
+
+def _card(name: str) -> ModelCard:
+    return _KNOWN_MODELS.get(model_base(name), _PLAIN)
+
+
+def capabilities(name: str) -> list[str]:
+    """The model's /api/show capabilities; `thinking` only where it can reason
+    (the qwen3 instruct-2507 tags cannot)."""
+    tag = canonical_name(name).split(":", 1)[1]
+    caps = list(_card(name).capabilities)
+    if model_base(name) == "qwen3" and "instruct" in tag:
+        caps.remove("thinking")
+    return caps
+
+
 def model_info(name: str) -> dict:
     """The /api/tags entry of a model."""
-    base = name.split(":", 1)[0].lower()
+    card = _card(name)
     digest = hashlib.sha256(name.encode()).hexdigest()
-    family, params, quant, size = _KNOWN_MODELS.get(
-        base, ("llama", "7B", "Q4_K_M", 4_000_000_000 + int(digest[:6], 16)))
+    size = card.size if card is not _PLAIN else card.size + int(digest[:6], 16)
     return {"name": name, "model": name, "modified_at": MODIFIED_AT, "size": size,
             "digest": digest,
-            "details": {"parent_model": "", "format": "gguf", "family": family,
-                        "families": [family], "parameter_size": params,
-                        "quantization_level": quant}}
+            "details": {"parent_model": "", "format": "gguf", "family": card.family,
+                        "families": [card.family], "parameter_size": card.parameter_size,
+                        "quantization_level": card.quantization}}
+
+
+def gguf_info(name: str) -> dict:
+    """/api/show's `model_info`: GGUF metadata, keys sorted as Go marshals a map."""
+    card = _card(name)
+    arch = card.family
+    count = round(float(card.parameter_size[:-1]) * _SIZE_UNITS[card.parameter_size[-1]])
+    info = {"general.architecture": arch, "general.basename": model_base(name),
+            "general.file_type": _FILE_TYPES[card.quantization],
+            "general.parameter_count": count, "general.quantization_version": 2,
+            "general.size_label": card.parameter_size, "general.type": "model",
+            f"{arch}.attention.head_count": card.embedding_length // 128,
+            f"{arch}.block_count": card.block_count,
+            f"{arch}.context_length": card.context_length,
+            f"{arch}.embedding_length": card.embedding_length,
+            "tokenizer.ggml.model": "bert" if arch == "bert" else "gpt2"}
+    return dict(sorted(info.items()))
 
 
 def is_embedding_model(name: str) -> bool:
-    return model_info(name)["details"]["family"] == "bert"
+    return "embedding" in capabilities(name)
 
 
 def model_created(name: str) -> int:
@@ -330,11 +388,21 @@ def completion_id(prefix: str) -> str:
 # ---------------------------------------------------------------- OpenAI layer
 
 
+def _fail_in_band(frames: Iterator[Frame], after: int | None, error: bytes) -> Iterator[Frame]:
+    """`frames`, or with `after` set, its first `after` frames and then `error` as the
+    last one (an upstream failure after the stream started, reported in band)."""
+    for sent, frame in enumerate(frames):
+        if after is not None and (sent >= after or frame[1]):
+            yield error, True
+            return
+        yield frame
+
+
 def openai_chat_body(gen: Generation, model: str) -> dict:
     message = {"role": "assistant", "content": gen.text("content")}
     reasoning = gen.text("reasoning")
     if reasoning:
-        message["reasoning"] = reasoning
+        message[gen.reasoning_key] = reasoning
     return {"id": completion_id("chatcmpl"), "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
@@ -342,40 +410,77 @@ def openai_chat_body(gen: Generation, model: str) -> dict:
             "usage": gen.usage()}
 
 
-def openai_chat_frames(gen: Generation, model: str, shape: str,
-                       include_usage: bool) -> Iterator[Frame]:
+def openai_chat_frames(gen: Generation, model: str, shape: str, include_usage: bool,
+                       fail_after: int | None = None) -> Iterator[Frame]:
+    """The /v1 chat stream in `shape`; with `fail_after`, it fails after that many frames
+    as Ollama's middleware reports it: one chunk with `"model":""` and empty content,
+    then a clean end with neither finish chunk nor [DONE] (the error text is lost)."""
     ident, created = completion_id("chatcmpl"), int(time.time())
+    legacy = shape == "legacy"
 
-    def chunk(delta: dict, finish: str | None = None, stamp: int = created) -> dict:
-        return {"id": ident, "object": "chat.completion.chunk", "created": stamp,
-                "model": model, "system_fingerprint": SYSTEM_FINGERPRINT,
+    def chunk(delta: dict, finish: str | None = None, name: str = model) -> dict:
+        return {"id": ident, "object": "chat.completion.chunk",
+                "created": int(time.time()) if legacy else created, "model": name,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-    if shape == "legacy":
-        for piece in gen.pieces:
-            delta = {"role": "assistant", "content": piece.text}
-            if piece.kind == "reasoning":
-                delta = {"role": "assistant", "content": "", "reasoning": piece.text}
-            yield sse(chunk(delta, stamp=int(time.time()))), False
-        last = chunk({"role": "assistant", "content": ""}, gen.finish_reason, int(time.time()))
-        yield sse(last), False
-        if include_usage:
-            yield sse({**last, "choices": [], "usage": gen.usage()}), False
-    else:
-        first = True
-        for piece in gen.pieces:
-            delta = {"content": piece.text} if piece.kind == "content" else {
-                "reasoning": piece.text}
-            if first:
-                delta = {"role": "assistant", "content": "", **delta}
-                first = False
-            yield sse(chunk(delta)), False
-        if first:
-            yield sse(chunk({"role": "assistant", "content": ""})), False
-        yield sse(chunk({}, gen.finish_reason)), False
-        if include_usage:
-            yield sse({**chunk({}), "choices": [], "usage": gen.usage()}), False
+    frames = (_legacy_chat_chunks if legacy else _chat_chunks)(gen, chunk, shape == "nulls")
+    if include_usage:
+        frames = _with_usage(frames, gen)
+    error = {"role": "assistant", "content": ""} if legacy else {"content": ""}
+    yield from _fail_in_band(_sse_frames(frames), fail_after, sse(chunk(error, name="")))
+
+
+def _sse_frames(chunks: Iterator[dict]) -> Iterator[Frame]:
+    for obj in chunks:
+        yield sse(obj), False
     yield SSE_DONE, True
+
+
+def _with_usage(chunks: Iterator[dict], gen: Generation) -> Iterator[dict]:
+    """The chunks, then the usage chunk: a copy of the last one, `choices: []`."""
+    last: dict = {}
+    for last in chunks:  # noqa: B007 - the last one is kept
+        yield last
+    yield {**last, "choices": [], "usage": gen.usage()}
+
+
+def _legacy_chat_chunks(gen: Generation, chunk: Callable[..., dict],
+                        nulls: bool) -> Iterator[dict]:
+    """v0.32.5 and older: role on every delta, the finish on a last delta of its own."""
+    for piece in gen.pieces:
+        delta = {"role": "assistant", "content": piece.text}
+        if piece.kind == "reasoning":
+            delta = {"role": "assistant", "content": "", gen.reasoning_key: piece.text}
+        yield chunk(delta)
+    yield chunk({"role": "assistant", "content": ""}, gen.finish_reason)
+
+
+def _chat_chunks(gen: Generation, chunk: Callable[..., dict], nulls: bool) -> Iterator[dict]:
+    """v0.32.6+: role on the first delta only, `{"content":"","reasoning":"…"}` for
+    reasoning, the finish on a `delta: {}` chunk. With `nulls`, a role-only first delta
+    holds the reasoning field and `tool_calls` as null, and every later delta has both
+    `content` and the reasoning field, null where it has nothing (as vLLM sends them)."""
+    key = gen.reasoning_key
+    if nulls:
+        yield chunk({"role": "assistant", "content": "", key: None, "tool_calls": None})
+    first = not nulls
+    for piece in gen.pieces:
+        if nulls:
+            reasoning = piece.kind == "reasoning"
+            delta = {"content": None if reasoning else piece.text,
+                     key: piece.text if reasoning else None}
+        elif piece.kind == "content":
+            delta = {"content": piece.text}
+        else:
+            delta = {"content": "", key: piece.text}
+        if first:
+            delta = {"role": "assistant", **delta, "content": delta.get("content", "")}
+            first = False
+        yield chunk(delta)
+    if first:
+        yield chunk({"role": "assistant", "content": ""})
+    yield chunk({}, gen.finish_reason)
 
 
 def openai_completion_body(gen: Generation, model: str) -> dict:
@@ -387,22 +492,31 @@ def openai_completion_body(gen: Generation, model: str) -> dict:
             "usage": gen.usage()}
 
 
-def openai_completion_frames(gen: Generation, model: str,
-                             include_usage: bool) -> Iterator[Frame]:
-    ident, created = completion_id("cmpl"), int(time.time())
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
-    def chunk(text: str, finish: str | None = None) -> dict:
-        return {"id": ident, "object": "text_completion", "created": created,
-                "model": model, "system_fingerprint": SYSTEM_FINGERPRINT,
-                "choices": [{"text": text, "index": 0, "finish_reason": finish}]}
 
-    for piece in gen.pieces:
-        if piece.kind == "content":
-            yield sse(chunk(piece.text)), False
-    yield sse(chunk("", gen.finish_reason)), False
-    if include_usage:
-        yield sse({**chunk(""), "choices": [], "usage": gen.usage()}), False
-    yield SSE_DONE, True
+def openai_completion_frames(gen: Generation, model: str, include_usage: bool,
+                             fail_after: int | None = None) -> Iterator[Frame]:
+    """The /v1/completions stream: `created` read afresh for every chunk, a `"text":""`
+    chunk for each reasoning piece (the reasoning itself is dropped), and with
+    `include_usage` a zero `usage` on every chunk before the real one."""
+    ident = completion_id("cmpl")
+
+    def chunk(text: str, finish: str | None = None, name: str = model) -> dict:
+        obj = {"id": ident, "object": "text_completion", "created": int(time.time()),
+               "model": name, "system_fingerprint": SYSTEM_FINGERPRINT,
+               "choices": [{"text": text, "index": 0, "finish_reason": finish}]}
+        return {**obj, "usage": ZERO_USAGE} if include_usage else obj
+
+    def chunks() -> Iterator[dict]:
+        for piece in gen.pieces:
+            yield chunk(piece.text if piece.kind == "content" else "")
+        last = chunk("", gen.finish_reason)
+        yield last
+        if include_usage:
+            yield {**last, "choices": [], "usage": gen.usage()}
+
+    yield from _fail_in_band(_sse_frames(chunks()), fail_after, sse(chunk("", name="")))
 
 
 # ---------------------------------------------------------------- native API
@@ -432,14 +546,23 @@ def native_chat_body(gen: Generation, model: str) -> dict:
             "done": True, "done_reason": gen.finish_reason, **native_metrics(gen)}
 
 
-def native_chat_frames(gen: Generation, model: str) -> Iterator[Frame]:
-    for piece in gen.pieces:
-        message = (_native_message(piece.text) if piece.kind == "content"
-                   else _native_message("", piece.text))
-        yield ndjson({"model": model, "created_at": rfc3339nano(), "message": message,
-                      "done": False}), False
-    yield ndjson(native_chat_body(Generation([], gen.finish_reason, gen.prompt_tokens,
-                                             gen.completion_tokens), model)), True
+def native_error_line(message: str) -> bytes:
+    """A native stream's failure after it started: a last `{"error":…}` line, status 200."""
+    return ndjson({"error": message})
+
+
+def native_chat_frames(gen: Generation, model: str, fail_after: int | None = None,
+                       error: str = "") -> Iterator[Frame]:
+    def frames() -> Iterator[Frame]:
+        for piece in gen.pieces:
+            message = (_native_message(piece.text) if piece.kind == "content"
+                       else _native_message("", piece.text))
+            yield ndjson({"model": model, "created_at": rfc3339nano(), "message": message,
+                          "done": False}), False
+        yield ndjson(native_chat_body(Generation([], gen.finish_reason, gen.prompt_tokens,
+                                                 gen.completion_tokens), model)), True
+
+    yield from _fail_in_band(frames(), fail_after, native_error_line(error))
 
 
 def _generate_part(model: str, response: str, thinking: str = "") -> dict:
@@ -455,11 +578,14 @@ def native_generate_body(gen: Generation, model: str, context: list[int]) -> dic
             **native_metrics(gen)}
 
 
-def native_generate_frames(gen: Generation, model: str,
-                           context: list[int]) -> Iterator[Frame]:
-    for piece in gen.pieces:
-        part = (_generate_part(model, piece.text) if piece.kind == "content"
-                else _generate_part(model, "", piece.text))
-        yield ndjson({**part, "done": False}), False
-    empty = Generation([], gen.finish_reason, gen.prompt_tokens, gen.completion_tokens)
-    yield ndjson(native_generate_body(empty, model, context)), True
+def native_generate_frames(gen: Generation, model: str, context: list[int],
+                           fail_after: int | None = None, error: str = "") -> Iterator[Frame]:
+    def frames() -> Iterator[Frame]:
+        for piece in gen.pieces:
+            part = (_generate_part(model, piece.text) if piece.kind == "content"
+                    else _generate_part(model, "", piece.text))
+            yield ndjson({**part, "done": False}), False
+        empty = Generation([], gen.finish_reason, gen.prompt_tokens, gen.completion_tokens)
+        yield ndjson(native_generate_body(empty, model, context)), True
+
+    yield from _fail_in_band(frames(), fail_after, native_error_line(error))

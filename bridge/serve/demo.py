@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         if upstream.hostname not in LOCAL_HOSTS:
             print(f"warning: {settings.ollama} does not answer", file=sys.stderr)
         else:
-            standin = processes.start_standin(port=upstream.port or 80)
+            standin = processes.start_standin("--catalogue", "any", port=upstream.port or 80)
             owner = os.getpid()
             atexit.register(lambda: os.getpid() == owner and standin.stop())
             print(f"No Ollama answers at {settings.ollama}: started the bundled stand-in "

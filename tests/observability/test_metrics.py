@@ -208,7 +208,9 @@ def test_cache_think_and_per_key_metrics(make_bridge, standin, tmp_path):
     body = {"model": "deepseek-r1:7b", "messages": [{"role": "user", "content": "why?"}]}
     for _ in range(3):
         answer = requests.post(bridge.url + "/v1/chat/completions", json=body, timeout=30,
-                               headers={"authorization": f"Bearer {raw_key}"})
+                               headers={"authorization": f"Bearer {raw_key}",
+                                        # raw tags in content: what the filter counts
+                                        "X-Standin-Think": "tags-no-open"})
         assert answer.status_code == 200 and "<think>" not in answer.text
 
     text = scrape(bridge.url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import ollama
 import openai
 import pytest
 import requests
+from helpers import wait_for
 
 import bridge.ollama_standin as standin_module
 from bridge.ollama_standin import Fault, StandIn, StandInConfig
@@ -97,14 +99,6 @@ def test_think_modes(standin, mode, content, reasoning):
         "choices"][0]["message"]
     assert message["content"] == content
     assert message.get("reasoning") == reasoning
-
-
-@pytest.mark.parametrize(("model", "starts"), [
-    ("deepseek-r1:7b", "Okay"), ("qwq", "<think>\nOkay"), ("llama3.2", "Echo")])
-def test_think_auto_follows_the_model(standin, model, starts):
-    standin.config.models.append("qwq:latest")
-    assert chat(standin, {"model": model, "messages": HELLO}).json()[
-        "choices"][0]["message"]["content"].startswith(starts)
 
 
 def test_think_header_overrides_and_thinking_unsupported(standin):
@@ -238,6 +232,11 @@ def test_openai_errors(standin, body, status, message):
     kind = "not_found_error" if status == 404 else "invalid_request_error"
     assert r.json() == {"error": {"message": message, "type": kind, "param": None,
                                   "code": None}}
+    # Refused before the handler (gin's c.JSON), or by it (Ollama's json.Encoder).
+    early = status == 400
+    assert r.headers["Content-Type"] == (
+        "application/json; charset=utf-8" if early else "application/json")
+    assert r.content.endswith(b"}") if early else r.content.endswith(b"}\n")
 
 
 def test_plain_text_errors_and_native_errors(standin):
@@ -274,7 +273,8 @@ def test_native_chat_with_ollama_client(standin):
 def test_native_generate_embed_and_listing(standin):
     client = ollama.Client(host=standin.url)
     result = client.generate(model="deepseek-r1:7b", prompt="why", options={"num_predict": 2})
-    assert result.response == "Okay, the" and result.done_reason == "length"
+    assert (result.response, result.thinking) == ("", "Okay, the")
+    assert result.done_reason == "length"
     assert result.context
     parts = list(client.generate(model="llama3.2", prompt="why", stream=True))
     assert "".join(p.response for p in parts) == "Echo: why" and parts[-1].context
@@ -283,7 +283,6 @@ def test_native_generate_embed_and_listing(standin):
     assert [m.model for m in client.list().models] == standin.config.models
     assert client.show("qwen3").capabilities == ["completion", "tools", "thinking"]
     assert client.ps().models[0].name == "llama3.2:latest"
-    assert requests.get(standin.url + "/api/version").content == b'{"version":"0.5.1"}\n'
 
 
 def test_native_stream_bytes_and_load(standin):
@@ -448,7 +447,8 @@ def test_reset_restores_config_and_stop_start_keeps_port():
 def test_subprocess_and_control_endpoints():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.ollama_standin", "--port", "0", "--shape", "legacy"],
+        [sys.executable, "-m", "bridge.ollama_standin", "--port", "0", "--shape", "legacy",
+         "--catalogue", "any"],
         stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         url = proc.stdout.readline().strip()
@@ -457,6 +457,9 @@ def test_subprocess_and_control_endpoints():
                                                                "messages": HELLO,
                                                                "stream": True})
         assert b'"delta":{"role":"assistant","content":"Echo:"}' in r.content
+        assert requests.get(url + "/api/version").content == b'{"version":"0.32.5"}'
+        assert requests.post(url + "/api/show", json={"model": "not-listed"}).json()[
+            "capabilities"] == ["completion"]  # --catalogue any: every name answers
         assert requests.post(url + "/_standin/config", json={"shape": "new"}).json()[
             "shape"] == "new"
         assert requests.post(url + "/_standin/config", json={"shape": "x"}).status_code == 400
@@ -466,8 +469,8 @@ def test_subprocess_and_control_endpoints():
             r = requests.get(url + "/api/tags")
             assert (r.status_code, r.headers["Retry-After"]) == (503, "1.5")
         stats = requests.get(url + "/_standin/stats").json()
-        assert stats["count"] == 3 and stats["counts_by_path"] == {
-            "/v1/chat/completions": 1, "/api/tags": 2}
+        assert stats["count"] == 5 and stats["counts_by_path"] == {
+            "/v1/chat/completions": 1, "/api/tags": 2, "/api/version": 1, "/api/show": 1}
         assert stats["requests"][0]["body"].startswith('{"model": "llama3.2"')
         assert stats["in_flight"] == 0 and stats["max_in_flight"] == 1
         assert "requests" not in requests.get(url + "/_standin/stats?requests=0").json()
@@ -478,3 +481,416 @@ def test_subprocess_and_control_endpoints():
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------- today's Ollama (issue 18)
+# Expected bytes come from shared/reference/ollama-wire-format.md; per-call values (ids,
+# `created`, `created_at`) are masked on both sides before comparing.
+
+_PER_CALL = [(re.compile(rb'"id":"(chatcmpl|cmpl)-\d+"'), rb'"id":"\1-N"'),
+             (re.compile(rb'"created":\d+'), rb'"created":0'),
+             (re.compile(rb'"created_at":"[^"]+"'), rb'"created_at":"T"')]
+
+
+def masked(raw: bytes) -> bytes:
+    for pattern, replacement in _PER_CALL:
+        raw = pattern.sub(replacement, raw)
+    return raw
+
+
+def frame(delta: str, finish: str = "null", model: str = "qwen3") -> bytes:
+    """A /v1 chat stream frame, as section 2 of the reference writes it."""
+    return (b'data: {"id":"chatcmpl-87","object":"chat.completion.chunk","created":1755000000,'
+            b'"model":"%s","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":%s,'
+            b'"finish_reason":%s}]}\n\n' % (model.encode(), delta.encode(), finish.encode()))
+
+
+def usage_frame(prompt: int, completion: int, model: str = "qwen3") -> bytes:
+    return (b'data: {"id":"chatcmpl-87","object":"chat.completion.chunk","created":1755000000,'
+            b'"model":"%s","system_fingerprint":"fp_ollama","choices":[],"usage":'
+            b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n'
+            % (model.encode(), prompt, completion, prompt + completion))
+
+
+DONE = b"data: [DONE]\n\n"
+RAW_R1 = f"<think>\n{REASONING}\n</think>\n\nEcho: hello world"  # thinking off: raw output
+THINKING = ["qwen3", "qwen3:8b", "deepseek-r1:7b", "qwq", "gpt-oss:20b"]
+NOT_THINKING = ["llama3.2", "qwen2.5", "qwen3-coder:30b", "qwen3:4b-instruct-2507-q4_K_M",
+                "deepseek-coder"]
+
+
+@pytest.fixture
+def every_model(standin):
+    """The stand-in answering any model name (the demo's catalogue)."""
+    standin.configure(catalogue="any")
+    return standin
+
+
+def message_of(standin, body, path="/v1/chat/completions"):
+    r = requests.post(standin.url + path, json={"messages": HELLO, "stream": False, **body})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"] if path.startswith("/v1") else r.json()["message"]
+
+
+@pytest.mark.parametrize("model", THINKING)
+def test_1_thinking_models_reason_in_a_field_by_default(every_model, model):
+    assert message_of(every_model, {"model": model}) == {
+        "role": "assistant", "content": "Echo: hello world", "reasoning": REASONING}
+    assert message_of(every_model, {"model": model}, "/api/chat") == {
+        "role": "assistant", "content": "Echo: hello world", "thinking": REASONING}
+    for level in (True, "high"):
+        assert message_of(every_model, {"model": model, "think": level}, "/api/chat")[
+            "thinking"] == REASONING
+
+
+@pytest.mark.parametrize("model", THINKING[:4])
+def test_1_thinking_off_gives_the_raw_output(every_model, model):
+    off = message_of(every_model, {"model": model, "reasoning_effort": "none"})
+    assert off == {"role": "assistant", "content": RAW_R1}
+    assert message_of(every_model, {"model": model, "think": False}, "/api/chat") == off
+
+
+def test_1_gpt_oss_reasons_only_in_a_field(every_model):
+    assert message_of(every_model, {"model": "gpt-oss:20b", "think": False}, "/api/chat")[
+        "thinking"] == REASONING
+
+
+@pytest.mark.parametrize("model", NOT_THINKING)
+def test_1_models_without_thinking_never_reason_and_refuse_think(every_model, model):
+    plain = {"role": "assistant", "content": "Echo: hello world"}
+    assert message_of(every_model, {"model": model}) == plain
+    assert message_of(every_model, {"model": model, "think": False}, "/api/chat") == plain
+    r = requests.post(every_model.url + "/api/chat",
+                      json={"model": model, "messages": HELLO, "think": True})
+    assert (r.status_code, r.content) == (
+        400, b'{"error":"\\"%s\\" does not support thinking"}' % model.encode())
+    r = chat(every_model, {"model": model, "messages": HELLO, "reasoning_effort": "low"})
+    assert r.status_code == 400 and r.content == (
+        b'{"error":{"message":"\\"%s\\" does not support thinking","type":'
+        b'"invalid_request_error","param":null,"code":null}}\n' % model.encode())
+
+
+@pytest.mark.parametrize(("mode", "content", "reasoning"), [
+    ("tags", RAW_R1, None),
+    ("tags-no-open", f"{REASONING}\n</think>\n\nEcho: hello world", None),
+    ("none", "Echo: hello world", None),
+])
+def test_1_other_upstreams_shapes_stay_available(standin, mode, content, reasoning):
+    """A forced think mode wins over the model and the request, as other upstreams
+    (vLLM, llama.cpp, older Ollama) send reasoning whatever was asked."""
+    for how in ({"X-Standin-Think": mode}, None):
+        if how is None:
+            standin.configure(think=mode)
+        message = chat(standin, {"model": "deepseek-r1:7b", "messages": HELLO}, how).json()[
+            "choices"][0]["message"]
+        assert (message["content"], message.get("reasoning")) == (content, reasoning)
+
+
+def test_1_reasoning_content_field_like_deepseek_and_old_vllm(standin):
+    message = chat(standin, {"model": "deepseek-r1:7b", "messages": HELLO},
+                   {"X-Standin-Think": "reasoning_content"}).json()["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Echo: hello world",
+                       "reasoning_content": REASONING}
+
+
+def test_2_reasoning_only_deltas_carry_empty_content(standin):
+    r = chat(standin, {"model": "qwen3", "messages": HELLO, "stream": True, "max_tokens": 3,
+                       "stream_options": {"include_usage": True}})
+    assert masked(r.content) == masked(
+        frame('{"role":"assistant","content":"","reasoning":"Okay,"}')
+        + frame('{"content":"","reasoning":" the"}')
+        + frame('{"content":"","reasoning":" user"}')
+        + frame("{}", '"length"') + usage_frame(6, 3) + DONE)
+
+
+def test_2_answer_deltas_after_the_role_chunk(standin):
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True, "max_tokens": 2})
+    assert masked(r.content) == masked(
+        frame('{"role":"assistant","content":"Echo:"}', model="llama3.2")
+        + frame('{"content":" hello"}', model="llama3.2")
+        + frame("{}", '"length"', model="llama3.2") + DONE)
+
+
+def test_nulls_shape_has_null_fields_before_and_after_values(standin):
+    r = chat(standin, {"model": "qwen3", "messages": HELLO, "stream": True, "max_tokens": 3},
+             {"X-Standin-Shape": "nulls", "X-Standin-Think": "reasoning_content"})
+    assert masked(r.content) == masked(
+        frame('{"role":"assistant","content":"","reasoning_content":null,"tool_calls":null}')
+        + frame('{"content":null,"reasoning_content":"Okay,"}')
+        + frame('{"content":null,"reasoning_content":" the"}')
+        + frame('{"content":null,"reasoning_content":" user"}')
+        + frame("{}", '"length"') + DONE)
+    r = chat(standin, {"model": "qwen3", "messages": HELLO, "stream": True},
+             {"X-Standin-Shape": "nulls"})
+    deltas = [e["choices"][0]["delta"] for e in sse_events(r)[0]]
+    assert {"content": "Echo:", "reasoning": None} in deltas
+
+
+@pytest.mark.parametrize(("shape", "version"), [("new", b"0.33.0"), ("nulls", b"0.33.0"),
+                                                ("legacy", b"0.32.5")])
+def test_3_version_matches_the_shapes_served(standin, shape, version):
+    r = requests.get(standin.url + "/api/version", headers={"X-Standin-Shape": shape})
+    assert r.content == b'{"version":"%s"}' % version
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    standin.configure(shape=shape)
+    assert requests.get(standin.url + "/api/version").content == b'{"version":"%s"}' % version
+
+
+def test_3_legacy_shape_with_reasoning_as_v0_32_5_sends_it(standin):
+    standin.configure(shape="legacy")
+    r = chat(standin, {"model": "qwen3", "messages": HELLO, "stream": True, "max_tokens": 1})
+    assert masked(r.content) == masked(
+        frame('{"role":"assistant","content":"","reasoning":"Okay,"}')
+        + frame('{"role":"assistant","content":""}', '"length"') + DONE)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"reasoning_effort": "bogus"}, "invalid reasoning value: 'bogus'"),
+    ({"reasoning_effort": "high", "reasoning": {"effort": "bogus"}},
+     "invalid reasoning value: 'bogus'"),
+])
+def test_4_invalid_reasoning_effort(standin, body, message):
+    r = chat(standin, {"model": "qwen3", "messages": HELLO, **body})
+    assert r.status_code == 400
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert r.content == (b'{"error":{"message":"%s","type":"invalid_request_error",'
+                         b'"param":null,"code":null}}' % message.encode())
+
+
+@pytest.mark.parametrize("think", ["bogus", "", 1, "none"])
+def test_4_invalid_think(standin, think):
+    r = requests.post(standin.url + "/api/chat",
+                      json={"model": "qwen3", "messages": HELLO, "think": think})
+    assert (r.status_code, r.content) == (400, b'{"error":"invalid think value"}')
+
+
+def test_4_reasoning_effort_wins_and_maps_like_ollama(standin):
+    def reasoning(**body):
+        return chat(standin, {"model": "qwen3", "messages": HELLO, **body}).json()[
+            "choices"][0]["message"].get("reasoning")
+
+    assert reasoning(reasoning_effort="none", reasoning={"effort": "high"}) == REASONING
+    assert reasoning(reasoning_effort="high", reasoning={"effort": "none"}) is None
+    for effort in ("", "minimal", "low", "medium", "high", "max", "xhigh", "ultra"):
+        assert reasoning(reasoning_effort=effort) == REASONING
+    from bridge.ollama_standin import routes
+    assert [routes._openai_think({"reasoning_effort": e}) for e in (
+        "", "none", "minimal", "low", "medium", "high", "max", "xhigh", "ultra")] == [
+        None, False, "low", "low", "medium", "high", "max", "max", "max"]
+
+
+@pytest.mark.parametrize(("path", "content_type", "body"), [
+    ("/v1/chat/completions", "application/json",
+     b'{"error":{"message":"model is required","type":"invalid_request_error","param":null,'
+     b'"code":null}}\n'),
+    ("/api/chat", "application/json; charset=utf-8", b'{"error":"model is required"}'),
+])
+def test_4_empty_model_name(every_model, path, content_type, body):
+    r = requests.post(every_model.url + path, json={"model": "", "messages": HELLO})
+    assert (r.status_code, r.headers["Content-Type"], r.content) == (400, content_type, body)
+
+
+def test_5_max_completion_tokens_is_ignored(standin):
+    body = chat(standin, {"model": "llama3.2", "messages": HELLO,
+                          "max_completion_tokens": 1}).json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["message"]["content"] == "Echo: hello world"
+    body = chat(standin, {"model": "llama3.2", "messages": HELLO, "max_tokens": 1,
+                          "max_completion_tokens": 100}).json()
+    assert body["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("shape", ["new", "legacy"])
+def test_6_in_band_error_on_v1_ends_cleanly_without_done(standin, shape):
+    standin.configure(shape=shape)
+    standin.push_fault(Fault("inband", after_chunks=2))
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO, "stream": True})
+    assert r.status_code == 200  # the body ends cleanly: no ChunkedEncodingError
+    if shape == "new":
+        want = (frame('{"role":"assistant","content":"Echo:"}', model="llama3.2")
+                + frame('{"content":" hello"}', model="llama3.2")
+                + frame('{"content":""}', model=""))
+    else:
+        want = (frame('{"role":"assistant","content":"Echo:"}', model="llama3.2")
+                + frame('{"role":"assistant","content":" hello"}', model="llama3.2")
+                + frame('{"role":"assistant","content":""}', model=""))
+    assert masked(r.content) == masked(want)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_6_in_band_error_on_api_is_a_last_error_line(standin, path):
+    standin.push_fault(Fault("inband", after_chunks=1, body="out of memory"))
+    r = requests.post(standin.url + path, json={"model": "llama3.2", "messages": HELLO,
+                                                "prompt": "hello world"})
+    lines = r.content.split(b"\n")
+    assert r.status_code == 200 and len(lines) == 3 and lines[2] == b""
+    assert b'"done":false' in lines[0] and lines[1] == b'{"error":"out of memory"}'
+
+
+def test_6_in_band_fault_on_a_whole_body_is_a_500(standin):
+    standin.push_fault(Fault("inband"), times=2)
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "api_error"
+    r = requests.post(standin.url + "/api/chat", json={"model": "llama3.2",
+                                                       "messages": HELLO, "stream": False})
+    assert (r.status_code, r.content) == (
+        500, b'{"error":"llama runner process has terminated: exit status 2"}')
+
+
+def completion_frame(text: str, finish: str = "null", model: str = "qwen3",
+                     usage: str = '{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}'
+                     ) -> bytes:
+    return (b'data: {"id":"cmpl-1","object":"text_completion","created":1755000000,'
+            b'"model":"%s","system_fingerprint":"fp_ollama","choices":[{"text":"%s",'
+            b'"index":0,"finish_reason":%s}],"usage":%s}\n\n'
+            % (model.encode(), text.encode(), finish.encode(), usage.encode()))
+
+
+def test_7_completions_stream_while_thinking(standin):
+    r = requests.post(standin.url + "/v1/completions", json={
+        "model": "qwen3", "prompt": "hello world", "stream": True, "max_tokens": 2,
+        "stream_options": {"include_usage": True}})
+    usage = (b'data: {"id":"cmpl-1","object":"text_completion","created":1755000000,'
+             b'"model":"qwen3","system_fingerprint":"fp_ollama","choices":[],"usage":'
+             b'{"prompt_tokens":6,"completion_tokens":2,"total_tokens":8}}\n\n')
+    assert masked(r.content) == masked(
+        completion_frame("") + completion_frame("") + completion_frame("", '"length"')
+        + usage + DONE)
+
+
+def test_7_completions_created_varies_per_chunk(standin):
+    r = requests.post(standin.url + "/v1/completions",
+                      json={"model": "llama3.2", "prompt": "a b c", "stream": True},
+                      headers={"X-Standin-Token-Delay": "0.4"})
+    events, done = sse_events(r)
+    assert done and len(events) == 5  # 4 chunks 0.4 s apart span more than a second
+    assert len({e["created"] for e in events}) > 1 and len({e["id"] for e in events}) == 1
+    assert all("usage" not in e for e in events)
+
+
+def test_8_native_whole_bodies_have_no_trailing_newline(standin):
+    r = requests.post(standin.url + "/api/chat",
+                      json={"model": "llama3.2", "messages": HELLO, "stream": False})
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert r.content.endswith(b"}") and b"\n" not in r.content
+    for path in ("/api/tags", "/api/ps", "/api/version"):
+        assert not requests.get(standin.url + path).content.endswith(b"\n")
+    r = requests.post(standin.url + "/api/chat", json={"model": "foo", "messages": HELLO})
+    assert r.content == b'{"error":"model \'foo\' not found"}'
+
+
+@pytest.mark.parametrize(("model", "capabilities"), [
+    ("qwen3", ["completion", "tools", "thinking"]),
+    ("deepseek-r1:7b", ["completion", "tools", "thinking"]),
+    ("qwq", ["completion", "tools", "thinking"]),
+    ("gpt-oss:20b", ["completion", "tools", "thinking"]),
+    ("qwen3:4b-instruct-2507-q4_K_M", ["completion", "tools"]),
+    ("qwen3-coder:30b", ["completion", "tools"]),
+    ("llama3.2", ["completion", "tools"]),
+    ("deepseek-coder", ["completion", "insert"]),
+    ("all-minilm", ["embedding"]),
+    ("some-finetune:3b", ["completion"]),
+])
+def test_9_show_capabilities_per_model(every_model, model, capabilities):
+    r = requests.post(every_model.url + "/api/show", json={"model": model})
+    show = r.json()
+    assert show["capabilities"] == capabilities
+    assert "license" not in show
+    assert list(show) == ["modelfile", "parameters", "template", "details", "model_info",
+                          "capabilities", "modified_at"]
+    info = show["model_info"]
+    arch = info["general.architecture"]
+    assert list(info) == sorted(info)  # a Go map: keys sorted
+    assert {f"{arch}.context_length", f"{arch}.embedding_length", f"{arch}.block_count",
+            "general.parameter_count", "general.file_type"} <= info.keys()
+    assert requests.post(every_model.url + "/api/show", json={"name": model}).json() == show
+
+
+def test_10_strict_catalogue_404_and_any_catalogue(standin):
+    assert chat(standin, {"model": "mistral-nemo", "messages": HELLO}).status_code == 404
+    standin.configure(catalogue="any")
+    assert message_of(standin, {"model": "mistral-nemo"}) == {
+        "role": "assistant", "content": "Echo: hello world"}
+    assert requests.post(standin.url + "/api/generate", json={
+        "model": "Mistral-Nemo:12B", "prompt": "hi", "stream": False}).json()["response"] == \
+        "Echo: hi"
+    assert [m["id"] for m in requests.get(standin.url + "/v1/models").json()["data"]] == \
+        standin.config.models  # the listing stays the configured one
+
+
+# ---------------------------------------------------------------- an upstream with a key
+
+
+@pytest.mark.parametrize("given", [None, "Bearer wrong", "Basic c2VjcmV0"])
+def test_bearer_key_required(standin, given):
+    standin.configure(api_key="sk-upstream")
+    headers = {"Authorization": given} if given else {}
+    r = chat(standin, {"model": "llama3.2", "messages": HELLO}, headers)
+    message = ("Incorrect API key provided." if given else
+               "You didn't provide an API key. You need to provide your API key in an "
+               "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+    assert (r.status_code, r.json()) == (401, {"error": {
+        "message": message, "type": "invalid_request_error", "param": None,
+        "code": "invalid_api_key"}})
+    r = requests.post(standin.url + "/api/chat", json={"model": "llama3.2", "messages": HELLO},
+                      headers=headers)
+    assert (r.status_code, r.content) == (401, b'{"error":"unauthorized"}')
+    ok = chat(standin, {"model": "llama3.2", "messages": HELLO},
+              {"Authorization": "Bearer sk-upstream"})
+    assert ok.status_code == 200
+
+
+# ---------------------------------------------------------------- the bridge in front of it
+
+
+def access_line(process, request_id: str) -> str:
+    return wait_for(lambda: next((line for line in process.log().splitlines()
+                                  if f"id={request_id}" in line), ""),
+                    timeout=5, what=f"the access line of {request_id}")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+@pytest.mark.parametrize("which", ["bridge", "relay"])
+def test_bridge_reports_an_in_band_error_as_truncated(request, standin, which, path):
+    """Ollama's in-band failures end the body cleanly: the bridge still sees no [DONE] /
+    done:true, adds its own in-band error and logs the stream as truncated."""
+    process = request.getfixturevalue(which)
+    standin.push_fault(Fault("inband", after_chunks=2, body="out of memory"))
+    request_id = f"inband-{which}{path.replace('/', '-')}"
+    r = requests.post(process.url + path, json={"model": "llama3.2", "messages": HELLO,
+                                                "stream": True},
+                      headers={"x-request-id": request_id}, timeout=30)
+    assert r.status_code == 200
+    if path.startswith("/v1"):
+        events, done = sse_events(r)
+        assert not done and events[-1]["error"]["code"] == "upstream_stream_truncated"
+        # Ollama's empty `"model":""` chunk: relayed, or dropped by the think filter.
+        assert [e.get("model") for e in events[:-1]] == (
+            ["llama3.2", "llama3.2", ""] if which == "relay" else ["llama3.2", "llama3.2"])
+    else:
+        lines = [json.loads(line) for line in r.content.splitlines()]
+        assert lines[-2:] == [{"error": "out of memory"},
+                              {"error": "upstream stream ended prematurely"}]
+    assert "outcome=truncated" in access_line(process, request_id)
+    assert standin.count(path) == 1
+
+
+def test_bridge_with_the_default_thinking_shape(bridge, relay, standin):
+    """deepseek-r1 as today's Ollama sends it (reasoning in `reasoning`): the bridge's
+    defaults hand over the answer only, a relay passes the field on."""
+    body = {"model": "deepseek-r1:7b", "messages": HELLO}
+    filtered = requests.post(bridge.url + "/v1/chat/completions", json=body, timeout=30).json()
+    assert filtered["choices"][0]["message"] == {"role": "assistant",
+                                                 "content": "Echo: hello world"}
+    relayed = requests.post(relay.url + "/v1/chat/completions", json=body, timeout=30).json()
+    assert relayed["choices"][0]["message"]["reasoning"] == REASONING
+    r = requests.post(bridge.url + "/v1/chat/completions", json={**body, "stream": True},
+                      timeout=30)
+    events, done = sse_events(r)
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert done and "".join(d.get("content") or "" for d in deltas) == "Echo: hello world"
+    assert not any("reasoning" in d or "reasoning_content" in d for d in deltas)
+    parts = [json.loads(line) for line in requests.post(
+        bridge.url + "/api/chat", json=body, timeout=30).content.splitlines()]
+    assert "".join(p["message"]["content"] for p in parts) == "Echo: hello world"
+    assert not any("thinking" in p["message"] for p in parts)
