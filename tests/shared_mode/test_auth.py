@@ -338,12 +338,12 @@ def chat_exchange(headers: dict[str, str]) -> Exchange:
                     request_id="r1", payload={"model": "m"})
 
 
-def test_per_key_cache_scope_and_client_key_name_go_to_the_notes(tmp_path: Path) -> None:
+def test_per_key_cache_scope_and_client_key_name_are_set_on_the_exchange(tmp_path: Path) -> None:
     stage = shared_stage(tmp_path)
     raw, _ = stage.store.open().create("tenant-a")
     ex = chat_exchange({"authorization": f"Bearer {raw}", "x-api-key": "own"})
     stage.on_request(ex)
-    assert ex.notes == {"client_key": "tenant-a", "cache_scope": "tenant-a"}
+    assert (ex.client_key, ex.cache_scope) == ("tenant-a", "tenant-a")
     assert ex.headers == {"authorization": "Bearer k"}
 
 
