@@ -21,6 +21,7 @@ from gevent.event import Event
 
 from bridge.cache.entry import Entry
 from bridge.core import streaming
+from bridge.core.events import emit
 from bridge.core.exchange import Frame, Response
 
 log = logging.getLogger("bridge.cache")
@@ -67,6 +68,7 @@ class Flight:
             self.outcome = "cancelled"
         except Exception:  # noqa: BLE001 - a failing stream must still release its followers
             log.exception("cache: reading the upstream stream failed")
+            emit("stage.failed", stage="cache", phase="frames")
             self.outcome = "truncated"
         if self.outcome == "complete":
             try:

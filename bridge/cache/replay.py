@@ -382,20 +382,23 @@ def stream_response(surface: str, frames: Iterable[Frame], rewriter: Rewriter,
     """A stream of `frames` rewritten for one client; `outcome` is set as the end passes."""
     codec = stream_codec(surface)
     response = streaming.stream_response(200, headers, iter(frames), codec)
-    response.map_frames(lambda source: _replayed(response, source, rewriter, codec))
+    response.map_frames(lambda source: _replayed(response, source, rewriter, surface))
     return response
 
 
 def _replayed(response: Response, frames: Iterator[Frame], rewriter: Rewriter,
-              codec: str) -> Iterator[Frame]:
+              surface: str) -> Iterator[Frame]:
+    codec = stream_codec(surface)
     for frame in frames:
         if streaming.is_terminal(frame, codec):
             response.outcome = "complete"
         out = rewriter.frame(frame)
         if out is not None:
             yield out
-    if response.outcome is None:
+    if response.outcome is None:  # a flight whose upstream stream broke off: say so
         response.outcome = "truncated"
+        yield streaming.error_frame(surface, "upstream stream ended "
+                                    "prematurely", code="upstream_stream_truncated")
 
 
 def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:

@@ -102,16 +102,17 @@ def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | No
 def start_bridge(*flags: str, upstream: str, workers: int = 2,
                  env: Mapping[str, str] | None = None, log_dir: Path | None = None,
                  via: str = "cli", graceful_stop: bool = False,
-                 listen_host: str = LOOPBACK) -> Process:
+                 listen_host: str = LOOPBACK, app: str = "wsgi:app") -> Process:
     """Start the bridge with gevent workers on a free port, in front of `upstream`.
 
     It listens on `listen_host` (e.g. "0.0.0.0" to test what a non-loopback bind does);
     its URL is always the loopback one.
 
     via="cli" runs `python -m bridge FLAGS`; via="gunicorn" runs
-    `gunicorn -c gunicorn.conf.py wsgi:app` with the flags given as BRIDGE_* variables
-    in `env` (flags are then not allowed). The bridge is stopped with gunicorn's quick
-    shutdown (SIGQUIT) unless `graceful_stop`, which waits for open connections.
+    `gunicorn -c gunicorn.conf.py APP` (`wsgi:app` unless a test serves its own) with the
+    flags given as BRIDGE_* variables in `env` (flags are then not allowed). The bridge
+    is stopped with gunicorn's quick shutdown (SIGQUIT) unless `graceful_stop`, which
+    waits for open connections.
     """
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
@@ -122,7 +123,7 @@ def start_bridge(*flags: str, upstream: str, workers: int = 2,
         env.setdefault("BRIDGE_LISTEN", f"{listen_host}:{port}")
         env.setdefault("BRIDGE_OLLAMA", upstream)
         env.setdefault("BRIDGE_WORKERS", str(workers))
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
     else:
         cmd = [sys.executable, "-m", "bridge", "-l", f"{listen_host}:{port}", "-o", upstream,
                "-w", str(workers), *flags]
