@@ -280,7 +280,7 @@ def test_keys_of_repeated_bodies_are_remembered_per_scope_and_bounded(tmp_path):
                       query="", headers={}, body=json.dumps(payload).encode(), request_id="r",
                       payload=payload)
         if scope is not None:
-            ex.notes["cache_scope"] = scope
+            ex.cache_scope = scope
         return stage._key(ex)
 
     question = {"model": "m", "messages": [{"role": "user", "content": "Q"}]}
