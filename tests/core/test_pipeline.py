@@ -105,8 +105,12 @@ def test_the_ollama_surface_answers_a_failure_in_its_own_shape(faulty: Process) 
 
 def test_after_every_failure_nothing_stays_held_and_each_was_logged_once(
         faulty: Process) -> None:
-    # every case of this module ran on this bridge: no call is still counted in flight,
-    # nobody waits for a slot, and the one slot is free (a last request gets it)
+    for position in POSITIONS:
+        for phase in (*PHASES, "frames"):
+            requests.post(faulty.url + "/v1/chat/completions", json=chat(phase == "frames"),
+                          headers={"x-fault": f"{position}:{phase}"}, timeout=10).close()
+    # no call is still counted in flight, nobody waits for a slot, and the one slot is
+    # free (a last request gets it at once)
     assert metric(faulty, "bridge_upstream_requests_in_flight") == 0
     assert metric(faulty, "bridge_admission_queue_length") == 0
     assert_served_at_once(faulty, chat())
