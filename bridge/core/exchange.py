@@ -19,6 +19,9 @@ log = logging.getLogger("bridge.pipeline")
 
 # Endpoints whose bodies are model requests (parsed, filtered, cached).
 MODEL_ENDPOINTS = frozenset({"chat", "completions", "embeddings", "generate", "embed"})
+# Endpoint of a path no surface serves: only a stage that asked to see those (the Lua
+# middleware) gets it, and answers it or refuses it with a 404.
+UNROUTED = "unrouted"
 
 
 def encode_json(data: Any) -> bytes:

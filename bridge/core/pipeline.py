@@ -44,9 +44,10 @@ log = logging.getLogger("bridge.pipeline")
 # The written-down order, outermost first. Each entry is a feature package whose `stage`
 # module exposes `make_stage(settings, context) -> Stage | None` (None when it is off).
 # Each feature uncomments its own line when it lands.
-# Coming later: the Lua hooks (after auth), async requests (before the think filter).
+# Coming later: async requests (before the think filter).
 STAGE_ORDER: Sequence[str] = (
     "bridge.observability",  # access log, request metrics: sees every exchange
+    "bridge.lua",  # the operator's Lua hooks: before the key checks, after everything else
     "bridge.shared_mode",  # shared mode: client keys, upstream key
     "bridge.think",  # outside the cache: filters hits and misses on the way out
     "bridge.cache",  # lookup (may answer) / store what the upstream produced

@@ -326,6 +326,21 @@ SETTINGS: list[Setting] = [
             "before answering 503", Integer(0, 3_600_000), 30_000, "MS"),
     Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
             "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
+    # --- LuaJIT middleware (bridge/lua) --------------------------------------------------
+    Setting("enable_luajit", ("--enable-luajit",), "run the Lua script's HandleServerRequest "
+            "on every request and HandleServerResponse on every response", Switch(), False),
+    Setting("luajit_script", ("--luajit-script",), "the Lua middleware script, checked at "
+            "start", Text("a file path", required=True), "./plugin.lua", "FILE"),
+    Setting("luajit_instances_power", ("--luajit-instances-power",), "LuaJIT runtimes per "
+            "worker, as a power of two (P=3: 8 runtimes)", Integer(1, 8), 1, "P"),
+    Setting("luajit_package_path", ("--luajit-package-path",), "where `require` finds Lua "
+            "modules (package.path templates, ';'-separated), before LuaJIT's default",
+            Text(), "", "PATHS"),
+    Setting("luajit_package_cpath", ("--luajit-package-cpath",), "where `require` finds C "
+            "modules (package.cpath templates), before LuaJIT's default and the system's "
+            "lua/5.1 directories", Text(), "", "PATHS"),
+    Setting("luajit_timeout", ("--luajit-timeout",), "time budget of each Lua hook call in "
+            "ms; a call over it answers 504", Integer(1, 600_000), 1000, "MS"),
 ]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

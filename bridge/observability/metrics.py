@@ -27,6 +27,7 @@ log = logging.getLogger("bridge.metrics")
 COUNTER, GAUGE_SET, GAUGE_ADD, HISTOGRAM = "counter", "gauge_set", "gauge_add", "histogram"
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LUA_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 1, 10)
 FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
@@ -114,6 +115,16 @@ METRICS: tuple[Metric, ...] = (
            "Entries in the shared disk tier", mode="max", only=(("tier", "disk"),)),
     Metric("cache.hot_threshold", GAUGE_SET, "bridge_cache_hot_threshold",
            "Current hot-promotion threshold, requests per minute", mode="livemostrecent"),
+    # Lua middleware
+    Metric("lua.call", COUNTER, "bridge_lua_calls_total",
+           "Calls of the Lua script's hooks, by hook", ("hook",)),
+    Metric("lua.error", COUNTER, "bridge_lua_errors_total",
+           "Lua hook calls that failed with a Lua error, by hook", ("hook",)),
+    Metric("lua.timeout", COUNTER, "bridge_lua_timeouts_total",
+           "Lua hook calls stopped at their time budget, by hook", ("hook",)),
+    Metric("lua.duration", HISTOGRAM, "bridge_lua_hook_duration_seconds",
+           "Duration of Lua hook calls, waiting for a free runtime included, by hook",
+           ("hook",), buckets=LUA_BUCKETS),
     # shared mode
     Metric("auth.refused", COUNTER, "bridge_auth_refused_total",
            "Requests refused by client-key authentication, by reason", ("reason",)),

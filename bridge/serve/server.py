@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
 from bridge.core import instance
-from bridge.core.settings import Settings
+from bridge.core.settings import PROG, Settings
 from bridge.observability import logs, metrics
 
 log = logging.getLogger("bridge.server")
@@ -24,6 +25,20 @@ log = logging.getLogger("bridge.server")
 def bind_address(settings: Settings) -> str:
     host, port = settings.listen
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_or_exit(settings: Settings) -> None:
+    """Start-up checks beyond the settings' own: the Lua script loads and defines its hooks.
+    A failure stops the bridge before it serves: one line on stderr, exit status 2."""
+    if not settings.enable_luajit:
+        return
+    from bridge.lua.runtime import ScriptError, check_script, script_config
+
+    try:
+        check_script(script_config(settings))
+    except ScriptError as exc:
+        print(f"{PROG}: error: --luajit-script: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
