@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 TEST_SCRIPT = HERE / "test_lua_hooks.lua"
 EXAMPLES = ROOT / "examples" / "lua"
 CHAT = "/v1/chat/completions"
-BUDGET_MS = 1000
+BUDGET_MS = 3000  # long enough for 20 requests on a busy 2-core machine
 
 
 def chat(url: str, content: str, model: str = "qwen2.5", **extra) -> requests.Response:
