@@ -276,7 +276,7 @@ SETTINGS: list[Setting] = [
             Integer(1024, 1 << 30), 16 << 20, "BYTES"),
     Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
             "per worker", Integer(1, 10_000), 256, "N"),
-    # --- think filter (bridge/think_filter.py) -----------------------------------------
+    # --- think filter (bridge/think/) ------------------------------------------------------
     Setting("disable_think_filter", ("--disable-think-filter",), "turn off removal of "
             "<think>...</think> and reasoning fields from responses", Switch(), False),
     Setting("keep_reasoning", ("--keep-reasoning",), "deliver the removed reasoning as "
@@ -284,7 +284,7 @@ SETTINGS: list[Setting] = [
     Setting("think_start_models", ("--think-start-models",), "models (regex on the name) "
             "whose output starts inside reasoning, with only </think> shown",
             Pattern(), DEFAULT_START_INSIDE_MODELS, "REGEX"),
-    # --- enterprise shared mode (bridge/auth.py, bridge/keystore.py) --------------------
+    # --- enterprise shared mode (bridge/shared_mode/) --------------------------------------
     Setting("enable_shared_mode", ("--enable-shared-mode",), "send every upstream request "
             "with the bridge's own key (--api-key), never the client's credentials; once "
             "client keys exist (`keys create`), clients must send one", Switch(), False),

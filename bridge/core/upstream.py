@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import random
 import time
 from contextlib import closing
@@ -25,6 +24,7 @@ from requests.adapters import HTTPAdapter
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
 from bridge.core.exchange import Exchange, Frame, Response
+from bridge.core.forking import PerProcess
 from bridge.core.settings import Settings
 
 log = logging.getLogger("bridge.upstream")
@@ -104,26 +104,22 @@ class UpstreamClient:
         self.backoff = Backoff(settings.retry_min_interval / 1000,
                                settings.retry_max_interval / 1000)
         self.pool_size = settings.upstream_pool_size
-        self._session: requests.Session | None = None
-        self._session_pid = 0
-        self._adapter: HTTPAdapter | None = None
+        # one pool per worker process, made after fork
+        self._transport = PerProcess(self._new_transport)
 
-    def _transport(self) -> tuple[requests.Session, HTTPAdapter]:
-        # One pool per worker process, created after fork.
-        if self._session is None or self._adapter is None or self._session_pid != os.getpid():
-            session = requests.Session()
-            session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
-                                  max_retries=0, pool_block=False)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._session, self._adapter, self._session_pid = session, adapter, os.getpid()
-        return self._session, self._adapter
+    def _new_transport(self) -> tuple[requests.Session, HTTPAdapter]:
+        session = requests.Session()
+        session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
+                              max_retries=0, pool_block=False)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session, adapter
 
     @property
     def session(self) -> requests.Session:
         """This worker's session; its adapter holds the connection pool."""
-        return self._transport()[0]
+        return self._transport.get()[0]
 
     def _send_once(self, method: str, url: str, headers: dict[str, str],
                    body: bytes) -> requests.Response:
@@ -136,7 +132,7 @@ class UpstreamClient:
         """
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=headers, data=body or None)
-        adapter = self._transport()[1]
+        adapter = self._transport.get()[1]
         return adapter.send(prepared, stream=True, timeout=(self.timeout, self.timeout))
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:

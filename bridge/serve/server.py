@@ -9,7 +9,6 @@ imports the app before gunicorn forks its workers.
 from __future__ import annotations
 
 import gc
-import logging
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
@@ -17,8 +16,6 @@ from gunicorn.app.base import BaseApplication
 from bridge.core import instance
 from bridge.core.settings import Settings
 from bridge.observability import logs, metrics
-
-log = logging.getLogger("bridge.server")
 
 
 def bind_address(settings: Settings) -> str:
@@ -42,7 +39,6 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "proc_name": "deepseek-ollama-bridge",
         "control_socket_disable": True,  # one per user by default: instances would collide
         "on_starting": on_starting,
-        "post_fork": post_fork,
         "post_worker_init": post_worker_init,
         "child_exit": child_exit,
         "when_ready": shared_mode_check(settings),
@@ -55,20 +51,13 @@ def on_starting(server: Any) -> None:
     instance.prepare()  # the run directory all workers share (rate limit, slots, metrics)
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    """In each new worker, right after fork."""
-
-
 def post_worker_init(worker: Any) -> None:
     """In each worker, once the app is loaded: start the stages now (background work such
     as the cache's TTL sweeps must not wait for a first request)."""
     pipeline = getattr(worker.wsgi, "extensions", {}).get("bridge.pipeline")
     if pipeline is None:
         return
-    try:
-        pipeline.start()
-    except Exception:  # noqa: BLE001 - a worker that cannot start a stage still serves
-        log.exception("starting the pipeline's stages failed")
+    pipeline.start()  # a stage that fails to start is logged; the worker still serves
     # What start-up made lives as long as the worker: out of the collector's way, so a
     # full collection no longer walks it while the event loop waits (measured with the
     # app loaded: 44k objects, a full collection 14 ms; after freeze() under 0.1 ms).
