@@ -38,7 +38,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "preload_app": False,  # SQLite handles, pools and greenlets must be created per worker
         "proc_name": "deepseek-ollama-bridge",
         "control_socket_disable": True,  # one per user by default: instances would collide
-        "on_starting": on_starting,
+        "on_starting": starting(settings),
         "post_worker_init": post_worker_init,
         "child_exit": child_exit,
         "when_ready": shared_mode_check(settings),
@@ -46,9 +46,15 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def on_starting(server: Any) -> None:
-    """In the master, before any worker exists."""
-    instance.prepare()  # the run directory all workers share (rate limit, slots, metrics)
+def starting(settings: Settings) -> Callable[[Any], None]:
+    """The master's `on_starting` hook (a closure: gunicorn logs its config)."""
+
+    def on_starting(server: Any) -> None:
+        """In the master, before any worker exists."""
+        instance.prepare()  # the run directory all workers share (rate limit, slots, metrics)
+        logs.configure(settings)  # the master's lines are redacted as the workers' are
+
+    return on_starting
 
 
 def post_worker_init(worker: Any) -> None:
