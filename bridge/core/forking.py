@@ -32,7 +32,3 @@ class PerProcess(Generic[T]):
             self._value = self._make()
             self._pid = pid
         return self._value  # type: ignore[return-value]
-
-    def made(self) -> bool:
-        """Whether this process has made its value."""
-        return self._pid == os.getpid()

@@ -158,8 +158,3 @@ def install(secrets: Iterable[str]) -> RedactingFilter:
             if _filter not in handler.filters:
                 handler.addFilter(_filter)
     return _filter
-
-
-def redact_log(text: str) -> str:
-    """`text` as the installed log filter would write it."""
-    return _filter.redactor.log_text(text)
