@@ -30,6 +30,7 @@ from bridge.core import instance
 from bridge.core.errors import ServiceUnavailable
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame
+from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 
@@ -44,36 +45,32 @@ class LockSlots:
 
     def __init__(self, directory: Path, name: str, count: int):
         self.paths = [directory / f"{name}-{index}.lock" for index in range(count)]
-        self._fds: list[int] = []
-        self._taken: set[int] = set()   # held by this process (flock does not exclude it)
-        self._pid = 0
-
-    def _files(self) -> list[int]:
-        if self._pid != os.getpid():  # descriptors of this process, opened after fork
-            self._fds = [os.open(path, os.O_RDWR | os.O_CREAT, 0o600) for path in self.paths]
-            self._taken, self._pid = set(), os.getpid()
-        return self._fds
+        # descriptors of this process, opened after fork (a flock is shared across fork),
+        # and the places it holds (its own flocks do not exclude it)
+        self._held = PerProcess(lambda: ([os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                                          for path in self.paths], set[int]()))
 
     def try_take(self) -> int | None:
         """Take a free place without waiting; its index, or None when all are taken."""
-        fds = self._files()
+        fds, taken = self._held.get()
         first = random.randrange(len(fds))
         for step in range(len(fds)):
             index = (first + step) % len(fds)
-            if index in self._taken:
+            if index in taken:
                 continue
             try:
                 fcntl.flock(fds[index], fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            self._taken.add(index)
+            taken.add(index)
             return index
         return None
 
     def give_back(self, index: int) -> None:
-        if index in self._taken:
-            self._taken.discard(index)
-            fcntl.flock(self._fds[index], fcntl.LOCK_UN)
+        fds, taken = self._held.get()
+        if index in taken:
+            taken.discard(index)
+            fcntl.flock(fds[index], fcntl.LOCK_UN)
 
 
 class Call:

@@ -104,7 +104,6 @@ def _probe(path: Path) -> None:
     if not path.exists():
         return
     with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as conn:
-        conn.execute("SELECT name FROM sqlite_master").fetchall()
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         if TABLE in tables:
             conn.execute(f'SELECT key, length(value) FROM "{TABLE}" ORDER BY rowid DESC '
@@ -342,15 +341,6 @@ class DiskTier:
         except sqlite3.Error as exc:
             self._failed(exc, "flight claim")
             return True
-
-    def claimed(self, key: str) -> bool:
-        """Whether a live lease on `key` is held (by any worker)."""
-        try:
-            return bool(self._select("SELECT 1 FROM cache_flights WHERE key = ? AND expires >= ?",
-                                     (key, time.time())))
-        except sqlite3.Error as exc:
-            self._failed(exc, "flight check")
-            return False
 
     def release(self, key: str) -> None:
         try:

@@ -159,6 +159,3 @@ class Flights:
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
         self._on_end(flight)
-
-    def __len__(self) -> int:
-        return len(self._flights)

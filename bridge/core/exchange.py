@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from bridge.core import events
 
@@ -27,6 +28,31 @@ UNROUTED = "unrouted"
 def encode_json(data: Any) -> bytes:
     """Compact JSON, the way the bridge writes every body and frame it builds itself."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Usage(NamedTuple):
+    """Tokens of one answer, as its producer reported them."""
+
+    prompt: int
+    completion: int
+
+
+_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|prompt_eval_count|eval_count)"'
+                    rb"\s*:\s*(\d+)")
+USAGE_MARKERS = (b'"usage"', b'"eval_count"')  # in every body or frame that reports usage
+
+
+def usage_in(raw: bytes) -> Usage | None:
+    """The usage a JSON body or frame reports: OpenAI's `usage`, or Ollama's final counts.
+    Read from the bytes without parsing them: inside a JSON string the quotes around
+    these names would be escaped, so only real keys match."""
+    if not any(marker in raw for marker in USAGE_MARKERS):
+        return None
+    counts = {name: int(value) for name, value in _USAGE.findall(raw)}
+    if not counts:
+        return None
+    return Usage(counts.get(b"prompt_tokens", counts.get(b"prompt_eval_count", 0)),
+                 counts.get(b"completion_tokens", counts.get(b"eval_count", 0)))
 
 
 class Frame:
@@ -160,6 +186,9 @@ class Exchange:
     client_key: str | None = None     # NAME of the client key shared mode accepted
     cache_scope: str | None = None    # partitions the cache (e.g. one cache per client key)
     upstream: str | None = None       # base URL of the upstream chosen; None: the configured one
+    # The usage the upstream reported for this exchange's call, read where its body or
+    # frames are read: set even when the client did not ask for usage and never sees it.
+    usage: Usage | None = None
     upstream_attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
     notes: dict[str, Any] = field(default_factory=dict)  # one stage's private scratch space

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from typing import Iterator, Sequence
 
 from bridge.core import streaming
 from bridge.core.errors import BridgeError, InternalError, error_response
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, Response
+from bridge.core.forking import PerProcess
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
 
@@ -88,18 +88,22 @@ class Pipeline:
             stage = module.make_stage(settings, self.context)
             if stage is not None:
                 self.stages.append(stage)
-        self._started_pid = 0
+        self._started = PerProcess(self._start_stages)
 
     def stage(self, name: str) -> Stage | None:
         return next((stage for stage in self.stages if stage.name == name), None)
 
     def start(self) -> None:
         """Start every stage once in this process (idempotent; safe after fork)."""
-        if self._started_pid == os.getpid():
-            return
-        self._started_pid = os.getpid()
+        self._started.get()
+
+    def _start_stages(self) -> None:
         for stage in self.stages:
-            stage.start()
+            try:
+                stage.start()
+            except Exception:  # noqa: BLE001 - the other stages still start; it is said once
+                log.exception("stage %s failed to start", stage.name)
+                emit("stage.failed", stage=stage.name, phase="start")
 
     def handle(self, ex: Exchange) -> Response:
         """Answer a client's exchange with every stage."""

@@ -2,7 +2,7 @@
 
 Pure text logic, no HTTP: `ThinkFilter` splits a stream of text pieces into answer and
 reasoning pieces, `split_think` does the same for a whole text, and `strip_history`
-cleans an earlier assistant message. The pipeline stage `bridge/think_filter.py` applies them
+cleans an earlier assistant message. The pipeline stage `bridge/think/stage.py` applies them
 to the payloads of each API surface.
 
 The rules (non-stream and stream give the same result for any way of cutting the text):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from bridge.core.exchange import Frame, Response, encode_json
+from bridge.core.exchange import Frame, Response
 
 SSE = "sse"
 NDJSON = "ndjson"
@@ -123,10 +123,6 @@ def stream_response(status: int, headers: dict[str, str], frames: Iterator[Frame
     headers = dict(headers)
     headers["content-type"] = headers.get("content-type") or CONTENT_TYPES.get(codec, "")
     return Response(status=status, headers=headers, frames=frames, codec=codec)
-
-
-def single_body(data: dict) -> bytes:
-    return encode_json(data) + b"\n"
 
 
 @contextmanager

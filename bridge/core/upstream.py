@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import random
 import time
 from contextlib import closing
@@ -24,8 +23,9 @@ from requests.adapters import HTTPAdapter
 
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
-from bridge.core.exchange import Exchange, Frame, Response
-from bridge.core.settings import Settings
+from bridge.core.exchange import Exchange, Frame, Response, usage_in
+from bridge.core.forking import PerProcess
+from bridge.core.settings import Settings, upstream_key
 
 log = logging.getLogger("bridge.upstream")
 
@@ -40,6 +40,10 @@ NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding
 NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
 READ_SIZE = 65536
+
+# What `readiness()` finds: /ready's `status`
+READY, NOT_REACHABLE = "ready", "upstream unreachable"
+KEY_REFUSED = "upstream refuses the bridge's key (--api-key)"
 
 
 @dataclass(frozen=True)
@@ -104,26 +108,24 @@ class UpstreamClient:
         self.backoff = Backoff(settings.retry_min_interval / 1000,
                                settings.retry_max_interval / 1000)
         self.pool_size = settings.upstream_pool_size
-        self._session: requests.Session | None = None
-        self._session_pid = 0
-        self._adapter: HTTPAdapter | None = None
+        key = upstream_key(settings) if settings.enable_shared_mode else ""
+        self.probe_headers = {"authorization": f"Bearer {key}"} if key else {}
+        # one pool per worker process, made after fork
+        self._transport = PerProcess(self._new_transport)
 
-    def _transport(self) -> tuple[requests.Session, HTTPAdapter]:
-        # One pool per worker process, created after fork.
-        if self._session is None or self._adapter is None or self._session_pid != os.getpid():
-            session = requests.Session()
-            session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
-                                  max_retries=0, pool_block=False)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._session, self._adapter, self._session_pid = session, adapter, os.getpid()
-        return self._session, self._adapter
+    def _new_transport(self) -> tuple[requests.Session, HTTPAdapter]:
+        session = requests.Session()
+        session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
+                              max_retries=0, pool_block=False)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session, adapter
 
     @property
     def session(self) -> requests.Session:
         """This worker's session; its adapter holds the connection pool."""
-        return self._transport()[0]
+        return self._transport.get()[0]
 
     def _send_once(self, method: str, url: str, headers: dict[str, str],
                    body: bytes) -> requests.Response:
@@ -136,7 +138,7 @@ class UpstreamClient:
         """
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=headers, data=body or None)
-        adapter = self._transport()[1]
+        adapter = self._transport.get()[1]
         return adapter.send(prepared, stream=True, timeout=(self.timeout, self.timeout))
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:
@@ -198,6 +200,8 @@ class UpstreamClient:
             return response
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline))
+        if upstream.ok and ex.is_model_request:
+            ex.usage = usage_in(body) or ex.usage
         return Response(status=upstream.status_code, headers=headers, body=body)
 
     def _body(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
@@ -242,8 +246,11 @@ class UpstreamClient:
         that hangs up closes this generator, which stops the generation upstream).
         `response.outcome` says how it ended."""
         failure: BridgeError | None = None
+        counted = ex.is_model_request and codec != streaming.RAW
         try:
             for frame in streaming.READERS[codec](self._body(upstream, deadline)):
+                if counted:  # read here: a stage may drop the frame the client did not ask for
+                    ex.usage = usage_in(frame.raw) or ex.usage
                 if streaming.is_terminal(frame, codec):
                     response.outcome = "complete"
                 yield frame
@@ -265,10 +272,16 @@ class UpstreamClient:
         if codec != streaming.RAW:
             yield streaming.error_frame(ex.surface, message, code or "stream_error")
 
-    def reachable(self, timeout: float = 2.0) -> bool:
-        """Whether the upstream answers HTTP at all (any status counts as reachable)."""
+    def readiness(self, timeout: float = 2.0) -> str:
+        """"ready" when the upstream answers HTTP (any status: clients bring their own
+        credentials), else why not. In shared mode the probe carries the bridge's upstream
+        key, as every request does, and a 401/403 means the upstream refuses that key."""
         try:
-            self.session.get(self.base_url + "/", timeout=(timeout, timeout)).close()
+            answer = self.session.get(self.base_url + "/", headers=self.probe_headers,
+                                      timeout=(timeout, timeout))
+            answer.close()
         except requests.RequestException:
-            return False
-        return True
+            return NOT_REACHABLE
+        if self.probe_headers and answer.status_code in (401, 403):
+            return KEY_REFUSED
+        return READY

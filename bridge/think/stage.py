@@ -1,6 +1,6 @@
 """The think-filter stage: reasoning out of the answers of the four generation APIs.
 
-`bridge/think_tags.py` decides what is reasoning in a text; this stage knows where
+`bridge/core/reasoning.py` decides what is reasoning in a text; this stage knows where
 text and reasoning live in each API's payloads (OpenAI chat and completions, Ollama
 chat and generate; whole bodies and stream events), cleans the history of requests,
 and drops stream events left with nothing to say. It sits outside the cache: the cache
