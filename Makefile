@@ -17,7 +17,7 @@ run: $(VENV)/.installed
 	$(PY) -m bridge.serve.demo $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 3 tests
+	$(PY) -m pytest -q -n 3 --dist loadfile tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bridge tests bench
