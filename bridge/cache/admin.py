@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sqlite3
 import sys
 from typing import Any, Sequence
@@ -52,9 +53,14 @@ def main(argv: Sequence[str]) -> int:
     if not path.exists():
         print(f"no cache file at {path}", file=sys.stderr)
         return 1
+    # this command reports in one line of its own, not with the workers' log lines
+    logging.getLogger("bridge.cache").addHandler(logging.NullHandler())
     disk = DiskTier(settings.cache_dir, settings.cache_ttl / 1000, settings.cache_max_entries)
     try:
         disk.open()
+        if disk.moved_aside is not None:
+            return _fail(f"{path} was unreadable: moved aside to {disk.moved_aside.name}; "
+                         "a fresh, empty cache file was started")
         if args.action == "purge":
             removed = disk.purge(args.model)
             what = f"of model {args.model!r} " if args.model is not None else ""
@@ -64,9 +70,10 @@ def main(argv: Sequence[str]) -> int:
     except (sqlite3.Error, OSError) as exc:
         if isinstance(exc, sqlite3.Error) and is_corruption(exc):
             disk.recover(exc)
-            return _fail(f"{path} is unreadable ({exc}); it was moved aside and a fresh "
-                         "cache file started")
-        return _fail(f"cannot read {path}: {exc}")
+            if disk.moved_aside is not None:
+                return _fail(f"{path} was unreadable ({exc}): moved aside to "
+                             f"{disk.moved_aside.name}; a fresh, empty cache file was started")
+        return _fail(f"cannot read {path}: {type(exc).__name__}: {exc}")
     finally:
         disk.close()
     _print(stats, args.json)

@@ -190,6 +190,7 @@ class DiskTier:
         self.db: _Table | None = None
         self._inode = 0
         self._recovered_at = 0.0
+        self.moved_aside: Path | None = None  # where this process moved a corrupt file
         self._maintenance: sqlite3.Connection | None = None  # opened on first use
         self._maintenance_lock = threading.Lock()  # one statement at a time on it
 
@@ -205,7 +206,7 @@ class DiskTier:
                 if not is_corruption(exc):
                     raise
                 self.close()
-                _move_aside(self.path, str(exc))
+                self.moved_aside = _move_aside(self.path, str(exc))
                 self._connect()
         return self
 
@@ -251,7 +252,7 @@ class DiskTier:
             except FileNotFoundError:
                 same_file = False
             if same_file and is_corruption(exc):
-                _move_aside(self.path, str(exc))
+                self.moved_aside = _move_aside(self.path, str(exc))
             try:
                 self._connect()
             except sqlite3.Error as again:
