@@ -231,7 +231,8 @@ def test_a_file_with_corrupt_pages_is_moved_aside_once(standin, make_bridge, tmp
     assert post(bridge, body).headers["x-cache"] == "MISS"
     seen = {post(bridge, body, headers={"Connection": "close"}).headers["x-cache"]
             for _ in range(12)}
-    assert "HIT-DISK" in seen and "MISS" not in seen  # both workers use the fresh file
+    assert seen <= {"HIT-MEMORY", "HIT-DISK"}  # either worker: a hit (from the fresh file)
+    assert standin.count(CHAT) == 1
     log = bridge.log()
     assert log.count("moved aside") == 1 and "disk tier unavailable" not in log
     aside = [path for path in tmp_path.glob(f"{FILE_NAME}.corrupt-*")
