@@ -42,3 +42,16 @@ def keys_command(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bridge", "keys", "--state-dir",
                            str(state_dir), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=30)
+
+
+def show_upstream_is_open(bridge: Any, model: str = "qwen3") -> None:
+    """One chat request without credentials through a cache bridge: its 2xx shows the
+    cache that the upstream lets everyone in, so stored answers then go to every client
+    (a fresh instance otherwise serves hits only to credentials the upstream accepted)."""
+    import uuid
+
+    import requests
+
+    requests.post(bridge.url + "/v1/chat/completions", timeout=30, json={
+        "model": model, "messages": [{"role": "user", "content": f"hello {uuid.uuid4().hex}"}],
+    }).raise_for_status()

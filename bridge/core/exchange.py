@@ -221,10 +221,33 @@ class Exchange:
         """Run `callback(exchange)` once the response has been sent or the client left."""
         self._closers.append(callback)
 
+    @property
+    def closer_count(self) -> int:
+        """How many closers are registered: a mark for `take_closers`."""
+        return len(self._closers)
+
+    def take_closers(self, since: int) -> Callable[[], None]:
+        """Take the closers registered after the first `since` ones out of this exchange;
+        returns what runs them (as `close` does, at most once). For a stage that hands
+        the rest of the exchange to a greenlet of its own: the cache's single-flight
+        producer owns the upstream call, and the stages inside it (the admission slot)
+        end with that call, not when the client leaves."""
+        taken, self._closers = self._closers[since:], self._closers[:since]
+
+        def run() -> None:
+            closers = list(taken)
+            taken.clear()
+            self._run_closers(closers)
+
+        return run
+
     def close(self) -> None:
         """Run the closers, innermost first, each exactly once; one that fails is logged
         and the others still run."""
         closers, self._closers = self._closers, []
+        self._run_closers(closers)
+
+    def _run_closers(self, closers: list[Callable[["Exchange"], None]]) -> None:
         for callback in reversed(closers):
             try:
                 callback(self)
