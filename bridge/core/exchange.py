@@ -137,6 +137,21 @@ class Response:
             self.set_body(stamp(self.body))
 
 
+class UpstreamSlot:
+    """A place held for an exchange's upstream call (the admission stage's slot), set on
+    `Exchange.slot` by the stage that holds it. The upstream client gives it back while
+    it waits between retries, so a back-off does not keep a GPU slot idle, and takes it
+    again before the next attempt. This base holds nothing."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        """Give the place back for a while."""
+
+    def retake(self) -> None:
+        """Take a place again; raises a `BridgeError` (e.g. a 503) when none comes."""
+
+
 @dataclass
 class Exchange:
     """One client request and everything the bridge learns while answering it."""
@@ -157,6 +172,7 @@ class Exchange:
     client_key: str | None = None     # NAME of the client key shared mode accepted
     cache_scope: str | None = None    # partitions the cache (e.g. one cache per client key)
     upstream: str | None = None       # base URL of the upstream chosen; None: the configured one
+    slot: UpstreamSlot | None = None  # the upstream call's admission slot, if one is held
     upstream_attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
     notes: dict[str, Any] = field(default_factory=dict)  # one stage's private scratch space
