@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
@@ -33,7 +34,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "worker_class": "bridge.serve.worker.GeventWorker",
         "worker_connections": 2000,
         "keepalive": 5,
-        "graceful_timeout": 30,
+        "graceful_timeout": math.ceil(settings.graceful_timeout / 1000),
         "timeout": 60,
         "loglevel": "debug" if settings.debug else "info",
         "accesslog": None,

@@ -263,7 +263,7 @@ def to_flask(ex: Exchange, response: Response) -> flask.Response:
         headers["x-accel-buffering"] = "no"  # nginx in front: relay each chunk at once
         # not direct_passthrough: werkzeug then returns the stream without the iterator
         # that runs `call_on_close` callbacks, and `ex.close` would never run for streams
-        result = flask.Response(_relay(response), status=response.status, headers=headers)
+        result = flask.Response(_relay(ex, response), status=response.status, headers=headers)
     else:
         result = flask.Response(response.body, status=response.status, headers=headers)
     if log.isEnabledFor(logging.DEBUG):
@@ -282,8 +282,20 @@ def _trace_end(ex: Exchange) -> None:
               ex.elapsed * 1000, ex.upstream_attempts, ex.request_id)
 
 
-def _relay(response: Response) -> Iterator[bytes]:
+def _relay(ex: Exchange, response: Response) -> Iterator[bytes]:
     assert response.frames is not None and response.codec is not None
-    with streaming.owned(response.frames) as frames:  # a client hanging up closes the upstream
-        for frame in frames:
-            yield streaming.encode(frame, response.codec)
+    codec = response.codec
+    try:
+        with streaming.owned(response.frames) as frames:  # a client hanging up closes the upstream
+            for frame in frames:
+                yield streaming.encode(frame, codec)
+    except gevent.GreenletExit:
+        # The worker is stopping and this stream outlived the graceful timeout (or the
+        # stop was a quick one): end it with an error the client can see, not a cut.
+        response.outcome = "stopped"
+        log.warning("stream cut: the bridge is stopping (its graceful timeout ran out, or "
+                    "a quick stop) [%s]", ex.request_id)
+        if codec != streaming.RAW:
+            yield streaming.encode(streaming.error_frame(
+                ex.surface, "the bridge is stopping; the stream was cut before its end",
+                "server_shutting_down"), codec)
