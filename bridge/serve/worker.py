@@ -22,6 +22,7 @@ import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
 STOP_POLL_SECONDS = 0.1
+QUICK_STOP_SECONDS = 1.0  # how long a quick stop lets cut streams send their error event
 
 
 def cut_delay(graceful_timeout: float) -> float:
@@ -58,6 +59,7 @@ class GeventWorker(_GunicornGeventWorker):
         self.idle: dict[Any, _IdleWait] = {}
         self.busy: set[Any] = set()  # greenlets serving a request (a stream included)
         self.quick = False
+        self._main: Any = None
         super().init_process()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
@@ -75,26 +77,40 @@ class GeventWorker(_GunicornGeventWorker):
         return _IdleWait(self)
 
     def handle_quit(self, sig: Any, frame: Any) -> None:
-        """SIGINT and SIGQUIT: stop now, without gunicorn's `sys.exit` from a greenlet."""
+        """SIGINT and SIGQUIT: stop now, without gunicorn's `sys.exit` from a greenlet
+        (see `_when_stopping`)."""
         self.quick = True
         self.alive = False
 
     def run(self) -> None:
+        self._main = gevent.getcurrent()
         gevent.spawn(self._when_stopping)
-        super().run()
+        try:
+            super().run()
+        except _QuickStop:
+            pass  # the streams in progress were ended; nothing else to wait for
 
     def _when_stopping(self) -> None:
         while self.alive:
             gevent.sleep(STOP_POLL_SECONDS)
-        if self.quick:
-            self.cfg.worker_int(self)
         cut_at = time.monotonic() + cut_delay(self.cfg.graceful_timeout)
-        cut = False
+        cut_time = None
         while True:  # until the worker exits: a connection may finish its request later
             for wait in list(self.idle.values()):
                 wait.end()
-            if not cut and (self.quick or time.monotonic() >= cut_at):
-                cut = True
+            now = time.monotonic()
+            if cut_time is None and (self.quick or now >= cut_at):
+                cut_time = now
                 # GreenletExit: the relay of a stream ends it with an error event
                 gevent.killall(list(self.busy), block=False)
+            if self.quick and cut_time is not None and (
+                    not self.busy or now > cut_time + QUICK_STOP_SECONDS):
+                self.cfg.worker_int(self)
+                gevent.kill(self._main, _QuickStop)  # out of gunicorn's 1 s sleep loop
+                return
             gevent.sleep(STOP_POLL_SECONDS)
+
+
+class _QuickStop(BaseException):
+    """Ends the worker's main loop at once (a BaseException: gunicorn's loop catches
+    Exception)."""
