@@ -29,7 +29,7 @@ from typing import Iterator
 from bridge.core import instance
 from bridge.core.errors import ServiceUnavailable
 from bridge.core.events import emit
-from bridge.core.exchange import Exchange, Frame
+from bridge.core.exchange import Exchange, Frame, UpstreamSlot
 from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
@@ -73,26 +73,50 @@ class LockSlots:
             fcntl.flock(fds[index], fcntl.LOCK_UN)
 
 
-class Call:
-    """One upstream call in progress: its slot (if any), start, and whether it has ended."""
+class Call(UpstreamSlot):
+    """One upstream call in progress: its slot (if any), start, and whether it has ended.
+    As `Exchange.slot` it lets the upstream client give the slot back during a retry's
+    back-off and take one again."""
 
-    __slots__ = ("slot", "started", "first_frame", "ended", "_unlost", "__weakref__")
+    __slots__ = ("stage", "slot", "started", "first_frame", "ended", "_unlost", "__weakref__")
 
-    def __init__(self, slots: LockSlots | None, slot: int | None):
-        self.slot = slot
+    def __init__(self, stage: "AdmissionStage"):
+        self.stage = stage
+        self.slot: int | None = None
+        self._unlost: weakref.finalize | None = None
+        self._hold(stage._acquire())
         self.started = time.perf_counter()
         self.first_frame = False
         self.ended = False
+
+    def _hold(self, slot: int | None) -> None:
+        self.slot = slot
+        slots = self.stage.slots
         # a call dropped by an unexpected error still gives its slot back when collected
         self._unlost = (weakref.finalize(self, slots.give_back, slot)
                         if slots is not None and slot is not None else None)
 
-    def end(self) -> float:
-        """Mark the call over; the seconds it lasted."""
-        self.ended = True
+    def _drop(self) -> int | None:
+        """Stop holding the slot; the slot that was held (the caller gives it back)."""
+        slot, self.slot = self.slot, None
         if self._unlost is not None:
             self._unlost.detach()
-        return time.perf_counter() - self.started
+            self._unlost = None
+        return slot
+
+    def release(self) -> None:
+        slot = self._drop()
+        if slot is not None:
+            self.stage._give_back(slot)
+
+    def retake(self) -> None:
+        if not self.ended and self.slot is None and self.stage.slots is not None:
+            self._hold(self.stage._acquire())
+
+    def end(self) -> tuple[float, int | None]:
+        """Mark the call over; the seconds it lasted and the slot it still held."""
+        self.ended = True
+        return time.perf_counter() - self.started, self._drop()
 
 
 class AdmissionStage(Stage):
@@ -154,9 +178,14 @@ class AdmissionStage(Stage):
 
     # --- the call ---------------------------------------------------------------------
 
+    def _give_back(self, slot: int) -> None:
+        assert self.slots is not None
+        self.slots.give_back(slot)
+        self._freed.set()
+
     def on_request(self, ex: Exchange) -> None:
-        call = Call(self.slots, self._acquire())
-        ex.notes[_CALL] = call
+        call = Call(self)
+        ex.notes[_CALL] = ex.slot = call
         ex.on_close(self._end)  # the client left before the stream was read
         emit("upstream.in_flight", 1)
 
@@ -185,11 +214,10 @@ class AdmissionStage(Stage):
         call: Call | None = ex.notes.get(_CALL)
         if call is None or call.ended:
             return
-        held = call.end()
-        if call.slot is not None and self.slots is not None:
-            self.slots.give_back(call.slot)
+        held, slot = call.end()
+        if slot is not None:
+            self._give_back(slot)
             self._hold_seconds += (held - self._hold_seconds) / 8
-            self._freed.set()
         emit("upstream.in_flight", -1)
         status = str(ex.response.status) if ex.response is not None else ""
         emit("upstream.duration", held, endpoint=ex.endpoint, status=status)

@@ -166,6 +166,21 @@ class Response:
             self.set_body(stamp(self.body))
 
 
+class UpstreamSlot:
+    """A place held for an exchange's upstream call (the admission stage's slot), set on
+    `Exchange.slot` by the stage that holds it. The upstream client gives it back while
+    it waits between retries, so a back-off does not keep a GPU slot idle, and takes it
+    again before the next attempt. This base holds nothing."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        """Give the place back for a while."""
+
+    def retake(self) -> None:
+        """Take a place again; raises a `BridgeError` (e.g. a 503) when none comes."""
+
+
 @dataclass
 class Exchange:
     """One client request and everything the bridge learns while answering it."""
@@ -189,6 +204,7 @@ class Exchange:
     # The usage the upstream reported for this exchange's call, read where its body or
     # frames are read: set even when the client did not ask for usage and never sees it.
     usage: Usage | None = None
+    slot: UpstreamSlot | None = None  # the upstream call's admission slot, if one is held
     upstream_attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
     notes: dict[str, Any] = field(default_factory=dict)  # one stage's private scratch space

@@ -264,6 +264,9 @@ SETTINGS: list[Setting] = [
     Setting("timeout", ("-t", "--timeout"), "timeout of each upstream HTTP request, "
             "connect + whole response (streams too), in ms", Integer(1000, 86_400_000),
             300_000, "MS"),
+    Setting("connect_timeout", ("--connect-timeout",), "longest wait in ms for the upstream "
+            "to accept a connection, within -t (a black-holed host fails fast)",
+            Integer(100, 86_400_000), 10_000, "MS"),
     Setting("retry_attempts", ("-a", "--retry-attempts"), "max retries after a failed "
             "upstream call; 0 = none", Integer(0, 1024), 0, "N"),
     Setting("retry_min_interval", ("-i", "--retry-min-interval"), "first retry wait in ms, "
@@ -274,6 +277,12 @@ SETTINGS: list[Setting] = [
             Integer(1, 256), None, "N"),
     Setting("max_body_size", ("--max-body-size",), "largest accepted request body in bytes",
             Integer(1024, 1 << 30), 16 << 20, "BYTES"),
+    Setting("body_read_timeout", ("--body-read-timeout",), "longest time in ms a client may "
+            "take to send its whole request body; slower bodies get 408",
+            Integer(100, 3_600_000), 30_000, "MS"),
+    Setting("graceful_timeout", ("--graceful-timeout",), "on stop, how long in ms requests "
+            "and streams in progress may take to finish; streams still running are then "
+            "ended with an error event", Integer(1000, 3_600_000), 30_000, "MS"),
     Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
             "per worker", Integer(1, 10_000), 256, "N"),
     # --- think filter (bridge/think/) ------------------------------------------------------

@@ -110,6 +110,15 @@ def is_terminal(frame: Frame, codec: str) -> bool:
     return False
 
 
+def is_error(frame: Frame) -> bool:
+    """Whether the frame is an in-band error (`{"error": …}`), as Ollama and OpenAI-style
+    servers send one when a stream fails after it started."""
+    if frame.verbatim or b'"error"' not in frame.raw:  # most frames: no JSON parsing
+        return False
+    data = frame.data
+    return isinstance(data, dict) and "error" in data
+
+
 def error_frame(surface: str, message: str, code: str = "stream_error") -> Frame:
     """The in-band error a client sees when a stream cannot finish normally."""
     if surface == "ollama":

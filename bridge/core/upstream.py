@@ -1,9 +1,10 @@
 """The upstream client: the only code that talks HTTP to Ollama or the OpenAI-compatible API.
 
 It owns connection pooling (one `requests.Session` per worker process, created on first
-use, after fork), the `-t` timeout (connect + response, and a deadline for streams),
-retries with exponential back-off and jitter (`-a/-i/-m`, honouring `Retry-After`),
-and the mapping of transport failures to gateway errors (502, 504).
+use, after fork), the `-t` timeout (connect + response, and a deadline for streams) with
+its shorter `--connect-timeout`, retries with exponential back-off and jitter
+(`-a/-i/-m`, honouring `Retry-After`, the admission slot given back while waiting), and
+the mapping of transport failures to gateway errors (502, 504).
 """
 
 from __future__ import annotations
@@ -98,12 +99,14 @@ class UpstreamClient:
 
     `-t` bounds each upstream request as a whole: connecting, waiting for the headers
     and reading the body share one budget, so a stream that outlives it is cut with an
-    in-band error and a log line, whatever the pace of its chunks.
+    in-band error and a log line, whatever the pace of its chunks. Connecting alone has
+    the shorter `--connect-timeout` (within `-t`): a host that drops packets fails fast.
     """
 
     def __init__(self, settings: Settings):
         self.base_url = settings.ollama
         self.timeout = settings.timeout / 1000
+        self.connect_timeout = min(settings.connect_timeout, settings.timeout) / 1000
         self.attempts = 1 + settings.retry_attempts
         self.backoff = Backoff(settings.retry_min_interval / 1000,
                                settings.retry_max_interval / 1000)
@@ -139,7 +142,8 @@ class UpstreamClient:
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=headers, data=body or None)
         adapter = self._transport.get()[1]
-        return adapter.send(prepared, stream=True, timeout=(self.timeout, self.timeout))
+        return adapter.send(prepared, stream=True,
+                            timeout=(self.connect_timeout, self.timeout))
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:
         headers = forwardable(ex.headers, NOT_FORWARDED_REQUEST)
@@ -151,7 +155,9 @@ class UpstreamClient:
         """Call the upstream with retries; raise `UpstreamUnavailable`/`UpstreamTimeout`.
 
         A failure is retried only before anything of its response was used: connection
-        errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`.
+        errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`. The
+        exchange's admission slot is given back during each back-off and taken again
+        before the next attempt (which may then wait in the admission queue, or get 503).
         """
         url = self.base_url + upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
         headers = self.request_headers(ex)
@@ -182,11 +188,22 @@ class UpstreamClient:
             log.warning("upstream attempt %d/%d failed (%s); retrying in %.3fs [%s]",
                         attempt, self.attempts, detail, wait, ex.request_id)
             events.emit("upstream.retry")
-            time.sleep(wait)
+            self._back_off(ex, wait)
         log.error("upstream failed after %d attempt(s) (%s) [%s]", self.attempts, detail,
                   ex.request_id)
         assert failure is not None
         raise failure
+
+    @staticmethod
+    def _back_off(ex: Exchange, wait: float) -> None:
+        slot = ex.slot
+        if slot is not None:
+            slot.release()
+        try:
+            time.sleep(wait)
+        finally:
+            if slot is not None:
+                slot.retake()
 
     def _response(self, ex: Exchange, upstream: requests.Response, deadline: float) -> Response:
         headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
@@ -206,7 +223,9 @@ class UpstreamClient:
 
     def _body(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
         """The upstream body as it arrives, chunk by chunk (never waiting to fill a
-        buffer), each read bounded by what is left of the `-t` budget."""
+        buffer), each read bounded by what is left of the `-t` budget. A body that ends
+        before its end (a dropped connection, fewer bytes than its Content-Length) is a
+        502 saying so."""
         raw = upstream.raw
         connection = raw.connection
         if raw.chunked:
@@ -228,14 +247,26 @@ class UpstreamClient:
         except BridgeError:
             raise
         except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
-            raise self.transport_error(exc) from None
+            if self.is_timeout(exc):
+                raise self.timeout_error("response exceeded") from None
+            raise UpstreamUnavailable("upstream closed the response early",
+                                      code="upstream_closed_early") from None
 
     def timeout_error(self, what: str) -> UpstreamTimeout:
         return UpstreamTimeout(f"upstream {what} the {self.timeout:g}s timeout (-t)")
 
+    @staticmethod
+    def is_timeout(exc: Exception) -> bool:
+        return (isinstance(exc, (requests.Timeout, TimeoutError))
+                or "Timeout" in type(exc).__name__)
+
     def transport_error(self, exc: Exception) -> BridgeError:
-        """The gateway error for a transport failure: 504 for timeouts, else 502."""
-        if isinstance(exc, (requests.Timeout, TimeoutError)) or "Timeout" in type(exc).__name__:
+        """The gateway error for a failure before the answer: 504 for timeouts, else 502."""
+        if isinstance(exc, requests.ConnectTimeout):
+            return UpstreamTimeout(f"upstream did not accept a connection within the "
+                                   f"{self.connect_timeout:g}s connect timeout "
+                                   "(--connect-timeout)")
+        if self.is_timeout(exc):
             return self.timeout_error("did not answer within")
         return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
 
@@ -244,15 +275,19 @@ class UpstreamClient:
         """Relay frames as they arrive; a stream that does not end normally ends with an
         in-band error, and the upstream connection is closed whatever happens (a client
         that hangs up closes this generator, which stops the generation upstream).
-        `response.outcome` says how it ended."""
+        `response.outcome` says how it ended. An upstream that sent its own in-band error
+        before it stopped has said what went wrong: no second error is added."""
         failure: BridgeError | None = None
         counted = ex.is_model_request and codec != streaming.RAW
+        told = False  # the upstream sent an in-band error
         try:
             for frame in streaming.READERS[codec](self._body(upstream, deadline)):
                 if counted:  # read here: a stage may drop the frame the client did not ask for
                     ex.usage = usage_in(frame.raw) or ex.usage
                 if streaming.is_terminal(frame, codec):
                     response.outcome = "complete"
+                elif streaming.is_error(frame):
+                    told = True
                 yield frame
         except BridgeError as err:
             failure = err
@@ -265,6 +300,10 @@ class UpstreamClient:
         if isinstance(failure, UpstreamTimeout):
             response.outcome = "timeout"
             message, code = failure.message, failure.code
+        elif told:
+            response.outcome = "truncated"
+            log.warning("upstream stream ended with its own error [%s]", ex.request_id)
+            return
         else:
             response.outcome = "truncated"
             message, code = "upstream stream ended prematurely", "upstream_stream_truncated"

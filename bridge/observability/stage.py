@@ -145,7 +145,8 @@ def record(*, method: str, path: str, route: str, status: int, remote: str, dura
     """The access line and request events of one finished request."""
     outcome = None
     if ex is not None and ex.response is not None:
-        gone = ex.response.streaming and not ex.notes.get(_RELAYED)
+        gone = (ex.response.streaming and not ex.notes.get(_RELAYED)
+                and ex.response.outcome != "stopped")  # cut by the worker at stop
         outcome = "client_left" if gone else ex.response.outcome
     fields = {
         "remote": remote, "method": method, "path": path, "status": status,

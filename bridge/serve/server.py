@@ -9,6 +9,7 @@ imports the app before gunicorn forks its workers.
 from __future__ import annotations
 
 import gc
+import math
 import sys
 from typing import Any, Callable
 
@@ -45,7 +46,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "worker_class": "bridge.serve.worker.GeventWorker",
         "worker_connections": 2000,
         "keepalive": 5,
-        "graceful_timeout": 30,
+        "graceful_timeout": math.ceil(settings.graceful_timeout / 1000),
         "timeout": 60,
         "loglevel": "debug" if settings.debug else "info",
         "accesslog": None,

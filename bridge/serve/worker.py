@@ -1,22 +1,34 @@
-"""The gunicorn worker class: gunicorn's gevent worker, stopping without waiting on idle
-keep-alive connections.
+"""The gunicorn worker class: gunicorn's gevent worker, stopping promptly, cleanly and
+quietly.
 
 gunicorn's gevent worker keeps serving a kept-alive connection until the keep-alive
 timeout, and a graceful stop waits for every such connection: clients and load balancers
 that hold pooled connections open would delay each stop (a deploy, a Kubernetes pod
 termination) by the whole graceful timeout. Here a stop closes connections that are
 waiting for their next request at once; requests and streams in progress still finish
-within the graceful timeout.
+within the graceful timeout. Streams still running just before it runs out (when the
+master would kill the worker) are ended with an in-band error event and a log line,
+instead of a silent cut. SIGINT (Ctrl-C) and SIGQUIT are a quick stop that does the same
+at once, and exits as quietly as SIGTERM (gunicorn's own exits with `sys.exit(0)` from a
+greenlet, printed as a `SystemExit: 0` traceback by every worker).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
 STOP_POLL_SECONDS = 0.1
+QUICK_STOP_SECONDS = 1.0  # how long a quick stop lets cut streams send their error event
+
+
+def cut_delay(graceful_timeout: float) -> float:
+    """Seconds after a graceful stop began at which streams still running are ended:
+    just before the master's deadline (a second, or half of a short timeout, ahead)."""
+    return max(graceful_timeout - 1.0, graceful_timeout / 2)
 
 
 class _IdleWait:
@@ -45,12 +57,18 @@ class _IdleWait:
 class GeventWorker(_GunicornGeventWorker):
     def init_process(self) -> None:
         self.idle: dict[Any, _IdleWait] = {}
+        self.busy: set[Any] = set()  # greenlets serving a request (a stream included)
+        self.quick = False
+        self._main: Any = None
         super().init_process()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        current = gevent.getcurrent()
+        self.busy.add(current)
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
+            self.busy.discard(current)
             # A kept-alive client whose next request is already buffered would otherwise
             # be served again at once, starving the others (a 1 s p99 under load).
             gevent.sleep(0)
@@ -58,14 +76,41 @@ class GeventWorker(_GunicornGeventWorker):
     def timeout_ctx(self) -> _IdleWait:
         return _IdleWait(self)
 
-    def run(self) -> None:
-        gevent.spawn(self._close_idle_when_stopping)
-        super().run()
+    def handle_quit(self, sig: Any, frame: Any) -> None:
+        """SIGINT and SIGQUIT: stop now, without gunicorn's `sys.exit` from a greenlet
+        (see `_when_stopping`)."""
+        self.quick = True
+        self.alive = False
 
-    def _close_idle_when_stopping(self) -> None:
+    def run(self) -> None:
+        self._main = gevent.getcurrent()
+        gevent.spawn(self._when_stopping)
+        try:
+            super().run()
+        except _QuickStop:
+            pass  # the streams in progress were ended; nothing else to wait for
+
+    def _when_stopping(self) -> None:
         while self.alive:
             gevent.sleep(STOP_POLL_SECONDS)
+        cut_at = time.monotonic() + cut_delay(self.cfg.graceful_timeout)
+        cut_time = None
         while True:  # until the worker exits: a connection may finish its request later
             for wait in list(self.idle.values()):
                 wait.end()
+            now = time.monotonic()
+            if cut_time is None and (self.quick or now >= cut_at):
+                cut_time = now
+                # GreenletExit: the relay of a stream ends it with an error event
+                gevent.killall(list(self.busy), block=False)
+            if self.quick and cut_time is not None and (
+                    not self.busy or now > cut_time + QUICK_STOP_SECONDS):
+                self.cfg.worker_int(self)
+                gevent.kill(self._main, _QuickStop)  # out of gunicorn's 1 s sleep loop
+                return
             gevent.sleep(STOP_POLL_SECONDS)
+
+
+class _QuickStop(BaseException):
+    """Ends the worker's main loop at once (a BaseException: gunicorn's loop catches
+    Exception)."""
