@@ -117,6 +117,8 @@ class ModelMemory:
         """Merge `facts` into what is known of `model` (other workers' news kept)."""
         try:
             with open(self.path.with_suffix(".lock"), "a") as lock:
+                # Nothing under the lock yields to gevent (plain file calls), so another
+                # greenlet of this worker never waits on a lock its own process holds.
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 data = self._read()
                 data[model] = {**data.get(model, {}), **facts}

@@ -357,3 +357,20 @@ def test_bodies_skipped_by_the_byte_check_are_the_ones_left_unchanged(case, star
     for ascii_only in (False, True):
         if not may_hold_reasoning(json.dumps(body, ensure_ascii=ascii_only).encode()):
             assert unchanged
+
+
+def test_a_plain_stream_is_relayed_without_parsing_once_decided():
+    from bridge.think.stage import clean_frames
+
+    raw = [b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+           b'{"choices":[{"index":0,"delta":{"content":"Hello"}}]}',
+           b'{"choices":[{"index":0,"delta":{"content":" there"}}]}',
+           b'{"choices":[{"index":0,"delta":{"content":" a <"}}]}',  # a tag may start
+           b'{"choices":[{"index":0,"delta":{"content":"think>x</think>!"}}]}',
+           b'{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', b"[DONE]"]
+    frames = [Frame(r) for r in raw]
+    out = list(clean_frames(ThinkCleaner(CHAT), iter(frames)))
+    # decided at the first content; after it, frames with nothing tag-like are not parsed
+    assert [f._data is Frame._UNPARSED for f in frames] == [False, False, True, False,
+                                                              False, True, True]
+    assert answer_of([f.data for f in out if not f.is_done]) == "Hello there a !"
