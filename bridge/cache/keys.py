@@ -17,42 +17,28 @@ answer came from (`-o`, or the one a routing stage chose): another server's answ
 never served.
 
 Not part of the key: `stream`, `stream_options`, `user`, `request_fingerprint`,
-`keep_alive`, `store`, `metadata`, `service_tier`; key order and whitespace; `<think>…</think>`
-blocks (and text before a lone `</think>`) in earlier assistant messages, and their
-`reasoning` / `reasoning_content` / `thinking` fields. Headers (Authorization included)
-are not part of the key: who may be served a stored answer is decided by
-`bridge.cache.access`.
+`keep_alive`, `store`, `metadata`, `service_tier`; key order and whitespace; the
+reasoning of earlier assistant messages, removed by the same rule as the think filter's
+(`bridge.core.reasoning.strip_history`: `<think>…</think>` blocks, text before a
+`</think>` that comes before any `<think>`), and their reasoning fields. Headers
+(Authorization included) are not part of the key: who may be served a stored answer
+is decided by `bridge.cache.access`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
+
+from bridge.core.reasoning import REASONING_FIELDS, strip_history
 
 # Body fields that never change the answer.
 IGNORED_FIELDS = frozenset({
     "stream", "stream_options", "user", "request_fingerprint", "keep_alive", "store",
     "metadata", "service_tier",
 })
-# Where earlier turns keep their reasoning besides think tags in the text.
-REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
-
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_UP_TO_CLOSE = re.compile(r"^.*?</think>", re.DOTALL)  # R1 templates: no opening tag
 SEPARATOR = "\t"  # between the model and the digest: purge by model is a key-range delete
-
-
-def strip_reasoning(text: str) -> str:
-    """An earlier answer without its reasoning: think blocks and what precedes a lone
-    `</think>` are removed, and the whitespace they leave at the start."""
-    if "think>" not in text:
-        return text
-    text = _THINK_BLOCK.sub("", text)
-    if "</think>" in text:
-        text = _UP_TO_CLOSE.sub("", text, count=1)
-    return text.lstrip()
 
 
 def _history_message(message: Any) -> Any:
@@ -61,10 +47,10 @@ def _history_message(message: Any) -> Any:
     clean = {name: value for name, value in message.items() if name not in REASONING_FIELDS}
     content = clean.get("content")
     if isinstance(content, str):
-        clean["content"] = strip_reasoning(content)
+        clean["content"] = strip_history(content)
     elif isinstance(content, list):
         clean["content"] = [
-            {**part, "text": strip_reasoning(part["text"])}
+            {**part, "text": strip_history(part["text"])}
             if isinstance(part, dict) and isinstance(part.get("text"), str) else part
             for part in content]
     return clean

@@ -22,12 +22,13 @@ from typing import Any, Iterable, Iterator
 from bridge.cache.entry import Entry
 from bridge.core import streaming
 from bridge.core.exchange import Exchange, Frame, Response, encode_json
+from bridge.core.reasoning import OLLAMA_REASONING_FIELD as THINKING
+from bridge.core.reasoning import REASONING_FIELDS
 
 OPENAI, OLLAMA = "openai", "ollama"
 EMBEDDING_ENDPOINTS = frozenset({"embeddings", "embed"})
 ID_PREFIXES = {"chat": "chatcmpl-", "completions": "cmpl-"}
 TEXT_FIELDS = {"chat": "content", "completions": "text", "generate": "response"}
-REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 BODY_CONTENT_TYPES = {OPENAI: "application/json", OLLAMA: "application/json; charset=utf-8"}
@@ -220,10 +221,10 @@ def _assemble_ollama(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, 
             body["message"]["content"] = ""  # Ollama's messages always have text
     else:
         body["response"] = "".join(str(obj.get("response") or "") for obj in objects)
-        thinking = "".join(str(obj.get("thinking") or "") for obj in objects)
-        body.pop("thinking", None)
+        thinking = "".join(str(obj.get(THINKING) or "") for obj in objects)
+        body.pop(THINKING, None)
         if thinking:
-            body["thinking"] = thinking
+            body[THINKING] = thinking
     logprobs = [item for obj in objects if isinstance(obj.get("logprobs"), list)
                 for item in obj["logprobs"]]
     if logprobs:  # Ollama sends those of each chunk's tokens with the chunk
@@ -292,7 +293,7 @@ def _split_openai(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
 def _split_ollama(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     head = {name: body[name] for name in ("model", "created_at") if name in body}
     final = {name: value for name, value in body.items()
-             if name not in ("message", "response", "thinking")}
+             if name not in ("message", "response", THINKING)}
     final["done"] = True
     out: list[dict[str, Any]] = []
     if endpoint == "chat":
@@ -308,8 +309,8 @@ def _split_ollama(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
                         "done": False})
         final = {**final, "message": {"role": role, "content": ""}}
     else:
-        out.extend({**head, "response": "", "thinking": piece, "done": False}
-                   for piece in words(body.get("thinking") or ""))
+        out.extend({**head, "response": "", THINKING: piece, "done": False}
+                   for piece in words(body.get(THINKING) or ""))
         out.extend({**head, "response": piece, "done": False}
                    for piece in words(body.get("response") or ""))
         final = {**final, "response": ""}

@@ -285,13 +285,15 @@ SETTINGS: list[Setting] = [
             "ended with an error event", Integer(1000, 3_600_000), 30_000, "MS"),
     Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
             "per worker", Integer(1, 10_000), 256, "N"),
-    # --- think filter (bridge/think/) ------------------------------------------------------
+    # --- think filter (bridge/think/) ---------------------------------------------------
     Setting("disable_think_filter", ("--disable-think-filter",), "turn off removal of "
             "<think>...</think> and reasoning fields from responses", Switch(), False),
     Setting("keep_reasoning", ("--keep-reasoning",), "deliver the removed reasoning as "
             "reasoning_content (OpenAI API) or thinking (Ollama API)", Switch(), False),
     Setting("think_start_models", ("--think-start-models",), "models (regex on the name) "
-            "whose output starts inside reasoning, with only </think> shown",
+            "whose output may start inside reasoning, with only </think> shown: the last "
+            "resort when neither the request, the upstream nor the model's earlier answers "
+            "tell (see The think filter)",
             Pattern(), DEFAULT_START_INSIDE_MODELS, "REGEX"),
     # --- enterprise shared mode (bridge/shared_mode/) --------------------------------------
     Setting("enable_shared_mode", ("--enable-shared-mode",), "send every upstream request "

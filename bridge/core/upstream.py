@@ -10,6 +10,7 @@ the mapping of transport failures to gateway errors (502, 504).
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import time
@@ -131,7 +132,7 @@ class UpstreamClient:
         return self._transport.get()[0]
 
     def _send_once(self, method: str, url: str, headers: dict[str, str],
-                   body: bytes) -> requests.Response:
+                   body: bytes, timeout: float | None = None) -> requests.Response:
         """One upstream call through the session's transport adapter.
 
         `Session.request` would merge session headers, cookies, hooks and environment
@@ -142,8 +143,9 @@ class UpstreamClient:
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=headers, data=body or None)
         adapter = self._transport.get()[1]
+        timeout = self.timeout if timeout is None else min(timeout, self.timeout)
         return adapter.send(prepared, stream=True,
-                            timeout=(self.connect_timeout, self.timeout))
+                            timeout=(min(self.connect_timeout, timeout), timeout))
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:
         headers = forwardable(ex.headers, NOT_FORWARDED_REQUEST)
@@ -310,6 +312,28 @@ class UpstreamClient:
         log.error("upstream stream cut (%s): %s [%s]", response.outcome, message, ex.request_id)
         if codec != streaming.RAW:
             yield streaming.error_frame(ex.surface, message, code or "stream_error")
+
+    def capabilities(self, model: str, authorization: str | None = None,
+                     timeout: float = 5.0) -> list[str] | None:
+        """The model's capabilities as Ollama's `POST /api/show` lists them (e.g.
+        `thinking`); None when the upstream cannot tell (not Ollama, an unknown model,
+        a failure): the caller then decides without them."""
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        if authorization:
+            headers["authorization"] = authorization
+        try:
+            with closing(self._send_once("POST", self.base_url + "/api/show", headers,
+                                         json.dumps({"model": model}).encode(),
+                                         timeout)) as shown:
+                if shown.status_code != 200:
+                    return None
+                caps = json.loads(b"".join(self._body(shown, time.monotonic() + timeout)))
+        except (BridgeError, requests.RequestException, ValueError):
+            return None
+        caps = caps.get("capabilities") if isinstance(caps, dict) else None
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            return None
+        return caps
 
     def readiness(self, timeout: float = 2.0) -> str:
         """"ready" when the upstream answers HTTP (any status: clients bring their own
