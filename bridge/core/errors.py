@@ -60,6 +60,12 @@ class MethodNotAllowed(BridgeError):
     code = "method_not_allowed"
 
 
+class Conflict(BridgeError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(BridgeError):
     status = 413
     type = "invalid_request_error"

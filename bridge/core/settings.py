@@ -324,6 +324,15 @@ SETTINGS: list[Setting] = [
             "--max-concurrency is reached; more get 503", Integer(0, 10_000), 100, "N"),
     Setting("max_queue_wait", ("--max-queue-wait",), "longest wait in ms for a free slot "
             "before answering 503", Integer(0, 3_600_000), 30_000, "MS"),
+    # --- async requests (bridge/async_jobs) ------------------------------------------------
+    Setting("enable_async_request", ("--enable-async-request",), "answer model requests "
+            "carrying request_fingerprint with 202 Accepted and run them as durable jobs "
+            "(kept in --state-dir)", Switch(), False),
+    Setting("async_max_queued", ("--async-max-queued",), "async jobs that may wait to run; "
+            "more get 503 with Retry-After", Integer(1, 1_000_000), 1000, "N"),
+    Setting("async_result_ttl", ("--async-result-ttl",), "how long an async job's result "
+            "(or final error) is kept, in ms (default: --cache-ttl)",
+            Integer(1000, 2_592_000_000), None, "MS"),
     Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
             "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
 ]
@@ -345,6 +354,12 @@ class Settings(types.SimpleNamespace):
     @property
     def worker_count(self) -> int:
         return self.workers or _cpu_count()
+
+
+def upstream_key(settings: Settings) -> str:
+    """The upstream key of shared mode (--api-key or --api-key-file), or ""."""
+    secret = settings.api_key or settings.api_key_file
+    return secret.reveal() if secret else ""
 
 
 def _parse(setting: Setting, raw: str, source: str) -> Any:

@@ -19,7 +19,7 @@ from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnava
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
 from bridge.core.redaction import Redactor, install_log_filter
-from bridge.core.settings import Settings
+from bridge.core.settings import Settings, upstream_key
 from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError
 
 log = logging.getLogger("bridge.auth")
@@ -27,11 +27,6 @@ log = logging.getLogger("bridge.auth")
 # Credentials a client may send for its own upstream account: never forwarded in shared mode.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge"'}
-
-
-def upstream_key(settings: Settings) -> str:
-    secret = settings.api_key or settings.api_key_file
-    return secret.reveal() if secret else ""
 
 
 def bearer_token(headers: dict[str, str]) -> str:
