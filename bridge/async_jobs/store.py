@@ -5,7 +5,8 @@ running, done, failed), the lease of the worker running it and, once it ended, i
 result. Every change is one short `BEGIN IMMEDIATE` transaction, so exactly one worker
 claims a job, and a job whose worker died (its lease ran out, or its process is gone) is
 claimed again. A pass-through client's credential headers are kept in the row only
-while the job waits or runs, and removed in the transaction that stores its result.
+while the job waits or runs, and removed in the transaction that stores its result
+(overwritten in the file, and the write-ahead log truncated after it).
 Each process opens its own connection, after fork.
 """
 
