@@ -66,6 +66,12 @@ class RequestTimeout(BridgeError):
     code = "request_timeout"
 
 
+class Conflict(BridgeError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(BridgeError):
     status = 413
     type = "invalid_request_error"

@@ -17,6 +17,8 @@ Event names in use (feature.what; labels in brackets):
   stage.failed [stage, phase] (a contained failure of one request),
   tokens.prompt, tokens.completion [client_key, source]
   lua.call, lua.error, lua.timeout [hook], lua.duration [hook] (seconds)
+  async.queued, async.refused, async.retried, async.completed, async.failed,
+  async.running (gauge, ±1), async.waiting (gauge), async.queue_wait, async.run_time (seconds)
 """
 
 from __future__ import annotations

@@ -44,11 +44,11 @@ log = logging.getLogger("bridge.pipeline")
 # The written-down order, outermost first. Each entry is a feature package whose `stage`
 # module exposes `make_stage(settings, context) -> Stage | None` (None when it is off).
 # Each feature uncomments its own line when it lands.
-# Coming later: async requests (before the think filter).
 STAGE_ORDER: Sequence[str] = (
     "bridge.observability",  # access log, request metrics: sees every exchange
     "bridge.lua",  # the operator's Lua hooks: before the key checks, after everything else
     "bridge.shared_mode",  # shared mode: client keys, upstream key
+    "bridge.async_jobs",  # request_fingerprint: 202 now, the stages inside run as a job
     "bridge.think",  # outside the cache: filters hits and misses on the way out
     "bridge.cache",  # lookup (may answer) / store what the upstream produced
     "bridge.rate_limit",  # token bucket: only calls that reach the upstream
@@ -72,16 +72,20 @@ class Stage:
 
 
 class Context:
-    """What stages share within a worker: the settings and the upstream client."""
+    """What stages share within a worker: the settings, the upstream client, and the
+    pipeline itself (a stage that answers now may resume the stages inside it later,
+    with `pipeline.drain(ex, after=its name)`)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.upstream = UpstreamClient(settings)
+        self.pipeline: Pipeline | None = None  # set by the pipeline that owns this context
 
 
 class Pipeline:
     def __init__(self, settings: Settings, features: Sequence[str] = STAGE_ORDER):
         self.context = Context(settings)
+        self.context.pipeline = self
         self.stages: list[Stage] = []
         for feature in features:
             module = importlib.import_module(feature + ".stage")

@@ -338,6 +338,15 @@ SETTINGS: list[Setting] = [
     Setting("metrics_key", ("--metrics-key",), "bearer key that /metrics requires "
             "(`Authorization: Bearer KEY`); unset = /metrics is open to anyone who can "
             "reach the port", SecretText(), None, "KEY"),
+    # --- async requests (bridge/async_jobs) ------------------------------------------------
+    Setting("enable_async_request", ("--enable-async-request",), "answer model requests "
+            "carrying request_fingerprint with 202 Accepted and run them as durable jobs "
+            "(kept in --state-dir)", Switch(), False),
+    Setting("async_max_queued", ("--async-max-queued",), "async jobs that may wait to run; "
+            "more get 503 with Retry-After", Integer(1, 1_000_000), 1000, "N"),
+    Setting("async_result_ttl", ("--async-result-ttl",), "how long an async job's result "
+            "(or final error) is kept, in ms (default: --cache-ttl)",
+            Integer(1000, 2_592_000_000), None, "MS"),
     Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
             "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
     # --- LuaJIT middleware (bridge/lua) --------------------------------------------------

@@ -13,6 +13,7 @@ from bridge.core import settings as bridge_settings
 SUBCOMMANDS: dict[str, str] = {
     "keys": "bridge.shared_mode.keys_cli:main",
     "cache": "bridge.cache.admin:main",
+    "jobs": "bridge.async_jobs.jobs_cli:main",
 }
 
 

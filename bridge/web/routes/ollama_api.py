@@ -10,6 +10,7 @@ ROUTES = [
     ("GET", "/version", "version"),
     ("POST", "/show", "show"),
     ("GET", "/ps", "ps"),
+    ("GET", "/async/<fingerprint>", "async"),  # status of an async request
 ]
 
 blueprint = surface_blueprint("ollama_api", "/api", "ollama", ROUTES)

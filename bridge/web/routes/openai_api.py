@@ -7,6 +7,7 @@ ROUTES = [
     ("POST", "/completions", "completions"),
     ("POST", "/embeddings", "embeddings"),
     ("GET", "/models", "models"),
+    ("GET", "/async/<fingerprint>", "async"),  # status of an async request
 ]
 
 blueprint = surface_blueprint("openai_api", "/v1", "openai", ROUTES)

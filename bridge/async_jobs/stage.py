@@ -1,0 +1,189 @@
+"""Async requests' pipeline stage: a model request carrying `request_fingerprint` is
+stored as a durable job and answered 202 Accepted; the stages inside this one run it
+later, in a background greenlet of some worker (`bridge.async_jobs.runner`).
+
+Asking again, with the same request or at the status URL (`GET /v1/async/<fingerprint>`,
+`GET /api/async/<fingerprint>`), answers 202 while the job waits or runs, then its
+stored result (a stream replayed as a stream) through the stages outside this one. The
+same fingerprint with another request is a 409; another client key's fingerprint, 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import secrets
+from typing import Any
+
+from bridge.async_jobs.runner import Runner
+from bridge.async_jobs.store import DONE, FAILED, Job, JobStore, QueueFull
+from bridge.core import streaming
+from bridge.core.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from bridge.core.events import emit
+from bridge.core.exchange import Exchange, Response, encode_json
+from bridge.core.pipeline import Context, Stage
+from bridge.core.settings import Settings, upstream_key
+from bridge.core.upstream import Backoff
+
+log = logging.getLogger("bridge.async")
+
+FIELD = "request_fingerprint"
+FINGERPRINT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ASYNC_ENDPOINTS = frozenset({"chat", "completions", "generate"})  # /v1 and /api alike
+STATUS_ENDPOINT = "async"   # the routes' endpoint kind of GET /v1|/api/async/<fingerprint>
+STATUS_PATHS = {"openai": "/v1/async/", "ollama": "/api/async/"}
+# The client's credentials: never in the stored request (see `credentials`).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "cookie")
+NOT_STORED = frozenset(CREDENTIAL_HEADERS) | {"content-length", "x-request-id"}
+# Typed exchange fields set by outer stages, which the job's exchange gets back.
+FACTS = ("client_key", "cache_scope", "upstream")
+RETRY_AFTER = "1"           # seconds: most generations are over in a few
+QUEUE_FULL_RETRY_AFTER = "5"
+DEFAULT_SLOTS = 16          # jobs one worker runs at once without --max-concurrency
+
+
+def checked_fingerprint(value: Any) -> str:
+    if not isinstance(value, str) or not FINGERPRINT.match(value):
+        raise BadRequest(f"{FIELD} must be a string of 1 to 128 characters from A-Z a-z 0-9 "
+                         ". _ : -", param=FIELD, code="invalid_request_fingerprint")
+    return value
+
+
+def content_hash(ex: Exchange) -> str:
+    """What makes two requests "the same": route and body (without the fingerprint)."""
+    canonical = json.dumps([ex.surface, ex.endpoint, ex.path, ex.query, ex.payload],
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def status_response(ex: Exchange, job: Job) -> Response:
+    """202 Accepted with where the job stands and where to ask again."""
+    body = {"fingerprint": job.fingerprint, "status": job.status, "created": int(job.created)}
+    return Response(status=202, body=encode_json(body) + b"\n", headers={
+        "content-type": "application/json", "retry-after": RETRY_AFTER,
+        "location": STATUS_PATHS[ex.surface] + job.fingerprint})
+
+
+def result_response(job: Job) -> Response:
+    """The stored result, as the synchronous call answered it (a stream as a stream)."""
+    assert job.result_status is not None
+    if job.result_codec is None:
+        return Response(status=job.result_status, headers=dict(job.result_headers),
+                        body=job.result_body)
+    codec = job.result_codec
+    response = streaming.stream_response(job.result_status, job.result_headers,
+                                         streaming.READERS[codec]([job.result_body]), codec)
+    response.outcome = "complete" if job.status == DONE else "truncated"
+    return response
+
+
+class AsyncStage(Stage):
+    name = "async"
+
+    def __init__(self, settings: Settings, context: Context):
+        self.context = context
+        self.max_queued = settings.async_max_queued
+        # shared mode: jobs go upstream with the bridge's key, as every request does
+        self.upstream_authorization = (f"Bearer {upstream_key(settings)}"
+                                       if settings.enable_shared_mode else None)
+        self.store = JobStore(settings.state_dir)
+        slots = (math.ceil(settings.max_concurrency / settings.worker_count)
+                 if settings.max_concurrency else DEFAULT_SLOTS)
+        keep = (settings.async_result_ttl or settings.cache_ttl) / 1000
+        self.runner = Runner(
+            self.store, self.execute, slots=slots, retry_attempts=settings.retry_attempts,
+            backoff=Backoff(settings.retry_min_interval / 1000,
+                            settings.retry_max_interval / 1000), keep_seconds=keep)
+
+    def start(self) -> None:
+        self.store.open()
+        self.runner.start()
+
+    # --- the client's side ----------------------------------------------------------------
+
+    def on_request(self, ex: Exchange) -> None:
+        if ex.endpoint == STATUS_ENDPOINT:
+            ex.response = self.answer(ex, self.find(ex, ex.path.rpartition("/")[2]))
+            return
+        if (ex.endpoint not in ASYNC_ENDPOINTS or not ex.is_model_request
+                or FIELD not in ex.payload):
+            return
+        fingerprint = checked_fingerprint(ex.payload[FIELD])
+        ex.replace_payload({key: value for key, value in ex.payload.items() if key != FIELD})
+        job = self.job_for(ex, fingerprint)
+        try:
+            stored, created = self.store.submit(job, self.max_queued)
+        except QueueFull as exc:
+            emit("async.refused")
+            raise ServiceUnavailable(f"too many async requests are waiting: {exc}; retry "
+                                     "later", code="async_queue_full",
+                                     headers={"retry-after": QUEUE_FULL_RETRY_AFTER}) from None
+        if created:
+            emit("async.queued")
+            log.info("async job %s queued [%s]", fingerprint, ex.request_id)
+            self.runner.wake()
+        elif stored.owner != job.owner:
+            raise self.not_found(fingerprint)
+        elif stored.content_hash != job.content_hash:
+            raise Conflict(f"{FIELD} {fingerprint!r} was already used for a different "
+                           "request", param=FIELD, code="request_fingerprint_conflict")
+        ex.response = self.answer(ex, stored)
+
+    def find(self, ex: Exchange, fingerprint: str) -> Job:
+        job = self.store.get(checked_fingerprint(fingerprint))
+        if job is None or job.owner != (ex.client_key or ""):
+            raise self.not_found(fingerprint)
+        return job
+
+    @staticmethod
+    def not_found(fingerprint: str) -> NotFound:
+        return NotFound(f"no async request with {FIELD} {fingerprint!r}", param=FIELD,
+                        code="request_fingerprint_not_found")
+
+    @staticmethod
+    def answer(ex: Exchange, job: Job) -> Response:
+        return result_response(job) if job.status in (DONE, FAILED) else status_response(ex, job)
+
+    def job_for(self, ex: Exchange, fingerprint: str) -> Job:
+        return Job(fingerprint=fingerprint, owner=ex.client_key or "",
+                   content_hash=content_hash(ex), surface=ex.surface, endpoint=ex.endpoint,
+                   method=ex.method, path=ex.path, query=ex.query,
+                   headers={name: value for name, value in ex.headers.items()
+                            if name not in NOT_STORED},
+                   body=ex.body, facts={name: getattr(ex, name) for name in FACTS},
+                   credential=self.credentials(ex))
+
+    def credentials(self, ex: Exchange) -> dict[str, str] | None:
+        """The pass-through client's credentials, needed to call the upstream later: kept
+        in the job row until the job ends. In shared mode there are none to keep (the
+        headers hold the bridge's own key by now, which is never stored)."""
+        if self.upstream_authorization is not None:
+            return None
+        given = {name: ex.headers[name] for name in CREDENTIAL_HEADERS if name in ex.headers}
+        return given or None
+
+    # --- the runner's side ----------------------------------------------------------------
+
+    def execute(self, job: Job) -> Response:
+        """Run the stages inside this one for the job, as for the client that sent it."""
+        headers = dict(job.headers)
+        if self.upstream_authorization is not None:
+            headers["authorization"] = self.upstream_authorization
+        elif job.credential:
+            headers.update(job.credential)
+        ex = Exchange(surface=job.surface, endpoint=job.endpoint, method=job.method,
+                      path=job.path, query=job.query, headers=headers, body=job.body,
+                      request_id=f"async-{secrets.token_hex(8)}", payload=json.loads(job.body))
+        for name in FACTS:
+            setattr(ex, name, job.facts.get(name))
+        log.info("async job %s runs as request %s", job.fingerprint, ex.request_id)
+        pipeline = self.context.pipeline
+        assert pipeline is not None
+        return pipeline.drain(ex, after=self.name)
+
+
+def make_stage(settings: Settings, context: Context) -> AsyncStage | None:
+    return AsyncStage(settings, context) if settings.enable_async_request else None

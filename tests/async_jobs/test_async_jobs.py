@@ -1,0 +1,375 @@
+"""Async requests end to end: real gunicorn bridges (2 gevent workers) in front of a slow
+stand-in, driven with `requests` and the `openai` SDK; the job store is a real SQLite
+file, and the crash test kills the whole bridge with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import openai
+import pytest
+import requests
+from helpers import keys_command, normalized, wait_for
+
+from bridge.ollama_standin import Fault, StandIn
+from bridge.serve.processes import ROOT, Process, start_bridge
+
+SLOW = {"x-standin-token-delay": "0.05"}  # a stream of ~10 tokens takes about half a second
+CHAT = "/v1/chat/completions"
+
+
+def chat(text: str, stream: bool = False, fingerprint: object = None, **extra: object) -> dict:
+    body: dict = {"model": "qwen2.5", "stream": stream,
+                  "messages": [{"role": "user", "content": text}], **extra}
+    if fingerprint is not None:
+        body["request_fingerprint"] = fingerprint
+    return body
+
+
+def new_fingerprint() -> str:
+    return f"job-{uuid.uuid4().hex}"
+
+
+def events(response: requests.Response) -> list:
+    """An SSE body as its events, without the per-call fields."""
+    lines = [line[6:] for line in response.content.split(b"\n") if line.startswith(b"data: ")]
+    return [line.decode() if line == b"[DONE]" else normalized(json.loads(line))
+            for line in lines]
+
+
+def until_done(url: str, body: dict | None = None, headers: dict | None = None,
+               timeout: float = 20.0, fingerprint: str = "") -> requests.Response:
+    """Resend `body` (or ask the status URL) until the answer is no longer a 202."""
+    def settled() -> list[requests.Response]:  # a list: an error Response is falsy
+        if body is not None:
+            answer = requests.post(url, json=body, headers=headers, timeout=10)
+        else:
+            answer = requests.get(url, headers=headers, timeout=10)
+        return [] if answer.status_code == 202 else [answer]
+    return wait_for(settled, timeout, f"async job {fingerprint or url} to end")[0]
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("async-state")
+
+
+@pytest.fixture(scope="module")
+def bridge(standin_server: StandIn, state_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """Async requests and the cache on, quick retries (-i 50 -m 100, -a 0)."""
+    with start_bridge("--enable-async-request", "--enable-cache", "--cache-dir",
+                      str(tmp_path_factory.mktemp("async-cache")), "--state-dir",
+                      str(state_dir), "-i", "50", "-m", "100", "--cache-ttl", "600000",
+                      upstream=standin_server.url, workers=2,
+                      log_dir=tmp_path_factory.mktemp("async-bridge")) as process:
+        yield process
+
+
+# --- the async path answers like the synchronous one ----------------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_202_then_the_result_the_synchronous_call_returns(bridge: Process, standin: StandIn,
+                                                          stream: bool) -> None:
+    fingerprint = new_fingerprint()
+    body = chat(f"async {fingerprint}", stream, fingerprint)
+    first = requests.post(bridge.url + CHAT, json=body, headers=SLOW, timeout=10)
+    assert first.status_code == 202
+    status = first.json()
+    assert status["fingerprint"] == fingerprint and status["status"] in ("queued", "running")
+    assert isinstance(status["created"], int)
+    assert first.headers["retry-after"] == "1"
+    assert first.headers["location"] == f"/v1/async/{fingerprint}"
+
+    done = until_done(bridge.url + CHAT, body, SLOW, fingerprint=fingerprint)
+    assert done.status_code == 200
+    at_status_url = requests.get(bridge.url + first.headers["location"], timeout=10)
+    assert at_status_url.status_code == 200 and at_status_url.content == done.content
+
+    # the same request without a fingerprint: synchronous, and a cache hit of the job
+    plain = {key: value for key, value in body.items() if key != "request_fingerprint"}
+    sync = requests.post(bridge.url + CHAT, json=plain, timeout=10)
+    assert sync.status_code == 200 and sync.headers["x-cache"].startswith("HIT")
+    assert standin.count(CHAT) == 1
+    assert done.headers["content-type"] == sync.headers["content-type"]
+    if stream:
+        assert events(done) == events(sync) and events(done)[-1] == "[DONE]"
+    else:
+        assert normalized(done.json()) == normalized(sync.json())
+    assert "request_fingerprint" not in standin.requests[-1].body.decode()
+
+
+def test_the_openai_sdk_sends_a_fingerprint_and_gets_202_then_its_completion(
+        bridge: Process, standin: StandIn) -> None:
+    client = openai.OpenAI(base_url=bridge.url + "/v1", api_key="unused", max_retries=0)
+    fingerprint = new_fingerprint()
+    ask = {"model": "qwen2.5", "messages": [{"role": "user", "content": "sdk question"}],
+           "extra_body": {"request_fingerprint": fingerprint}, "extra_headers": SLOW}
+    first = client.chat.completions.with_raw_response.create(**ask)
+    assert first.status_code == 202
+
+    def finished():
+        raw = client.chat.completions.with_raw_response.create(**ask)
+        return raw if raw.status_code == 200 else None
+
+    completion = wait_for(finished, 20, "the SDK's async job").parse()
+    assert completion.choices[0].message.content == "Echo: sdk question"
+    assert standin.count(CHAT) == 1
+
+
+def test_the_ollama_surface_has_its_own_status_url(bridge: Process, standin: StandIn) -> None:
+    fingerprint = new_fingerprint()
+    body = {"model": "qwen2.5", "prompt": "native", "stream": True,
+            "request_fingerprint": fingerprint}
+    first = requests.post(bridge.url + "/api/generate", json=body, headers=SLOW, timeout=10)
+    assert first.status_code == 202
+    assert first.headers["location"] == f"/api/async/{fingerprint}"
+    done = until_done(bridge.url + first.headers["location"], fingerprint=fingerprint)
+    assert done.status_code == 200
+    assert done.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in done.content.splitlines()]
+    assert "".join(line["response"] for line in lines) == "Echo: native"
+    assert lines[-1]["done"] is True
+
+
+# --- idempotence ----------------------------------------------------------------------
+
+def test_repeats_while_running_make_no_second_upstream_call_on_either_worker(
+        bridge: Process, standin: StandIn) -> None:
+    fingerprint = new_fingerprint()
+    body = chat("a slow one " + "word " * 20, True, fingerprint)
+    slow = {"x-standin-token-delay": "0.1"}  # ~4 s of generation
+    assert requests.post(bridge.url + CHAT, json=body, headers=slow,
+                         timeout=10).status_code == 202
+
+    def repeat(index: int) -> int:
+        # a new connection each time: gunicorn's workers take them in turn
+        return requests.post(bridge.url + CHAT, json=body, timeout=10,
+                             headers={**slow, "x-request-id": f"{fingerprint}-r{index}"}
+                             ).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(repeat, range(20)))
+    assert statuses == [202] * 20
+    served_by = {line.split("[", 1)[1].split("]", 1)[0] for line in bridge.log().splitlines()
+                 if f"id={fingerprint}-r" in line}
+    assert len(served_by) == 2, "the repeats reached one worker only"
+    assert until_done(bridge.url + CHAT, body, slow).status_code == 200
+    assert standin.count(CHAT) == 1
+
+
+def test_the_same_fingerprint_with_another_request_is_a_conflict(bridge: Process,
+                                                                 standin: StandIn) -> None:
+    fingerprint = new_fingerprint()
+    assert requests.post(bridge.url + CHAT, json=chat("one", fingerprint=fingerprint),
+                         timeout=10).status_code == 202
+    other = requests.post(bridge.url + CHAT, json=chat("another", fingerprint=fingerprint),
+                          timeout=10)
+    assert other.status_code == 409
+    error = other.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == "request_fingerprint" and fingerprint in error["message"]
+
+
+@pytest.mark.parametrize("fingerprint", [123, "", "x" * 129, "has space", "ünïcode", "a/b",
+                                         ["list"], True])
+def test_a_bad_fingerprint_is_a_400(bridge: Process, standin: StandIn,
+                                    fingerprint: object) -> None:
+    answer = requests.post(bridge.url + CHAT, json=chat("bad", fingerprint=fingerprint),
+                           timeout=10)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == "request_fingerprint" and "128" in error["message"]
+    native = requests.post(bridge.url + "/api/chat", json=chat("bad", fingerprint=fingerprint),
+                           timeout=10)
+    assert native.status_code == 400 and "request_fingerprint" in native.json()["error"]
+    assert standin.count() == 0
+
+
+def test_an_unknown_fingerprint_at_the_status_url_is_a_404(bridge: Process) -> None:
+    answer = requests.get(bridge.url + "/v1/async/never-sent", timeout=10)
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "request_fingerprint_not_found"
+    assert requests.get(bridge.url + "/v1/async/bad%20one", timeout=10).status_code == 400
+
+
+# --- retries and final errors -----------------------------------------------------------
+
+def test_an_upstream_failing_twice_then_answering_gives_200(bridge: Process,
+                                                           standin: StandIn) -> None:
+    standin.push_fault(Fault("status", status=500, path=CHAT), times=2)
+    fingerprint = new_fingerprint()
+    body = chat("third time lucky", fingerprint=fingerprint)
+    assert requests.post(bridge.url + CHAT, json=body, timeout=10).status_code == 202
+    done = until_done(bridge.url + f"/v1/async/{fingerprint}", fingerprint=fingerprint)
+    assert done.status_code == 200
+    assert done.json()["choices"][0]["message"]["content"] == "Echo: third time lucky"
+    assert standin.count(CHAT) == 3
+
+
+def test_an_upstream_failing_for_good_gives_its_error(bridge: Process,
+                                                      standin: StandIn) -> None:
+    standin.push_fault(Fault("status", status=503, path=CHAT, body="overloaded"), times=3)
+    fingerprint = new_fingerprint()
+    body = chat("never answered", fingerprint=fingerprint)
+    assert requests.post(bridge.url + CHAT, json=body, timeout=10).status_code == 202
+    failed = until_done(bridge.url + CHAT, body, fingerprint=fingerprint)
+    assert failed.status_code == 503
+    assert "overloaded" in failed.text
+    assert standin.count(CHAT) == 3  # at least 3 runs for async work, though -a is 0
+    # an error that retrying cannot cure is final at once
+    unknown = chat("who?", fingerprint=new_fingerprint(), model="no-such-model")
+    assert requests.post(bridge.url + CHAT, json=unknown, timeout=10).status_code == 202
+    assert until_done(bridge.url + CHAT, unknown).status_code == 404
+    assert standin.count(CHAT) == 4
+
+
+def test_the_pass_through_credential_is_used_then_forgotten(bridge: Process, standin: StandIn,
+                                                            state_dir: Path) -> None:
+    secret = "sk-upstream-" + uuid.uuid4().hex
+    standin.configure(api_key=secret)
+    fingerprint = new_fingerprint()
+    body = chat("with my key", fingerprint=fingerprint)
+    auth = {"authorization": f"Bearer {secret}"}
+    assert requests.post(bridge.url + CHAT, json=body, headers=auth,
+                         timeout=10).status_code == 202
+    done = until_done(bridge.url + CHAT, body, auth, fingerprint=fingerprint)
+    assert done.status_code == 200, done.text
+    files = list(state_dir.glob("jobs.sqlite3*"))
+    assert files and not any(secret.encode() in path.read_bytes() for path in files)
+    assert secret not in bridge.log()
+
+
+def test_the_jobs_are_counted(bridge: Process) -> None:
+    text = requests.get(bridge.url + "/metrics", timeout=10).text
+
+    def value(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    assert value("bridge_async_jobs_queued_total") >= 8
+    assert value("bridge_async_jobs_completed_total") >= 6
+    assert value("bridge_async_jobs_failed_total") >= 2
+    assert value("bridge_async_jobs_retried_total") >= 4
+    assert value("bridge_async_job_run_seconds_count") >= 10
+    assert value("bridge_async_job_queue_wait_seconds_count") >= 8
+    assert value("bridge_async_jobs_running") == 0
+
+
+def test_operators_list_show_and_purge_jobs(bridge: Process, state_dir: Path) -> None:
+    def jobs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bridge", "jobs", "--state-dir",
+                               str(state_dir), *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=30)
+
+    listed = json.loads(jobs("list", "--json").stdout)
+    assert listed and {"fingerprint", "status", "attempts"} <= set(listed[0])
+    assert not any(job["holds_credential"] for job in listed if job["status"] == "done")
+    shown = jobs("show", listed[0]["fingerprint"])
+    assert shown.returncode == 0 and listed[0]["fingerprint"] in shown.stdout
+    assert jobs("show", "no-such-job").returncode == 1
+    purged = jobs("purge")
+    assert purged.returncode == 0 and "purged" in purged.stdout
+    assert all(job["status"] not in ("done", "failed")
+               for job in json.loads(jobs("list", "--json").stdout))
+
+
+# --- bounds and ownership ---------------------------------------------------------------
+
+def test_beyond_the_queue_bound_a_503_with_retry_after(make_bridge, standin: StandIn,
+                                                      tmp_path: Path) -> None:
+    # one upstream slot for the instance: each worker runs one job, the rest wait
+    process = make_bridge("--enable-async-request", "--state-dir", str(tmp_path),
+                          "--max-concurrency", "1", "--async-max-queued", "2")
+    slow = {"x-standin-token-delay": "0.5"}
+
+    def submit(text: str) -> requests.Response:
+        return requests.post(process.url + CHAT, json=chat(text, True, new_fingerprint()),
+                             headers=slow, timeout=10)
+
+    def running(location: str) -> bool:
+        answer = requests.get(process.url + location, timeout=10)
+        assert answer.status_code == 202, answer.text
+        return answer.json()["status"] == "running"
+
+    for text in ("run 1", "run 2"):
+        first = submit(text)
+        assert first.status_code == 202
+        location = first.headers["location"]
+        wait_for(lambda: running(location), 10, f"{text} to start")  # noqa: B023 - used at once
+    assert [submit(text).status_code for text in ("wait 1", "wait 2")] == [202, 202]
+    answer = submit("one too many")
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert answer.json()["error"]["code"] == "async_queue_full"
+
+
+def test_another_client_key_gets_404(make_bridge, standin: StandIn, tmp_path: Path) -> None:
+    alice = keys_command(tmp_path, "create", "alice").stdout.strip()
+    bob = keys_command(tmp_path, "create", "bob").stdout.strip()
+    process = make_bridge("--enable-async-request", "--enable-shared-mode", "--state-dir",
+                          str(tmp_path), env={"BRIDGE_API_KEY": "sk-shared-upstream"})
+    fingerprint = new_fingerprint()
+    body = chat("mine", fingerprint=fingerprint)
+    as_alice = {"authorization": f"Bearer {alice}"}
+    as_bob = {"authorization": f"Bearer {bob}"}
+    assert requests.post(process.url + CHAT, json=body, headers=as_alice,
+                         timeout=10).status_code == 202
+    for answer in (requests.post(process.url + CHAT, json=body, headers=as_bob, timeout=10),
+                   requests.get(process.url + f"/v1/async/{fingerprint}", headers=as_bob,
+                                timeout=10)):
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "request_fingerprint_not_found"
+    done = until_done(process.url + f"/v1/async/{fingerprint}", headers=as_alice)
+    assert done.status_code == 200
+    sent = {name.lower(): value for name, value in standin.requests[-1].headers.items()}
+    assert sent["authorization"] == "Bearer sk-shared-upstream"
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        stored = db.execute("SELECT owner, headers FROM jobs").fetchall()
+    assert stored[0][0] == "alice" and "sk-" not in stored[0][1]
+
+
+# --- nothing is lost --------------------------------------------------------------------
+
+def test_fifty_jobs_survive_a_kill_of_the_whole_bridge(make_bridge, standin: StandIn,
+                                                       tmp_path: Path) -> None:
+    flags = ("--enable-async-request", "--state-dir", str(tmp_path))
+    standin.configure(token_delay=0.1)  # each job streams for about a second
+    process = make_bridge(*flags)
+    bodies = {new_fingerprint(): None for _ in range(50)}
+    for index, fingerprint in enumerate(bodies):
+        bodies[fingerprint] = chat(f"crash job {index}", True, fingerprint)
+    with ThreadPoolExecutor(8) as pool:
+        accepted = list(pool.map(lambda body: requests.post(
+            process.url + CHAT, json=body, timeout=10).status_code, bodies.values()))
+    assert accepted == [202] * 50
+    wait_for(lambda: standin.count(CHAT) >= 20, 20, "jobs to be running")
+    os.killpg(process.pid, signal.SIGKILL)  # master and workers, mid-generation
+    process.proc.wait(5)
+
+    restarted = make_bridge(*flags)
+    for fingerprint in bodies:
+        done = until_done(restarted.url + f"/v1/async/{fingerprint}", timeout=40,
+                          fingerprint=fingerprint)
+        assert done.status_code == 200
+        assert b"[DONE]" in done.content
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        finished = dict(db.execute("SELECT fingerprint, finished FROM jobs"))
+    calls: dict[str, list[float]] = {}
+    for recorded in standin.requests:
+        body = json.loads(recorded.body)
+        calls.setdefault(body["messages"][0]["content"], []).append(recorded.time)
+    for fingerprint, body in bodies.items():
+        times = calls[body["messages"][0]["content"]]
+        assert 1 <= len(times) <= 2, f"{fingerprint} computed {len(times)} times"
+        assert max(times) < finished[fingerprint], "computed again after its result was stored"
