@@ -52,6 +52,7 @@ KEY_MEMO_ENTRIES = 1024
 KEY_MEMO_BODY_LIMIT = 16 * 1024
 REMOTE_POLL = 0.05   # how often a worker looks for the entry another worker is producing
 CLOCK_SLACK = 1.0    # an entry stored this long before we started waiting is still fresh
+STOP_WAIT = 5.0     # at exit, longest wait for the sweeper to reach a point between statements
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,12 @@ class CacheStage(Stage):
         self.hot.report()
         if self.disk is not None:
             self.disk.report()
+
+    def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop(timeout=STOP_WAIT)
+        if self.disk is not None:
+            self.disk.close()
 
     # --- on the way in ------------------------------------------------------------------
 

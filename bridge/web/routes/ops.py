@@ -1,4 +1,5 @@
-"""Operations endpoints: `/health` (the process is up) and `/ready` (the upstream answers)."""
+"""Operations endpoints: `/health` (the process is up) and `/ready` (the upstream answers,
+and the worker is not draining for a stop)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 import flask
 
 from bridge import __version__
+from bridge.core import lifecycle
 from bridge.core.pipeline import Pipeline
 
 blueprint = flask.Blueprint("ops", __name__)
@@ -23,6 +25,9 @@ def health() -> flask.Response:
 
 @blueprint.get("/ready")
 def ready() -> tuple[flask.Response, int]:
+    if lifecycle.is_draining():  # stopping: take this bridge out of rotation at once
+        return flask.jsonify(status="draining", version=__version__), 503
+
     pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
     upstream = pipeline.context.upstream
     checked_at, reachable = _ready_cache.get(upstream.base_url, (0.0, False))
