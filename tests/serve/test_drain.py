@@ -4,8 +4,10 @@ delay, then the bridge stops listening, the streams in progress finish, and it e
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
+import sqlite3
 import threading
 
 import pytest
@@ -13,6 +15,7 @@ import requests
 from helpers import wait_for
 
 from bridge import __version__
+from bridge.cache.disk import FILE_NAME, TABLE
 from bridge.serve.processes import start_bridge
 
 STREAMS = 20
@@ -35,11 +38,13 @@ def refuses_connections(url: str) -> bool:
     return False
 
 
-def read_stream(url: str, started: threading.Semaphore, bodies: list[bytes]) -> None:
+def read_stream(url: str, number: int, started: threading.Semaphore,
+                bodies: list[bytes]) -> None:
+    question = f"Tell me more ({number})"  # distinct: no stream follows another's flight
     response = requests.post(url + "/v1/chat/completions", stream=True, timeout=60,
                              headers={"x-standin-token-delay": TOKEN_DELAY},
                              json={"model": "llama3.2", "stream": True,
-                                   "messages": [{"role": "user", "content": "Tell me more"}]})
+                                   "messages": [{"role": "user", "content": question}]})
     chunks = response.iter_content(chunk_size=None)
     body = next(chunks)
     started.release()
@@ -48,15 +53,18 @@ def read_stream(url: str, started: threading.Semaphore, bodies: list[bytes]) -> 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_drains_then_finishes_every_stream_and_exits_0(standin, tmp_path, stop_signal):
+    cache = tmp_path / "cache"
     process = start_bridge("--disable-think-filter", "--drain-delay", str(DRAIN_DELAY_MS),
+                           "--enable-cache", "--cache-dir", str(cache),
                            upstream=standin.url, workers=2, graceful_stop=True,
                            log_dir=tmp_path)
     try:
         assert requests.get(process.url + "/ready", timeout=10).status_code == 200
         started = threading.Semaphore(0)
         bodies: list[bytes] = []
-        threads = [threading.Thread(target=read_stream, args=(process.url, started, bodies))
-                   for _ in range(STREAMS)]
+        threads = [threading.Thread(target=read_stream,
+                                    args=(process.url, number, started, bodies))
+                   for number in range(STREAMS)]
         for thread in threads:
             thread.start()
         for _ in range(STREAMS):  # every stream has its first chunk
@@ -82,6 +90,10 @@ def test_a_stop_drains_then_finishes_every_stream_and_exits_0(standin, tmp_path,
             assert body.rstrip().endswith(b"data: [DONE]")
         assert process.proc.wait(30) == 0
         assert "Traceback" not in process.log()
+        # The streams were stored whole as they finished, and the file is sound.
+        with contextlib.closing(sqlite3.connect(cache / FILE_NAME)) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone() == (STREAMS + 1,)
     finally:
         process.stop()
 
