@@ -1,9 +1,12 @@
 # Two commands for a fresh machine with Python 3.10+ and make:
 #   make run    start the bridge (against Ollama, or the bundled stand-in when none answers)
 #   make test   run the whole test suite
+# `make run ARGS="-o http://gpu-box:11434 -a 3"` adds flags; the cache stays on unless
+# `CACHE_ARGS=` is given too. The tools: .venv/bin/deepseek-ollama-bridge cache|keys ...
 VENV ?= .venv
 PY := $(VENV)/bin/python
-ARGS ?= --enable-cache --cache-dir ./cache
+CACHE_ARGS ?= --enable-cache --cache-dir ./cache
+ARGS ?=
 
 .PHONY: run test lint bench
 
@@ -14,10 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m bridge.serve.demo $(ARGS)
+	$(PY) -m bridge.serve.demo $(CACHE_ARGS) $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 3 tests
+	$(PY) -m pytest -q -n 3 --dist loadfile tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bridge tests bench

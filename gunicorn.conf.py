@@ -4,7 +4,9 @@ The bridge's settings come from BRIDGE_* environment variables (see README), exa
 as `deepseek-ollama-bridge` flags would set them.
 """
 
-from bridge.serve.server import gunicorn_options
+from bridge.serve.server import check_or_exit, gunicorn_options
 from bridge.core.settings import load_or_exit
 
-globals().update(gunicorn_options(load_or_exit(None)))
+_settings = load_or_exit(None)
+check_or_exit(_settings)
+globals().update(gunicorn_options(_settings))

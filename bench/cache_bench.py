@@ -181,7 +181,7 @@ def fill(cache_dir: Path, standin_url: str, workdir: Path, entries: int) -> floa
     tail = bytes(template)[HEADER_SIZE:]
     start = time.perf_counter()
     oldest = time.time() - 3600
-    rows = ((cache_key("openai", "chat", chat_body(f"q{i}")),
+    rows = ((cache_key("openai", "chat", chat_body(f"q{i}"), upstream=standin_url),
              MAGIC + pack_created(oldest + i * (3000 / entries)) + tail)
             for i in range(entries))
     bulk_write(cache_dir, rows, batch=50_000)
@@ -225,7 +225,7 @@ def bench_disk(standin_url: str, workdir: Path, cache_dir: Path, entries: int,
     try:
         times = []
         for i in picks[samples:]:
-            key = cache_key("openai", "chat", chat_body(f"q{i}"))
+            key = cache_key("openai", "chat", chat_body(f"q{i}"), upstream=standin_url)
             start = time.perf_counter()
             assert tier.get(key) is not None
             times.append((time.perf_counter() - start) * 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -42,3 +43,49 @@ def keys_command(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bridge", "keys", "--state-dir",
                            str(state_dir), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=30)
+
+
+def show_upstream_is_open(bridge: Any, model: str = "qwen3") -> None:
+    """One chat request without credentials through a cache bridge: its 2xx shows the
+    cache that the upstream lets everyone in, so stored answers then go to every client
+    (a fresh instance otherwise serves hits only to credentials the upstream accepted)."""
+    import uuid
+
+    import requests
+
+    requests.post(bridge.url + "/v1/chat/completions", timeout=30, json={
+        "model": model, "messages": [{"role": "user", "content": f"hello {uuid.uuid4().hex}"}],
+    }).raise_for_status()
+def raw_http(url: str, data: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send `data` as is on a new connection (for what `requests` cannot send: malformed
+    chunking, bodies cut short); (status, everything after the headers) once the bridge
+    closes the connection. Status 0: it closed without answering."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # refused mid-send: the answer may still be there to read
+        answer = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body
+
+
+def http_request(path: str, body: bytes, *headers: str, chunked: bool = False,
+                 close: bool = True) -> bytes:
+    """The bytes of a POST request with `body` (already chunk-encoded when `chunked`)."""
+    lines = [f"POST {path} HTTP/1.1", "Host: bridge", "Content-Type: application/json",
+             *headers]
+    lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

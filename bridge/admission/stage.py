@@ -29,7 +29,8 @@ from typing import Iterator
 from bridge.core import instance
 from bridge.core.errors import ServiceUnavailable
 from bridge.core.events import emit
-from bridge.core.exchange import Exchange, Frame
+from bridge.core.exchange import Exchange, Frame, UpstreamSlot
+from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 
@@ -44,58 +45,78 @@ class LockSlots:
 
     def __init__(self, directory: Path, name: str, count: int):
         self.paths = [directory / f"{name}-{index}.lock" for index in range(count)]
-        self._fds: list[int] = []
-        self._taken: set[int] = set()   # held by this process (flock does not exclude it)
-        self._pid = 0
-
-    def _files(self) -> list[int]:
-        if self._pid != os.getpid():  # descriptors of this process, opened after fork
-            self._fds = [os.open(path, os.O_RDWR | os.O_CREAT, 0o600) for path in self.paths]
-            self._taken, self._pid = set(), os.getpid()
-        return self._fds
+        # descriptors of this process, opened after fork (a flock is shared across fork),
+        # and the places it holds (its own flocks do not exclude it)
+        self._held = PerProcess(lambda: ([os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                                          for path in self.paths], set[int]()))
 
     def try_take(self) -> int | None:
         """Take a free place without waiting; its index, or None when all are taken."""
-        fds = self._files()
+        fds, taken = self._held.get()
         first = random.randrange(len(fds))
         for step in range(len(fds)):
             index = (first + step) % len(fds)
-            if index in self._taken:
+            if index in taken:
                 continue
             try:
                 fcntl.flock(fds[index], fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            self._taken.add(index)
+            taken.add(index)
             return index
         return None
 
     def give_back(self, index: int) -> None:
-        if index in self._taken:
-            self._taken.discard(index)
-            fcntl.flock(self._fds[index], fcntl.LOCK_UN)
+        fds, taken = self._held.get()
+        if index in taken:
+            taken.discard(index)
+            fcntl.flock(fds[index], fcntl.LOCK_UN)
 
 
-class Call:
-    """One upstream call in progress: its slot (if any), start, and whether it has ended."""
+class Call(UpstreamSlot):
+    """One upstream call in progress: its slot (if any), start, and whether it has ended.
+    As `Exchange.slot` it lets the upstream client give the slot back during a retry's
+    back-off and take one again."""
 
-    __slots__ = ("slot", "started", "first_frame", "ended", "_unlost", "__weakref__")
+    __slots__ = ("stage", "slot", "started", "first_frame", "ended", "_unlost", "__weakref__")
 
-    def __init__(self, slots: LockSlots | None, slot: int | None):
-        self.slot = slot
+    def __init__(self, stage: "AdmissionStage"):
+        self.stage = stage
+        self.slot: int | None = None
+        self._unlost: weakref.finalize | None = None
+        self._hold(stage._acquire())
         self.started = time.perf_counter()
         self.first_frame = False
         self.ended = False
+
+    def _hold(self, slot: int | None) -> None:
+        self.slot = slot
+        slots = self.stage.slots
         # a call dropped by an unexpected error still gives its slot back when collected
         self._unlost = (weakref.finalize(self, slots.give_back, slot)
                         if slots is not None and slot is not None else None)
 
-    def end(self) -> float:
-        """Mark the call over; the seconds it lasted."""
-        self.ended = True
+    def _drop(self) -> int | None:
+        """Stop holding the slot; the slot that was held (the caller gives it back)."""
+        slot, self.slot = self.slot, None
         if self._unlost is not None:
             self._unlost.detach()
-        return time.perf_counter() - self.started
+            self._unlost = None
+        return slot
+
+    def release(self) -> None:
+        slot = self._drop()
+        if slot is not None:
+            self.stage._give_back(slot)
+
+    def retake(self) -> None:
+        if not self.ended and self.slot is None and self.stage.slots is not None:
+            self._hold(self.stage._acquire())
+
+    def end(self) -> tuple[float, int | None]:
+        """Mark the call over; the seconds it lasted and the slot it still held."""
+        self.ended = True
+        return time.perf_counter() - self.started, self._drop()
 
 
 class AdmissionStage(Stage):
@@ -157,9 +178,14 @@ class AdmissionStage(Stage):
 
     # --- the call ---------------------------------------------------------------------
 
+    def _give_back(self, slot: int) -> None:
+        assert self.slots is not None
+        self.slots.give_back(slot)
+        self._freed.set()
+
     def on_request(self, ex: Exchange) -> None:
-        call = Call(self.slots, self._acquire())
-        ex.notes[_CALL] = call
+        call = Call(self)
+        ex.notes[_CALL] = ex.slot = call
         ex.on_close(self._end)  # the client left before the stream was read
         emit("upstream.in_flight", 1)
 
@@ -188,11 +214,10 @@ class AdmissionStage(Stage):
         call: Call | None = ex.notes.get(_CALL)
         if call is None or call.ended:
             return
-        held = call.end()
-        if call.slot is not None and self.slots is not None:
-            self.slots.give_back(call.slot)
+        held, slot = call.end()
+        if slot is not None:
+            self._give_back(slot)
             self._hold_seconds += (held - self._hold_seconds) / 8
-            self._freed.set()
         emit("upstream.in_flight", -1)
         status = str(ex.response.status) if ex.response is not None else ""
         emit("upstream.duration", held, endpoint=ex.endpoint, status=status)

@@ -1,16 +1,26 @@
 """`deepseek-ollama-bridge cache stats|purge`: inspect or empty the disk tier, even while
 the bridge runs (it opens the same SQLite file; running workers drop purged entries
-from their memory tier within a second)."""
+from their memory tier within a second).
+
+The cache settings (`--cache-dir`, `--cache-ttl`, `--cache-max-entries`) are the
+server's own, from the same flags or environment, so the TTL that `stats` applies is
+the one the bridge uses. A file SQLite cannot use is moved aside as the workers would,
+and any failure is one line on stderr (exit 1), never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sqlite3
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from bridge.cache.disk import DiskTier, cache_file
+from bridge.cache.disk import DiskTier, cache_file, is_corruption
 from bridge.core import settings as bridge_settings
+
+CACHE_SETTINGS = ("cache_dir", "cache_ttl", "cache_max_entries")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,18 +28,21 @@ def _parser() -> argparse.ArgumentParser:
         prog=f"{bridge_settings.PROG} cache",
         description="Show statistics of the response cache, or purge it.")
     parser.add_argument("action", choices=("stats", "purge"))
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        help="the bridge's cache directory (default: BRIDGE_CACHE_DIR or ./cache)")
+    bridge_settings.add_arguments(parser, CACHE_SETTINGS)
     parser.add_argument("--model", metavar="M", help="purge only the entries of this model")
     parser.add_argument("--json", action="store_true", help="statistics as JSON")
     return parser
 
 
+def _fail(message: str) -> int:
+    print(f"{bridge_settings.PROG} cache: error: {message}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     try:
-        settings = bridge_settings.load([] if args.cache_dir is None
-                                        else ["--cache-dir", args.cache_dir])
+        settings = bridge_settings.resolve(args, CACHE_SETTINGS)
     except bridge_settings.SettingError as exc:
         print(f"{bridge_settings.PROG} cache: error: {exc}", file=sys.stderr)
         return 2
@@ -40,20 +53,37 @@ def main(argv: Sequence[str]) -> int:
     if not path.exists():
         print(f"no cache file at {path}", file=sys.stderr)
         return 1
-    disk = DiskTier(settings.cache_dir, settings.cache_ttl / 1000,
-                    settings.cache_max_entries).open()
+    # this command reports in one line of its own, not with the workers' log lines
+    logging.getLogger("bridge.cache").addHandler(logging.NullHandler())
+    disk = DiskTier(settings.cache_dir, settings.cache_ttl / 1000, settings.cache_max_entries)
     try:
+        disk.open()
+        if disk.moved_aside is not None:
+            return _fail(f"{path} was unreadable: moved aside to {disk.moved_aside.name}; "
+                         "a fresh, empty cache file was started")
         if args.action == "purge":
             removed = disk.purge(args.model)
             what = f"of model {args.model!r} " if args.model is not None else ""
             print(f"purged {removed} entries {what}from {path}")
             return 0
         stats = disk.stats()
+    except (sqlite3.Error, OSError) as exc:
+        if isinstance(exc, sqlite3.Error) and is_corruption(exc):
+            disk.recover(exc)
+            if disk.moved_aside is not None:
+                return _fail(f"{path} was unreadable ({exc}): moved aside to "
+                             f"{disk.moved_aside.name}; a fresh, empty cache file was started")
+        return _fail(f"cannot read {path}: {type(exc).__name__}: {exc}")
     finally:
         disk.close()
-    if args.json:
+    _print(stats, args.json)
+    return 0
+
+
+def _print(stats: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(stats, indent=2))
-        return 0
+        return
     print(f"file: {stats['file']} ({stats['bytes']} bytes)")
     print(f"entries: {stats['entries']} of at most {stats['max_entries']}, "
           f"{stats['expired']} expired (TTL {stats['ttl_seconds']:g} s)")
@@ -62,4 +92,3 @@ def main(argv: Sequence[str]) -> int:
               f"{stats['newest_age_seconds']} s ago")
     for model, count in stats["models"].items():
         print(f"  {model or '(no model)'}: {count}")
-    return 0

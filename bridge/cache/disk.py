@@ -10,9 +10,11 @@ by the `cache` command so they drop the same entries from memory. `cache_flights
 that make single flight work across workers: the worker holding a key's lease calls
 the upstream, the others wait for the entry to appear.
 
-A file SQLite cannot read is moved aside (`responses.sqlite.corrupt-<time>`) with an
-error in the log and a fresh one is created; an entry that fails to decode is removed.
-Opening happens per process, after fork, under a file lock so workers recover once.
+A file SQLite cannot use, found at open or by any later statement, is moved aside
+(`responses.sqlite.corrupt-<time>`) with an error in the log and a fresh one is created:
+once, by the first process that finds it (under a file lock; the others see a new inode
+and just reopen). An entry that fails to decode is removed. Opening happens per
+process, after fork.
 
 Maintenance deletes (TTL sweeps, eviction) run on a second, plain sqlite3 connection in
 gevent's threadpool when the process is patched: the statement that commits also pays for
@@ -104,7 +106,6 @@ def _probe(path: Path) -> None:
     if not path.exists():
         return
     with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as conn:
-        conn.execute("SELECT name FROM sqlite_master").fetchall()
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         if TABLE in tables:
             conn.execute(f'SELECT key, length(value) FROM "{TABLE}" ORDER BY rowid DESC '
@@ -189,6 +190,7 @@ class DiskTier:
         self.db: _Table | None = None
         self._inode = 0
         self._recovered_at = 0.0
+        self.moved_aside: Path | None = None  # where this process moved a corrupt file
         self._maintenance: sqlite3.Connection | None = None  # opened on first use
         self._maintenance_lock = threading.Lock()  # one statement at a time on it
 
@@ -199,11 +201,13 @@ class DiskTier:
         with _file_lock(self.path):
             try:
                 _probe(self.path)
+                self._connect()  # the schema statements read pages the probe did not
             except sqlite3.DatabaseError as exc:
                 if not is_corruption(exc):
                     raise
-                _move_aside(self.path, str(exc))
-            self._connect()
+                self.close()
+                self.moved_aside = _move_aside(self.path, str(exc))
+                self._connect()
         return self
 
     def _connect(self) -> None:
@@ -230,10 +234,15 @@ class DiskTier:
             self.db = None
 
     def _failed(self, exc: Exception, doing: str) -> None:
-        """Log a failed operation; when the file is corrupt, replace it (once per worker
-        and per `RECOVER_INTERVAL`, and only if no other process did already)."""
+        """Log a failed operation; when the file is corrupt, replace it."""
         log.error("cache disk tier: %s failed: %s: %s", doing, type(exc).__name__, exc)
-        if not is_corruption(exc) or time.monotonic() - self._recovered_at < RECOVER_INTERVAL:
+        if is_corruption(exc):
+            self.recover(exc)
+
+    def recover(self, exc: Exception) -> None:
+        """Move the corrupt file aside and reopen a fresh one (at most once per process
+        and `RECOVER_INTERVAL`, and only if no other process replaced it already)."""
+        if time.monotonic() - self._recovered_at < RECOVER_INTERVAL:
             return
         self._recovered_at = time.monotonic()
         self.close()
@@ -242,15 +251,16 @@ class DiskTier:
                 same_file = os.stat(self.path).st_ino == self._inode
             except FileNotFoundError:
                 same_file = False
-            if same_file:
-                _move_aside(self.path, str(exc))
+            if same_file and is_corruption(exc):
+                self.moved_aside = _move_aside(self.path, str(exc))
             try:
                 self._connect()
             except sqlite3.Error as again:
                 log.error("cache disk tier: cannot reopen %s: %s", self.path, again)
 
     def _select(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
-        assert self.db is not None, "DiskTier.open() first"
+        if self.db is None:  # not opened, or a recovery could not reopen it
+            raise sqlite3.OperationalError(f"cache file {self.path} is not open")
         return list(self.db.conn.select(sql, tuple(args)))
 
     def _maintain(self, sql: str, args: tuple) -> list[tuple]:
@@ -321,8 +331,8 @@ class DiskTier:
     # --- single flight across workers ----------------------------------------------------
 
     def claim(self, key: str, seconds: float) -> bool:
-        """Take the lease on `key` for `seconds` unless another live one holds it.
-        Without a readable disk, every worker may go ahead."""
+        """Take (or, held by this process, renew) the lease on `key` for `seconds` unless
+        another live one holds it. Without a readable disk, every worker may go ahead."""
         if self.db is None:
             return True
         now = time.time()
@@ -342,15 +352,6 @@ class DiskTier:
         except sqlite3.Error as exc:
             self._failed(exc, "flight claim")
             return True
-
-    def claimed(self, key: str) -> bool:
-        """Whether a live lease on `key` is held (by any worker)."""
-        try:
-            return bool(self._select("SELECT 1 FROM cache_flights WHERE key = ? AND expires >= ?",
-                                     (key, time.time())))
-        except sqlite3.Error as exc:
-            self._failed(exc, "flight check")
-            return False
 
     def release(self, key: str) -> None:
         try:

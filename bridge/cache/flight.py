@@ -6,7 +6,14 @@ upstream stream into the flight; the leader and every follower read the flight's
 as they arrive (a streamed follower sees the stream as it is produced). Upstream is
 abandoned only when every subscriber has gone (clients hanging up still stop the model).
 Across workers the disk tier's leases (`DiskTier.claim`) elect one leader; the other
-workers wait for its entry to appear on disk (`wait_for_entry`), then replay it.
+workers wait for its entry to appear on disk, then replay it.
+
+A flight always ends: by its producer, by an answer or error its leader shares
+(`finish_with`: followers are woken with it at once), or, when the leader's exchange
+closes without either, by `abandon` (followers go upstream themselves). Ending releases
+what the flight holds (`on_end`: the cross-worker lease). The producer owns the
+upstream call: the exchange's closers of the stages inside the cache (the admission
+slot) run when it stops reading, not when the leader's client leaves.
 """
 
 from __future__ import annotations
@@ -51,10 +58,13 @@ class Flight:
         changed, self._changed = self._changed, Event()
         changed.set()
 
-    def produce(self, response: Response, on_complete: Callable[["Flight"], None]) -> None:
-        """Read `response.frames` in a greenlet of its own, publishing each frame."""
+    def produce(self, response: Response, on_complete: Callable[["Flight"], None],
+                on_stop: Callable[[], None] = lambda: None) -> None:
+        """Read `response.frames` in a greenlet of its own, publishing each frame;
+        `on_stop()` once that greenlet is over, however (even killed before it ran)."""
         self.codec = response.codec
         self._producer = gevent.spawn(self._run, response, on_complete)
+        self._producer.link(lambda _greenlet: on_stop())
 
     def _run(self, response: Response, on_complete: Callable[["Flight"], None]) -> None:
         assert response.frames is not None
@@ -159,6 +169,3 @@ class Flights:
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
         self._on_end(flight)
-
-    def __len__(self) -> int:
-        return len(self._flights)

@@ -11,45 +11,34 @@ body field, the whole message history included (`messages`, `prompt`, `system`,
 `options`, `temperature`, `top_p`, `seed`, `n`, `stop`, `max_tokens`, `think`, `logprobs`,
 `input`, …). An unknown field counts as changing the answer.
 
-In shared mode with `--cache-per-client-key`, the auth stage's `cache_scope` note (the
-client key's name) is part of the key too: one cache per client key.
+In shared mode with `--cache-per-client-key`, the exchange's `cache_scope` (the client
+key's name) is part of the key too: one cache per client key. So is the upstream the
+answer came from (`-o`, or the one a routing stage chose): another server's answers are
+never served.
 
 Not part of the key: `stream`, `stream_options`, `user`, `request_fingerprint`,
-`keep_alive`, `store`, `metadata`, `service_tier`; key order and whitespace; `<think>…</think>`
-blocks (and text before a lone `</think>`) in earlier assistant messages, and their
-`reasoning` / `reasoning_content` / `thinking` fields. Headers (Authorization included)
-are not part of the key: who may ask is decided by the stages before the cache.
+`keep_alive`, `store`, `metadata`, `service_tier`; key order and whitespace; the
+reasoning of earlier assistant messages, removed by the same rule as the think filter's
+(`bridge.core.reasoning.strip_history`: `<think>…</think>` blocks, text before a
+`</think>` that comes before any `<think>`), and their reasoning fields. Headers
+(Authorization included) are not part of the key: who may be served a stored answer
+is decided by `bridge.cache.access`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
+
+from bridge.core.reasoning import REASONING_FIELDS, strip_history
 
 # Body fields that never change the answer.
 IGNORED_FIELDS = frozenset({
     "stream", "stream_options", "user", "request_fingerprint", "keep_alive", "store",
     "metadata", "service_tier",
 })
-# Where earlier turns keep their reasoning besides think tags in the text.
-REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
-
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_UP_TO_CLOSE = re.compile(r"^.*?</think>", re.DOTALL)  # R1 templates: no opening tag
 SEPARATOR = "\t"  # between the model and the digest: purge by model is a key-range delete
-
-
-def strip_reasoning(text: str) -> str:
-    """An earlier answer without its reasoning: think blocks and what precedes a lone
-    `</think>` are removed, and the whitespace they leave at the start."""
-    if "think>" not in text:
-        return text
-    text = _THINK_BLOCK.sub("", text)
-    if "</think>" in text:
-        text = _UP_TO_CLOSE.sub("", text, count=1)
-    return text.lstrip()
 
 
 def _history_message(message: Any) -> Any:
@@ -58,10 +47,10 @@ def _history_message(message: Any) -> Any:
     clean = {name: value for name, value in message.items() if name not in REASONING_FIELDS}
     content = clean.get("content")
     if isinstance(content, str):
-        clean["content"] = strip_reasoning(content)
+        clean["content"] = strip_history(content)
     elif isinstance(content, list):
         clean["content"] = [
-            {**part, "text": strip_reasoning(part["text"])}
+            {**part, "text": strip_history(part["text"])}
             if isinstance(part, dict) and isinstance(part.get("text"), str) else part
             for part in content]
     return clean
@@ -78,7 +67,7 @@ def _canonical(value: Any) -> Any:
 
 
 def canonical_request(surface: str, endpoint: str, payload: dict[str, Any],
-                      scope: str | None = None) -> dict[str, Any]:
+                      scope: str | None = None, upstream: str | None = None) -> dict[str, Any]:
     """What identifies the question (see the module docstring)."""
     body = {name: value for name, value in payload.items() if name not in IGNORED_FIELDS}
     if isinstance(body.get("messages"), list):
@@ -86,19 +75,24 @@ def canonical_request(surface: str, endpoint: str, payload: dict[str, Any],
     canonical = {"surface": surface, "endpoint": endpoint, "request": _canonical(body)}
     if scope is not None:
         canonical["scope"] = scope
+    if upstream is not None:
+        canonical["upstream"] = upstream.rstrip("/")
     return canonical
 
 
 def model_prefix(model: str) -> str:
-    """The common start of the keys of every entry of `model`."""
+    """The common start of the keys of every entry of `model`. Lone surrogates (which
+    SQLite cannot store as text) are written as their escapes, the same way every time."""
+    if not model.isascii():
+        model = model.encode("utf-8", "backslashreplace").decode("utf-8")
     return f"{model}{SEPARATOR}"
 
 
 def cache_key(surface: str, endpoint: str, payload: dict[str, Any],
-              scope: str | None = None) -> str:
+              scope: str | None = None, upstream: str | None = None) -> str:
     """`<model>\\t<sha256 of the canonical request>`."""
-    text = json.dumps(canonical_request(surface, endpoint, payload, scope), sort_keys=True,
-                      ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(canonical_request(surface, endpoint, payload, scope, upstream),
+                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return model_prefix(str(payload.get("model", ""))) + digest
 

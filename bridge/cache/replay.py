@@ -22,12 +22,13 @@ from typing import Any, Iterable, Iterator
 from bridge.cache.entry import Entry
 from bridge.core import streaming
 from bridge.core.exchange import Exchange, Frame, Response, encode_json
+from bridge.core.reasoning import OLLAMA_REASONING_FIELD as THINKING
+from bridge.core.reasoning import REASONING_FIELDS
 
 OPENAI, OLLAMA = "openai", "ollama"
 EMBEDDING_ENDPOINTS = frozenset({"embeddings", "embed"})
 ID_PREFIXES = {"chat": "chatcmpl-", "completions": "cmpl-"}
 TEXT_FIELDS = {"chat": "content", "completions": "text", "generate": "response"}
-REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 BODY_CONTENT_TYPES = {OPENAI: "application/json", OLLAMA: "application/json; charset=utf-8"}
@@ -123,14 +124,24 @@ def _merge_tool_calls(calls: list[dict[str, Any]], pieces: list[Any]) -> None:
 
 
 def _merge(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Add one delta to the message so far. A null field means "nothing yet" (vLLM and
+    others send every field in every delta): a later value replaces it, it never
+    replaces a value."""
     for name, value in delta.items():
-        if name == "tool_calls" and isinstance(value, list):
-            _merge_tool_calls(message.setdefault("tool_calls", []), value)
-        elif isinstance(value, str) and name != "role":
-            message[name] = message.get(name, "") + value
-        elif name == "role" and value:
-            message["role"] = value
-        elif value is not None or name not in message:
+        if value is None:
+            message.setdefault(name, None)
+        elif name == "tool_calls" and isinstance(value, list):
+            calls = message.get("tool_calls")
+            if not isinstance(calls, list):
+                calls = message["tool_calls"] = []
+            _merge_tool_calls(calls, value)
+        elif name == "role":
+            if value:
+                message["role"] = value
+        elif isinstance(value, str):
+            previous = message.get(name)
+            message[name] = (previous if isinstance(previous, str) else "") + value
+        else:
             message[name] = value
 
 
@@ -142,13 +153,18 @@ def _drop_empty(holder: dict[str, Any]) -> dict[str, Any]:
 
 
 def _merge_logprobs(choice: dict[str, Any], logprobs: Any) -> None:
+    """Chunks carry the log probabilities of their own tokens: the lists are joined."""
     if not isinstance(logprobs, dict):
         return
-    merged = choice.setdefault("logprobs", {})
+    merged = choice.get("logprobs")
+    if not isinstance(merged, dict):
+        merged = choice["logprobs"] = {}
     for name, value in logprobs.items():
         if isinstance(value, list):
-            merged.setdefault(name, []).extend(value)
-        else:
+            if not isinstance(merged.get(name), list):
+                merged[name] = []
+            merged[name].extend(value)
+        elif value is not None or name not in merged:
             merged[name] = value
 
 
@@ -182,8 +198,11 @@ def _assemble_openai(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, 
         body["system_fingerprint"] = first["system_fingerprint"]
     body["choices"] = [choices[index] for index in sorted(choices)]
     for choice in body["choices"]:
-        if "message" in choice:
-            _drop_empty(choice["message"])
+        message = choice.get("message")
+        if message is not None:
+            _drop_empty(message)
+            if message.get("tool_calls") and not message.get("content"):
+                message["content"] = None  # as a whole answer with tool calls has it
     if usage is not None:
         body["usage"] = usage
     return body
@@ -198,12 +217,18 @@ def _assemble_ollama(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, 
         for obj in objects:
             _merge(message, obj.get("message") or {})
         body["message"] = _drop_empty(message)
+        if body["message"].get("content") is None:
+            body["message"]["content"] = ""  # Ollama's messages always have text
     else:
         body["response"] = "".join(str(obj.get("response") or "") for obj in objects)
-        thinking = "".join(str(obj.get("thinking") or "") for obj in objects)
-        body.pop("thinking", None)
+        thinking = "".join(str(obj.get(THINKING) or "") for obj in objects)
+        body.pop(THINKING, None)
         if thinking:
-            body["thinking"] = thinking
+            body[THINKING] = thinking
+    logprobs = [item for obj in objects if isinstance(obj.get("logprobs"), list)
+                for item in obj["logprobs"]]
+    if logprobs:  # Ollama sends those of each chunk's tokens with the chunk
+        body["logprobs"] = logprobs
     return body
 
 
@@ -268,7 +293,7 @@ def _split_openai(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
 def _split_ollama(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     head = {name: body[name] for name in ("model", "created_at") if name in body}
     final = {name: value for name, value in body.items()
-             if name not in ("message", "response", "thinking")}
+             if name not in ("message", "response", THINKING)}
     final["done"] = True
     out: list[dict[str, Any]] = []
     if endpoint == "chat":
@@ -284,8 +309,8 @@ def _split_ollama(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
                         "done": False})
         final = {**final, "message": {"role": role, "content": ""}}
     else:
-        out.extend({**head, "response": "", "thinking": piece, "done": False}
-                   for piece in words(body.get("thinking") or ""))
+        out.extend({**head, "response": "", THINKING: piece, "done": False}
+                   for piece in words(body.get(THINKING) or ""))
         out.extend({**head, "response": piece, "done": False}
                    for piece in words(body.get("response") or ""))
         final = {**final, "response": ""}

@@ -12,13 +12,20 @@ On the way out: a complete stream (terminator seen) or a successful whole body i
 in both tiers; errors and cut streams never are. Per request, `Cache-Control: no-cache`
 skips the lookup and refreshes the entry, `no-store` bypasses the cache both ways,
 `max-age=N` accepts only entries younger than N seconds. Responses carry `X-Cache`
-(HIT-MEMORY, HIT-DISK, MISS, BYPASS) and, on hits, `Age`. A follower of an in-flight
-call is a MISS that cost no upstream call of its own.
+(HIT-MEMORY, HIT-DISK, HIT-FLIGHT, MISS, BYPASS) and, on hits, `Age`: HIT-FLIGHT is a
+request served by an identical one in flight (in this worker or another), which cost
+no upstream call of its own.
+
+Only clients the upstream would answer read the tiers or join a flight
+(`bridge.cache.access`); the others go upstream on their own. Whatever a request claims
+(a flight, a lease) is released when its exchange closes, even when a stage failed, and
+a lease not renewed expires after `LEASE_SECONDS`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,7 @@ from typing import Any
 import gevent
 
 from bridge.cache import replay
+from bridge.cache.access import Access
 from bridge.cache.disk import DiskTier
 from bridge.cache.entry import Entry
 from bridge.cache.flight import Flight, Flights
@@ -33,9 +41,15 @@ from bridge.cache.hot import HotTracker
 from bridge.cache.keys import cache_key
 from bridge.cache.memory import MemoryTier
 from bridge.cache.sweeper import Sweeper
-from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable, error_response
+from bridge.core.errors import (
+    BadRequest,
+    BridgeError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_response,
+)
 from bridge.core.events import emit
-from bridge.core.exchange import Exchange, Response
+from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 
@@ -43,7 +57,8 @@ log = logging.getLogger("bridge.cache")
 
 CACHEABLE = frozenset({("openai", "chat"), ("openai", "completions"), ("openai", "embeddings"),
                        ("ollama", "chat"), ("ollama", "generate"), ("ollama", "embed")})
-HIT_MEMORY, HIT_DISK, MISS, BYPASS = "HIT-MEMORY", "HIT-DISK", "MISS", "BYPASS"
+HIT_MEMORY, HIT_DISK, HIT_FLIGHT = "HIT-MEMORY", "HIT-DISK", "HIT-FLIGHT"
+MISS, BYPASS = "MISS", "BYPASS"
 NOTE = "cache"
 # Keys of recent request bodies: a repeated question skips canonical JSON and hashing.
 # A key depends only on the payload, and `body` is its JSON (stages change requests with
@@ -52,6 +67,12 @@ KEY_MEMO_ENTRIES = 1024
 KEY_MEMO_BODY_LIMIT = 16 * 1024
 REMOTE_POLL = 0.05   # how often a worker looks for the entry another worker is producing
 CLOCK_SLACK = 1.0    # an entry stored this long before we started waiting is still fresh
+# A cross-worker lease lasts this long unless its holder renews it (every third of it,
+# while its flight lives): a worker that loses track of one blocks the others at most
+# this long, instead of the whole timeout.
+LEASE_SECONDS = 15.0
+# A JSON escape of a UTF-16 surrogate: only then can the parsed body hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 STOP_WAIT = 5.0     # at exit, longest wait for the sweeper to reach a point between statements
 
 
@@ -89,8 +110,9 @@ class Pending:
 
     key: str
     control: Control
-    flight: Flight | None
+    flight: Flight | None  # None: on its own (a refresh beside a flight, or not sharing)
     payload: Any  # the client's own payload, restored on the way out
+    closers: int = 0  # the exchange's closers up to the cache's (the later ones: inner stages)
 
 
 class CacheStage(Stage):
@@ -105,9 +127,11 @@ class CacheStage(Stage):
         self.hot = HotTracker(settings.cache_hot_threshold)
         self.flights = Flights(on_end=self._released)
         self.sweeper: Sweeper | None = None
-        self._keys: dict[tuple[str, str, str | None, bytes], str] = {}
+        self.access = Access(everyone=settings.enable_shared_mode)
+        self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
 
     def start(self) -> None:
+        self.access.start()
         disk = DiskTier(self.settings.cache_dir, self.ttl, self.settings.cache_max_entries)
         try:
             self.disk = disk.open()
@@ -139,30 +163,29 @@ class CacheStage(Stage):
             self._mark(ex, BYPASS)
             emit("cache.bypass")
             return
+        reject_lone_surrogates(ex)  # before anything is claimed
         key = self._key(ex)
         shape = replay.Shape.of(ex)
         self._mark(ex, MISS)
-        if control.lookup:
+        shares = self.access.may_share(ex)
+        if control.lookup and shares:
             count = self.hot.touch(key)
             if self._answer_from_tiers(ex, key, control, shape, count):
                 return
             flight = self.flights.get(key, self.wait_limit)
             if flight is not None and self._follow(ex, flight, shape):
-                emit("cache.miss")
                 return
-        emit("cache.miss")
-        flight = self._lead(ex, key, control)
-        if flight is not None and flight.entry is not None:  # another worker answered it
-            ex.response = replay.serve_entry(flight.entry, shape, {})
+        self._lead(ex, key, control, shares, shape)
 
     def _key(self, ex: Exchange) -> str:
         scope = ex.cache_scope
+        upstream = ex.upstream or self.settings.ollama
         if len(ex.body) > KEY_MEMO_BODY_LIMIT:
-            return cache_key(ex.surface, ex.endpoint, ex.payload, scope)
-        memo_key = (ex.surface, ex.endpoint, scope, ex.body)
+            return cache_key(ex.surface, ex.endpoint, ex.payload, scope, upstream)
+        memo_key = (ex.surface, ex.endpoint, scope, upstream, ex.body)
         key = self._keys.get(memo_key)
         if key is None:
-            key = cache_key(ex.surface, ex.endpoint, ex.payload, scope)
+            key = cache_key(ex.surface, ex.endpoint, ex.payload, scope, upstream)
             if len(self._keys) >= KEY_MEMO_ENTRIES:
                 del self._keys[next(iter(self._keys))]
             self._keys[memo_key] = key
@@ -205,22 +228,36 @@ class CacheStage(Stage):
         if response is None:
             return False
         ex.response = response
+        self._flight_hit(ex, flight)
         return True
 
-    def _lead(self, ex: Exchange, key: str, control: Control) -> Flight | None:
-        """Become the leader for `key` in this worker (unless a refresh runs beside a
-        flight), then across workers; note what on_response needs and ask for a stream."""
-        flight = None
-        if self.flights.get(key, self.wait_limit) is None:
-            flight = self.flights.lead(key)
-            self._subscribe(ex, flight, leader=True)
+    def _flight_hit(self, ex: Exchange, flight: Flight) -> None:
+        """This request was served by another one's upstream call: a call saved."""
+        self._mark(ex, HIT_FLIGHT)
+        if flight.failure is None:
+            emit("cache.hit", tier="flight")
+
+    def _lead(self, ex: Exchange, key: str, control: Control, shares: bool,
+              shape: replay.Shape) -> None:
+        """Go upstream: as the leader of `key` in this worker and across workers when the
+        client shares (unless a refresh runs beside a flight), else on its own. Notes what
+        on_response needs first, so that a failure from here on still ends the flight."""
+        pending = ex.notes[NOTE] = Pending(key=key, control=control, flight=None,
+                                           payload=ex.payload)
+        if shares and self.flights.get(key, self.wait_limit) is None:
+            flight = pending.flight = self.flights.lead(key)
+            self._subscribe(ex, flight, leader=True)  # ends it when the exchange closes
             if control.lookup and self._wait_for_other_worker(key, flight):
-                return flight
-        ex.notes[NOTE] = Pending(key=key, control=control, flight=flight, payload=ex.payload)
+                del ex.notes[NOTE]  # another worker answered it
+                assert flight.entry is not None
+                ex.response = replay.serve_entry(flight.entry, shape, {})
+                self._flight_hit(ex, flight)
+                return
+        emit("cache.miss")
         upstream_payload = streaming_payload(ex)
         if upstream_payload is not ex.payload:
             ex.replace_payload(upstream_payload)
-        return flight
+        pending.closers = ex.closer_count
 
     def _wait_for_other_worker(self, key: str, flight: Flight) -> bool:
         """Claim the cross-worker lease on `key`; while another worker holds it, wait for
@@ -228,7 +265,7 @@ class CacheStage(Stage):
         if self.disk is None:
             return False
         started, deadline = time.time(), time.monotonic() + self.wait_limit
-        while not self.disk.claim(key, self.wait_limit):
+        while not self.disk.claim(key, LEASE_SECONDS):
             if time.monotonic() > deadline:
                 return False
             gevent.sleep(REMOTE_POLL)
@@ -236,8 +273,19 @@ class CacheStage(Stage):
             if entry is not None and entry.created >= started - CLOCK_SLACK:
                 flight.finish_with(entry)
                 return True
-        flight.claimed = True
+        flight.claimed = True  # from here on, the flight's end releases the lease
+        gevent.spawn(self._keep_lease, flight)
         return False
+
+    def _keep_lease(self, flight: Flight) -> None:
+        """Renew the lease of a flight while it lives (at most `wait_limit`, the longest
+        a leader can legitimately take)."""
+        deadline = time.monotonic() + self.wait_limit
+        while time.monotonic() < deadline:
+            gevent.sleep(LEASE_SECONDS / 3)
+            if flight.finished or self.disk is None or \
+                    not self.disk.claim(flight.key, LEASE_SECONDS):
+                return
 
     def _released(self, flight: Flight) -> None:
         if flight.claimed and self.disk is not None:
@@ -253,14 +301,19 @@ class CacheStage(Stage):
             return
         if pending.payload is not ex.payload:
             ex.replace_payload(pending.payload)
+        self.access.learn(ex, response.status)
         shape = replay.Shape.of(ex)
+        produced = response.ok and response.streaming
+        # the producer owns the upstream call: inner stages end with it (admission slot)
+        on_stop = ex.take_closers(pending.closers) if produced else None
         flight = pending.flight
-        if flight is None:  # a refresh while an identical call is in flight: on its own
+        if flight is None:  # on its own: a flight that nobody else can join
             flight = Flight(pending.key, lambda _flight: None)
             self._subscribe(ex, flight)
-        if response.ok and response.streaming:
+        if produced:
+            assert on_stop is not None
             flight.produce(response, lambda done: self._store(
-                ex, pending.key, self._entry(ex, done.codec, done.frames)))
+                ex, pending.key, self._entry(ex, done.codec, done.frames)), on_stop)
         elif response.ok and self._storable_body(response):
             entry = self._entry(ex, None, (), body=response.body)
             flight.finish_with(entry)
@@ -345,6 +398,19 @@ def _utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def reject_lone_surrogates(ex: Exchange) -> None:
+    """A 400 for a body whose strings hold a lone surrogate (`"\\ud800"`): not text, it
+    cannot be stored, keyed or sent on as UTF-8."""
+    if not _SURROGATE_ESCAPE.search(ex.body):
+        return
+    try:
+        encode_json(ex.payload)
+    except UnicodeEncodeError:
+        raise BadRequest("request body holds a lone UTF-16 surrogate (an escape in "
+                         "\\ud800-\\udfff without its pair), which is not text",
+                         code="invalid_unicode") from None
 
 
 def streaming_payload(ex: Exchange) -> Any:

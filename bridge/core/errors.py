@@ -60,6 +60,12 @@ class MethodNotAllowed(BridgeError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(BridgeError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(BridgeError):
     status = 413
     type = "invalid_request_error"

@@ -16,6 +16,7 @@ Event names in use (feature.what; labels in brackets):
   request.finished [route, method, status, client_key] (seconds),
   stage.failed [stage, phase] (a contained failure of one request),
   tokens.prompt, tokens.completion [client_key, source]
+  lua.call, lua.error, lua.timeout [hook], lua.duration [hook] (seconds)
 """
 
 from __future__ import annotations

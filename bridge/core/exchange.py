@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from bridge.core import events
 
@@ -19,11 +20,39 @@ log = logging.getLogger("bridge.pipeline")
 
 # Endpoints whose bodies are model requests (parsed, filtered, cached).
 MODEL_ENDPOINTS = frozenset({"chat", "completions", "embeddings", "generate", "embed"})
+# Endpoint of a path no surface serves: only a stage that asked to see those (the Lua
+# middleware) gets it, and answers it or refuses it with a 404.
+UNROUTED = "unrouted"
 
 
 def encode_json(data: Any) -> bytes:
     """Compact JSON, the way the bridge writes every body and frame it builds itself."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Usage(NamedTuple):
+    """Tokens of one answer, as its producer reported them."""
+
+    prompt: int
+    completion: int
+
+
+_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|prompt_eval_count|eval_count)"'
+                    rb"\s*:\s*(\d+)")
+USAGE_MARKERS = (b'"usage"', b'"eval_count"')  # in every body or frame that reports usage
+
+
+def usage_in(raw: bytes) -> Usage | None:
+    """The usage a JSON body or frame reports: OpenAI's `usage`, or Ollama's final counts.
+    Read from the bytes without parsing them: inside a JSON string the quotes around
+    these names would be escaped, so only real keys match."""
+    if not any(marker in raw for marker in USAGE_MARKERS):
+        return None
+    counts = {name: int(value) for name, value in _USAGE.findall(raw)}
+    if not counts:
+        return None
+    return Usage(counts.get(b"prompt_tokens", counts.get(b"prompt_eval_count", 0)),
+                 counts.get(b"completion_tokens", counts.get(b"eval_count", 0)))
 
 
 class Frame:
@@ -137,6 +166,21 @@ class Response:
             self.set_body(stamp(self.body))
 
 
+class UpstreamSlot:
+    """A place held for an exchange's upstream call (the admission stage's slot), set on
+    `Exchange.slot` by the stage that holds it. The upstream client gives it back while
+    it waits between retries, so a back-off does not keep a GPU slot idle, and takes it
+    again before the next attempt. This base holds nothing."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        """Give the place back for a while."""
+
+    def retake(self) -> None:
+        """Take a place again; raises a `BridgeError` (e.g. a 503) when none comes."""
+
+
 @dataclass
 class Exchange:
     """One client request and everything the bridge learns while answering it."""
@@ -157,6 +201,10 @@ class Exchange:
     client_key: str | None = None     # NAME of the client key shared mode accepted
     cache_scope: str | None = None    # partitions the cache (e.g. one cache per client key)
     upstream: str | None = None       # base URL of the upstream chosen; None: the configured one
+    # The usage the upstream reported for this exchange's call, read where its body or
+    # frames are read: set even when the client did not ask for usage and never sees it.
+    usage: Usage | None = None
+    slot: UpstreamSlot | None = None  # the upstream call's admission slot, if one is held
     upstream_attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
     notes: dict[str, Any] = field(default_factory=dict)  # one stage's private scratch space
@@ -189,10 +237,33 @@ class Exchange:
         """Run `callback(exchange)` once the response has been sent or the client left."""
         self._closers.append(callback)
 
+    @property
+    def closer_count(self) -> int:
+        """How many closers are registered: a mark for `take_closers`."""
+        return len(self._closers)
+
+    def take_closers(self, since: int) -> Callable[[], None]:
+        """Take the closers registered after the first `since` ones out of this exchange;
+        returns what runs them (as `close` does, at most once). For a stage that hands
+        the rest of the exchange to a greenlet of its own: the cache's single-flight
+        producer owns the upstream call, and the stages inside it (the admission slot)
+        end with that call, not when the client leaves."""
+        taken, self._closers = self._closers[since:], self._closers[:since]
+
+        def run() -> None:
+            closers = list(taken)
+            taken.clear()
+            self._run_closers(closers)
+
+        return run
+
     def close(self) -> None:
         """Run the closers, innermost first, each exactly once; one that fails is logged
         and the others still run."""
         closers, self._closers = self._closers, []
+        self._run_closers(closers)
+
+    def _run_closers(self, closers: list[Callable[["Exchange"], None]]) -> None:
         for callback in reversed(closers):
             try:
                 callback(self)

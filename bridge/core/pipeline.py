@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from typing import Iterator, Sequence
 
 from bridge.core import streaming
 from bridge.core.errors import BridgeError, InternalError, error_response
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, Response
+from bridge.core.forking import PerProcess
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
 
@@ -44,9 +44,10 @@ log = logging.getLogger("bridge.pipeline")
 # The written-down order, outermost first. Each entry is a feature package whose `stage`
 # module exposes `make_stage(settings, context) -> Stage | None` (None when it is off).
 # Each feature uncomments its own line when it lands.
-# Coming later: the Lua hooks (after auth), async requests (before the think filter).
+# Coming later: async requests (before the think filter).
 STAGE_ORDER: Sequence[str] = (
     "bridge.observability",  # access log, request metrics: sees every exchange
+    "bridge.lua",  # the operator's Lua hooks: before the key checks, after everything else
     "bridge.shared_mode",  # shared mode: client keys, upstream key
     "bridge.think",  # outside the cache: filters hits and misses on the way out
     "bridge.cache",  # lookup (may answer) / store what the upstream produced
@@ -91,25 +92,28 @@ class Pipeline:
             stage = module.make_stage(settings, self.context)
             if stage is not None:
                 self.stages.append(stage)
-        self._started_pid = 0
+        self._started = PerProcess(self._start_stages)
 
     def stage(self, name: str) -> Stage | None:
         return next((stage for stage in self.stages if stage.name == name), None)
 
     def start(self) -> None:
         """Start every stage once in this process (idempotent; safe after fork)."""
-        if self._started_pid == os.getpid():
-            return
-        self._started_pid = os.getpid()
+        self._started.get()
+
+    def _start_stages(self) -> None:
         for stage in self.stages:
-            stage.start()
+            try:
+                stage.start()
+            except Exception:  # noqa: BLE001 - the other stages still start; it is said once
+                log.exception("stage %s failed to start", stage.name)
+                emit("stage.failed", stage=stage.name, phase="start")
 
     def stop(self) -> None:
         """Stop every stage started in this process (at the worker's exit); a stage that
         fails to stop is logged and the others still stop."""
-        if self._started_pid != os.getpid():
+        if not self._started.made_here():
             return
-        self._started_pid = 0
         for stage in self.stages:
             try:
                 stage.stop()

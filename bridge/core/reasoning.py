@@ -1,9 +1,11 @@
-"""Recognising and removing the `<think>…</think>` reasoning markup of reasoning models.
+"""The one reasoning rule: recognising and removing `<think>…</think>` reasoning markup,
+and the names of the fields upstreams put reasoning in.
 
 Pure text logic, no HTTP: `ThinkFilter` splits a stream of text pieces into answer and
-reasoning pieces, `split_think` does the same for a whole text, and `strip_history`
-cleans an earlier assistant message. The pipeline stage `bridge/think_filter.py` applies them
-to the payloads of each API surface.
+reasoning pieces, `split_think` does the same for a whole text whose start is guessed,
+and `split_whole` / `strip_history` apply the rule for whole texts (response bodies, the
+history clients send back, cache keys). The think stage (`bridge/think/stage.py`)
+applies them to the payloads of each API surface.
 
 The rules (non-stream and stream give the same result for any way of cutting the text):
 
@@ -11,13 +13,24 @@ The rules (non-stream and stream give the same result for any way of cutting the
   dropped with it. Text outside blocks is answer, byte for byte.
 * Blocks are flat: inside a block, `<think>` is plain reasoning text and the first
   `</think>` closes it. A `</think>` outside any block is stray markup: it and the
-  whitespace after it are dropped, the text around it stays answer.
+  whitespace after it are dropped, the text around it stays answer (but see below for
+  a `</think>` that comes before any `<think>`).
 * Missing opening tag: a filter made with `starts_inside=True` (the caller's guess, e.g.
   from the model name) treats everything up to the first `</think>` as reasoning. That
   text is held back until the guess is confirmed: at `</think>` it becomes reasoning; if
   a `<think>` comes first, the model opens its blocks itself and the held text is answer;
   if the output ends with neither, the guess was wrong and all of it is the answer.
   So nothing is lost, but for such a wrong guess the answer arrives only at the end.
+  With `live=True` (the caller knows the model starts inside and the client wants the
+  reasoning) the held text is also handed out as reasoning while it waits; should it
+  turn out to be answer after all, it is handed out again as answer.
+* Whole texts (`split_whole`): the start is not guessed but read off the text: a
+  `</think>` before any `<think>` proves the text started inside reasoning, whatever
+  the model, so everything up to it (and the whitespace after it) is reasoning.
+* A stream whose start was taken to be answer can meet such a `</think>` too, with the
+  reasoning before it already sent: the tag is dropped but the whitespace after it is
+  kept, so the answer is at least not glued to the reasoning. `first_tag` reports it,
+  so that the caller can start that model inside reasoning next time.
 * Unclosed block: a block opened before any answer text (only whitespace before it,
   e.g. a reasoning cut by `finish_reason: length`) is reasoning to the end — half a
   chain of thought is never shown as the answer. A `<think>` that comes after answer
@@ -36,6 +49,14 @@ from functools import lru_cache
 
 OPEN = "<think>"
 CLOSE = "</think>"
+
+# Where upstreams put reasoning besides tags in the text: Ollama's /v1 and vLLM's
+# `reasoning`, DeepSeek's `reasoning_content`, Ollama's native `thinking`.
+OPENAI_REASONING_FIELDS = ("reasoning", "reasoning_content")
+OLLAMA_REASONING_FIELD = "thinking"
+REASONING_FIELDS = (*OPENAI_REASONING_FIELDS, OLLAMA_REASONING_FIELD)
+# Where `--keep-reasoning` delivers it, per surface.
+KEPT_REASONING_FIELD = {"openai": "reasoning_content", "ollama": OLLAMA_REASONING_FIELD}
 _MAX_HOLD = len(CLOSE) - 1
 
 # States of ThinkFilter.
@@ -70,22 +91,27 @@ class ThinkFilter:
     `feed(piece)` returns `(answer, reasoning)` for what can be decided now; `finish()`
     returns what was held back. Counters: `blocks` (reasoning blocks recognised),
     `chars_in`, `chars_answer`, and `chars_removed` (markup, reasoning and whitespace
-    taken out of the answer).
+    taken out of the answer). `first_tag` is the first tag met (`OPEN`, `CLOSE` or
+    None): the evidence of whether the output started inside reasoning.
     """
 
     __slots__ = (
         "_answered",
         "_carry",
         "_held",
+        "_live",
         "_skip_ws",
         "_state",
         "blocks",
         "chars_answer",
         "chars_in",
+        "first_tag",
     )
 
-    def __init__(self, starts_inside: bool = False) -> None:
+    def __init__(self, starts_inside: bool = False, live: bool = False) -> None:
         self._state = _IMPLICIT if starts_inside else _OUT
+        self._live = live and starts_inside
+        self.first_tag: str | None = None
         self._carry = ""  # a possible partial tag at the end of the last piece
         self._held: list[str] = []  # text of a _MID or _IMPLICIT block, not decided yet
         self._skip_ws = False  # just after `</think>`: drop whitespace
@@ -102,6 +128,11 @@ class ThinkFilter:
     def pending(self) -> int:
         """Characters fed but not yet emitted as answer or reasoning."""
         return len(self._carry) + sum(map(len, self._held))
+
+    @property
+    def passing(self) -> bool:
+        """Outside any block with nothing held: text without `<` would pass unchanged."""
+        return self._state == _OUT and not self._carry and not self._skip_ws
 
     def feed(self, piece: str) -> tuple[str, str]:
         self.chars_in += len(piece)
@@ -132,7 +163,9 @@ class ThinkFilter:
                     text = text[i_open + len(OPEN):]
                 else:  # a stray `</think>`
                     self._emit_answer(answer, text[:i_close])
-                    self._skip_ws = True
+                    # The first tag: the text before it was reasoning, already sent as
+                    # answer; keep the whitespace that separates it from the answer.
+                    self._skip_ws = self._saw(CLOSE)
                     text = text[i_close + len(CLOSE):]
             elif state == _BLOCK:
                 i_close = text.find(CLOSE)
@@ -159,9 +192,12 @@ class ThinkFilter:
                         text = text[:-keep]
                     if text:
                         self._held.append(text)
+                        if self._live and state == _IMPLICIT:
+                            reasoning.append(text)
                     break
                 if i_close == -1 or (i_open != -1 and i_open < i_close):
                     # The model writes its own `<think>`: what came before it is answer.
+                    self._saw(OPEN)
                     self._held.append(text[:i_open])
                     self._emit_answer(answer, "".join(self._held))
                     self._held = []
@@ -169,9 +205,14 @@ class ThinkFilter:
                     self._open_block()
                     text = text[i_open + len(OPEN):]
                 else:
-                    self._held.append(text[:i_close])
-                    held = "".join(self._held)
+                    self._saw(CLOSE)
+                    if self._live and state == _IMPLICIT:  # the rest went out already
+                        held = text[:i_close]
+                    else:
+                        self._held.append(text[:i_close])
+                        held = "".join(self._held)
                     self._held = []
+                    self._live = False
                     if held:
                         reasoning.append(held)
                     self.blocks += 1
@@ -194,7 +235,15 @@ class ThinkFilter:
         self._emit_answer(out, held)
         return "".join(out), ""
 
+    def _saw(self, tag: str) -> bool:
+        """Note a tag met; whether it is the first one."""
+        if self.first_tag is None:
+            self.first_tag = tag
+            return False
+        return True
+
     def _open_block(self) -> None:
+        self._saw(OPEN)
         if self._answered:
             self._state = _MID
         else:
@@ -217,18 +266,28 @@ def split_think(text: str, starts_inside: bool = False) -> tuple[str, str]:
     return answer + answer_end, reasoning + reasoning_end
 
 
-def strip_history(text: str) -> str:
-    """The answer part of an earlier assistant message, for sending history upstream.
-
-    The whole text is known here, so a `</think>` before any `<think>` is taken as
-    proof that the message started inside reasoning, whatever the model.
-    """
+def starts_inside(text: str) -> bool:
+    """Whether a whole text proves it started inside reasoning: a `</think>` before any
+    `<think>`."""
     i_close = text.find(CLOSE)
-    if i_close == -1 and OPEN not in text:
-        return text
-    i_open = text.find(OPEN)
-    starts_inside = i_close != -1 and (i_open == -1 or i_close < i_open)
-    return split_think(text, starts_inside)[0]
+    if i_close == -1:
+        return False
+    i_open = text.find(OPEN, 0, i_close)
+    return i_open == -1
+
+
+def split_whole(text: str) -> tuple[str, str]:
+    """Split a whole text (a response body, an earlier message) into (answer, reasoning):
+    its start is read off the text, not guessed (see `starts_inside`)."""
+    if "think>" not in text:
+        return text, ""
+    return split_think(text, starts_inside(text))
+
+
+def strip_history(text: str) -> str:
+    """The answer part of an earlier assistant message, for sending history upstream and
+    for the cache key: the same rule as for response bodies."""
+    return split_whole(text)[0]
 
 
 @lru_cache(maxsize=64)

@@ -1,8 +1,15 @@
-"""Keeping secrets out of what the bridge writes: log records, response bodies, frames.
+"""Keeping secrets out of what the bridge writes: log lines, response bodies, frames.
 
-A `Redactor` replaces known secrets (the upstream key, as it is and as JSON escapes it)
-with `[REDACTED]`. Its log filter also masks any `Bearer …` credential and any bridge
-client key, so a debug log of headers never carries a key, whoever logs it.
+A `Redactor` knows secrets by value (the keys in the settings: the upstream key, the
+metrics key) and replaces them, as they are and as JSON escapes them, with `[REDACTED]`:
+in response bodies and stream frames (shared mode, in case the upstream echoes its key)
+and in log text. Log text also loses every credential recognisable by its shape, whoever
+sent it: `Bearer …` values, `sk-…` keys (bridge client keys included), key-like JSON or
+Python-repr fields (`"api_key": "…"`) and credential query parameters (`?key=…`).
+
+The log layer is one `RedactingFilter` per process, on the handlers of the bridge's and
+gunicorn's loggers, installed by the log set-up (`bridge.observability.logs.configure`)
+with the secrets of the settings: `install(secrets)`.
 """
 
 from __future__ import annotations
@@ -16,15 +23,37 @@ from bridge.core.exchange import Frame
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
-_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;\\]+")
-_CLIENT_KEY = re.compile(r"sk-bridge-[A-Za-z0-9_\-]{8,}")
-_LOGGERS = ("", "bridge", "gunicorn.error", "gunicorn.access")
+
+# Query parameters that carry credentials (Google-style `?key=`, `?api_key=`, OAuth's
+# `?access_token=`, …): never sent upstream in shared mode, never logged. Lower case,
+# compared after percent-decoding.
+CREDENTIAL_QUERY_PARAMS = frozenset({
+    "key", "api_key", "api-key", "apikey", "x-api-key", "access_token", "token",
+    "auth_token", "client_secret",
+})
+
+_KEY_NAMES = r"(?:x-)?api[_-]?key|authorization|password|secret|access_token|client_secret"
+# (regex, replacement): each credential shape, masked wherever it appears in a log line
+_SHAPES = (
+    (re.compile(r"(?i)\b(bearer\s+)[^\s'\",;\\]+"), r"\1" + REDACTED),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{4,}"), "sk-" + REDACTED),
+    (re.compile(rf"(?i)(([\"'])(?:{_KEY_NAMES})\2\s*:\s*)([\"'])(?:(?!\3)[^\\]|\\.)*\3"),
+     r"\1\3" + REDACTED + r"\3"),
+    (re.compile(r"(?i)([?&](?:" + "|".join(re.escape(name) for name in
+                                          sorted(CREDENTIAL_QUERY_PARAMS, key=len,
+                                                 reverse=True)) + r")=)[^&\s#'\"]+"),
+     r"\1" + REDACTED),
+)
+# What every shape starts with, case-folded: a line without any of these (most lines,
+# every ordinary access line) has nothing to mask, which one pass finds out.
+_MARKERS = ("bearer", "sk-", "api_key", "api-key", "apikey", "authorization", "password",
+            "secret", "token", "?key=", "&key=")
 
 
 class Redactor:
-    """Replaces the given secrets in text and bytes."""
+    """Replaces the given secrets in text and bytes; `log_text` also masks by shape."""
 
-    def __init__(self, secrets: Iterable[str]):
+    def __init__(self, secrets: Iterable[str] = ()):
         forms: set[str] = set()
         for secret in secrets:
             # a very short "key" would be cut out of ordinary answer text: leave it
@@ -48,12 +77,12 @@ class Redactor:
         return text
 
     def log_text(self, text: str) -> str:
-        """`text` with the secrets, bearer credentials and client keys masked."""
+        """`text` with the known secrets and every credential-shaped value masked."""
         text = self.text(text)
-        if "sk-bridge-" in text:
-            text = _CLIENT_KEY.sub("sk-bridge-" + REDACTED, text)
-        if "earer" in text.lower():  # as the pattern, whatever the case
-            text = _BEARER.sub(r"\1" + REDACTED, text)
+        folded = text.casefold()
+        if any(marker in folded for marker in _MARKERS):
+            for pattern, replacement in _SHAPES:
+                text = pattern.sub(replacement, text)
         return text
 
     def headers(self, headers: dict[str, str]) -> dict[str, str]:
@@ -84,28 +113,48 @@ class Redactor:
 
 
 class RedactingFilter(logging.Filter):
-    """A handler filter that redacts each record's message and traceback in place."""
+    """A handler filter that redacts each record in place: its message (arguments
+    merged in), traceback, stack and the string values of structured `fields`."""
 
     def __init__(self, redactor: Redactor):
         super().__init__("bridge.redaction")
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redactor.log_text(record.getMessage())
-        record.args = None
+        if getattr(record, "_bridge_redacted", False):  # several handlers, one record
+            return True
+        log_text = self.redactor.log_text
+        message = record.getMessage()
+        record.msg, record.args = log_text(message), None
+        if record.msg != message:
+            # structured fields (JSON access lines) repeat what the message says
+            fields = getattr(record, "fields", None)
+            if isinstance(fields, dict):
+                record.fields = {name: log_text(value) if isinstance(value, str) else value
+                                 for name, value in fields.items()}
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.redactor.log_text(record.exc_text)
+            record.exc_text = log_text(record.exc_text)
         if record.stack_info:
-            record.stack_info = self.redactor.log_text(record.stack_info)
+            record.stack_info = log_text(record.stack_info)
+        record._bridge_redacted = True
         return True
 
 
-def install_log_filter(redactor: Redactor) -> None:
-    """Redact every record written by this process's log handlers (bridge, gunicorn,
-    root); idempotent per handler."""
-    for name in _LOGGERS:
+# Every handler of these loggers gets the filter: the bridge's own, gunicorn's (its error
+# log, and its access log should anyone turn it on) and the root logger's.
+LOGGERS = ("bridge", "gunicorn.error", "gunicorn.access", "")
+
+_filter = RedactingFilter(Redactor())
+
+
+def install(secrets: Iterable[str]) -> RedactingFilter:
+    """Redact every record this process's log handlers write, knowing `secrets`; called
+    by the log set-up. Idempotent: a second call only updates the secrets."""
+    _filter.redactor = Redactor(secrets)
+    for name in LOGGERS:
         for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
-                handler.addFilter(RedactingFilter(redactor))
+            if _filter not in handler.filters:
+                handler.addFilter(_filter)
+    return _filter

@@ -264,6 +264,9 @@ SETTINGS: list[Setting] = [
     Setting("timeout", ("-t", "--timeout"), "timeout of each upstream HTTP request, "
             "connect + whole response (streams too), in ms", Integer(1000, 86_400_000),
             300_000, "MS"),
+    Setting("connect_timeout", ("--connect-timeout",), "longest wait in ms for the upstream "
+            "to accept a connection, within -t (a black-holed host fails fast)",
+            Integer(100, 86_400_000), 10_000, "MS"),
     Setting("retry_attempts", ("-a", "--retry-attempts"), "max retries after a failed "
             "upstream call; 0 = none", Integer(0, 1024), 0, "N"),
     Setting("retry_min_interval", ("-i", "--retry-min-interval"), "first retry wait in ms, "
@@ -274,6 +277,9 @@ SETTINGS: list[Setting] = [
             Integer(1, 256), None, "N"),
     Setting("max_body_size", ("--max-body-size",), "largest accepted request body in bytes",
             Integer(1024, 1 << 30), 16 << 20, "BYTES"),
+    Setting("body_read_timeout", ("--body-read-timeout",), "longest time in ms a client may "
+            "take to send its whole request body; slower bodies get 408",
+            Integer(100, 3_600_000), 30_000, "MS"),
     Setting("graceful_timeout", ("--graceful-timeout",), "on stop, how long in ms requests "
             "and streams in progress may take to finish; streams still running are then "
             "ended with an error event", Integer(1000, 3_600_000), 30_000, "MS"),
@@ -283,15 +289,17 @@ SETTINGS: list[Setting] = [
             Integer(0, 600_000), 5_000, "MS"),
     Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
             "per worker", Integer(1, 10_000), 256, "N"),
-    # --- think filter (bridge/think_filter.py) -----------------------------------------
+    # --- think filter (bridge/think/) ---------------------------------------------------
     Setting("disable_think_filter", ("--disable-think-filter",), "turn off removal of "
             "<think>...</think> and reasoning fields from responses", Switch(), False),
     Setting("keep_reasoning", ("--keep-reasoning",), "deliver the removed reasoning as "
             "reasoning_content (OpenAI API) or thinking (Ollama API)", Switch(), False),
     Setting("think_start_models", ("--think-start-models",), "models (regex on the name) "
-            "whose output starts inside reasoning, with only </think> shown",
+            "whose output may start inside reasoning, with only </think> shown: the last "
+            "resort when neither the request, the upstream nor the model's earlier answers "
+            "tell (see The think filter)",
             Pattern(), DEFAULT_START_INSIDE_MODELS, "REGEX"),
-    # --- enterprise shared mode (bridge/auth.py, bridge/keystore.py) --------------------
+    # --- enterprise shared mode (bridge/shared_mode/) --------------------------------------
     Setting("enable_shared_mode", ("--enable-shared-mode",), "send every upstream request "
             "with the bridge's own key (--api-key), never the client's credentials; once "
             "client keys exist (`keys create`), clients must send one", Switch(), False),
@@ -331,8 +339,26 @@ SETTINGS: list[Setting] = [
             "--max-concurrency is reached; more get 503", Integer(0, 10_000), 100, "N"),
     Setting("max_queue_wait", ("--max-queue-wait",), "longest wait in ms for a free slot "
             "before answering 503", Integer(0, 3_600_000), 30_000, "MS"),
+    Setting("metrics_key", ("--metrics-key",), "bearer key that /metrics requires "
+            "(`Authorization: Bearer KEY`); unset = /metrics is open to anyone who can "
+            "reach the port", SecretText(), None, "KEY"),
     Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
             "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
+    # --- LuaJIT middleware (bridge/lua) --------------------------------------------------
+    Setting("enable_luajit", ("--enable-luajit",), "run the Lua script's HandleServerRequest "
+            "on every request and HandleServerResponse on every response", Switch(), False),
+    Setting("luajit_script", ("--luajit-script",), "the Lua middleware script, checked at "
+            "start", Text("a file path", required=True), "./plugin.lua", "FILE"),
+    Setting("luajit_instances_power", ("--luajit-instances-power",), "LuaJIT runtimes per "
+            "worker, as a power of two (P=3: 8 runtimes)", Integer(1, 8), 1, "P"),
+    Setting("luajit_package_path", ("--luajit-package-path",), "where `require` finds Lua "
+            "modules (package.path templates, ';'-separated), before LuaJIT's default",
+            Text(), "", "PATHS"),
+    Setting("luajit_package_cpath", ("--luajit-package-cpath",), "where `require` finds C "
+            "modules (package.cpath templates), before LuaJIT's default and the system's "
+            "lua/5.1 directories", Text(), "", "PATHS"),
+    Setting("luajit_timeout", ("--luajit-timeout",), "time budget of each Lua hook call in "
+            "ms; a call over it answers 504", Integer(1, 600_000), 1000, "MS"),
 ]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -417,8 +443,9 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
 
 def resolve(parsed: argparse.Namespace, names: Iterable[str],
             environ: Mapping[str, str] | None = None) -> Settings:
-    """The named settings (only those) for a tool subcommand: defaults, then environment,
-    then the flags in `parsed` that `add_arguments` declared."""
+    """The named settings (only those): defaults, then environment, then the flags in
+    `parsed` that `add_arguments` declared (a flag not given is absent from `parsed`).
+    Used by the server's `load` and by tool subcommands alike."""
     names = list(names)
     from_environ = from_env(environ, [_BY_NAME[name] for name in names])
     values = {name: from_environ.get(name, _BY_NAME[name].default) for name in names}
@@ -438,19 +465,24 @@ def load(argv: Iterable[str] | None = None,
     Raises `SettingError` with a one-line message naming the flag, the value and the
     allowed range. `-h`/`-V` and unknown flags exit through argparse.
     """
-    values = {setting.name: setting.default for setting in SETTINGS}
-    values.update(from_env(environ))
-    if argv is not None:
-        parsed = build_parser().parse_args(list(argv))
-        for name, raw in vars(parsed).items():
-            setting = _BY_NAME[name]
-            if setting.is_switch:
-                values[name] = bool(raw)
-            else:
-                values[name] = _parse(setting, raw, "/".join(setting.flags))
-    settings = Settings(**values)
+    parsed = (build_parser().parse_args(list(argv)) if argv is not None
+              else argparse.Namespace())
+    settings = resolve(parsed, _BY_NAME, environ)
     check(settings)
     return settings
+
+
+def upstream_key(settings: Settings) -> str:
+    """The bridge's own upstream key (shared mode), from `--api-key` or its file; "" if none."""
+    secret = settings.api_key or settings.api_key_file
+    return secret.reveal() if secret else ""
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """Every secret the settings hold (the upstream key, the metrics key, …): what the log
+    redaction removes wherever it appears."""
+    values = (getattr(settings, setting.name, None) for setting in SETTINGS)
+    return [value.reveal() for value in values if isinstance(value, Secret) and value]
 
 
 def check(settings: Settings) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from bridge.core.exchange import Frame, Response, encode_json
+from bridge.core.exchange import Frame, Response
 
 SSE = "sse"
 NDJSON = "ndjson"
@@ -110,6 +110,15 @@ def is_terminal(frame: Frame, codec: str) -> bool:
     return False
 
 
+def is_error(frame: Frame) -> bool:
+    """Whether the frame is an in-band error (`{"error": …}`), as Ollama and OpenAI-style
+    servers send one when a stream fails after it started."""
+    if frame.verbatim or b'"error"' not in frame.raw:  # most frames: no JSON parsing
+        return False
+    data = frame.data
+    return isinstance(data, dict) and "error" in data
+
+
 def error_frame(surface: str, message: str, code: str = "stream_error") -> Frame:
     """The in-band error a client sees when a stream cannot finish normally."""
     if surface == "ollama":
@@ -123,10 +132,6 @@ def stream_response(status: int, headers: dict[str, str], frames: Iterator[Frame
     headers = dict(headers)
     headers["content-type"] = headers.get("content-type") or CONTENT_TYPES.get(codec, "")
     return Response(status=status, headers=headers, frames=frames, codec=codec)
-
-
-def single_body(data: dict) -> bytes:
-    return encode_json(data) + b"\n"
 
 
 @contextmanager

@@ -1,16 +1,17 @@
 """The upstream client: the only code that talks HTTP to Ollama or the OpenAI-compatible API.
 
 It owns connection pooling (one `requests.Session` per worker process, created on first
-use, after fork), the `-t` timeout (connect + response, and a deadline for streams),
-retries with exponential back-off and jitter (`-a/-i/-m`, honouring `Retry-After`),
-and the mapping of transport failures to gateway errors (502, 504).
+use, after fork), the `-t` timeout (connect + response, and a deadline for streams) with
+its shorter `--connect-timeout`, retries with exponential back-off and jitter
+(`-a/-i/-m`, honouring `Retry-After`, the admission slot given back while waiting), and
+the mapping of transport failures to gateway errors (502, 504).
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
-import os
 import random
 import time
 from contextlib import closing
@@ -24,8 +25,9 @@ from requests.adapters import HTTPAdapter
 
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
-from bridge.core.exchange import Exchange, Frame, Response
-from bridge.core.settings import Settings
+from bridge.core.exchange import Exchange, Frame, Response, usage_in
+from bridge.core.forking import PerProcess
+from bridge.core.settings import Settings, upstream_key
 
 log = logging.getLogger("bridge.upstream")
 
@@ -40,6 +42,10 @@ NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding
 NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
 READ_SIZE = 65536
+
+# What `readiness()` finds: /ready's `status`
+READY, NOT_REACHABLE = "ready", "upstream unreachable"
+KEY_REFUSED = "upstream refuses the bridge's key (--api-key)"
 
 
 @dataclass(frozen=True)
@@ -94,39 +100,39 @@ class UpstreamClient:
 
     `-t` bounds each upstream request as a whole: connecting, waiting for the headers
     and reading the body share one budget, so a stream that outlives it is cut with an
-    in-band error and a log line, whatever the pace of its chunks.
+    in-band error and a log line, whatever the pace of its chunks. Connecting alone has
+    the shorter `--connect-timeout` (within `-t`): a host that drops packets fails fast.
     """
 
     def __init__(self, settings: Settings):
         self.base_url = settings.ollama
         self.timeout = settings.timeout / 1000
+        self.connect_timeout = min(settings.connect_timeout, settings.timeout) / 1000
         self.attempts = 1 + settings.retry_attempts
         self.backoff = Backoff(settings.retry_min_interval / 1000,
                                settings.retry_max_interval / 1000)
         self.pool_size = settings.upstream_pool_size
-        self._session: requests.Session | None = None
-        self._session_pid = 0
-        self._adapter: HTTPAdapter | None = None
+        key = upstream_key(settings) if settings.enable_shared_mode else ""
+        self.probe_headers = {"authorization": f"Bearer {key}"} if key else {}
+        # one pool per worker process, made after fork
+        self._transport = PerProcess(self._new_transport)
 
-    def _transport(self) -> tuple[requests.Session, HTTPAdapter]:
-        # One pool per worker process, created after fork.
-        if self._session is None or self._adapter is None or self._session_pid != os.getpid():
-            session = requests.Session()
-            session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
-                                  max_retries=0, pool_block=False)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._session, self._adapter, self._session_pid = session, adapter, os.getpid()
-        return self._session, self._adapter
+    def _new_transport(self) -> tuple[requests.Session, HTTPAdapter]:
+        session = requests.Session()
+        session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
+                              max_retries=0, pool_block=False)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session, adapter
 
     @property
     def session(self) -> requests.Session:
         """This worker's session; its adapter holds the connection pool."""
-        return self._transport()[0]
+        return self._transport.get()[0]
 
     def _send_once(self, method: str, url: str, headers: dict[str, str],
-                   body: bytes) -> requests.Response:
+                   body: bytes, timeout: float | None = None) -> requests.Response:
         """One upstream call through the session's transport adapter.
 
         `Session.request` would merge session headers, cookies, hooks and environment
@@ -136,8 +142,10 @@ class UpstreamClient:
         """
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=headers, data=body or None)
-        adapter = self._transport()[1]
-        return adapter.send(prepared, stream=True, timeout=(self.timeout, self.timeout))
+        adapter = self._transport.get()[1]
+        timeout = self.timeout if timeout is None else min(timeout, self.timeout)
+        return adapter.send(prepared, stream=True,
+                            timeout=(min(self.connect_timeout, timeout), timeout))
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:
         headers = forwardable(ex.headers, NOT_FORWARDED_REQUEST)
@@ -149,7 +157,9 @@ class UpstreamClient:
         """Call the upstream with retries; raise `UpstreamUnavailable`/`UpstreamTimeout`.
 
         A failure is retried only before anything of its response was used: connection
-        errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`.
+        errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`. The
+        exchange's admission slot is given back during each back-off and taken again
+        before the next attempt (which may then wait in the admission queue, or get 503).
         """
         url = self.base_url + upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
         headers = self.request_headers(ex)
@@ -180,11 +190,22 @@ class UpstreamClient:
             log.warning("upstream attempt %d/%d failed (%s); retrying in %.3fs [%s]",
                         attempt, self.attempts, detail, wait, ex.request_id)
             events.emit("upstream.retry")
-            time.sleep(wait)
+            self._back_off(ex, wait)
         log.error("upstream failed after %d attempt(s) (%s) [%s]", self.attempts, detail,
                   ex.request_id)
         assert failure is not None
         raise failure
+
+    @staticmethod
+    def _back_off(ex: Exchange, wait: float) -> None:
+        slot = ex.slot
+        if slot is not None:
+            slot.release()
+        try:
+            time.sleep(wait)
+        finally:
+            if slot is not None:
+                slot.retake()
 
     def _response(self, ex: Exchange, upstream: requests.Response, deadline: float) -> Response:
         headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
@@ -198,11 +219,15 @@ class UpstreamClient:
             return response
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline))
+        if upstream.ok and ex.is_model_request:
+            ex.usage = usage_in(body) or ex.usage
         return Response(status=upstream.status_code, headers=headers, body=body)
 
     def _body(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
         """The upstream body as it arrives, chunk by chunk (never waiting to fill a
-        buffer), each read bounded by what is left of the `-t` budget."""
+        buffer), each read bounded by what is left of the `-t` budget. A body that ends
+        before its end (a dropped connection, fewer bytes than its Content-Length) is a
+        502 saying so."""
         raw = upstream.raw
         connection = raw.connection
         if raw.chunked:
@@ -224,14 +249,26 @@ class UpstreamClient:
         except BridgeError:
             raise
         except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
-            raise self.transport_error(exc) from None
+            if self.is_timeout(exc):
+                raise self.timeout_error("response exceeded") from None
+            raise UpstreamUnavailable("upstream closed the response early",
+                                      code="upstream_closed_early") from None
 
     def timeout_error(self, what: str) -> UpstreamTimeout:
         return UpstreamTimeout(f"upstream {what} the {self.timeout:g}s timeout (-t)")
 
+    @staticmethod
+    def is_timeout(exc: Exception) -> bool:
+        return (isinstance(exc, (requests.Timeout, TimeoutError))
+                or "Timeout" in type(exc).__name__)
+
     def transport_error(self, exc: Exception) -> BridgeError:
-        """The gateway error for a transport failure: 504 for timeouts, else 502."""
-        if isinstance(exc, (requests.Timeout, TimeoutError)) or "Timeout" in type(exc).__name__:
+        """The gateway error for a failure before the answer: 504 for timeouts, else 502."""
+        if isinstance(exc, requests.ConnectTimeout):
+            return UpstreamTimeout(f"upstream did not accept a connection within the "
+                                   f"{self.connect_timeout:g}s connect timeout "
+                                   "(--connect-timeout)")
+        if self.is_timeout(exc):
             return self.timeout_error("did not answer within")
         return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
 
@@ -240,12 +277,19 @@ class UpstreamClient:
         """Relay frames as they arrive; a stream that does not end normally ends with an
         in-band error, and the upstream connection is closed whatever happens (a client
         that hangs up closes this generator, which stops the generation upstream).
-        `response.outcome` says how it ended."""
+        `response.outcome` says how it ended. An upstream that sent its own in-band error
+        before it stopped has said what went wrong: no second error is added."""
         failure: BridgeError | None = None
+        counted = ex.is_model_request and codec != streaming.RAW
+        told = False  # the upstream sent an in-band error
         try:
             for frame in streaming.READERS[codec](self._body(upstream, deadline)):
+                if counted:  # read here: a stage may drop the frame the client did not ask for
+                    ex.usage = usage_in(frame.raw) or ex.usage
                 if streaming.is_terminal(frame, codec):
                     response.outcome = "complete"
+                elif streaming.is_error(frame):
+                    told = True
                 yield frame
         except BridgeError as err:
             failure = err
@@ -258,6 +302,10 @@ class UpstreamClient:
         if isinstance(failure, UpstreamTimeout):
             response.outcome = "timeout"
             message, code = failure.message, failure.code
+        elif told:
+            response.outcome = "truncated"
+            log.warning("upstream stream ended with its own error [%s]", ex.request_id)
+            return
         else:
             response.outcome = "truncated"
             message, code = "upstream stream ended prematurely", "upstream_stream_truncated"
@@ -265,10 +313,38 @@ class UpstreamClient:
         if codec != streaming.RAW:
             yield streaming.error_frame(ex.surface, message, code or "stream_error")
 
-    def reachable(self, timeout: float = 2.0) -> bool:
-        """Whether the upstream answers HTTP at all (any status counts as reachable)."""
+    def capabilities(self, model: str, authorization: str | None = None,
+                     timeout: float = 5.0) -> list[str] | None:
+        """The model's capabilities as Ollama's `POST /api/show` lists them (e.g.
+        `thinking`); None when the upstream cannot tell (not Ollama, an unknown model,
+        a failure): the caller then decides without them."""
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        if authorization:
+            headers["authorization"] = authorization
         try:
-            self.session.get(self.base_url + "/", timeout=(timeout, timeout)).close()
+            with closing(self._send_once("POST", self.base_url + "/api/show", headers,
+                                         json.dumps({"model": model}).encode(),
+                                         timeout)) as shown:
+                if shown.status_code != 200:
+                    return None
+                caps = json.loads(b"".join(self._body(shown, time.monotonic() + timeout)))
+        except (BridgeError, requests.RequestException, ValueError):
+            return None
+        caps = caps.get("capabilities") if isinstance(caps, dict) else None
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            return None
+        return caps
+
+    def readiness(self, timeout: float = 2.0) -> str:
+        """"ready" when the upstream answers HTTP (any status: clients bring their own
+        credentials), else why not. In shared mode the probe carries the bridge's upstream
+        key, as every request does, and a 401/403 means the upstream refuses that key."""
+        try:
+            answer = self.session.get(self.base_url + "/", headers=self.probe_headers,
+                                      timeout=(timeout, timeout))
+            answer.close()
         except requests.RequestException:
-            return False
-        return True
+            return NOT_REACHABLE
+        if self.probe_headers and answer.status_code in (401, 403):
+            return KEY_REFUSED
+        return READY

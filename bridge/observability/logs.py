@@ -1,54 +1,30 @@
 """Logging set-up for the bridge's processes: text or JSON lines, credentials masked.
 
-Every line the bridge writes goes through `RedactingFormatter`, which masks credentials
-by their shape in the whole formatted line, tracebacks included: bearer credentials and
-bridge client keys (`bridge.core.redaction`), `sk-…` keys and key-like JSON fields. Known
-secrets (the upstream key of shared mode) are removed by `bridge.core.redaction`'s filter.
-`--log-format json` writes one JSON object per line, with the structured fields of
-access lines as keys of their own.
+`configure(settings)` routes the bridge's loggers to stderr and installs the one
+redaction layer (`bridge.core.redaction`) on every handler of the bridge's and
+gunicorn's loggers, knowing the secrets of the settings: every line is written with
+those and any credential-shaped value masked, tracebacks included. `--log-format json`
+writes one JSON object per line, with the structured fields of access lines as keys of
+their own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any, Mapping
 
-from bridge.core.redaction import REDACTED, Redactor
-from bridge.core.settings import Settings
+from bridge.core import redaction
+from bridge.core.redaction import REDACTED
+from bridge.core.settings import Settings, configured_secrets
 
 FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 # Headers whose values are credentials: never logged.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key",
                             "cookie", "set-cookie"})
-
-_SHAPES = Redactor(())  # no known secret: bearer credentials and client keys, by shape
-_PATTERNS = [
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{4,}"), "sk-" + REDACTED),
-    (re.compile(r'(?i)("(?:api[_-]?key|authorization|password|secret|access_token)"\s*:\s*)'
-                r'"(?:[^"\\]|\\.)*"'), r'\1"' + REDACTED + '"'),
-]
-
-
-# What every shape above starts with, case-folded: a line without any of these (most
-# lines, every ordinary access line) has nothing to mask, which one pass finds out.
-_MARKERS = ("sk-", "bearer", '"api', '"authorization"', '"password"', '"secret"',
-            '"access_token"')
-
-
-def redact(text: str) -> str:
-    """`text` with every credential recognisable by its shape masked."""
-    folded = text.casefold()
-    if not any(marker in folded for marker in _MARKERS):
-        return text
-    text = _SHAPES.log_text(text)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -65,8 +41,8 @@ def clip(data: bytes | str, limit: int = 2000) -> str:
     return text
 
 
-class RedactingFormatter(logging.Formatter):
-    """Plain text lines, with credentials removed from the whole line."""
+class TextFormatter(logging.Formatter):
+    """Plain text lines (credentials were masked by the handler's redaction filter)."""
 
     _second: tuple[int, str] = (-1, "")
 
@@ -80,11 +56,8 @@ class RedactingFormatter(logging.Formatter):
                                                   self.converter(record.created)))
         return self.default_msec_format % (self._second[1], record.msecs)
 
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
 
-
-class JsonFormatter(RedactingFormatter):
+class JsonFormatter(TextFormatter):
     """One JSON object per line: time, level, logger, pid, message, and the record's
     structured `fields` (access lines) as keys of their own."""
 
@@ -95,21 +68,21 @@ class JsonFormatter(RedactingFormatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
-            "message": redact(record.getMessage()),
+            "message": record.getMessage(),
         }
         line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["exception"] = redact(self.formatException(record.exc_info))
-        # redacted before and after encoding: JSON escapes the quotes the patterns look for
-        return redact(json.dumps(line, ensure_ascii=False, default=str))
+        if record.exc_info or record.exc_text:
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
 
 
 def configure(settings: Settings) -> None:
-    """Route the bridge's loggers to stderr at INFO (DEBUG with `-d`); idempotent."""
+    """Route the bridge's loggers to stderr at INFO (DEBUG with `-d`) and redact every
+    handler's lines (gunicorn's too) with the settings' secrets; idempotent."""
     root = logging.getLogger("bridge")
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
     formatter = (JsonFormatter() if getattr(settings, "log_format", "text") == "json"
-                 else RedactingFormatter(FORMAT))
+                 else TextFormatter(FORMAT))
     handler = next((h for h in root.handlers if getattr(h, "_bridge", False)), None)
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
@@ -117,6 +90,7 @@ def configure(settings: Settings) -> None:
         root.addHandler(handler)
         root.propagate = False
     handler.setFormatter(formatter)
+    redaction.install(configured_secrets(settings))
 
 
 def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:

@@ -7,6 +7,10 @@ features emit events and never import Prometheus. This is the only module that d
 and only once `PROMETHEUS_MULTIPROC_DIR` is set (prometheus_client reads it at import):
 the master sets it in `on_starting` (`bridge.core.instance`), before forking the workers.
 
+`/metrics` names client keys and shows per-model traffic: with `--metrics-key KEY` it
+answers only requests that carry `Authorization: Bearer KEY` (401 otherwise), as
+Prometheus sends it with `authorization: {credentials: KEY}` in its scrape config.
+
 Gauges say how workers' values combine: a per-worker quantity (memory-tier entries,
 calls in flight) is summed over live workers; a shared one (disk-tier entries) is the
 largest value any worker saw.
@@ -14,19 +18,25 @@ largest value any worker saw.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flask
 
 from bridge.core import events, instance
+from bridge.core.errors import Unauthorized, error_response
 
 log = logging.getLogger("bridge.metrics")
+
+METRICS_PATH = "/metrics"
+CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge metrics"'}
 
 COUNTER, GAUGE_SET, GAUGE_ADD, HISTOGRAM = "counter", "gauge_set", "gauge_add", "histogram"
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LUA_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 1, 10)
 FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
@@ -114,6 +124,16 @@ METRICS: tuple[Metric, ...] = (
            "Entries in the shared disk tier", mode="max", only=(("tier", "disk"),)),
     Metric("cache.hot_threshold", GAUGE_SET, "bridge_cache_hot_threshold",
            "Current hot-promotion threshold, requests per minute", mode="livemostrecent"),
+    # Lua middleware
+    Metric("lua.call", COUNTER, "bridge_lua_calls_total",
+           "Calls of the Lua script's hooks, by hook", ("hook",)),
+    Metric("lua.error", COUNTER, "bridge_lua_errors_total",
+           "Lua hook calls that failed with a Lua error, by hook", ("hook",)),
+    Metric("lua.timeout", COUNTER, "bridge_lua_timeouts_total",
+           "Lua hook calls stopped at their time budget, by hook", ("hook",)),
+    Metric("lua.duration", HISTOGRAM, "bridge_lua_hook_duration_seconds",
+           "Duration of Lua hook calls, waiting for a free runtime included, by hook",
+           ("hook",), buckets=LUA_BUCKETS),
     # shared mode
     Metric("auth.refused", COUNTER, "bridge_auth_refused_total",
            "Requests refused by client-key authentication, by reason", ("reason",)),
@@ -177,9 +197,33 @@ def init_app(app: flask.Flask) -> None:
     exporter = GunicornInternalPrometheusMetrics.for_app_factory(
         export_defaults=False, group_by="url_rule", defaults_prefix="bridge")
     exporter.init_app(app)
+    settings = app.extensions.get("bridge.settings")
+    key = getattr(settings, "metrics_key", None)
+    if key:
+        app.before_request(_metrics_key_check(key.reveal()))
     if _bridge is None:
         _bridge = _Bridge()
         events.subscribe(_bridge)
+
+
+def _metrics_key_check(key: str) -> Callable[[], flask.Response | None]:
+    """A `before_request` hook: `/metrics` without the metrics key is a 401."""
+    expected = f"Bearer {key}".encode()
+
+    def check() -> flask.Response | None:
+        if flask.request.path != METRICS_PATH:
+            return None
+        given = flask.request.headers.get("authorization", "").strip()
+        scheme, _, token = given.partition(" ")
+        if hmac.compare_digest(f"{scheme.capitalize()} {token.strip()}".encode(), expected):
+            return None
+        message = ("Incorrect metrics key" if given else
+                   "Missing metrics key: send 'Authorization: Bearer <the --metrics-key>'")
+        refusal = error_response("openai", Unauthorized(message, code="invalid_api_key",
+                                                        headers=CHALLENGE))
+        return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers)
+
+    return check
 
 
 def worker_exited(pid: int) -> None:

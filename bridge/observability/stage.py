@@ -4,22 +4,26 @@
 one access line and its request events when its response is closed, that is after the
 last byte of a stream was sent or the client left: the duration includes the whole
 stream. The pipeline stage (outermost) hands its exchange to that hook for the cache
-status, upstream attempts and client key, counts prompt/completion tokens from `usage`
-in bodies and stream frames, and with `-d` traces requests and responses (bodies
-clipped, credentials redacted).
+status, upstream attempts and client key, counts prompt/completion tokens, and with `-d`
+traces requests and responses (bodies clipped, credentials redacted).
+
+Tokens are counted once per exchange, when it closes: those the upstream reported for
+its call (`Exchange.usage`, read where the upstream's frames are read, so usage the
+client did not ask for and never sees still counts), source "upstream"; or, for an
+answer that cost no upstream call (a cache hit, a follower of an identical call in
+flight), the usage in what the client received, source "cache".
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Iterator
 
 import flask
 
 from bridge.core.events import emit
-from bridge.core.exchange import Exchange, Frame
+from bridge.core.exchange import Exchange, Frame, Usage, usage_in
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.observability import logs
@@ -30,6 +34,7 @@ trace_log = logging.getLogger("bridge.trace")
 _EXCHANGE = "bridge_exchange"  # flask.g attribute: the request's exchange
 _STARTED = "bridge_started"
 _RELAYED = "observe.relayed"  # ex.notes: the whole stream went to the client
+_SERVED_USAGE = "observe.served_usage"  # ex.notes: usage in an answer no upstream call made
 UNMATCHED_ROUTE = "<unmatched>"
 NOT_OBSERVED = frozenset({"/metrics"})
 TRACE_BODY_LIMIT = 2000
@@ -38,36 +43,24 @@ TRACE_FRAME_LIMIT = 300
 
 # --- token usage ----------------------------------------------------------------------
 
-_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|prompt_eval_count|eval_count)"'
-                    rb"\s*:\s*(\d+)")
-
-
-def usage_in(raw: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of a JSON body or frame: OpenAI's `usage`, or Ollama's
-    final counts. Read from the bytes without parsing them: inside a JSON string the
-    quotes around these names would be escaped, so only real keys match."""
-    counts = {name: int(value) for name, value in _USAGE.findall(raw)}
-    if not counts:
-        return None
-    return (counts.get(b"prompt_tokens", counts.get(b"prompt_eval_count", 0)),
-            counts.get(b"completion_tokens", counts.get(b"eval_count", 0)))
-
-
 def client_key(ex: Exchange | None) -> str:
     """The NAME of the client's key (set by the auth stage in shared mode), or ""."""
     return (ex.client_key or "") if ex is not None else ""
 
 
-def _emit_usage(ex: Exchange, usage: tuple[int, int] | None) -> None:
+def count_tokens(ex: Exchange) -> None:
+    """Emit the exchange's tokens (a closer: once, when the exchange is over)."""
+    usage: Usage | None = ex.usage
+    source = "upstream"
+    if usage is None:
+        usage, source = ex.notes.get(_SERVED_USAGE), "cache"
     if usage is None:
         return
-    labels = {"client_key": client_key(ex),
-              "source": "cache" if (ex.cache_status or "").startswith("HIT") else "upstream"}
-    prompt, completion = usage
-    if prompt:
-        emit("tokens.prompt", prompt, **labels)
-    if completion:
-        emit("tokens.completion", completion, **labels)
+    labels = {"client_key": client_key(ex), "source": source}
+    if usage.prompt:
+        emit("tokens.prompt", usage.prompt, **labels)
+    if usage.completion:
+        emit("tokens.completion", usage.completion, **labels)
 
 
 # --- the pipeline stage -----------------------------------------------------------------
@@ -81,6 +74,7 @@ class ObserveStage(Stage):
     def on_request(self, ex: Exchange) -> None:
         if flask.has_request_context():
             setattr(flask.g, _EXCHANGE, ex)
+        ex.on_close(count_tokens)
         if self.trace:
             trace_log.debug("request %s %s headers=%s body=%s [%s]", ex.method, ex.path,
                             logs.safe_headers(ex.headers), logs.clip(ex.body, TRACE_BODY_LIMIT),
@@ -90,10 +84,12 @@ class ObserveStage(Stage):
         response = ex.response
         if response is None:
             return
+        # an answer that cost no upstream call: its usage is read from what the client gets
+        served = ex.upstream_attempts == 0 and ex.is_model_request and response.ok
         if response.streaming:
-            response.map_frames(lambda frames: self._frames(ex, frames))
-        elif response.ok and ex.is_model_request:
-            _emit_usage(ex, usage_in(response.body))
+            response.map_frames(lambda frames: self._frames(ex, frames, served))
+        elif served:
+            ex.notes[_SERVED_USAGE] = usage_in(response.body)
         if self.trace:
             trace_log.debug("response %d headers=%s%s [%s]", response.status,
                             logs.safe_headers(response.headers),
@@ -101,10 +97,10 @@ class ObserveStage(Stage):
                             else " body=" + logs.clip(response.body, TRACE_BODY_LIMIT),
                             ex.request_id)
 
-    def _frames(self, ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
+    def _frames(self, ex: Exchange, frames: Iterator[Frame], served: bool) -> Iterator[Frame]:
         for frame in frames:
-            if b'"usage"' in frame.raw or b'"eval_count"' in frame.raw:
-                _emit_usage(ex, usage_in(frame.raw))
+            if served:
+                ex.notes[_SERVED_USAGE] = usage_in(frame.raw) or ex.notes.get(_SERVED_USAGE)
             if self.trace:
                 trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
                                 ex.request_id)
@@ -149,7 +145,8 @@ def record(*, method: str, path: str, route: str, status: int, remote: str, dura
     """The access line and request events of one finished request."""
     outcome = None
     if ex is not None and ex.response is not None:
-        gone = ex.response.streaming and not ex.notes.get(_RELAYED)
+        gone = (ex.response.streaming and not ex.notes.get(_RELAYED)
+                and ex.response.outcome != "stopped")  # cut by the worker at stop
         outcome = "client_left" if gone else ex.response.outcome
     fields = {
         "remote": remote, "method": method, "path": path, "status": status,

@@ -324,6 +324,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             if fault.kind == "status":
+                if not self._wait(fault.delay):  # an error that takes its time
+                    self._drop()
+                    return
                 message = fault.body or routes.default_error_message(fault.status)
                 self._send(routes.error_reply(path, fault.status, message, fault.retry_after))
                 return

@@ -25,6 +25,7 @@ from bridge.core import instance
 from bridge.core.errors import RateLimited
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange
+from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 
@@ -48,18 +49,12 @@ class SharedBucket:
         self.path = path
         self.rate = rate
         self.burst = burst
-        self._fd = -1
-        self._pid = 0
-
-    def _file(self) -> int:
-        if self._pid != os.getpid():  # one descriptor per process, opened after fork
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        return self._fd
+        # one descriptor per process, opened after fork: a flock is shared across fork
+        self._fd = PerProcess(lambda: os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
 
     def take(self, max_wait: float = 0.0) -> Decision:
         """Take one token, reserving a future one when it comes within `max_wait` seconds."""
-        fd = self._file()
+        fd = self._fd.get()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             now = time.monotonic()

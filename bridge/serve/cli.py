@@ -22,8 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module_name, function_name = SUBCOMMANDS[argv[0]].split(":")
         return getattr(importlib.import_module(module_name), function_name)(argv[1:])
     settings = bridge_settings.load_or_exit(argv)
-    from bridge.serve.server import serve
+    from bridge.serve.server import check_or_exit, serve
 
+    check_or_exit(settings)
     serve(settings)
     return 0
 

@@ -1,25 +1,33 @@
-"""The gunicorn worker class: gunicorn's gevent worker, stopping without waiting on idle
-keep-alive connections.
+"""The gunicorn worker class: gunicorn's gevent worker, stopping promptly, cleanly and
+quietly.
 
 gunicorn's gevent worker keeps serving a kept-alive connection until the keep-alive
 timeout, and a graceful stop waits for every such connection: clients and load balancers
 that hold pooled connections open would delay each stop (a deploy, a Kubernetes pod
 termination) by the whole graceful timeout. Here a stop closes connections that are
 waiting for their next request at once; requests and streams in progress still finish
-within the graceful timeout.
+within the graceful timeout. Streams still running just before it runs out (when the
+master would kill the worker) are ended with an in-band error event and a log line,
+instead of a silent cut.
 
-A stop (SIGTERM, or SIGINT as Ctrl-C sends it) first drains: the worker marks itself
-draining (`/ready` answers 503 from then on) and closes idle connections, but keeps
-accepting and serving new requests for the drain delay, so that load balancers and
-endpoint controllers, which poll `/ready`, take it out of rotation before it stops
-listening. Only then does gunicorn's graceful stop begin (listener closed, requests in
-progress finish). A second signal is the master's business: it then sends SIGQUIT, which
-stops the worker quickly as in gunicorn.
+A stop (SIGTERM, or SIGINT as Ctrl-C sends it to the whole process group) first drains:
+the worker marks itself draining (`/ready` answers 503 from then on) and closes idle
+connections, but keeps accepting and serving new requests for --drain-delay, so that
+load balancers and endpoint controllers, which poll `/ready`, take it out of rotation
+before it stops listening. Only then does gunicorn's graceful stop begin (listener
+closed, requests in progress finish). The graceful timeout, as the master counts it,
+starts at the signal: gunicorn's `graceful_timeout` is drain delay + grace period.
+
+SIGQUIT (what the master sends on a second signal) is a quick stop that ends the streams
+in progress at once, the same way, and exits as quietly as SIGTERM (gunicorn's own exits
+with `sys.exit(0)` from a greenlet, printed as a `SystemExit: 0` traceback by every
+worker).
 """
 
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import gevent
@@ -28,6 +36,13 @@ from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 from bridge.core import lifecycle
 
 STOP_POLL_SECONDS = 0.1
+QUICK_STOP_SECONDS = 1.0  # how long a quick stop lets cut streams send their error event
+
+
+def cut_delay(graceful_timeout: float) -> float:
+    """Seconds after a graceful stop began at which streams still running are ended:
+    just before the master's deadline (a second, or half of a short timeout, ahead)."""
+    return max(graceful_timeout - 1.0, graceful_timeout / 2)
 
 
 class _IdleWait:
@@ -56,13 +71,20 @@ class _IdleWait:
 class GeventWorker(_GunicornGeventWorker):
     def init_process(self) -> None:
         self.idle: dict[Any, _IdleWait] = {}
+        self.busy: set[Any] = set()  # greenlets serving a request (a stream included)
+        self.quick = False
         self.draining = False
+        self.stop_began: float | None = None  # monotonic time of the stop signal
+        self._main: Any = None
         super().init_process()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        current = gevent.getcurrent()
+        self.busy.add(current)
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
+            self.busy.discard(current)
             # A kept-alive client whose next request is already buffered would otherwise
             # be served again at once, starving the others (a 1 s p99 under load).
             gevent.sleep(0)
@@ -75,14 +97,19 @@ class GeventWorker(_GunicornGeventWorker):
         if self.draining:  # the master's SIGTERM after a Ctrl-C that reached us too
             return
         self.draining = True
+        self.stop_began = time.monotonic()
         lifecycle.begin_draining()
         gevent.spawn(self._stop_after_drain)  # not from the signal handler: it sleeps
 
     def handle_quit(self, sig: Any, frame: Any) -> None:
-        if sig == signal.SIGINT:  # Ctrl-C reaches every process of the group: drain too
+        """SIGQUIT: stop now, without gunicorn's `sys.exit` from a greenlet (see
+        `_when_stopping`). SIGINT: Ctrl-C reaches every process of the group; the master
+        turns it into a graceful stop, so the worker drains as on SIGTERM."""
+        if sig == signal.SIGINT:
             self.handle_exit(sig, frame)
-        else:
-            super().handle_quit(sig, frame)
+            return
+        self.quick = True
+        self.alive = False
 
     def _stop_after_drain(self) -> None:
         settings = getattr(self.wsgi, "extensions", {}).get("bridge.settings")
@@ -90,13 +117,35 @@ class GeventWorker(_GunicornGeventWorker):
         self.alive = False  # gunicorn's run loop now closes the listener and waits
 
     def run(self) -> None:
-        gevent.spawn(self._close_idle_when_stopping)
-        super().run()
+        self._main = gevent.getcurrent()
+        gevent.spawn(self._when_stopping)
+        try:
+            super().run()
+        except _QuickStop:
+            pass  # the streams in progress were ended; nothing else to wait for
 
-    def _close_idle_when_stopping(self) -> None:
+    def _when_stopping(self) -> None:
         while self.alive and not self.draining:
             gevent.sleep(STOP_POLL_SECONDS)
+        # the master's deadline counts from the signal (drain delay included)
+        cut_at = (self.stop_began or time.monotonic()) + cut_delay(self.cfg.graceful_timeout)
+        cut_time = None
         while True:  # until the worker exits: a connection may finish its request later
             for wait in list(self.idle.values()):
                 wait.end()
+            now = time.monotonic()
+            if cut_time is None and (self.quick or now >= cut_at):
+                cut_time = now
+                # GreenletExit: the relay of a stream ends it with an error event
+                gevent.killall(list(self.busy), block=False)
+            if self.quick and cut_time is not None and (
+                    not self.busy or now > cut_time + QUICK_STOP_SECONDS):
+                self.cfg.worker_int(self)
+                gevent.kill(self._main, _QuickStop)  # out of gunicorn's 1 s sleep loop
+                return
             gevent.sleep(STOP_POLL_SECONDS)
+
+
+class _QuickStop(BaseException):
+    """Ends the worker's main loop at once (a BaseException: gunicorn's loop catches
+    Exception)."""

@@ -274,13 +274,13 @@ class KeyStore:
                 self._keys = tuple(self.all())
                 self._by_hash = {key.key_hash: key for key in self._keys}
                 self._generation = generation
+                log.debug("key store read: %d key(s), generation %d", len(self._keys),
+                          generation)
         except sqlite3.Error as exc:
             if self._generation is None:
                 raise KeyStoreError(f"cannot read the key store {self.path}: {exc}") from None
             log.warning("cannot re-read the key store %s (%s); using the keys read before",
                         self.path, exc)
-            return self._keys
-            log.debug("key store read: %d key(s), generation %d", len(self._keys), generation)
         return self._keys
 
     def find(self, raw: str) -> ClientKey | None:

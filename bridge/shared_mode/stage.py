@@ -1,11 +1,15 @@
 """Shared mode's pipeline stage: client keys in, the bridge's upstream key out.
 
 With `--enable-shared-mode`, every request goes upstream with `Authorization: Bearer
-<the upstream key>`, and whatever credentials the client sent are dropped. Once client
-keys exist in the key store (`deepseek-ollama-bridge keys create`), a request must carry
-one (`Authorization: Bearer sk-bridge-…`): missing, unknown, revoked or expired → 401, a
-model the key may not use → 403, over the key's own rate → 429. Responses are scrubbed of
-the upstream key in case the upstream echoes it, and so are this process's log records.
+<the upstream key>`, and whatever credentials the client sent are dropped: the
+`Authorization`, `X-Api-Key` and `Api-Key` headers and credential query parameters
+(`?key=`, `?api_key=`, `?access_token=`, …). Once client keys exist in the key store
+(`deepseek-ollama-bridge keys create`), a request must carry one, as `Authorization:
+Bearer sk-bridge-…` or in `X-Api-Key` / `Api-Key` (Anthropic- and Azure-style clients):
+missing, unknown, revoked or expired → 401, a model the key may not use → 403, over the
+key's own rate → 429. A key in the query string is not accepted (URLs end up in logs and
+browser histories). Responses are scrubbed of the upstream key in case the upstream
+echoes it; log lines are scrubbed by the log set-up (`bridge.core.redaction`).
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import logging
 import math
 from typing import NoReturn
+from urllib.parse import unquote_plus
 
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
-from bridge.core.redaction import Redactor, install_log_filter
-from bridge.core.settings import Settings
+from bridge.core.redaction import CREDENTIAL_QUERY_PARAMS, Redactor
+from bridge.core.settings import Settings, upstream_key
 from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError
 
 log = logging.getLogger("bridge.auth")
@@ -29,14 +34,27 @@ CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge"'}
 
 
-def upstream_key(settings: Settings) -> str:
-    secret = settings.api_key or settings.api_key_file
-    return secret.reveal() if secret else ""
-
-
 def bearer_token(headers: dict[str, str]) -> str:
     scheme, _, token = headers.get("authorization", "").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def presented_key(headers: dict[str, str]) -> str:
+    """The key the client sent: `Authorization: Bearer …`, else `X-Api-Key`, else `Api-Key`."""
+    return (bearer_token(headers) or headers.get("x-api-key", "").strip()
+            or headers.get("api-key", "").strip())
+
+
+def without_credentials(query: str) -> tuple[str, bool]:
+    """`query` without its credential parameters (the others byte for byte, in order),
+    and whether it had any."""
+    if not query:
+        return query, False
+    parts = query.split("&")
+    kept = [part for part in parts
+            if unquote_plus(part.partition("=")[0]).strip().lower()
+            not in CREDENTIAL_QUERY_PARAMS]
+    return "&".join(kept), len(kept) != len(parts)
 
 
 class AuthStage(Stage):
@@ -49,17 +67,17 @@ class AuthStage(Stage):
         self.redactor = Redactor([upstream_key(settings)])
 
     def start(self) -> None:
-        install_log_filter(self.redactor)
         try:
             self.store.open()
         except KeyStoreError as exc:  # every request retries it, and is refused meanwhile
             log.error("%s", exc)
 
     def on_request(self, ex: Exchange) -> None:
-        presented = bearer_token(ex.headers)
+        presented = presented_key(ex.headers)
         for name in CLIENT_CREDENTIAL_HEADERS:
             ex.headers.pop(name, None)
-        key = self.authenticate(ex, presented)
+        ex.query, in_query = without_credentials(ex.query)
+        key = self.authenticate(ex, presented, in_query)
         ex.headers["authorization"] = self.upstream_authorization
         if key is not None:
             ex.client_key = key.name
@@ -67,9 +85,10 @@ class AuthStage(Stage):
                 # the cache puts ex.cache_scope in its key: one cache per key
                 ex.cache_scope = key.name
 
-    def authenticate(self, ex: Exchange, presented: str) -> ClientKey | None:
+    def authenticate(self, ex: Exchange, presented: str,
+                     in_query: bool = False) -> ClientKey | None:
         """The client's key, or None when no client keys exist (open shared mode); raises
-        the refusal otherwise."""
+        the refusal otherwise. `in_query`: credentials came in the query string (ignored)."""
         try:
             keys = self.store.keys()
         except KeyStoreError as exc:
@@ -82,7 +101,8 @@ class AuthStage(Stage):
             reason = "invalid" if presented else "missing"
             message = ("Incorrect API key provided" if presented else
                        "Missing API key: send a bridge client key as 'Authorization: "
-                       "Bearer sk-bridge-…'")
+                       "Bearer sk-bridge-…'" + ("; keys in the query string are not "
+                                               "accepted" if in_query else ""))
             self.refuse(ex, reason, Unauthorized(message, headers=CHALLENGE))
         status = key.status()
         if status != "active":

@@ -1,6 +1,6 @@
 """The think-filter stage: reasoning out of the answers of the four generation APIs.
 
-`bridge/think_tags.py` decides what is reasoning in a text; this stage knows where
+`bridge/core/reasoning.py` decides what is reasoning in a text; this stage knows where
 text and reasoning live in each API's payloads (OpenAI chat and completions, Ollama
 chat and generate; whole bodies and stream events), cleans the history of requests,
 and drops stream events left with nothing to say. It sits outside the cache: the cache
@@ -10,21 +10,47 @@ Upstream reasoning fields (`reasoning`, `reasoning_content`, `thinking`) count a
 reasoning like tagged text. `--keep-reasoning` delivers all of it as `reasoning_content`
 (OpenAI surface, in `message` and `delta`) or `thinking` (Ollama surface).
 
-Whether an output starts inside reasoning (the template wrote `<think>` into the prompt)
-is guessed from the model name (`--think-start-models`), unless the upstream shows it
-puts reasoning in a field of its own before the first content.
+Whether a stream starts inside reasoning (the template wrote `<think>` into the prompt)
+is decided from evidence (`bridge/think/evidence.py`) at its first content, unless the
+upstream has already shown it puts reasoning in a field of its own: then the content is
+plain answer. A whole body needs no decision: it shows it (`split_whole`). What each
+output showed is learnt for the next requests of the model.
+
+Hot path: once a stream is known to be plain and nothing is held, a frame whose bytes
+show no tag, `<` or reasoning field is relayed without being parsed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
-from bridge.core import events
+from bridge.core import events, instance
 from bridge.core.exchange import Exchange, Frame, encode_json
 from bridge.core.pipeline import Context, Stage
-from bridge.core.reasoning import ThinkFilter, model_starts_inside, strip_history
+from bridge.core.reasoning import (
+    CLOSE,
+    KEPT_REASONING_FIELD,
+    OLLAMA_REASONING_FIELD,
+    OPEN,
+    OPENAI_REASONING_FIELDS,
+    REASONING_FIELDS,
+    ThinkFilter,
+    model_starts_inside,
+    starts_inside,
+    strip_history,
+)
 from bridge.core.settings import Settings
+from bridge.think.evidence import (
+    FILE_NAME,
+    INSIDE,
+    MAYBE,
+    PLAIN,
+    Evidence,
+    ModelMemory,
+    switched_off,
+)
 
 # Where the answer text is, per API: (surface, endpoint) -> kind.
 CHAT, COMPLETIONS, API_CHAT, API_GENERATE = "chat", "completions", "api_chat", "api_generate"
@@ -34,22 +60,27 @@ KINDS = {
     ("ollama", "chat"): API_CHAT,
     ("ollama", "generate"): API_GENERATE,
 }
-# Upstream reasoning fields on the OpenAI surface: Ollama's and vLLM's, DeepSeek's.
-_OPENAI_REASONING = ("reasoning", "reasoning_content")
-_HISTORY_REASONING = (*_OPENAI_REASONING, "thinking")
 # Keys of a stream choice / delta / Ollama message that say nothing when the text is empty.
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
-_DELTA_PLAIN = frozenset(("content", "role", "reasoning_content"))
-_MESSAGE_PLAIN = frozenset(("content", "role", "thinking"))
+_DELTA_PLAIN = frozenset(("content", "role", KEPT_REASONING_FIELD["openai"]))
+_MESSAGE_PLAIN = frozenset(("content", "role", OLLAMA_REASONING_FIELD))
 # A body containing none of these bytes has no think tags and no reasoning field, even
 # JSON-escaped (`<\/think>`; any `\u` escape is looked at the slow way): it passes
 # unchanged, so it is not parsed and re-encoded.
 _MAYBE_REASONING = (b"think", b"reasoning", b"\\u")
+# A stream frame may also carry the start of a tag cut across frames.
+_MAYBE_TAG = (*_MAYBE_REASONING, b"<")
+# How an answer that ended normally says so (OpenAI `finish_reason`, Ollama `done_reason`).
+_STOPPED = "stop"
 
 
 def may_hold_reasoning(raw: bytes) -> bool:
     """Whether a JSON body may hold think tags or reasoning fields (a cheap byte check)."""
     return any(marker in raw for marker in _MAYBE_REASONING)
+
+
+def _may_hold_tag(raw: bytes) -> bool:
+    return any(marker in raw for marker in _MAYBE_TAG)
 
 
 @dataclass
@@ -72,7 +103,7 @@ def clean_history(payload: dict[str, Any]) -> bool:
     for msg in messages if isinstance(messages, list) else ():  # else the upstream says 400
         if not isinstance(msg, dict) or msg.get("role") != "assistant":
             continue
-        for key in _HISTORY_REASONING:
+        for key in REASONING_FIELDS:
             if key in msg:
                 del msg[key]
                 changed = True
@@ -90,29 +121,46 @@ def clean_history(payload: dict[str, Any]) -> bool:
 class _Choice:
     """Filter state of one choice of one response."""
 
-    __slots__ = ("starts_inside", "filter", "saw_field", "emitted")
+    __slots__ = ("filter", "saw_field", "field_chars", "emitted", "ended")
 
-    def __init__(self, starts_inside: bool):
-        self.starts_inside = starts_inside
+    def __init__(self) -> None:
         self.filter: ThinkFilter | None = None
         self.saw_field = False  # the upstream sent reasoning in a field of its own
+        self.field_chars = 0  # how much of it
         self.emitted = False  # an event of this choice went out (so did its role)
+        self.ended = False  # finished: text after the end (if any) is plain
 
-    def feed(self, text: str) -> tuple[str, str]:
+    def feed(self, cleaner: ThinkCleaner, text: str, whole: bool) -> tuple[str, str]:
         if self.filter is None:
-            # Decided at the first content: an upstream that puts reasoning in a field
-            # does not start the content inside reasoning.
-            self.filter = ThinkFilter(self.starts_inside and not self.saw_field)
+            # Decided at the first content. A whole text shows whether it starts inside;
+            # an upstream that puts reasoning in a field does not start the content there.
+            if whole:
+                start = INSIDE if starts_inside(text) else PLAIN
+            else:
+                start = PLAIN if self.saw_field or self.ended else cleaner.start
+            live = cleaner.keep_reasoning and start == INSIDE and not whole
+            self.filter = ThinkFilter(start != PLAIN, live)
         return self.filter.feed(text)
 
-    def finish(self, stats: ThinkStats) -> tuple[str, str]:
+    def finish(self, cleaner: ThinkCleaner, reason: Any) -> tuple[str, str]:
+        """The end of this choice (`reason`: its finish reason, None when cut): what
+        was held, and the stats and evidence it gave."""
         f, self.filter = self.filter, None
+        if self.field_chars:  # reasoning the upstream put in a field: one block
+            cleaner.stats.blocks += 1
+            cleaner.stats.chars += self.field_chars
+            self.field_chars = 0
+        self.ended = True
         if f is None:
             return "", ""
         out = f.finish()
-        stats.blocks += f.blocks
-        stats.chars += f.chars_removed
-        self.starts_inside = False  # text after the end (if any) is plain
+        cleaner.stats.blocks += f.blocks
+        cleaner.stats.chars += f.chars_removed
+        if f.first_tag == CLOSE:
+            cleaner.verdict = INSIDE
+        elif cleaner.verdict is None and (f.first_tag == OPEN or (
+                reason == _STOPPED and f.chars_answer and not self.saw_field)):
+            cleaner.verdict = PLAIN
         return out
 
 
@@ -125,17 +173,45 @@ class ThinkCleaner:
     """
 
     kind: str
-    starts_inside: bool = False
+    starts_inside: bool = False  # without `decide`: MAYBE when true, else PLAIN
     keep_reasoning: bool = False
+    decide: Callable[[], str] | None = None  # PLAIN, MAYBE or INSIDE, asked once if needed
+    switched: bool = False  # the request switched reasoning off
     stats: ThinkStats = field(default_factory=ThinkStats)
+    verdict: str | None = None  # what the output showed: INSIDE, PLAIN or None
     _choices: dict[int, _Choice] = field(default_factory=dict)
     _last: dict[str, Any] | None = None
+    _start: str | None = None
+
+    @property
+    def start(self) -> str:
+        """How this response's streamed content starts: decided at its first content."""
+        if self._start is None:
+            if self.decide is not None:
+                self._start = self.decide()
+            else:
+                self._start = MAYBE if self.starts_inside else PLAIN
+        return self._start
+
+    @property
+    def passing(self) -> bool:
+        """Whether a frame without tag-like bytes would pass unchanged: the stream is
+        known to be plain and no choice holds anything."""
+        return self._start == PLAIN and all(
+            c.filter is None or c.filter.passing for c in self._choices.values())
 
     def _choice(self, index: Any) -> _Choice:
         c = self._choices.get(index)
         if c is None:
-            c = self._choices[index] = _Choice(self.starts_inside)
+            c = self._choices[index] = _Choice()
         return c
+
+    def close(self) -> None:
+        """The response is over: count what choices never finished (a cut stream, or
+        finish frames relayed unparsed) removed."""
+        for c in self._choices.values():
+            if c.filter is not None or c.field_chars:
+                c.finish(self, None)
 
     @property
     def _text_key(self) -> str:
@@ -143,17 +219,22 @@ class ThinkCleaner:
                 API_GENERATE: "response"}[self.kind]
 
     @property
+    def _openai(self) -> bool:
+        return self.kind in (CHAT, COMPLETIONS)
+
+    @property
     def _fields(self) -> tuple[str, ...]:
-        return _OPENAI_REASONING if self.kind in (CHAT, COMPLETIONS) else ("thinking",)
+        return OPENAI_REASONING_FIELDS if self._openai else (OLLAMA_REASONING_FIELD,)
 
     @property
     def _out_field(self) -> str:
-        return "reasoning_content" if self.kind in (CHAT, COMPLETIONS) else "thinking"
+        return KEPT_REASONING_FIELD["openai" if self._openai else "ollama"]
 
-    def _clean(self, c: _Choice, holder: dict[str, Any], end: bool
-               ) -> tuple[dict[str, Any], str, str, bool]:
+    def _clean(self, c: _Choice, holder: dict[str, Any], end: bool, reason: Any = None,
+               whole: bool = False) -> tuple[dict[str, Any], str, str, bool]:
         """Clean the text and reasoning of one holder (a message, delta, choice or
-        Ollama object): returns (new holder, answer, reasoning, changed)."""
+        Ollama object), ending the choice when `end` (with finish `reason`): returns
+        (new holder, answer, reasoning, changed)."""
         new = holder
         reasoning = []
         for key in self._fields:
@@ -163,15 +244,16 @@ class ThinkCleaner:
                 value = new.pop(key)
                 if isinstance(value, str) and value:
                     c.saw_field = True
+                    c.field_chars += len(value)
                     reasoning.append(value)
         key = self._text_key
         text = holder.get(key)
         answer = ""
         if isinstance(text, str) and text:
-            answer, r = c.feed(text)
+            answer, r = c.feed(self, text, whole)
             reasoning.append(r)
         if end:
-            a, r = c.finish(self.stats)
+            a, r = c.finish(self, reason)
             answer += a
             reasoning.append(r)
         joined = "".join(reasoning)
@@ -198,7 +280,8 @@ class ThinkCleaner:
                 holder = choice.get("message") if chat and isinstance(choice, dict) else choice
                 if isinstance(holder, dict):
                     c = self._choice(choice.get("index", 0))
-                    holder, _, _, touched = self._clean(c, holder, end=True)
+                    holder, _, _, touched = self._clean(c, holder, True,
+                                                        choice.get("finish_reason"), True)
                     if touched:
                         choice = {**choice, "message": holder} if chat else holder
                         changed = True
@@ -207,7 +290,8 @@ class ThinkCleaner:
         holder = body.get("message") if self.kind == API_CHAT else body
         if not isinstance(holder, dict):
             return None
-        holder, _, _, touched = self._clean(self._choice(0), holder, end=True)
+        holder, _, _, touched = self._clean(self._choice(0), holder, True,
+                                            body.get("done_reason"), True)
         if not touched:
             return None
         return {**body, "message": holder} if self.kind == API_CHAT else holder
@@ -269,8 +353,9 @@ class ThinkCleaner:
                 kept.append(choice)
                 continue
             c = self._choice(choice.get("index", 0))
-            finishing = choice.get("finish_reason") is not None
-            new, answer, reasoning, touched = self._clean(c, holder, finishing)
+            reason = choice.get("finish_reason")
+            finishing = reason is not None
+            new, answer, reasoning, touched = self._clean(c, holder, finishing, reason)
             if touched:
                 choice = {**choice, "delta": new} if chat else new
                 changed = True
@@ -284,7 +369,9 @@ class ThinkCleaner:
                 changed = True
         if not changed:
             return None
-        if not kept and "usage" not in obj:
+        if not kept:
+            # Nothing left to say. Its `usage`, if any, is not the final one (that comes
+            # with `choices: []` and passes unchanged): a client must not mistake it.
             return []
         return [{**obj, "choices": kept}]
 
@@ -295,7 +382,8 @@ class ThinkCleaner:
             return None
         self._last = obj
         done = obj.get("done") is True
-        new, answer, reasoning, touched = self._clean(self._choice(0), holder, done)
+        new, answer, reasoning, touched = self._clean(self._choice(0), holder, done,
+                                                      obj.get("done_reason"))
         if not (done or answer or reasoning
                 or (chat and any(k not in _MESSAGE_PLAIN for k in new))):
             return []
@@ -309,25 +397,36 @@ class ThinkStage(Stage):
 
     name = "think_filter"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, context: Context | None = None):
         self.keep_reasoning = settings.keep_reasoning
         self.start_models = settings.think_start_models
+        self.upstream = context.upstream if context is not None else None
+        self.evidence: Evidence | None = None  # opened per worker, in start()
 
-    def cleaner(self, ex: Exchange) -> ThinkCleaner | None:
-        kind = KINDS.get((ex.surface, ex.endpoint))
-        if kind is None or not ex.is_model_request:
-            return None
-        return ThinkCleaner(kind, model_starts_inside(ex.model, self.start_models),
-                            self.keep_reasoning)
+    def start(self) -> None:
+        self.evidence = Evidence(ModelMemory(instance.directory() / FILE_NAME),
+                                 self.start_models)
 
     def on_request(self, ex: Exchange) -> None:
-        cleaner = self.cleaner(ex)
-        if cleaner is None:
+        kind = KINDS.get((ex.surface, ex.endpoint))
+        if kind is None or not ex.is_model_request:
             return
         if clean_history(ex.payload):
             ex.replace_payload(ex.payload)
-        ex.notes["think"] = cleaner
-        ex.on_close(_publish)
+        switched = switched_off(ex.payload)
+        decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"))
+        ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=self.keep_reasoning,
+                                         decide=decide, switched=switched)
+        ex.on_close(self._closed)
+
+    def _decide(self, model: str, switched: bool, authorization: str | None) -> str:
+        """How a stream of `model` starts (called at its first content, if at all)."""
+        if self.evidence is None:  # not started in a worker (a unit test): the name only
+            return MAYBE if model_starts_inside(model, self.start_models) else PLAIN
+        capabilities = None
+        if self.upstream is not None:
+            capabilities = partial(self.upstream.capabilities, authorization=authorization)
+        return self.evidence.start(model, switched, capabilities)
 
     def on_response(self, ex: Exchange) -> None:
         cleaner: ThinkCleaner | None = ex.notes.get("think")
@@ -340,7 +439,7 @@ class ThinkStage(Stage):
         if not may_hold_reasoning(response.body):
             return
         # a body replayed from the cache: cleaned once per entry and way of cleaning
-        memo_key = ("think", cleaner.kind, cleaner.starts_inside, cleaner.keep_reasoning)
+        memo_key = ("think", cleaner.kind, cleaner.keep_reasoning)
         memo = response.memo.get(memo_key) if response.memo is not None else None
         if memo is not None and memo[0] == response.body:
             _, cleaned_body, blocks, chars = memo
@@ -356,18 +455,28 @@ class ThinkStage(Stage):
         if cleaned_body is not None:
             response.set_body(cleaned_body)
 
-
-def _publish(ex: Exchange) -> None:
-    """Count what was removed, once the response is out (a stream's counts grow to its end)."""
-    stats = ex.notes["think"].stats
-    if stats.blocks:
-        events.emit("think.blocks_removed", stats.blocks)
-    if stats.chars:
-        events.emit("think.chars_removed", stats.chars)
+    def _closed(self, ex: Exchange) -> None:
+        """Count what was removed, once the response is out (a stream's counts grow to its
+        end), and remember what the output showed of the model."""
+        cleaner: ThinkCleaner = ex.notes["think"]
+        cleaner.close()
+        stats = cleaner.stats
+        if stats.blocks:
+            events.emit("think.blocks_removed", stats.blocks)
+        if stats.chars:
+            events.emit("think.chars_removed", stats.chars)
+        verdict = cleaner.verdict
+        if verdict == PLAIN and cleaner.switched:
+            verdict = None  # plain because asked to be: says nothing of the model
+        if self.evidence is not None and verdict is not None:
+            self.evidence.learn(ex.model, verdict)
 
 
 def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
     for frame in frames:
+        if cleaner.passing and not _may_hold_tag(frame.raw):
+            yield frame  # the hot path: nothing to change, not even parsed
+            continue
         if frame.is_done:
             for obj in cleaner.end():
                 yield Frame.of(obj)
@@ -384,4 +493,4 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Fra
 
 
 def make_stage(settings: Settings, context: Context) -> ThinkStage | None:
-    return None if settings.disable_think_filter else ThinkStage(settings)
+    return None if settings.disable_think_filter else ThinkStage(settings, context)

@@ -18,7 +18,7 @@ from bridge.core.settings import Settings
 from bridge.observability import logs, metrics
 from bridge.observability import stage as observe
 from bridge.web.proxy import bare_exchange, to_flask, too_large_message
-from bridge.web.routes import ollama_api, openai_api, ops
+from bridge.web.routes import ollama_api, openai_api, ops, unrouted
 
 log = logging.getLogger("bridge.app")
 
@@ -36,6 +36,8 @@ def create_app(settings: Settings) -> flask.Flask:
     app.register_blueprint(openai_api.blueprint)
     app.register_blueprint(ollama_api.blueprint)
     app.register_blueprint(ops.blueprint)
+    if settings.enable_luajit:  # the script sees every path, and may answer any of them
+        app.register_blueprint(unrouted.blueprint)
     metrics.init_app(app)
     observe.init_app(app)
     app.register_error_handler(HTTPException, _http_error)

@@ -1,8 +1,10 @@
 """The glue between Flask and the pipeline: request → `Exchange`, `Response` → Flask.
 
-Routes of every API surface call `forward(surface, endpoint)`; this module checks the
-body of model requests (JSON object, size), runs the pipeline and relays the answer,
-streaming frame by frame without buffering.
+Routes of every API surface call `forward(surface, endpoint)`; this module reads the
+request body (bounded in size and in time), checks the body of model requests (a JSON
+object, not nested absurdly deep, valid Unicode), runs the pipeline and relays the
+answer, streaming frame by frame without buffering. Whatever a client sends, a refusal
+is a 4xx in the surface's error shape, never a 500.
 """
 
 from __future__ import annotations
@@ -11,17 +13,46 @@ import json
 import logging
 import os
 import re
-from typing import Iterator
+import socket
+from functools import partial
+from typing import Any, Iterator
 
 import flask
-from werkzeug.exceptions import MethodNotAllowed
+import gevent
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected, MethodNotAllowed
 
 from bridge.core import streaming
-from bridge.core.errors import BadRequest, BridgeError, PayloadTooLarge, error_response
+from bridge.core.errors import (
+    BadRequest,
+    BridgeError,
+    PayloadTooLarge,
+    RequestTimeout,
+    error_response,
+)
 from bridge.core.exchange import MODEL_ENDPOINTS, Exchange, Response
 from bridge.core.pipeline import Pipeline
 
 log = logging.getLogger("bridge.proxy")
+
+# Deepest nesting of arrays and objects accepted in a model request. Real requests (tool
+# schemas included) stay far below; the bound keeps every later step (cache keys, JSON
+# encoding, Lua) clear of Python's recursion limit, whatever a client sends.
+MAX_DEPTH = 128
+# Only bodies that could hold a lone surrogate are searched for one: a `\uD8xx`-`\uDFxx`
+# escape, or the raw UTF-8 bytes of a surrogate (which `json.loads` lets through).
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class UnreadableBody(Exception):
+    """The request body could not be read to its end (malformed chunking, too slow, the
+    client gone): refused with `error`, and the connection closed after the answer, since
+    it cannot carry another request."""
+
+    def __init__(self, error: BridgeError, rid: str):
+        super().__init__(error.message)
+        self.error, self.request_id = error, rid
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -31,14 +62,15 @@ def request_id(headers: dict[str, str]) -> str:
     return given if _REQUEST_ID.match(given) else os.urandom(16).hex()  # 32 hex digits
 
 
-def build_exchange(surface: str, endpoint: str) -> Exchange:
+def build_exchange(surface: str, endpoint: str, body_timeout: float) -> Exchange:
     request = flask.request._get_current_object()  # type: ignore[attr-defined]
     environ = request.environ
     headers = request_headers(environ)
+    rid = request_id(headers)
     ex = Exchange(
         surface=surface, endpoint=endpoint, method=request.method, path=request.path,
         query=environ.get("QUERY_STRING", ""), headers=headers,
-        body=read_body(request), request_id=request_id(headers),
+        body=read_body(request, body_timeout, rid), request_id=rid,
         client_addr=request.remote_addr or "",
         raw_path=environ.get("RAW_URI", "").partition("?")[0])
     if endpoint in MODEL_ENDPOINTS:
@@ -62,13 +94,37 @@ def request_headers(environ: dict) -> dict[str, str]:
     return headers
 
 
-def read_body(request: flask.Request) -> bytes:
-    """The request body, refused with a 413 when over `--max-body-size`.
+def read_body(request: flask.Request, timeout: float, rid: str) -> bytes:
+    """The request body, refused with a 413 when over `--max-body-size`, and with an
+    `UnreadableBody` when it does not arrive whole within `timeout` seconds
+    (`--body-read-timeout`: 408), is malformed (chunking: 400) or the client hangs up
+    while sending it (400, to nobody: logged as one INFO line)."""
+    timer = gevent.Timeout(timeout)
+    try:
+        with timer:
+            return _read_body(request)
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        raise UnreadableBody(RequestTimeout(
+            f"the request body did not arrive within {timeout:g}s (--body-read-timeout)"
+        ), rid) from None
+    except ParseException as exc:
+        raise UnreadableBody(BadRequest(f"malformed chunked request body: {exc}"), rid) from None
+    except (OSError, ClientDisconnected, _ClientLeft):  # gunicorn's NoMoreData is an OSError
+        log.info("client hung up while sending the request body [%s]", rid)
+        raise UnreadableBody(BadRequest("the request body ended early: the client hung up "
+                                        "while sending it"), rid) from None
 
-    A body with a declared Content-Length is read straight from the input stream (as
-    werkzeug would, after the same check against the limit). Werkzeug silently cuts a
-    chunked body at the limit, so a chunked body is read up to one byte past it here.
-    """
+
+class _ClientLeft(Exception):
+    """The input ended before the declared Content-Length."""
+
+
+def _read_body(request: flask.Request) -> bytes:
+    # A body with a declared Content-Length is read straight from the input stream (as
+    # werkzeug would, after the same check against the limit). Werkzeug silently cuts a
+    # chunked body at the limit, so a chunked body is read up to one byte past it here.
     limit = request.max_content_length
     environ = request.environ
     declared = environ.get("CONTENT_LENGTH", "")
@@ -76,7 +132,10 @@ def read_body(request: flask.Request) -> bytes:
         length = int(declared)
         if limit is not None and length > limit:
             raise PayloadTooLarge(too_large_message(limit))
-        return environ["wsgi.input"].read(length) if length else b""
+        body = environ["wsgi.input"].read(length) if length else b""
+        if len(body) < length:
+            raise _ClientLeft()
+        return body
     if (limit is not None and request.content_length is None
             and environ.get("wsgi.input_terminated")):
         body = environ["wsgi.input"].read(limit + 1)
@@ -91,33 +150,100 @@ def too_large_message(limit: int | None) -> str:
 
 
 def parse_model_request(body: bytes) -> dict:
+    """The JSON object of a model request, or a `BadRequest` naming what is wrong with it:
+    not JSON (`NaN` and `Infinity` included, as Ollama's parser refuses them), not an
+    object, nested deeper than `MAX_DEPTH`, or a string holding a lone surrogate (text
+    that no UTF-8 encoder, nor the cache, nor the upstream can take)."""
     if not body.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest(f"request body is nested too deeply (more than {MAX_DEPTH} levels "
+                         "of arrays and objects)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
+    surrogates = _SURROGATE_HINT.search(body) is not None
+    if surrogates or body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        problem = _structure_problem(payload, surrogates)
+        if problem:
+            raise BadRequest(problem)
     return payload
 
 
-def bare_exchange(surface: str, endpoint: str = "other") -> Exchange:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _structure_problem(payload: Any, surrogates: bool) -> str | None:
+    """What makes a parsed body unusable, naming where it is; None when it is fine. An
+    iterative walk: the body may be nested just below the recursion limit."""
+    stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return (f"request body is nested too deeply at {path or 'the top'} (more than "
+                        f"{MAX_DEPTH} levels of arrays and objects)")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    if surrogates and _LONE_SURROGATE.search(key):
+                        return _surrogate_message(f"a key in {path or 'the body'}")
+                    where = f"{path}.{_shown(key)}" if path else _shown(key)
+                else:
+                    where = f"{path}[{key}]"
+                stack.append((item, where, depth + 1))
+        elif surrogates and isinstance(value, str) and _LONE_SURROGATE.search(value):
+            return _surrogate_message(f"`{path}`")
+    return None
+
+
+def _shown(key: str) -> str:
+    return key[:40].encode("utf-8", "backslashreplace").decode("ascii", "replace")
+
+
+def _surrogate_message(where: str) -> str:
+    return (f"{where} holds a lone UTF-16 surrogate (e.g. \\ud800 without its pair), "
+            "which is not valid Unicode")
+
+
+def bare_exchange(surface: str, endpoint: str = "other", rid: str | None = None) -> Exchange:
     """An exchange for a request refused before it could be read (bad body, no route)."""
     request = flask.request
+    if rid is None:
+        rid = request_id({"x-request-id": request.headers.get("x-request-id", "")})
     return Exchange(surface=surface, endpoint=endpoint, method=request.method,
-                    path=request.path, query="", headers={}, body=b"",
-                    request_id=request_id({"x-request-id": request.headers.get("x-request-id",
-                                                                               "")}))
+                    path=request.path, query="", headers={}, body=b"", request_id=rid)
 
 
 def forward(surface: str, endpoint: str) -> flask.Response:
-    pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
+    app = flask.current_app
+    pipeline: Pipeline = app.extensions["bridge.pipeline"]
+    timeout = app.extensions["bridge.settings"].body_read_timeout / 1000
     try:
-        ex = build_exchange(surface, endpoint)
+        ex = build_exchange(surface, endpoint, timeout)
+    except UnreadableBody as unreadable:
+        result = to_flask(bare_exchange(surface, endpoint, unreadable.request_id),
+                          error_response(surface, unreadable.error))
+        result.call_on_close(partial(hang_up, flask.request.environ))
+        return result
     except BridgeError as err:
         return to_flask(bare_exchange(surface, endpoint), error_response(surface, err))
     return to_flask(ex, pipeline.handle(ex))
+
+
+def hang_up(environ: dict) -> None:
+    """Close the client's connection once the answer is sent: what is left of a body we
+    could not read would otherwise be taken for the next request on it."""
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
 
 
 def forward_other(surface: str, rest: str, known: dict[str, list[str]]) -> flask.Response:
@@ -137,7 +263,7 @@ def to_flask(ex: Exchange, response: Response) -> flask.Response:
         headers["x-accel-buffering"] = "no"  # nginx in front: relay each chunk at once
         # not direct_passthrough: werkzeug then returns the stream without the iterator
         # that runs `call_on_close` callbacks, and `ex.close` would never run for streams
-        result = flask.Response(_relay(response), status=response.status, headers=headers)
+        result = flask.Response(_relay(ex, response), status=response.status, headers=headers)
     else:
         result = flask.Response(response.body, status=response.status, headers=headers)
     if log.isEnabledFor(logging.DEBUG):
@@ -156,8 +282,20 @@ def _trace_end(ex: Exchange) -> None:
               ex.elapsed * 1000, ex.upstream_attempts, ex.request_id)
 
 
-def _relay(response: Response) -> Iterator[bytes]:
+def _relay(ex: Exchange, response: Response) -> Iterator[bytes]:
     assert response.frames is not None and response.codec is not None
-    with streaming.owned(response.frames) as frames:  # a client hanging up closes the upstream
-        for frame in frames:
-            yield streaming.encode(frame, response.codec)
+    codec = response.codec
+    try:
+        with streaming.owned(response.frames) as frames:  # a client hanging up closes the upstream
+            for frame in frames:
+                yield streaming.encode(frame, codec)
+    except gevent.GreenletExit:
+        # The worker is stopping and this stream outlived the graceful timeout (or the
+        # stop was a quick one): end it with an error the client can see, not a cut.
+        response.outcome = "stopped"
+        log.warning("stream cut: the bridge is stopping (its graceful timeout ran out, or "
+                    "a quick stop) [%s]", ex.request_id)
+        if codec != streaming.RAW:
+            yield streaming.encode(streaming.error_frame(
+                ex.surface, "the bridge is stopping; the stream was cut before its end",
+                "server_shutting_down"), codec)

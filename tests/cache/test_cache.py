@@ -15,6 +15,7 @@ import ollama
 import openai
 import pytest
 import requests
+from helpers import show_upstream_is_open
 
 from bridge.ollama_standin import Fault
 from bridge.serve.processes import start_bridge
@@ -29,6 +30,7 @@ def cached(standin_server, tmp_path_factory):
     with start_bridge("--enable-cache", "--cache-dir", str(cache_dir), "--keep-reasoning",
                       upstream=standin_server.url, workers=2,
                       log_dir=tmp_path_factory.mktemp("bridge")) as process:
+        show_upstream_is_open(process)
         yield process
 
 
@@ -241,6 +243,7 @@ def test_errors_are_not_cached(standin, cached):
 
 def test_streamed_follower_gets_the_stream_as_it_is_produced(standin, make_bridge, tmp_path):
     bridge = make_bridge("--enable-cache", "--cache-dir", str(tmp_path), workers=1)
+    show_upstream_is_open(bridge)
     standin.configure(token_delay=0.04)
     body = {"model": MODEL, "messages": messages(question()), "stream": True}
     follower: dict = {}
@@ -261,9 +264,9 @@ def test_streamed_follower_gets_the_stream_as_it_is_produced(standin, make_bridg
         lines += list(chunks)
         leader_done_at = time.monotonic()
     thread.join(30)
-    assert follower["status"] == "MISS" and follower["first_at"] < leader_done_at
+    assert follower["status"] == "HIT-FLIGHT" and follower["first_at"] < leader_done_at
     assert len(follower["rest"]) + 1 == len(lines) and lines[-1] == b"data: [DONE]"
-    assert standin.count(CHAT) == 1
+    assert standin.count(CHAT) == 2  # the first request, and one for leader and follower
 
 
 def test_keys_of_repeated_bodies_are_remembered_per_scope_and_bounded(tmp_path):
@@ -285,8 +288,10 @@ def test_keys_of_repeated_bodies_are_remembered_per_scope_and_bounded(tmp_path):
 
     question = {"model": "m", "messages": [{"role": "user", "content": "Q"}]}
     for _ in range(2):
-        assert key(question) == cache_key("openai", "chat", question)
-        assert key(question, "team-a") == cache_key("openai", "chat", question, "team-a")
+        upstream = stage.settings.ollama
+        assert key(question) == cache_key("openai", "chat", question, upstream=upstream)
+        assert key(question, "team-a") == cache_key("openai", "chat", question, "team-a",
+                                                    upstream)
     assert key(question, "team-a") != key(question)
     for n in range(cache_stage.KEY_MEMO_ENTRIES + 10):
         key({"model": "m", "prompt": str(n)})

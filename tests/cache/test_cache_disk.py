@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import show_upstream_is_open
 
 from bridge.cache.disk import FILE_NAME, TABLE, bulk_insert
 from bridge.cache.entry import HEADER_SIZE, MAGIC, Entry, pack_created
@@ -48,9 +49,13 @@ def stats(cache_dir: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def set_age(cache_dir: Path, q: str, seconds: float) -> None:
-    """Make the stored entry of question `q` look `seconds` old."""
-    key = cache_key("openai", "chat", body_for(q))
+def key_for(standin, q: str) -> str:
+    """The cache key of question `q` asked of the stand-in."""
+    return cache_key("openai", "chat", body_for(q), upstream=standin.url)
+
+
+def set_age(cache_dir: Path, key: str, seconds: float) -> None:
+    """Make the stored entry under `key` look `seconds` old."""
     with contextlib.closing(sqlite3.connect(cache_dir / FILE_NAME, isolation_level=None)) as db:
         (value,), = db.execute(f'SELECT value FROM "{TABLE}" WHERE key = ?', (key,))
         db.execute(f'UPDATE "{TABLE}" SET value = ? WHERE key = ?',
@@ -73,6 +78,7 @@ def test_restart_keeps_entries_and_hot_entries_move_to_memory(standin, make_brid
     assert miss.headers["x-cache"] == "MISS" and miss.json()["choices"][0]["message"]["reasoning"]
     first.stop()
     second = make_bridge(*enable(tmp_path, "--cache-hot-threshold", "3"))
+    show_upstream_is_open(second)
     with requests.Session() as session:  # one connection: one worker, one memory tier
         seen = [ask(second, q, session).headers["x-cache"] for _ in range(4)]
         assert seen == ["HIT-DISK"] * 4  # 4 > 3 requests this minute: a candidate
@@ -80,7 +86,7 @@ def test_restart_keeps_entries_and_hot_entries_move_to_memory(standin, make_brid
     # stored unfiltered, served through this bridge's think filter
     assert ask(second, q).json()["choices"][0]["message"] == {"role": "assistant",
                                                                "content": f"Echo: {q}"}
-    assert standin.count(CHAT) == 1
+    assert standin.count(CHAT) == 2
 
 
 def test_entries_expire_after_the_ttl_in_both_tiers(standin, make_bridge, tmp_path):
@@ -88,10 +94,11 @@ def test_entries_expire_after_the_ttl_in_both_tiers(standin, make_bridge, tmp_pa
     first = make_bridge(*enable(tmp_path))
     ask(first, kept), ask(first, stale)
     first.stop()
-    set_age(tmp_path, stale, 40)  # the TTL is 30 s
+    set_age(tmp_path, key_for(standin, stale), 40)  # the TTL is 30 s
     bridge = make_bridge(*enable(tmp_path, "--cache-hot-threshold", "1"))
     assert poll(lambda: stats(tmp_path)["entries"] == 1)  # the sweeper removed the stale one
-    set_age(tmp_path, kept, 25)
+    show_upstream_is_open(bridge)
+    set_age(tmp_path, key_for(standin, kept), 25)
     with requests.Session() as session:
         hit = ask(bridge, kept, session)
         assert hit.headers["x-cache"] == "HIT-DISK" and int(hit.headers["age"]) >= 25
@@ -99,7 +106,7 @@ def test_entries_expire_after_the_ttl_in_both_tiers(standin, make_bridge, tmp_pa
         time.sleep(max(0.0, 30.2 - float(ask(bridge, kept, session).headers["age"])))
         assert ask(bridge, kept, session).headers["x-cache"] == "MISS"  # gone from memory too
     assert ask(bridge, stale).headers["x-cache"] == "MISS"
-    assert standin.count(CHAT) == 4
+    assert standin.count(CHAT) == 5
 
 
 def test_oldest_entries_go_when_full(standin, make_bridge, tmp_path):
@@ -109,7 +116,7 @@ def test_oldest_entries_go_when_full(standin, make_bridge, tmp_path):
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "stored"},
                            "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-    bulk_insert(tmp_path, ((cache_key("openai", "chat", body_for(q)),
+    bulk_insert(tmp_path, ((key_for(standin, q),
                             Entry("openai", "chat", MODEL, now - 20 + i / 1000,
                                   body=json.dumps(stored).encode()))
                            for i, q in enumerate(old)))
@@ -136,9 +143,9 @@ def test_corrupt_file_and_entries_are_survived(standin, make_bridge, tmp_path):
     other = f"garbled {uuid.uuid4().hex[:6]}"
     with contextlib.closing(sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)) as db:
         db.execute(f'INSERT INTO "{TABLE}" (key, value) VALUES (?, ?)',
-                   (cache_key("openai", "chat", body_for(other)), b"\x80garbage"))
+                   (key_for(standin, other), b"\x80garbage"))
         db.execute(f'INSERT INTO "{TABLE}" (key, value) VALUES (?, CAST(? AS TEXT))',
-                   (cache_key("openai", "chat", body_for(other + "!")), b"\x80garbage"))
+                   (key_for(standin, other + "!"), b"\x80garbage"))
     answer = ask(bridge, other)
     assert answer.headers["x-cache"] == "MISS" and answer.json()["choices"][0]["message"]
     assert ask(bridge, other).headers["x-cache"].startswith("HIT-")

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -142,3 +145,75 @@ def test_retry_after_in_seconds_or_as_an_http_date():
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     in_a_minute = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
     assert 55 <= parse_retry_after(in_a_minute) <= 61
+
+
+@pytest.fixture
+def black_hole():
+    """A loopback address that never accepts a connection: a listener with a full backlog
+    that nobody accepts from (further connection attempts wait, as with a host that drops
+    packets)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    fillers = []
+    for _ in range(8):  # fill the backlog; later SYNs are dropped
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(address)
+        fillers.append(filler)
+    time.sleep(0.2)
+    yield f"http://{address[0]}:{address[1]}"
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+def test_a_host_that_never_accepts_fails_at_the_connect_timeout_not_at_t(make_bridge,
+                                                                          black_hole):
+    bridge = make_bridge("-t", "60000", "--connect-timeout", "300", upstream=black_hole,
+                         workers=1)
+    started = time.monotonic()
+    response = requests.post(bridge.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "upstream_timeout" and "--connect-timeout" in error["message"]
+    assert time.monotonic() - started < 10  # not the minute of -t
+
+
+@pytest.mark.parametrize("path, body", [("/v1/chat/completions", CHAT), ("/api/chat", NATIVE)])
+def test_a_whole_answer_cut_by_the_upstream_says_so(impatient, standin, path, body):
+    standin.push_fault(Fault("cut"))
+    response = requests.post(impatient.url + path, json=body, timeout=30)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    message = error if isinstance(error, str) else error["message"]
+    assert message == "upstream closed the response early"
+
+
+def test_an_ollama_stream_with_its_own_error_line_gets_no_second_one(impatient, standin):
+    standin.push_fault(Fault("inband", after_chunks=2))
+    response = requests.post(impatient.url + "/api/chat", json=dict(CHAT, stream=True),
+                             timeout=30)
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    errors = [line for line in lines if "error" in line]
+    assert len(errors) == 1 and lines[-1] is errors[0]
+    assert errors[0]["error"] != "upstream stream ended prematurely"  # the upstream's own
+    request_id = response.headers["x-request-id"]
+    wait_for(lambda: f"outcome=truncated id={request_id}" in impatient.log(),
+             what="the stream recorded as truncated")
+
+
+def test_the_admission_slot_is_free_while_a_retry_waits(make_bridge, standin):
+    """One upstream slot; a request that failed waits 1.5 s before its retry: another
+    request reaches the upstream during that wait instead of after the retry."""
+    bridge = make_bridge("--max-concurrency", "1", "-a", "1", "-i", "1500", "-m", "1500",
+                         workers=1)
+    standin.push_fault(Fault("status", status=503, path="/v1/chat/completions"))
+    with ThreadPoolExecutor(2) as pool:
+        retried = pool.submit(requests.post, bridge.url + "/v1/chat/completions", json=CHAT,
+                              timeout=30)
+        wait_for(lambda: standin.count() == 1, what="the first attempt")
+        other = pool.submit(requests.post, bridge.url + "/api/chat", json=NATIVE, timeout=30)
+        assert other.result().status_code == 200 and retried.result().status_code == 200
+    order = [request.path for request in standin.requests]
+    assert order == ["/v1/chat/completions", "/api/chat", "/v1/chat/completions"]

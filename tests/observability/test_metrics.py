@@ -23,8 +23,9 @@ from bridge.serve.processes import start_bridge
 PROMTOOL = shutil.which("promtool")
 
 
-def scrape(url: str) -> str:
-    answer = requests.get(url + "/metrics", timeout=10)
+def scrape(url: str, key: str | None = None) -> str:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    answer = requests.get(url + "/metrics", headers=headers, timeout=10)
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     return answer.text
 
@@ -241,3 +242,75 @@ def test_a_run_directory_left_by_a_killed_instance_is_removed_at_the_next_start(
     assert len(run_dirs) == 1
     bridge.stop()
     assert not run_dirs[0].exists()  # the master removes its own at exit
+
+
+METRICS_KEY = "metrics-" + "0123456789abcdef" * 2
+
+
+@pytest.fixture(scope="module")
+def private(standin_server, tmp_path_factory):
+    """A bridge whose /metrics needs a key (given in the environment), with the cache on:
+    the cache asks the upstream for usage whatever the client asked."""
+    home = tmp_path_factory.mktemp("private")
+    with start_bridge("--enable-cache", "--cache-dir", str(home / "cache"),
+                      upstream=standin_server.url, workers=1, log_dir=home,
+                      env={"BRIDGE_METRICS_KEY": METRICS_KEY}) as process:
+        yield process
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", f"Basic {METRICS_KEY}",
+                                           METRICS_KEY])
+def test_metrics_without_the_metrics_key_are_401(private, authorization):
+    headers = {"authorization": authorization} if authorization else {}
+    refused = requests.get(private.url + "/metrics", headers=headers, timeout=10)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert "bridge_requests_total" not in refused.text and METRICS_KEY not in refused.text
+
+
+def test_metrics_with_the_metrics_key_are_served_and_the_key_is_never_logged(private):
+    text = scrape(private.url, METRICS_KEY)
+    assert "bridge_requests_total" in text
+    shouted = requests.get(private.url + "/metrics", timeout=10,
+                           headers={"authorization": f"BEARER {METRICS_KEY}"})
+    assert shouted.status_code == 200
+    assert requests.get(private.url + "/health", timeout=10).status_code == 200  # open
+    assert METRICS_KEY not in private.log()
+
+
+def upstream_usage(standin, body: dict) -> tuple[int, int]:
+    """The usage the stand-in reports for `body` when asked for it."""
+    asked = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    answer = requests.post(standin.url + "/v1/chat/completions", json=asked, timeout=30)
+    return usage(answer)
+
+
+def test_tokens_the_upstream_reported_count_when_the_client_did_not_ask_for_usage(
+        private, standin):
+    """The cache asks the upstream for usage and drops it from the client's stream: the
+    metrics still count what the upstream reported, once per upstream call."""
+    before = scrape(private.url, METRICS_KEY)
+    streamed = chat("count my tokens " + os.urandom(4).hex(), stream=True)
+    whole = chat("count these too " + os.urandom(4).hex())
+    answers = [requests.post(private.url + "/v1/chat/completions", json=body, timeout=30)
+               for body in (streamed, whole)]
+    assert [answer.headers["x-cache"] for answer in answers] == ["MISS", "MISS"]
+    assert usage(answers[0]) == (0, 0)  # the client did not ask for usage in its stream
+    assert standin.count() == 2
+    expected = [upstream_usage(standin, body) for body in (streamed, whole)]
+    prompt = sum(tokens[0] for tokens in expected)
+    completion = sum(tokens[1] for tokens in expected)
+    assert prompt > 0 and completion > 0
+
+    def counted(name: str) -> float:
+        text = scrape(private.url, METRICS_KEY)
+        return (total(text, name, source="upstream")
+                - total(before, name, source="upstream"))
+
+    deadline = time.monotonic() + 5  # counted as each response closes
+    while counted("bridge_completion_tokens_total") < completion:
+        assert time.monotonic() < deadline, "the upstream's tokens were not counted"
+        time.sleep(0.05)
+    assert counted("bridge_prompt_tokens_total") == prompt
+    assert counted("bridge_completion_tokens_total") == completion

@@ -10,9 +10,8 @@ from typing import Callable
 import pytest
 import requests
 
+from bridge.core.exchange import usage_in
 from bridge.core.redaction import REDACTED
-from bridge.observability.logs import redact
-from bridge.observability.stage import usage_in
 from bridge.ollama_standin import Fault
 from bridge.serve.processes import start_bridge
 
@@ -129,15 +128,6 @@ def test_a_client_that_leaves_mid_stream_is_logged_so(bridge, standin):
         next(answer.iter_lines())
     line = text_access_line(bridge, "left-early-1")
     assert "outcome=client_left" in line
-
-
-def test_redaction_covers_keys_wherever_they_appear():
-    assert SECRET not in redact(f"Authorization: Bearer {SECRET}")
-    assert SECRET not in redact(f"key {SECRET} in prose")
-    assert "hunter2" not in redact('{"model": "m", "api_key": "hunter2"}')
-    assert redact('{"max_tokens": 5}') == '{"max_tokens": 5}'
-    assert "hunter2" not in redact('{"PassWord" : "hunter2"}')
-    assert SECRET not in redact(f"AUTHORIZATION: BEARER {SECRET}")
 
 
 def test_usage_is_read_from_both_api_shapes():

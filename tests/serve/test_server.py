@@ -3,6 +3,8 @@ configured by BRIDGE_* variables, the same app as the `deepseek-ollama-bridge` c
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -11,7 +13,7 @@ import time
 
 import openai
 import requests
-from helpers import normalized
+from helpers import normalized, wait_for
 
 from bridge.ollama_standin import Fault
 from bridge.serve.processes import ROOT, start_bridge
@@ -79,3 +81,59 @@ def test_graceful_stop_finishes_streams_and_closes_idle_connections_at_once(stan
         assert process.proc.wait(20) == 0
     finally:
         process.stop()
+
+
+def long_stream(process):
+    """A native stream that takes several seconds (many tokens, 0.3 s apart), started."""
+    response = requests.post(process.url + "/api/chat", stream=True, timeout=30,
+                             headers={"x-standin-token-delay": "0.3"},
+                             json={"model": "llama3.2", "messages": [
+                                 {"role": "user", "content": "Tell me more " * 30}]})
+    lines = response.iter_lines()
+    assert b'"done":false' in next(lines)
+    return response, lines
+
+
+def test_a_stream_outliving_the_graceful_timeout_ends_with_an_error_event(standin, tmp_path):
+    process = start_bridge("--graceful-timeout", "2000", upstream=standin.url, workers=1,
+                           graceful_stop=True, log_dir=tmp_path)
+    try:
+        response, lines = long_stream(process)
+        process.proc.send_signal(signal.SIGTERM)
+        last = json.loads(list(lines)[-1])  # the stream ends; it is not cut mid-line
+        assert last == {"error": "the bridge is stopping; the stream was cut before its end"}
+        assert process.proc.wait(20) == 0
+        log = process.log()
+        assert "stream cut: the bridge is stopping" in log
+        assert f"outcome=stopped id={response.headers['x-request-id']}" in log
+    finally:
+        process.stop()
+
+
+def test_ctrl_c_twice_stops_at_once_as_quietly_as_sigterm(standin, tmp_path):
+    process = start_bridge("--disable-think-filter", upstream=standin.url, workers=2,
+                           log_dir=tmp_path)
+    try:
+        _, lines = long_stream(process)
+        # What Ctrl-C in a terminal does: the first drains (tests/serve/test_drain.py),
+        # the second stops at once.
+        os.killpg(process.proc.pid, signal.SIGINT)
+        # a person's second Ctrl-C comes later: two signals sent at once merge into one
+        wait_for(lambda: "Handling signal: int" in process.log(), what="the first Ctrl-C")
+        os.killpg(process.proc.pid, signal.SIGINT)
+        assert "error" in json.loads(list(lines)[-1])
+        assert process.proc.wait(20) == 0
+        log = process.log()
+        assert "Traceback" not in log and "SystemExit" not in log, log
+    finally:
+        process.stop()
+
+
+def test_make_run_keeps_the_cache_on_when_other_flags_are_given():
+    result = subprocess.run(["make", "-n", "run", "ARGS=-o http://127.0.0.1:9 -a 3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    (command,) = [line for line in result.stdout.splitlines() if "bridge.serve.demo" in line]
+    assert "--enable-cache" in command and "-o http://127.0.0.1:9 -a 3" in command
+    without = subprocess.run(["make", "-n", "run", "CACHE_ARGS="], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+    assert "--enable-cache" not in without.stdout

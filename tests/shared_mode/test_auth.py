@@ -19,7 +19,7 @@ import ollama
 import openai
 import pytest
 import requests
-from helpers import keys_command
+from helpers import keys_command, wait_for
 
 from bridge.core import settings as bridge_settings
 from bridge.core.errors import ServiceUnavailable
@@ -90,8 +90,7 @@ def ask(bridge: Process, key: str, model: str = "llama3.2", stream: bool = False
 
 
 def upstream_headers(standin: StandIn) -> list[dict[str, str]]:
-    return [{name.lower(): value for name, value in request.headers.items()}
-            for request in standin.requests]
+    return [upstream_headers_of(request) for request in standin.requests]
 
 
 def post_chat(bridge: Process, key: str | None, surface: str = "openai") -> requests.Response:
@@ -220,6 +219,97 @@ def test_a_key_revoked_through_the_cli_is_refused_within_a_second_on_every_worke
     assert 200 not in statuses  # in fact at once: every request re-reads the store's version
 
 
+QUERY_SECRETS = {name: f"q-secret-{name}-{secrets.token_hex(6)}"
+                 for name in ("key", "api_key", "api-key", "access_token", "API_KEY")}
+
+
+def test_credential_query_parameters_never_reach_the_upstream_nor_the_log(
+        locked: Locked, standin: StandIn) -> None:
+    """Google-style `?key=` and friends are dropped before the request goes upstream;
+    the other parameters go on unchanged."""
+    alice = locked.keys["alice"]
+    query = "&".join(f"{name}={value}" for name, value in QUERY_SECRETS.items())
+    ids = [f"query-keys-{uuid.uuid4().hex}" for _ in range(2)]
+    headers = {"Authorization": f"Bearer {alice}", "Connection": "close"}
+    body = {"model": "llama3.2", "stream": False,
+            "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+    answer = requests.post(f"{locked.process.url}/v1/chat/completions?keep=1&{query}&also=2",
+                           json=body, headers={**headers, "x-request-id": ids[0]}, timeout=30)
+    assert answer.status_code == 200
+    listed = requests.get(f"{locked.process.url}/api/tags?{query}",
+                          headers={**headers, "x-request-id": ids[1]}, timeout=30)
+    assert listed.status_code == 200 and listed.json()["models"]
+    assert [request.query for request in standin.requests] == ["keep=1&also=2", ""]
+    upstream = " ".join(f"{request.query} {request.headers} {request.body!r}"
+                        for request in standin.requests)
+    log = logged_access(locked.process, *ids)
+    for secret in QUERY_SECRETS.values():
+        assert secret not in upstream and secret not in log
+
+
+def test_a_client_key_in_the_query_string_is_not_accepted(locked: Locked,
+                                                          standin: StandIn) -> None:
+    alice = locked.keys["alice"]
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    refused = requests.post(f"{locked.process.url}/v1/chat/completions?api_key={alice}",
+                            json=body, timeout=30)
+    assert refused.status_code == 401
+    assert "query string" in refused.json()["error"]["message"]
+    assert standin.count() == 0 and alice not in locked.process.log()
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "api-key", "X-Api-Key"])
+def test_client_keys_are_accepted_from_key_headers(locked: Locked, standin: StandIn,
+                                                   header: str) -> None:
+    """Anthropic-style (`x-api-key`) and Azure-style (`api-key`) clients send their key so;
+    the upstream still sees only the bridge's key."""
+    alice = locked.keys["alice"]
+    body = {"model": "llama3.2", "stream": False,
+            "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+    answer = requests.post(locked.process.url + "/v1/chat/completions", json=body,
+                           headers={header: alice, "Connection": "close"}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+    wrong = requests.post(locked.process.url + "/v1/chat/completions", json=body,
+                          headers={header: "sk-bridge-" + "y" * 43}, timeout=30)
+    assert wrong.status_code == 401
+    (seen,) = upstream_headers(standin)
+    assert seen["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert "x-api-key" not in seen and "api-key" not in seen
+    assert not any(alice in value for value in seen.values())
+
+
+def test_ready_probes_an_authenticated_upstream_with_the_upstream_key(
+        locked: Locked, standin: StandIn, make_bridge) -> None:
+    standin.configure(api_key=UPSTREAM_KEY)  # the upstream now refuses requests without it
+    ready = requests.get(locked.process.url + "/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    probes = [request for request in standin.requests if request.path == "/"]
+    assert probes and all(upstream_headers_of(probe)["authorization"]
+                          == f"Bearer {UPSTREAM_KEY}" for probe in probes)
+    assert ask(locked.process, locked.keys["alice"]).startswith("Echo:")
+
+    wrong = make_bridge("--enable-shared-mode", "--state-dir", str(locked.state_dir),
+                        workers=1, env={"BRIDGE_API_KEY": "sk-not-the-upstream-key"})
+    refused = requests.get(wrong.url + "/ready", timeout=10)
+    assert refused.status_code == 503
+    assert refused.json()["status"] == "upstream refuses the bridge's key (--api-key)"
+    assert "sk-not-the-upstream-key" not in refused.text + wrong.log()
+
+
+def upstream_headers_of(request) -> dict[str, str]:
+    return {name.lower(): value for name, value in request.headers.items()}
+
+
+def logged_access(bridge: Process, *request_ids: str) -> str:
+    """The bridge's log once it holds the access lines of `request_ids` (they are written
+    when each response closes)."""
+    def complete() -> str:
+        log = bridge.log()
+        return log if all(f"id={rid}" in log for rid in request_ids) else ""
+
+    return wait_for(complete, timeout=5, what=f"access lines of {request_ids}")
+
+
 def test_an_upstream_error_echoing_the_key_is_redacted(locked: Locked, standin: StandIn) -> None:
     standin.push_fault(Fault(kind="status", status=401,
                              body=f"Incorrect API key provided: {UPSTREAM_KEY}"))
@@ -245,6 +335,8 @@ def test_per_client_key_cache_keeps_tenants_apart(locked: Locked, standin: Stand
 def test_nothing_the_bridge_wrote_holds_a_key(locked: Locked) -> None:
     """Run last in this module: the debug log, the metrics scrape, the cache and the key
     store hold neither the upstream key nor any raw client key."""
+    for key in locked.keys.values():  # each key used at least once, whatever ran before
+        post_chat(locked.process, key)
     written = {"log": locked.process.log().encode()}
     metrics = requests.get(locked.process.url + "/metrics", timeout=10)
     if metrics.ok:

@@ -1,16 +1,17 @@
-"""Tests of bridge/think_filter.py: where text and reasoning live in each API's payloads."""
+"""Tests of bridge/think/stage.py: where text and reasoning live in each API's payloads."""
 
 import copy
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_think_tags import chunked
 
 from bridge.core import events
 from bridge.core import settings as bridge_settings
 from bridge.core.exchange import Exchange, Frame, Response
+from bridge.core.reasoning import starts_inside as proves_inside
 from bridge.think.stage import (
     API_CHAT,
     API_GENERATE,
@@ -89,7 +90,11 @@ def test_chat_stream_no_opening_tag_needs_the_model_guess():
               chat_chunk({"content": "Hm."}), chat_chunk({"content": "</think>\n\nA"}),
               chat_chunk({}, "stop"), "[DONE]"]
     assert answer_of(run_stream(ThinkCleaner(CHAT, starts_inside=True), events)) == "A"
-    assert answer_of(run_stream(ThinkCleaner(CHAT), events)) == "Hm.A"
+    # Taken for plain, the reasoning went out before `</think>` showed it: the tag goes,
+    # the answer is not glued to it, and the cleaner reports what the model does.
+    cleaner = ThinkCleaner(CHAT)
+    assert answer_of(run_stream(cleaner, events)) == "Hm.\n\nA"
+    assert cleaner.verdict == "inside"
 
 
 def test_chat_stream_wrong_guess_delivers_the_answer_with_the_finish_chunk():
@@ -321,6 +326,9 @@ def test_bad_pattern_is_refused_at_start():
 @given(chunked(), st.booleans(), st.booleans(), st.booleans())
 def test_any_chat_stream_gives_the_non_stream_answer(case, starts_inside, keep, legacy):
     text, pieces = case
+    # A stream taken for plain cannot take back what went out before a `</think>`; a
+    # whole body shows where it starts (test_chat_stream_no_opening_tag_needs_the_model_guess).
+    assume(starts_inside or not proves_inside(text))
     role = {"role": "assistant"} if legacy else {}
     events = [chat_chunk({"role": "assistant", "content": ""}),
               *(chat_chunk({**role, "content": p}) for p in pieces),
@@ -349,3 +357,20 @@ def test_bodies_skipped_by_the_byte_check_are_the_ones_left_unchanged(case, star
     for ascii_only in (False, True):
         if not may_hold_reasoning(json.dumps(body, ensure_ascii=ascii_only).encode()):
             assert unchanged
+
+
+def test_a_plain_stream_is_relayed_without_parsing_once_decided():
+    from bridge.think.stage import clean_frames
+
+    raw = [b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+           b'{"choices":[{"index":0,"delta":{"content":"Hello"}}]}',
+           b'{"choices":[{"index":0,"delta":{"content":" there"}}]}',
+           b'{"choices":[{"index":0,"delta":{"content":" a <"}}]}',  # a tag may start
+           b'{"choices":[{"index":0,"delta":{"content":"think>x</think>!"}}]}',
+           b'{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', b"[DONE]"]
+    frames = [Frame(r) for r in raw]
+    out = list(clean_frames(ThinkCleaner(CHAT), iter(frames)))
+    # decided at the first content; after it, frames with nothing tag-like are not parsed
+    assert [f._data is Frame._UNPARSED for f in frames] == [False, False, True, False,
+                                                              False, True, True]
+    assert answer_of([f.data for f in out if not f.is_done]) == "Hello there a !"

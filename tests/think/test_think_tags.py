@@ -1,4 +1,4 @@
-"""Tests of bridge/think_tags.py: the rules, edge cases, and stream == non-stream."""
+"""Tests of bridge/core/reasoning.py: the rules, edge cases, and stream == non-stream."""
 
 import itertools
 import time
@@ -20,7 +20,7 @@ from bridge.core.reasoning import (
 def reference(text: str, starts_inside: bool = False) -> tuple[str, str]:
     """The rules of the module docstring, written over the whole text, char by char."""
     answer, reasoning = [], []
-    i, n, answered = 0, len(text), False
+    i, n, answered, seen = 0, len(text), False, False
 
     def skip_ws(j: int) -> int:
         while j < n and text[j].isspace():
@@ -32,10 +32,12 @@ def reference(text: str, starts_inside: bool = False) -> tuple[str, str]:
         if c != -1 and (o == -1 or c < o):
             reasoning.append(text[:c])
             i = skip_ws(c + len(CLOSE))
+            seen = True
         elif o == -1:
             return text, ""
     while i < n:
         if text.startswith(OPEN, i):
+            seen = True
             c = text.find(CLOSE, i + len(OPEN))
             if c == -1:
                 if answered:
@@ -46,7 +48,10 @@ def reference(text: str, starts_inside: bool = False) -> tuple[str, str]:
             reasoning.append(text[i + len(OPEN):c])
             i = skip_ws(c + len(CLOSE))
         elif text.startswith(CLOSE, i):
-            i = skip_ws(i + len(CLOSE))
+            # the first tag: the whitespace after it separates the answer from the
+            # reasoning that went out before it
+            i = skip_ws(i + len(CLOSE)) if seen else i + len(CLOSE)
+            seen = True
         else:
             answered = answered or not text[i].isspace()
             answer.append(text[i])
@@ -132,8 +137,8 @@ def test_text_without_tags_passes_unchanged_and_at_once(text):
     ("<think>a</think>B<think>c</think>\nD", False, ("BD", "ac")),
     # 2. only </think>: with the model-name guess, everything before is reasoning
     ("Okay, so.\n</think>\n\nParis.", True, ("Paris.", "Okay, so.\n")),
-    # ...without it, only the stray tag goes
-    ("Okay, so.\n</think>\n\nParis.", False, ("Okay, so.\nParis.", "")),
+    # ...without it, only the stray tag goes (the answer is not glued to the reasoning)
+    ("Okay, so.\n</think>\n\nParis.", False, ("Okay, so.\n\n\nParis.", "")),
     # the guess was wrong (no tag at all): the whole answer is delivered
     ("Paris.", True, ("Paris.", "")),
     # the guess, but the model writes its own <think> (R1-0528)
@@ -145,6 +150,7 @@ def test_text_without_tags_passes_unchanged_and_at_once(text):
     # ... after answer text, a lone <think> was text after all
     ("Use the <think> tag.", False, ("Use the <think> tag.", "")),
     ("The answer <think> and </think> gone", False, ("The answer gone", " and ")),
+    ("<think>a</think>B</think> C", False, ("BC", "a")),  # a later stray tag: ws goes
     # 4. nested tags: flat, the first </think> closes
     ("<think>a<think>b</think>c</think>d", False, ("cd", "a<think>b")),
     ("A</think>B", False, ("AB", "")),

@@ -1,5 +1,6 @@
-"""Operations endpoints: `/health` (the process is up) and `/ready` (the upstream answers,
-and the worker is not draining for a stop)."""
+"""Operations endpoints: `/health` (the process is up), `/ready` (the upstream answers,
+in shared mode accepts the bridge's key, and the worker is not draining for a stop) and,
+from `bridge.observability.metrics`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import flask
 from bridge import __version__
 from bridge.core import lifecycle
 from bridge.core.pipeline import Pipeline
+from bridge.core.upstream import READY
 
 blueprint = flask.Blueprint("ops", __name__)
 
 READY_CHECK_TIMEOUT = 2.0
 READY_REUSE_SECONDS = 1.0
-_ready_cache: dict[str, tuple[float, bool]] = {}
+_ready_cache: dict[str, tuple[float, str]] = {}
 
 
 @blueprint.get("/health")
@@ -30,9 +32,8 @@ def ready() -> tuple[flask.Response, int]:
 
     pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
     upstream = pipeline.context.upstream
-    checked_at, reachable = _ready_cache.get(upstream.base_url, (0.0, False))
+    checked_at, status = _ready_cache.get(upstream.base_url, (0.0, ""))
     if time.monotonic() - checked_at > READY_REUSE_SECONDS:
-        reachable = upstream.reachable(READY_CHECK_TIMEOUT)
-        _ready_cache[upstream.base_url] = (time.monotonic(), reachable)
-    status = "ready" if reachable else "upstream unreachable"
-    return flask.jsonify(status=status, version=__version__), 200 if reachable else 503
+        status = upstream.readiness(READY_CHECK_TIMEOUT)
+        _ready_cache[upstream.base_url] = (time.monotonic(), status)
+    return flask.jsonify(status=status, version=__version__), 200 if status == READY else 503

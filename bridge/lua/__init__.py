@@ -1,0 +1,1 @@
+"""The LuaJIT middleware: the operator's script sees every request and response."""

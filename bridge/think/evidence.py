@@ -1,0 +1,178 @@
+"""Whether a model's streamed output starts inside reasoning, decided from evidence.
+
+Some chat templates write the opening `<think>` into the prompt, so the model's output
+starts inside reasoning and shows only `</think>`. A stream of such a model must be held
+until `</think>` (or its reasoning would reach the client as answer), while a stream of
+any other model must flow as it comes. The decision, for one request, in this order:
+
+1. the model was seen to start inside reasoning (a `</think>` before any `<think>`):
+   inside, for good; that is proof, and a proven reasoner must never leak;
+2. the request switches reasoning off (`think: false`, `reasoning_effort: "none"`,
+   `reasoning: {"effort": "none"}`, Qwen's `/no_think` in the last user message): plain;
+3. the model was seen to answer plainly (an answer that ended normally without a
+   `</think>`, or with a `<think>` of its own first, asked without the switches): plain;
+4. the model's name does not match `--think-start-models`: plain;
+5. the upstream says the model cannot reason (Ollama's `/api/show` lists no `thinking`
+   capability): plain; an upstream that cannot tell (no `/api/show`) leaves it open;
+6. otherwise "maybe": held until the output shows which it is, and remembered.
+
+What is learnt is remembered instance-wide (all workers), in a small JSON file of the
+instance's run directory, re-read only when it changes: one `stat` per decision.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bridge.core.reasoning import model_starts_inside
+
+log = logging.getLogger("bridge.think")
+
+PLAIN, MAYBE, INSIDE = "plain", "maybe", "inside"
+FILE_NAME = "think-models.json"
+MAX_MODELS = 1024  # the file stays small whatever names clients send
+RETRY_UNKNOWN_SECONDS = 300.0  # an upstream that could not tell is asked again after this
+_NO_THINK, _THINK = "/no_think", "/think"
+
+
+def normalized_model(model: str) -> str:
+    """One name per model: Ollama's `qwen3` and `qwen3:latest` are the same."""
+    name = model.strip().lower()
+    return name if ":" in name else name + ":latest"
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(part["text"] for part in content
+                        if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return ""
+
+
+def switched_off(payload: dict[str, Any]) -> bool:
+    """Whether the request itself asks the model not to reason."""
+    if payload.get("think") is False:
+        return True
+    reasoning = payload.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if effort is None:
+        effort = payload.get("reasoning_effort")
+    if effort == "none":
+        return True
+    # Qwen3's soft switch: the last of `/think` and `/no_think` in the last user turn wins.
+    text = ""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                text = _text_of(message.get("content"))
+                break
+    elif isinstance(payload.get("prompt"), str):
+        text = payload["prompt"]
+    if _NO_THINK not in text:
+        return False
+    return text.rfind(_NO_THINK) >= text.rfind(_THINK)
+
+
+class ModelMemory:
+    """What this instance learnt about each model, shared by its workers through one
+    small JSON file (written whole, atomically, under a lock; rarely: only when a fact
+    changes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._facts: dict[str, dict[str, Any]] = {}
+
+    def get(self, model: str) -> dict[str, Any]:
+        self._refresh()
+        return self._facts.get(model, {})
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._stamp, self._facts = None, {}
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp != self._stamp:
+            self._facts = self._read()
+            self._stamp = stamp
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def update(self, model: str, **facts: Any) -> None:
+        """Merge `facts` into what is known of `model` (other workers' news kept)."""
+        try:
+            with open(self.path.with_suffix(".lock"), "a") as lock:
+                # Nothing under the lock yields to gevent (plain file calls), so another
+                # greenlet of this worker never waits on a lock its own process holds.
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                data = self._read()
+                data[model] = {**data.get(model, {}), **facts}
+                while len(data) > MAX_MODELS:
+                    del data[next(iter(data))]
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(data, sort_keys=True))
+                os.replace(tmp, self.path)
+        except OSError as exc:  # a run directory removed under us: learn nothing
+            log.warning("cannot remember what the think filter learnt: %s", exc)
+
+
+# Asks the upstream for a model's capabilities: a list, or None when it cannot tell.
+Capabilities = Callable[[str], "list[str] | None"]
+
+
+class Evidence:
+    """Decides and learns, for one worker, over the instance-wide `ModelMemory`."""
+
+    def __init__(self, memory: ModelMemory, pattern: str):
+        self.memory = memory
+        self.pattern = pattern
+
+    def start(self, model: str, switched: bool, capabilities: Capabilities | None) -> str:
+        """PLAIN, INSIDE or MAYBE for a stream of `model` (see the module docstring)."""
+        key = normalized_model(model)
+        known = self.memory.get(key)
+        starts = known.get("starts")
+        if starts == INSIDE:
+            return INSIDE
+        if switched or starts == PLAIN or not model_starts_inside(model, self.pattern):
+            return PLAIN
+        if self._thinking(key, known, model, capabilities) is False:
+            return PLAIN
+        return MAYBE
+
+    def _thinking(self, key: str, known: dict[str, Any], model: str,
+                  capabilities: Capabilities | None) -> bool | None:
+        """Whether the upstream says the model can reason; None when it cannot tell."""
+        if "thinking" in known and (known["thinking"] is not None or time.time()
+                                    - known.get("asked", 0) < RETRY_UNKNOWN_SECONDS):
+            return known["thinking"]
+        if capabilities is None:
+            return None
+        caps = capabilities(model)
+        thinking = None if caps is None else "thinking" in caps
+        self.memory.update(key, thinking=thinking, asked=round(time.time()))
+        return thinking
+
+    def learn(self, model: str, verdict: str | None) -> None:
+        """Remember what an output showed (INSIDE wins over PLAIN, for good)."""
+        if verdict is None:
+            return
+        key = normalized_model(model)
+        starts = self.memory.get(key).get("starts")
+        if starts != INSIDE and starts != verdict:
+            self.memory.update(key, starts=verdict)

@@ -1,0 +1,120 @@
+"""Tests of bridge/think/evidence.py and the whole-text rule: the order of the evidence,
+what is learnt and how it is shared, and the one stripper the cache key uses too."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from bridge.cache.keys import canonical_request
+from bridge.core.reasoning import ThinkFilter, split_whole, strip_history
+from bridge.think.evidence import (
+    INSIDE,
+    MAYBE,
+    PLAIN,
+    Evidence,
+    ModelMemory,
+    normalized_model,
+    switched_off,
+)
+
+USER = {"role": "user", "content": "Q"}
+
+
+@pytest.mark.parametrize("payload, expected", [
+    ({"think": False}, True),
+    ({"think": True}, False),
+    ({"reasoning_effort": "none"}, True),
+    ({"reasoning_effort": "low"}, False),
+    ({"reasoning": {"effort": "none"}, "reasoning_effort": "high"}, True),
+    ({"messages": [{"role": "user", "content": "hi /no_think"}]}, True),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "/no_think"}]}]},
+     True),
+    ({"messages": [{"role": "user", "content": "/no_think"}, USER]}, False),  # not the last
+    ({"messages": [{"role": "user", "content": "/no_think then /think"}]}, False),
+    ({"prompt": "Q /no_think"}, True),
+    ({"messages": "bad", "prompt": 3}, False),
+])
+def test_request_switches(payload, expected):
+    assert switched_off(payload) is expected
+
+
+class Upstream:
+    """Capabilities as an upstream tells them, counting the questions."""
+
+    def __init__(self, caps):
+        self.caps, self.asked = caps, 0
+
+    def __call__(self, model):
+        self.asked += 1
+        return self.caps
+
+
+def test_the_order_of_the_evidence(tmp_path):
+    evidence = Evidence(ModelMemory(tmp_path / "m.json"), "deepseek-r1|qwen3")
+    cannot, thinking, unknown = Upstream(["completion"]), Upstream(["thinking"]), Upstream(None)
+    # the name: not listed is plain, without asking
+    assert evidence.start("llama3.2", False, cannot) == PLAIN and cannot.asked == 0
+    # the request's switch, without asking
+    assert evidence.start("qwen3", True, thinking) == PLAIN and thinking.asked == 0
+    # the upstream's capabilities, asked once
+    assert evidence.start("qwen3-coder", False, cannot) == PLAIN
+    assert evidence.start("qwen3-coder:latest", False, cannot) == PLAIN and cannot.asked == 1
+    assert evidence.start("qwen3", False, thinking) == MAYBE
+    assert evidence.start("deepseek-r1", False, unknown) == MAYBE
+    assert evidence.start("deepseek-r1", False, unknown) == MAYBE and unknown.asked == 1
+    # what the model showed: plain, then inside for good
+    evidence.learn("deepseek-r1", PLAIN)
+    assert evidence.start("deepseek-r1", False, unknown) == PLAIN
+    evidence.learn("deepseek-r1", INSIDE)
+    evidence.learn("deepseek-r1", PLAIN)
+    assert evidence.start("deepseek-r1", False, unknown) == INSIDE
+    assert evidence.start("deepseek-r1", True, unknown) == INSIDE  # proof beats the switch
+    evidence.learn("my-model", INSIDE)  # proof beats the name too
+    assert evidence.start("my-model", False, None) == INSIDE
+
+
+def _learn(path, model):
+    Evidence(ModelMemory(path), "").learn(model, INSIDE)
+
+
+def test_memory_is_shared_between_processes_and_stays_small(tmp_path):
+    path = tmp_path / "m.json"
+    memory = ModelMemory(path)
+    assert memory.get("a:latest") == {}
+    procs = [multiprocessing.get_context("fork").Process(target=_learn, args=(path, f"m{n}"))
+             for n in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(10)
+    assert all(memory.get(f"m{n}:latest") == {"starts": INSIDE} for n in range(4))
+    assert normalized_model(" Qwen3 ") == "qwen3:latest"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>abc", ("", "abc")),  # unclosed at the start: reasoning (the regexes kept it)
+    ("abc</think>\n\nHi", ("Hi", "abc")),  # a `</think>` first proves it, for any model
+    ("A <think>x</think> B", ("A B", "x")),
+    ("Hi <think> there", ("Hi <think> there", "")),
+    ("Hi", ("Hi", "")),
+])
+def test_one_rule_for_bodies_history_and_cache_keys(text, expected):
+    assert split_whole(text) == expected
+    assert strip_history(text) == expected[0]
+    message = {"role": "assistant", "content": text, "reasoning_content": "r"}
+    canonical = canonical_request("openai", "chat", {"messages": [message]})
+    assert canonical["request"]["messages"] == [{"role": "assistant", "content": expected[0]}]
+
+
+def test_live_reasoning_of_a_stream_known_to_start_inside():
+    f = ThinkFilter(starts_inside=True, live=True)
+    assert f.feed("Okay") == ("", "Okay")  # handed out as it comes...
+    assert f.feed(", so.</th") == ("", ", so.")
+    assert f.feed("ink>\n\nParis.") == ("Paris.", "")  # ...and not again at `</think>`
+    assert f.finish() == ("", "") and f.first_tag == "</think>"
+    wrong = ThinkFilter(starts_inside=True, live=True)
+    assert wrong.feed("Paris.") == ("", "Paris.")
+    assert wrong.finish() == ("Paris.", "")  # it was the answer after all: nothing lost
+    assert wrong.first_tag is None
