@@ -10,8 +10,9 @@ import shutil
 import yaml
 from deploy_helpers import DEPLOY, run_tool, tool
 
-from bridge.core.settings import SETTINGS
+from bridge.core.settings import SETTINGS, load
 from bridge.serve.processes import ROOT
+from bridge.serve.server import check_or_exit
 
 KUBERNETES = DEPLOY / "kubernetes"
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 100}, document-start: disable}}"
@@ -69,13 +70,25 @@ def test_the_deployment_drains_before_kubernetes_gives_up_on_it():
 def test_the_configmap_sets_only_real_settings_and_the_key_comes_from_a_file():
     config = by_kind("ConfigMap")["data"]
     variables = {name for name in config if name.startswith("BRIDGE_")}
-    # BRIDGE_LUAJIT_SCRIPT belongs to the Lua middleware (it lands with bridge/lua)
-    assert variables - {"BRIDGE_LUAJIT_SCRIPT"} <= SETTING_ENVS
+    assert variables <= SETTING_ENVS
     assert "BRIDGE_API_KEY" not in config  # the key is a Secret, mounted as a file
     mounts = {mount["mountPath"] for mount in
               by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert config["BRIDGE_API_KEY_FILE"].rsplit("/", 1)[0] in mounts
     assert {config["BRIDGE_CACHE_DIR"], config["BRIDGE_STATE_DIR"]} <= mounts
+
+
+def test_the_configmap_passes_the_bridges_own_start_up_checks(tmp_path):
+    """Its settings parse and its plugin.lua loads with both hooks, as at a pod's start."""
+    config = dict(by_kind("ConfigMap")["data"])
+    script = tmp_path / "plugin.lua"
+    script.write_text(config.pop("plugin.lua"))
+    key = tmp_path / "api-key"
+    key.write_text(by_kind("Secret")["stringData"]["api-key"])
+    config.update(BRIDGE_LUAJIT_SCRIPT=str(script), BRIDGE_API_KEY_FILE=str(key))
+    settings = load([], config)
+    assert settings.enable_luajit and settings.enable_shared_mode and settings.enable_cache
+    check_or_exit(settings)  # exits 2 with a message if the script does not load
 
 
 def test_the_compose_file_is_a_valid_compose_file():
