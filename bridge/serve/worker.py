@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import signal
 import time
+import weakref
 from typing import Any
 
 import gevent
@@ -53,9 +54,12 @@ class _IdleWait:
         self.worker = worker
         self.timeout = gevent.Timeout(worker.cfg.keepalive, False)
         self.greenlet: Any = None
+        self.kept_alive = False
 
     def __enter__(self) -> "_IdleWait":
         self.greenlet = gevent.getcurrent()
+        # kept alive after a request (not a new connection whose request is on its way)
+        self.kept_alive = self.greenlet in self.worker.served
         self.worker.idle[self.greenlet] = self
         self.timeout.start()
         return self
@@ -71,6 +75,7 @@ class _IdleWait:
 class GeventWorker(_GunicornGeventWorker):
     def init_process(self) -> None:
         self.idle: dict[Any, _IdleWait] = {}
+        self.served: weakref.WeakSet[Any] = weakref.WeakSet()  # connections past a request
         self.busy: set[Any] = set()  # greenlets serving a request (a stream included)
         self.quick = False
         self.draining = False
@@ -81,6 +86,9 @@ class GeventWorker(_GunicornGeventWorker):
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         current = gevent.getcurrent()
         self.busy.add(current)
+        self.served.add(current)
+        if self.draining:  # "Connection: close": the client's next request goes elsewhere
+            req.must_close = True
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
@@ -132,7 +140,8 @@ class GeventWorker(_GunicornGeventWorker):
         cut_time = None
         while True:  # until the worker exits: a connection may finish its request later
             for wait in list(self.idle.values()):
-                wait.end()
+                if wait.kept_alive or not self.alive:  # draining: new connections are served
+                    wait.end()
             now = time.monotonic()
             if cut_time is None and (self.quick or now >= cut_at):
                 cut_time = now

@@ -79,6 +79,7 @@ def test_a_stop_drains_then_finishes_every_stream_and_exits_0(standin, tmp_path,
                              json={"model": "llama3.2", "stream": False,
                                    "messages": [{"role": "user", "content": "hi"}]})
         assert late.status_code == 200 and late.json()["done"] is True
+        assert late.headers["connection"] == "close"  # its next request goes elsewhere
 
         wait_for(lambda: refuses_connections(process.url), timeout=10,
                  what="the listener to close after the drain delay")
