@@ -73,6 +73,7 @@ CLOCK_SLACK = 1.0    # an entry stored this long before we started waiting is st
 LEASE_SECONDS = 15.0
 # A JSON escape of a UTF-16 surrogate: only then can the parsed body hold a lone one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+STOP_WAIT = 5.0     # at exit, longest wait for the sweeper to reach a point between statements
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,12 @@ class CacheStage(Stage):
         self.hot.report()
         if self.disk is not None:
             self.disk.report()
+
+    def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop(timeout=STOP_WAIT)
+        if self.disk is not None:
+            self.disk.close()
 
     # --- on the way in ------------------------------------------------------------------
 

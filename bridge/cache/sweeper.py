@@ -43,9 +43,11 @@ class Sweeper:
             self._purge_seen = self.disk.last_purge()
         self._greenlet = gevent.spawn(self._loop)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """End the loop where it waits (between statements: each disk statement is its
+        own transaction, so nothing is left half-done); wait up to `timeout` for it."""
         if self._greenlet is not None:
-            self._greenlet.kill(block=False)
+            self._greenlet.kill(block=timeout is not None, timeout=timeout)
 
     def _loop(self) -> None:
         while True:

@@ -32,3 +32,7 @@ class PerProcess(Generic[T]):
             self._value = self._make()
             self._pid = pid
         return self._value  # type: ignore[return-value]
+
+    def made_here(self) -> bool:
+        """Whether this process has made its value (so there is something to undo)."""
+        return self._pid == os.getpid()

@@ -22,7 +22,7 @@ reads a stream to its end on behalf of no client and runs the exchange's closers
 
 Stages are built per worker process (after fork) and must not open files, sockets or
 greenlets in `__init__`: they do that in `start()`, called once per worker before the
-first exchange.
+first exchange, and undo it in `stop()`, called when the worker exits.
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ class Stage:
 
     def start(self) -> None:
         """Per-worker start: open files, start background greenlets."""
+
+    def stop(self) -> None:
+        """Per-worker stop, once no request is served any more: end background greenlets
+        between two units of work and close files."""
 
     def on_request(self, ex: Exchange) -> None:
         """See (and change) the request; set `ex.response` to answer without going on."""
@@ -108,6 +112,17 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - the other stages still start; it is said once
                 log.exception("stage %s failed to start", stage.name)
                 emit("stage.failed", stage=stage.name, phase="start")
+
+    def stop(self) -> None:
+        """Stop every stage started in this process (at the worker's exit); a stage that
+        fails to stop is logged and the others still stop."""
+        if not self._started.made_here():
+            return
+        for stage in self.stages:
+            try:
+                stage.stop()
+            except Exception:  # noqa: BLE001 - the worker is exiting: stop the others too
+                log.exception("stopping stage %s failed", stage.name)
 
     def handle(self, ex: Exchange) -> Response:
         """Answer a client's exchange with every stage."""

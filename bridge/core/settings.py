@@ -283,6 +283,10 @@ SETTINGS: list[Setting] = [
     Setting("graceful_timeout", ("--graceful-timeout",), "on stop, how long in ms requests "
             "and streams in progress may take to finish; streams still running are then "
             "ended with an error event", Integer(1000, 3_600_000), 30_000, "MS"),
+    Setting("drain_delay", ("--drain-delay",), "on stop, how long in ms the bridge still "
+            "accepts and serves new requests while /ready answers 503, so that load balancers "
+            "take it out first; the graceful timeout starts after it",
+            Integer(0, 600_000), 5_000, "MS"),
     Setting("upstream_pool_size", ("--upstream-pool-size",), "upstream connections kept "
             "per worker", Integer(1, 10_000), 256, "N"),
     # --- think filter (bridge/think/) ---------------------------------------------------

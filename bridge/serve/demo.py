@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
           f"  curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json'"
           " -d '{\"model\":\"deepseek-r1:7b\",\"messages\":[{\"role\":\"user\","
           "\"content\":\"Why is the sky blue?\"}]}'", flush=True)
-    bridge = subprocess.Popen([sys.executable, "-m", "bridge", *argv])
+    # No load balancer watches the demo's /ready: Ctrl-C need not wait out a drain delay.
+    drain = [] if "--drain-delay" in argv or "BRIDGE_DRAIN_DELAY" in os.environ \
+        else ["--drain-delay", "0"]
+    bridge = subprocess.Popen([sys.executable, "-m", "bridge", *drain, *argv])
     signal.signal(signal.SIGTERM, lambda *_: bridge.terminate())
     while True:
         try:

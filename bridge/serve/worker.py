@@ -8,18 +8,33 @@ termination) by the whole graceful timeout. Here a stop closes connections that 
 waiting for their next request at once; requests and streams in progress still finish
 within the graceful timeout. Streams still running just before it runs out (when the
 master would kill the worker) are ended with an in-band error event and a log line,
-instead of a silent cut. SIGINT (Ctrl-C) and SIGQUIT are a quick stop that does the same
-at once, and exits as quietly as SIGTERM (gunicorn's own exits with `sys.exit(0)` from a
-greenlet, printed as a `SystemExit: 0` traceback by every worker).
+instead of a silent cut.
+
+A stop (SIGTERM, or SIGINT as Ctrl-C sends it to the whole process group) first drains:
+the worker marks itself draining (`/ready` answers 503 from then on) and closes idle
+connections, but keeps accepting and serving new requests for --drain-delay, so that
+load balancers and endpoint controllers, which poll `/ready`, take it out of rotation
+before it stops listening. Only then does gunicorn's graceful stop begin (listener
+closed, requests in progress finish). The graceful timeout, as the master counts it,
+starts at the signal: gunicorn's `graceful_timeout` is drain delay + grace period.
+
+SIGQUIT (what the master sends on a second signal) is a quick stop that ends the streams
+in progress at once, the same way, and exits as quietly as SIGTERM (gunicorn's own exits
+with `sys.exit(0)` from a greenlet, printed as a `SystemExit: 0` traceback by every
+worker).
 """
 
 from __future__ import annotations
 
+import signal
 import time
+import weakref
 from typing import Any
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
+
+from bridge.core import lifecycle
 
 STOP_POLL_SECONDS = 0.1
 QUICK_STOP_SECONDS = 1.0  # how long a quick stop lets cut streams send their error event
@@ -39,9 +54,12 @@ class _IdleWait:
         self.worker = worker
         self.timeout = gevent.Timeout(worker.cfg.keepalive, False)
         self.greenlet: Any = None
+        self.kept_alive = False
 
     def __enter__(self) -> "_IdleWait":
         self.greenlet = gevent.getcurrent()
+        # kept alive after a request (not a new connection whose request is on its way)
+        self.kept_alive = self.greenlet in self.worker.served
         self.worker.idle[self.greenlet] = self
         self.timeout.start()
         return self
@@ -57,14 +75,20 @@ class _IdleWait:
 class GeventWorker(_GunicornGeventWorker):
     def init_process(self) -> None:
         self.idle: dict[Any, _IdleWait] = {}
+        self.served: weakref.WeakSet[Any] = weakref.WeakSet()  # connections past a request
         self.busy: set[Any] = set()  # greenlets serving a request (a stream included)
         self.quick = False
+        self.draining = False
+        self.stop_began: float | None = None  # monotonic time of the stop signal
         self._main: Any = None
         super().init_process()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         current = gevent.getcurrent()
         self.busy.add(current)
+        self.served.add(current)
+        if self.draining:  # "Connection: close": the client's next request goes elsewhere
+            req.must_close = True
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
@@ -76,11 +100,29 @@ class GeventWorker(_GunicornGeventWorker):
     def timeout_ctx(self) -> _IdleWait:
         return _IdleWait(self)
 
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        """SIGTERM: drain for --drain-delay, then stop gracefully."""
+        if self.draining:  # the master's SIGTERM after a Ctrl-C that reached us too
+            return
+        self.draining = True
+        self.stop_began = time.monotonic()
+        lifecycle.begin_draining()
+        gevent.spawn(self._stop_after_drain)  # not from the signal handler: it sleeps
+
     def handle_quit(self, sig: Any, frame: Any) -> None:
-        """SIGINT and SIGQUIT: stop now, without gunicorn's `sys.exit` from a greenlet
-        (see `_when_stopping`)."""
+        """SIGQUIT: stop now, without gunicorn's `sys.exit` from a greenlet (see
+        `_when_stopping`). SIGINT: Ctrl-C reaches every process of the group; the master
+        turns it into a graceful stop, so the worker drains as on SIGTERM."""
+        if sig == signal.SIGINT:
+            self.handle_exit(sig, frame)
+            return
         self.quick = True
         self.alive = False
+
+    def _stop_after_drain(self) -> None:
+        settings = getattr(self.wsgi, "extensions", {}).get("bridge.settings")
+        gevent.sleep(settings.drain_delay / 1000 if settings is not None else 0)
+        self.alive = False  # gunicorn's run loop now closes the listener and waits
 
     def run(self) -> None:
         self._main = gevent.getcurrent()
@@ -91,13 +133,15 @@ class GeventWorker(_GunicornGeventWorker):
             pass  # the streams in progress were ended; nothing else to wait for
 
     def _when_stopping(self) -> None:
-        while self.alive:
+        while self.alive and not self.draining:
             gevent.sleep(STOP_POLL_SECONDS)
-        cut_at = time.monotonic() + cut_delay(self.cfg.graceful_timeout)
+        # the master's deadline counts from the signal (drain delay included)
+        cut_at = (self.stop_began or time.monotonic()) + cut_delay(self.cfg.graceful_timeout)
         cut_time = None
         while True:  # until the worker exits: a connection may finish its request later
             for wait in list(self.idle.values()):
-                wait.end()
+                if wait.kept_alive or not self.alive:  # draining: new connections are served
+                    wait.end()
             now = time.monotonic()
             if cut_time is None and (self.quick or now >= cut_at):
                 cut_time = now

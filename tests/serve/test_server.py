@@ -13,7 +13,7 @@ import time
 
 import openai
 import requests
-from helpers import normalized
+from helpers import normalized, wait_for
 
 from bridge.ollama_standin import Fault
 from bridge.serve.processes import ROOT, start_bridge
@@ -110,12 +110,17 @@ def test_a_stream_outliving_the_graceful_timeout_ends_with_an_error_event(standi
         process.stop()
 
 
-def test_ctrl_c_stops_as_quietly_as_sigterm(standin, tmp_path):
+def test_ctrl_c_twice_stops_at_once_as_quietly_as_sigterm(standin, tmp_path):
     process = start_bridge("--disable-think-filter", upstream=standin.url, workers=2,
                            log_dir=tmp_path)
     try:
         _, lines = long_stream(process)
-        os.killpg(process.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        # What Ctrl-C in a terminal does: the first drains (tests/serve/test_drain.py),
+        # the second stops at once.
+        os.killpg(process.proc.pid, signal.SIGINT)
+        # a person's second Ctrl-C comes later: two signals sent at once merge into one
+        wait_for(lambda: "Handling signal: int" in process.log(), what="the first Ctrl-C")
+        os.killpg(process.proc.pid, signal.SIGINT)
         assert "error" in json.loads(list(lines)[-1])
         assert process.proc.wait(20) == 0
         log = process.log()

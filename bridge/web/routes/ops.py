@@ -1,6 +1,6 @@
 """Operations endpoints: `/health` (the process is up), `/ready` (the upstream answers,
-and in shared mode accepts the bridge's key) and, from `bridge.observability.metrics`,
-`/metrics`."""
+in shared mode accepts the bridge's key, and the worker is not draining for a stop) and,
+from `bridge.observability.metrics`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import flask
 
 from bridge import __version__
+from bridge.core import lifecycle
 from bridge.core.pipeline import Pipeline
 from bridge.core.upstream import READY
 
@@ -26,6 +27,9 @@ def health() -> flask.Response:
 
 @blueprint.get("/ready")
 def ready() -> tuple[flask.Response, int]:
+    if lifecycle.is_draining():  # stopping: take this bridge out of rotation at once
+        return flask.jsonify(status="draining", version=__version__), 503
+
     pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
     upstream = pipeline.context.upstream
     checked_at, status = _ready_cache.get(upstream.base_url, (0.0, ""))
