@@ -18,12 +18,9 @@ BODY_PREVIEW = 2000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = bridge_settings._OneLineParser(
-        prog=f"{bridge_settings.PROG} jobs",
-        description="Inspect or remove the async jobs (requests sent with request_fingerprint).")
-    bridge_settings.add_arguments(parser, STORE_SETTINGS)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=bridge_settings._OneLineParser)
+    parser, commands = bridge_settings.tool_parser(
+        "jobs", "Inspect or remove the async jobs (requests sent with request_fingerprint).",
+        STORE_SETTINGS)
     listing = commands.add_parser("list", help="one line per job")
     listing.add_argument("--json", action="store_true", help="as JSON")
     show = commands.add_parser("show", help="one job: its request and state")

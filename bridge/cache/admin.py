@@ -24,11 +24,10 @@ CACHE_SETTINGS = ("cache_dir", "cache_ttl", "cache_max_entries")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = bridge_settings._OneLineParser(
-        prog=f"{bridge_settings.PROG} cache",
-        description="Show statistics of the response cache, or purge it.")
+    parser, _ = bridge_settings.tool_parser(
+        "cache", "Show statistics of the response cache, or purge it.", CACHE_SETTINGS,
+        commands=False)
     parser.add_argument("action", choices=("stats", "purge"))
-    bridge_settings.add_arguments(parser, CACHE_SETTINGS)
     parser.add_argument("--model", metavar="M", help="purge only the entries of this model")
     parser.add_argument("--json", action="store_true", help="statistics as JSON")
     return parser

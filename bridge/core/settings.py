@@ -419,6 +419,19 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def tool_parser(tool: str, description: str, names: Iterable[str],
+                commands: bool = True) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser of a tool subcommand (`keys`, `cache`, `jobs`, …) with the named
+    settings as flags (read like the server's: flags, then `BRIDGE_*`, then defaults), a
+    bad command line answered in one line with exit status 2, and, with `commands`, its
+    own required sub-commands (the second value; else None)."""
+    parser = _OneLineParser(prog=f"{PROG} {tool}", description=description)
+    add_arguments(parser, names)
+    sub = (parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                 parser_class=_OneLineParser) if commands else None)
+    return parser, sub
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=PROG,

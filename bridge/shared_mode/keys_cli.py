@@ -18,12 +18,9 @@ STORE_SETTINGS = ("state_dir",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = bridge_settings._OneLineParser(
-        prog=f"{bridge_settings.PROG} keys",
-        description="Manage the client keys of shared mode (stored only as hashes).")
-    bridge_settings.add_arguments(parser, STORE_SETTINGS)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=bridge_settings._OneLineParser)
+    parser, commands = bridge_settings.tool_parser(
+        "keys", "Manage the client keys of shared mode (stored only as hashes).",
+        STORE_SETTINGS)
     create = commands.add_parser("create", help="issue a key and print it (only this once)")
     create.add_argument("name", help="the key's name: 1-64 of A-Z a-z 0-9 . _ -; shown in "
                         "metrics and logs")
