@@ -38,6 +38,7 @@ log = logging.getLogger("bridge.redis")
 
 TIMEOUT = 0.05            # seconds: the longest any request waits on one Redis call
 RECONNECT_SECONDS = 1.0   # how long a failed Redis is not asked again
+TOOL_TIMEOUT = 5.0        # seconds: the `keys` and `cache` commands may wait longer
 WARN_EVERY = 60.0         # seconds between two warnings while Redis stays unreachable
 OK, DEGRADED = "ok", "degraded"
 
@@ -153,20 +154,21 @@ class Script:
         return self.link.run(lambda client: script(keys=keys, args=args, client=client))
 
 
-_links: dict[tuple[str, str], Link] = {}
+_links: dict[tuple[str, str, float], Link] = {}
 
 
-def link_for(settings: Settings) -> Link | None:
-    """The link of `--redis-url` (one per URL and prefix in a process), None without it.
-    Makes no connection: that happens on first use, in the process that uses it."""
+def link_for(settings: Settings, timeout: float = TIMEOUT) -> Link | None:
+    """The link of `--redis-url` (one per URL, prefix and timeout in a process), None
+    without it. Makes no connection: that happens on first use, in the process that uses
+    it. Commands run by an operator pass a longer `timeout` (`TOOL_TIMEOUT`)."""
     secret = getattr(settings, "redis_url", None)
     if not secret:
         return None
     url = secret.reveal()
     prefix = settings.redis_prefix
-    link = _links.get((url, prefix))
+    link = _links.get((url, prefix, timeout))
     if link is None:
-        link = _links[(url, prefix)] = Link(url, prefix)
+        link = _links[(url, prefix, timeout)] = Link(url, prefix, timeout)
     return link
 
 
