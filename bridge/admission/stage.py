@@ -10,7 +10,9 @@ lock is the slot, shared by all workers, and the kernel frees it if a worker die
 Requests that find every slot taken wait in a bounded queue (`--max-queue` places,
 held the same way) for at most `--max-queue-wait`, polling for a slot and woken at
 once when a slot of their own worker frees; a full queue or a wait that runs out gets
-503 with `Retry-After`. Waiters are not served strictly in arrival order.
+503 with `Retry-After`. Waiters are not served strictly in arrival order. With
+`--redis-url` the N slots are shared by every instance (`bridge.admission.redis_slots`),
+these lock files being their fallback.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class AdmissionStage(Stage):
     name = "admission"
 
     def __init__(self, settings: Settings):
+        self.settings = settings
         self.limit = settings.max_concurrency
         self.queue_size = settings.max_queue
         self.max_wait = settings.max_queue_wait / 1000
@@ -134,7 +137,11 @@ class AdmissionStage(Stage):
     def start(self) -> None:
         if self.limit:
             directory = instance.directory()
-            self.slots = LockSlots(directory, "upstream-slot", self.limit)
+            # imported here: the Redis slots build on this module's (their fallback)
+            from bridge.admission.redis_slots import shared_slots
+
+            self.slots = shared_slots(self.settings, LockSlots(directory, "upstream-slot",
+                                                               self.limit), "upstream-slot")
             if self.queue_size:
                 self.queue = LockSlots(directory, "queue-place", self.queue_size)
 

@@ -18,6 +18,7 @@ import re
 import secrets
 from typing import Any
 
+from bridge.async_jobs.redis_store import shared_store
 from bridge.async_jobs.runner import Runner
 from bridge.async_jobs.store import DONE, FAILED, Job, JobStore, QueueFull
 from bridge.core import streaming
@@ -89,7 +90,7 @@ class AsyncStage(Stage):
         # shared mode: jobs go upstream with the bridge's key, as every request does
         self.upstream_authorization = (f"Bearer {upstream_key(settings)}"
                                        if settings.enable_shared_mode else None)
-        self.store = JobStore(settings.state_dir)
+        self.store = shared_store(settings, JobStore(settings.state_dir))  # Redis or not
         slots = (math.ceil(settings.max_concurrency / settings.worker_count)
                  if settings.max_concurrency else DEFAULT_SLOTS)
         keep = (settings.async_result_ttl or settings.cache_ttl) / 1000

@@ -5,7 +5,8 @@ from their memory tier within a second).
 The cache settings (`--cache-dir`, `--cache-ttl`, `--cache-max-entries`) are the
 server's own, from the same flags or environment, so the TTL that `stats` applies is
 the one the bridge uses. A file SQLite cannot use is moved aside as the workers would,
-and any failure is one line on stderr (exit 1), never a traceback.
+and any failure is one line on stderr (exit 1), never a traceback. With `--redis-url`
+both work on the Redis tier shared by the instances.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import sys
 from typing import Any, Sequence
 
 from bridge.cache.disk import DiskTier, cache_file, is_corruption
+from bridge.cache.redis_tier import RedisTier
+from bridge.core import redis_link
 from bridge.core import settings as bridge_settings
+from bridge.core.redis_link import RedisDown
 
-CACHE_SETTINGS = ("cache_dir", "cache_ttl", "cache_max_entries")
+CACHE_SETTINGS = ("cache_dir", "cache_ttl", "cache_max_entries", "redis_url", "redis_prefix")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +52,9 @@ def main(argv: Sequence[str]) -> int:
     if args.model is not None and args.action != "purge":
         print(f"{bridge_settings.PROG} cache: error: --model goes with purge", file=sys.stderr)
         return 2
+    link = redis_link.link_for(settings, redis_link.TOOL_TIMEOUT)
+    if link is not None:
+        return _redis_main(args, settings, link)
     path = cache_file(settings.cache_dir)
     if not path.exists():
         print(f"no cache file at {path}", file=sys.stderr)
@@ -75,6 +82,30 @@ def main(argv: Sequence[str]) -> int:
         return _fail(f"cannot read {path}: {type(exc).__name__}: {exc}")
     finally:
         disk.close()
+    _print(stats, args.json)
+    return 0
+
+
+def _redis_main(args: argparse.Namespace, settings: bridge_settings.Settings,
+                link: redis_link.Link) -> int:
+    """`stats` and `purge` on the Redis tier (a purge also empties this host's file)."""
+    ttl = settings.cache_ttl / 1000
+    local = None
+    if cache_file(settings.cache_dir).exists():
+        local = DiskTier(settings.cache_dir, ttl, settings.cache_max_entries).open()
+    tier = RedisTier(link, local, ttl, settings.cache_max_entries)
+    try:
+        if args.action == "purge":
+            removed = tier.purge(args.model)
+            what = f"of model {args.model!r} " if args.model is not None else ""
+            print(f"purged {removed} entries {what}from Redis at "
+                  f"{redis_link.safe_url(link.url)} (prefix {link.prefix})")
+            return 0
+        stats = tier.stats()
+    except RedisDown as exc:
+        return _fail(f"Redis at {redis_link.safe_url(link.url)} did not answer ({exc})")
+    finally:
+        tier.close()
     _print(stats, args.json)
     return 0
 

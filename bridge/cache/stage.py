@@ -12,7 +12,8 @@ On the way out: a complete stream (terminator seen) or a successful whole body i
 in both tiers; errors and cut streams never are. Per request, `Cache-Control: no-cache`
 skips the lookup and refreshes the entry, `no-store` bypasses the cache both ways,
 `max-age=N` accepts only entries younger than N seconds. Responses carry `X-Cache`
-(HIT-MEMORY, HIT-DISK, HIT-FLIGHT, MISS, BYPASS) and, on hits, `Age`: HIT-FLIGHT is a
+(HIT-MEMORY, HIT-DISK, HIT-REDIS, HIT-FLIGHT, MISS, BYPASS) and, on hits, `Age`: HIT-REDIS is
+a hit in the Redis tier shared by instances (`--redis-url`); HIT-FLIGHT is a
 request served by an identical one in flight (in this worker or another), which cost
 no upstream call of its own.
 
@@ -40,6 +41,7 @@ from bridge.cache.flight import Flight, Flights
 from bridge.cache.hot import HotTracker
 from bridge.cache.keys import cache_key
 from bridge.cache.memory import MemoryTier
+from bridge.cache.redis_tier import RedisTier, shared_tier
 from bridge.cache.sweeper import Sweeper
 from bridge.core.errors import (
     BadRequest,
@@ -123,7 +125,7 @@ class CacheStage(Stage):
         self.ttl = settings.cache_ttl / 1000
         self.wait_limit = (settings.timeout / 1000) * (1 + settings.retry_attempts) + 5
         self.memory = MemoryTier(settings.cache_memory_entries, self.ttl)
-        self.disk: DiskTier | None = None
+        self.disk: DiskTier | RedisTier | None = None  # the tier behind memory
         self.hot = HotTracker(settings.cache_hot_threshold)
         self.flights = Flights(on_end=self._released)
         self.sweeper: Sweeper | None = None
@@ -139,6 +141,7 @@ class CacheStage(Stage):
             log.error("cache disk tier unavailable (%s: %s): serving with the memory tier only",
                       type(exc).__name__, exc)
             self.disk = None
+        self.disk = shared_tier(self.settings, self.disk)  # with --redis-url: Redis
         self.sweeper = Sweeper(self.memory, self.disk, self.hot)
         self.sweeper.start()
         self.memory.report()
@@ -197,7 +200,7 @@ class CacheStage(Stage):
         tier = HIT_MEMORY
         if entry is None and self.disk is not None:
             entry = self.disk.get(key)
-            tier = HIT_DISK
+            tier = getattr(self.disk, "last_hit", HIT_DISK)  # HIT-REDIS from Redis
             if entry is not None:
                 self.hot.disk_hit(key, entry, count)
         if entry is None:

@@ -196,6 +196,33 @@ class SecretFile:
             raise ValueError(f"the file's content {exc}") from None
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class RedisUrl(SecretText):
+    """A Redis URL; it may carry a password, so it is held and reported like a secret."""
+
+    allowed: str = "redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://… or unix:///PATH[?db=DB]"
+
+    def __call__(self, text: str) -> Secret:
+        parts = urlsplit(text.strip())
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError("not a Redis URL")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("bad port") from None
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path")
+        if parts.scheme != "unix" and not _is_host(parts.hostname or ""):
+            raise ValueError("no host")
+        database = parts.path.strip("/") if parts.scheme != "unix" else ""
+        if database and not database.isdigit():
+            raise ValueError("the database is a number (redis://HOST:PORT/DB)")
+        return _check_secret(text)
+
+
 @dataclass(frozen=True)
 class Pattern:
     allowed: str = "a regular expression; empty = none"
@@ -353,6 +380,13 @@ SETTINGS: list[Setting] = [
             Integer(1000, 2_592_000_000), None, "MS"),
     Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
             "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
+    # --- scale-out on Redis (bridge/core/redis_link.py) ----------------------------------
+    Setting("redis_url", ("--redis-url",), "share the cache, rate limit, concurrency cap, "
+            "async jobs and key revocations of several bridges through this Redis; unset = "
+            "each instance keeps its own", RedisUrl(), None, "URL"),
+    Setting("redis_prefix", ("--redis-prefix",), "prefix of every Redis key the bridge uses, "
+            "so that several deployments can share one Redis",
+            Text("any text", required=True), "bridge", "PREFIX"),
     # --- LuaJIT middleware (bridge/lua) --------------------------------------------------
     Setting("enable_luajit", ("--enable-luajit",), "run the Lua script's HandleServerRequest "
             "on every request and HandleServerResponse on every response", Switch(), False),

@@ -122,6 +122,16 @@ METRICS: tuple[Metric, ...] = (
            only=(("tier", "memory"),)),
     Metric("cache.entries", GAUGE_SET, "bridge_cache_disk_entries",
            "Entries in the shared disk tier", mode="max", only=(("tier", "disk"),)),
+    Metric("cache.entries", GAUGE_SET, "bridge_cache_redis_entries",
+           "Entries in the shared Redis tier (--redis-url)", mode="livemostrecent",
+           only=(("tier", "redis"),)),
+    # scale-out on Redis
+    Metric("redis.up", GAUGE_SET, "bridge_redis_up",
+           "1 when Redis answers, 0 while the bridge is degraded to instance-local "
+           "backends (the lowest of the workers)", mode="livemin"),
+    Metric("redis.failures", COUNTER, "bridge_redis_failures_total",
+           "Redis calls that failed or timed out (each one fell back to a local backend)",
+           count_events=True),
     Metric("cache.hot_threshold", GAUGE_SET, "bridge_cache_hot_threshold",
            "Current hot-promotion threshold, requests per minute", mode="livemostrecent"),
     # Lua middleware

@@ -8,7 +8,8 @@ The critical section is two syscalls long; nothing yields inside it.
 With `--rate-limit-wait`, a request that finds the bucket empty reserves the next
 token (the level goes below zero) when it comes within the wait, and sleeps until then,
 so short bursts queue in arrival order instead of failing. This stage sits inside the
-cache stage: cache hits never reach it.
+cache stage: cache hits never reach it. With `--redis-url` the bucket is shared by every
+instance instead (`bridge.rate_limit.redis_bucket`), this file being its fallback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bridge.core import instance
 from bridge.core.errors import RateLimited
@@ -28,6 +30,9 @@ from bridge.core.exchange import Exchange
 from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
+
+if TYPE_CHECKING:
+    from bridge.rate_limit.redis_bucket import RedisBucket
 
 _STATE = struct.Struct("=dd")  # tokens, time.monotonic() of the last update (system-wide)
 
@@ -86,13 +91,17 @@ class RateLimitStage(Stage):
     name = "rate_limit"
 
     def __init__(self, settings: Settings):
+        self.settings = settings
         self.rate = settings.rate_limit
         self.max_wait = settings.rate_limit_wait / 1000
-        self.bucket: SharedBucket | None = None
+        self.bucket: SharedBucket | RedisBucket | None = None
 
     def start(self) -> None:
-        self.bucket = SharedBucket(instance.directory() / "rate-limit.bucket",
-                                   rate=self.rate, burst=self.rate)
+        # imported here: the Redis bucket builds on this module's (its fallback)
+        from bridge.rate_limit.redis_bucket import shared_bucket
+
+        self.bucket = shared_bucket(self.settings, SharedBucket(
+            instance.directory() / "rate-limit.bucket", rate=self.rate, burst=self.rate))
 
     def on_request(self, ex: Exchange) -> None:
         assert self.bucket is not None

@@ -145,3 +145,30 @@ def start_server(cmd: Sequence[str], url: str, probe: str = "/",
     """Start any other server command (a benchmark's reference server, say) the same way:
     a bounded wait until `url + probe` answers, stopped by its PID."""
     return _spawn(cmd, url, probe, env, log_dir)
+
+
+def start_redis(log_dir: Path | None = None, port: int | None = None) -> Process:
+    """Start a throwaway `redis-server` on a free loopback port (no persistence, no
+    daemon), stopped by its PID like the others; its `url` is its redis:// URL."""
+    port = port or free_port()
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="redis-logs-"))
+    log_path = log_dir / f"redis-{port}-{time.monotonic_ns()}.log"
+    cmd = ["redis-server", "--port", str(port), "--bind", LOOPBACK, "--save", "",
+           "--appendonly", "no", "--daemonize", "no", "--dir", str(log_dir)]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    process = Process(url=f"redis://{LOOPBACK}:{port}/0", proc=proc, log_path=log_path)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            process.stop()
+            raise RuntimeError(f"redis-server did not start:\n{process.log()[-2000:]}")
+        time.sleep(0.05)

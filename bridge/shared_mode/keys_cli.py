@@ -2,6 +2,8 @@
 
 Works on the key store in `--state-dir`/`BRIDGE_STATE_DIR`, the same setting the server
 reads, while the bridge runs or not; a change reaches every worker on its next request.
+With `--redis-url`/`BRIDGE_REDIS_URL`, `revoke` also stamps the key in Redis, so every
+instance refuses it within a second.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import sys
 import time
 from typing import Sequence
 
+from bridge.core import redis_link
 from bridge.core import settings as bridge_settings
 from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError, parse_expiry, parse_rate
+from bridge.shared_mode.redis_stamps import revocation_stamps
 
-STORE_SETTINGS = ("state_dir",)
+STORE_SETTINGS = ("state_dir", "redis_url", "redis_prefix")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +51,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         if args.command == "create":
             return create(state.state_dir, args)
-        store = KeyStore(state.state_dir)
+        # with --redis-url, a revocation is shared with every instance
+        store = KeyStore(state.state_dir, revocation_stamps(state, redis_link.TOOL_TIMEOUT))
         if args.command == "list" and not store.path.exists():
             print(f"no client keys yet (no key store at {store.path})", file=sys.stderr)
             return 0

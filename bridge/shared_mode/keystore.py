@@ -5,7 +5,8 @@ hash (never the key), creation time, optional expiry, optional request rate and 
 allowed models; revoked keys stay as rows (so revoking the last key never turns the
 bridge open again). Every worker opens its own connection after fork and keeps the keys
 in memory; a `generation` counter bumped by every change is read on each request (one
-indexed row, microseconds), so a revocation is seen by all workers on their next request.
+indexed row, microseconds), so a revocation is seen by all workers on their next request;
+with `--redis-url`, by all instances within a second (`bridge.shared_mode.redis_stamps`).
 Per-key rates are counted in the same file: one fixed-window counter row per key and
 window, incremented atomically by whichever worker serves the request, so the limit
 holds across workers and processes.
@@ -23,10 +24,13 @@ import re
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from bridge.shared_mode.redis_stamps import RevocationStamps
 
 log = logging.getLogger("bridge.keystore")
 
@@ -157,9 +161,10 @@ class ClientKey:
 class KeyStore:
     """The key store in `state_dir`: managed by the `keys` command, read by the workers."""
 
-    def __init__(self, state_dir: str | os.PathLike):
+    def __init__(self, state_dir: str | os.PathLike, stamps: RevocationStamps | None = None):
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / FILE_NAME
+        self.stamps = stamps  # with --redis-url: revocations shared by every instance
         self._db: sqlite3.Connection | None = None
         self._generation: int | None = None
         self._keys: tuple[ClientKey, ...] = ()
@@ -248,6 +253,8 @@ class KeyStore:
             if row["revoked"] is None:
                 db.execute("UPDATE client_keys SET revoked = ? WHERE name = ?",
                            (time.time(), name))
+        if self.stamps is not None:
+            self.stamps.publish([row["key_hash"]])
         return self.get(name)
 
     def get(self, name: str) -> ClientKey:
@@ -274,6 +281,8 @@ class KeyStore:
                 self._keys = tuple(self.all())
                 self._by_hash = {key.key_hash: key for key in self._keys}
                 self._generation = generation
+                if self.stamps is not None:  # a revocation made without Redis: share it
+                    self.stamps.publish(key.key_hash for key in self._keys if key.revoked)
                 log.debug("key store read: %d key(s), generation %d", len(self._keys),
                           generation)
         except sqlite3.Error as exc:
@@ -292,6 +301,8 @@ class KeyStore:
         record = self._by_hash.get(digest)
         if record is None or not hmac.compare_digest(record.key_hash, digest):
             return None
+        if record.revoked is None and self.stamps is not None and self.stamps.revoked(digest):
+            return replace(record, revoked=time.time())  # revoked on another instance
         return record
 
     def take(self, key: ClientKey, now: float | None = None) -> float | None:

@@ -26,6 +26,7 @@ from bridge.core.pipeline import Context, Stage
 from bridge.core.redaction import CREDENTIAL_QUERY_PARAMS, Redactor
 from bridge.core.settings import Settings, upstream_key
 from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError
+from bridge.shared_mode.redis_stamps import revocation_stamps
 
 log = logging.getLogger("bridge.auth")
 
@@ -63,7 +64,7 @@ class AuthStage(Stage):
     def __init__(self, settings: Settings):
         self.upstream_authorization = f"Bearer {upstream_key(settings)}"
         self.cache_per_client_key = settings.cache_per_client_key
-        self.store = KeyStore(settings.state_dir)
+        self.store = KeyStore(settings.state_dir, revocation_stamps(settings))
         self.redactor = Redactor([upstream_key(settings)])
 
     def start(self) -> None:

@@ -1,6 +1,7 @@
 """Operations endpoints: `/health` (the process is up), `/ready` (the upstream answers,
-in shared mode accepts the bridge's key, and the worker is not draining for a stop) and,
-from `bridge.observability.metrics`, `/metrics`."""
+in shared mode accepts the bridge's key, and the worker is not draining for a stop; with
+`--redis-url`, a `redis` detail: "ok", or "degraded" while this instance serves with its
+own backends, still 200) and, from `bridge.observability.metrics`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import flask
 
 from bridge import __version__
-from bridge.core import lifecycle
+from bridge.core import lifecycle, redis_link
 from bridge.core.pipeline import Pipeline
 from bridge.core.upstream import READY
 
@@ -36,4 +37,8 @@ def ready() -> tuple[flask.Response, int]:
     if time.monotonic() - checked_at > READY_REUSE_SECONDS:
         status = upstream.readiness(READY_CHECK_TIMEOUT)
         _ready_cache[upstream.base_url] = (time.monotonic(), status)
-    return flask.jsonify(status=status, version=__version__), 200 if status == READY else 503
+    detail = {"status": status, "version": __version__}
+    redis_status = redis_link.status(pipeline.context.settings)
+    if redis_status is not None:
+        detail["redis"] = redis_status  # degraded still serves: not a reason for 503
+    return flask.jsonify(detail), 200 if status == READY else 503

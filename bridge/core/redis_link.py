@@ -1,0 +1,178 @@
+"""The link to the shared Redis of a scale-out deployment (`--redis-url`), per process.
+
+Each worker process has its own `redis-py` connection pool, made on first use after
+gunicorn's fork (`PerProcess`). redis-py talks through the `socket` module, so under
+gevent's monkey-patching its waits are cooperative: a slow Redis holds the greenlet
+that asked, never the worker's event loop (checked by `tests/core/test_redis_link.py`).
+
+Nothing may wait long on Redis: every connect and reply has `TIMEOUT` (50 ms) and no
+client-side retry. A call that fails puts the link in degraded mode for
+`RECONNECT_SECONDS`: callers get `RedisDown` at once, without touching the network, and
+fall back to their instance-local backend; the first call after that tries Redis again
+(reconnecting by itself). Degraded mode is logged as a warning when it starts and at
+most once a minute while it lasts, counted in `bridge_redis_up` (per worker, the lowest
+wins) and shown in `/ready`'s `redis` detail.
+
+Keys are `<prefix>:<feature>:...`, so deployments with different `--redis-prefix`
+share one Redis without seeing each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from bridge.core.events import emit
+from bridge.core.forking import PerProcess
+from bridge.core.settings import Settings
+
+log = logging.getLogger("bridge.redis")
+
+TIMEOUT = 0.05            # seconds: the longest any request waits on one Redis call
+RECONNECT_SECONDS = 1.0   # how long a failed Redis is not asked again
+TOOL_TIMEOUT = 5.0        # seconds: the `keys` and `cache` commands may wait longer
+WARN_EVERY = 60.0         # seconds between two warnings while Redis stays unreachable
+OK, DEGRADED = "ok", "degraded"
+
+T = TypeVar("T")
+
+
+class RedisDown(Exception):
+    """Redis is unreachable (or failed): the caller uses its instance-local backend."""
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def owner_name() -> str:
+    """Who holds a lease: host and process, so that an operator can tell them apart."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _State:
+    """One process's pool and health."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self.down_until = 0.0     # monotonic time before which Redis is not asked
+        self.down_since: float | None = None
+        self.warned_at = 0.0
+
+
+class Link:
+    """The shared Redis, as seen by this process."""
+
+    def __init__(self, url: str, prefix: str, timeout: float = TIMEOUT):
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self._state = PerProcess(self._connect)
+
+    def _connect(self) -> _State:
+        client = redis.Redis.from_url(
+            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+            client_name=f"deepseek-ollama-bridge-{os.getpid()}")
+        emit("redis.up", 1)
+        return _State(client)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def up(self) -> bool:
+        """Whether this process last found Redis answering."""
+        return self._state.get().down_since is None
+
+    def run(self, action: Callable[[redis.Redis], T]) -> T:
+        """`action(client)`, or `RedisDown` when Redis fails or is known to be down."""
+        state = self._state.get()
+        if state.down_since is not None and time.monotonic() < state.down_until:
+            raise RedisDown("Redis is unreachable")
+        try:
+            result = action(state.client)
+        except redis.RedisError as exc:
+            self._failed(state, exc)
+            raise RedisDown(f"{type(exc).__name__}: {exc}") from None
+        if state.down_since is not None:
+            log.warning("Redis at %s answers again after %.1fs: sharing resumes",
+                        safe_url(self.url), time.monotonic() - state.down_since)
+            state.down_since = None
+            emit("redis.up", 1)
+        return result
+
+    def _failed(self, state: _State, exc: redis.RedisError) -> None:
+        now = time.monotonic()
+        state.down_until = now + RECONNECT_SECONDS
+        emit("redis.failures")
+        if state.down_since is None:
+            state.down_since = now
+            emit("redis.up", 0)
+        if now - state.warned_at >= WARN_EVERY:
+            state.warned_at = now
+            log.warning("Redis at %s is unreachable (%s: %s): degraded, serving with this "
+                        "instance's own cache tiers, rate limit and slots until it returns",
+                        safe_url(self.url), type(exc).__name__, str(exc)[:200])
+
+    def script(self, source: str) -> "Script":
+        return Script(self, source)
+
+    def check(self) -> str:
+        """OK or DEGRADED, asking Redis now (bounded by the timeout): for `/ready`."""
+        try:
+            self.run(lambda client: client.ping())
+        except RedisDown:
+            return DEGRADED
+        return OK
+
+
+class Script:
+    """A server-side Lua script run with EVALSHA (loaded again after a Redis restart)."""
+
+    def __init__(self, link: Link, source: str):
+        self.link = link
+        self.source = source
+        self._scripts = PerProcess(lambda: self.link._state.get().client.register_script(source))
+
+    def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        script = self._scripts.get()
+        return self.link.run(lambda client: script(keys=keys, args=args, client=client))
+
+
+_links: dict[tuple[str, str, float], Link] = {}
+
+
+def link_for(settings: Settings, timeout: float = TIMEOUT) -> Link | None:
+    """The link of `--redis-url` (one per URL, prefix and timeout in a process), None
+    without it. Makes no connection: that happens on first use, in the process that uses
+    it. Commands run by an operator pass a longer `timeout` (`TOOL_TIMEOUT`)."""
+    secret = getattr(settings, "redis_url", None)
+    if not secret:
+        return None
+    url = secret.reveal()
+    prefix = settings.redis_prefix
+    link = _links.get((url, prefix, timeout))
+    if link is None:
+        link = _links[(url, prefix, timeout)] = Link(url, prefix, timeout)
+    return link
+
+
+def status(settings: Settings) -> str | None:
+    """`/ready`'s Redis detail: None without Redis, else OK or DEGRADED."""
+    link = link_for(settings)
+    return None if link is None else link.check()
