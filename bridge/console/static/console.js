@@ -45,14 +45,17 @@ function rows(tbodyId, items, format) {
 // Draws up to two series (functions of a point, null = no value) as polylines.
 function chart(id, series) {
   const svg = $(id);
-  const now = Date.now() / 1000, from = now - windowSeconds;
+  // a young bridge's few minutes fill the width; after 15 minutes the window slides
+  const now = Date.now() / 1000;
+  const from = Math.max(now - windowSeconds, (points.length ? points[0].t : now) - 60);
+  const span = now - from;
   const values = series.flatMap((pick) => points.map(pick)).filter((v) => v !== null && v !== undefined);
   const top = Math.max(1e-9, ...values) * 1.1;
   svg.replaceChildren(...series.map((pick, i) => {
     const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     line.setAttribute("class", "s" + (i + 1));
     line.setAttribute("points", points.filter((p) => pick(p) !== null && pick(p) !== undefined)
-      .map((p) => ((p.t - from) / windowSeconds * 600).toFixed(1) + "," +
+      .map((p) => ((p.t - from) / span * 600).toFixed(1) + "," +
                   (78 - pick(p) / top * 74).toFixed(1)).join(" "));
     return line;
   }));
