@@ -89,3 +89,14 @@ def http_request(path: str, body: bytes, *headers: str, chunked: bool = False,
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def metric_total(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` at `url`/metrics whose labels include `labels`."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url + "/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name
+               and all(sample.labels.get(key) == value for key, value in labels.items()))

@@ -212,7 +212,7 @@ class AdmissionStage(Stage):
                 if not call.first_frame:
                     call.first_frame = True
                     emit("upstream.ttft", time.perf_counter() - call.started,
-                         endpoint=ex.endpoint)
+                         endpoint=ex.endpoint, surface=ex.surface)
                 yield frame
         finally:
             self._end(ex)

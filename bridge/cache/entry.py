@@ -4,11 +4,16 @@ An entry holds either the upstream's stream frames (raw JSON payloads, in their 
 boundaries) or its whole body, plus when it was stored. On disk a value is
 `MAGIC | created (8-byte big-endian float, Unix seconds) | zlib(JSON)`: no pickle, and
 the creation time can be read with SQL (`substr(value, 5, 8)`) without decoding the rest.
+
+An entry also records what producing it cost the upstream (wall time, and Ollama's
+`total_duration` and generated tokens when reported): each hit saves that much. The
+cost is an optional JSON member, so entries stored before it existed still decode.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 import zlib
@@ -21,6 +26,7 @@ MAGIC = b"BRC1"
 _CREATED = struct.Struct(">d")
 HEADER_SIZE = len(MAGIC) + _CREATED.size
 FORMAT_VERSION = 1
+_TOTAL_DURATION = re.compile(rb'"total_duration"\s*:\s*(\d+)')
 
 
 class UndecodableEntry(ValueError):
@@ -37,6 +43,9 @@ class Entry:
     frames: tuple[bytes, ...] = ()         # the upstream's frames, terminator included
     verbatim: frozenset[int] = frozenset()  # indexes of frames that are not data lines
     body: bytes | None = None              # the upstream's body when it did not stream
+    upstream_seconds: float = 0.0          # how long the upstream took to produce it
+    gpu_seconds: float | None = None       # Ollama's total_duration, when it reported one
+    tokens: int = 0                        # tokens it generated, when reported
     derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -64,6 +73,9 @@ def encode_entry(entry: Entry) -> bytes:
         data["frames"] = [frame.decode() for frame in entry.frames]
         if entry.verbatim:
             data["verbatim"] = sorted(entry.verbatim)
+    if entry.upstream_seconds or entry.gpu_seconds or entry.tokens:
+        data["cost"] = {"s": round(entry.upstream_seconds, 6), "gpu": entry.gpu_seconds,
+                        "tok": entry.tokens}
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
     return MAGIC + pack_created(entry.created) + zlib.compress(text, 1)
 
@@ -98,8 +110,22 @@ def decode_entry(value: bytes) -> Entry:
             entry.codec = data["codec"]
             entry.frames = tuple(frame.encode() for frame in data["frames"])
             entry.verbatim = frozenset(data.get("verbatim", ()))
+        cost = data.get("cost") or {}
+        entry.upstream_seconds = float(cost.get("s") or 0.0)
+        entry.gpu_seconds = None if cost.get("gpu") is None else float(cost["gpu"])
+        entry.tokens = int(cost.get("tok") or 0)
         return entry
     except UndecodableEntry:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, zlib.error, struct.error) as exc:
         raise UndecodableEntry(f"{type(exc).__name__}: {exc}") from None
+
+
+def reported_gpu_seconds(parts: tuple[bytes, ...]) -> float | None:
+    """Ollama's `total_duration` (nanoseconds, in its last frame or whole body) as
+    seconds; None when the upstream did not report it (the OpenAI surface, vLLM, ...)."""
+    for part in reversed(parts[-3:]):  # the final frame, before any terminator lines
+        found = _TOTAL_DURATION.search(part)
+        if found:
+            return int(found.group(1)) / 1e9
+    return None

@@ -36,7 +36,7 @@ import gevent
 from bridge.cache import replay
 from bridge.cache.access import Access
 from bridge.cache.disk import DiskTier
-from bridge.cache.entry import Entry
+from bridge.cache.entry import Entry, reported_gpu_seconds
 from bridge.cache.flight import Flight, Flights
 from bridge.cache.hot import HotTracker
 from bridge.cache.keys import cache_key
@@ -115,6 +115,7 @@ class Pending:
     flight: Flight | None  # None: on its own (a refresh beside a flight, or not sharing)
     payload: Any  # the client's own payload, restored on the way out
     closers: int = 0  # the exchange's closers up to the cache's (the later ones: inner stages)
+    started: float = 0.0  # monotonic time the upstream call began: the entry's recorded cost
 
 
 class CacheStage(Stage):
@@ -210,7 +211,9 @@ class CacheStage(Stage):
             return False
         ex.response = replay.serve_entry(entry, shape, {"age": str(int(age))})
         self._mark(ex, tier)
-        emit("cache.hit", tier=tier.removeprefix("HIT-").lower())
+        label = tier.removeprefix("HIT-").lower()
+        emit("cache.hit", tier=label)
+        saved(entry, label)
         return True
 
     def _subscribe(self, ex: Exchange, flight: Flight, leader: bool = False) -> None:
@@ -239,6 +242,8 @@ class CacheStage(Stage):
         self._mark(ex, HIT_FLIGHT)
         if flight.failure is None:
             emit("cache.hit", tier="flight")
+            if flight.entry is not None:  # else its cost is not known yet: not counted
+                saved(flight.entry, "flight")
 
     def _lead(self, ex: Exchange, key: str, control: Control, shares: bool,
               shape: replay.Shape) -> None:
@@ -257,6 +262,7 @@ class CacheStage(Stage):
                 self._flight_hit(ex, flight)
                 return
         emit("cache.miss")
+        pending.started = time.monotonic()
         upstream_payload = streaming_payload(ex)
         if upstream_payload is not ex.payload:
             ex.replace_payload(upstream_payload)
@@ -316,9 +322,10 @@ class CacheStage(Stage):
         if produced:
             assert on_stop is not None
             flight.produce(response, lambda done: self._store(
-                ex, pending.key, self._entry(ex, done.codec, done.frames)), on_stop)
+                ex, pending.key, self._entry(ex, done.codec, done.frames, pending=pending)),
+                on_stop)
         elif response.ok and self._storable_body(response):
-            entry = self._entry(ex, None, (), body=response.body)
+            entry = self._entry(ex, None, (), body=response.body, pending=pending)
             flight.finish_with(entry)
             self._store(ex, pending.key, entry)
         else:
@@ -362,12 +369,19 @@ class CacheStage(Stage):
         return isinstance(data, dict) and "error" not in data
 
     def _entry(self, ex: Exchange, codec: str | None, frames: Any,
-               body: bytes | None = None) -> Entry:
-        return Entry(surface=ex.surface, endpoint=ex.endpoint, model=ex.model,
-                     created=time.time(), codec=codec,
-                     frames=tuple(frame.raw for frame in frames),
-                     verbatim=frozenset(i for i, frame in enumerate(frames) if frame.verbatim),
-                     body=body)
+               body: bytes | None = None, pending: Pending | None = None) -> Entry:
+        """An entry of what the upstream produced; with `pending` (the call that produced
+        it, now complete) it records that call's cost."""
+        entry = Entry(surface=ex.surface, endpoint=ex.endpoint, model=ex.model,
+                      created=time.time(), codec=codec,
+                      frames=tuple(frame.raw for frame in frames),
+                      verbatim=frozenset(i for i, frame in enumerate(frames) if frame.verbatim),
+                      body=body)
+        if pending is not None and pending.started:
+            entry.upstream_seconds = time.monotonic() - pending.started
+            entry.gpu_seconds = reported_gpu_seconds(entry.frames or (body or b"",))
+            entry.tokens = ex.usage.completion if ex.usage is not None else 0
+        return entry
 
     def _store(self, ex: Exchange, key: str, entry: Entry) -> None:
         if not all(_utf8(data) for data in (*entry.frames, entry.body or b"")):
@@ -391,6 +405,16 @@ class CacheStage(Stage):
             ex.response.headers["x-cache"] = ex.cache_status
             if not ex.cache_status.startswith("HIT"):
                 ex.response.headers.pop("age", None)
+
+
+def saved(entry: Entry, tier: str) -> None:
+    """A hit on `entry`: the upstream time, GPU time (Ollama's own figure when it gave
+    one) and generated tokens that this answer did not cost."""
+    emit("cache.saved_seconds", entry.upstream_seconds, tier=tier)
+    emit("cache.saved_gpu_seconds", entry.gpu_seconds if entry.gpu_seconds is not None
+         else entry.upstream_seconds, tier=tier)
+    if entry.tokens:
+        emit("cache.saved_tokens", entry.tokens, tier=tier)
 
 
 def _utf8(data: bytes) -> bool:

@@ -8,14 +8,18 @@ Event names in use (feature.what; labels in brackets):
   think.blocks_removed, think.chars_removed
   cache.hit [tier], cache.miss, cache.bypass, cache.store, cache.eviction [tier],
   cache.expiration [tier], cache.promotion, cache.entries [tier] (gauge),
-  cache.hot_threshold (gauge)
+  cache.hot_threshold (gauge), cache.saved_seconds, cache.saved_gpu_seconds,
+  cache.saved_tokens [tier] (what a hit did not cost the upstream)
   upstream.retry, auth.refused [reason], ratelimit.refused, ratelimit.delayed,
   admission.queued, admission.refused [reason], admission.waiting (gauge, ±1)
   upstream.in_flight (gauge, ±1), upstream.duration [endpoint, status] (seconds),
-  upstream.ttft [endpoint] (seconds)
+  upstream.ttft [endpoint, surface] (seconds)
   request.finished [route, method, status, client_key] (seconds),
   stage.failed [stage, phase] (a contained failure of one request),
   tokens.prompt, tokens.completion [client_key, source]
+  model.request, model.tokens [model] (successful model requests only)
+  request.error [status, path, message, request_id] (an answer >= 400; no metric: the
+  console keeps the last ones)
   lua.call, lua.error, lua.timeout [hook], lua.duration [hook] (seconds)
   async.queued, async.refused, async.retried, async.completed, async.failed,
   async.running (gauge, ±1), async.waiting (gauge), async.queue_wait, async.run_time (seconds)

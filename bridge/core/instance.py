@@ -83,6 +83,15 @@ def directory() -> Path:
     return path
 
 
+def started() -> float:
+    """When this instance started (Unix time): its run directory's owner file was
+    written by the master before it forked any worker."""
+    try:
+        return (directory() / _OWNER).stat().st_mtime
+    except OSError:
+        return time.time()
+
+
 def cleanup() -> None:
     """Remove the run directory (the master, at exit)."""
     given = os.environ.get(ENV)

@@ -369,6 +369,12 @@ SETTINGS: list[Setting] = [
     Setting("metrics_key", ("--metrics-key",), "bearer key that /metrics requires "
             "(`Authorization: Bearer KEY`); unset = /metrics is open to anyone who can "
             "reach the port", SecretText(), None, "KEY"),
+    # --- operator's console (bridge/console) ---------------------------------------------
+    Setting("disable_console", ("--disable-console",), "turn off the operator's console "
+            "(the status page at / and /console, and /status)", Switch(), False),
+    Setting("admin_key", ("--admin-key",), "key that opens the console to clients other "
+            "than loopback ones (`Authorization: Bearer KEY`, or its login form); unset = "
+            "loopback clients only", SecretText(), None, "KEY"),
     # --- async requests (bridge/async_jobs) ------------------------------------------------
     Setting("enable_async_request", ("--enable-async-request",), "answer model requests "
             "carrying request_fingerprint with 202 Accepted and run them as durable jobs "

@@ -77,13 +77,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("tokens.completion", COUNTER, "bridge_completion_tokens_total",
            "Completion tokens reported in usage, by client key name and source",
            ("client_key", "source")),
+    Metric("model.request", COUNTER, "bridge_model_requests_total",
+           "Model requests answered successfully, by model", ("model",)),
+    Metric("model.tokens", COUNTER, "bridge_model_tokens_total",
+           "Prompt and completion tokens of successful model requests, by model", ("model",)),
     # upstream
     Metric("upstream.duration", HISTOGRAM, "bridge_upstream_request_duration_seconds",
            "Upstream call duration, retries and whole stream included",
            ("endpoint", "status"), buckets=REQUEST_BUCKETS),
     Metric("upstream.ttft", HISTOGRAM, "bridge_upstream_time_to_first_token_seconds",
-           "Time from sending an upstream request to its first stream frame",
-           ("endpoint",), buckets=FIRST_TOKEN_BUCKETS),
+           "Time from sending an upstream request to its first stream frame, by endpoint "
+           "and surface", ("endpoint", "surface"), buckets=FIRST_TOKEN_BUCKETS),
     Metric("upstream.in_flight", GAUGE_ADD, "bridge_upstream_requests_in_flight",
            "Upstream calls in progress", mode="livesum"),
     Metric("upstream.retry", COUNTER, "bridge_upstream_retries_total",
@@ -117,6 +121,15 @@ METRICS: tuple[Metric, ...] = (
            "Entries removed after their TTL, by tier", ("tier",)),
     Metric("cache.promotion", COUNTER, "bridge_cache_promotions_total",
            "Disk entries promoted into the memory tier"),
+    Metric("cache.saved_seconds", COUNTER, "bridge_cache_upstream_seconds_saved_total",
+           "Upstream seconds that cache hits did not cost: each hit adds how long the "
+           "upstream took to produce the entry, by tier", ("tier",)),
+    Metric("cache.saved_gpu_seconds", COUNTER, "bridge_cache_gpu_seconds_saved_total",
+           "GPU seconds that cache hits did not cost: Ollama's total_duration of the entry "
+           "(the upstream time when it reported none), by tier", ("tier",)),
+    Metric("cache.saved_tokens", COUNTER, "bridge_cache_tokens_saved_total",
+           "Tokens not generated thanks to cache hits (the entry's completion tokens), "
+           "by tier", ("tier",)),
     Metric("cache.entries", GAUGE_SET, "bridge_cache_memory_entries",
            "Entries in the memory tiers of all workers", mode="livesum",
            only=(("tier", "memory"),)),
@@ -254,6 +267,18 @@ def _metrics_key_check(key: str) -> Callable[[], flask.Response | None]:
         return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers)
 
     return check
+
+
+def samples() -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of the instance's metrics, aggregated across its workers as `/metrics`
+    shows them: (name, labels, value). For the console, which reads them without
+    importing Prometheus itself."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return [(sample.name, sample.labels, sample.value)
+            for family in registry.collect() for sample in family.samples]
 
 
 def worker_exited(pid: int) -> None:

@@ -36,7 +36,8 @@ _STARTED = "bridge_started"
 _RELAYED = "observe.relayed"  # ex.notes: the whole stream went to the client
 _SERVED_USAGE = "observe.served_usage"  # ex.notes: usage in an answer no upstream call made
 UNMATCHED_ROUTE = "<unmatched>"
-NOT_OBSERVED = frozenset({"/metrics"})
+NOT_OBSERVED = frozenset({"/metrics", "/status"})  # scraped every second or so
+ERROR_MESSAGE_LIMIT = 300
 TRACE_BODY_LIMIT = 2000
 TRACE_FRAME_LIMIT = 300
 
@@ -54,8 +55,14 @@ def count_tokens(ex: Exchange) -> None:
     source = "upstream"
     if usage is None:
         usage, source = ex.notes.get(_SERVED_USAGE), "cache"
+    # by model only when answered: a name the upstream refused is the client's free text
+    answered = ex.is_model_request and ex.response is not None and ex.response.ok
+    if answered:
+        emit("model.request", model=ex.model)
     if usage is None:
         return
+    if answered and usage.prompt + usage.completion:
+        emit("model.tokens", usage.prompt + usage.completion, model=ex.model)
     labels = {"client_key": client_key(ex), "source": source}
     if usage.prompt:
         emit("tokens.prompt", usage.prompt, **labels)
@@ -134,10 +141,25 @@ def _on_close(response: flask.Response) -> flask.Response:
     method, path, status = request.method, request.path, response.status_code
     remote = request.remote_addr or ""
     request_id = response.headers.get("x-request-id", "")
+    if status >= 400:
+        emit("request.error", status=str(status), path=path, request_id=request_id,
+             message=error_message(response))
     response.call_on_close(lambda: record(
         method=method, path=path, route=rule, status=status, remote=remote,
         duration=time.perf_counter() - started, request_id=request_id, ex=ex))
     return response
+
+
+def error_message(response: flask.Response) -> str:
+    """The message of an error answer in either surface's shape ("" for a stream or
+    anything else): what the console lists, never the body itself."""
+    if response.is_streamed:
+        return ""
+    data = response.get_json(silent=True)
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error[:ERROR_MESSAGE_LIMIT] if isinstance(error, str) else ""
 
 
 def record(*, method: str, path: str, route: str, status: int, remote: str, duration: float,

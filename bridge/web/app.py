@@ -11,6 +11,7 @@ import logging
 import flask
 from werkzeug.exceptions import HTTPException
 
+from bridge.console import routes as console
 from bridge.core import errors
 from bridge.core.errors import BridgeError, error_response
 from bridge.core.pipeline import Pipeline
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> flask.Flask:
     app.register_blueprint(openai_api.blueprint)
     app.register_blueprint(ollama_api.blueprint)
     app.register_blueprint(ops.blueprint)
+    console.init_app(app, settings)
     if settings.enable_luajit:  # the script sees every path, and may answer any of them
         app.register_blueprint(unrouted.blueprint)
     metrics.init_app(app)

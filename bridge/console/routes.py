@@ -1,0 +1,138 @@
+"""The console's routes: the page (`/`, `/console`), its files, its login form and
+`/status`, each behind `access`.
+
+`/status?since=T` returns only the history points after T, so the page, polling every
+second, fetches the 15 minutes once and then one point at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+
+import flask
+
+from bridge.console import access, history, recent, status
+from bridge.core.errors import BadRequest, BridgeError, Forbidden, Unauthorized, error_response
+from bridge.core.settings import Settings, configured_secrets
+
+blueprint = flask.Blueprint("console", __name__)
+
+STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge console"'}
+REMOTE_MESSAGE = ("the console is served to loopback clients only; start the bridge with "
+                  "--admin-key to open it to others")
+_NO_STORE = {"cache-control": "no-store"}
+
+
+def init_app(app: flask.Flask, settings: Settings) -> None:
+    """Serve the console on `app` unless `--disable-console`."""
+    if settings.disable_console:
+        return
+    recent.start(configured_secrets(settings))
+    app.register_blueprint(blueprint)
+
+
+def _settings() -> Settings:
+    return flask.current_app.extensions["bridge.settings"]
+
+
+def _admin_key() -> str:
+    key = _settings().admin_key
+    return key.reveal() if key else ""
+
+
+def _refusal(decision: str, html: bool) -> flask.Response:
+    if decision == access.WRONG_KEY:
+        err: BridgeError = Unauthorized("Incorrect admin key: the console opens with the "
+                                        "--admin-key, never a client key", headers=CHALLENGE)
+    elif decision == access.LOGIN:
+        if html:
+            return _login_form("", 401)
+        err = Unauthorized("Missing admin key: send 'Authorization: Bearer <the --admin-key>'",
+                           headers=CHALLENGE)
+    else:
+        err = Forbidden(REMOTE_MESSAGE, code="console_loopback_only")
+    if html:
+        return flask.Response(f"<!doctype html><title>Console</title><p>{err.message}</p>",
+                              status=err.status, headers={**err.headers,
+                                                          "content-type": "text/html"})
+    return _json_error(err)
+
+
+def _json_error(err: BridgeError) -> flask.Response:
+    """`err` in the OpenAI error shape, as `/metrics` refuses too."""
+    refusal = error_response("openai", err)
+    return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers)
+
+
+def _guard(html: bool) -> flask.Response | None:
+    decision = access.decide(flask.request, _admin_key())
+    return None if decision == access.ALLOWED else _refusal(decision, html)
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("bridge.console").joinpath("static", name).read_bytes()
+
+
+@blueprint.get("/")
+@blueprint.get("/console")
+def page() -> flask.Response:
+    refused = _guard(html=True)
+    if refused is not None:
+        return refused
+    return flask.Response(_asset("console.html"), headers={"content-type": "text/html; "
+                                                           "charset=utf-8", **_NO_STORE})
+
+
+@blueprint.get("/console/static/<name>")
+def asset(name: str) -> flask.Response:
+    refused = _guard(html=False)
+    if refused is not None:
+        return refused
+    if name not in STATIC:
+        flask.abort(404)
+    return flask.Response(_asset(name), headers={"content-type": STATIC[name] + "; "
+                                                 "charset=utf-8", **_NO_STORE})
+
+
+def _login_form(message: str, code: int) -> flask.Response:
+    shown = f'<p class="error">{message}</p>' if message else ""
+    body = _asset("login.html").decode().replace("<!--message-->", shown)
+    return flask.Response(body, status=code, headers={"content-type": "text/html; "
+                                                      "charset=utf-8", **_NO_STORE})
+
+
+@blueprint.post("/console/login")
+def login() -> flask.Response:
+    admin_key = _admin_key()
+    if not admin_key:
+        return _refusal(access.REFUSED, html=True)
+    if not access.key_matches(flask.request.form.get("key", ""), admin_key):
+        return _login_form("That is not the admin key.", 401)
+    response = flask.redirect("/console", code=303)
+    response.set_cookie(access.COOKIE, access.cookie_value(admin_key), httponly=True,
+                        samesite="Strict", secure=flask.request.is_secure)
+    return response
+
+
+@blueprint.get("/status")
+def status_json() -> flask.Response:
+    refused = _guard(html=False)
+    if refused is not None:
+        return refused
+    began = time.perf_counter()
+    try:
+        since = float(flask.request.args.get("since", "0") or 0)
+    except ValueError:
+        return _json_error(BadRequest("since must be a Unix time in seconds", param="since"))
+    found = status.snapshot(_settings())
+    counters = found.pop("counters")
+    bounds = {"latency": found.pop("latency_bounds"), "ttft": found.pop("ttft_bounds")}
+    points = history.update(counters, bounds, found["time"])
+    found["history"] = [point for point in points if point["t"] > since]
+    found["history_window_seconds"] = history.WINDOW_SECONDS
+    found["errors"] = recent.last()
+    found["status_ms"] = round((time.perf_counter() - began) * 1000, 2)
+    return flask.Response(flask.json.dumps(found), headers={
+        "content-type": "application/json", **_NO_STORE})

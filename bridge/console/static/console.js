@@ -1,0 +1,164 @@
+// The console page: polls /status every second and renders it. Plain DOM and SVG, no
+// library; every figure is set with textContent, so nothing from the bridge is parsed as HTML.
+"use strict";
+
+const POLL_MS = 1000;
+let points = [];   // history points of the last 15 minutes, oldest first
+let since = 0;     // the newest point's time: /status then sends only newer ones
+let windowSeconds = 900;
+
+const $ = (id) => document.getElementById(id);
+const set = (id, text) => { const el = $(id); if (el) el.textContent = text; };
+
+function count(n) {
+  if (n === null || n === undefined) return "–";
+  if (Math.abs(n) >= 1e6) return (n / 1e6).toFixed(2) + "M";
+  if (Math.abs(n) >= 1e4) return (n / 1e3).toFixed(1) + "k";
+  return Number.isInteger(n) ? String(n) : n.toFixed(n < 10 ? 2 : 1);
+}
+function seconds(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 1 : 0) + " ms";
+  if (s < 120) return s.toFixed(2) + " s";
+  if (s < 7200) return (s / 60).toFixed(1) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+function percent(r) { return r === null || r === undefined ? "–" : (100 * r).toFixed(1) + " %"; }
+function duration(s) {
+  const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+  return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m " + Math.floor(s % 60) + "s";
+}
+
+function rows(tbodyId, items, format) {
+  const body = $(tbodyId);
+  body.replaceChildren(...items.map((item) => {
+    const tr = document.createElement("tr");
+    for (const text of [item.name, format(item.value)]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  }));
+}
+
+// Draws up to two series (functions of a point, null = no value) as polylines.
+function chart(id, series) {
+  const svg = $(id);
+  // a young bridge's few minutes fill the width; after 15 minutes the window slides
+  const now = Date.now() / 1000;
+  const from = Math.max(now - windowSeconds, (points.length ? points[0].t : now) - 60);
+  const span = now - from;
+  const values = series.flatMap((pick) => points.map(pick)).filter((v) => v !== null && v !== undefined);
+  const top = Math.max(1e-9, ...values) * 1.1;
+  svg.replaceChildren(...series.map((pick, i) => {
+    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    line.setAttribute("class", "s" + (i + 1));
+    line.setAttribute("points", points.filter((p) => pick(p) !== null && pick(p) !== undefined)
+      .map((p) => ((p.t - from) / span * 600).toFixed(1) + "," +
+                  (78 - pick(p) / top * 74).toFixed(1)).join(" "));
+    return line;
+  }));
+}
+
+function render(s) {
+  set("version", "v" + s.version);
+  set("uptime", duration(s.uptime_seconds));
+  set("workers", s.workers);
+  for (const surface of ["openai", "ollama"]) {
+    const r = s.requests[surface];
+    const last = points.length ? points[points.length - 1].rps[surface] : 0;
+    set("req-" + surface, count(r.total));
+    set("rps-" + surface, count(last));
+    set("err-" + surface, count(r.errors));
+    set("p50-" + surface, seconds(r.p50));
+    set("p99-" + surface, seconds(r.p99));
+    set("ttft-" + surface, seconds(r.ttft_p50));
+  }
+  const c = s.cache;
+  for (const tier of ["memory", "disk", "flight"]) {
+    set("hits-" + tier, count(c.hits[tier] || 0));
+    set("ratio-" + tier, percent(c.hit_ratio[tier] ?? (c.misses ? 0 : null)));
+  }
+  set("entries-memory", count(c.entries.memory));
+  set("entries-disk", count(c.entries.disk));
+  set("evict-memory", count(c.evictions.memory || 0));
+  set("evict-disk", count(c.evictions.disk || 0));
+  set("misses", count(c.misses));
+  set("stores", count(c.stores));
+  set("hot-threshold", c.enabled ? count(c.hot_threshold) + " /min" : "cache off");
+  set("promotions", count(c.promotions));
+  const hits = Object.values(c.hits).reduce((a, b) => a + b, 0);
+  set("hit-ratio", hits + c.misses ? percent(hits / (hits + c.misses)) : "–");
+  set("gpu-saved", seconds(s.saved.gpu_seconds));
+  set("tokens-saved", count(s.saved.tokens));
+  set("upstream-saved", seconds(s.saved.upstream_seconds));
+
+  const t = s.traffic;
+  const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
+  set("in-flight", count(t.in_flight));
+  set("max-concurrency", t.max_concurrency ? count(t.max_concurrency) : "no limit");
+  set("queued", count(t.queued));
+  set("rate-limited", count(t.rate_limited));
+  set("rate-delayed", count(t.rate_delayed));
+  set("refused", count(sum(t.refused)));
+  set("auth-refused", count(sum(t.auth_refused)));
+  set("retries", count(t.retries));
+  set("think-blocks", count(s.think.blocks_removed));
+
+  rows("models-requests", s.models.by_requests, count);
+  rows("models-tokens", s.models.by_tokens, count);
+  $("keys-block").hidden = !s.settings["enable-shared-mode"];
+  rows("client-keys", s.client_keys.map((k) => ({name: k.name || "(none)", value: k.value})), count);
+
+  const errors = $("errors");
+  if (s.errors.length) {
+    errors.replaceChildren(...s.errors.map((e) => {
+      const tr = document.createElement("tr");
+      const when = new Date(e.time * 1000).toLocaleTimeString();
+      for (const text of [when, e.status, e.path, e.message, e.request_id]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      return tr;
+    }));
+  }
+  const settings = $("settings");
+  settings.replaceChildren(...Object.entries(s.settings).flatMap(([name, value]) => {
+    const dt = document.createElement("dt"), dd = document.createElement("dd");
+    dt.textContent = "--" + name;
+    dd.textContent = String(value);
+    return [dt, dd];
+  }));
+
+  const both = (field, q) => (p) => {
+    const v = [p[field].openai, p[field].ollama].filter((x) => x !== null);
+    return v.length ? Math.max(...v) : null;
+  };
+  chart("chart-saved", [(p) => p.gpu_seconds_saved]);
+  chart("chart-rps", [(p) => p.rps.openai, (p) => p.rps.ollama]);
+  chart("chart-latency", [both("p50"), both("p99")]);
+  chart("chart-hits", [(p) => p.hit_ratio]);
+  chart("chart-refused", [(p) => p.refused_per_s]);
+}
+
+async function poll() {
+  try {
+    const answer = await fetch("/status?since=" + since, {cache: "no-store"});
+    if (!answer.ok) throw new Error("/status answered " + answer.status);
+    const s = await answer.json();
+    windowSeconds = s.history_window_seconds;
+    points = points.concat(s.history).filter((p) => p.t >= s.time - windowSeconds);
+    if (points.length) since = points[points.length - 1].t;
+    render(s);
+    $("live").classList.remove("stale");
+    set("problem", "");
+  } catch (err) {
+    $("live").classList.add("stale");
+    set("problem", String(err.message || err));
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+poll();
