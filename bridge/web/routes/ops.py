@@ -1,5 +1,6 @@
 """Operations endpoints: `/health` (the process is up), `/ready` (the upstream answers,
-and in shared mode accepts the bridge's key) and, from `bridge.observability.metrics`,
+and in shared mode accepts the bridge's key; with --upstreams, every routed model has a
+live upstream) and, from `bridge.observability.metrics`,
 `/metrics`."""
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def health() -> flask.Response:
 @blueprint.get("/ready")
 def ready() -> tuple[flask.Response, int]:
     pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
+    routed = pipeline.context.readiness
+    if routed is not None:  # several upstreams (--upstreams): the routing stage tells
+        ok, said = routed(READY_CHECK_TIMEOUT)
+        return flask.jsonify(**said, version=__version__), 200 if ok else 503
     upstream = pipeline.context.upstream
     checked_at, status = _ready_cache.get(upstream.base_url, (0.0, ""))
     if time.monotonic() - checked_at > READY_REUSE_SECONDS:
