@@ -194,20 +194,28 @@ class Route:
     an answer went to the client fails over to the next candidate. The routing stage
     subclasses it to hear how each attempt went (health, balancing)."""
 
-    __slots__ = ("name", "candidates", "index")
+    __slots__ = ("name", "candidates", "index", "live")
 
-    def __init__(self, name: str, candidates: Sequence[UpstreamTarget]):
+    def __init__(self, name: str, candidates: Sequence[UpstreamTarget], live: int = 0):
         self.name = name                # what the cache keys by: never the upstream chosen
         self.candidates = list(candidates)
         self.index = 0
+        # the first `live` candidates are healthy; the others are the last resort
+        self.live = live or len(self.candidates)
 
     @property
     def current(self) -> UpstreamTarget:
         return self.candidates[self.index]
 
+    @property
+    def open_candidates(self) -> list[UpstreamTarget]:
+        """The healthy candidates not tried yet (the current one at least)."""
+        return self.candidates[self.index:max(self.live, self.index + 1)]
+
     def prefer(self, index: int) -> None:
-        """Try candidate `index` first (it had a free admission slot), the others after."""
-        if index:
+        """Try candidate `index` first (e.g. it had a free admission slot), the others
+        after it in their order."""
+        if index != self.index:
             self.candidates.insert(self.index, self.candidates.pop(index))
 
     def fail_over(self) -> UpstreamTarget | None:

@@ -8,7 +8,9 @@ The critical section is two syscalls long; nothing yields inside it.
 With `--rate-limit-wait`, a request that finds the bucket empty reserves the next
 token (the level goes below zero) when it comes within the wait, and sleeps until then,
 so short bursts queue in arrival order instead of failing. This stage sits inside the
-cache stage: cache hits never reach it.
+cache stage: cache hits never reach it. With `--upstreams`, an upstream's `rate_limit` is
+a bucket of its own, keyed by its name, charged to the upstream first in line (a call
+that fails over is not charged again).
 """
 
 from __future__ import annotations
@@ -89,21 +91,35 @@ class RateLimitStage(Stage):
         self.rate = settings.rate_limit
         self.max_wait = settings.rate_limit_wait / 1000
         self.bucket: SharedBucket | None = None
+        # per routed upstream with a rate_limit (--upstreams), made on first use
+        self.upstream_buckets: dict[str, SharedBucket] = {}
 
     def start(self) -> None:
-        self.bucket = SharedBucket(instance.directory() / "rate-limit.bucket",
-                                   rate=self.rate, burst=self.rate)
+        if self.rate:
+            self.bucket = SharedBucket(instance.directory() / "rate-limit.bucket",
+                                       rate=self.rate, burst=self.rate)
 
     def on_request(self, ex: Exchange) -> None:
-        assert self.bucket is not None
-        decision = self.bucket.take(self.max_wait)
+        if self.bucket is not None:
+            self._take(self.bucket, self.rate, "")
+        target = ex.route.current if ex.route is not None else None
+        if target is not None and target.rate_limit:
+            bucket = self.upstream_buckets.get(target.name)
+            if bucket is None:
+                bucket = self.upstream_buckets[target.name] = SharedBucket(
+                    instance.directory() / f"rate-limit-{target.name}.bucket",
+                    rate=target.rate_limit, burst=target.rate_limit)
+            self._take(bucket, target.rate_limit, f" of upstream {target.name!r}")
+
+    def _take(self, bucket: SharedBucket, rate: int, whose: str) -> None:
+        decision = bucket.take(self.max_wait)
         if not decision.admitted:
             emit("ratelimit.refused")
             raise RateLimited(
-                f"rate limit of {self.rate} upstream requests per second reached; "
+                f"rate limit{whose} of {rate} upstream requests per second reached; "
                 f"retry in {duration_text(decision.wait)}",
                 headers={"retry-after": str(max(1, math.ceil(decision.wait))),
-                         "x-ratelimit-limit-requests": str(self.rate),
+                         "x-ratelimit-limit-requests": str(rate),
                          "x-ratelimit-remaining-requests": "0",
                          "x-ratelimit-reset-requests": duration_text(decision.reset)})
         if decision.wait > 0:
@@ -112,4 +128,5 @@ class RateLimitStage(Stage):
 
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:
-    return RateLimitStage(settings) if settings.rate_limit > 0 else None
+    # with --upstreams, an upstream may have a rate_limit of its own
+    return RateLimitStage(settings) if settings.rate_limit > 0 or settings.upstreams else None

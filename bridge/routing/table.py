@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from bridge.core.exchange import Route, UpstreamTarget
 from bridge.routing.config import Upstream
@@ -82,7 +83,8 @@ class Router:
         ordered = sorted(range(count), key=lambda i: (
             health[serving[i].name].down, health[serving[i].name].load(serving[i]),
             (i - turn) % count))
-        return TrackedRoute(self, [serving[i] for i in ordered])
+        live = sum(1 for target in serving if not health[target.name].down)
+        return TrackedRoute(self, [serving[i] for i in ordered], live)
 
     def default_route(self) -> "TrackedRoute | None":
         """For requests without a model (`/api/version`, `/api/ps`, other paths): -o if
@@ -134,8 +136,8 @@ class TrackedRoute(Route):
 
     __slots__ = ("router",)
 
-    def __init__(self, router: Router, candidates: "list[UpstreamTarget] | tuple"):
-        super().__init__("routed", candidates)
+    def __init__(self, router: Router, candidates: Sequence[UpstreamTarget], live: int = 0):
+        super().__init__("routed", candidates, live)
         self.router = router
 
     def started(self, target: UpstreamTarget) -> None:
