@@ -79,8 +79,9 @@ METRICS: tuple[Metric, ...] = (
            ("client_key", "source")),
     # upstream
     Metric("upstream.duration", HISTOGRAM, "bridge_upstream_request_duration_seconds",
-           "Upstream call duration, retries and whole stream included",
-           ("endpoint", "status"), buckets=REQUEST_BUCKETS),
+           "Upstream call duration, retries and whole stream included, by upstream name "
+           "(--upstreams; empty: -o)", ("endpoint", "status", "upstream"),
+           buckets=REQUEST_BUCKETS),
     Metric("upstream.ttft", HISTOGRAM, "bridge_upstream_time_to_first_token_seconds",
            "Time from sending an upstream request to its first stream frame",
            ("endpoint",), buckets=FIRST_TOKEN_BUCKETS),
@@ -88,6 +89,9 @@ METRICS: tuple[Metric, ...] = (
            "Upstream calls in progress", mode="livesum"),
     Metric("upstream.retry", COUNTER, "bridge_upstream_retries_total",
            "Upstream calls retried after a failure"),
+    Metric("upstream.failover", COUNTER, "bridge_upstream_failovers_total",
+           "Calls handed to the next upstream after this one failed before the first byte "
+           "(--upstreams)", ("upstream",)),
     # traffic control
     Metric("ratelimit.refused", COUNTER, "bridge_ratelimit_refused_total",
            "Requests refused with 429 by the rate limit"),
