@@ -217,3 +217,23 @@ def test_no_key_leaks_into_logs_metrics_or_errors(routed, fresh):
     for text in (echoed.text, metrics, ready, routed.log()):
         assert API_KEY not in text
     assert "upstream=deepseek" in routed.log()
+
+
+def test_a_cached_answer_does_not_depend_on_the_upstream_that_produced_it(boxes, make_bridge,
+                                                                           tmp_path):
+    bridge = make_bridge("--upstreams", str(boxes.file), "--enable-cache", "--cache-dir",
+                         str(tmp_path / "cache"), upstream=None,
+                         env={"TEST_DEEPSEEK_KEY": API_KEY})
+    boxes.reset()
+    body = {"model": "qwen3:latest", "messages": [{"role": "user", "content": "cache me"}]}
+    first = requests.post(bridge.url + "/v1/chat/completions", json=body, timeout=30)
+    producer = boxes.a if boxes.a.count() else boxes.b
+    producer.stop()  # the box that answered is gone: the other one would answer now
+    again = [requests.post(bridge.url + "/v1/chat/completions", json=body, timeout=30)
+             for _ in range(4)]
+    assert first.headers["x-cache"] == "MISS"
+    assert all(r.headers["x-cache"].startswith("HIT") for r in again), [
+        r.headers["x-cache"] for r in again]
+    assert {r.json()["choices"][0]["message"]["content"] for r in again} == {
+        first.json()["choices"][0]["message"]["content"]}
+    assert boxes.a.count() + boxes.b.count() == 1
