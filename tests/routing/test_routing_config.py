@@ -97,3 +97,29 @@ api_key_file = "{key_file}"
     assert box_auth == {None}  # no key of its own: neither the client's nor another's
     assert api_auth == {"Bearer sk-api-box-key-from-a-file-777"}
     assert "sk-api-box-key-from-a-file-777" not in bridge.log()
+
+
+def test_an_upstreams_own_rate_limit_applies_to_it_alone(tmp_path,
+                                                          make_bridge):
+    with StandIn() as box, StandIn() as other:
+        path = tmp_path / "upstreams.toml"
+        path.write_text(GOOD.replace("{url}", box.url) + f'''rate_limit = 1
+
+[[upstream]]
+name = "other"
+url = "{other.url}"
+models = ["deepseek-*"]
+''')
+        bridge = make_bridge("--upstreams", str(path))
+
+        def ask(model: str) -> requests.Response:
+            return requests.post(bridge.url + "/v1/chat/completions", timeout=30, json={
+                "model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+        limited = [ask("qwen3:latest") for _ in range(3)]
+        free = [ask("deepseek-r1:7b") for _ in range(3)]  # another upstream, no limit
+    assert [r.status_code for r in free] == [200] * 3
+    assert limited[0].status_code == 200 and 429 in [r.status_code for r in limited[1:]]
+    refused = next(r for r in limited if r.status_code == 429)
+    assert "upstream 'gpu-a'" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"]
