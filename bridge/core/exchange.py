@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from bridge.core import events
 
@@ -166,6 +166,76 @@ class Response:
             self.set_body(stamp(self.body))
 
 
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """One upstream an exchange may go to (routing, `--upstreams`): where, with which key,
+    under which model names. `key`: None passes the request's own credentials on, ""
+    sends none, else `Authorization: Bearer <key>` replaces whatever the client sent.
+    `model_map` renames the client's model names for this upstream."""
+
+    name: str
+    url: str
+    key: str | None = field(default=None, repr=False)
+    model_map: Mapping[str, str] = field(default_factory=dict)
+    api: str = "ollama"              # "ollama" or "openai": how it is probed and listed
+    max_concurrency: int = 0         # 0: no slot limit of its own
+    rate_limit: int = 0              # calls per second; 0: unlimited
+    timeout_ms: int = 0              # 0: the bridge's -t
+    weight: float = 1.0
+
+    def upstream_model(self, model: str) -> str:
+        """The model's name on this upstream."""
+        return self.model_map.get(model, model)
+
+
+class Route:
+    """Where an exchange may go, in order of preference (set by the routing stage on
+    `Exchange.route`): the upstream client tries `current`, and before the first byte of
+    an answer went to the client fails over to the next candidate. The routing stage
+    subclasses it to hear how each attempt went (health, balancing)."""
+
+    __slots__ = ("name", "candidates", "index", "live")
+
+    def __init__(self, name: str, candidates: Sequence[UpstreamTarget], live: int = 0):
+        self.name = name                # what the cache keys by: never the upstream chosen
+        self.candidates = list(candidates)
+        self.index = 0
+        # the first `live` candidates are healthy; the others are the last resort
+        self.live = live or len(self.candidates)
+
+    @property
+    def current(self) -> UpstreamTarget:
+        return self.candidates[self.index]
+
+    @property
+    def open_candidates(self) -> list[UpstreamTarget]:
+        """The healthy candidates not tried yet (the current one at least)."""
+        return self.candidates[self.index:max(self.live, self.index + 1)]
+
+    def prefer(self, index: int) -> None:
+        """Try candidate `index` first (e.g. it had a free admission slot), the others
+        after it in their order."""
+        if index != self.index:
+            self.candidates.insert(self.index, self.candidates.pop(index))
+
+    def fail_over(self) -> UpstreamTarget | None:
+        """Move on to the next candidate; None when there is none."""
+        if self.index + 1 >= len(self.candidates):
+            return None
+        self.index += 1
+        return self.current
+
+    def started(self, target: UpstreamTarget) -> None:
+        """A call to `target` begins."""
+
+    def answered(self, target: UpstreamTarget, ok: bool) -> None:
+        """`target` answered before its first byte went on (`ok`: not a 5xx), or failed
+        (`ok` False: connect error, timeout, 5xx): what health and balancing count."""
+
+    def ended(self, target: UpstreamTarget) -> None:
+        """The call to `target` is over (whole stream read, or the client left)."""
+
+
 class UpstreamSlot:
     """A place held for an exchange's upstream call (the admission stage's slot), set on
     `Exchange.slot` by the stage that holds it. The upstream client gives it back while
@@ -200,7 +270,10 @@ class Exchange:
     # What stages tell each other (each set by one stage, read by those inside or outside it):
     client_key: str | None = None     # NAME of the client key shared mode accepted
     cache_scope: str | None = None    # partitions the cache (e.g. one cache per client key)
-    upstream: str | None = None       # base URL of the upstream chosen; None: the configured one
+    # where the request goes as the cache keys it: None, the configured upstream (-o); with
+    # routing, the route's name (the cache key never depends on the upstream chosen)
+    upstream: str | None = None
+    route: Route | None = None        # the candidate upstreams (routing, --upstreams)
     # The usage the upstream reported for this exchange's call, read where its body or
     # frames are read: set even when the client did not ask for usage and never sees it.
     usage: Usage | None = None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from bridge.core import streaming
 from bridge.core.errors import BridgeError, InternalError, error_response
@@ -49,6 +49,7 @@ STAGE_ORDER: Sequence[str] = (
     "bridge.lua",  # the operator's Lua hooks: before the key checks, after everything else
     "bridge.shared_mode",  # shared mode: client keys, upstream key
     "bridge.async_jobs",  # request_fingerprint: 202 now, the stages inside run as a job
+    "bridge.routing",  # --upstreams: which upstreams (and keys) serve the model; model lists
     "bridge.think",  # outside the cache: filters hits and misses on the way out
     "bridge.cache",  # lookup (may answer) / store what the upstream produced
     "bridge.rate_limit",  # token bucket: only calls that reach the upstream
@@ -78,12 +79,14 @@ class Stage:
 class Context:
     """What stages share within a worker: the settings, the upstream client, and the
     pipeline itself (a stage that answers now may resume the stages inside it later,
-    with `pipeline.drain(ex, after=its name)`)."""
+    with `pipeline.drain(ex, after=its name)`). `readiness`, when a stage sets it, answers
+    `/ready` instead of the upstream client: (ready?, what /ready says)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.upstream = UpstreamClient(settings)
         self.pipeline: Pipeline | None = None  # set by the pipeline that owns this context
+        self.readiness: Callable[[float], tuple[bool, dict[str, Any]]] | None = None
 
 
 class Pipeline:

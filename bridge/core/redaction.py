@@ -19,7 +19,8 @@ import logging
 import re
 from typing import Iterable, Iterator
 
-from bridge.core.exchange import Frame
+from bridge.core import streaming
+from bridge.core.exchange import Frame, Response
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
@@ -54,8 +55,9 @@ class Redactor:
     """Replaces the given secrets in text and bytes; `log_text` also masks by shape."""
 
     def __init__(self, secrets: Iterable[str] = ()):
+        self.secrets = tuple(secrets)
         forms: set[str] = set()
-        for secret in secrets:
+        for secret in self.secrets:
             # a very short "key" would be cut out of ordinary answer text: leave it
             if len(secret) >= MIN_SECRET_LENGTH:
                 forms.update((secret, json.dumps(secret)[1:-1]))
@@ -87,6 +89,17 @@ class Redactor:
 
     def headers(self, headers: dict[str, str]) -> dict[str, str]:
         return {name: self.text(value) for name, value in headers.items()}
+
+    def response(self, response: Response) -> None:
+        """Scrub a response on its way out (its headers, body or stream), in case the
+        upstream echoes the key it was sent."""
+        response.headers = self.headers(response.headers)
+        if response.frames is None:
+            body = self.bytes(response.body)
+            if body is not response.body:
+                response.set_body(body)
+            return
+        response.map_frames(self.chunks if response.codec == streaming.RAW else self.frames)
 
     def frame(self, frame: Frame) -> Frame:
         raw = self.bytes(frame.raw)
@@ -153,8 +166,19 @@ def install(secrets: Iterable[str]) -> RedactingFilter:
     """Redact every record this process's log handlers write, knowing `secrets`; called
     by the log set-up. Idempotent: a second call only updates the secrets."""
     _filter.redactor = Redactor(secrets)
+    _install_filter()
+    return _filter
+
+
+def add(secrets: Iterable[str]) -> None:
+    """Redact `secrets` too from this process's log lines (keys learned after the log
+    set-up: the routed upstreams' own keys)."""
+    _filter.redactor = Redactor([*_filter.redactor.secrets, *secrets])
+    _install_filter()
+
+
+def _install_filter() -> None:
     for name in LOGGERS:
         for handler in logging.getLogger(name).handlers:
             if _filter not in handler.filters:
                 handler.addFilter(_filter)
-    return _filter

@@ -288,6 +288,10 @@ SETTINGS: list[Setting] = [
             HostPort(), ("127.0.0.1", 3000), "HOST:PORT"),
     Setting("ollama", ("-o", "--ollama"), "base URL of the upstream (Ollama or any "
             "OpenAI-compatible API)", Url(), "http://127.0.0.1:11434", "URL"),
+    Setting("upstreams", ("--upstreams",), "TOML file of [[upstream]] tables: route by "
+            "model to several upstreams, balance, fail over (see Routing); models no "
+            "pattern matches go to -o when -o is given, else get 404",
+            Text("a file path"), None, "FILE"),
     Setting("timeout", ("-t", "--timeout"), "timeout of each upstream HTTP request, "
             "connect + whole response (streams too), in ms", Integer(1000, 86_400_000),
             300_000, "MS"),
@@ -414,7 +418,10 @@ _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
 class Settings(types.SimpleNamespace):
-    """The resolved value of every setting, as attributes named after `Setting.name`."""
+    """The resolved value of every setting, as attributes named after `Setting.name`,
+    and `explicit`: the names of those given by a flag or an environment variable."""
+
+    explicit: frozenset[str] = frozenset()
 
     def replace(self, **changes: Any) -> "Settings":
         values = dict(vars(self))
@@ -511,13 +518,17 @@ def resolve(parsed: argparse.Namespace, names: Iterable[str],
     names = list(names)
     from_environ = from_env(environ, [_BY_NAME[name] for name in names])
     values = {name: from_environ.get(name, _BY_NAME[name].default) for name in names}
+    explicit = set(from_environ)
     for name in names:
         if hasattr(parsed, name):
             raw = getattr(parsed, name)
             setting = _BY_NAME[name]
             values[name] = bool(raw) if setting.is_switch else _parse(
                 setting, raw, "/".join(setting.flags))
-    return Settings(**values)
+            explicit.add(name)
+    settings = Settings(**values)
+    settings.explicit = frozenset(explicit)
+    return settings
 
 
 def load(argv: Iterable[str] | None = None,

@@ -25,7 +25,15 @@ from requests.adapters import HTTPAdapter
 
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
-from bridge.core.exchange import Exchange, Frame, Response, usage_in
+from bridge.core.exchange import (
+    Exchange,
+    Frame,
+    Response,
+    Route,
+    UpstreamTarget,
+    encode_json,
+    usage_in,
+)
 from bridge.core.forking import PerProcess
 from bridge.core.settings import Settings, upstream_key
 
@@ -40,6 +48,8 @@ HOP_BY_HOP = frozenset({
 })
 NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+# Where a client's credentials travel: replaced by a routed upstream's own key, if any.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
 READ_SIZE = 65536
 
@@ -95,6 +105,17 @@ def upstream_path(ex: Exchange) -> str:
     return quote(ex.path, safe="/:@!$&'()*+,;=-._~")
 
 
+@dataclass(frozen=True)
+class Leg:
+    """One upstream's share of an exchange: the call as that upstream gets it."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    timeout: float
+    target: UpstreamTarget | None  # None: the configured upstream (-o), no route
+
+
 class UpstreamClient:
     """Sends an exchange upstream and returns its `Response` (whole or streamed).
 
@@ -132,7 +153,7 @@ class UpstreamClient:
         return self._transport.get()[0]
 
     def _send_once(self, method: str, url: str, headers: dict[str, str],
-                   body: bytes, timeout: float | None = None) -> requests.Response:
+                   body: bytes, timeout: float) -> requests.Response:
         """One upstream call through the session's transport adapter.
 
         `Session.request` would merge session headers, cookies, hooks and environment
@@ -143,7 +164,6 @@ class UpstreamClient:
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=headers, data=body or None)
         adapter = self._transport.get()[1]
-        timeout = self.timeout if timeout is None else min(timeout, self.timeout)
         return adapter.send(prepared, stream=True,
                             timeout=(min(self.connect_timeout, timeout), timeout))
 
@@ -160,39 +180,103 @@ class UpstreamClient:
         errors, timeouts before the headers, and the statuses in `RETRY_STATUSES`. The
         exchange's admission slot is given back during each back-off and taken again
         before the next attempt (which may then wait in the admission queue, or get 503).
+
+        With a route (`ex.route`, `--upstreams`) each candidate upstream gets its own
+        retries, its key and its model names; one that still fails (a transport error, a
+        timeout or a 5xx, all before any byte went on) hands the exchange to the next
+        candidate, the admission slot moving with it. The last one's answer is the answer.
         """
-        url = self.base_url + upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
+        route = ex.route
+        if route is None:
+            return self._call(ex, self._leg(ex, None), last=True)
+        while True:
+            target = route.current
+            leg = self._leg(ex, target)
+            route.started(target)
+            last = route.index + 1 >= len(route.candidates)
+            try:
+                response = self._call(ex, leg, last, route)
+            except BridgeError as failure:
+                route.ended(target)
+                if last:
+                    raise
+                log.warning("upstream %r failed (%s); failing over to %r [%s]", target.name,
+                            failure.message, route.candidates[route.index + 1].name,
+                            ex.request_id)
+            else:
+                if response.frames is None:
+                    route.ended(target)
+                return response
+            route.fail_over()
+            events.emit("upstream.failover", upstream=target.name)
+            slot = ex.slot  # the slot belongs to the upstream given up: take the next one's
+            if slot is not None:
+                slot.release()
+                slot.retake()
+
+    def _leg(self, ex: Exchange, target: UpstreamTarget | None) -> Leg:
+        """What goes to one upstream: its URL, headers (with its key) and body (with its
+        model name)."""
+        suffix = upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
         headers = self.request_headers(ex)
+        if target is None:
+            return Leg(self.base_url + suffix, headers, ex.body, self.timeout, None)
+        if target.key is not None:  # its own key, or none: never the client's credentials
+            for name in CREDENTIAL_HEADERS:
+                headers.pop(name, None)
+            if target.key:
+                headers["authorization"] = f"Bearer {target.key}"
+        body = ex.body
+        model = ex.model
+        if target.model_map and model in target.model_map and ex.is_model_request:
+            body = encode_json({**ex.payload, "model": target.model_map[model]})
+        timeout = target.timeout_ms / 1000 if target.timeout_ms else self.timeout
+        return Leg(target.url + suffix, headers, body, timeout, target)
+
+    def _call(self, ex: Exchange, leg: Leg, last: bool, route: Route | None = None
+              ) -> Response:
+        """One upstream's attempts. Unless it is the `last` candidate, a 5xx after its
+        retries raises (the next candidate gets the exchange) instead of being answered."""
+        name = leg.target.name if leg.target is not None else None
         for attempt in range(1, self.attempts + 1):
-            ex.upstream_attempts = attempt
-            deadline = time.monotonic() + self.timeout
+            ex.upstream_attempts += 1
+            deadline = time.monotonic() + leg.timeout
             retry_after = None
             failure: BridgeError | None = None
             try:
-                upstream = self._send_once(ex.method, url, headers, ex.body)
+                upstream = self._send_once(ex.method, leg.url, leg.headers, leg.body,
+                                           leg.timeout)
             except requests.RequestException as exc:
-                failure = self.transport_error(exc)
+                failure = self.transport_error(exc, leg)
                 detail = type(exc).__name__
             else:
                 if time.monotonic() > deadline:  # connect + headers took the whole budget
                     upstream.close()
-                    failure = self.timeout_error("did not answer within")
+                    failure = self.timeout_error("did not answer within", leg.timeout)
                     detail = "headers after the timeout"
-                elif upstream.status_code not in RETRY_STATUSES or attempt == self.attempts:
-                    return self._response(ex, upstream, deadline)
+                elif upstream.status_code not in RETRY_STATUSES or (
+                        attempt == self.attempts and (last or upstream.status_code < 500)):
+                    if route is not None and leg.target is not None:
+                        route.answered(leg.target, upstream.status_code < 500)
+                    return self._response(ex, upstream, deadline, leg)
                 else:
                     retry_after = parse_retry_after(upstream.headers.get("retry-after"))
                     detail = f"status {upstream.status_code}"
+                    failure = UpstreamUnavailable(f"upstream {name!r} answered "
+                                                  f"{upstream.status_code}")
                     upstream.close()
+            if route is not None and leg.target is not None:
+                route.answered(leg.target, False)
             if attempt == self.attempts:
                 break
             wait = self.backoff.delay(attempt, retry_after)
-            log.warning("upstream attempt %d/%d failed (%s); retrying in %.3fs [%s]",
-                        attempt, self.attempts, detail, wait, ex.request_id)
+            log.warning("upstream%s attempt %d/%d failed (%s); retrying in %.3fs [%s]",
+                        f" {name!r}" if name else "", attempt, self.attempts, detail, wait,
+                        ex.request_id)
             events.emit("upstream.retry")
             self._back_off(ex, wait)
-        log.error("upstream failed after %d attempt(s) (%s) [%s]", self.attempts, detail,
-                  ex.request_id)
+        log.error("upstream%s failed after %d attempt(s) (%s) [%s]",
+                  f" {name!r}" if name else "", self.attempts, detail, ex.request_id)
         assert failure is not None
         raise failure
 
@@ -207,7 +291,8 @@ class UpstreamClient:
             if slot is not None:
                 slot.retake()
 
-    def _response(self, ex: Exchange, upstream: requests.Response, deadline: float) -> Response:
+    def _response(self, ex: Exchange, upstream: requests.Response, deadline: float,
+                  leg: Leg) -> Response:
         headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
                               NOT_FORWARDED_RESPONSE)
         codec = streaming.codec_for(upstream.headers.get("content-type", ""))
@@ -215,15 +300,16 @@ class UpstreamClient:
             codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
         if codec is not None and upstream.ok:
             response = streaming.stream_response(upstream.status_code, headers, iter(()), codec)
-            response.frames = self._frames(ex, response, upstream, codec, deadline)
+            response.frames = self._frames(ex, response, upstream, codec, deadline, leg)
             return response
         with closing(upstream):
-            body = b"".join(self._body(upstream, deadline))
+            body = b"".join(self._body(upstream, deadline, leg.timeout))
         if upstream.ok and ex.is_model_request:
             ex.usage = usage_in(body) or ex.usage
         return Response(status=upstream.status_code, headers=headers, body=body)
 
-    def _body(self, upstream: requests.Response, deadline: float) -> Iterator[bytes]:
+    def _body(self, upstream: requests.Response, deadline: float,
+              timeout: float) -> Iterator[bytes]:
         """The upstream body as it arrives, chunk by chunk (never waiting to fill a
         buffer), each read bounded by what is left of the `-t` budget. A body that ends
         before its end (a dropped connection, fewer bytes than its Content-Length) is a
@@ -238,7 +324,7 @@ class UpstreamClient:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise self.timeout_error("response exceeded")
+                    raise self.timeout_error("response exceeded", timeout)
                 sock = getattr(connection, "sock", None)
                 if sock is not None:
                     sock.settimeout(left)
@@ -250,30 +336,34 @@ class UpstreamClient:
             raise
         except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
             if self.is_timeout(exc):
-                raise self.timeout_error("response exceeded") from None
+                raise self.timeout_error("response exceeded", timeout) from None
             raise UpstreamUnavailable("upstream closed the response early",
                                       code="upstream_closed_early") from None
 
-    def timeout_error(self, what: str) -> UpstreamTimeout:
-        return UpstreamTimeout(f"upstream {what} the {self.timeout:g}s timeout (-t)")
+    def timeout_error(self, what: str, timeout: float) -> UpstreamTimeout:
+        return UpstreamTimeout(f"upstream {what} the {timeout:g}s timeout"
+                               + (" (-t)" if timeout == self.timeout else ""))
 
     @staticmethod
     def is_timeout(exc: Exception) -> bool:
         return (isinstance(exc, (requests.Timeout, TimeoutError))
                 or "Timeout" in type(exc).__name__)
 
-    def transport_error(self, exc: Exception) -> BridgeError:
-        """The gateway error for a failure before the answer: 504 for timeouts, else 502."""
+    def transport_error(self, exc: Exception, leg: Leg) -> BridgeError:
+        """The gateway error for a failure before the answer: 504 for timeouts, else 502.
+        A routed upstream is named, never shown by URL."""
         if isinstance(exc, requests.ConnectTimeout):
             return UpstreamTimeout(f"upstream did not accept a connection within the "
                                    f"{self.connect_timeout:g}s connect timeout "
                                    "(--connect-timeout)")
         if self.is_timeout(exc):
-            return self.timeout_error("did not answer within")
+            return self.timeout_error("did not answer within", leg.timeout)
+        if leg.target is not None:
+            return UpstreamUnavailable(f"upstream {leg.target.name!r} unreachable")
         return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
 
     def _frames(self, ex: Exchange, response: Response, upstream: requests.Response,
-                codec: str, deadline: float) -> Iterator[Frame]:
+                codec: str, deadline: float, leg: Leg) -> Iterator[Frame]:
         """Relay frames as they arrive; a stream that does not end normally ends with an
         in-band error, and the upstream connection is closed whatever happens (a client
         that hangs up closes this generator, which stops the generation upstream).
@@ -283,7 +373,7 @@ class UpstreamClient:
         counted = ex.is_model_request and codec != streaming.RAW
         told = False  # the upstream sent an in-band error
         try:
-            for frame in streaming.READERS[codec](self._body(upstream, deadline)):
+            for frame in streaming.READERS[codec](self._body(upstream, deadline, leg.timeout)):
                 if counted:  # read here: a stage may drop the frame the client did not ask for
                     ex.usage = usage_in(frame.raw) or ex.usage
                 if streaming.is_terminal(frame, codec):
@@ -295,6 +385,8 @@ class UpstreamClient:
             failure = err
         finally:
             upstream.close()
+            if leg.target is not None and ex.route is not None:
+                ex.route.ended(leg.target)
         if codec == streaming.RAW and failure is None:
             response.outcome = "complete"
         if response.outcome == "complete":
@@ -314,26 +406,44 @@ class UpstreamClient:
             yield streaming.error_frame(ex.surface, message, code or "stream_error")
 
     def capabilities(self, model: str, authorization: str | None = None,
-                     timeout: float = 5.0) -> list[str] | None:
+                     timeout: float = 5.0, target: UpstreamTarget | None = None
+                     ) -> list[str] | None:
         """The model's capabilities as Ollama's `POST /api/show` lists them (e.g.
         `thinking`); None when the upstream cannot tell (not Ollama, an unknown model,
-        a failure): the caller then decides without them."""
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        if authorization:
-            headers["authorization"] = authorization
-        try:
-            with closing(self._send_once("POST", self.base_url + "/api/show", headers,
-                                         json.dumps({"model": model}).encode(),
-                                         timeout)) as shown:
-                if shown.status_code != 200:
-                    return None
-                caps = json.loads(b"".join(self._body(shown, time.monotonic() + timeout)))
-        except (BridgeError, requests.RequestException, ValueError):
-            return None
+        a failure): the caller then decides without them. `target`: ask that routed
+        upstream, under its name for the model and with its key."""
+        caps = self.get_json("/api/show", target, authorization, timeout,
+                             {"model": target.upstream_model(model) if target else model})
         caps = caps.get("capabilities") if isinstance(caps, dict) else None
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             return None
         return caps
+
+    def get_json(self, path: str, target: UpstreamTarget | None = None,
+                 authorization: str | None = None, timeout: float = 5.0,
+                 body: object = None) -> object:
+        """The JSON an upstream answers to a GET of `path` (a POST of `body`, if given),
+        for the bridge's own questions (capabilities, model lists, probes); None on any
+        failure or a status other than 200. A routed upstream gets its own key, if any."""
+        headers = {"accept-encoding": "identity"}
+        if body is not None:
+            headers["content-type"] = "application/json"
+        if target is not None and target.key is not None:
+            authorization = f"Bearer {target.key}" if target.key else None
+        if authorization:
+            headers["authorization"] = authorization
+        base = target.url if target is not None else self.base_url
+        timeout = min(timeout, self.timeout)
+        try:
+            with closing(self._send_once("POST" if body is not None else "GET", base + path,
+                                         headers, encode_json(body) if body is not None
+                                         else b"", timeout)) as answer:
+                if answer.status_code != 200:
+                    return None
+                return json.loads(b"".join(self._body(answer, time.monotonic() + timeout,
+                                                      timeout)))
+        except (BridgeError, requests.RequestException, ValueError):
+            return None
 
     def readiness(self, timeout: float = 2.0) -> str:
         """"ready" when the upstream answers HTTP (any status: clients bring their own

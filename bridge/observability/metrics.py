@@ -83,8 +83,9 @@ METRICS: tuple[Metric, ...] = (
            "Prompt and completion tokens of successful model requests, by model", ("model",)),
     # upstream
     Metric("upstream.duration", HISTOGRAM, "bridge_upstream_request_duration_seconds",
-           "Upstream call duration, retries and whole stream included",
-           ("endpoint", "status"), buckets=REQUEST_BUCKETS),
+           "Upstream call duration, retries and whole stream included, by upstream name "
+           "(--upstreams; empty: -o)", ("endpoint", "status", "upstream"),
+           buckets=REQUEST_BUCKETS),
     Metric("upstream.ttft", HISTOGRAM, "bridge_upstream_time_to_first_token_seconds",
            "Time from sending an upstream request to its first stream frame, by endpoint "
            "and surface", ("endpoint", "surface"), buckets=FIRST_TOKEN_BUCKETS),
@@ -92,6 +93,9 @@ METRICS: tuple[Metric, ...] = (
            "Upstream calls in progress", mode="livesum"),
     Metric("upstream.retry", COUNTER, "bridge_upstream_retries_total",
            "Upstream calls retried after a failure"),
+    Metric("upstream.failover", COUNTER, "bridge_upstream_failovers_total",
+           "Calls handed to the next upstream after this one failed before the first byte "
+           "(--upstreams)", ("upstream",)),
     # traffic control
     Metric("ratelimit.refused", COUNTER, "bridge_ratelimit_refused_total",
            "Requests refused with 429 by the rate limit"),

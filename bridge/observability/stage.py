@@ -176,12 +176,15 @@ def record(*, method: str, path: str, route: str, status: int, remote: str, dura
         "cache": (ex.cache_status if ex is not None else None) or "-",
         "upstream_attempts": ex.upstream_attempts if ex is not None else 0,
         "client_key": client_key(ex) or "-",
+        "upstream": (ex.route.current.name if ex is not None and ex.route is not None
+                     else None) or "-",
         "outcome": outcome or "-",
         "request_id": request_id,
     }
-    access_log.info("%s \"%s %s\" %d %.1fms cache=%s attempts=%d key=%s outcome=%s id=%s",
-                    remote, method, path, status, fields["duration_ms"], fields["cache"],
-                    fields["upstream_attempts"], fields["client_key"], fields["outcome"],
-                    request_id, extra={"fields": fields})
+    access_log.info("%s \"%s %s\" %d %.1fms cache=%s attempts=%d upstream=%s key=%s "
+                    "outcome=%s id=%s", remote, method, path, status, fields["duration_ms"],
+                    fields["cache"], fields["upstream_attempts"], fields["upstream"],
+                    fields["client_key"], fields["outcome"], request_id,
+                    extra={"fields": fields})
     emit("request.finished", duration, route=route, method=method, status=str(status),
          client_key=client_key(ex))

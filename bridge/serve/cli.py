@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "keys": "bridge.shared_mode.keys_cli:main",
     "cache": "bridge.cache.admin:main",
     "jobs": "bridge.async_jobs.jobs_cli:main",
+    "upstreams": "bridge.routing.check_cli:main",
 }
 
 

@@ -99,11 +99,12 @@ def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | No
     return process
 
 
-def start_bridge(*flags: str, upstream: str, workers: int = 2,
+def start_bridge(*flags: str, upstream: str | None, workers: int = 2,
                  env: Mapping[str, str] | None = None, log_dir: Path | None = None,
                  via: str = "cli", graceful_stop: bool = False,
                  listen_host: str = LOOPBACK, app: str = "wsgi:app") -> Process:
-    """Start the bridge with gevent workers on a free port, in front of `upstream`.
+    """Start the bridge with gevent workers on a free port, in front of `upstream` (None:
+    no `-o`, e.g. a bridge whose upstreams all come from `--upstreams`).
 
     It listens on `listen_host` (e.g. "0.0.0.0" to test what a non-loopback bind does);
     its URL is always the loopback one.
@@ -121,12 +122,13 @@ def start_bridge(*flags: str, upstream: str, workers: int = 2,
         if flags:
             raise ValueError("via='gunicorn' takes settings as BRIDGE_* variables in env")
         env.setdefault("BRIDGE_LISTEN", f"{listen_host}:{port}")
-        env.setdefault("BRIDGE_OLLAMA", upstream)
+        if upstream is not None:
+            env.setdefault("BRIDGE_OLLAMA", upstream)
         env.setdefault("BRIDGE_WORKERS", str(workers))
         cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
     else:
-        cmd = [sys.executable, "-m", "bridge", "-l", f"{listen_host}:{port}", "-o", upstream,
-               "-w", str(workers), *flags]
+        cmd = [sys.executable, "-m", "bridge", "-l", f"{listen_host}:{port}",
+               *(("-o", upstream) if upstream is not None else ()), "-w", str(workers), *flags]
     stop_signal = signal.SIGTERM if graceful_stop else signal.SIGQUIT
     return _spawn(cmd, url, "/health", env, log_dir, stop_signal)
 

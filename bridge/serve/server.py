@@ -27,8 +27,17 @@ def bind_address(settings: Settings) -> str:
 
 
 def check_or_exit(settings: Settings) -> None:
-    """Start-up checks beyond the settings' own: the Lua script loads and defines its hooks.
-    A failure stops the bridge before it serves: one line on stderr, exit status 2."""
+    """Start-up checks beyond the settings' own: the upstreams file is valid (keys found),
+    the Lua script loads and defines its hooks. A failure stops the bridge before it
+    serves: one line on stderr, exit status 2."""
+    if settings.upstreams:
+        from bridge.routing.config import UpstreamsError, load
+
+        try:
+            load(settings.upstreams, shared_mode=settings.enable_shared_mode)
+        except UpstreamsError as exc:
+            print(f"{PROG}: error: --upstreams: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     if not settings.enable_luajit:
         return
     from bridge.lua.runtime import ScriptError, check_script, script_config

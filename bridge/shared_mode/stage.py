@@ -19,7 +19,7 @@ import math
 from typing import NoReturn
 from urllib.parse import unquote_plus
 
-from bridge.core import events, streaming
+from bridge.core import events
 from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
@@ -133,17 +133,8 @@ class AuthStage(Stage):
         raise err
 
     def on_response(self, ex: Exchange) -> None:
-        response = ex.response
-        if response is None:
-            return
-        response.headers = self.redactor.headers(response.headers)
-        if response.frames is None:
-            body = self.redactor.bytes(response.body)
-            if body is not response.body:
-                response.body, response._json = body, None
-            return
-        response.map_frames(self.redactor.chunks if response.codec == streaming.RAW
-                            else self.redactor.frames)
+        if ex.response is not None:
+            self.redactor.response(ex.response)
 
 
 def make_stage(settings: Settings, context: Context) -> AuthStage | None:

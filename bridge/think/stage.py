@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any, Callable, Iterator
 
 from bridge.core import events, instance
-from bridge.core.exchange import Exchange, Frame, encode_json
+from bridge.core.exchange import Exchange, Frame, Route, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.reasoning import (
     CLOSE,
@@ -414,18 +414,22 @@ class ThinkStage(Stage):
         if clean_history(ex.payload):
             ex.replace_payload(ex.payload)
         switched = switched_off(ex.payload)
-        decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"))
+        decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"),
+                         ex.route)
         ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=self.keep_reasoning,
                                          decide=decide, switched=switched)
         ex.on_close(self._closed)
 
-    def _decide(self, model: str, switched: bool, authorization: str | None) -> str:
-        """How a stream of `model` starts (called at its first content, if at all)."""
+    def _decide(self, model: str, switched: bool, authorization: str | None,
+                route: Route | None = None) -> str:
+        """How a stream of `model` starts (called at its first content, if at all); a
+        routed exchange asks the upstream that answers it."""
         if self.evidence is None:  # not started in a worker (a unit test): the name only
             return MAYBE if model_starts_inside(model, self.start_models) else PLAIN
         capabilities = None
         if self.upstream is not None:
-            capabilities = partial(self.upstream.capabilities, authorization=authorization)
+            capabilities = partial(self.upstream.capabilities, authorization=authorization,
+                                   target=route.current if route is not None else None)
         return self.evidence.start(model, switched, capabilities)
 
     def on_response(self, ex: Exchange) -> None:

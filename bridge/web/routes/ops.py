@@ -1,7 +1,8 @@
 """Operations endpoints: `/health` (the process is up), `/ready` (the upstream answers,
 in shared mode accepts the bridge's key, and the worker is not draining for a stop; with
-`--redis-url`, a `redis` detail: "ok", or "degraded" while this instance serves with its
-own backends, still 200) and, from `bridge.observability.metrics`, `/metrics`."""
+--upstreams, every routed model has a live upstream; with `--redis-url`, a `redis`
+detail: "ok", or "degraded" while this instance serves with its own backends, still
+200) and, from `bridge.observability.metrics`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def ready() -> tuple[flask.Response, int]:
         return flask.jsonify(status="draining", version=__version__), 503
 
     pipeline: Pipeline = flask.current_app.extensions["bridge.pipeline"]
+    routed = pipeline.context.readiness
+    if routed is not None:  # several upstreams (--upstreams): the routing stage tells
+        ok, said = routed(READY_CHECK_TIMEOUT)
+        return flask.jsonify(**said, version=__version__), 200 if ok else 503
     upstream = pipeline.context.upstream
     checked_at, status = _ready_cache.get(upstream.base_url, (0.0, ""))
     if time.monotonic() - checked_at > READY_REUSE_SECONDS:

@@ -1,0 +1,1 @@
+"""Routing across upstreams (`--upstreams FILE`): by model, balanced, with fail-over."""
