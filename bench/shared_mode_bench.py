@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import settings as bridge_settings  # noqa: E402
+from bridge.core import settings as bridge_settings  # noqa: E402
 from bridge.core.exchange import Exchange, Response  # noqa: E402
 from bridge.serve.processes import start_bridge, start_standin  # noqa: E402
 from bridge.shared_mode.keystore import KeyStore  # noqa: E402
