@@ -364,6 +364,7 @@ class CacheStage(Stage):
             log.warning("cache: response of %s not stored (not UTF-8) [%s]", ex.model,
                         ex.request_id)
             return
+        replay.prepare(entry)  # once, before the tiers keep it (the disk stores it too)
         self.memory.put(key, entry)
         if self.disk is not None:
             self.disk.put(key, entry)
