@@ -18,8 +18,8 @@ process, after fork.
 
 Nothing here holds a worker's event loop while SQLite waits. Every statement that writes
 (stores, deletes, lease claims and releases, TTL sweeps, eviction) runs on a writer
-connection in one native thread of this process (`Writer`, when gevent has patched
-threading): a write lock held by another process (up to `BUSY_TIMEOUT_MS`) or the WAL
+connection in one native thread of this process (`bridge.core.offloop`, when gevent
+has patched threading): a write lock held by another process (up to `BUSY_TIMEOUT_MS`) or the WAL
 auto-checkpoint a commit pays for (measured on a million rows: 8-10 ms of I/O wait)
 then costs the calling greenlet only. Reads run on the loop on a reader connection: in
 WAL mode a reader never waits for writers, and its busy timeout is `READ_BUSY_TIMEOUT_MS`
@@ -38,9 +38,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from gevent import monkey
-from gevent.threadpool import ThreadPool
-
 from bridge.cache.entry import (
     HEADER_SIZE,
     Entry,
@@ -53,6 +50,7 @@ from bridge.cache.entry import (
 from bridge.cache.keys import SEPARATOR, key_model, model_prefix
 from bridge.core.events import emit
 from bridge.core.instance import pid_alive
+from bridge.core.offloop import SerialThread
 
 log = logging.getLogger("bridge.cache")
 
@@ -154,28 +152,6 @@ def _fetch_all(conn: sqlite3.Connection, sql: str, args: tuple) -> list[tuple]:
     return conn.execute(sql, args).fetchall()
 
 
-class Writer:
-    """Runs functions of the writer connection one at a time, in a native thread of
-    this process when gevent patched threading (the calling greenlet waits; the event
-    loop runs on), else right here. Made per process, after fork, on first use."""
-
-    def __init__(self) -> None:
-        self._pool: ThreadPool | None = None
-        self._pid = 0
-
-    def run(self, function: Any, *args: Any) -> Any:
-        if not monkey.is_module_patched("threading"):
-            return function(*args)
-        if self._pool is None or self._pid != os.getpid():
-            self._pool, self._pid = ThreadPool(1), os.getpid()
-        return self._pool.apply(function, args)
-
-    def close(self) -> None:
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.kill()
-        self._pool = None
-
-
 def _store(conn: sqlite3.Connection, key: str, value: bytes) -> int:
     """Write one entry; returns the entry count (kept by the triggers) read with it."""
     conn.execute(f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)', (key, value))
@@ -213,7 +189,7 @@ class DiskTier:
         self.max_entries = max_entries
         self.reader: sqlite3.Connection | None = None  # used on the loop: reads only
         self._writer: sqlite3.Connection | None = None  # used in the writer's thread only
-        self.writer = Writer()
+        self.writer = SerialThread()  # where the writer connection is used
         self._inode = 0
         self._recovered_at = 0.0
         self.moved_aside: Path | None = None  # where this process moved a corrupt file
@@ -290,7 +266,7 @@ class DiskTier:
         return self.reader.execute(sql, tuple(args)).fetchall()
 
     def _write(self, function: Any, *args: Any) -> Any:
-        """`function(writer connection, *args)` off the event loop (see `Writer`)."""
+        """`function(writer connection, *args)` off the event loop (see `SerialThread`)."""
         if self._writer is None:
             raise sqlite3.OperationalError(f"cache file {self.path} is not open")
         return self.writer.run(function, self._writer, *args)

@@ -8,7 +8,8 @@ in memory; a `generation` counter bumped by every change is read on each request
 indexed row, microseconds), so a revocation is seen by all workers on their next request.
 Per-key rates are counted in the same file: one fixed-window counter row per key and
 window, incremented atomically by whichever worker serves the request, so the limit
-holds across workers and processes.
+holds across workers and processes; that write runs off the event loop
+(`bridge.core.offloop`), so another process's write lock never freezes a worker.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable
+
+from bridge.core.offloop import SerialThread
 
 log = logging.getLogger("bridge.keystore")
 
@@ -165,6 +168,11 @@ class KeyStore:
         self._keys: tuple[ClientKey, ...] = ()
         self._by_hash: dict[str, ClientKey] = {}
         self._usage_swept = 0.0
+        # The rate counter writes on a connection of its own, in a native thread: a write
+        # lock held by another process (the `keys` command, another worker) then holds
+        # the request that waits, never the worker's event loop.
+        self._usage_db: sqlite3.Connection | None = None
+        self._usage_thread = SerialThread()
 
     # --- opening -----------------------------------------------------------------------
 
@@ -190,6 +198,9 @@ class KeyStore:
         return self
 
     def close(self) -> None:
+        if self._usage_db is not None:
+            self._usage_thread.run(self._usage_db.close)
+            self._usage_db = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -303,19 +314,28 @@ class KeyStore:
         now = time.time() if now is None else now
         window = int(now // key.rate_period) * key.rate_period  # its start, Unix seconds
         try:
-            row = self.db.execute(
-                "INSERT INTO key_usage (name, window, count) VALUES (?, ?, 1) "
-                "ON CONFLICT (name, window) DO UPDATE SET count = count + 1 WHERE count < ? "
-                "RETURNING count", (key.name, window, key.rate_limit)).fetchone()
-            if now - self._usage_swept > 60:
-                self._usage_swept = now
-                self.db.execute("DELETE FROM key_usage WHERE window < ?", (now - 120,))
+            counted = self._usage_thread.run(self._count, key, window, now)
         except sqlite3.Error as exc:  # a stuck store must not stop serving: count it as allowed
             log.warning("cannot count key %r's rate in %s: %s", key.name, self.path, exc)
             return None
-        if row is not None:
+        if counted:
             return None
         return window + key.rate_period - now
+
+    def _count(self, key: ClientKey, window: int, now: float) -> bool:
+        """In the usage thread: count one request in `window`; whether it was allowed."""
+        if self._usage_db is None:
+            self._usage_db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT,
+                                             isolation_level=None, check_same_thread=False)
+        db = self._usage_db
+        row = db.execute(
+            "INSERT INTO key_usage (name, window, count) VALUES (?, ?, 1) "
+            "ON CONFLICT (name, window) DO UPDATE SET count = count + 1 WHERE count < ? "
+            "RETURNING count", (key.name, window, key.rate_limit)).fetchone()
+        if now - self._usage_swept > 60:
+            self._usage_swept = now
+            db.execute("DELETE FROM key_usage WHERE window < ?", (now - 120,))
+        return row is not None
 
 
 class _Transaction:
