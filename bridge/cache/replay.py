@@ -202,6 +202,9 @@ def _assemble_openai(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, 
         message = choice.get("message")
         if message is not None:
             _drop_empty(message)
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict):  # the stream's place of a call, not in a whole answer
+                    call.pop("index", None)
             if message.get("tool_calls") and not message.get("content"):
                 message["content"] = None  # as a whole answer with tool calls has it
     if usage is not None:
@@ -351,11 +354,18 @@ def entry_body(entry: Entry) -> bytes:
 
 
 def prepare(entry: Entry) -> None:
-    """Derive, once at store time, what serving the entry needs (its whole answer and
-    its replay notes), so that the disk tier stores them with the frames."""
-    if entry.is_stream and entry.endpoint not in EMBEDDING_ENDPOINTS:
-        entry_body(entry)
+    """Derive, once at store time, what serving the entry needs: its whole answer and
+    replay notes (the disk tier stores them with the frames), its replay plan and body
+    template (so that the memory tier counts them in its budget from the start)."""
+    if entry.endpoint in EMBEDDING_ENDPOINTS:
+        return
+    if entry.is_stream:
         replay_notes(entry)
+    stream_plan(entry)
+    try:
+        _template(entry)  # assembles the whole answer of a stream
+    except ValueError:  # a frame that is not JSON: only a stream can be served from it
+        pass
 
 
 # --- replaying a stream without a JSON round trip per frame ---------------------------------
@@ -446,9 +456,17 @@ class StreamPlan:
                 if count == blob.count(id_field) == blob.count(b'"created":'):
                     span = (blob[start + len(id_field):end], blob[after:after + 1])
                     pieces = blob.split(whole)
-        return cls(blob=blob, verbatim=verbatim, id_field=id_field, created=created,
+        entry.derived.pop(JOINED, None)  # the plan holds the frames' bytes from now on
+        return cls(blob=b"" if pieces is not None else blob, verbatim=verbatim,
+                   id_field=id_field, created=created,
                    created_at=notes["created_at"], usage_only=frozenset(notes["usage_only"]),
                    with_usage=frozenset(notes["with_usage"]), span=span, pieces=pieces)
+
+    @property
+    def nbytes(self) -> int:
+        """What the plan holds in memory (for the memory tier's budget)."""
+        pieces = self.pieces or ()
+        return len(self.blob) + sum(map(len, pieces)) + 41 * len(pieces) + 256
 
     def frames(self, rewriter: "Rewriter") -> list[Frame]:
         """The frames as this response sends them."""
@@ -515,6 +533,13 @@ def body_template(surface: str, body: bytes) -> bytes | None:
     return encode_json(data) + b"\n"
 
 
+def _template(entry: Entry) -> bytes | None:
+    """The entry's body template, made on first use and kept with the entry."""
+    if "template" not in entry.derived:
+        entry.derived["template"] = body_template(entry.surface, entry_body(entry))
+    return entry.derived["template"]
+
+
 def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
     """The entry's body, as a template stamped with a fresh identity when the response
     leaves the pipeline (so that stages outside the cache see the same bytes for every
@@ -523,9 +548,7 @@ def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Respon
     body = entry_body(entry)
     if entry.endpoint in EMBEDDING_ENDPOINTS:
         return Response(status=200, headers=headers, body=body, memo=entry.derived)
-    if "template" not in entry.derived:
-        entry.derived["template"] = body_template(entry.surface, body)
-    template = entry.derived["template"]
+    template = _template(entry)
     if template is None:
         return Response(status=200, headers=headers, body=body, memo=entry.derived)
     rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
