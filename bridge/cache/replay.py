@@ -612,5 +612,6 @@ def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response
         response = streaming.stream_response(200, headers, iter(frames),
                                              stream_codec(entry.surface))
         response.map_frames(lambda source: _replayed_plan(response, source, len(frames)))
+        response.ready = True
         return response
     return body_response(entry, shape, headers)
