@@ -26,9 +26,23 @@ class SerialThread:
         self._pool: ThreadPool | None = None
         self._pid = 0
 
-    def run(self, function: Callable[..., T], *args: Any) -> T:
+    def _threads(self) -> ThreadPool | None:
         if not monkey.is_module_patched("threading"):
-            return function(*args)
+            return None
         if self._pool is None or self._pid != os.getpid():
             self._pool, self._pid = ThreadPool(1), os.getpid()
-        return self._pool.apply(function, args)
+        return self._pool
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in the thread; the calling greenlet waits for its result."""
+        pool = self._threads()
+        return function(*args) if pool is None else pool.apply(function, args)
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> None:
+        """`function(*args)` in the thread, in turn, without waiting for it (it reports
+        its own failures: nobody sees what it returns or raises)."""
+        pool = self._threads()
+        if pool is None:
+            function(*args)
+        else:
+            pool.spawn(function, *args)
