@@ -17,9 +17,9 @@ and just reopen). An entry that fails to decode is removed. Opening happens per
 process, after fork.
 
 Nothing here holds a worker's event loop while SQLite waits for another process. A store
-or a lease claim is tried on the loop on a "quick" connection whose busy timeout is
-`READ_BUSY_TIMEOUT_MS` and which never checkpoints the WAL (a sub-millisecond statement
-in WAL mode); when another process holds the write lock, it is done instead on the writer
+or a lease claim is tried on the loop on a "quick" connection that never waits for the
+write lock and never checkpoints the WAL (a sub-millisecond statement in WAL mode); when
+another process holds the write lock, it is done instead on the writer
 connection in one native thread of this process (`bridge.core.offloop`, when gevent
 has patched threading), where waiting up to `BUSY_TIMEOUT_MS` costs the calling greenlet
 only. Everything else that writes (releases, deletes, TTL sweeps, eviction, the WAL
@@ -86,9 +86,10 @@ CONNECTION_PRAGMAS = ("PRAGMA recursive_triggers = ON",
 WRITER_PRAGMAS = (*CONNECTION_PRAGMAS, "PRAGMA synchronous = OFF")
 READER_PRAGMAS = (f"PRAGMA busy_timeout = {READ_BUSY_TIMEOUT_MS}",)
 # Stores and lease claims try the loop first, where they cost no thread hand-over (which
-# waits for the GIL, up to 5 ms a time while other threads run Python): bounded by a short
-# busy timeout, and never paying for a WAL checkpoint (`checkpoint`, off the loop, does).
-QUICK_PRAGMAS = (*CONNECTION_PRAGMAS[:1], f"PRAGMA busy_timeout = {READ_BUSY_TIMEOUT_MS}",
+# waits for the GIL, up to 5 ms a time while other threads run Python): only when the
+# write lock is free at once (no busy wait: SQLite's sleeps would be the loop's), and
+# never paying for a WAL checkpoint (`checkpoint`, off the loop, does).
+QUICK_PRAGMAS = (*CONNECTION_PRAGMAS[:1], "PRAGMA busy_timeout = 0",
                  "PRAGMA wal_autocheckpoint = 0", "PRAGMA synchronous = OFF")
 _OLDEST = f'SELECT rowid FROM "{TABLE}" ORDER BY rowid LIMIT ?'
 # Counted once, when the file has no count yet (made by an older version or by hand).
@@ -283,9 +284,8 @@ class DiskTier:
         return self.writer.run(function, self._writer, *args)
 
     def _quickly(self, function: Any, *args: Any) -> Any:
-        """`function(connection, *args)` on the loop when the write lock is free within
-        `READ_BUSY_TIMEOUT_MS`, else off the loop on the writer connection (waiting for
-        another process's lock there)."""
+        """`function(connection, *args)` on the loop when the write lock is free, else off
+        the loop on the writer connection (waiting for another process's lock there)."""
         if self._quick is not None:
             try:
                 return function(self._quick, *args)
