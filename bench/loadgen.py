@@ -1,6 +1,6 @@
 """The benchmarks' load generator: a bounded run of keep-alive POSTs at N connections.
 
-`load(url, body, connections, seconds)` uses `wrk` when installed (`apt-get install wrk`),
+`load(url, body, connections, seconds, headers)` uses `wrk` when installed (`apt-get install wrk`),
 else a gevent client in its own process (gevent patches everything it runs in). Both
 report the same figures: requests, rps, p50_ms, p99_ms, errors (transport), non2xx.
 
@@ -26,6 +26,7 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = %s
 wrk.headers["Content-Type"] = "application/json"
+%s
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -46,11 +47,16 @@ def tool() -> str:
     return "wrk" if shutil.which("wrk") else "a gevent client"
 
 
-def load(url: str, body: str, connections: int, seconds: float) -> dict:
+def load(url: str, body: str, connections: int, seconds: float,
+         headers: dict[str, str] | None = None) -> dict:
+    """One bounded load run; `headers` are sent with every request (besides the JSON
+    content type)."""
+    headers = headers or {}
     if shutil.which("wrk"):
-        return _wrk(url, body, connections, seconds)
+        return _wrk(url, body, connections, seconds, headers)
     result = subprocess.run([sys.executable, __file__, url, "--body", body,
-                             "--connections", str(connections), "--duration", str(seconds)],
+                             "--connections", str(connections), "--duration", str(seconds),
+                             "--headers", json.dumps(headers)],
                             capture_output=True, text=True, timeout=seconds + 60, check=True)
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -59,9 +65,12 @@ def _lua_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _wrk(url: str, body: str, connections: int, seconds: float) -> dict:
+def _wrk(url: str, body: str, connections: int, seconds: float, headers: dict[str, str]
+         ) -> dict:
+    extra = "\n".join(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}"
+                      for name, value in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % _lua_string(body))
+        script.write(WRK_SCRIPT % (_lua_string(body), extra))
     try:
         result = subprocess.run(
             ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s",
@@ -74,7 +83,8 @@ def _wrk(url: str, body: str, connections: int, seconds: float) -> dict:
     return stats
 
 
-def _gevent_load(url: str, body: str, connections: int, seconds: float) -> None:
+def _gevent_load(url: str, body: str, connections: int, seconds: float,
+                 headers: dict[str, str]) -> None:
     from gevent import monkey
 
     monkey.patch_all()
@@ -90,7 +100,7 @@ def _gevent_load(url: str, body: str, connections: int, seconds: float) -> None:
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:
-                conn.request("POST", parts.path, body, HEADERS)
+                conn.request("POST", parts.path, body, {**HEADERS, **headers})
                 response = conn.getresponse()
                 response.read()
             except (OSError, http.client.HTTPException):
@@ -117,5 +127,6 @@ if __name__ == "__main__":
     parser.add_argument("--body", required=True)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--headers", default="{}", help="JSON object of extra headers")
     args = parser.parse_args()
-    _gevent_load(args.url, args.body, args.connections, args.duration)
+    _gevent_load(args.url, args.body, args.connections, args.duration, json.loads(args.headers))

@@ -4,11 +4,14 @@ and through the bridge, all on gunicorn with 2 gevent workers in front of one st
 
     python bench/proxy_bench.py [--duration S] [--connections N] [--ttfb-requests N]
 
-Measures non-stream req/s and p50/p99 latency at 64 concurrent keep-alive connections
-(`bench/loadgen.py`: `wrk` when installed, else a gevent client), and the time to the
-first byte of a stream, bridge vs direct. Every process is started on a free loopback
-port and stopped by its PID at the end; each load run is bounded in time. Targets:
-bridge >= 80% of the reference view's req/s; TTFB overhead < 2 ms.
+Measures req/s and p50/p99 latency at 64 concurrent keep-alive connections
+(`bench/loadgen.py`: `wrk` when installed, else a gevent client) for non-stream POSTs
+and for streamed ones of a reasoning model whose answer starts with a think block
+(`deepseek-r1:7b`, stand-in think mode `tags`: the think filter has work to do), and the
+time to the first byte of a stream, bridge vs direct. Every process is started on a free
+loopback port and stopped by its PID at the end; each load run is bounded in time.
+Targets (issue 11): bridge >= 0.95x the reference view's req/s, non-stream and streamed
+(think filter on); TTFB overhead < 1 ms.
 """
 
 from __future__ import annotations
@@ -42,6 +45,50 @@ BODY = json.dumps({"model": "llama3.2",
                    "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
 STREAM_BODY = json.dumps({"model": "llama3.2", "stream": True,
                           "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
+# The streamed load: a reasoning model, its answer after a think block at the start.
+THINK_STREAM_BODY = json.dumps({"model": "deepseek-r1:7b", "stream": True,
+                                "messages": [{"role": "user",
+                                              "content": "Why is the sky blue?"}]})
+THINK_HEADERS = {"X-Standin-Think": "tags"}
+MISS_TARGET = STREAM_TARGET = 0.95
+TTFB_TARGET_MS = 1.0
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def count_frames(url: str) -> int:
+    """SSE events in one streamed answer of the streamed load."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("POST", PATH, THINK_STREAM_BODY, {**HEADERS, **THINK_HEADERS})
+        return conn.getresponse().read().count(b"data: ")
+    finally:
+        conn.close()
+
+
+def run_loads(targets: dict[str, str], body: str, headers: dict[str, str], args) -> dict:
+    print(f"{'target':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    results = {}
+    for name, url in targets.items():
+        load(url + PATH, body, args.connections, min(2.0, args.duration), headers)  # warm-up
+        stats = results[name] = load(url + PATH, body, args.connections, args.duration,
+                                     headers)
+        print(f"{name:34} {stats['rps']:8.0f} {stats['p50_ms']:8.1f} "
+              f"{stats['p99_ms']:8.1f} {stats['errors'] + stats['non2xx']:7d}", flush=True)
+    return results
+
+
+def print_ratios(results: dict, target: float) -> None:
+    reference_rps = results["reference Flask view + requests"]["rps"]
+    for name in ("bridge (think filter off)", "bridge (defaults)"):
+        ratio = results[name]["rps"] / reference_rps
+        print(f"  {name} / reference view: {ratio:.2f} (target >= {target:.2f}) "
+              f"{met(ratio >= target)}")
+        print(f"  {name} / stand-in direct: "
+              f"{results[name]['rps'] / results['stand-in, direct']['rps']:.2f}")
 
 def time_to_first_byte(urls: dict[str, str], rounds: int) -> dict[str, list[float]]:
     """Sequential streams on kept-alive connections, the targets interleaved so that they
@@ -92,32 +139,27 @@ def main() -> int:
             print(f"\nnon-stream POST {PATH}, {args.connections} connections, "
                   f"{args.duration:g} s per target, load from "
                   f"{tool()}")
-            print(f"{'target':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-            results = {}
-            for name, url in targets.items():
-                load(url + PATH, BODY, args.connections, min(2.0, args.duration))  # warm-up
-                stats = results[name] = load(url + PATH, BODY, args.connections, args.duration)
-                print(f"{name:34} {stats['rps']:8.0f} {stats['p50_ms']:8.1f} "
-                      f"{stats['p99_ms']:8.1f} {stats['errors'] + stats['non2xx']:7d}",
-                      flush=True)
+            results = run_loads(targets, BODY, {}, args)
+            print(f"\nstreamed POST {PATH}, deepseek-r1:7b with a think block at the start "
+                  f"({count_frames(standin.url)} SSE events per answer from the stand-in), "
+                  f"{args.connections} connections, {args.duration:g} s per target")
+            streamed = run_loads(targets, THINK_STREAM_BODY, THINK_HEADERS, args)
             samples = time_to_first_byte({"direct": standin.url, "bridge": relay.url,
                                           "bridge (defaults)": defaults.url},
                                          args.ttfb_requests)
 
-    reference_rps = results["reference Flask view + requests"]["rps"]
-    print("\nratios of req/s:")
-    for name in ("bridge (think filter off)", "bridge (defaults)"):
-        ratio = results[name]["rps"] / reference_rps
-        print(f"  {name} / reference view: {ratio:.2f} (target >= 0.80)"
-              f"{'' if ratio >= 0.8 else '  MISSED'}")
-        print(f"  {name} / stand-in direct: "
-              f"{results[name]['rps'] / results['stand-in, direct']['rps']:.2f}")
+    print("\nratios of req/s, non-stream:")
+    print_ratios(results, MISS_TARGET)
+    print("ratios of req/s, streamed (the think filter removes the think block):")
+    print_ratios(streamed, STREAM_TARGET)
     print(f"\nstreaming time to first byte, {args.ttfb_requests} sequential streams each:")
     direct = statistics.median(samples["direct"])
     for name, values in samples.items():
         median = statistics.median(values)
+        overhead = 1000 * (median - direct)
         extra = "" if name == "direct" else (
-            f"  overhead {1000 * (median - direct):+.2f} ms (target < 2 ms)")
+            f"  overhead {overhead:+.2f} ms (target < {TTFB_TARGET_MS:g} ms) "
+            f"{met(overhead < TTFB_TARGET_MS)}")
         print(f"  {name:18} p50 {1000 * median:6.2f} ms  p90 {1000 * percentile(values, .9):6.2f}"
               f" ms{extra}")
     return 0

@@ -4,7 +4,8 @@
         --chdir bench reference_proxy:app
 
 What a team would write by hand in a few lines, done well: one pooled session per worker
-(sized for the worker's concurrency, `trust_env=False`), no pipeline, no checks.
+(sized for the worker's concurrency, `trust_env=False`), no pipeline, no checks. A
+streamed answer (SSE, NDJSON) is relayed chunk by chunk as it arrives.
 """
 
 from __future__ import annotations
@@ -34,10 +35,17 @@ def health() -> str:
     return "ok"
 
 
+STREAMS = ("text/event-stream", "application/x-ndjson")
+
+
 @app.post("/v1/chat/completions")
 def chat() -> flask.Response:
     upstream = session().post(UPSTREAM + flask.request.path, data=flask.request.get_data(),
                               headers={"content-type": flask.request.content_type or ""},
-                              timeout=300)
+                              timeout=300, stream=True)
+    content_type = upstream.headers.get("content-type", "")
+    if content_type.startswith(STREAMS):
+        return flask.Response(upstream.iter_content(None), status=upstream.status_code,
+                              content_type=content_type)
     return flask.Response(upstream.content, status=upstream.status_code,
-                          content_type=upstream.headers.get("content-type"))
+                          content_type=content_type)

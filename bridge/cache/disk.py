@@ -16,11 +16,17 @@ once, by the first process that finds it (under a file lock; the others see a ne
 and just reopen). An entry that fails to decode is removed. Opening happens per
 process, after fork.
 
-Maintenance deletes (TTL sweeps, eviction) run on a second, plain sqlite3 connection in
-gevent's threadpool when the process is patched: the statement that commits also pays for
-SQLite's WAL auto-checkpoint, which waits on the disk (measured on a million rows: 8-10 ms
-of I/O wait, 1.5 ms of CPU). In a native thread, with the GIL released, that wait no
-longer holds the worker's event loop.
+Nothing here holds a worker's event loop while SQLite waits for another process. A store
+or a lease claim is tried on the loop on a "quick" connection that never waits for the
+write lock and never checkpoints the WAL (a sub-millisecond statement in WAL mode); when
+another process holds the write lock, it is done instead on the writer
+connection in one native thread of this process (`bridge.core.offloop`, when gevent
+has patched threading), where waiting up to `BUSY_TIMEOUT_MS` costs the calling greenlet
+only. Everything else that writes (releases, deletes, TTL sweeps, eviction, the WAL
+checkpoint each sweeper round) always runs there. Reads run on the loop: in WAL mode a
+reader never waits for writers, and a read that still cannot go ahead within
+`READ_BUSY_TIMEOUT_MS` is a miss. (sqlitedict's own connection thread is not used: under
+gevent it is a greenlet, running SQLite and its lock waits on the loop.)
 """
 
 from __future__ import annotations
@@ -30,14 +36,9 @@ import fcntl
 import logging
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-
-import gevent
-from gevent import monkey
-from sqlitedict import SqliteDict, SqliteMultithread
 
 from bridge.cache.entry import (
     HEADER_SIZE,
@@ -51,15 +52,15 @@ from bridge.cache.entry import (
 from bridge.cache.keys import SEPARATOR, key_model, model_prefix
 from bridge.core.events import emit
 from bridge.core.instance import pid_alive
+from bridge.core.offloop import SerialThread
 
 log = logging.getLogger("bridge.cache")
-# sqlitedict logs each failed statement as a multi-line stack; we log our own one line.
-logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)
 
 TIER = "disk"
 FILE_NAME = "responses.sqlite"
 TABLE = "responses"
 BUSY_TIMEOUT_MS = 2000
+READ_BUSY_TIMEOUT_MS = 5
 INLINE_EVICTION = 64  # rows evicted by a store itself; the sweeper does larger backlogs
 RECOVER_INTERVAL = 10.0
 
@@ -76,13 +77,20 @@ CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON "{TABLE}"
   BEGIN UPDATE cache_meta SET value = value - 1 WHERE name = 'entries'; END;
 """
 # Per connection: REPLACE's implicit delete must fire the delete trigger too; small WAL
-# checkpoints (100 pages instead of 1000), because the statement that triggers one pays
-# for it while its worker's event loop waits (measured: max sweep step 28 ms -> 5 ms).
+# checkpoints (100 pages instead of 1000), so that one commit never pays for a long one.
 CONNECTION_PRAGMAS = ("PRAGMA recursive_triggers = ON",
                       f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
                       "PRAGMA wal_autocheckpoint = 100")
-# sqlitedict sets this on its own connection; the maintenance connection does the same.
-MAINTENANCE_PRAGMAS = (*CONNECTION_PRAGMAS, "PRAGMA synchronous = OFF")
+# The writer connection: as sqlitedict sets its own (a crash of the machine may lose the
+# last stores, never corrupt the file in WAL mode).
+WRITER_PRAGMAS = (*CONNECTION_PRAGMAS, "PRAGMA synchronous = OFF")
+READER_PRAGMAS = (f"PRAGMA busy_timeout = {READ_BUSY_TIMEOUT_MS}",)
+# Stores and lease claims try the loop first, where they cost no thread hand-over (which
+# waits for the GIL, up to 5 ms a time while other threads run Python): only when the
+# write lock is free at once (no busy wait: SQLite's sleeps would be the loop's), and
+# never paying for a WAL checkpoint (`checkpoint`, off the loop, does).
+QUICK_PRAGMAS = (*CONNECTION_PRAGMAS[:1], "PRAGMA busy_timeout = 0",
+                 "PRAGMA wal_autocheckpoint = 0", "PRAGMA synchronous = OFF")
 _OLDEST = f'SELECT rowid FROM "{TABLE}" ORDER BY rowid LIMIT ?'
 # Counted once, when the file has no count yet (made by an older version or by hand).
 INIT_COUNT = f"""INSERT INTO cache_meta (name, value)
@@ -134,50 +142,50 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _encode(entry: Entry) -> sqlite3.Binary:
-    return sqlite3.Binary(encode_entry(entry))
-
-
 def _tolerant_text(data: bytes) -> str:
+    """TEXT that is not UTF-8 (a foreign or damaged row) is read, not an exception."""
     return data.decode("utf-8", "surrogateescape")
 
 
-class _Connection(SqliteMultithread):
-    """sqlitedict's connection thread, reading TEXT that is not UTF-8 without failing:
-    such a failure happens while it hands rows over, kills the thread and leaves its
-    caller waiting forever (a foreign or damaged row must not hang a worker)."""
-
-    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Cursor]:
-        conn, cursor = super()._connect()
-        conn.text_factory = _tolerant_text
-        return conn, cursor
-
-
-class _Table(SqliteDict):
-    def _new_conn(self) -> SqliteMultithread:
-        return _Connection(self.filename, autocommit=self.autocommit,
-                           journal_mode=self.journal_mode, outer_stack=self._outer_stack)
-
-
-def _off_loop(function: Any, *args: Any) -> Any:
-    """`function(*args)` in gevent's threadpool when threads are patched (the calling greenlet
-    waits, the event loop runs on), else right here."""
-    if monkey.is_module_patched("threading"):
-        return gevent.get_hub().threadpool.apply(function, args)
-    return function(*args)
-
-
-def _maintenance_connection(path: Path) -> sqlite3.Connection:
+def _connection(path: Path, pragmas: Iterable[str]) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            timeout=BUSY_TIMEOUT_MS / 1000)
     conn.text_factory = _tolerant_text
-    for pragma in MAINTENANCE_PRAGMAS:
+    for pragma in pragmas:
         conn.execute(pragma)
     return conn
 
 
 def _fetch_all(conn: sqlite3.Connection, sql: str, args: tuple) -> list[tuple]:
     return conn.execute(sql, args).fetchall()
+
+
+def _store(conn: sqlite3.Connection, key: str, value: bytes) -> int:
+    """Write one entry; returns the entry count (kept by the triggers) read with it."""
+    conn.execute(f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)', (key, value))
+    row = conn.execute("SELECT value FROM cache_meta WHERE name = 'entries'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _locked(exc: Exception) -> bool:
+    return "locked" in str(exc).lower() or "busy" in str(exc).lower()
+
+
+def _claim(conn: sqlite3.Connection, key: str, seconds: float) -> bool:
+    """The lease statements of `DiskTier.claim`, on the writer connection."""
+    now = time.time()
+    if conn.execute(
+            "INSERT INTO cache_flights (key, pid, expires) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET pid = excluded.pid, expires = "
+            "excluded.expires WHERE cache_flights.expires < ? OR cache_flights.pid = "
+            "excluded.pid RETURNING 1", (key, os.getpid(), now + seconds, now)).fetchall():
+        return True
+    holder = conn.execute("SELECT pid FROM cache_flights WHERE key = ?", (key,)).fetchall()
+    if holder and not pid_alive(holder[0][0]):  # its worker died: take the lease over
+        return bool(conn.execute(
+            "UPDATE cache_flights SET pid = ?, expires = ? WHERE key = ? AND pid = ? "
+            "RETURNING 1", (os.getpid(), now + seconds, key, holder[0][0])).fetchall())
+    return False
 
 
 class DiskTier:
@@ -187,12 +195,14 @@ class DiskTier:
         self.path = cache_file(cache_dir)
         self.ttl = ttl
         self.max_entries = max_entries
-        self.db: _Table | None = None
+        self.reader: sqlite3.Connection | None = None  # used on the loop: reads only
+        self._quick: sqlite3.Connection | None = None  # on the loop: bounded writes
+        self._writer: sqlite3.Connection | None = None  # used in the writer's thread only
+        self.writer = SerialThread()  # where the writer connection is used
         self._inode = 0
         self._recovered_at = 0.0
         self.moved_aside: Path | None = None  # where this process moved a corrupt file
-        self._maintenance: sqlite3.Connection | None = None  # opened on first use
-        self._maintenance_lock = threading.Lock()  # one statement at a time on it
+        self.entries = 0  # the entry count as last read (with a store or a sweep step)
 
     # --- opening and recovery ---------------------------------------------------------
 
@@ -211,27 +221,30 @@ class DiskTier:
         return self
 
     def _connect(self) -> None:
-        self.db = _Table(str(self.path), tablename=TABLE, autocommit=True,
-                             journal_mode="WAL", encode=_encode, decode=decode_entry,
-                             outer_stack=False)
-        for pragma in CONNECTION_PRAGMAS:
-            self.db.conn.execute(pragma)
-        for statement in [*SCHEMA.split(";\n"), INIT_COUNT]:
-            if statement.strip():
-                self.db.conn.execute(statement)
-        self.db.commit()
+        writer = _connection(self.path, WRITER_PRAGMAS)
+        try:
+            writer.execute("PRAGMA journal_mode = WAL")
+            for statement in [*SCHEMA.split(";\n"), INIT_COUNT]:
+                if statement.strip():
+                    writer.execute(statement)
+            self.reader = _connection(self.path, READER_PRAGMAS)
+            self._quick = _connection(self.path, QUICK_PRAGMAS)
+        except BaseException:
+            writer.close()
+            raise
+        self._writer = writer
         self._inode = os.stat(self.path).st_ino
 
     def close(self) -> None:
-        with self._maintenance_lock:
-            if self._maintenance is not None:
+        reader, writer, self.reader, self._writer = self.reader, self._writer, None, None
+        quick, self._quick = self._quick, None
+        for conn in (reader, quick):
+            if conn is not None:
                 with contextlib.suppress(Exception):
-                    self._maintenance.close()
-                self._maintenance = None
-        if self.db is not None:
+                    conn.close()
+        if writer is not None:  # in the writer's thread, after what it is running
             with contextlib.suppress(Exception):
-                self.db.close()
-            self.db = None
+                self.writer.run(writer.close)
 
     def _failed(self, exc: Exception, doing: str) -> None:
         """Log a failed operation; when the file is corrupt, replace it."""
@@ -259,27 +272,52 @@ class DiskTier:
                 log.error("cache disk tier: cannot reopen %s: %s", self.path, again)
 
     def _select(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
-        if self.db is None:  # not opened, or a recovery could not reopen it
+        """A read on the loop (never waits long for a lock: see READ_BUSY_TIMEOUT_MS)."""
+        if self.reader is None:  # not opened, or a recovery could not reopen it
             raise sqlite3.OperationalError(f"cache file {self.path} is not open")
-        return list(self.db.conn.select(sql, tuple(args)))
+        return self.reader.execute(sql, tuple(args)).fetchall()
 
-    def _maintain(self, sql: str, args: tuple) -> list[tuple]:
-        """Run a maintenance statement on the second connection, off the event loop."""
-        assert self.db is not None, "DiskTier.open() first"
-        with self._maintenance_lock:
-            if self._maintenance is None:  # opening reads the file too: off the loop
-                self._maintenance = _off_loop(_maintenance_connection, self.path)
-            return _off_loop(_fetch_all, self._maintenance, sql, args)
+    def _write(self, function: Any, *args: Any) -> Any:
+        """`function(writer connection, *args)` off the event loop (see `SerialThread`)."""
+        if self._writer is None:
+            raise sqlite3.OperationalError(f"cache file {self.path} is not open")
+        return self.writer.run(function, self._writer, *args)
+
+    def _quickly(self, function: Any, *args: Any) -> Any:
+        """`function(connection, *args)` on the loop when the write lock is free, else off
+        the loop on the writer connection (waiting for another process's lock there)."""
+        if self._quick is not None:
+            try:
+                return function(self._quick, *args)
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+        return self._write(function, *args)
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the file (what the loop's writes leave for later), off the loop."""
+        try:
+            self._execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            self._failed(exc, "checkpoint")
+
+    def _execute(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        """A writing statement, off the event loop; returns its rows (RETURNING)."""
+        return self._write(_fetch_all, sql, tuple(args))
 
     # --- entries ----------------------------------------------------------------------
 
     def get(self, key: str) -> Entry | None:
         """The entry under `key`, or None (absent, expired, undecodable or unreadable)."""
-        if self.db is None:
+        if self.reader is None:
             return None
         try:
             rows = self._select(f'SELECT CAST(value AS BLOB) FROM "{TABLE}" WHERE key = ?',
                                 (key,))
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc):
+                self._failed(exc, "read")
+            return None  # locked for a moment (see READ_BUSY_TIMEOUT_MS): a miss
         except sqlite3.Error as exc:
             self._failed(exc, "read")
             return None
@@ -299,20 +337,24 @@ class DiskTier:
         return entry
 
     def put(self, key: str, entry: Entry) -> bool:
-        if self.db is None:
+        """Store `entry` (encoded here, written off the loop); raises UnicodeDecodeError
+        when a frame is not UTF-8. The count comes back with the write: no `count()`."""
+        if self._writer is None:
             return False
+        value = encode_entry(entry)
         try:
-            self.db[key] = entry
+            self.entries = self._quickly(_store, key, value)
         except sqlite3.Error as exc:
             self._failed(exc, "write")
             return False
-        self.report()
-        self.evict_excess(INLINE_EVICTION)
+        emit("cache.entries", self.entries, tier=TIER)
+        if self.entries > self.max_entries:
+            self.evict_excess(INLINE_EVICTION, self.entries)
         return True
 
     def delete(self, key: str) -> bool:
         try:
-            return bool(self._select(f'DELETE FROM "{TABLE}" WHERE key = ? RETURNING 1', (key,)))
+            return bool(self._execute(f'DELETE FROM "{TABLE}" WHERE key = ? RETURNING 1', (key,)))
         except sqlite3.Error as exc:
             self._failed(exc, "delete")
             return False
@@ -321,9 +363,11 @@ class DiskTier:
         try:
             rows = self._select("SELECT value FROM cache_meta WHERE name = 'entries'")
         except sqlite3.Error as exc:
-            self._failed(exc, "count")
-            return 0
-        return int(rows[0][0]) if rows else 0
+            if not _locked(exc):
+                self._failed(exc, "count")
+            return self.entries
+        self.entries = int(rows[0][0]) if rows else 0
+        return self.entries
 
     def report(self) -> None:
         emit("cache.entries", self.count(), tier=TIER)
@@ -333,46 +377,41 @@ class DiskTier:
     def claim(self, key: str, seconds: float) -> bool:
         """Take (or, held by this process, renew) the lease on `key` for `seconds` unless
         another live one holds it. Without a readable disk, every worker may go ahead."""
-        if self.db is None:
+        if self._writer is None or self._quick is None:
             return True
-        now = time.time()
         try:
-            if self._select(
-                    "INSERT INTO cache_flights (key, pid, expires) VALUES (?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET pid = excluded.pid, expires = "
-                    "excluded.expires WHERE cache_flights.expires < ? OR cache_flights.pid = "
-                    "excluded.pid RETURNING 1", (key, os.getpid(), now + seconds, now)):
-                return True
-            holder = self._select("SELECT pid FROM cache_flights WHERE key = ?", (key,))
-            if holder and not pid_alive(holder[0][0]):  # its worker died: take the lease over
-                return bool(self._select(
-                    "UPDATE cache_flights SET pid = ?, expires = ? WHERE key = ? AND pid = ? "
-                    "RETURNING 1", (os.getpid(), now + seconds, key, holder[0][0])))
-            return False
+            return self._quickly(_claim, key, seconds)
         except sqlite3.Error as exc:
             self._failed(exc, "flight claim")
             return True
 
     def release(self, key: str) -> None:
+        """Give the lease on `key` back, off the loop and without waiting for it: nobody
+        needs the answer, and the lease expires anyway should this fail."""
+        if self._writer is not None:
+            self.writer.submit(self._release, self._writer, key, os.getpid())
+
+    @staticmethod
+    def _release(conn: sqlite3.Connection, key: str, pid: int) -> None:
         try:
-            self._select("DELETE FROM cache_flights WHERE key = ? AND pid = ? RETURNING 1",
-                         (key, os.getpid()))
-        except sqlite3.Error as exc:
-            self._failed(exc, "flight release")
+            conn.execute("DELETE FROM cache_flights WHERE key = ? AND pid = ?", (key, pid))
+        except sqlite3.Error as exc:  # in the writer thread: a log line (no recovery from here)
+            log.error("cache disk tier: flight release failed: %s: %s", type(exc).__name__, exc)
 
     # --- maintenance in small steps (each one short statement) --------------------------
 
     def _delete_returning(self, where: str, args: tuple, doing: str) -> list[str]:
         try:
-            rows = self._maintain(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args)
+            rows = self._execute(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args)
         except sqlite3.Error as exc:
             self._failed(exc, doing)
             return []
         return [row[0] for row in rows]
 
-    def evict_excess(self, batch: int) -> int:
-        """Delete up to `batch` oldest entries beyond `max_entries`; returns how many."""
-        excess = min(batch, self.count() - self.max_entries)
+    def evict_excess(self, batch: int, count: int | None = None) -> int:
+        """Delete up to `batch` oldest entries beyond `max_entries` (of `count` entries,
+        read when not given); returns how many."""
+        excess = min(batch, (self.count() if count is None else count) - self.max_entries)
         if excess <= 0:
             return 0
         keys = self._delete_returning(f"rowid IN ({_OLDEST})", (excess,), "eviction")
@@ -412,8 +451,8 @@ class DiskTier:
             removed += len(keys)
             if len(keys) < batch:
                 break
-        self._select("INSERT INTO cache_purges (model, at) VALUES (?, ?) RETURNING id",
-                     (model, time.time()))
+        self._execute("INSERT INTO cache_purges (model, at) VALUES (?, ?) RETURNING id",
+                      (model, time.time()))
         return removed
 
     def purges_since(self, last_id: int) -> list[tuple[int, str | None]]:
@@ -448,8 +487,8 @@ class DiskTier:
             newest = created if newest is None else max(newest, created)
         total = sum(by_model.values())
         # the triggers' count is what the workers use; a full scan is the moment to fix drift
-        self._select("UPDATE cache_meta SET value = ? WHERE name = 'entries' RETURNING 1",
-                     (total,))
+        self._execute("UPDATE cache_meta SET value = ? WHERE name = 'entries' RETURNING 1",
+                      (total,))
         size = sum(os.path.getsize(f"{self.path}{suffix}") for suffix in ("", "-wal")
                    if os.path.exists(f"{self.path}{suffix}"))
         return {"file": str(self.path), "bytes": size, "entries": total, "expired": expired,

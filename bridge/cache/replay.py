@@ -11,6 +11,7 @@ chunk only when the client's `stream_options.include_usage` asks for it.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 import re
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from bridge.cache.entry import Entry
+from bridge.cache.entry import ASSEMBLED, JOINED, REPLAY, SEPARATOR, Entry
 from bridge.core import streaming
 from bridge.core.exchange import Exchange, Frame, Response, encode_json
 from bridge.core.reasoning import OLLAMA_REASONING_FIELD as THINKING
@@ -201,6 +202,9 @@ def _assemble_openai(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, 
         message = choice.get("message")
         if message is not None:
             _drop_empty(message)
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict):  # the stream's place of a call, not in a whole answer
+                    call.pop("index", None)
             if message.get("tool_calls") and not message.get("content"):
                 message["content"] = None  # as a whole answer with tool calls has it
     if usage is not None:
@@ -339,13 +343,170 @@ def entry_frames(entry: Entry) -> list[Frame]:
 
 
 def entry_body(entry: Entry) -> bytes:
-    """The entry as a whole body: its own, or assembled from its frames (kept)."""
+    """The entry as a whole body: its own, or assembled from its frames (kept, and stored
+    with the entry on disk: see `bridge.cache.entry`)."""
     if entry.body is not None:
         return entry.body
-    if "body" not in entry.derived:
-        entry.derived["body"] = encode_json(
+    if ASSEMBLED not in entry.derived:
+        entry.derived[ASSEMBLED] = encode_json(
             assemble(entry.surface, entry.endpoint, entry_frames(entry))) + b"\n"
-    return entry.derived["body"]
+    return entry.derived[ASSEMBLED]
+
+
+def prepare(entry: Entry) -> None:
+    """Derive, once at store time, what serving the entry needs: its whole answer and
+    replay notes (the disk tier stores them with the frames), its replay plan and body
+    template (so that the memory tier counts them in its budget from the start)."""
+    if entry.endpoint in EMBEDDING_ENDPOINTS:
+        return
+    if entry.is_stream:
+        replay_notes(entry)
+    stream_plan(entry)
+    try:
+        _template(entry)  # assembles the whole answer of a stream
+    except ValueError:  # a frame that is not JSON: only a stream can be served from it
+        pass
+
+
+# --- replaying a stream without a JSON round trip per frame ---------------------------------
+
+_CREATED_FIELD = re.compile(rb'"created":(-?\d+)(?=[,}])')
+_CREATED_AT_FIELD = re.compile(rb'"created_at":"[^"\\]*"')
+_DELIMITERS = (b",", b"}")
+
+
+def replay_notes(entry: Entry) -> dict[str, Any] | None:
+    """What replaying the entry's stream needs beyond its frames (JSON, kept in
+    `derived[REPLAY]` and stored with the entry): the upstream's `id`, the `created`
+    values in its frames, which frames carry usage; None when the frames cannot be
+    joined (a NUL byte). Made on first use, by reading the frames once."""
+    if REPLAY in entry.derived:
+        return entry.derived[REPLAY]
+    frames = entry_frames(entry)
+    raws = [frame.raw for frame in frames]
+    blob = SEPARATOR.join(raws)
+    notes: dict[str, Any] | None = None
+    if blob.count(SEPARATOR) == len(raws) - 1:
+        notes = {"id": None, "created": [], "created_at": False, "usage_only": [],
+                 "with_usage": []}
+        if entry.surface == OPENAI:
+            notes["id"] = next((frame.data["id"] for frame in frames
+                                if not frame.verbatim and not frame.is_done
+                                and isinstance(frame.data, dict)
+                                and isinstance(frame.data.get("id"), str)), None)
+            notes["created"] = sorted({int(value) for value in _CREATED_FIELD.findall(blob)})
+            for index, frame in enumerate(frames):
+                if frame.verbatim or b'"usage"' not in frame.raw:
+                    continue
+                obj = frame.data
+                if isinstance(obj, dict) and "usage" in obj and "error" not in obj:
+                    notes["usage_only" if obj.get("choices") == [] else "with_usage"].append(
+                        index)
+        else:
+            notes["created_at"] = b'"created_at":"' in blob
+    entry.derived[REPLAY] = notes
+    return notes
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """An entry's frames prepared for replay: joined in one byte string, where every
+    response's identity is put with a few C-level replacements, then cut apart again.
+
+    The upstream's `"id":"..."` (the same in every frame of a stream) can only occur as
+    a key and its value, since quotes inside strings are escaped; so can `"created":N`
+    followed by `,` or `}`. `usage_only` are the frames dropped for a client that did not
+    ask for usage, `with_usage` those that also carry choices (rewritten one by one).
+    """
+
+    blob: bytes
+    verbatim: frozenset[int]
+    id_field: bytes | None
+    created: tuple[bytes, ...]
+    created_at: bool
+    usage_only: frozenset[int]
+    with_usage: frozenset[int]
+    # The usual case: every frame has the same `"id":…,"created":N` span (Ollama,
+    # vLLM). Then the blob is kept cut at it, and one join puts the new span in.
+    span: tuple[bytes, bytes] | None = None  # what lies between the id and the created
+    pieces: list[bytes] | None = None
+
+    @classmethod
+    def of(cls, entry: Entry) -> "StreamPlan | None":
+        notes = replay_notes(entry)
+        if notes is None:
+            return None
+        if entry.is_stream:
+            blob = entry.derived.get(JOINED) or SEPARATOR.join(entry.frames)
+            verbatim = entry.verbatim
+        else:
+            frames = entry_frames(entry)
+            blob = SEPARATOR.join(frame.raw for frame in frames)
+            verbatim = frozenset(i for i, frame in enumerate(frames) if frame.verbatim)
+        id_field = None if notes["id"] is None else b'"id":' + encode_json(notes["id"])
+        created = tuple(b'"created":%d' % value for value in notes["created"])
+        span = pieces = None
+        if id_field is not None and len(created) == 1:
+            start = blob.find(id_field)
+            end = blob.find(created[0], start)
+            after = end + len(created[0])
+            if 0 <= start < end and blob[after:after + 1] in _DELIMITERS:
+                whole = blob[start:after + 1]
+                count = blob.count(whole)
+                if count == blob.count(id_field) == blob.count(b'"created":'):
+                    span = (blob[start + len(id_field):end], blob[after:after + 1])
+                    pieces = blob.split(whole)
+        entry.derived.pop(JOINED, None)  # the plan holds the frames' bytes from now on
+        return cls(blob=b"" if pieces is not None else blob, verbatim=verbatim,
+                   id_field=id_field, created=created,
+                   created_at=notes["created_at"], usage_only=frozenset(notes["usage_only"]),
+                   with_usage=frozenset(notes["with_usage"]), span=span, pieces=pieces)
+
+    @property
+    def nbytes(self) -> int:
+        """What the plan holds in memory (for the memory tier's budget)."""
+        pieces = self.pieces or ()
+        return len(self.blob) + sum(map(len, pieces)) + 41 * len(pieces) + 256
+
+    def frames(self, rewriter: "Rewriter") -> list[Frame]:
+        """The frames as this response sends them."""
+        blob = self.blob
+        if self.span is not None and self.pieces is not None:
+            middle, end = self.span
+            blob = b'"id":"%s"%s"created":%d%s' % (rewriter.id.encode(), middle, rewriter.created,
+                                                   end)
+            blob = blob.join(self.pieces)
+        elif self.id_field is not None:
+            blob = blob.replace(self.id_field, b'"id":"%s"' % rewriter.id.encode())
+        if self.created and self.span is None:
+            new = b'"created":%d' % rewriter.created
+            for old in self.created:
+                for end in _DELIMITERS:
+                    blob = blob.replace(old + end, new + end)
+        if self.created_at:
+            blob = _CREATED_AT_FIELD.sub(b'"created_at":' + encode_json(ollama_time()), blob)
+        frames = list(map(Frame, blob.split(SEPARATOR)))
+        for index in self.verbatim:
+            frames[index].verbatim = True
+        if rewriter.include_usage or not (self.usage_only or self.with_usage):
+            return frames
+        drop = set(self.usage_only)
+        for index in self.with_usage:
+            rewritten = rewriter.frame(frames[index])
+            if rewritten is None:
+                drop.add(index)
+            else:
+                frames[index] = rewritten
+        for index in sorted(drop, reverse=True):
+            del frames[index]
+        return frames
+
+
+def stream_plan(entry: Entry) -> StreamPlan | None:
+    """The entry's replay plan, made on first use and kept with the entry (in memory)."""
+    if "plan" not in entry.derived:
+        entry.derived["plan"] = StreamPlan.of(entry)
+    return entry.derived["plan"]
 
 
 # Placeholders in a body template: filled per response by plain byte replacement, which
@@ -372,6 +533,13 @@ def body_template(surface: str, body: bytes) -> bytes | None:
     return encode_json(data) + b"\n"
 
 
+def _template(entry: Entry) -> bytes | None:
+    """The entry's body template, made on first use and kept with the entry."""
+    if "template" not in entry.derived:
+        entry.derived["template"] = body_template(entry.surface, entry_body(entry))
+    return entry.derived["template"]
+
+
 def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
     """The entry's body, as a template stamped with a fresh identity when the response
     leaves the pipeline (so that stages outside the cache see the same bytes for every
@@ -380,9 +548,7 @@ def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Respon
     body = entry_body(entry)
     if entry.endpoint in EMBEDDING_ENDPOINTS:
         return Response(status=200, headers=headers, body=body, memo=entry.derived)
-    if "template" not in entry.derived:
-        entry.derived["template"] = body_template(entry.surface, body)
-    template = entry.derived["template"]
+    template = _template(entry)
     if template is None:
         return Response(status=200, headers=headers, body=body, memo=entry.derived)
     rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
@@ -426,9 +592,26 @@ def _replayed(response: Response, frames: Iterator[Frame], rewriter: Rewriter,
                                     "prematurely", code="upstream_stream_truncated")
 
 
+def _replayed_plan(response: Response, frames: Iterator[Frame], count: int
+                   ) -> Iterator[Frame]:
+    """A stored stream of `count` frames (complete by definition: only those are stored,
+    and its last frame is the terminator)."""
+    yield from itertools.islice(frames, count - 1)
+    response.outcome = "complete"
+    yield from frames
+
+
 def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
     """A response for a stored entry, in the shape the client asked for."""
     if shape.stream and entry.endpoint not in EMBEDDING_ENDPOINTS:
         rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
-        return stream_response(entry.surface, entry_frames(entry), rewriter, headers)
+        plan = stream_plan(entry)
+        if plan is None:
+            return stream_response(entry.surface, entry_frames(entry), rewriter, headers)
+        frames = plan.frames(rewriter)
+        response = streaming.stream_response(200, headers, iter(frames),
+                                             stream_codec(entry.surface))
+        response.map_frames(lambda source: _replayed_plan(response, source, len(frames)))
+        response.ready = True
+        return response
     return body_response(entry, shape, headers)

@@ -125,7 +125,8 @@ class CacheStage(Stage):
         self.settings = settings
         self.ttl = settings.cache_ttl / 1000
         self.wait_limit = (settings.timeout / 1000) * (1 + settings.retry_attempts) + 5
-        self.memory = MemoryTier(settings.cache_memory_entries, self.ttl)
+        self.memory = MemoryTier(settings.cache_memory_entries, self.ttl,
+                                 settings.cache_memory_bytes)
         self.disk: DiskTier | RedisTier | None = None  # the tier behind memory
         self.hot = HotTracker(settings.cache_hot_threshold)
         self.flights = Flights(on_end=self._released)
@@ -388,6 +389,7 @@ class CacheStage(Stage):
             log.warning("cache: response of %s not stored (not UTF-8) [%s]", ex.model,
                         ex.request_id)
             return
+        replay.prepare(entry)  # once, before the tiers keep (and size) it
         self.memory.put(key, entry)
         if self.disk is not None:
             self.disk.put(key, entry)

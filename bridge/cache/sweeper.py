@@ -1,7 +1,8 @@
 """The background greenlet of each worker: TTL sweeps, eviction backlog, promotions.
 
 Every `INTERVAL` it promotes hot candidates, applies purges made by the `cache`
-command, expires memory entries, then deletes expired and excess disk entries in
+command, expires memory entries, checkpoints the disk tier's WAL (off the loop: the
+loop's own writes never do), then deletes expired and excess disk entries in
 batches of `BATCH` rows, yielding to the event loop between batches so that a sweep
 over a million entries never holds a worker for more than one short statement.
 """
@@ -25,7 +26,7 @@ BATCH = 100            # rows per disk statement: ~2 ms, 5 ms at most, on a mill
 MEMORY_BATCH = 500     # memory entries checked between two yields
 MAX_STEPS = 500        # disk batches per round (50,000 rows); the rest waits for the next
 # Between steps: a timer, not sleep(0). sleep(0) only queues a callback, and gevent may run
-# many queued callbacks (our steps, sqlitedict's hand-overs) before it looks at timers and
+# many queued callbacks (our steps, the writer thread's hand-overs) before it looks at timers and
 # sockets again; a 1 ms timer makes every step go through a whole loop iteration.
 PAUSE = 0.001
 
@@ -85,6 +86,7 @@ class Sweeper:
     def sweep_disk(self) -> None:
         if self.disk is None:
             return
+        self.disk.checkpoint()
         for _ in range(MAX_STEPS):
             _, more = self.disk.expire_step(BATCH)
             gevent.sleep(PAUSE)

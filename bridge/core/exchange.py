@@ -114,6 +114,9 @@ class Response:
     frames: Iterator[Frame] | None = None
     codec: str | None = None
     outcome: str | None = None
+    # Every frame is at hand (a replay from the cache): the writer may send them together
+    # instead of one write per frame, since no frame waits for the network.
+    ready: bool = False
     memo: dict[Any, Any] | None = field(default=None, repr=False)
     stamp: Callable[[bytes], bytes] | None = field(default=None, repr=False)
     _json: Any = field(default=None, repr=False)

@@ -358,6 +358,9 @@ SETTINGS: list[Setting] = [
             Integer(1, 100_000), 12, "N"),
     Setting("cache_memory_entries", ("--cache-memory-entries",), "entries of the in-memory "
             "tier of each worker; 0 = no memory tier", Integer(0, 1_000_000), 8192, "N"),
+    Setting("cache_memory_bytes", ("--cache-memory-bytes",), "byte budget of the in-memory "
+            "tier of each worker, counting what is derived from entries (the least recently "
+            "used go first); 0 = no memory tier", Integer(0, 1 << 40), 64 << 20, "BYTES"),
     # --- traffic control and observability ------------------------------------------------
     Setting("rate_limit", ("-r", "--rate-limit"), "max upstream calls per second for the whole "
             "instance (token bucket, burst N); 0 = unlimited", Integer(0, 65535), 0, "N"),

@@ -9,7 +9,8 @@ indexed row, microseconds), so a revocation is seen by all workers on their next
 with `--redis-url`, by all instances within a second (`bridge.shared_mode.redis_stamps`).
 Per-key rates are counted in the same file: one fixed-window counter row per key and
 window, incremented atomically by whichever worker serves the request, so the limit
-holds across workers and processes.
+holds across workers and processes; that write runs off the event loop
+(`bridge.core.offloop`), so another process's write lock never freezes a worker.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
     from bridge.shared_mode.redis_stamps import RevocationStamps
+
+from bridge.core.offloop import SerialThread
 
 log = logging.getLogger("bridge.keystore")
 
@@ -170,6 +173,11 @@ class KeyStore:
         self._keys: tuple[ClientKey, ...] = ()
         self._by_hash: dict[str, ClientKey] = {}
         self._usage_swept = 0.0
+        # The rate counter writes on a connection of its own, in a native thread: a write
+        # lock held by another process (the `keys` command, another worker) then holds
+        # the request that waits, never the worker's event loop.
+        self._usage_db: sqlite3.Connection | None = None
+        self._usage_thread = SerialThread()
 
     # --- opening -----------------------------------------------------------------------
 
@@ -195,6 +203,9 @@ class KeyStore:
         return self
 
     def close(self) -> None:
+        if self._usage_db is not None:
+            self._usage_thread.run(self._usage_db.close)
+            self._usage_db = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -314,19 +325,28 @@ class KeyStore:
         now = time.time() if now is None else now
         window = int(now // key.rate_period) * key.rate_period  # its start, Unix seconds
         try:
-            row = self.db.execute(
-                "INSERT INTO key_usage (name, window, count) VALUES (?, ?, 1) "
-                "ON CONFLICT (name, window) DO UPDATE SET count = count + 1 WHERE count < ? "
-                "RETURNING count", (key.name, window, key.rate_limit)).fetchone()
-            if now - self._usage_swept > 60:
-                self._usage_swept = now
-                self.db.execute("DELETE FROM key_usage WHERE window < ?", (now - 120,))
+            counted = self._usage_thread.run(self._count, key, window, now)
         except sqlite3.Error as exc:  # a stuck store must not stop serving: count it as allowed
             log.warning("cannot count key %r's rate in %s: %s", key.name, self.path, exc)
             return None
-        if row is not None:
+        if counted:
             return None
         return window + key.rate_period - now
+
+    def _count(self, key: ClientKey, window: int, now: float) -> bool:
+        """In the usage thread: count one request in `window`; whether it was allowed."""
+        if self._usage_db is None:
+            self._usage_db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT,
+                                             isolation_level=None, check_same_thread=False)
+        db = self._usage_db
+        row = db.execute(
+            "INSERT INTO key_usage (name, window, count) VALUES (?, ?, 1) "
+            "ON CONFLICT (name, window) DO UPDATE SET count = count + 1 WHERE count < ? "
+            "RETURNING count", (key.name, window, key.rate_limit)).fetchone()
+        if now - self._usage_swept > 60:
+            self._usage_swept = now
+            db.execute("DELETE FROM key_usage WHERE window < ?", (now - 120,))
+        return row is not None
 
 
 class _Transaction:

@@ -16,8 +16,9 @@ upstream has already shown it puts reasoning in a field of its own: then the con
 plain answer. A whole body needs no decision: it shows it (`split_whole`). What each
 output showed is learnt for the next requests of the model.
 
-Hot path: once a stream is known to be plain and nothing is held, a frame whose bytes
-show no tag, `<` or reasoning field is relayed without being parsed.
+Hot path: once every choice of a stream is known to be in plain answer text (known to
+start plain, past its think block, or reasoning in a field) and nothing is held, a frame
+whose bytes show no tag, `<` or reasoning field is relayed without being parsed.
 """
 
 from __future__ import annotations
@@ -130,6 +131,13 @@ class _Choice:
         self.emitted = False  # an event of this choice went out (so did its role)
         self.ended = False  # finished: text after the end (if any) is plain
 
+    def passing(self, start: str | None) -> bool:
+        """Whether text without `<` in this choice passes unchanged, with the stream's
+        `start` decision so far."""
+        if self.filter is not None:
+            return self.filter.passing
+        return self.saw_field or self.ended or start == PLAIN
+
     def feed(self, cleaner: ThinkCleaner, text: str, whole: bool) -> tuple[str, str]:
         if self.filter is None:
             # Decided at the first content. A whole text shows whether it starts inside;
@@ -177,6 +185,7 @@ class ThinkCleaner:
     keep_reasoning: bool = False
     decide: Callable[[], str] | None = None  # PLAIN, MAYBE or INSIDE, asked once if needed
     switched: bool = False  # the request switched reasoning off
+    choices: int = 1  # how many choices the response has (the request's `n`)
     stats: ThinkStats = field(default_factory=ThinkStats)
     verdict: str | None = None  # what the output showed: INSIDE, PLAIN or None
     _choices: dict[int, _Choice] = field(default_factory=dict)
@@ -195,10 +204,13 @@ class ThinkCleaner:
 
     @property
     def passing(self) -> bool:
-        """Whether a frame without tag-like bytes would pass unchanged: the stream is
-        known to be plain and no choice holds anything."""
-        return self._start == PLAIN and all(
-            c.filter is None or c.filter.passing for c in self._choices.values())
+        """Whether a frame without tag-like bytes would pass unchanged: no choice holds
+        anything, and each is known to be in plain answer text (the stream is known to
+        start plain, or every choice has shown where it is: past its think block, or
+        reasoning in a field of its own). A choice not seen yet may still start inside."""
+        if self._start != PLAIN and len(self._choices) < self.choices:
+            return False
+        return all(c.passing(self._start) for c in self._choices.values())
 
     def _choice(self, index: Any) -> _Choice:
         c = self._choices.get(index)
@@ -417,7 +429,8 @@ class ThinkStage(Stage):
         decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"),
                          ex.route)
         ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=self.keep_reasoning,
-                                         decide=decide, switched=switched)
+                                         decide=decide, switched=switched,
+                                         choices=choice_count(ex.payload))
         ex.on_close(self._closed)
 
     def _decide(self, model: str, switched: bool, authorization: str | None,
@@ -474,6 +487,12 @@ class ThinkStage(Stage):
             verdict = None  # plain because asked to be: says nothing of the model
         if self.evidence is not None and verdict is not None:
             self.evidence.learn(ex.model, verdict)
+
+
+def choice_count(payload: dict[str, Any]) -> int:
+    """How many choices a response to `payload` has (OpenAI's `n`; Ollama: one)."""
+    n = payload.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:

@@ -374,3 +374,31 @@ def test_a_plain_stream_is_relayed_without_parsing_once_decided():
     assert [f._data is Frame._UNPARSED for f in frames] == [False, False, True, False,
                                                               False, True, True]
     assert answer_of([f.data for f in out if not f.is_done]) == "Hello there a !"
+
+
+def test_frames_after_a_think_block_are_relayed_without_parsing():
+    """A reasoning model's stream (think block at the start, or reasoning in a field):
+    once the block is over, answer frames with nothing tag-like are not parsed."""
+    from bridge.think.stage import clean_frames
+
+    def chunk(delta: str) -> bytes:
+        return b'{"choices":[{"index":0,"delta":%s}]}' % delta.encode()
+
+    tagged = [chunk('{"role":"assistant","content":""}'), chunk('{"content":"Okay, "}'),
+              chunk('{"content":"let me think"}'), chunk('{"content":"</think>"}'),
+              chunk('{"content":"\\n\\n"}'), chunk('{"content":"Paris"}'),
+              chunk('{"content":" it is"}'), b"[DONE]"]
+    fielded = [chunk('{"role":"assistant","content":"","reasoning":"Okay"}'),
+               chunk('{"content":"","reasoning":" hmm"}'), chunk('{"content":"Paris"}'),
+               chunk('{"content":" it is"}'), b"[DONE]"]
+    for raw, parsed in ((tagged, [True] * 5 + [True, False, False]),
+                        (fielded, [True, True, False, False, False])):
+        frames = [Frame(r) for r in raw]
+        out = list(clean_frames(ThinkCleaner(CHAT, starts_inside=True), iter(frames)))
+        assert [f._data is not Frame._UNPARSED for f in frames] == parsed
+        assert answer_of([f.data for f in out if not f.is_done]) == "Paris it is"
+    # n=2: the second choice may still start inside its own block: everything is looked at
+    frames = [Frame(r) for r in tagged[:-1]]
+    out = list(clean_frames(ThinkCleaner(CHAT, starts_inside=True, choices=2), iter(frames)))
+    assert all(f._data is not Frame._UNPARSED for f in frames)
+    assert answer_of([f.data for f in out]) == "Paris it is"
