@@ -23,10 +23,13 @@ another process holds the write lock, it is done instead on the writer
 connection in one native thread of this process (`bridge.core.offloop`, when gevent
 has patched threading), where waiting up to `BUSY_TIMEOUT_MS` costs the calling greenlet
 only. Everything else that writes (releases, deletes, TTL sweeps, eviction, the WAL
-checkpoint each sweeper round) always runs there. Reads run on the loop: in WAL mode a
-reader never waits for writers, and a read that still cannot go ahead within
-`READ_BUSY_TIMEOUT_MS` is a miss. (sqlitedict's own connection thread is not used: under
-gevent it is a greenlet, running SQLite and its lock waits on the loop.)
+checkpoint each sweeper round) always runs there. Reads run on the loop: entries are
+read through sqlitedict (`SqliteDict` on the tier's table, values as bytes: its
+connection thread is a greenlet under gevent, fine for reads, since in WAL mode a reader
+never waits for writers), maintenance reads (counts, purges, sweeps) on a plain
+connection; a read that still cannot go ahead within `READ_BUSY_TIMEOUT_MS` is a miss.
+Writes do not go through sqlitedict's thread: as a greenlet it would hold the loop for
+as long as another process holds the write lock.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from sqlitedict import SqliteDict, SqliteMultithread
 
 from bridge.cache.entry import (
     HEADER_SIZE,
@@ -55,6 +60,7 @@ from bridge.core.instance import pid_alive
 from bridge.core.offloop import SerialThread
 
 log = logging.getLogger("bridge.cache")
+logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)  # its errors reach us raised
 
 TIER = "disk"
 FILE_NAME = "responses.sqlite"
@@ -147,6 +153,35 @@ def _tolerant_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def _as_bytes(value: Any) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+
+
+class _EntryConnection(SqliteMultithread):
+    """sqlitedict's connection thread for entry reads: TEXT that is not UTF-8 is read
+    without failing, and a lock is not waited for beyond `READ_BUSY_TIMEOUT_MS`."""
+
+    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Cursor]:
+        conn, cursor = super()._connect()
+        conn.text_factory = _tolerant_text
+        for pragma in READER_PRAGMAS:
+            conn.execute(pragma)
+        return conn, cursor
+
+
+class _Entries(SqliteDict):
+    """The tier's table as sqlitedict sees it (keys to stored bytes)."""
+
+    def _new_conn(self) -> SqliteMultithread:
+        return _EntryConnection(self.filename, autocommit=self.autocommit,
+                                journal_mode=self.journal_mode, outer_stack=self._outer_stack)
+
+
+def _entries(path: Path) -> _Entries:
+    return _Entries(str(path), tablename=TABLE, flag="c", autocommit=True,
+                    journal_mode="WAL", encode=bytes, decode=_as_bytes, outer_stack=False)
+
+
 def _connection(path: Path, pragmas: Iterable[str]) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            timeout=BUSY_TIMEOUT_MS / 1000)
@@ -195,7 +230,8 @@ class DiskTier:
         self.path = cache_file(cache_dir)
         self.ttl = ttl
         self.max_entries = max_entries
-        self.reader: sqlite3.Connection | None = None  # used on the loop: reads only
+        self.reader: sqlite3.Connection | None = None  # on the loop: maintenance reads
+        self.entries_table: _Entries | None = None  # on the loop: entry reads (sqlitedict)
         self._quick: sqlite3.Connection | None = None  # on the loop: bounded writes
         self._writer: sqlite3.Connection | None = None  # used in the writer's thread only
         self.writer = SerialThread()  # where the writer connection is used
@@ -228,6 +264,7 @@ class DiskTier:
                 if statement.strip():
                     writer.execute(statement)
             self.reader = _connection(self.path, READER_PRAGMAS)
+            self.entries_table = _entries(self.path)
             self._quick = _connection(self.path, QUICK_PRAGMAS)
         except BaseException:
             writer.close()
@@ -237,6 +274,10 @@ class DiskTier:
 
     def close(self) -> None:
         reader, writer, self.reader, self._writer = self.reader, self._writer, None, None
+        table, self.entries_table = self.entries_table, None
+        if table is not None:
+            with contextlib.suppress(Exception):
+                table.close()
         quick, self._quick = self._quick, None
         for conn in (reader, quick):
             if conn is not None:
@@ -309,11 +350,11 @@ class DiskTier:
 
     def get(self, key: str) -> Entry | None:
         """The entry under `key`, or None (absent, expired, undecodable or unreadable)."""
-        if self.reader is None:
+        table = self.entries_table
+        if table is None:
             return None
         try:
-            rows = self._select(f'SELECT CAST(value AS BLOB) FROM "{TABLE}" WHERE key = ?',
-                                (key,))
+            value = table.get(key)
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 self._failed(exc, "read")
@@ -321,10 +362,10 @@ class DiskTier:
         except sqlite3.Error as exc:
             self._failed(exc, "read")
             return None
-        if not rows:
+        if value is None:
             return None
         try:
-            entry = decode_entry(rows[0][0])
+            entry = decode_entry(value)
         except UndecodableEntry as exc:
             log.warning("cache entry for %s could not be decoded (%s): removed", key_model(key),
                         exc)
