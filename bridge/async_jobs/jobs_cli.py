@@ -42,11 +42,7 @@ def summary(job: Job, now: float) -> dict:
 
 def main(argv: Sequence[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(argv))
-    try:
-        state = bridge_settings.resolve(args, STORE_SETTINGS)
-    except bridge_settings.SettingError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    args, state = bridge_settings.tool_args(parser, argv, STORE_SETTINGS)
     store = JobStore(state.state_dir)
     if not store.path.exists():
         print(f"no async jobs (no job store at {store.path})", file=sys.stderr)

@@ -482,6 +482,17 @@ def tool_parser(tool: str, description: str, names: Iterable[str],
     return parser, sub
 
 
+def tool_args(parser: argparse.ArgumentParser, argv: Iterable[str],
+              names: Iterable[str]) -> tuple[argparse.Namespace, "Settings"]:
+    """A tool's command line and the named settings it resolves to; a bad value is one
+    line and exit status 2, as for the server."""
+    args = parser.parse_args(list(argv))
+    try:
+        return args, resolve(args, names)
+    except SettingError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=PROG,

@@ -43,11 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(argv))
-    try:
-        state = bridge_settings.resolve(args, STORE_SETTINGS)
-    except bridge_settings.SettingError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    args, state = bridge_settings.tool_args(parser, argv, STORE_SETTINGS)
     try:
         if args.command == "create":
             return create(state.state_dir, args)
