@@ -5,7 +5,7 @@ gunicorn's fork (`PerProcess`). redis-py talks through the `socket` module, so u
 gevent's monkey-patching its waits are cooperative: a slow Redis holds the greenlet
 that asked, never the worker's event loop (checked by `tests/core/test_redis_link.py`).
 
-Nothing may wait long on Redis: every connect and reply has `TIMEOUT` (50 ms) and no
+Nothing may wait long on Redis: every connect and reply has `--redis-timeout` (50 ms) and no
 client-side retry. A call that fails puts the link in degraded mode for
 `RECONNECT_SECONDS`: callers get `RedisDown` at once, without touching the network, and
 fall back to their instance-local backend; the first call after that tries Redis again
@@ -32,11 +32,11 @@ from redis.retry import Retry
 
 from bridge.core.events import emit
 from bridge.core.forking import PerProcess
-from bridge.core.settings import Settings
+from bridge.core.settings import Settings, defaults
 
 log = logging.getLogger("bridge.redis")
 
-TIMEOUT = 0.05            # seconds: the longest any request waits on one Redis call
+TIMEOUT = defaults().redis_timeout / 1000  # seconds: --redis-timeout's default
 RECONNECT_SECONDS = 1.0   # how long a failed Redis is not asked again
 TOOL_TIMEOUT = 5.0        # seconds: the `keys` and `cache` commands may wait longer
 WARN_EVERY = 60.0         # seconds between two warnings while Redis stays unreachable
@@ -157,13 +157,16 @@ class Script:
 _links: dict[tuple[str, str, float], Link] = {}
 
 
-def link_for(settings: Settings, timeout: float = TIMEOUT) -> Link | None:
+def link_for(settings: Settings, timeout: float | None = None) -> Link | None:
     """The link of `--redis-url` (one per URL, prefix and timeout in a process), None
     without it. Makes no connection: that happens on first use, in the process that uses
-    it. Commands run by an operator pass a longer `timeout` (`TOOL_TIMEOUT`)."""
+    it. The timeout is `--redis-timeout`; commands run by an operator pass a longer one
+    (`TOOL_TIMEOUT`)."""
     secret = getattr(settings, "redis_url", None)
     if not secret:
         return None
+    if timeout is None:
+        timeout = settings.redis_timeout / 1000
     url = secret.reveal()
     prefix = settings.redis_prefix
     link = _links.get((url, prefix, timeout))

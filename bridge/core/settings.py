@@ -400,6 +400,9 @@ SETTINGS: list[Setting] = [
     Setting("redis_prefix", ("--redis-prefix",), "prefix of every Redis key the bridge uses, "
             "so that several deployments can share one Redis",
             Text("any text", required=True), "bridge", "PREFIX"),
+    Setting("redis_timeout", ("--redis-timeout",), "longest wait in ms for one Redis call "
+            "(connect or reply) before this instance serves with its own backends for a "
+            "second", Integer(5, 5_000), 50, "MS"),
     # --- LuaJIT middleware (bridge/lua) --------------------------------------------------
     Setting("enable_luajit", ("--enable-luajit",), "run the Lua script's HandleServerRequest "
             "on every request and HandleServerResponse on every response", Switch(), False),

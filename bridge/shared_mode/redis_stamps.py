@@ -73,7 +73,7 @@ class RevocationStamps:
         return key_hash.encode() in self._known
 
 
-def revocation_stamps(settings: Settings, timeout: float = redis_link.TIMEOUT
+def revocation_stamps(settings: Settings, timeout: float | None = None
                       ) -> RevocationStamps | None:
     """The stamps of `--redis-url`, None without it."""
     link = redis_link.link_for(settings, timeout)
