@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # also when run through runpy (the sweep probe)
 
-from loadgen import load, percentile, tool  # noqa: E402 - imports nothing gevent must patch first
+from loadgen import load, met, percentile, tool  # noqa: E402 - imports nothing gevent must patch first
 
 QUESTION = "Why is the sky blue?"
 DAY_MS = "86400000"
@@ -51,10 +51,6 @@ REPLAY_TARGET_MS = 2.0       # replay / assembly of a 2,000-frame stream
 STALL_TARGET_MS = 10.0       # longest event-loop stall with writers and a held lock
 SWEEP_STALL_TARGET_MS = 20.0
 RSS_TARGET_MB = 150.0        # each worker with the memory tier full
-
-
-def met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def chat_body(question: str) -> dict:

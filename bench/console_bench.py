@@ -14,7 +14,6 @@ lead runs this on a quiet one.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadgen import load, percentile, tool  # noqa: E402
+from loadgen import load, machine_line, percentile, tool  # noqa: E402
 
 from bridge.serve.processes import start_bridge, start_standin  # noqa: E402
 
@@ -63,8 +62,7 @@ def main() -> None:
     parser.add_argument("--status-requests", type=int, default=200)
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="console-bench-"))
-    print(f"load average before the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"on {os.cpu_count()} CPUs (other processes share them); load from {tool()}")
+    print(f"{machine_line()}; load from {tool()}")
     met = []
     with start_standin(log_dir=logs) as standin:
         print(f"\n/status, {args.status_requests} sequential requests after some traffic")

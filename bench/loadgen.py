@@ -38,6 +38,18 @@ end
 """
 
 
+def met(ok: bool) -> str:
+    """How a bench prints whether a target was reached."""
+    return "met" if ok else "MISSED"
+
+
+def machine_line() -> str:
+    """The load the run started on: figures of a shared machine are read against it."""
+    load_avg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"load average before the run: {load_avg} on {os.cpu_count()} CPUs "
+            "(other processes share them)")
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]

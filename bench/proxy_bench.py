@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadgen import HEADERS, load, percentile, tool  # noqa: E402
+from loadgen import HEADERS, load, machine_line, met, percentile, tool  # noqa: E402
 
 from bridge.serve.processes import (  # noqa: E402
     LOOPBACK,
@@ -52,10 +51,6 @@ THINK_STREAM_BODY = json.dumps({"model": "deepseek-r1:7b", "stream": True,
 THINK_HEADERS = {"X-Standin-Think": "tags"}
 MISS_TARGET = STREAM_TARGET = 0.95
 TTFB_TARGET_MS = 1.0
-
-
-def met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def count_frames(url: str) -> int:
@@ -117,8 +112,7 @@ def main() -> int:
     parser.add_argument("--ttfb-requests", type=int, default=300)
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
-    print(f"load average before the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"on {os.cpu_count()} CPUs (other processes share them)")
+    print(machine_line())
     with start_standin(log_dir=logs) as standin:
         reference_port = free_port()
         reference_cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2",

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import load, percentile, tool  # noqa: E402 - imports nothing gevent must patch first
+from loadgen import load, met, percentile, tool  # noqa: E402 - imports nothing gevent must patch first
 
 # targets: a Redis hit within this factor of a local disk hit (p50), and the Redis round
 # trips of a miss within this many ms (p50)
@@ -56,10 +56,6 @@ def ask(url: str, body: dict) -> tuple[str, float]:
     if response.status != 200:
         raise RuntimeError(f"{url} answered {response.status}")
     return response.getheader("x-cache") or "", elapsed
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
 
 
 def bench_tiers(standin_url: str, redis_url: str, workdir: Path, seconds: float,
@@ -91,7 +87,7 @@ def bench_tiers(standin_url: str, redis_url: str, workdir: Path, seconds: float,
               f"  errors {stats['errors']} non2xx {stats['non2xx']}")
     ratio = results["redis"]["p50_ms"] / max(results["disk"]["p50_ms"], 1e-9)
     print(f"  Redis hit p50 x{ratio:.2f} of a disk hit (target <= "
-          f"x{REDIS_HIT_VS_DISK_TARGET:g}): {verdict(ratio <= REDIS_HIT_VS_DISK_TARGET)}")
+          f"x{REDIS_HIT_VS_DISK_TARGET:g}): {met(ratio <= REDIS_HIT_VS_DISK_TARGET)}")
     return results
 
 
@@ -116,7 +112,7 @@ def bench_miss_cost(standin_url: str, redis_url: str, workdir: Path, misses: int
         print(f"  {name:6s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
     print(f"  Redis adds {added:+.2f} ms at p50, "
           f"{figures['redis'][1] - figures['local'][1]:+.2f} ms at p99 (target p50 <= "
-          f"{MISS_OVERHEAD_TARGET_MS:g} ms): {verdict(added <= MISS_OVERHEAD_TARGET_MS)}")
+          f"{MISS_OVERHEAD_TARGET_MS:g} ms): {met(added <= MISS_OVERHEAD_TARGET_MS)}")
     return added
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import load, tool  # noqa: E402
+from bench.loadgen import load, met, tool  # noqa: E402
 from bridge.core import settings as bridge_settings  # noqa: E402
 from bridge.core.exchange import Exchange  # noqa: E402
 from bridge.core.pipeline import Context  # noqa: E402
@@ -132,7 +132,7 @@ def main() -> None:
         path = upstreams_file(Path(tempfile.mkdtemp(prefix="bench-routing-")), urls)
         cost = bench_cost(path, args.rounds)
         print(f"routing cost per request: {cost:.1f} us (target < {COST_TARGET_US:g} us): "
-              f"{'met' if cost < COST_TARGET_US else 'NOT met'}")
+              f"{met(cost < COST_TARGET_US)}")
         results = bench_throughput(path, urls, args.duration, args.connections)
         for name, result in results.items():
             rps = result.get("rps", result["requests"] / result["seconds"])
@@ -144,7 +144,7 @@ def main() -> None:
         one, three = (result["rps"] for result in results.values())
         ratio = three / one if one else 0.0
         print(f"three upstreams / one upstream: {ratio:.2f} (target >= "
-              f"{THROUGHPUT_TARGET:.2f}): {'met' if ratio >= THROUGHPUT_TARGET else 'NOT met'}")
+              f"{THROUGHPUT_TARGET:.2f}): {met(ratio >= THROUGHPUT_TARGET)}")
     finally:
         for process in (*boxes, api):
             process.stop()
