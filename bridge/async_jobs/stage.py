@@ -26,6 +26,7 @@ from bridge.core.errors import BadRequest, Conflict, NotFound, ServiceUnavailabl
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
+from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.settings import Settings, upstream_key
 from bridge.core.upstream import Backoff
 
@@ -37,8 +38,8 @@ ASYNC_ENDPOINTS = frozenset({"chat", "completions", "generate"})  # /v1 and /api
 STATUS_ENDPOINT = "async"   # the routes' endpoint kind of GET /v1|/api/async/<fingerprint>
 STATUS_PATHS = {"openai": "/v1/async/", "ollama": "/api/async/"}
 # The client's credentials: never in the stored request (see `credentials`).
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "cookie")
-NOT_STORED = frozenset(CREDENTIAL_HEADERS) | {"content-length", "x-request-id"}
+STORED_CREDENTIALS = (*CREDENTIAL_HEADERS, "cookie")
+NOT_STORED = frozenset(STORED_CREDENTIALS) | {"content-length", "x-request-id"}
 # Typed exchange fields set by outer stages, which the job's exchange gets back.
 FACTS = ("client_key", "cache_scope", "upstream")
 RETRY_AFTER = "1"           # seconds: most generations are over in a few
@@ -163,7 +164,7 @@ class AsyncStage(Stage):
         headers hold the bridge's own key by now, which is never stored)."""
         if self.upstream_authorization is not None:
             return None
-        given = {name: ex.headers[name] for name in CREDENTIAL_HEADERS if name in ex.headers}
+        given = {name: ex.headers[name] for name in STORED_CREDENTIALS if name in ex.headers}
         return given or None
 
     # --- the runner's side ----------------------------------------------------------------

@@ -30,11 +30,11 @@ from pathlib import Path
 
 from bridge.core import instance
 from bridge.core.exchange import Exchange
+from bridge.core.redaction import CREDENTIAL_HEADERS
 
 log = logging.getLogger("bridge.cache")
 
 CREDENTIAL_TTL = 300.0   # seconds a credential the upstream accepted is trusted without asking
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 SWEEP_INTERVAL = 60.0    # how often forgotten credentials' files are removed
 _SALT_FILE = "cache-credential-salt"
 _DIRECTORY = "cache-credentials"

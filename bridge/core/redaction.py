@@ -25,6 +25,11 @@ from bridge.core.exchange import Frame, Response
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
 
+# Request headers that carry a client's credentials (OpenAI's bearer, Anthropic-style
+# keys): one list for shared mode, routing, the cache's credential check, async jobs and
+# the logs.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+
 # Query parameters that carry credentials (Google-style `?key=`, `?api_key=`, OAuth's
 # `?access_token=`, …): never sent upstream in shared mode, never logged. Lower case,
 # compared after percent-decoding.

@@ -35,6 +35,7 @@ from bridge.core.exchange import (
     usage_in,
 )
 from bridge.core.forking import PerProcess
+from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.settings import Settings, upstream_key
 
 log = logging.getLogger("bridge.upstream")
@@ -48,8 +49,6 @@ HOP_BY_HOP = frozenset({
 })
 NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
-# Where a client's credentials travel: replaced by a routed upstream's own key, if any.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
 READ_SIZE = 65536
 

@@ -17,14 +17,14 @@ import time
 from typing import Any, Mapping
 
 from bridge.core import redaction
-from bridge.core.redaction import REDACTED
+from bridge.core.redaction import CREDENTIAL_HEADERS, REDACTED
 from bridge.core.settings import Settings, configured_secrets
 
 FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 # Headers whose values are credentials: never logged.
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key",
-                            "cookie", "set-cookie"})
+SECRET_HEADERS = frozenset({*CREDENTIAL_HEADERS, "proxy-authorization", "cookie",
+                            "set-cookie"})
 
 
 def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:

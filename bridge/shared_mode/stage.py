@@ -23,15 +23,13 @@ from bridge.core import events
 from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
-from bridge.core.redaction import CREDENTIAL_QUERY_PARAMS, Redactor
+from bridge.core.redaction import CREDENTIAL_HEADERS, CREDENTIAL_QUERY_PARAMS, Redactor
 from bridge.core.settings import Settings, upstream_key
 from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError
 from bridge.shared_mode.redis_stamps import revocation_stamps
 
 log = logging.getLogger("bridge.auth")
 
-# Credentials a client may send for its own upstream account: never forwarded in shared mode.
-CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge"'}
 
 
@@ -75,7 +73,7 @@ class AuthStage(Stage):
 
     def on_request(self, ex: Exchange) -> None:
         presented = presented_key(ex.headers)
-        for name in CLIENT_CREDENTIAL_HEADERS:
+        for name in CREDENTIAL_HEADERS:
             ex.headers.pop(name, None)
         ex.query, in_query = without_credentials(ex.query)
         key = self.authenticate(ex, presented, in_query)
