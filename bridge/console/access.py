@@ -16,6 +16,8 @@ import ipaddress
 
 import flask
 
+from bridge.core.redaction import bearer_token, secret_matches
+
 COOKIE = "bridge_console"
 FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 ALLOWED, LOGIN, REFUSED, WRONG_KEY = "allowed", "login", "refused", "wrong key"
@@ -39,18 +41,11 @@ def decide(request: flask.Request, admin_key: str) -> str:
     and an admin key is set: the login form or a 401); REFUSED (remote, no admin key)."""
     given = request.headers.get("authorization", "").strip()
     if given:
-        scheme, _, token = given.partition(" ")
-        if (admin_key and scheme.lower() == "bearer"
-                and hmac.compare_digest(token.strip().encode(), admin_key.encode())):
+        if secret_matches(bearer_token(given), admin_key):
             return ALLOWED
         return WRONG_KEY
-    if admin_key and hmac.compare_digest(request.cookies.get(COOKIE, "").encode(),
-                                         cookie_value(admin_key).encode()):
+    if admin_key and secret_matches(request.cookies.get(COOKIE, ""), cookie_value(admin_key)):
         return ALLOWED
     if not is_remote(request):
         return ALLOWED
     return LOGIN if admin_key else REFUSED
-
-
-def key_matches(given: str, admin_key: str) -> bool:
-    return bool(admin_key) and hmac.compare_digest(given.encode(), admin_key.encode())

@@ -14,6 +14,7 @@ import flask
 
 from bridge.console import access, history, recent, status
 from bridge.core.errors import BadRequest, BridgeError, Forbidden, Unauthorized, error_response
+from bridge.core.redaction import secret_matches
 from bridge.core.settings import Settings, configured_secrets
 
 blueprint = flask.Blueprint("console", __name__)
@@ -108,7 +109,7 @@ def login() -> flask.Response:
     admin_key = _admin_key()
     if not admin_key:
         return _refusal(access.REFUSED, html=True)
-    if not access.key_matches(flask.request.form.get("key", ""), admin_key):
+    if not secret_matches(flask.request.form.get("key", ""), admin_key):
         return _login_form("That is not the admin key.", 401)
     response = flask.redirect("/console", code=303)
     response.set_cookie(access.COOKIE, access.cookie_value(admin_key), httponly=True,

@@ -14,6 +14,7 @@ with the secrets of the settings: `install(secrets)`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -29,6 +30,18 @@ MIN_SECRET_LENGTH = 8
 # keys): one list for shared mode, routing, the cache's credential check, async jobs and
 # the logs.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+
+def bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer TOKEN` value (any case of "Bearer"), or ""."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def secret_matches(given: str, expected: str) -> bool:
+    """Whether `given` is the configured secret, compared in constant time; never when
+    no secret is configured."""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
 
 # Query parameters that carry credentials (Google-style `?key=`, `?api_key=`, OAuth's
 # `?access_token=`, …): never sent upstream in shared mode, never logged. Lower case,

@@ -18,7 +18,6 @@ largest value any worker saw.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -27,6 +26,7 @@ import flask
 
 from bridge.core import events, instance
 from bridge.core.errors import Unauthorized, error_response
+from bridge.core.redaction import bearer_token, secret_matches
 
 log = logging.getLogger("bridge.metrics")
 
@@ -255,14 +255,11 @@ def init_app(app: flask.Flask) -> None:
 
 def _metrics_key_check(key: str) -> Callable[[], flask.Response | None]:
     """A `before_request` hook: `/metrics` without the metrics key is a 401."""
-    expected = f"Bearer {key}".encode()
-
     def check() -> flask.Response | None:
         if flask.request.path != METRICS_PATH:
             return None
         given = flask.request.headers.get("authorization", "").strip()
-        scheme, _, token = given.partition(" ")
-        if hmac.compare_digest(f"{scheme.capitalize()} {token.strip()}".encode(), expected):
+        if secret_matches(bearer_token(given), key):
             return None
         message = ("Incorrect metrics key" if given else
                    "Missing metrics key: send 'Authorization: Bearer <the --metrics-key>'")

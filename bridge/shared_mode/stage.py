@@ -23,7 +23,12 @@ from bridge.core import events
 from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
-from bridge.core.redaction import CREDENTIAL_HEADERS, CREDENTIAL_QUERY_PARAMS, Redactor
+from bridge.core.redaction import (
+    CREDENTIAL_HEADERS,
+    CREDENTIAL_QUERY_PARAMS,
+    Redactor,
+    bearer_token,
+)
 from bridge.core.settings import Settings, upstream_key
 from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError
 from bridge.shared_mode.redis_stamps import revocation_stamps
@@ -33,14 +38,9 @@ log = logging.getLogger("bridge.auth")
 CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge"'}
 
 
-def bearer_token(headers: dict[str, str]) -> str:
-    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def presented_key(headers: dict[str, str]) -> str:
     """The key the client sent: `Authorization: Bearer …`, else `X-Api-Key`, else `Api-Key`."""
-    return (bearer_token(headers) or headers.get("x-api-key", "").strip()
+    return (bearer_token(headers.get("authorization", "")) or headers.get("x-api-key", "").strip()
             or headers.get("api-key", "").strip())
 
 
