@@ -580,16 +580,19 @@ def stream_response(surface: str, frames: Iterable[Frame], rewriter: Rewriter,
 def _replayed(response: Response, frames: Iterator[Frame], rewriter: Rewriter,
               surface: str) -> Iterator[Frame]:
     codec = stream_codec(surface)
+    told = False  # the stream already carries an in-band error (the upstream client's)
     for frame in frames:
         if streaming.is_terminal(frame, codec):
             response.outcome = "complete"
         out = rewriter.frame(frame)
         if out is not None:
+            told = streaming.is_error(out)
             yield out
-    if response.outcome is None:  # a flight whose upstream stream broke off: say so
+    if response.outcome is None:  # a flight whose upstream stream broke off: say so, once
         response.outcome = "truncated"
-        yield streaming.error_frame(surface, "upstream stream ended "
-                                    "prematurely", code="upstream_stream_truncated")
+        if not told:
+            yield streaming.error_frame(surface, "upstream stream ended prematurely",
+                                        code="upstream_stream_truncated")
 
 
 def _replayed_plan(response: Response, frames: Iterator[Frame], count: int
