@@ -18,11 +18,12 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
 
 from bridge.cache.entry import ASSEMBLED, JOINED, REPLAY, SEPARATOR, Entry
 from bridge.core import streaming
-from bridge.core.exchange import Exchange, Frame, Response, encode_json
+from bridge.core.exchange import Exchange, Frame, Replayable, Response, encode_json
 from bridge.core.reasoning import OLLAMA_REASONING_FIELD as THINKING
 from bridge.core.reasoning import REASONING_FIELDS
 
@@ -540,10 +541,10 @@ def _template(entry: Entry) -> bytes | None:
     return entry.derived["template"]
 
 
-def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
-    """The entry's body, as a template stamped with a fresh identity when the response
-    leaves the pipeline (so that stages outside the cache see the same bytes for every
-    replay, and may keep what they derive from them in the entry's `memo`)."""
+def body_response(entry: Entry, rewriter: Rewriter, headers: dict[str, str]) -> Response:
+    """The entry's body, as a template stamped with `rewriter`'s identity when the
+    response leaves the pipeline (so that stages outside the cache see the same bytes for
+    every replay, and may keep what they derive from them in the entry's `memo`)."""
     headers = {"content-type": BODY_CONTENT_TYPES[entry.surface], **headers}
     body = entry_body(entry)
     if entry.endpoint in EMBEDDING_ENDPOINTS:
@@ -551,7 +552,6 @@ def body_response(entry: Entry, shape: Shape, headers: dict[str, str]) -> Respon
     template = _template(entry)
     if template is None:
         return Response(status=200, headers=headers, body=body, memo=entry.derived)
-    rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
     return Response(status=200, headers=headers, body=template, memo=entry.derived,
                     stamp=lambda body: _stamp(body, rewriter))
 
@@ -604,10 +604,12 @@ def _replayed_plan(response: Response, frames: Iterator[Frame], count: int
     yield from frames
 
 
-def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response:
-    """A response for a stored entry, in the shape the client asked for."""
+def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str],
+                revisit: Callable[[], float | None] | None = None) -> Response:
+    """A response for a stored entry, in the shape the client asked for. With `revisit`
+    (the tier's check that the entry is still current), it is `replayable`."""
+    rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
     if shape.stream and entry.endpoint not in EMBEDDING_ENDPOINTS:
-        rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
         plan = stream_plan(entry)
         if plan is None:
             return stream_response(entry.surface, entry_frames(entry), rewriter, headers)
@@ -616,5 +618,33 @@ def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str]) -> Response
                                              stream_codec(entry.surface))
         response.map_frames(lambda source: _replayed_plan(response, source, len(frames)))
         response.ready = True
-        return response
-    return body_response(entry, shape, headers)
+    else:
+        response = body_response(entry, rewriter, headers)
+    if revisit is not None:
+        response.replayable = Replayable(revisit, partial(restamper, rewriter))
+    return response
+
+
+def restamper(rewriter: Rewriter, sent: bytes) -> Callable[[], bytes]:
+    """What makes `sent` (an answer stamped with `rewriter`'s identity, as it went out,
+    whatever stages changed on the way) again with a fresh identity for each response:
+    the id (random hex: found only where it was put) and `"created":N` (a key, since
+    quotes inside strings are escaped) become placeholders once; Ollama's `created_at`
+    values are all set to the time of the response, as a replay does."""
+    template = sent.replace(rewriter.id.encode(), _ID_SLOT)
+    created = b'"created":%d' % rewriter.created
+    template = template.replace(created, b'"created":' + _CREATED_SLOT)
+    times = _CREATED_AT_FIELD.search(template) is not None
+    prefix = rewriter.id[:-24].encode()  # the id: a prefix and 24 hex digits
+
+    def make() -> bytes:
+        out = template.replace(_ID_SLOT, b"%s%024x" % (prefix, random.getrandbits(96)))
+        out = out.replace(_CREATED_SLOT, b"%d" % time.time())
+        if times:
+            out = _CREATED_AT_FIELD.sub(b'"created_at":' + encode_json(ollama_time()), out)
+        return out
+
+    return make
+
+
+_ID_SLOT, _CREATED_SLOT = b"\0id\0", b"\0created\0"  # never in JSON: a raw NUL byte

@@ -29,6 +29,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gevent
@@ -210,12 +211,21 @@ class CacheStage(Stage):
         age = entry.age()
         if control.max_age is not None and age > control.max_age:
             return False
-        ex.response = replay.serve_entry(entry, shape, {"age": str(int(age))})
+        revisit = partial(self._revisit, key, entry) if tier == HIT_MEMORY else None
+        ex.response = replay.serve_entry(entry, shape, {"age": str(int(age))}, revisit)
         self._mark(ex, tier)
         label = tier.removeprefix("HIT-").lower()
         emit("cache.hit", tier=label)
         saved(entry, label)
         return True
+
+    def _revisit(self, key: str, entry: Entry) -> float | None:
+        """One more request identical to one this memory hit answered (`Replayable`): it
+        counts as the lookup did; the entry's age, or None once it left the memory tier."""
+        self.hot.touch(key)
+        if self.memory.get(key) is not entry:
+            return None
+        return entry.age()
 
     def _subscribe(self, ex: Exchange, flight: Flight, leader: bool = False) -> None:
         flight.join()

@@ -29,12 +29,16 @@ Event names in use (feature.what; labels in brackets):
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
+
+from gevent import getcurrent
 
 log = logging.getLogger("bridge.events")
 
 Listener = Callable[[str, float, dict[str, str]], None]
+Event = tuple[str, float, dict[str, str]]
 _listeners: list[Listener] = []
+_recorders: dict[Any, list[Event]] = {}  # greenlet -> the events it emitted since record()
 
 
 def subscribe(listener: Listener) -> None:
@@ -47,7 +51,23 @@ def unsubscribe(listener: Listener) -> None:
         _listeners.remove(listener)
 
 
+def record() -> list[Event]:
+    """Start keeping the events this greenlet (one request) emits, in the list returned,
+    until `stop_recording()`: what an identical request would emit again."""
+    recorded: list[Event] = []
+    _recorders[getcurrent()] = recorded
+    return recorded
+
+
+def stop_recording() -> None:
+    _recorders.pop(getcurrent(), None)
+
+
 def emit(name: str, value: float = 1.0, **labels: str) -> None:
+    if _recorders:
+        recorded = _recorders.get(getcurrent())
+        if recorded is not None:
+            recorded.append((name, value, labels))
     for listener in _listeners:
         try:
             listener(name, value, labels)

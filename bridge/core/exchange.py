@@ -94,6 +94,22 @@ class Frame:
 
 
 @dataclass
+class Replayable:
+    """An answer that any identical request would get again, as long as it is current
+    (a hit in this worker's memory tier): what lets the web layer answer repeats of a
+    request without running the pipeline (`bridge.web.fast_hits`).
+
+    `revisit()` counts one more identical request with the stage that answered and says
+    how old the answer is in seconds, or None when it is no longer current (evicted,
+    expired, purged). `restamper(sent)`, given the bytes that went out, returns what
+    makes the same bytes with each response's own identity (id, created).
+    """
+
+    revisit: Callable[[], float | None]
+    restamper: Callable[[bytes], Callable[[], bytes]]
+
+
+@dataclass
 class Response:
     """A response on its way to the client: either a whole `body` or a stream of `frames`.
 
@@ -119,6 +135,7 @@ class Response:
     ready: bool = False
     memo: dict[Any, Any] | None = field(default=None, repr=False)
     stamp: Callable[[bytes], bytes] | None = field(default=None, repr=False)
+    replayable: Replayable | None = field(default=None, repr=False)
     _json: Any = field(default=None, repr=False)
 
     @property

@@ -18,6 +18,7 @@ from bridge.core.pipeline import Pipeline
 from bridge.core.settings import Settings
 from bridge.observability import logs, metrics
 from bridge.observability import stage as observe
+from bridge.web import fast_hits
 from bridge.web.proxy import bare_exchange, to_flask, too_large_message
 from bridge.web.routes import ollama_api, openai_api, ops, unrouted
 
@@ -44,6 +45,8 @@ def create_app(settings: Settings) -> flask.Flask:
     observe.init_app(app)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+    if fast_hits.applies(settings):
+        app.wsgi_app = fast_hits.FastHits(app.wsgi_app, settings)  # type: ignore[method-assign]
     return app
 
 

@@ -15,7 +15,7 @@ import os
 import re
 import socket
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import flask
 import gevent
@@ -62,17 +62,27 @@ def request_id(headers: dict[str, str]) -> str:
     return given if _REQUEST_ID.match(given) else os.urandom(16).hex()  # 32 hex digits
 
 
+# WSGI environ keys: the body read before Flask (`bridge.web.fast_hits`), or why it could
+# not be read; the request's exchange, for the same module to look at once answered.
+PREREAD = "bridge.preread"
+EXCHANGE = "bridge.exchange"
+
+
 def build_exchange(surface: str, endpoint: str, body_timeout: float) -> Exchange:
     request = flask.request._get_current_object()  # type: ignore[attr-defined]
     environ = request.environ
     headers = request_headers(environ)
+    preread = environ.pop(PREREAD, None)
+    if isinstance(preread, UnreadableBody):
+        raise preread
     rid = request_id(headers)
     ex = Exchange(
         surface=surface, endpoint=endpoint, method=request.method, path=request.path,
         query=environ.get("QUERY_STRING", ""), headers=headers,
-        body=read_body(request, body_timeout, rid), request_id=rid,
-        client_addr=request.remote_addr or "",
+        body=preread if preread is not None else read_body(request, body_timeout, rid),
+        request_id=rid, client_addr=request.remote_addr or "",
         raw_path=environ.get("RAW_URI", "").partition("?")[0])
+    environ[EXCHANGE] = ex
     if endpoint in MODEL_ENDPOINTS:
         ex.payload = parse_model_request(ex.body)
     return ex
@@ -99,10 +109,26 @@ def read_body(request: flask.Request, timeout: float, rid: str) -> bytes:
     `UnreadableBody` when it does not arrive whole within `timeout` seconds
     (`--body-read-timeout`: 408), is malformed (chunking: 400) or the client hangs up
     while sending it (400, to nobody: logged as one INFO line)."""
+    return read_within(timeout, rid, partial(_read_body, request))
+
+
+def read_declared(environ: dict, length: int, timeout: float, rid: str) -> bytes:
+    """A body of a declared `length` (within the size limit), read as `read_body` does."""
+    return read_within(timeout, rid, partial(_read_length, environ, length))
+
+
+def _read_length(environ: dict, length: int) -> bytes:
+    body = environ["wsgi.input"].read(length) if length else b""
+    if len(body) < length:
+        raise _ClientLeft()
+    return body
+
+
+def read_within(timeout: float, rid: str, read: Callable[[], bytes]) -> bytes:
     timer = gevent.Timeout(timeout)
     try:
         with timer:
-            return _read_body(request)
+            return read()
     except gevent.Timeout as exc:
         if exc is not timer:
             raise
@@ -132,10 +158,7 @@ def _read_body(request: flask.Request) -> bytes:
         length = int(declared)
         if limit is not None and length > limit:
             raise PayloadTooLarge(too_large_message(limit))
-        body = environ["wsgi.input"].read(length) if length else b""
-        if len(body) < length:
-            raise _ClientLeft()
-        return body
+        return _read_length(environ, length)
     if (limit is not None and request.content_length is None
             and environ.get("wsgi.input_terminated")):
         body = environ["wsgi.input"].read(limit + 1)
