@@ -39,6 +39,7 @@ Listener = Callable[[str, float, dict[str, str]], None]
 Event = tuple[str, float, dict[str, str]]
 _listeners: list[Listener] = []
 _recorders: dict[Any, list[Event]] = {}  # greenlet -> the events it emitted since record()
+_additive: set[str] = set()
 
 
 def subscribe(listener: Listener) -> None:
@@ -49,6 +50,16 @@ def subscribe(listener: Listener) -> None:
 def unsubscribe(listener: Listener) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
+
+
+def declare_additive(names: set[str]) -> None:
+    """Events whose every subscriber only adds their values up (counters): emitting one
+    n times may be replaced by emitting n times its value once (`additive`)."""
+    _additive.update(names)
+
+
+def additive(name: str) -> bool:
+    return name in _additive
 
 
 def record() -> list[Event]:

@@ -251,6 +251,12 @@ def init_app(app: flask.Flask) -> None:
     if _bridge is None:
         _bridge = _Bridge()
         events.subscribe(_bridge)
+        # events that only feed counters add up (the console listens to request.error,
+        # which feeds no metric)
+        events.declare_additive(
+            {metric.event for metric in METRICS}
+            - {metric.event for metric in METRICS
+               if metric.kind not in (COUNTER, GAUGE_ADD) or metric.only})
 
 
 def _metrics_key_check(key: str) -> Callable[[], flask.Response | None]:

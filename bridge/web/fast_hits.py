@@ -7,7 +7,9 @@ keeps the bytes that went out, as every stage left them, under the request as it
 (path, query, body, credential headers). An identical request within `MEMO_SECONDS` is
 answered from there once the cache says the entry is still current (which counts as a
 lookup: LRU order, hot tracking), with its own identity (id, created), request id and
-Age, and the same access line and events (metrics, console) as the first one.
+Age, and the same access line and events (metrics, console) as the first one: the
+events of all repeats answered in one turn of the event loop are emitted once at its
+end, with their values added up (they only feed counters: `events.additive`).
 Everything else goes through Flask: other paths and methods, requests with
 Cache-Control or Pragma, bodies of unknown or larger size, the first request of each
 MEMO_SECONDS, and any answer that was not such a hit.
@@ -26,6 +28,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
+
+import gevent
 
 from bridge.core import events
 from bridge.core.exchange import Exchange
@@ -67,6 +71,7 @@ class _Answer:
     events: list[events.Event]  # what the pipeline emitted for it, but `FINISHED`
     route: str
     ex: Exchange  # the first request's: the access line's fields
+    pending: int = 0  # repeats whose events are not emitted yet
 
 
 class FastHits:
@@ -77,6 +82,7 @@ class FastHits:
         self.timeout = settings.body_read_timeout / 1000
         self.body_limit = min(BODY_LIMIT, settings.max_body_size)
         self.answers: OrderedDict[tuple[Any, ...], _Answer] = OrderedDict()
+        self.unsaid: list[_Answer] = []  # answers with `pending` repeats
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         declared = environ.get("CONTENT_LENGTH", "")
@@ -111,8 +117,11 @@ class FastHits:
         start_response(answer.status, [*answer.headers, ("x-request-id", rid),
                                        ("age", str(int(age))),
                                        ("content-length", str(len(body)))])
-        for name, value, labels in answer.events:
-            events.emit(name, value, **labels)
+        answer.pending += 1
+        if answer.pending == 1:
+            if not self.unsaid:
+                gevent.get_hub().loop.run_callback(self._say)
+            self.unsaid.append(answer)
 
         def finished() -> None:
             record(method="POST", path=environ["PATH_INFO"], route=answer.route, status=200,
@@ -120,6 +129,15 @@ class FastHits:
                    duration=time.perf_counter() - started)
 
         return _Sent([body], finished)
+
+    def _say(self) -> None:
+        """Once per turn of the event loop: the events of the repeats answered in it, each
+        once with its values times the number of repeats (they are all additive)."""
+        unsaid, self.unsaid = self.unsaid, []
+        for answer in unsaid:
+            times, answer.pending = answer.pending, 0
+            for name, value, labels in answer.events:
+                events.emit(name, value * times, **labels)
 
     def _through(self, key: tuple[Any, ...], environ: dict,
                  start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -148,8 +166,10 @@ class FastHits:
             events.stop_recording()
             body = b"".join(chunks)
             ending = [event for event in recorded if event[0] == FINISHED]
+            repeated = [event for event in recorded if event[0] != FINISHED]
             if not complete or len(body) > ANSWER_LIMIT or not ending or \
-                    response.outcome not in (None, "complete"):
+                    response.outcome not in (None, "complete") or \
+                    not all(events.additive(name) for name, _, _ in repeated):
                 return
             replayable = response.replayable
             assert replayable is not None and ex is not None
@@ -158,7 +178,7 @@ class FastHits:
                 body=replayable.restamper(body), status=sent[0],
                 headers=[(name, value) for name, value in sent[1]
                          if name.lower() not in PER_RESPONSE],
-                events=[event for event in recorded if event[0] != FINISHED],
+                events=repeated,
                 route=ending[-1][2].get("route", ""), ex=ex)
             while len(self.answers) > MEMO_ANSWERS:
                 self.answers.popitem(last=False)
