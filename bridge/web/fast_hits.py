@@ -40,7 +40,8 @@ from bridge.web.proxy import EXCHANGE, PREREAD, UnreadableBody, read_declared, r
 from bridge.web.routes import ollama_api, openai_api
 
 MEMO_SECONDS = 1.0      # how long an answer is repeated before the pipeline answers again
-MEMO_ANSWERS = 512      # answers kept per worker (least recently used dropped)
+MEMO_ANSWERS = 512      # answers kept per worker (least recently used dropped) ...
+MEMO_BYTES = 8 << 20    # ... and their bytes (beside the memory tier's own budget)
 BODY_LIMIT = 16 * 1024  # larger requests always go through Flask
 ANSWER_LIMIT = 1 << 20  # larger answers are not kept
 FINISHED = "request.finished"  # emitted per request with its own duration, never repeated
@@ -71,6 +72,7 @@ class _Answer:
     events: list[events.Event]  # what the pipeline emitted for it, but `FINISHED`
     route: str
     ex: Exchange  # the first request's: the access line's fields
+    size: int  # bytes held: the answer, the request, the first exchange's copies
     pending: int = 0  # repeats whose events are not emitted yet
 
 
@@ -82,6 +84,7 @@ class FastHits:
         self.timeout = settings.body_read_timeout / 1000
         self.body_limit = min(BODY_LIMIT, settings.max_body_size)
         self.answers: OrderedDict[tuple[Any, ...], _Answer] = OrderedDict()
+        self.size = 0  # bytes of the kept answers
         self.unsaid: list[_Answer] = []  # answers with `pending` repeats
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -106,7 +109,7 @@ class FastHits:
             if age is not None:
                 self.answers.move_to_end(key)
                 return self._repeat(answer, age, rid, environ, started, start_response)
-            del self.answers[key]
+            self._drop(key)
         environ[PREREAD] = body
         environ["wsgi.input"] = io.BytesIO(body)
         return self._through(key, environ, start_response)
@@ -129,6 +132,17 @@ class FastHits:
                    duration=time.perf_counter() - started)
 
         return _Sent([body], finished)
+
+    def _keep(self, key: tuple[Any, ...], answer: _Answer) -> None:
+        if key in self.answers:
+            self._drop(key)
+        self.answers[key] = answer
+        self.size += answer.size
+        while len(self.answers) > MEMO_ANSWERS or self.size > MEMO_BYTES:
+            self._drop(next(iter(self.answers)))
+
+    def _drop(self, key: tuple[Any, ...]) -> None:
+        self.size -= self.answers.pop(key).size
 
     def _say(self) -> None:
         """Once per turn of the event loop: the events of the repeats answered in it, each
@@ -173,15 +187,13 @@ class FastHits:
                 return
             replayable = response.replayable
             assert replayable is not None and ex is not None
-            self.answers[key] = _Answer(
+            self._keep(key, _Answer(
                 made=time.monotonic(), revisit=replayable.revisit,
                 body=replayable.restamper(body), status=sent[0],
                 headers=[(name, value) for name, value in sent[1]
                          if name.lower() not in PER_RESPONSE],
-                events=repeated,
-                route=ending[-1][2].get("route", ""), ex=ex)
-            while len(self.answers) > MEMO_ANSWERS:
-                self.answers.popitem(last=False)
+                events=repeated, route=ending[-1][2].get("route", ""), ex=ex,
+                size=2 * len(body) + 3 * len(key[2]) + 2048))
 
         return _Kept(result, chunks, finished)
 
