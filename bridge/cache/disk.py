@@ -16,14 +16,19 @@ once, by the first process that finds it (under a file lock; the others see a ne
 and just reopen). An entry that fails to decode is removed. Opening happens per
 process, after fork.
 
-Nothing here holds a worker's event loop while SQLite waits for another process. A store
-or a lease claim is tried on the loop on a "quick" connection that never waits for the
-write lock and never checkpoints the WAL (a sub-millisecond statement in WAL mode); when
-another process holds the write lock, it is done instead on the writer
-connection in one native thread of this process (`bridge.core.offloop`, when gevent
-has patched threading), where waiting up to `BUSY_TIMEOUT_MS` costs the calling greenlet
-only. Everything else that writes (releases, deletes, TTL sweeps, eviction, the WAL
-checkpoint each sweeper round) always runs there. Reads run on the loop: entries are
+Nothing here holds a worker's event loop while SQLite waits for another process. The
+writes a request makes (a store, a lease claim or release, the delete of one entry, the
+eviction of at most `INLINE_EVICTION` rows after a store) run on the loop on a "quick"
+connection that never waits for the write lock and never checkpoints the WAL (a
+sub-millisecond statement in WAL mode). While another process holds the write lock, a
+worker tries again after short pauses (`RETRY_PAUSES`: the loop runs on meanwhile) for
+up to `BUSY_TIMEOUT_MS`; a process without an event loop (the `cache` command) uses the
+writer connection instead, which waits itself. Handing these short statements to a
+thread would cost more than they do: the thread takes the GIL several times per call,
+and on a busy machine the loop waits for it (see `bridge.core.offloop`). What can take
+longer (TTL sweeps and eviction in batches, purges, the WAL checkpoint each sweeper
+round) runs on the writer connection in one native thread of this process, where
+waiting costs the calling greenlet only. Reads run on the loop: entries are
 read through sqlitedict (`SqliteDict` on the tier's table, values as bytes: its
 connection thread is a greenlet under gevent, fine for reads, since in WAL mode a reader
 never waits for writers), maintenance reads (counts, purges, sweeps) on a plain
@@ -57,7 +62,7 @@ from bridge.cache.entry import (
 from bridge.cache.keys import SEPARATOR, key_model, model_prefix
 from bridge.core.events import emit
 from bridge.core.instance import pid_alive
-from bridge.core.offloop import SerialThread
+from bridge.core.offloop import SerialThread, background, cooperative, pause
 
 log = logging.getLogger("bridge.cache")
 logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)  # its errors reach us raised
@@ -67,7 +72,11 @@ FILE_NAME = "responses.sqlite"
 TABLE = "responses"
 BUSY_TIMEOUT_MS = 2000
 READ_BUSY_TIMEOUT_MS = 5
-INLINE_EVICTION = 64  # rows evicted by a store itself; the sweeper does larger backlogs
+INLINE_EVICTION = 64  # rows evicted by a store itself (< 1 ms); the sweeper does larger backlogs
+# Between two tries of a write while another process holds the lock (seconds): soon at
+# first (other writers' transactions are short), then every 5 ms, as SQLite's own busy
+# handler would, until BUSY_TIMEOUT_MS.
+RETRY_PAUSES = (0.0005, 0.001, 0.002, 0.005)
 RECOVER_INTERVAL = 10.0
 
 SCHEMA = f"""
@@ -195,11 +204,22 @@ def _fetch_all(conn: sqlite3.Connection, sql: str, args: tuple) -> list[tuple]:
     return conn.execute(sql, args).fetchall()
 
 
-def _store(conn: sqlite3.Connection, key: str, value: bytes) -> int:
-    """Write one entry; returns the entry count (kept by the triggers) read with it."""
-    conn.execute(f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)', (key, value))
+def _entry_count(conn: sqlite3.Connection) -> int:
+    """The entry count the triggers keep (one row: never a `COUNT(*)`)."""
     row = conn.execute("SELECT value FROM cache_meta WHERE name = 'entries'").fetchone()
     return int(row[0]) if row else 0
+
+
+def _store(conn: sqlite3.Connection, key: str, value: bytes) -> int:
+    """Write one entry; returns the entry count read with it."""
+    conn.execute(f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)', (key, value))
+    return _entry_count(conn)
+
+
+def _delete_counted(conn: sqlite3.Connection, where: str, args: tuple) -> tuple[list[str], int]:
+    """Delete the entries `where` says; returns their keys and the entry count after."""
+    rows = conn.execute(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args).fetchall()
+    return [row[0] for row in rows], _entry_count(conn)
 
 
 def _locked(exc: Exception) -> bool:
@@ -325,15 +345,27 @@ class DiskTier:
         return self.writer.run(function, self._writer, *args)
 
     def _quickly(self, function: Any, *args: Any) -> Any:
-        """`function(connection, *args)` on the loop when the write lock is free, else off
-        the loop on the writer connection (waiting for another process's lock there)."""
-        if self._quick is not None:
+        """`function(connection, *args)` on the loop, never waiting there for the write
+        lock: while another process holds it, tried again after `RETRY_PAUSES` in a
+        worker, or done on the writer connection (which waits) in a process without an
+        event loop. Gives up with the lock error after `BUSY_TIMEOUT_MS`."""
+        if self._quick is None:
+            return self._write(function, *args)  # raises: not open
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        tries = 0
+        while True:  # bounded by the deadline
             try:
                 return function(self._quick, *args)
             except sqlite3.OperationalError as exc:
                 if not _locked(exc):
                     raise
-        return self._write(function, *args)
+                if not cooperative():
+                    return self._write(function, *args)
+                wait = RETRY_PAUSES[min(tries, len(RETRY_PAUSES) - 1)]
+                if time.monotonic() + wait > deadline:
+                    raise
+            pause(wait)
+            tries += 1
 
     def checkpoint(self) -> None:
         """Move the WAL into the file (what the loop's writes leave for later), off the loop."""
@@ -390,15 +422,11 @@ class DiskTier:
             return False
         emit("cache.entries", self.entries, tier=TIER)
         if self.entries > self.max_entries:
-            self.evict_excess(INLINE_EVICTION, self.entries)
+            self.evict_excess(INLINE_EVICTION, self.entries, quick=True)
         return True
 
     def delete(self, key: str) -> bool:
-        try:
-            return bool(self._execute(f'DELETE FROM "{TABLE}" WHERE key = ? RETURNING 1', (key,)))
-        except sqlite3.Error as exc:
-            self._failed(exc, "delete")
-            return False
+        return bool(self._delete_returning("key = ?", (key,), "delete", quick=True))
 
     def count(self) -> int:
         try:
@@ -427,38 +455,44 @@ class DiskTier:
             return True
 
     def release(self, key: str) -> None:
-        """Give the lease on `key` back, off the loop and without waiting for it: nobody
-        needs the answer, and the lease expires anyway should this fail."""
+        """Give the lease on `key` back, in a greenlet of its own: nobody needs the
+        answer or should wait for a busy lock, and the lease expires anyway should this
+        fail."""
         if self._writer is not None:
-            self.writer.submit(self._release, self._writer, key, os.getpid())
+            background(self._release, key, os.getpid())
 
-    @staticmethod
-    def _release(conn: sqlite3.Connection, key: str, pid: int) -> None:
+    def _release(self, key: str, pid: int) -> None:
         try:
-            conn.execute("DELETE FROM cache_flights WHERE key = ? AND pid = ?", (key, pid))
-        except sqlite3.Error as exc:  # in the writer thread: a log line (no recovery from here)
-            log.error("cache disk tier: flight release failed: %s: %s", type(exc).__name__, exc)
+            self._quickly(_fetch_all, "DELETE FROM cache_flights WHERE key = ? AND pid = ?",
+                          (key, pid))
+        except sqlite3.Error as exc:  # nobody waits for it: a log line (and a recovery)
+            self._failed(exc, "flight release")
 
     # --- maintenance in small steps (each one short statement) --------------------------
 
-    def _delete_returning(self, where: str, args: tuple, doing: str) -> list[str]:
+    def _delete_returning(self, where: str, args: tuple, doing: str,
+                          quick: bool = False) -> list[str]:
+        """Delete entries (on the loop when `quick`: a few rows at most), reporting the
+        entry count that comes back with them; returns their keys."""
         try:
-            rows = self._execute(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args)
+            keys, self.entries = (self._quickly if quick else self._write)(
+                _delete_counted, where, args)
         except sqlite3.Error as exc:
             self._failed(exc, doing)
             return []
-        return [row[0] for row in rows]
+        if keys:
+            emit("cache.entries", self.entries, tier=TIER)
+        return keys
 
-    def evict_excess(self, batch: int, count: int | None = None) -> int:
+    def evict_excess(self, batch: int, count: int | None = None, quick: bool = False) -> int:
         """Delete up to `batch` oldest entries beyond `max_entries` (of `count` entries,
-        read when not given); returns how many."""
+        read when not given; on the loop when `quick`); returns how many."""
         excess = min(batch, (self.count() if count is None else count) - self.max_entries)
         if excess <= 0:
             return 0
-        keys = self._delete_returning(f"rowid IN ({_OLDEST})", (excess,), "eviction")
+        keys = self._delete_returning(f"rowid IN ({_OLDEST})", (excess,), "eviction", quick)
         if keys:
             emit("cache.eviction", len(keys), tier=TIER)
-            self.report()
         return len(keys)
 
     def expire_step(self, batch: int, now: float | None = None) -> tuple[list[str], bool]:
@@ -472,7 +506,6 @@ class DiskTier:
             f"rowid IN ({_OLDEST}) AND substr(value, 5, 8) < ?", (batch, limit), "TTL sweep")
         if keys:
             emit("cache.expiration", len(keys), tier=TIER)
-            self.report()
         return keys, len(keys) == batch
 
     # --- operations: purge and statistics -----------------------------------------------
