@@ -16,19 +16,14 @@ once, by the first process that finds it (under a file lock; the others see a ne
 and just reopen). An entry that fails to decode is removed. Opening happens per
 process, after fork.
 
-Nothing here holds a worker's event loop while SQLite waits for another process. The
-writes a request makes (a store, a lease claim or release, the delete of one entry, the
-eviction of at most `INLINE_EVICTION` rows after a store) run on the loop on a "quick"
-connection that never waits for the write lock and never checkpoints the WAL (a
-sub-millisecond statement in WAL mode). While another process holds the write lock, a
-worker tries again after short pauses (`RETRY_PAUSES`: the loop runs on meanwhile) for
-up to `BUSY_TIMEOUT_MS`; a process without an event loop (the `cache` command) uses the
-writer connection instead, which waits itself. Handing these short statements to a
-thread would cost more than they do: the thread takes the GIL several times per call,
-and on a busy machine the loop waits for it (see `bridge.core.offloop`). What can take
-longer (TTL sweeps and eviction in batches, purges, the WAL checkpoint each sweeper
-round) runs on the writer connection in one native thread of this process, where
-waiting costs the calling greenlet only. Reads run on the loop: entries are
+Nothing here holds a worker's event loop while SQLite waits for another process. A store
+or a lease claim is tried on the loop on a "quick" connection that never waits for the
+write lock and never checkpoints the WAL (a sub-millisecond statement in WAL mode); when
+another process holds the write lock, it is done instead on the writer
+connection in one native thread of this process (`bridge.core.offloop`, when gevent
+has patched threading), where waiting up to `BUSY_TIMEOUT_MS` costs the calling greenlet
+only. Everything else that writes (releases, deletes, TTL sweeps, eviction, the WAL
+checkpoint each sweeper round) always runs there. Reads run on the loop: entries are
 read through sqlitedict (`SqliteDict` on the tier's table, values as bytes: its
 connection thread is a greenlet under gevent, fine for reads, since in WAL mode a reader
 never waits for writers), maintenance reads (counts, purges, sweeps) on a plain
@@ -62,7 +57,7 @@ from bridge.cache.entry import (
 from bridge.cache.keys import SEPARATOR, key_model, model_prefix
 from bridge.core.events import emit
 from bridge.core.instance import pid_alive
-from bridge.core.offloop import SerialThread, background, cooperative, pause
+from bridge.core.offloop import SerialThread
 
 log = logging.getLogger("bridge.cache")
 logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)  # its errors reach us raised
@@ -72,11 +67,7 @@ FILE_NAME = "responses.sqlite"
 TABLE = "responses"
 BUSY_TIMEOUT_MS = 2000
 READ_BUSY_TIMEOUT_MS = 5
-INLINE_EVICTION = 64  # rows evicted by a store itself (< 1 ms); the sweeper does larger backlogs
-# Between two tries of a write while another process holds the lock (seconds): soon at
-# first (other writers' transactions are short), then every 5 ms, as SQLite's own busy
-# handler would, until BUSY_TIMEOUT_MS.
-RETRY_PAUSES = (0.0005, 0.001, 0.002, 0.005)
+INLINE_EVICTION = 64  # rows evicted by a store itself; the sweeper does larger backlogs
 RECOVER_INTERVAL = 10.0
 
 SCHEMA = f"""
@@ -217,7 +208,8 @@ def _store(conn: sqlite3.Connection, key: str, value: bytes) -> int:
 
 
 def _delete_counted(conn: sqlite3.Connection, where: str, args: tuple) -> tuple[list[str], int]:
-    """Delete the entries `where` says; returns their keys and the entry count after."""
+    """Delete the entries `where` says; returns their keys and the entry count after
+    (read with them, in the writer's thread: no `count()` on the loop after a store)."""
     rows = conn.execute(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args).fetchall()
     return [row[0] for row in rows], _entry_count(conn)
 
@@ -345,27 +337,15 @@ class DiskTier:
         return self.writer.run(function, self._writer, *args)
 
     def _quickly(self, function: Any, *args: Any) -> Any:
-        """`function(connection, *args)` on the loop, never waiting there for the write
-        lock: while another process holds it, tried again after `RETRY_PAUSES` in a
-        worker, or done on the writer connection (which waits) in a process without an
-        event loop. Gives up with the lock error after `BUSY_TIMEOUT_MS`."""
-        if self._quick is None:
-            return self._write(function, *args)  # raises: not open
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        tries = 0
-        while True:  # bounded by the deadline
+        """`function(connection, *args)` on the loop when the write lock is free, else off
+        the loop on the writer connection (waiting for another process's lock there)."""
+        if self._quick is not None:
             try:
                 return function(self._quick, *args)
             except sqlite3.OperationalError as exc:
                 if not _locked(exc):
                     raise
-                if not cooperative():
-                    return self._write(function, *args)
-                wait = RETRY_PAUSES[min(tries, len(RETRY_PAUSES) - 1)]
-                if time.monotonic() + wait > deadline:
-                    raise
-            pause(wait)
-            tries += 1
+        return self._write(function, *args)
 
     def checkpoint(self) -> None:
         """Move the WAL into the file (what the loop's writes leave for later), off the loop."""
@@ -422,11 +402,15 @@ class DiskTier:
             return False
         emit("cache.entries", self.entries, tier=TIER)
         if self.entries > self.max_entries:
-            self.evict_excess(INLINE_EVICTION, self.entries, quick=True)
+            self.evict_excess(INLINE_EVICTION, self.entries)
         return True
 
     def delete(self, key: str) -> bool:
-        return bool(self._delete_returning("key = ?", (key,), "delete", quick=True))
+        try:
+            return bool(self._execute(f'DELETE FROM "{TABLE}" WHERE key = ? RETURNING 1', (key,)))
+        except sqlite3.Error as exc:
+            self._failed(exc, "delete")
+            return False
 
     def count(self) -> int:
         try:
@@ -455,28 +439,25 @@ class DiskTier:
             return True
 
     def release(self, key: str) -> None:
-        """Give the lease on `key` back, in a greenlet of its own: nobody needs the
-        answer or should wait for a busy lock, and the lease expires anyway should this
-        fail."""
+        """Give the lease on `key` back, off the loop and without waiting for it: nobody
+        needs the answer, and the lease expires anyway should this fail."""
         if self._writer is not None:
-            background(self._release, key, os.getpid())
+            self.writer.submit(self._release, self._writer, key, os.getpid())
 
-    def _release(self, key: str, pid: int) -> None:
+    @staticmethod
+    def _release(conn: sqlite3.Connection, key: str, pid: int) -> None:
         try:
-            self._quickly(_fetch_all, "DELETE FROM cache_flights WHERE key = ? AND pid = ?",
-                          (key, pid))
-        except sqlite3.Error as exc:  # nobody waits for it: a log line (and a recovery)
-            self._failed(exc, "flight release")
+            conn.execute("DELETE FROM cache_flights WHERE key = ? AND pid = ?", (key, pid))
+        except sqlite3.Error as exc:  # in the writer thread: a log line (no recovery from here)
+            log.error("cache disk tier: flight release failed: %s: %s", type(exc).__name__, exc)
 
     # --- maintenance in small steps (each one short statement) --------------------------
 
-    def _delete_returning(self, where: str, args: tuple, doing: str,
-                          quick: bool = False) -> list[str]:
-        """Delete entries (on the loop when `quick`: a few rows at most), reporting the
-        entry count that comes back with them; returns their keys."""
+    def _delete_returning(self, where: str, args: tuple, doing: str) -> list[str]:
+        """Delete entries off the loop, reporting the entry count that comes back with
+        them; returns their keys."""
         try:
-            keys, self.entries = (self._quickly if quick else self._write)(
-                _delete_counted, where, args)
+            keys, self.entries = self._write(_delete_counted, where, args)
         except sqlite3.Error as exc:
             self._failed(exc, doing)
             return []
@@ -484,13 +465,13 @@ class DiskTier:
             emit("cache.entries", self.entries, tier=TIER)
         return keys
 
-    def evict_excess(self, batch: int, count: int | None = None, quick: bool = False) -> int:
+    def evict_excess(self, batch: int, count: int | None = None) -> int:
         """Delete up to `batch` oldest entries beyond `max_entries` (of `count` entries,
-        read when not given; on the loop when `quick`); returns how many."""
+        read when not given); returns how many."""
         excess = min(batch, (self.count() if count is None else count) - self.max_entries)
         if excess <= 0:
             return 0
-        keys = self._delete_returning(f"rowid IN ({_OLDEST})", (excess,), "eviction", quick)
+        keys = self._delete_returning(f"rowid IN ({_OLDEST})", (excess,), "eviction")
         if keys:
             emit("cache.eviction", len(keys), tier=TIER)
         return len(keys)

@@ -6,11 +6,11 @@ every request of the worker. `SerialThread.run` hands the call to a native threa
 gevent's own pool when threading is patched (the calling greenlet waits, the loop runs
 on), and simply calls it otherwise (the `keys` and `cache` commands, unit tests).
 
-A hand-over costs more than the call when the machine is busy: the thread takes the GIL
-several times per call, and the loop's thread waits for it (up to the 5 ms switch
-interval, longer when the OS has not given the holder a CPU). Short statements that
-only need another process's lock to be free are better retried on the loop itself
-between sleeps (`cooperative()`, `pause`): each try returns at once.
+Why a thread rather than retrying short statements on the loop between greenlet sleeps:
+measured with other processes writing (bench/cache_bench.py part 5, same work), the
+loop's stalls were mostly the OS not giving the loop's thread a CPU, and retrying on the
+loop made that 3-4 times worse (the loop's thread then pays all the SQLite CPU, so the
+OS scheduler favours it less), more than the GIL hand-overs to this thread cost.
 """
 
 from __future__ import annotations
@@ -18,29 +18,10 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, TypeVar
 
-import gevent
 from gevent import monkey
 from gevent.threadpool import ThreadPool
 
 T = TypeVar("T")
-
-
-def cooperative() -> bool:
-    """Whether this process runs gevent's loop (threading patched, as in a worker)."""
-    return monkey.is_module_patched("threading")
-
-
-def pause(seconds: float) -> None:
-    """Let the loop run for `seconds` (a greenlet sleep under gevent)."""
-    gevent.sleep(seconds)
-
-
-def background(function: Callable[..., Any], *args: Any) -> None:
-    """`function(*args)` in a new greenlet under gevent (nobody waits for it), else now."""
-    if cooperative():
-        gevent.spawn(function, *args)
-    else:
-        function(*args)
 
 
 class SerialThread:
@@ -52,7 +33,7 @@ class SerialThread:
         self._pid = 0
 
     def _threads(self) -> ThreadPool | None:
-        if not cooperative():
+        if not monkey.is_module_patched("threading"):
             return None
         if self._pool is None or self._pid != os.getpid():
             self._pool, self._pid = ThreadPool(1), os.getpid()
