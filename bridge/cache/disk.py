@@ -195,11 +195,23 @@ def _fetch_all(conn: sqlite3.Connection, sql: str, args: tuple) -> list[tuple]:
     return conn.execute(sql, args).fetchall()
 
 
-def _store(conn: sqlite3.Connection, key: str, value: bytes) -> int:
-    """Write one entry; returns the entry count (kept by the triggers) read with it."""
-    conn.execute(f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)', (key, value))
+def _entry_count(conn: sqlite3.Connection) -> int:
+    """The entry count the triggers keep (one row: never a `COUNT(*)`)."""
     row = conn.execute("SELECT value FROM cache_meta WHERE name = 'entries'").fetchone()
     return int(row[0]) if row else 0
+
+
+def _store(conn: sqlite3.Connection, key: str, value: bytes) -> int:
+    """Write one entry; returns the entry count read with it."""
+    conn.execute(f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)', (key, value))
+    return _entry_count(conn)
+
+
+def _delete_counted(conn: sqlite3.Connection, where: str, args: tuple) -> tuple[list[str], int]:
+    """Delete the entries `where` says; returns their keys and the entry count after
+    (read with them, in the writer's thread: no `count()` on the loop after a store)."""
+    rows = conn.execute(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args).fetchall()
+    return [row[0] for row in rows], _entry_count(conn)
 
 
 def _locked(exc: Exception) -> bool:
@@ -442,12 +454,16 @@ class DiskTier:
     # --- maintenance in small steps (each one short statement) --------------------------
 
     def _delete_returning(self, where: str, args: tuple, doing: str) -> list[str]:
+        """Delete entries off the loop, reporting the entry count that comes back with
+        them; returns their keys."""
         try:
-            rows = self._execute(f'DELETE FROM "{TABLE}" WHERE {where} RETURNING key', args)
+            keys, self.entries = self._write(_delete_counted, where, args)
         except sqlite3.Error as exc:
             self._failed(exc, doing)
             return []
-        return [row[0] for row in rows]
+        if keys:
+            emit("cache.entries", self.entries, tier=TIER)
+        return keys
 
     def evict_excess(self, batch: int, count: int | None = None) -> int:
         """Delete up to `batch` oldest entries beyond `max_entries` (of `count` entries,
@@ -458,7 +474,6 @@ class DiskTier:
         keys = self._delete_returning(f"rowid IN ({_OLDEST})", (excess,), "eviction")
         if keys:
             emit("cache.eviction", len(keys), tier=TIER)
-            self.report()
         return len(keys)
 
     def expire_step(self, batch: int, now: float | None = None) -> tuple[list[str], bool]:
@@ -472,7 +487,6 @@ class DiskTier:
             f"rowid IN ({_OLDEST}) AND substr(value, 5, 8) < ?", (batch, limit), "TTL sweep")
         if keys:
             emit("cache.expiration", len(keys), tier=TIER)
-            self.report()
         return keys, len(keys) == batch
 
     # --- operations: purge and statistics -----------------------------------------------

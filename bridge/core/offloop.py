@@ -5,6 +5,12 @@ Under gevent a `threading.Thread` is a greenlet, so SQLite waiting in one would 
 every request of the worker. `SerialThread.run` hands the call to a native thread of
 gevent's own pool when threading is patched (the calling greenlet waits, the loop runs
 on), and simply calls it otherwise (the `keys` and `cache` commands, unit tests).
+
+Why a thread rather than retrying short statements on the loop between greenlet sleeps:
+measured with other processes writing (bench/cache_bench.py part 5, same work), the
+loop's stalls were mostly the OS not giving the loop's thread a CPU, and retrying on the
+loop made that 3-4 times worse (the loop's thread then pays all the SQLite CPU, so the
+OS scheduler favours it less), more than the GIL hand-overs to this thread cost.
 """
 
 from __future__ import annotations
