@@ -119,7 +119,7 @@ class FastHits:
         body = answer.body()
         start_response(answer.status, [*answer.headers, ("x-request-id", rid),
                                        ("age", str(int(age))),
-                                       ("content-length", str(len(body)))])
+                                       ("Content-Length", str(len(body)))])
         answer.pending += 1
         if answer.pending == 1:
             if not self.unsaid:
