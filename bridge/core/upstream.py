@@ -17,7 +17,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import quote, unquote
 
 import requests
@@ -102,6 +102,85 @@ def upstream_path(ex: Exchange) -> str:
     if ex.raw_path and unquote(ex.raw_path) == ex.path:
         return ex.raw_path
     return quote(ex.path, safe="/:@!$&'()*+,;=-._~")
+
+
+class BadChunking(Exception):
+    """The upstream's chunked body is malformed (or cut in the middle of a chunk)."""
+
+
+def dechunked(fp: BinaryIO, done: Callable[[], None]) -> Iterator[bytes]:
+    """The body of a chunked HTTP response, one piece per socket read (`read1`: whatever
+    has arrived), the chunk framing taken off in bulk; `done()` once its end was read.
+
+    urllib3's `read_chunked` reads line by line and chunk by chunk, a few Python calls
+    and a buffer copy for every chunk, and a streaming upstream sends one chunk per
+    event: here the events of one read come as one piece, and the stream readers mark
+    them as such (`Frame.more`) for the relay. Yields b"" for a read that completed no
+    data (the caller checks its deadline between reads). A connection that ends early
+    raises `BadChunking`.
+    """
+    data = b""
+    state, left = _SIZE, 0
+    while True:
+        read = fp.read1(READ_SIZE)
+        if not read:
+            raise BadChunking("the connection ended inside the chunked body")
+        data = data + read if data else read
+        pieces = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if state == _DATA:
+                stop = min(pos + left, end)
+                pieces.append(data[pos:stop])
+                left -= stop - pos
+                pos = stop
+                if left:
+                    break
+                state = _DATA_END
+            elif state == _DATA_END:  # the CRLF after a chunk's data
+                if data[pos:pos + 1] == b"\n":
+                    pos += 1
+                elif end - pos < 2:
+                    break
+                elif data[pos:pos + 2] == b"\r\n":
+                    pos += 2
+                else:
+                    raise BadChunking("no line break after a chunk's data")
+                state = _SIZE
+            else:  # a chunk-size line, or a trailer line after the last chunk
+                eol = data.find(b"\n", pos)
+                if eol < 0:
+                    if end - pos > _MAX_LINE:
+                        raise BadChunking("chunk-size line too long")
+                    break
+                line, pos = data[pos:eol].strip(), eol + 1
+                if state == _TRAILER:
+                    if not line:  # the empty line that ends the body
+                        if pieces:
+                            yield b"".join(pieces)
+                        done()
+                        return
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    raise BadChunking("bad chunk size") from None
+                if size < 0:
+                    raise BadChunking("bad chunk size")
+                state, left = (_DATA, size) if size else (_TRAILER, 0)
+        data = data[pos:] if pos < end else b""
+        yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+_MAX_LINE = 4096
+
+
+def _release(raw: object) -> None:
+    """A chunked body read to its end outside urllib3: close its response the way
+    `read_chunked` does, which gives the connection back to the pool."""
+    raw._original_response.close()  # type: ignore[attr-defined]
+    raw.release_conn()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -315,7 +394,11 @@ class UpstreamClient:
         502 saying so."""
         raw = upstream.raw
         connection = raw.connection
-        if raw.chunked:
+        original = raw._original_response  # http.client's response, under urllib3's
+        if (raw.chunked and original is not None and original.fp is not None
+                and original._method != "HEAD"):  # a HEAD answer has no body to read
+            reads = dechunked(original.fp, partial(_release, raw))
+        elif raw.chunked:
             reads = raw.stream(READ_SIZE, decode_content=False)
         else:  # read1: whatever has arrived, where read(n) would wait for n bytes
             reads = iter(partial(raw.read1, READ_SIZE, decode_content=False), b"")
@@ -330,7 +413,8 @@ class UpstreamClient:
                 chunk = next(reads, None)
                 if chunk is None:
                     return
-                yield chunk
+                if chunk:  # b"": a read that completed no data, the deadline is checked
+                    yield chunk
         except BridgeError:
             raise
         except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
