@@ -451,7 +451,7 @@ class ThinkStage(Stage):
         if cleaner is None or response is None or not response.ok:
             return
         if response.streaming:
-            response.map_frames(lambda frames: clean_frames(cleaner, frames))
+            response.map_frames(lambda frames: clean_frames(cleaner, frames), keeps_marks=True)
             return
         if not may_hold_reasoning(response.body):
             return
@@ -496,23 +496,38 @@ def choice_count(payload: dict[str, Any]) -> int:
 
 
 def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
+    """The stream cleaned, frame by frame. Keeps the frames' `more` marks true: the last
+    frame it sends of one upstream read goes out unmarked, even when the filter drops
+    the frames after it (it holds one frame back while the read has more to come)."""
+    held: Frame | None = None  # the last frame to send, while more of its read follows
     for frame in frames:
-        if cleaner.passing and not _may_hold_tag(frame.raw):
-            yield frame  # the hot path: nothing to change, not even parsed
-            continue
-        if frame.is_done:
-            for obj in cleaner.end():
-                yield Frame.of(obj)
-            yield frame
-            continue
-        replaced = cleaner.event(frame.data)
-        if replaced is None:
-            yield frame
-        else:
-            for obj in replaced:
-                yield Frame.of(obj)
+        for out in _cleaned(cleaner, frame):
+            if held is not None:
+                held.more = True  # `out` follows it at once
+                yield held
+            held = out
+        if held is not None and not frame.more:
+            held.more = False  # the read is over: nothing follows without waiting
+            yield held
+            held = None
+    if held is not None:
+        held.more = False
+        yield held
     for obj in cleaner.end():  # a stream cut without `[DONE]`: nothing is lost
         yield Frame.of(obj)
+
+
+def _cleaned(cleaner: ThinkCleaner, frame: Frame) -> tuple[Frame, ...] | list[Frame]:
+    """What one frame becomes: itself (most frames, relayed unparsed once nothing can
+    change them), what the filter makes of it, or nothing."""
+    if cleaner.passing and not _may_hold_tag(frame.raw):
+        return (frame,)  # the hot path: nothing to change, not even parsed
+    if frame.is_done:
+        return [*(Frame.of(obj) for obj in cleaner.end()), frame]
+    replaced = cleaner.event(frame.data)
+    if replaced is None:
+        return (frame,)
+    return [Frame.of(obj) for obj in replaced]
 
 
 def make_stage(settings: Settings, context: Context) -> ThinkStage | None:
