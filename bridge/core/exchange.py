@@ -47,7 +47,7 @@ def usage_in(raw: bytes) -> Usage | None:
     """The usage a JSON body or frame reports: OpenAI's `usage`, or Ollama's final counts.
     Read from the bytes without parsing them: inside a JSON string the quotes around
     these names would be escaped, so only real keys match."""
-    if not any(marker in raw for marker in USAGE_MARKERS):
+    if USAGE_MARKERS[0] not in raw and USAGE_MARKERS[1] not in raw:  # every frame: no `any`
         return None
     counts = {name: int(value) for name, value in _USAGE.findall(raw)}
     if not counts:
