@@ -21,6 +21,7 @@ from typing import BinaryIO, Callable, Iterator
 from urllib.parse import quote, unquote
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from bridge.core import events, streaming
@@ -102,6 +103,55 @@ def upstream_path(ex: Exchange) -> str:
     if ex.raw_path and unquote(ex.raw_path) == ex.path:
         return ex.raw_path
     return quote(ex.path, safe="/:@!$&'()*+,;=-._~")
+
+
+class _OneWrite:
+    """A urllib3 connection that sends a request's headers and body in one write.
+
+    urllib3 writes the header block, then the body: two small segments, and an upstream
+    that reads the headers first is woken twice before it has the whole request (what
+    `Nagle` and delayed ACKs make worse on connections without TCP_NODELAY).
+    """
+
+    _held: bytes | None = None
+    _holding = False
+
+    def endheaders(self, message_body: bytes | None = None, *,
+                   encode_chunked: bool = False) -> None:
+        self._holding = True  # the header block waits for the body's first write
+        super().endheaders(message_body, encode_chunked=encode_chunked)  # type: ignore[misc]
+
+    def send(self, data: bytes) -> None:
+        if self._holding and self._held is None and isinstance(data, bytes):
+            self._held = data
+            return
+        self._holding = False
+        held, self._held = self._held, None
+        super().send(held + data if held is not None and isinstance(data, bytes)  # type: ignore[misc]
+                     else data)
+
+    def getresponse(self, *args: object, **kwargs: object) -> object:
+        held, self._held = self._held, None
+        self._holding = False
+        if held is not None:  # a request without a body
+            super().send(held)  # type: ignore[misc]
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Connection(_OneWrite, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_OneWrite, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
 
 
 class BadChunking(Exception):
@@ -221,6 +271,7 @@ class UpstreamClient:
         session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
                               max_retries=0, pool_block=False)
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session, adapter
