@@ -365,20 +365,24 @@ class ThinkCleaner:
         obj["done"] = False
         return [obj]
 
-    def drops_reasoning(self, frame: Frame) -> bool:
-        """Whether `frame` is a chat stream event that says nothing but reasoning text,
-        inside a think block, for a client that does not keep it: `event` would drop it.
-        Read off its bytes, not parsed (Ollama's event shape; any other goes to `event`),
-        and counted as `event` would count it."""
+    def reasoning_sink(self) -> ThinkFilter | None:
+        """The filter of the response's only chat choice while a frame that says nothing
+        but reasoning text (without `<`) would just be dropped by `event` (inside a think
+        block, for a client that does not keep it); None otherwise. Changes only with
+        what `event` and `end` see."""
         if self.kind != CHAT or self.keep_reasoning or self.choices != 1:
-            return False
+            return None
         c = self._choices.get(0)
         f = c.filter if c is not None else None
+        return f if f is not None and f.in_block else None
+
+    def swallow(self, sink: ThinkFilter, frame: Frame) -> bool:
+        """Drop `frame`, a frame without tag-like bytes, if it says nothing but reasoning
+        text, as `event` would: read off its bytes (Ollama's event shape; any other is
+        left to `event`), and counted as `event` would count it."""
         raw = frame.raw
-        if f is None or not f.in_block or frame.verbatim or _may_hold_tag(raw):
-            return False
         at = raw.rfind(b'"choices":[')
-        match = _REASONING_ONLY.fullmatch(raw, at) if at > 0 else None
+        match = _REASONING_ONLY.fullmatch(raw, at) if at > 0 and not frame.verbatim else None
         if match is None:
             return False
         text = match.group(1)
@@ -389,7 +393,7 @@ class ThinkCleaner:
                 length = len(text) if text.isascii() else len(text.decode())
         except ValueError:  # not valid JSON after all: `event` lets it pass
             return False
-        f.swallow(length)
+        sink.swallow(length)
         self._last = frame
         return True
 
@@ -537,12 +541,28 @@ def choice_count(payload: dict[str, Any]) -> int:
 
 
 def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
-    """The stream cleaned, frame by frame. Keeps the frames' `more` marks true: the last
-    frame it sends of one upstream read goes out unmarked, even when the filter drops
-    the frames after it (it holds one frame back while the read has more to come)."""
+    """The stream cleaned, frame by frame. Frames without tag-like bytes are not parsed
+    once the filter is past its think block (relayed) or while it is inside it and they
+    carry nothing but reasoning (dropped).
+
+    Keeps the frames' `more` marks true: the last frame it sends of one upstream read
+    goes out unmarked, even when the filter drops the frames after it (it holds one frame
+    back while the read has more to come)."""
     held: Frame | None = None  # the last frame to send, while more of its read follows
+    # what the cleaner's state allows; it changes only with what `event` and `end` see
+    passing, sink = cleaner.passing, cleaner.reasoning_sink()
     for frame in frames:
-        for out in _cleaned(cleaner, frame):
+        if not passing and sink is None or _may_hold_tag(frame.raw):
+            outs = _cleaned(cleaner, frame)
+            passing, sink = cleaner.passing, cleaner.reasoning_sink()
+        elif passing:
+            outs = (frame,)  # the hot path: nothing to change, not even parsed
+        elif cleaner.swallow(sink, frame):
+            continue  # reasoning dropped, not parsed either
+        else:
+            outs = _cleaned(cleaner, frame)
+            passing, sink = cleaner.passing, cleaner.reasoning_sink()
+        for out in outs:
             if held is not None:
                 held.more = True  # `out` follows it at once
                 yield held
@@ -558,13 +578,8 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Fra
         yield Frame.of(obj)
 
 
-def _cleaned(cleaner: ThinkCleaner, frame: Frame) -> tuple[Frame, ...] | list[Frame]:
-    """What one frame becomes: itself (most frames, relayed unparsed once nothing can
-    change them), what the filter makes of it, or nothing."""
-    if cleaner.passing and not _may_hold_tag(frame.raw):
-        return (frame,)  # the hot path: nothing to change, not even parsed
-    if cleaner.drops_reasoning(frame):
-        return ()  # the other hot path: reasoning dropped, not parsed either
+def _cleaned(cleaner: ThinkCleaner, frame: Frame) -> list[Frame] | tuple[Frame, ...]:
+    """What one frame becomes, parsed: itself, what the filter makes of it, or nothing."""
     if frame.is_done:
         return [*(Frame.of(obj) for obj in cleaner.end()), frame]
     replaced = cleaner.event(frame.data)

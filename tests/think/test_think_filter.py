@@ -432,7 +432,7 @@ def test_reasoning_frames_are_dropped_unparsed_with_the_same_result(start):
         frames = ollama_frames(REASONING_PIECES)
         cleaner = ThinkCleaner(CHAT, starts_inside=start == "maybe")
         if not fast:  # every frame the slow way
-            cleaner.drops_reasoning = lambda frame: False  # type: ignore[method-assign]
+            cleaner.swallow = lambda sink, frame: False  # type: ignore[method-assign]
         out = [f.raw for f in clean_frames(cleaner, iter(frames))]
         return out, cleaner, frames
 
