@@ -262,7 +262,7 @@ class AdmissionStage(Stage):
         if _CALL not in ex.notes or response is None:
             return
         if response.streaming:
-            response.map_frames(lambda frames: self._watch(ex, frames))
+            response.map_frames(lambda frames: self._watch(ex, frames), keeps_marks=True)
         else:
             self._end(ex)
 

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -46,7 +47,7 @@ def usage_in(raw: bytes) -> Usage | None:
     """The usage a JSON body or frame reports: OpenAI's `usage`, or Ollama's final counts.
     Read from the bytes without parsing them: inside a JSON string the quotes around
     these names would be escaped, so only real keys match."""
-    if not any(marker in raw for marker in USAGE_MARKERS):
+    if USAGE_MARKERS[0] not in raw and USAGE_MARKERS[1] not in raw:  # every frame: no `any`
         return None
     counts = {name: int(value) for name, value in _USAGE.findall(raw)}
     if not counts:
@@ -61,15 +62,21 @@ class Frame:
     `raw` is what goes on the wire (without framing); `data` is its JSON, parsed on
     first use. A stage that changes a frame builds a new one with `Frame.of(data)`, so
     frames nobody touches are relayed byte for byte.
+
+    `more` says that another frame follows at once, without waiting for the network
+    (the stream readers set it on every frame of one upstream read but its last): the
+    writer then sends the frames of one read in one write instead of one write each.
+    A frame built by a stage has it False: written at once, always safe.
     """
 
-    __slots__ = ("raw", "_data", "verbatim")
+    __slots__ = ("raw", "_data", "verbatim", "more")
     _UNPARSED = object()
 
     def __init__(self, raw: bytes, data: Any = _UNPARSED, verbatim: bool = False):
         self.raw = raw
         self._data = data
         self.verbatim = verbatim  # an SSE event that is not a plain data line (comment, event:)
+        self.more = False
 
     @classmethod
     def of(cls, data: Any) -> "Frame":
@@ -91,6 +98,29 @@ class Frame:
 
     def __repr__(self) -> str:
         return f"Frame({self.raw[:60]!r})"
+
+
+@contextmanager
+def owned(frames: Iterator[Frame]) -> Iterator[Iterator[Frame]]:
+    """Use a frame iterator and close it afterwards, even when we are closed early.
+
+    Every stage that wraps a stream iterates its input inside `with owned(frames)`, so
+    that a client hanging up closes the chain down to the upstream connection.
+    """
+    try:
+        yield frames
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+def _unmarked(frames: Iterator[Frame]) -> Iterator[Frame]:
+    """The frames with `Frame.more` cleared (closing it closes `frames` first)."""
+    with owned(frames):
+        for frame in frames:
+            frame.more = False
+            yield frame
 
 
 @dataclass
@@ -158,24 +188,28 @@ class Response:
     def set_body(self, body: bytes) -> None:
         self.body, self._json = body, None
 
-    def map_frames(self, transform: Callable[[Iterator[Frame]], Iterator[Frame]]) -> None:
+    def map_frames(self, transform: Callable[[Iterator[Frame]], Iterator[Frame]],
+                   keeps_marks: bool = False) -> None:
         """Replace the stream by `transform(frames)`, a generator over the current frames.
 
         The close chain is guaranteed: when the new stream ends, fails or is closed early
         (a client hanging up), `transform` is closed first (its `finally` runs), then the
         frames it was reading, down to the upstream connection.
+
+        `keeps_marks`: the transform promises that a frame it yields with `Frame.more`
+        set is followed by another without reading more input that could wait (a stage
+        passing each frame on does; one that drops or holds frames must see to it, as
+        the think filter does). Otherwise the marks are cleared on the way out: a frame
+        dropped after one marked would leave the writer waiting for the network with
+        frames in hand.
         """
         inner = self.frames
         if inner is None:
             raise ValueError("map_frames on a response without a stream")
 
         def chained() -> Iterator[Frame]:
-            try:
-                yield from transform(inner)
-            finally:
-                close = getattr(inner, "close", None)
-                if close is not None:
-                    close()
+            with owned(inner):
+                yield from transform(inner) if keeps_marks else _unmarked(transform(inner))
 
         self.frames = chained()
 

@@ -162,7 +162,7 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001
             response = ex.response = failure_response(ex, exc, "pipeline", "finish")
         if response.streaming:
-            response.map_frames(lambda frames: _contained(ex, frames))
+            response.map_frames(lambda frames: _contained(ex, frames), keeps_marks=True)
         return response
 
     def drain(self, ex: Exchange, after: str | None = None) -> Response:

@@ -134,6 +134,17 @@ class ThinkFilter:
         """Outside any block with nothing held: text without `<` would pass unchanged."""
         return self._state == _OUT and not self._carry and not self._skip_ws
 
+    @property
+    def in_block(self) -> bool:
+        """Inside a block opened before any answer, nothing held: text without `<` is
+        reasoning through and through (see `swallow`)."""
+        return self._state == _BLOCK and not self._carry
+
+    def swallow(self, length: int) -> None:
+        """`feed` for `length` characters of text without `<`, `in_block`, whose
+        reasoning the caller drops: only the counters change."""
+        self.chars_in += length
+
     def feed(self, piece: str) -> tuple[str, str]:
         self.chars_in += len(piece)
         text = self._carry + piece if self._carry else piece

@@ -1,15 +1,16 @@
 """Stream framing: reading SSE and NDJSON from the upstream into frames, writing them out.
 
 Readers yield each frame as soon as its last byte arrives; nothing is buffered beyond
-one incomplete frame. Writers add exactly the framing Ollama uses.
+one incomplete frame. The frames of one upstream read come marked (`Frame.more`), so
+that the relay can send them in one write. Writers add exactly the framing Ollama uses.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 from bridge.core.exchange import Frame, Response
+from bridge.core.exchange import owned as owned  # where stages have always found it
 
 SSE = "sse"
 NDJSON = "ndjson"
@@ -35,17 +36,12 @@ def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
     """Split an SSE byte stream into frames (one per event)."""
     buffer = b""
     for chunk in chunks:
-        buffer += chunk
+        buffer = buffer + chunk if buffer else chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
-        while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, buffer = buffer[:end], buffer[end + 2:]
-            frame = _sse_event(event)
-            if frame is not None:
-                yield frame
+        if b"\n\n" in buffer:
+            *events, buffer = buffer.split(b"\n\n")
+            yield from _read_at_once([frame for frame in map(_sse_event, events) if frame])
     if buffer.strip():
         frame = _sse_event(buffer.strip(b"\n"))
         if frame is not None:
@@ -69,16 +65,21 @@ def read_ndjson(chunks: Iterable[bytes]) -> Iterator[Frame]:
     """Split an NDJSON byte stream into frames (one per line)."""
     buffer = b""
     for chunk in chunks:
-        buffer += chunk
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                break
-            line, buffer = buffer[:end].rstrip(b"\r"), buffer[end + 1:]
-            if line.strip():
-                yield Frame(line)
+        buffer = buffer + chunk if buffer else chunk
+        if b"\n" in buffer:
+            *lines, buffer = buffer.split(b"\n")
+            yield from _read_at_once([Frame(line.rstrip(b"\r")) for line in lines
+                                      if line.strip()])
     if buffer.strip():
         yield Frame(buffer.strip())
+
+
+def _read_at_once(frames: list[Frame]) -> list[Frame]:
+    """The frames of one upstream read, each but the last marked `more`: nothing waits
+    between them, so the writer may send them together."""
+    for frame in frames[:-1]:
+        frame.more = True
+    return frames
 
 
 def read_raw(chunks: Iterable[bytes]) -> Iterator[Frame]:
@@ -132,18 +133,3 @@ def stream_response(status: int, headers: dict[str, str], frames: Iterator[Frame
     headers = dict(headers)
     headers["content-type"] = headers.get("content-type") or CONTENT_TYPES.get(codec, "")
     return Response(status=status, headers=headers, frames=frames, codec=codec)
-
-
-@contextmanager
-def owned(frames: Iterator[Frame]) -> Iterator[Iterator[Frame]]:
-    """Use a frame iterator and close it afterwards, even when we are closed early.
-
-    Every stage that wraps a stream iterates its input inside `with owned(frames)`, so
-    that a client hanging up closes the chain down to the upstream connection.
-    """
-    try:
-        yield frames
-    finally:
-        close = getattr(frames, "close", None)
-        if close is not None:
-            close()

@@ -94,7 +94,8 @@ class ObserveStage(Stage):
         # an answer that cost no upstream call: its usage is read from what the client gets
         served = ex.upstream_attempts == 0 and ex.is_model_request and response.ok
         if response.streaming:
-            response.map_frames(lambda frames: self._frames(ex, frames, served))
+            response.map_frames(lambda frames: self._frames(ex, frames, served),
+                                keeps_marks=True)  # passes every frame on
         elif served:
             ex.notes[_SERVED_USAGE] = usage_in(response.body)
         if self.trace:

@@ -33,6 +33,7 @@ from typing import Any
 
 import gevent
 from gevent.server import StreamServer
+from gunicorn.http import wsgi
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
@@ -91,8 +92,46 @@ class _IdleWait:
         gevent.kill(self.greenlet, self.timeout)  # from the hub, as gevent requires
 
 
+class _Collected:
+    """Stands in for a socket while gunicorn writes a response's headers and first body
+    bytes, collecting them."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+class Response(wsgi.Response):
+    """gunicorn's response, its headers sent with the first body bytes in one write.
+
+    gunicorn writes the headers, then each body chunk, with a system call each: a
+    stream's first frame would go out as two small segments, the client woken twice
+    before it has its first byte. Later writes are gunicorn's own.
+    """
+
+    def write(self, arg: bytes) -> None:
+        if self.headers_sent:
+            super().write(arg)
+            return
+        sock, collected = self.sock, _Collected()
+        self.sock = collected
+        try:
+            super().write(arg)
+        finally:
+            self.sock = sock
+        if collected.parts:
+            sock.sendall(b"".join(collected.parts))
+
+
 class GeventWorker(_GunicornGeventWorker):
     def init_process(self) -> None:
+        # `wsgi.create`, which gunicorn's handler calls, makes its response from this
+        # name: set in the worker process only, after fork
+        wsgi.Response = Response
         self.idle: dict[Any, _IdleWait] = {}
         self.served: weakref.WeakSet[Any] = weakref.WeakSet()  # connections past a request
         self.busy: set[Any] = set()  # greenlets serving a request (a stream included)

@@ -23,6 +23,8 @@ whose bytes show no tag, `<` or reasoning field is relayed without being parsed.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator
@@ -65,23 +67,28 @@ KINDS = {
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
 _DELTA_PLAIN = frozenset(("content", "role", KEPT_REASONING_FIELD["openai"]))
 _MESSAGE_PLAIN = frozenset(("content", "role", OLLAMA_REASONING_FIELD))
-# A body containing none of these bytes has no think tags and no reasoning field, even
-# JSON-escaped (`<\/think>`; any `\u` escape is looked at the slow way): it passes
-# unchanged, so it is not parsed and re-encoded.
-_MAYBE_REASONING = (b"think", b"reasoning", b"\\u")
-# A stream frame may also carry the start of a tag cut across frames.
-_MAYBE_TAG = (*_MAYBE_REASONING, b"<")
+# A chat stream event whose only choice holds only text (Ollama's shape; the choices
+# key last): the text, group 1, is inside a JSON string, so it holds no unescaped quote.
+_REASONING_ONLY = re.compile(rb'"choices":\[\{"index":0,"delta":\{"content":"((?:[^"\\]|\\.)*)"\},'
+                             rb'"finish_reason":null\}\]\}')
 # How an answer that ended normally says so (OpenAI `finish_reason`, Ollama `done_reason`).
 _STOPPED = "stop"
 
 
 def may_hold_reasoning(raw: bytes) -> bool:
-    """Whether a JSON body may hold think tags or reasoning fields (a cheap byte check)."""
-    return any(marker in raw for marker in _MAYBE_REASONING)
+    """Whether a JSON body may hold think tags or reasoning fields (a cheap byte check).
+
+    A body containing none of these bytes has no think tags and no reasoning field, even
+    JSON-escaped (`<\\/think>`; any `\\u` escape is looked at the slow way): it passes
+    unchanged, so it is not parsed and re-encoded. (Searches spelt out, not `any` over a
+    tuple: this runs for every frame, and the generator costs more than the searches.)
+    """
+    return b"think" in raw or b"reasoning" in raw or b"\\u" in raw
 
 
 def _may_hold_tag(raw: bytes) -> bool:
-    return any(marker in raw for marker in _MAYBE_TAG)
+    """`may_hold_reasoning`, or the start of a tag cut across stream frames."""
+    return b"<" in raw or may_hold_reasoning(raw)
 
 
 @dataclass
@@ -189,7 +196,7 @@ class ThinkCleaner:
     stats: ThinkStats = field(default_factory=ThinkStats)
     verdict: str | None = None  # what the output showed: INSIDE, PLAIN or None
     _choices: dict[int, _Choice] = field(default_factory=dict)
-    _last: dict[str, Any] | None = None
+    _last: dict[str, Any] | Frame | None = None  # the last event: parsed, or its frame
     _start: str | None = None
 
     @property
@@ -208,9 +215,13 @@ class ThinkCleaner:
         anything, and each is known to be in plain answer text (the stream is known to
         start plain, or every choice has shown where it is: past its think block, or
         reasoning in a field of its own). A choice not seen yet may still start inside."""
-        if self._start != PLAIN and len(self._choices) < self.choices:
+        start = self._start
+        if start != PLAIN and len(self._choices) < self.choices:
             return False
-        return all(c.passing(self._start) for c in self._choices.values())
+        for c in self._choices.values():  # a loop, not all(…): it runs for every frame
+            if not c.passing(start):
+                return False
+        return True
 
     def _choice(self, index: Any) -> _Choice:
         c = self._choices.get(index)
@@ -327,7 +338,9 @@ class ThinkCleaner:
 
     def end(self) -> list[dict[str, Any]]:
         """The stream ended (`[DONE]`, or cut): events carrying what was still held."""
-        if self._last is None:
+        if isinstance(self._last, Frame):
+            self._last = self._last.data
+        if not isinstance(self._last, dict):
             return []
         if self.kind in (CHAT, COMPLETIONS):
             choices = []
@@ -351,6 +364,38 @@ class ThinkCleaner:
             obj.update(new)
         obj["done"] = False
         return [obj]
+
+    def reasoning_sink(self) -> ThinkFilter | None:
+        """The filter of the response's only chat choice while a frame that says nothing
+        but reasoning text (without `<`) would just be dropped by `event` (inside a think
+        block, for a client that does not keep it); None otherwise. Changes only with
+        what `event` and `end` see."""
+        if self.kind != CHAT or self.keep_reasoning or self.choices != 1:
+            return None
+        c = self._choices.get(0)
+        f = c.filter if c is not None else None
+        return f if f is not None and f.in_block else None
+
+    def swallow(self, sink: ThinkFilter, frame: Frame) -> bool:
+        """Drop `frame`, a frame without tag-like bytes, if it says nothing but reasoning
+        text, as `event` would: read off its bytes (Ollama's event shape; any other is
+        left to `event`), and counted as `event` would count it."""
+        raw = frame.raw
+        at = raw.rfind(b'"choices":[')
+        match = _REASONING_ONLY.fullmatch(raw, at) if at > 0 and not frame.verbatim else None
+        if match is None:
+            return False
+        text = match.group(1)
+        try:
+            if b"\\" in text:  # JSON escapes: decoded to count characters
+                length = len(json.loads(b'"' + text + b'"'))
+            else:
+                length = len(text) if text.isascii() else len(text.decode())
+        except ValueError:  # not valid JSON after all: `event` lets it pass
+            return False
+        sink.swallow(length)
+        self._last = frame
+        return True
 
     def _openai_event(self, obj: dict[str, Any]) -> list[Any] | None:
         choices = obj.get("choices")
@@ -451,7 +496,7 @@ class ThinkStage(Stage):
         if cleaner is None or response is None or not response.ok:
             return
         if response.streaming:
-            response.map_frames(lambda frames: clean_frames(cleaner, frames))
+            response.map_frames(lambda frames: clean_frames(cleaner, frames), keeps_marks=True)
             return
         if not may_hold_reasoning(response.body):
             return
@@ -496,23 +541,51 @@ def choice_count(payload: dict[str, Any]) -> int:
 
 
 def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
+    """The stream cleaned, frame by frame. Frames without tag-like bytes are not parsed
+    once the filter is past its think block (relayed) or while it is inside it and they
+    carry nothing but reasoning (dropped).
+
+    Keeps the frames' `more` marks true: the last frame it sends of one upstream read
+    goes out unmarked, even when the filter drops the frames after it (it holds one frame
+    back while the read has more to come)."""
+    held: Frame | None = None  # the last frame to send, while more of its read follows
+    # what the cleaner's state allows; it changes only with what `event` and `end` see
+    passing, sink = cleaner.passing, cleaner.reasoning_sink()
     for frame in frames:
-        if cleaner.passing and not _may_hold_tag(frame.raw):
-            yield frame  # the hot path: nothing to change, not even parsed
-            continue
-        if frame.is_done:
-            for obj in cleaner.end():
-                yield Frame.of(obj)
-            yield frame
-            continue
-        replaced = cleaner.event(frame.data)
-        if replaced is None:
-            yield frame
+        if not passing and sink is None or _may_hold_tag(frame.raw):
+            outs = _cleaned(cleaner, frame)
+            passing, sink = cleaner.passing, cleaner.reasoning_sink()
+        elif passing:
+            outs = (frame,)  # the hot path: nothing to change, not even parsed
+        elif cleaner.swallow(sink, frame):
+            continue  # reasoning dropped, not parsed either
         else:
-            for obj in replaced:
-                yield Frame.of(obj)
+            outs = _cleaned(cleaner, frame)
+            passing, sink = cleaner.passing, cleaner.reasoning_sink()
+        for out in outs:
+            if held is not None:
+                held.more = True  # `out` follows it at once
+                yield held
+            held = out
+        if held is not None and not frame.more:
+            held.more = False  # the read is over: nothing follows without waiting
+            yield held
+            held = None
+    if held is not None:
+        held.more = False
+        yield held
     for obj in cleaner.end():  # a stream cut without `[DONE]`: nothing is lost
         yield Frame.of(obj)
+
+
+def _cleaned(cleaner: ThinkCleaner, frame: Frame) -> list[Frame] | tuple[Frame, ...]:
+    """What one frame becomes, parsed: itself, what the filter makes of it, or nothing."""
+    if frame.is_done:
+        return [*(Frame.of(obj) for obj in cleaner.end()), frame]
+    replaced = cleaner.event(frame.data)
+    if replaced is None:
+        return (frame,)
+    return [Frame.of(obj) for obj in replaced]
 
 
 def make_stage(settings: Settings, context: Context) -> ThinkStage | None:

@@ -306,19 +306,35 @@ def _trace_end(ex: Exchange) -> None:
 
 
 def _relay(ex: Exchange, response: Response) -> Iterator[bytes]:
+    """The stream as it goes out: each frame as soon as it is there, except that frames
+    that came in one upstream read (`Frame.more`) go out in one write: one system call
+    and one TCP segment where a frame each would cost as many."""
     assert response.frames is not None and response.codec is not None
     codec = response.codec
+    encode = streaming.encode
+    held: list[bytes] = []  # frames of one read, until its last
     try:
         with streaming.owned(response.frames) as frames:  # a client hanging up closes the upstream
             if response.ready:  # a replay: one write instead of one per frame
-                yield b"".join([streaming.encode(frame, codec) for frame in frames])
+                yield b"".join([encode(frame, codec) for frame in frames])
                 return
             for frame in frames:
-                yield streaming.encode(frame, codec)
+                if frame.more:
+                    held.append(encode(frame, codec))
+                elif held:
+                    held.append(encode(frame, codec))
+                    yield b"".join(held)
+                    held.clear()
+                else:
+                    yield encode(frame, codec)
+            if held:  # only a stage breaking its promise (`map_frames`) leaves any
+                yield b"".join(held)
     except gevent.GreenletExit:
         # The worker is stopping and this stream outlived the graceful timeout (or the
         # stop was a quick one): end it with an error the client can see, not a cut.
         response.outcome = "stopped"
+        if held:
+            yield b"".join(held)
         log.warning("stream cut: the bridge is stopping (its graceful timeout ran out, or "
                     "a quick stop) [%s]", ex.request_id)
         if codec != streaming.RAW:

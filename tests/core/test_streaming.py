@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import ollama
@@ -87,3 +88,48 @@ def test_stream_relays_upstream_error_line_and_done_unchanged(relay, standin):
         assert via.headers["content-type"] == direct.headers["content-type"]
         assert len(via.content.splitlines()) == len(direct.content.splitlines())
         assert via.content.endswith(b"data: [DONE]\n\n" if path.startswith("/v1") else b"}\n")
+
+
+def _odd_upstream(pieces: list[bytes]) -> tuple[str, threading.Thread, socket.socket]:
+    """A loopback upstream that answers one request with `pieces`, each its own write, a
+    few milliseconds apart (so the bridge's reads split where the pieces do)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.recv(65536)  # the request: one write (headers with the body)
+            for piece in pieces:
+                conn.sendall(piece)
+                time.sleep(0.005)
+            time.sleep(0.2)  # the bridge reads the end before the connection closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread, listener
+
+
+def test_a_chunked_stream_is_relayed_exactly_however_its_chunks_and_reads_fall(make_bridge):
+    """Chunk framing as HTTP allows it (several events in one chunk, an event across
+    chunks, chunk extensions, upper-case sizes, trailers), sent in pieces that cut
+    through chunk-size lines, data and line ends: the client gets exactly the events."""
+    events = [b'data: {"choices":[{"index":0,"delta":{"content":"%d"}}]}\n\n' % i
+              for i in range(6)] + [b"data: [DONE]\n\n"]
+    stream = b"".join(events)
+    chunks = [stream[:40], stream[40:200], stream[200:201], stream[201:]]
+    body = b"".join(b"%X;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks)
+    wire = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + body + b"0\r\nX-Trailer: t\r\n\r\n")
+    cuts = [60, 61, 64, 150, 260, 261, len(wire) - 9, len(wire) - 2]
+    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    url, thread, listener = _odd_upstream(pieces)
+    with listener:
+        bridge = make_bridge("--disable-think-filter", upstream=url, workers=1)
+        reply = requests.post(bridge.url + "/v1/chat/completions", timeout=10, json={
+            "model": "llama3.2", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]})
+        thread.join(5)
+    assert reply.status_code == 200
+    assert reply.content == stream

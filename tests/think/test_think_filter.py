@@ -402,3 +402,68 @@ def test_frames_after_a_think_block_are_relayed_without_parsing():
     out = list(clean_frames(ThinkCleaner(CHAT, starts_inside=True, choices=2), iter(frames)))
     assert all(f._data is not Frame._UNPARSED for f in frames)
     assert answer_of([f.data for f in out]) == "Paris it is"
+
+
+def ollama_frames(contents: list[str]) -> list[Frame]:
+    """A chat stream as Ollama writes it (Go's encoder: `<` as `\\u003c`), then `[DONE]`."""
+    frames = []
+    for i, content in enumerate(contents):
+        delta = {"role": "assistant", "content": content} if i == 0 else {"content": content}
+        raw = json.dumps({"id": "chatcmpl-7", "object": "chat.completion.chunk",
+                          "created": 1, "model": "deepseek-r1:7b", "system_fingerprint": "fp",
+                          "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                         separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
+        frames.append(Frame(raw.encode()))
+    return [*frames, Frame(b"[DONE]")]
+
+
+REASONING_PIECES = ["<think>", "\nOkay, ", "the \"sky\"", " is blue… ", "so\n", "\\o/",
+                    " Rayleigh", "</think>\n\nThe sky", " is blue", " (Rayleigh)."]
+
+
+@pytest.mark.parametrize("start", ["plain", "maybe"])
+def test_reasoning_frames_are_dropped_unparsed_with_the_same_result(start):
+    """Frames inside a think block that only carry reasoning are dropped from their bytes,
+    not parsed; the client gets the same answer and the metrics the same counts as when
+    every frame is parsed (escapes and non-ASCII text counted as characters)."""
+    from bridge.think.stage import clean_frames
+
+    def cleaned(fast: bool) -> tuple[list[bytes], ThinkCleaner, list[Frame]]:
+        frames = ollama_frames(REASONING_PIECES)
+        cleaner = ThinkCleaner(CHAT, starts_inside=start == "maybe")
+        if not fast:  # every frame the slow way
+            cleaner.swallow = lambda sink, frame: False  # type: ignore[method-assign]
+        out = [f.raw for f in clean_frames(cleaner, iter(frames))]
+        return out, cleaner, frames
+
+    fast_out, fast, frames = cleaned(True)
+    slow_out, slow, _ = cleaned(False)
+    assert fast_out == slow_out
+    assert answer_of([json.loads(raw) for raw in fast_out if raw != b"[DONE]"]) == \
+        "The sky is blue (Rayleigh)."
+    assert (fast.stats, fast.verdict) == (slow.stats, slow.verdict)
+    assert fast.stats.chars == len("".join(REASONING_PIECES[:8])) - len("The sky")
+    unparsed = [f._data is Frame._UNPARSED for f in frames]
+    assert unparsed[2:7] == [True] * 5  # the reasoning between the tags
+
+
+def test_the_last_frame_sent_of_one_upstream_read_is_unmarked():
+    """Frames of one upstream read are marked `more` (the relay then writes them at once):
+    whatever the filter drops, the last one it sends of a read is unmarked, so the relay
+    never waits for the next read with frames in hand."""
+    from bridge.think.stage import clean_frames
+
+    frames = ollama_frames(["Hello", " there", "<think>", "hm", "</think>", "!"])
+    # reads: [Hello, there, <think>] [hm] [</think>, !, DONE]
+    for frame in (frames[0], frames[1], frames[4], frames[5]):
+        frame.more = True
+    sent = []
+    for frame in clean_frames(ThinkCleaner(CHAT), iter(frames)):
+        sent.append((frame.raw, frame.more))
+    contents = [json.loads(raw)["choices"][0]["delta"].get("content") if raw != b"[DONE]"
+                else "[DONE]" for raw, _ in sent]
+    assert "".join(c for c in contents if c != "[DONE]") == "Hello there!"
+    marks = [more for _, more in sent]
+    # Hello (more follows in its read), " there" (the rest of its read is dropped: last)
+    assert marks[:2] == [True, False]
+    assert marks[-1] is False
