@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import socket
 from functools import partial
@@ -59,7 +59,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 def request_id(headers: dict[str, str]) -> str:
     given = headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else os.urandom(16).hex()  # 32 hex digits
+    if given and _REQUEST_ID.match(given):
+        return given
+    # 32 hex digits; an id, not a secret: no system call for it (random reseeds in each
+    # forked worker, so workers never share a sequence)
+    return f"{random.getrandbits(128):032x}"
 
 
 # WSGI environ keys: the body read before Flask (`bridge.web.fast_hits`), or why it could
