@@ -70,6 +70,9 @@ class Rewriter:
         self.include_usage = include_usage
         self.id = ID_PREFIXES.get(endpoint, "") + f"{random.getrandbits(96):024x}"
         self.created = int(time.time())
+        # the upstream's `"id":…` and `"created":N` as its first parsed frame wrote them,
+        # and what replaces them: the later frames of a live stream are rewritten in bytes
+        self._fields: tuple[bytes, bytes, bytes, bytes] | None = None
 
     def data(self, data: dict[str, Any], stream: bool) -> dict[str, Any] | None:
         """The rewritten object (changed in place), or None when the client must not see it."""
@@ -92,14 +95,48 @@ class Rewriter:
     def frame(self, frame: Frame) -> Frame | None:
         if frame.verbatim or frame.is_done:
             return frame
+        quick = self._in_bytes(frame.raw)
+        if quick is not None:
+            return Frame(quick)
         try:
             data = json.loads(frame.raw)  # never the shared parsed copy: callers may change it
         except ValueError:
             return frame
         if not isinstance(data, dict):
             return frame
+        if self.surface == OPENAI and self._fields is None and "error" not in data:
+            self._learn(data)
         data = self.data(data, stream=True)
         return None if data is None else Frame.of(data)
+
+    def _learn(self, data: dict[str, Any]) -> None:
+        upstream_id, created = data.get("id"), data.get("created")
+        if isinstance(upstream_id, str) and type(created) is int:
+            self._fields = (b'"id":' + encode_json(upstream_id), b'"created":%d' % created,
+                            b'"id":' + encode_json(self.id), b'"created":%d' % self.created)
+
+    def _in_bytes(self, raw: bytes) -> bytes | None:
+        """`raw` rewritten as `data` would, without parsing it, when that is sure to give
+        the same object: at most one `created_at` (Ollama); or one id and one `created`
+        equal to the first frame's, and no error or usage to look at (OpenAI). Else None."""
+        if self.surface == OLLAMA:
+            count = raw.count(b'"created_at":')
+            if count != 1:
+                return raw if count == 0 and raw.startswith(b"{") else None
+            fresh = b'"created_at":' + encode_json(ollama_time())
+            out = _CREATED_AT_FIELD.sub(fresh, raw)
+            return out if fresh in out else None
+        fields = self._fields
+        if fields is None or b'"error"' in raw or (
+                not self.include_usage and b'"usage"' in raw):
+            return None
+        old_id, old_created, new_id, new_created = fields
+        at = raw.find(old_created)
+        if (raw.count(b'"id":') != 1 or old_id not in raw or raw.count(b'"created":') != 1
+                or at < 0 or raw[at + len(old_created):at + len(old_created) + 1] not in
+                _DELIMITERS):
+            return None
+        return raw.replace(old_id, new_id).replace(old_created, new_created)
 
 
 # --- stream → body -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from bridge.cache import replay
 from bridge.cache.entry import Entry, decode_entry, encode_entry
 from bridge.cache.memory import MemoryTier, entry_size
+from bridge.core.exchange import Frame
 
 CHAT = "/v1/chat/completions"
 
@@ -203,6 +204,56 @@ def test_a_stored_stream_replays_its_frames_with_a_new_identity(body, data, incl
         assert [without_identity(o) for o in out] == [without_identity(o) for o in original]
         assert len({o["id"] for o in out if o != "[DONE]"}) == 1
         assert response.outcome == "complete"
+
+
+def rewritten_by_parsing(rewriter: replay.Rewriter, raws: list[bytes]) -> list[Any]:
+    """What `rewriter` must make of each frame: its JSON rewritten by `data` (None: not
+    sent), as every frame of a live stream once was."""
+    out = []
+    for raw in raws:
+        if raw == b"[DONE]":
+            out.append("[DONE]")
+            continue
+        out.append(rewriter.data(json.loads(raw), stream=True))
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(chat_bodies(), st.data(), st.booleans())
+def test_a_live_stream_is_rewritten_as_if_every_frame_were_parsed(body, data, include_usage):
+    """The frames a leader's client and its followers get while the upstream streams
+    (tool calls with ids of their own, usage, created values that change, an error):
+    rewritten in bytes where that is sure, the same objects as parsing each one."""
+    frames = chat_stream(body, data)
+    compact = {"separators": (",", ":")}  # as upstreams write them
+    error = json.dumps({"id": body["id"], "created": body["created"],  # kept as it is
+                        "error": {"message": "boom"}}, **compact).encode()
+    later = json.dumps({**json.loads(frames[0]), "created": 1700000001}, **compact).encode()
+    raws = [*frames[:-1], later, error, frames[-1]]
+    rewriter = replay.Rewriter("openai", "chat", include_usage)
+    got = []
+    for raw in raws:
+        out = rewriter.frame(Frame(raw))
+        got.append(None if out is None else "[DONE]" if out.is_done else json.loads(out.raw))
+    expected = rewritten_by_parsing(replay.Rewriter("openai", "chat", include_usage), raws)
+    identity = {"id": rewriter.id, "created": rewriter.created}
+    for one, want in zip(got, expected, strict=True):
+        if isinstance(want, dict) and "error" not in want:
+            want = {**want, **{key: identity[key] for key in identity if key in want}}
+        assert one == want
+
+
+def test_a_live_ollama_stream_gets_the_time_of_the_response():
+    line = {"model": "m", "created_at": "2024-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": '"created_at":"x"'}, "done": False}
+    raws = [json.dumps(line).encode(), json.dumps({"error": "boom"}).encode(),
+            json.dumps({**line, "done": True, "eval_count": 3}).encode()]
+    rewriter = replay.Rewriter("ollama", "chat", False)
+    out = [json.loads(rewriter.frame(Frame(raw)).raw) for raw in raws]
+    assert [o.get("created_at", "").startswith("20") and o.get("created_at") != line[
+        "created_at"] for o in out] == [True, False, True]
+    assert [{k: v for k, v in o.items() if k != "created_at"} for o in out] == [
+        {k: v for k, v in json.loads(raw).items() if k != "created_at"} for raw in raws]
 
 
 def test_replay_keeps_frames_that_are_not_json_and_odd_identities():
