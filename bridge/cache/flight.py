@@ -27,9 +27,8 @@ import gevent
 from gevent.event import Event
 
 from bridge.cache.entry import Entry
-from bridge.core import streaming
 from bridge.core.events import emit
-from bridge.core.exchange import Frame, Response
+from bridge.core.exchange import Frame, Response, owned
 
 log = logging.getLogger("bridge.cache")
 
@@ -69,7 +68,7 @@ class Flight:
     def _run(self, response: Response, on_complete: Callable[["Flight"], None]) -> None:
         assert response.frames is not None
         try:
-            with streaming.owned(response.frames) as frames:
+            with owned(response.frames) as frames:
                 for frame in frames:
                     self.frames.append(frame)
                     self._notify()

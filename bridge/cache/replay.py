@@ -68,11 +68,16 @@ class Rewriter:
     def __init__(self, surface: str, endpoint: str, include_usage: bool):
         self.surface = surface
         self.include_usage = include_usage
+        self.endpoint = endpoint
         self.id = ID_PREFIXES.get(endpoint, "") + f"{random.getrandbits(96):024x}"
         self.created = int(time.time())
         # the upstream's `"id":…` and `"created":N` as its first parsed frame wrote them,
         # and what replaces them: the later frames of a live stream are rewritten in bytes
         self._fields: tuple[bytes, bytes, bytes, bytes] | None = None
+
+    def fresh(self) -> "Rewriter":
+        """Another response's rewriter, for the same client."""
+        return Rewriter(self.surface, self.endpoint, self.include_usage)
 
     def data(self, data: dict[str, Any], stream: bool) -> dict[str, Any] | None:
         """The rewritten object (changed in place), or None when the client must not see it."""
@@ -665,23 +670,10 @@ def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str],
 def restamper(rewriter: Rewriter, sent: bytes) -> Callable[[], bytes]:
     """What makes `sent` (an answer stamped with `rewriter`'s identity, as it went out,
     whatever stages changed on the way) again with a fresh identity for each response:
-    the id (random hex: found only where it was put) and `"created":N` (a key, since
-    quotes inside strings are escaped) become placeholders once; Ollama's `created_at`
-    values are all set to the time of the response, as a replay does."""
-    template = sent.replace(rewriter.id.encode(), _ID_SLOT)
-    created = b'"created":%d' % rewriter.created
-    template = template.replace(created, b'"created":' + _CREATED_SLOT)
-    times = _CREATED_AT_FIELD.search(template) is not None
-    prefix = rewriter.id[:-24].encode()  # the id: a prefix and 24 hex digits
-
-    def make() -> bytes:
-        out = template.replace(_ID_SLOT, b"%s%024x" % (prefix, random.getrandbits(96)))
-        out = out.replace(_CREATED_SLOT, b"%d" % time.time())
-        if times:
-            out = _CREATED_AT_FIELD.sub(b'"created_at":' + encode_json(ollama_time()), out)
-        return out
-
-    return make
-
-
-_ID_SLOT, _CREATED_SLOT = b"\0id\0", b"\0created\0"  # never in JSON: a raw NUL byte
+    the id (random hex: found only where it was put), `"created":N` (a key, since quotes
+    inside strings are escaped) and Ollama's `created_at` values become the placeholders
+    of a body template once, and each response stamps them as a body replay does."""
+    template = sent.replace(b'"%s"' % rewriter.id.encode(), _ID)
+    template = template.replace(b'"created":%d' % rewriter.created, b'"created":' + _CREATED)
+    template = _CREATED_AT_FIELD.sub(lambda _: b'"created_at":' + _CREATED_AT, template)
+    return lambda: _stamp(template, rewriter.fresh())

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 from bridge.core import streaming
 from bridge.core.errors import BridgeError, InternalError, error_response
 from bridge.core.events import emit
-from bridge.core.exchange import Exchange, Frame, Response
+from bridge.core.exchange import Exchange, Frame, Response, owned
 from bridge.core.forking import PerProcess
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
@@ -173,7 +173,7 @@ class Pipeline:
         response = self.run(ex, after)
         try:
             if response.frames is not None:
-                with streaming.owned(response.frames) as frames:
+                with owned(response.frames) as frames:
                     kept = list(frames)
                 response.frames = iter(kept)
         finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from bridge.core.exchange import Frame, Response
-from bridge.core.exchange import owned as owned  # where stages have always found it
 
 SSE = "sse"
 NDJSON = "ndjson"

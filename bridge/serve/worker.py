@@ -63,8 +63,6 @@ class _Server(StreamServer):
     max_accept = property(lambda self: ACCEPT_BATCH, lambda self, value: None)
 
 
-ggevent.StreamServer = _Server  # gunicorn's run() builds its servers from this name
-
 
 class _IdleWait:
     """The wait for a connection's next request, bounded by the keep-alive timeout; the
@@ -129,8 +127,9 @@ class Response(wsgi.Response):
 
 class GeventWorker(_GunicornGeventWorker):
     def init_process(self) -> None:
-        # `wsgi.create`, which gunicorn's handler calls, makes its response from this
-        # name: set in the worker process only, after fork
+        # gunicorn makes its servers (`run`) and responses (`wsgi.create`) from these
+        # names: replaced in the worker process only, after fork
+        ggevent.StreamServer = _Server
         wsgi.Response = Response
         self.idle: dict[Any, _IdleWait] = {}
         self.served: weakref.WeakSet[Any] = weakref.WeakSet()  # connections past a request

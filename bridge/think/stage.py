@@ -552,12 +552,10 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Fra
     # what the cleaner's state allows; it changes only with what `event` and `end` see
     passing, sink = cleaner.passing, cleaner.reasoning_sink()
     for frame in frames:
-        if not passing and sink is None or _may_hold_tag(frame.raw):
-            outs = _cleaned(cleaner, frame)
-            passing, sink = cleaner.passing, cleaner.reasoning_sink()
-        elif passing:
-            outs = (frame,)  # the hot path: nothing to change, not even parsed
-        elif cleaner.swallow(sink, frame):
+        plain = (passing or sink is not None) and not _may_hold_tag(frame.raw)
+        if plain and passing:
+            outs: Any = (frame,)  # the hot path: nothing to change, not even parsed
+        elif plain and sink is not None and cleaner.swallow(sink, frame):
             continue  # reasoning dropped, not parsed either
         else:
             outs = _cleaned(cleaner, frame)

@@ -30,7 +30,7 @@ from bridge.core.errors import (
     RequestTimeout,
     error_response,
 )
-from bridge.core.exchange import MODEL_ENDPOINTS, Exchange, Response
+from bridge.core.exchange import MODEL_ENDPOINTS, Exchange, Response, owned
 from bridge.core.pipeline import Pipeline
 
 log = logging.getLogger("bridge.proxy")
@@ -318,19 +318,15 @@ def _relay(ex: Exchange, response: Response) -> Iterator[bytes]:
     encode = streaming.encode
     held: list[bytes] = []  # frames of one read, until its last
     try:
-        with streaming.owned(response.frames) as frames:  # a client hanging up closes the upstream
+        with owned(response.frames) as frames:  # a client hanging up closes the upstream
             if response.ready:  # a replay: one write instead of one per frame
                 yield b"".join([encode(frame, codec) for frame in frames])
                 return
             for frame in frames:
-                if frame.more:
-                    held.append(encode(frame, codec))
-                elif held:
-                    held.append(encode(frame, codec))
-                    yield b"".join(held)
+                held.append(encode(frame, codec))
+                if not frame.more:
+                    yield held[0] if len(held) == 1 else b"".join(held)
                     held.clear()
-                else:
-                    yield encode(frame, codec)
             if held:  # only a stage breaking its promise (`map_frames`) leaves any
                 yield b"".join(held)
     except gevent.GreenletExit:
