@@ -22,7 +22,7 @@ reasoning of earlier assistant messages, removed by the same rule as the think f
 (`bridge.core.reasoning.strip_history`: `<think>…</think>` blocks, text before a
 `</think>` that comes before any `<think>`), and their reasoning fields. Headers
 (Authorization included) are not part of the key: who may be served a stored answer
-is decided by `bridge.cache.access`.
+is decided by `bridge.identity.entitlement`.
 """
 
 from __future__ import annotations

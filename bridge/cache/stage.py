@@ -17,8 +17,8 @@ a hit in the Redis tier shared by instances (`--redis-url`); HIT-FLIGHT is a
 request served by an identical one in flight (in this worker or another), which cost
 no upstream call of its own.
 
-Only clients the upstream would answer read the tiers or join a flight
-(`bridge.cache.access`); the others go upstream on their own. Whatever a request claims
+Only clients entitled to the model on that upstream read the tiers or join a flight
+(`bridge.identity.entitlement`); the others go upstream on their own. Whatever a request claims
 (a flight, a lease) is released when its exchange closes, even when a stage failed, and
 a lease not renewed expires after `LEASE_SECONDS`.
 """
@@ -35,7 +35,6 @@ from typing import Any
 import gevent
 
 from bridge.cache import replay
-from bridge.cache.access import Access
 from bridge.cache.disk import DiskTier
 from bridge.cache.entry import Entry, reported_gpu_seconds
 from bridge.cache.flight import Flight, Flights
@@ -55,6 +54,7 @@ from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
+from bridge.identity.entitlement import Entitlements
 
 log = logging.getLogger("bridge.cache")
 
@@ -122,7 +122,7 @@ class Pending:
 class CacheStage(Stage):
     name = "cache"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, context: Context):
         self.settings = settings
         self.ttl = settings.cache_ttl / 1000
         self.wait_limit = (settings.timeout / 1000) * (1 + settings.retry_attempts) + 5
@@ -132,11 +132,11 @@ class CacheStage(Stage):
         self.hot = HotTracker(settings.cache_hot_threshold)
         self.flights = Flights(on_end=self._released)
         self.sweeper: Sweeper | None = None
-        self.access = Access(everyone=settings.enable_shared_mode)
+        self.entitlements = Entitlements(settings, context.upstream, context.principals)
         self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
 
     def start(self) -> None:
-        self.access.start()
+        self.entitlements.start()
         disk = DiskTier(self.settings.cache_dir, self.ttl, self.settings.cache_max_entries)
         try:
             self.disk = disk.open()
@@ -173,7 +173,7 @@ class CacheStage(Stage):
         key = self._key(ex)
         shape = replay.Shape.of(ex)
         self._mark(ex, MISS)
-        shares = self.access.may_share(ex)
+        shares = self.entitlements.allows(ex)
         if control.lookup and shares:
             count = self.hot.touch(key)
             if self._answer_from_tiers(ex, key, control, shape, count):
@@ -321,7 +321,7 @@ class CacheStage(Stage):
             return
         if pending.payload is not ex.payload:
             ex.replace_payload(pending.payload)
-        self.access.learn(ex, response.status)
+        self.entitlements.learn(ex, response.status)
         shape = replay.Shape.of(ex)
         produced = response.ok and response.streaming
         # the producer owns the upstream call: inner stages end with it (admission slot)
@@ -469,4 +469,4 @@ def streaming_payload(ex: Exchange) -> Any:
 
 
 def make_stage(settings: Settings, context: Context) -> CacheStage | None:
-    return CacheStage(settings) if settings.enable_cache else None
+    return CacheStage(settings, context) if settings.enable_cache else None

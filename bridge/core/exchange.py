@@ -323,6 +323,7 @@ class Exchange:
     cache_status: str | None = None   # HIT-MEMORY, HIT-DISK, MISS, BYPASS; None when not cacheable
     # What stages tell each other (each set by one stage, read by those inside or outside it):
     client_key: str | None = None     # NAME of the client key shared mode accepted
+    principal: str | None = None      # who asks: set once by `bridge.identity.principal`
     cache_scope: str | None = None    # partitions the cache (e.g. one cache per client key)
     # where the request goes as the cache keys it: None, the configured upstream (-o); with
     # routing, the route's name (the cache key never depends on the upstream chosen)

@@ -38,6 +38,7 @@ from bridge.core.exchange import Exchange, Frame, Response, owned
 from bridge.core.forking import PerProcess
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
+from bridge.identity.principal import Principals
 
 log = logging.getLogger("bridge.pipeline")
 
@@ -85,6 +86,7 @@ class Context:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.upstream = UpstreamClient(settings)
+        self.principals = Principals(settings)  # who asks: `principals.of(exchange)`
         self.pipeline: Pipeline | None = None  # set by the pipeline that owns this context
         self.readiness: Callable[[float], tuple[bool, dict[str, Any]]] | None = None
 
@@ -109,6 +111,11 @@ class Pipeline:
         self._started.get()
 
     def _start_stages(self) -> None:
+        try:
+            self.context.principals.start()
+        except Exception:  # noqa: BLE001 - retried on first use; said once here
+            log.exception("reading the principal secret failed")
+            emit("stage.failed", stage="identity", phase="start")
         for stage in self.stages:
             try:
                 stage.start()

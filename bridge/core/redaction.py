@@ -19,6 +19,7 @@ import json
 import logging
 import re
 from typing import Iterable, Iterator
+from urllib.parse import unquote_plus
 
 from bridge.core import streaming
 from bridge.core.exchange import Frame, Response
@@ -50,6 +51,18 @@ CREDENTIAL_QUERY_PARAMS = frozenset({
     "key", "api_key", "api-key", "apikey", "x-api-key", "access_token", "token",
     "auth_token", "client_secret",
 })
+
+def split_query(query: str) -> tuple[str, str]:
+    """`query` as (its other parameters, its credential parameters), each byte for byte
+    and in order."""
+    if not query:
+        return query, ""
+    kept, credentials = [], []
+    for part in query.split("&"):
+        name = unquote_plus(part.partition("=")[0]).strip().lower()
+        (credentials if name in CREDENTIAL_QUERY_PARAMS else kept).append(part)
+    return "&".join(kept), "&".join(credentials)
+
 
 _KEY_NAMES = r"(?:x-)?api[_-]?key|authorization|password|secret|access_token|client_secret"
 # (regex, replacement): each credential shape, masked wherever it appears in a log line
@@ -117,7 +130,9 @@ class Redactor:
             if body is not response.body:
                 response.set_body(body)
             return
-        response.map_frames(self.chunks if response.codec == streaming.RAW else self.frames)
+        raw = response.codec == streaming.RAW
+        # frames are passed on one for one: their write marks stay good
+        response.map_frames(self.chunks if raw else self.frames, keeps_marks=not raw)
 
     def frame(self, frame: Frame) -> Frame:
         raw = self.bytes(frame.raw)

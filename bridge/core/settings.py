@@ -341,6 +341,11 @@ SETTINGS: list[Setting] = [
             "mode", SecretFile(), None, "FILE"),
     Setting("state_dir", ("--state-dir",), "directory of the bridge's state (the client "
             "key store)", Text(required=True), "./state", "DIR"),
+    Setting("entitlement_ttl", ("--entitlement-ttl",), "how long in ms what an upstream "
+            "said of a client's credentials for a model (a model call's status, or a "
+            "probe that costs no generation) decides whether that client is served "
+            "stored answers; hits renew it in the background",
+            Integer(1000, 86_400_000), 300_000, "MS"),
     Setting("cache_per_client_key", ("--cache-per-client-key",), "in shared mode, keep a "
             "separate cache per client key instead of one shared by all clients",
             Switch(), False),

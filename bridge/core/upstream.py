@@ -18,7 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from typing import BinaryIO, Callable, Iterator
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 import requests
 import urllib3
@@ -36,7 +36,7 @@ from bridge.core.exchange import (
     usage_in,
 )
 from bridge.core.forking import PerProcess
-from bridge.core.redaction import CREDENTIAL_HEADERS
+from bridge.core.redaction import CREDENTIAL_HEADERS, Redactor, bearer_token, split_query
 from bridge.core.settings import Settings, upstream_key
 
 log = logging.getLogger("bridge.upstream")
@@ -244,6 +244,21 @@ class Leg:
     target: UpstreamTarget | None  # None: the configured upstream (-o), no route
 
 
+def scrubbed(response: Response, leg: Leg) -> Response:
+    """`response` without the credentials its request carried (the client's, or the
+    bridge's own key), in case the upstream echoes them (some do, in errors and debug
+    fields): what every stage after this sees, and so what the cache and async jobs
+    keep, is what the client may be sent."""
+    secrets = [bearer_token(value) or value for name, value in leg.headers.items()
+               if name in CREDENTIAL_HEADERS]
+    secrets += [unquote_plus(part.partition("=")[2]) for part in
+                split_query(urlsplit(leg.url).query)[1].split("&") if part]
+    secrets = [secret for secret in secrets if secret]
+    if secrets:
+        Redactor(secrets).response(response)
+    return response
+
+
 class UpstreamClient:
     """Sends an exchange upstream and returns its `Response` (whole or streamed).
 
@@ -387,7 +402,7 @@ class UpstreamClient:
                         attempt == self.attempts and (last or upstream.status_code < 500)):
                     if route is not None and leg.target is not None:
                         route.answered(leg.target, upstream.status_code < 500)
-                    return self._response(ex, upstream, deadline, leg)
+                    return scrubbed(self._response(ex, upstream, deadline, leg), leg)
                 else:
                     retry_after = parse_retry_after(upstream.headers.get("retry-after"))
                     detail = f"status {upstream.status_code}"
@@ -559,25 +574,37 @@ class UpstreamClient:
         """The JSON an upstream answers to a GET of `path` (a POST of `body`, if given),
         for the bridge's own questions (capabilities, model lists, probes); None on any
         failure or a status other than 200. A routed upstream gets its own key, if any."""
-        headers = {"accept-encoding": "identity"}
-        if body is not None:
-            headers["content-type"] = "application/json"
+        headers = {}
         if target is not None and target.key is not None:
             authorization = f"Bearer {target.key}" if target.key else None
         if authorization:
             headers["authorization"] = authorization
+        status, data = self.ask(path, target, headers, timeout, body, read=True)
+        return data if status == 200 else None
+
+    def ask(self, path: str, target: UpstreamTarget | None, headers: dict[str, str],
+            timeout: float = 5.0, body: object = None, read: bool = False
+            ) -> tuple[int | None, object]:
+        """One question of the bridge's own to an upstream (`path` with `headers` as
+        given, a POST of `body` if any, no retries): its status (None when it did not
+        answer) and, with `read`, its JSON (None when not JSON or not a 200)."""
+        headers = {"accept-encoding": "identity", **headers}
+        if body is not None:
+            headers["content-type"] = "application/json"
         base = target.url if target is not None else self.base_url
         timeout = min(timeout, self.timeout)
         try:
             with closing(self._send_once("POST" if body is not None else "GET", base + path,
                                          headers, encode_json(body) if body is not None
                                          else b"", timeout)) as answer:
-                if answer.status_code != 200:
-                    return None
-                return json.loads(b"".join(self._body(answer, time.monotonic() + timeout,
-                                                      timeout)))
-        except (BridgeError, requests.RequestException, ValueError):
-            return None
+                if not read or answer.status_code != 200:
+                    return answer.status_code, None
+                return 200, json.loads(b"".join(self._body(answer, time.monotonic() + timeout,
+                                                           timeout)))
+        except (BridgeError, requests.RequestException):
+            return None, None
+        except ValueError:
+            return 200, None
 
     def readiness(self, timeout: float = 2.0) -> str:
         """"ready" when the upstream answers HTTP (any status: clients bring their own

@@ -184,6 +184,11 @@ METRICS: tuple[Metric, ...] = (
     # shared mode
     Metric("auth.refused", COUNTER, "bridge_auth_refused_total",
            "Requests refused by client-key authentication, by reason", ("reason",)),
+    # identity
+    Metric("identity.probe", COUNTER, "bridge_entitlement_probes_total",
+           "Probes that asked an upstream whether a client may be served stored answers "
+           "of a model (no generation), by outcome (2xx, 4xx, none: no answer)",
+           ("outcome",)),
 )
 
 

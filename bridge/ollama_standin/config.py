@@ -40,6 +40,10 @@ class StandInConfig:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     catalogue: str = "strict"
     api_key: str | None = None  # when set, every request needs `Authorization: Bearer <it>`
+    # model -> the bearer keys that may use it (as per-key entitlements of a cloud API or
+    # an auth proxy): others get 403 on /api and OpenAI's 404 on /v1, /api/show and
+    # /v1/models/<model> included. Models not listed answer everyone.
+    entitlements: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("shape", self.shape, SHAPES)
@@ -47,6 +51,11 @@ class StandInConfig:
         check_choice("catalogue", self.catalogue, CATALOGUES)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError(f"api_key must be a non-empty string or null, got {self.api_key!r}")
+        if not isinstance(self.entitlements, dict) or not all(
+                isinstance(keys, list) and all(isinstance(key, str) for key in keys)
+                for keys in self.entitlements.values()):
+            raise ValueError("entitlements must map model names to lists of keys, got "
+                             f"{self.entitlements!r}")
         check_delay("first_token_delay", self.first_token_delay)
         check_delay("token_delay", self.token_delay)
         if isinstance(self.models, str) or not all(isinstance(m, str) for m in self.models):

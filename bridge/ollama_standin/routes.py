@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import unquote
 
 from . import wire
 from .config import SHAPES, THINK_MODES, Fault, StandInConfig
@@ -175,11 +176,26 @@ def _model(call: Call, name: str) -> str:
     """The model asked for, if it answers: any non-empty name in the "any" catalogue."""
     if not name.strip():
         raise ApiError(400, "model is required")
-    if call.config.catalogue == "any":
-        return name
-    if wire.canonical_name(name) not in {wire.canonical_name(m) for m in call.config.models}:
+    if call.config.catalogue != "any" and wire.canonical_name(name) not in {
+            wire.canonical_name(m) for m in call.config.models}:
         raise ApiError(404, f"model '{name}' not found")
+    _entitled(call, name)
     return name
+
+
+def _entitled(call: Call, name: str) -> None:
+    """Refuse a model this call's bearer key may not use (`StandInConfig.entitlements`)."""
+    entitled = {wire.canonical_name(model): keys
+                for model, keys in call.config.entitlements.items()}.get(wire.canonical_name(name))
+    if entitled is None:
+        return
+    scheme, _, key = call.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip() in entitled:
+        return
+    if call.path.startswith("/v1/"):
+        raise ApiError(404, f"The model `{name}` does not exist or you do not have access "
+                       "to it.")
+    raise ApiError(403, f"access to model '{name}' denied")
 
 
 THINK_LEVELS = ("low", "medium", "high", "max")
@@ -363,7 +379,7 @@ def _openai_models(call: Call) -> Reply:
 
 
 def _openai_model(call: Call) -> Reply:
-    name = call.path[len("/v1/models/"):]
+    name = unquote(call.path[len("/v1/models/"):])  # gin matches the decoded path
     return _json(_openai_model_entry(_model(call, name)))
 
 

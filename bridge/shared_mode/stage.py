@@ -17,18 +17,12 @@ from __future__ import annotations
 import logging
 import math
 from typing import NoReturn
-from urllib.parse import unquote_plus
 
 from bridge.core import events
 from bridge.core.errors import BridgeError, Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
-from bridge.core.redaction import (
-    CREDENTIAL_HEADERS,
-    CREDENTIAL_QUERY_PARAMS,
-    Redactor,
-    bearer_token,
-)
+from bridge.core.redaction import CREDENTIAL_HEADERS, Redactor, bearer_token, split_query
 from bridge.core.settings import Settings, upstream_key
 from bridge.shared_mode.keystore import ClientKey, KeyStore, KeyStoreError
 from bridge.shared_mode.redis_stamps import revocation_stamps
@@ -42,18 +36,6 @@ def presented_key(headers: dict[str, str]) -> str:
     """The key the client sent: `Authorization: Bearer …`, else `X-Api-Key`, else `Api-Key`."""
     return (bearer_token(headers.get("authorization", "")) or headers.get("x-api-key", "").strip()
             or headers.get("api-key", "").strip())
-
-
-def without_credentials(query: str) -> tuple[str, bool]:
-    """`query` without its credential parameters (the others byte for byte, in order),
-    and whether it had any."""
-    if not query:
-        return query, False
-    parts = query.split("&")
-    kept = [part for part in parts
-            if unquote_plus(part.partition("=")[0]).strip().lower()
-            not in CREDENTIAL_QUERY_PARAMS]
-    return "&".join(kept), len(kept) != len(parts)
 
 
 class AuthStage(Stage):
@@ -75,8 +57,8 @@ class AuthStage(Stage):
         presented = presented_key(ex.headers)
         for name in CREDENTIAL_HEADERS:
             ex.headers.pop(name, None)
-        ex.query, in_query = without_credentials(ex.query)
-        key = self.authenticate(ex, presented, in_query)
+        ex.query, in_query = split_query(ex.query)  # credentials in the query: dropped
+        key = self.authenticate(ex, presented, bool(in_query))
         ex.headers["authorization"] = self.upstream_authorization
         if key is not None:
             ex.client_key = key.name

@@ -274,9 +274,10 @@ def test_keys_of_repeated_bodies_are_remembered_per_scope_and_bounded(tmp_path):
     from bridge.cache.keys import cache_key
     from bridge.core import settings as bridge_settings
     from bridge.core.exchange import Exchange
+    from bridge.core.pipeline import Context
 
-    stage = cache_stage.CacheStage(bridge_settings.load(
-        ["--enable-cache", "--cache-dir", str(tmp_path)], environ={}))
+    settings = bridge_settings.load(["--enable-cache", "--cache-dir", str(tmp_path)], environ={})
+    stage = cache_stage.CacheStage(settings, Context(settings))
 
     def key(payload: dict, scope: str | None = None) -> str:
         ex = Exchange(surface="openai", endpoint="chat", method="POST", path="/v1/chat/completions",
