@@ -47,8 +47,8 @@ def keys_command(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def show_upstream_is_open(bridge: Any, model: str = "qwen3") -> None:
     """One chat request without credentials through a cache bridge: its 2xx shows the
-    cache that the upstream lets everyone in, so stored answers then go to every client
-    (a fresh instance otherwise serves hits only to credentials the upstream accepted)."""
+    cache that the upstream lets everyone use `model`, so its stored answers then go to
+    every client without a probe (see `bridge.identity.entitlement`)."""
     import uuid
 
     import requests
