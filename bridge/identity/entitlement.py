@@ -61,6 +61,9 @@ PROBE_TIMEOUT = 5.0              # seconds: a probe is a metadata call, never a 
 SWEEP_INTERVAL = 60.0            # how often expired verdicts' files are removed
 _DIRECTORY = "entitlements"
 MEMO_ENTRIES = 4096
+# A verdict read from the shared files is trusted this long in the worker that read it
+# (a stat per hit otherwise): what another worker learns is seen within this time.
+RECHECK_SECONDS = 1.0
 
 
 class Scope:
@@ -91,6 +94,8 @@ class Entitlements:
         self.link = link_for(settings)
         self._directory: Path | None = None
         self._paths: dict[tuple[str, str, str], str] = {}
+        # (upstream, model, principal) -> (verdict, learned, read at): see RECHECK_SECONDS
+        self._seen: dict[tuple[str, str, str], tuple[str | None, float, float]] = {}
         self._probes: dict[tuple[str, str, str], AsyncResult] = {}
         self._swept = 0.0
 
@@ -197,8 +202,26 @@ class Entitlements:
     def _verdict(self, scope: Scope, principal: str, now: float
                  ) -> tuple[str | None, float]:
         """The verdict on `principal` still in force, and when it was learned."""
+        key = (scope.upstream, scope.model, principal)
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[2] < RECHECK_SECONDS and now - seen[1] < self.ttl:
+            return seen[0], seen[1]
+        verdict, learned = self._read(self._name(scope, principal), now)
+        self._remember(key, verdict, learned, now)
+        return verdict, learned
+
+    def _remember(self, key: tuple[str, str, str], verdict: str | None, learned: float,
+                  now: float) -> None:
+        if verdict is None:
+            self._seen.pop(key, None)
+            return
+        if len(self._seen) >= MEMO_ENTRIES and key not in self._seen:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = (verdict, learned, now)
+
+    def _read(self, name: str, now: float) -> tuple[str | None, float]:
+        """The verdict on file (this instance's, else the fleet's) still in force."""
         assert self._directory is not None, "Entitlements.start() first"
-        name = self._name(scope, principal)
         for verdict in (ENTITLED, REFUSED):
             try:
                 learned = os.stat(self._directory / f"{name}.{verdict}").st_mtime
@@ -228,6 +251,7 @@ class Entitlements:
 
     def _record(self, scope: Scope, principal: str, verdict: str) -> None:
         name, now = self._name(scope, principal), time.time()
+        self._remember((scope.upstream, scope.model, principal), verdict, now, now)
         self._keep(name, verdict, now)
         if self.link is not None:
             try:

@@ -4,21 +4,22 @@ A hit in a worker's memory tier costs the cache a few microseconds; Flask's requ
 handling and the pipeline around it cost many times that. So when the pipeline's answer
 is `Replayable` (the cache answered from this worker's memory tier), this WSGI layer
 keeps the bytes that went out, as every stage left them, under the request as it came
-(path, query, body, credential headers). An identical request within `MEMO_SECONDS` is
-answered from there once the cache says the entry is still current (which counts as a
-lookup: LRU order, hot tracking), with its own identity (id, created), request id and
-Age, and the same access line and events (metrics, console) as the first one: the
-events of all repeats answered in one turn of the event loop are emitted once at its
-end, with their values added up (they only feed counters: `events.additive`).
-Everything else goes through Flask: other paths and methods, requests with
-Cache-Control or Pragma, bodies of unknown or larger size, the first request of each
-MEMO_SECONDS, and any answer that was not such a hit.
+(path, query, body, credential headers): the same credentials are the same principal,
+which the cache found entitled to this answer (`bridge.identity`). An identical request
+within `MEMO_SECONDS` is answered from there once the cache says the entry is still
+current (which counts as a lookup: LRU order, hot tracking), with its own identity (id,
+created), request id and Age, and the same access line and events (metrics, console) as
+the first one: the events of all repeats answered in one turn of the event loop are
+emitted once at its end, with their values added up (they only feed counters:
+`events.additive`). Everything else goes through Flask: other paths and methods,
+requests with Cache-Control or Pragma, bodies of unknown or larger size, the first
+request of each MEMO_SECONDS, and any answer that was not such a hit.
 
 It is installed only where no stage in front of the cache treats each request on its
 own (`applies`): not with Lua middleware, shared mode (keys, quotas, revocation),
 routing (`--upstreams`) or `-d` tracing. What could change an identical request's answer
-in another way than the entry (another worker learning that the upstream now refuses a
-credential, the think filter learning about a model) is seen within MEMO_SECONDS.
+in another way than the entry (a worker learning that the upstream now refuses a
+principal, the think filter learning about a model) is seen within MEMO_SECONDS.
 """
 
 from __future__ import annotations
