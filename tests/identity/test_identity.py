@@ -211,3 +211,49 @@ def test_a_miss_on_one_instance_is_a_hit_for_the_same_key_on_another(entitled, m
     # both instances key clients by the fleet's secret
     assert (tmp_path / "a" / "state" / "principal.secret").read_bytes() == \
         (tmp_path / "b" / "state" / "principal.secret").read_bytes()
+
+
+def test_routed_upstreams_each_decide_for_their_own_models(make_bridge, tmp_path):
+    """An open local box says nothing of a paid upstream's models, and an upstream that
+    gets the bridge's own key says nothing of the client's credentials."""
+    local, paid, keyed = StandIn().start(), StandIn().start(), StandIn().start()
+    try:
+        paid.configure(models=[PRIVATE], entitlements={PRIVATE: ["sk-a-0123456789"]})
+        keyed.configure(api_key="sk-bridge-own-0123456789")
+        upstreams = tmp_path / "upstreams.toml"
+        upstreams.write_text(f'''
+[[upstream]]
+name = "local"
+url = "{local.url}"
+models = ["qwen*"]
+
+[[upstream]]
+name = "paid"
+url = "{paid.url}"
+models = ["private*"]
+
+[[upstream]]
+name = "keyed"
+url = "{keyed.url}"
+models = ["deepseek-*"]
+api_key_env = "TEST_KEYED_KEY"
+''')
+        bridge = make_bridge(*cache_flags(tmp_path, "--upstreams", str(upstreams)),
+                             upstream=None, env={"TEST_KEYED_KEY": "sk-bridge-own-0123456789"})
+        show_upstream_is_open(bridge, model="qwen3:latest")  # the local box is open
+        secret = chat(PRIVATE, f"paid answer {uuid.uuid4().hex}")
+        assert post(bridge, secret, KEY_A).headers["x-cache"] == "MISS"
+        # the junk key uses the keyed upstream (the bridge's key goes there): shared
+        keyed_question = chat("deepseek-r1:7b", f"keyed {uuid.uuid4().hex}")
+        assert post(bridge, keyed_question, WRONG).status_code == 200
+        shared = post(bridge, keyed_question, {})
+        assert shared.status_code == 200 and shared.headers["x-cache"].startswith("HIT-")
+        for headers in ({}, WRONG):  # ... and that never entitles it to the paid model
+            refused = post(bridge, secret, headers)
+            assert refused.status_code == 404 and refused.headers["x-cache"] == "MISS"
+            assert "paid answer" not in refused.text
+        assert post(bridge, secret, KEY_A).headers["x-cache"].startswith("HIT-")
+        assert paid.count(CHAT) == 1 + 2
+    finally:
+        for box in (local, paid, keyed):
+            box.stop()
