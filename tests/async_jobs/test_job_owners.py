@@ -98,6 +98,15 @@ def status_url(bridge: Bridge, fingerprint: str, surface: str = "/v1") -> str:
     return f"{bridge.url}{surface}/async/{fingerprint}"
 
 
+def run_job(bridge: Bridge, body: dict, headers: dict, url: str = "") -> requests.Response:
+    """Submit `body` as the principal of `headers`: a 202, then (sent again until the job
+    ended) its answer."""
+    url = url or bridge.url + CHAT
+    accepted = requests.post(url, json=body, headers={**headers, **SLOW}, timeout=10)
+    assert accepted.status_code == 202, accepted.text
+    return until_done(url, body, headers, fingerprint=body["request_fingerprint"])
+
+
 def not_found(answer: requests.Response) -> tuple:
     """What a client can compare between two 404s (not the request id)."""
     return answer.status_code, answer.headers["content-type"], answer.content
@@ -132,14 +141,10 @@ def test_another_principal_resubmitting_gets_its_own_job_not_the_result(
         bridge: Bridge, keyed: StandIn) -> None:
     fingerprint = new_fingerprint()
     body = chat(f"resubmitted {fingerprint}", fingerprint=fingerprint)
-    assert requests.post(bridge.url + CHAT, json=body, headers=GOOD,
-                         timeout=10).status_code == 202
-    done = until_done(bridge.url + CHAT, body, GOOD, fingerprint=fingerprint)
+    done = run_job(bridge, body, GOOD)
     assert done.status_code == 200
-    for headers in ({}, WRONG):
-        first = requests.post(bridge.url + CHAT, json=body, headers=headers, timeout=10)
-        assert first.status_code == 202  # a job of its own: nothing says the other exists
-        refused = until_done(bridge.url + CHAT, body, headers, fingerprint=fingerprint)
+    for headers in ({}, WRONG):  # a job of its own (a 202): nothing says the other exists
+        refused = run_job(bridge, body, headers)
         assert refused.status_code == 401, refused.text
         assert b"Echo" not in refused.content
     # the owner's result is still there, and still its own
@@ -155,12 +160,8 @@ def test_the_same_fingerprint_from_two_principals_is_two_jobs(bridge: Bridge,
     one = chat(f"first client {fingerprint}", fingerprint=fingerprint)
     two = chat(f"second client {fingerprint}", True, fingerprint)
     second_url = bridge.url + CHAT + "?key=client-two-" + fingerprint
-    assert requests.post(bridge.url + CHAT, json=one, headers=GOOD,
-                         timeout=10).status_code == 202
-    accepted = requests.post(second_url, json=two, headers=GOOD, timeout=10)
-    assert accepted.status_code == 202  # not a 409: another principal's fingerprint
-    first = until_done(bridge.url + CHAT, one, GOOD, fingerprint=fingerprint)
-    second = until_done(second_url, two, GOOD, fingerprint=fingerprint)
+    first = run_job(bridge, one, GOOD)
+    second = run_job(bridge, two, GOOD, second_url)  # not a 409: another principal's
     assert first.json()["choices"][0]["message"]["content"] == f"Echo: first client {fingerprint}"
     assert second.headers["content-type"].startswith("text/event-stream")
     assert b"second" in second.content and b"first" not in second.content
@@ -183,10 +184,7 @@ def test_query_credentials_leave_the_store_when_the_job_ends(bridge: Bridge,
     secret = f"query-secret-{uuid.uuid4().hex}"
     fingerprint = new_fingerprint()
     body = chat(f"query key {fingerprint}", True, fingerprint)
-    url = f"{bridge.url}{CHAT}?trace=1&key={secret}"
-    assert requests.post(url, json=body, headers={**GOOD, **SLOW},
-                         timeout=10).status_code == 202
-    done = until_done(url, body, GOOD, fingerprint=fingerprint)
+    done = run_job(bridge, body, GOOD, f"{bridge.url}{CHAT}?trace=1&key={secret}")
     assert done.status_code == 200 and b"[DONE]" in done.content
     sent = [seen for seen in keyed.requests if fingerprint.encode() in seen.body]
     assert len(sent) == 1 and f"key={secret}" in sent[0].query  # put back for the run
@@ -209,19 +207,12 @@ def test_a_wrong_keys_401_is_not_the_right_keys_answer(bridge: Bridge,
                                                        keyed: StandIn) -> None:
     fingerprint = new_fingerprint()
     body = chat(f"fixed key {fingerprint}", fingerprint=fingerprint)
-    assert requests.post(bridge.url + CHAT, json=body, headers=WRONG,
-                         timeout=10).status_code == 202
-    refused = until_done(bridge.url + CHAT, body, WRONG, fingerprint=fingerprint)
-    assert refused.status_code == 401
+    assert run_job(bridge, body, WRONG).status_code == 401
     # the right key, same fingerprint and body: a job of its own, and the real answer
-    assert requests.post(bridge.url + CHAT, json=body, headers=GOOD,
-                         timeout=10).status_code == 202
-    done = until_done(bridge.url + CHAT, body, GOOD, fingerprint=fingerprint)
+    done = run_job(bridge, body, GOOD)
     assert done.status_code == 200
     assert done.json()["choices"][0]["message"]["content"] == f"Echo: fixed key {fingerprint}"
     # a refusal is answered once, not kept: the wrong key asking again runs again
-    assert requests.post(bridge.url + CHAT, json=body, headers=WRONG,
-                         timeout=10).status_code == 202
-    assert until_done(bridge.url + CHAT, body, WRONG).status_code == 401
+    assert run_job(bridge, body, WRONG).status_code == 401
     assert requests.get(status_url(bridge, fingerprint), headers=WRONG,
                         timeout=10).status_code == 404
