@@ -1,6 +1,7 @@
 """`deepseek-ollama-bridge jobs list|show|purge`: the async jobs of `--state-dir`, for
-operators, while the bridge runs or not. Credentials are never shown (only whether
-the job still holds one)."""
+operators, while the bridge runs or not. A job's owner is shown as its principal (a
+client key's name, `shared`, `anonymous` or a `cred:` digest); credentials are never
+shown (only whether the job still holds one)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
         STORE_SETTINGS)
     listing = commands.add_parser("list", help="one line per job")
     listing.add_argument("--json", action="store_true", help="as JSON")
-    show = commands.add_parser("show", help="one job: its request and state")
+    show = commands.add_parser("show", help="the jobs of a fingerprint (one per owner): "
+                                           "their requests and states, as a JSON list")
     show.add_argument("fingerprint")
     purge = commands.add_parser("purge", help="remove the ended jobs (done or failed)")
-    purge.add_argument("fingerprint", nargs="?", help="remove this job only, whatever its state")
+    purge.add_argument("fingerprint", nargs="?",
+                       help="remove this fingerprint's jobs only (every owner's), whatever "
+                            "their state")
     purge.add_argument("--all", action="store_true", dest="everything",
                        help="remove every job, waiting and running ones too")
     return parser
@@ -38,6 +42,14 @@ def summary(job: Job, now: float) -> dict:
             "age_seconds": round(now - job.created, 1),
             "result_status": job.result_status,
             "holds_credential": job.credential is not None}
+
+
+def details(job: Job, now: float) -> dict:
+    shown = summary(job, now)
+    shown["query"] = job.query  # stored without its credential parameters
+    shown["request"] = job.body.decode("utf-8", "replace")[:BODY_PREVIEW]
+    shown["result"] = job.result_body.decode("utf-8", "replace")[:BODY_PREVIEW]
+    return shown
 
 
 def main(argv: Sequence[str]) -> int:
@@ -53,20 +65,18 @@ def main(argv: Sequence[str]) -> int:
         if args.json:
             print(json.dumps(jobs, indent=2))
             return 0
-        print(f"{'FINGERPRINT':40} {'STATUS':8} {'RESULT':6} {'RUNS':4} {'AGE':>8}  OWNER")
+        print(f"{'FINGERPRINT':40} {'STATUS':8} {'RESULT':6} {'RUNS':4} {'AGE':>8}  "
+              "OWNER (principal)")
         for job in jobs:
             print(f"{job['fingerprint']:40} {job['status']:8} {job['result_status'] or '-'!s:6} "
                   f"{job['attempts']:<4} {job['age_seconds']:>7}s  {job['owner'] or '-'}")
         return 0
     if args.command == "show":
-        job = store.get(args.fingerprint)
-        if job is None:
+        jobs = [job for job in store.all() if job.fingerprint == args.fingerprint]
+        if not jobs:
             print(f"{parser.prog}: error: no job {args.fingerprint!r}", file=sys.stderr)
             return 1
-        details = summary(job, now)
-        details["request"] = job.body.decode("utf-8", "replace")[:BODY_PREVIEW]
-        details["result"] = job.result_body.decode("utf-8", "replace")[:BODY_PREVIEW]
-        print(json.dumps(details, indent=2, ensure_ascii=False))
+        print(json.dumps([details(job, now) for job in jobs], indent=2, ensure_ascii=False))
         return 0
     removed = store.purge(args.fingerprint, args.everything)
     print(f"purged {removed} job(s) from {store.path}")

@@ -1,14 +1,14 @@
 """The async job store in Redis (`--redis-url`): any instance answers for any fingerprint.
 
-A job is one Redis hash (`<prefix>:jobs:j:<fingerprint>`: the request, its state, the
-lease holder, the result) plus sorted sets that index it: `queued` (by the time it is
-due), `running` (by the end of its lease), `ended` (by the expiry of its result) and
-`all` (by creation, for `jobs list`). Submitting, claiming, finishing and putting back
-are server-side scripts, so exactly one runner of all instances claims a job; a job
-whose runner died is claimed again once its lease runs out (at once when the dead
-process was on this host). As with the SQLite store, a pass-through client's
-credentials are kept only while the job waits or runs and deleted by the script that
-stores its result.
+A job is one Redis hash (`<prefix>:jobs:j:<id>`, the id being `<fingerprint>/<owner>`:
+the request, its state, the lease holder, the result) plus sorted sets of ids that
+index it: `queued` (by the time it is due), `running` (by the end of its lease), `ended`
+(by the expiry of its result) and `all` (by creation, for `jobs list`). Submitting,
+claiming, finishing and putting back are server-side scripts, so exactly one runner of
+all instances claims a job; a job whose runner died is claimed again once its lease
+runs out (at once when the dead process was on this host). As with the SQLite store, a
+pass-through client's credentials (headers and credential query parameters) are kept
+only while the job waits or runs and deleted by the script that stores its result.
 
 Durability is Redis's: with the default snapshots a Redis crash loses the last minutes
 of jobs; users who need every accepted job to survive run Redis with `appendonly yes`
@@ -27,6 +27,7 @@ from bridge.async_jobs.store import (
     ENDED,
     QUEUED,
     RUNNING,
+    Credential,
     Job,
     JobStore,
     QueueFull,
@@ -37,8 +38,8 @@ from bridge.core import redis_link
 from bridge.core.redis_link import Link, RedisDown
 from bridge.core.settings import Settings
 
-# KEYS: job, queued, all, ended, running. ARGV: fingerprint, max queued, now, request
-# JSON, body, credential JSON ('' for none). 1 stored, 0 one exists, -1 queue full.
+# KEYS: job, queued, all, ended, running. ARGV: id, max queued, now, request JSON, body,
+# credential JSON ('' for none), fingerprint. 1 stored, 0 one exists, -1 queue full.
 _SUBMIT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 local now = tonumber(ARGV[3])
@@ -52,7 +53,7 @@ if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'request', ARGV[4], 'body', ARGV[5],
+redis.call('HSET', KEYS[1], 'fingerprint', ARGV[7], 'request', ARGV[4], 'body', ARGV[5],
            'status', 'queued', 'created', ARGV[3], 'attempts', 0)
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'credential', ARGV[6]) end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
@@ -76,7 +77,7 @@ redis.call('HINCRBY', job, 'attempts', 1)
 redis.call('HSETNX', job, 'started', ARGV[1])
 return redis.call('HGETALL', job)
 """
-# KEYS: running. ARGV: worker, lease end, job key prefix, fingerprints...
+# KEYS: running. ARGV: worker, lease end, job key prefix, ids...
 _RENEW = """
 for i = 4, #ARGV do
   local job = ARGV[3] .. ARGV[i]
@@ -87,8 +88,8 @@ for i = 4, #ARGV do
 end
 return 1
 """
-# KEYS: job, running, ended. ARGV: fingerprint, worker, status, now, expires, result
-# JSON, result body. 1 when this worker still held the job.
+# KEYS: job, running, ended. ARGV: id, worker, status, now, expires, result JSON, result
+# body. 1 when this worker still held the job.
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] or
    redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
@@ -99,7 +100,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 return 1
 """
-# KEYS: job, running, queued. ARGV: fingerprint, worker, due.
+# KEYS: job, running, queued. ARGV: id, worker, due.
 _RETRY = """
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] or
    redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
@@ -109,18 +110,33 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
 """
+# KEYS: job, ended, all. ARGV: id, created. 1 when the ended job made then was removed.
+_DISCARD = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if (status ~= 'done' and status ~= 'failed') or
+   redis.call('HGET', KEYS[1], 'created') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+
+def job_id(owner: str, fingerprint: str) -> str:
+    """The job's name in Redis: a fingerprint never holds `/`, so the first one ends it.
+    A job stored before jobs had owners (owner '') keeps the fingerprint alone."""
+    return f"{fingerprint}/{owner}" if owner else fingerprint
 
 
 def _number(value: bytes | None) -> float | None:
     return float(value) if value is not None else None
 
 
-def job_from_hash(fingerprint: str, fields: dict[bytes, bytes]) -> Job:
+def job_from_hash(fields: dict[bytes, bytes]) -> Job:
     request = json.loads(fields[b"request"])
     result = json.loads(fields[b"result"]) if b"result" in fields else {}
-    credential = fields.get(b"credential")
-    return Job(fingerprint=fingerprint, body=fields[b"body"],
-               credential=json.loads(credential) if credential else None,
+    return Job(fingerprint=fields[b"fingerprint"].decode(), body=fields[b"body"],
+               credential=Credential.loads(fields.get(b"credential")),
                status=fields[b"status"].decode(), created=float(fields[b"created"]),
                attempts=int(fields.get(b"attempts", b"0")),
                worker=fields[b"worker"].decode() if b"worker" in fields else None,
@@ -147,8 +163,8 @@ class RedisJobStore:
         self.host = socket.gethostname()
         self._submit, self._claim = link.script(_SUBMIT), link.script(_CLAIM)
         self._renew, self._finish = link.script(_RENEW), link.script(_FINISH)
-        self._retry = link.script(_RETRY)
-        self._mine: set[str] = set()  # jobs this process runs (their leases it renews)
+        self._retry, self._discard = link.script(_RETRY), link.script(_DISCARD)
+        self._mine: set[str] = set()  # ids of the jobs this process runs (it renews them)
 
     def submit(self, job: Job, max_queued: int) -> tuple[Job, bool]:
         request = {"owner": job.owner, "content_hash": job.content_hash,
@@ -156,28 +172,37 @@ class RedisJobStore:
                    "path": job.path, "query": job.query, "headers": job.headers,
                    "facts": job.facts}
         now = time.time()
+        name = job_id(*job.key)
         stored = self._submit(
-            [self.prefix + job.fingerprint, self.queued, self.index, self.ended, self.running],
-            [job.fingerprint, max_queued, repr(now), json.dumps(request), job.body,
-             json.dumps(job.credential) if job.credential else ""])
+            [self.prefix + name, self.queued, self.index, self.ended, self.running],
+            [name, max_queued, repr(now), json.dumps(request), job.body,
+             job.credential.dumps() if job.credential else "", job.fingerprint])
         if stored == -1:
             raise QueueFull(f"{max_queued} or more async jobs are waiting (--async-max-queued)")
         if stored == 1:
             job.status, job.created = QUEUED, now
             return job, True
-        existing = self.get(job.fingerprint)
+        existing = self.get(*job.key)
         if existing is None:  # it expired between the two calls: store it now
             return self.submit(job, max_queued)
         return existing, False
 
-    def get(self, fingerprint: str) -> Job | None:
-        fields = self.link.run(lambda client: client.hgetall(self.prefix + fingerprint))
+    def get(self, owner: str, fingerprint: str) -> Job | None:
+        return self._get(job_id(owner, fingerprint))
+
+    def _get(self, name: str) -> Job | None:
+        fields = self.link.run(lambda client: client.hgetall(self.prefix + name))
         if not fields or b"request" not in fields:
             return None
-        job = job_from_hash(fingerprint, fields)
+        job = job_from_hash(fields)
         if job.status in ENDED and job.expires is not None and job.expires < time.time():
             return None
         return job
+
+    def discard(self, job: Job) -> bool:
+        name = job_id(*job.key)
+        return self._discard([self.prefix + name, self.ended, self.index],
+                             [name, repr(job.created)]) == 1
 
     def claim(self, worker: str, lease: float) -> Job | None:
         now = time.time()
@@ -185,10 +210,9 @@ class RedisJobStore:
                            [repr(now), worker, repr(now + lease), self.host, self.prefix])
         if not flat:
             return None
-        fields = _pairs(flat)
-        fingerprint = fields[b"fingerprint"].decode()
-        self._mine.add(fingerprint)
-        return job_from_hash(fingerprint, fields)
+        job = job_from_hash(_pairs(flat))
+        self._mine.add(job_id(*job.key))
+        return job
 
     def renew(self, worker: str, lease: float) -> None:
         if self._mine:
@@ -197,13 +221,12 @@ class RedisJobStore:
 
     def release_orphans(self, alive: Callable[[int], bool]) -> int:
         """End the leases of running jobs whose worker process on this host is gone."""
-        fingerprints = [member.decode() for member in self.link.run(
-            lambda client: client.zrange(self.running, 0, -1))]
-        if not fingerprints:
+        names = self._members(self.running)
+        if not names:
             return 0
-        holders = self.link.run(lambda client: [client.hmget(self.prefix + fp, "worker", "host")
-                                                for fp in fingerprints])
-        dead = [fp for fp, (worker, host) in zip(fingerprints, holders, strict=True)
+        holders = self.link.run(lambda client: [client.hmget(self.prefix + name, "worker",
+                                                             "host") for name in names])
+        dead = [name for name, (worker, host) in zip(names, holders, strict=True)
                 if host is not None and host.decode() == self.host and worker is not None
                 and worker_pid(worker.decode()) and not alive(worker_pid(worker.decode()))]
         if dead:
@@ -213,32 +236,37 @@ class RedisJobStore:
 
     def finish(self, job: Job, status: str, result: Result, keep: float) -> bool:
         now = time.time()
-        self._mine.discard(job.fingerprint)
+        name = job_id(*job.key)
+        self._mine.discard(name)
         meta = json.dumps({"status": result.status, "headers": result.headers,
                            "codec": result.codec})
-        return self._finish([self.prefix + job.fingerprint, self.running, self.ended],
-                            [job.fingerprint, job.worker or "", status, repr(now),
+        return self._finish([self.prefix + name, self.running, self.ended],
+                            [name, job.worker or "", status, repr(now),
                              repr(now + keep), meta, result.body]) == 1
 
     def retry_later(self, job: Job, delay: float) -> bool:
-        self._mine.discard(job.fingerprint)
-        return self._retry([self.prefix + job.fingerprint, self.running, self.queued],
-                           [job.fingerprint, job.worker or "", repr(time.time() + delay)]) == 1
+        name = job_id(*job.key)
+        self._mine.discard(name)
+        return self._retry([self.prefix + name, self.running, self.queued],
+                           [name, job.worker or "", repr(time.time() + delay)]) == 1
 
     def purge_expired(self) -> int:
-        expired = [member.decode() for member in self.link.run(
-            lambda client: client.zrangebyscore(self.ended, "-inf", time.time()))]
-        return self._remove(expired)
+        return self._remove([member.decode() for member in self.link.run(
+            lambda client: client.zrangebyscore(self.ended, "-inf", time.time()))])
 
-    def _remove(self, fingerprints: list[str]) -> int:
-        if not fingerprints:
+    def _members(self, index: str) -> list[str]:
+        return [member.decode() for member in self.link.run(
+            lambda client: client.zrange(index, 0, -1))]
+
+    def _remove(self, names: list[str]) -> int:
+        if not names:
             return 0
 
         def remove(client: Any) -> int:
             pipe = client.pipeline()
-            pipe.delete(*(self.prefix + fp for fp in fingerprints))
+            pipe.delete(*(self.prefix + name for name in names))
             for index in (self.queued, self.running, self.ended, self.index):
-                pipe.zrem(index, *fingerprints)
+                pipe.zrem(index, *names)
             return pipe.execute()[0]
         return int(self.link.run(remove))
 
@@ -249,19 +277,14 @@ class RedisJobStore:
         return sum(job.status == status for job in self.all())
 
     def all(self) -> list[Job]:
-        fingerprints = [member.decode() for member in self.link.run(
-            lambda client: client.zrange(self.index, 0, -1))]
-        jobs = (self.get(fp) for fp in fingerprints)
+        jobs = (self._get(name) for name in self._members(self.index))
         return [job for job in jobs if job is not None]
 
     def purge(self, fingerprint: str | None = None, everything: bool = False) -> int:
-        if fingerprint is not None:
-            return self._remove([fingerprint])
-        if everything:
-            return self._remove([member.decode() for member in self.link.run(
-                lambda client: client.zrange(self.index, 0, -1))])
-        return self._remove([member.decode() for member in self.link.run(
-            lambda client: client.zrange(self.ended, 0, -1))])
+        if fingerprint is not None:  # every owner's job of that fingerprint
+            return self._remove([name for name in self._members(self.index)
+                                 if name.partition("/")[0] == fingerprint])
+        return self._remove(self._members(self.index if everything else self.ended))
 
 
 class FallbackJobStore:
@@ -273,7 +296,7 @@ class FallbackJobStore:
         self.shared = shared
         self.local = local
         self.path = local.path
-        self._claimed_locally: set[str] = set()
+        self._claimed_locally: set[tuple[str, str]] = set()
 
     def open(self, create: bool = True) -> "FallbackJobStore":
         self.local.open(create)
@@ -288,14 +311,17 @@ class FallbackJobStore:
         except RedisDown:
             return self.local.submit(job, max_queued)
 
-    def get(self, fingerprint: str) -> Job | None:
+    def get(self, owner: str, fingerprint: str) -> Job | None:
         try:
-            job = self.shared.get(fingerprint)
+            job = self.shared.get(owner, fingerprint)
             if job is not None:
                 return job
         except RedisDown:
             pass
-        return self.local.get(fingerprint)
+        return self.local.get(owner, fingerprint)
+
+    def discard(self, job: Job) -> bool:
+        return any(self._both(lambda store: store.discard(job)))
 
     def claim(self, worker: str, lease: float) -> Job | None:
         try:
@@ -306,7 +332,7 @@ class FallbackJobStore:
             pass
         job = self.local.claim(worker, lease)
         if job is not None:
-            self._claimed_locally.add(job.fingerprint)
+            self._claimed_locally.add(job.key)
         return job
 
     def renew(self, worker: str, lease: float) -> None:
@@ -316,8 +342,8 @@ class FallbackJobStore:
         return sum(self._both(lambda store: store.release_orphans(alive)))
 
     def finish(self, job: Job, status: str, result: Result, keep: float) -> bool:
-        if job.fingerprint in self._claimed_locally:
-            self._claimed_locally.discard(job.fingerprint)
+        if job.key in self._claimed_locally:
+            self._claimed_locally.discard(job.key)
             return self.local.finish(job, status, result, keep)
         try:
             return self.shared.finish(job, status, result, keep)
@@ -325,8 +351,8 @@ class FallbackJobStore:
             return False  # its lease runs out and a later run stores the result
 
     def retry_later(self, job: Job, delay: float) -> bool:
-        if job.fingerprint in self._claimed_locally:
-            self._claimed_locally.discard(job.fingerprint)
+        if job.key in self._claimed_locally:
+            self._claimed_locally.discard(job.key)
             return self.local.retry_later(job, delay)
         try:
             return self.shared.retry_later(job, delay)

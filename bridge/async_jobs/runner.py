@@ -60,7 +60,7 @@ class Runner:
         self.backoff = backoff
         self.keep_seconds = keep_seconds
         self.worker = ""
-        self._running: set[str] = set()
+        self._running: set[tuple[str, str]] = set()
         self._wake = threading.Event()
         self._next_housekeeping = 0.0
 
@@ -96,7 +96,7 @@ class Runner:
             job = self.store.claim(self.worker, LEASE_SECONDS)
             if job is None:
                 return
-            self._running.add(job.fingerprint)
+            self._running.add(job.key)
             threading.Thread(target=self._run, args=(job,), name=f"async-{job.fingerprint}",
                              daemon=True).start()
 
@@ -131,7 +131,7 @@ class Runner:
         except Exception:  # noqa: BLE001 - the lease runs out and another run takes it
             log.exception("async job %s: the run failed", job.fingerprint)
         finally:
-            self._running.discard(job.fingerprint)
+            self._running.discard(job.key)
             self.wake()  # a slot is free
 
     def _end(self, job: Job, status: str, result: Result) -> None:

@@ -2,10 +2,16 @@
 stored as a durable job and answered 202 Accepted; the stages inside this one run it
 later, in a background greenlet of some worker (`bridge.async_jobs.runner`).
 
+A job belongs to the principal that sent it (`context.principals`: the client key in
+shared mode, a digest of the credentials in pass-through): the same fingerprint from
+another principal is another job, and at the status URL another principal's job does
+not exist (the same 404 as an unknown fingerprint).
+
 Asking again, with the same request or at the status URL (`GET /v1/async/<fingerprint>`,
 `GET /api/async/<fingerprint>`), answers 202 while the job waits or runs, then its
 stored result (a stream replayed as a stream) through the stages outside this one. The
-same fingerprint with another request is a 409; another client key's fingerprint, 404.
+same fingerprint with another request is a 409. A job refused by the upstream (401,
+403) is answered once and then forgotten, so that asking again runs it again.
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ from typing import Any
 
 from bridge.async_jobs.redis_store import shared_store
 from bridge.async_jobs.runner import Runner
-from bridge.async_jobs.store import DONE, FAILED, Job, JobStore, QueueFull
+from bridge.async_jobs.store import DONE, ENDED, Credential, Job, JobStore, QueueFull
 from bridge.core import streaming
 from bridge.core.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
-from bridge.core.redaction import CREDENTIAL_HEADERS
+from bridge.core.redaction import CREDENTIAL_HEADERS, split_query
 from bridge.core.settings import Settings, upstream_key
 from bridge.core.upstream import Backoff
 
@@ -45,6 +51,9 @@ FACTS = ("client_key", "cache_scope", "upstream")
 RETRY_AFTER = "1"           # seconds: most generations are over in a few
 QUEUE_FULL_RETRY_AFTER = "5"
 DEFAULT_SLOTS = 16          # jobs one worker runs at once without --max-concurrency
+# The upstream refused the credentials: not a result to keep, since a retry may find
+# them accepted (a key activated, the bridge's key replaced).
+REFUSED = frozenset({401, 403})
 
 
 def checked_fingerprint(value: Any) -> str:
@@ -55,8 +64,10 @@ def checked_fingerprint(value: Any) -> str:
 
 
 def content_hash(ex: Exchange) -> str:
-    """What makes two requests "the same": route and body (without the fingerprint)."""
-    canonical = json.dumps([ex.surface, ex.endpoint, ex.path, ex.query, ex.payload],
+    """What makes two requests "the same": route and body (without the fingerprint and
+    the credentials: those make the principal)."""
+    query = split_query(ex.query)[0]
+    canonical = json.dumps([ex.surface, ex.endpoint, ex.path, query, ex.payload],
                            sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -127,16 +138,15 @@ class AsyncStage(Stage):
             emit("async.queued")
             log.info("async job %s queued [%s]", fingerprint, ex.request_id)
             self.runner.wake()
-        elif stored.owner != job.owner:
-            raise self.not_found(fingerprint)
         elif stored.content_hash != job.content_hash:
             raise Conflict(f"{FIELD} {fingerprint!r} was already used for a different "
                            "request", param=FIELD, code="request_fingerprint_conflict")
         ex.response = self.answer(ex, stored)
 
     def find(self, ex: Exchange, fingerprint: str) -> Job:
-        job = self.store.get(checked_fingerprint(fingerprint))
-        if job is None or job.owner != (ex.client_key or ""):
+        """The asking principal's job: another's is as unknown as one never sent."""
+        job = self.store.get(self.context.principals.of(ex), checked_fingerprint(fingerprint))
+        if job is None:
             raise self.not_found(fingerprint)
         return job
 
@@ -145,42 +155,50 @@ class AsyncStage(Stage):
         return NotFound(f"no async request with {FIELD} {fingerprint!r}", param=FIELD,
                         code="request_fingerprint_not_found")
 
-    @staticmethod
-    def answer(ex: Exchange, job: Job) -> Response:
-        return result_response(job) if job.status in (DONE, FAILED) else status_response(ex, job)
+    def answer(self, ex: Exchange, job: Job) -> Response:
+        if job.status not in ENDED:
+            return status_response(ex, job)
+        if job.result_status in REFUSED:
+            self.store.discard(job)
+        return result_response(job)
 
     def job_for(self, ex: Exchange, fingerprint: str) -> Job:
-        return Job(fingerprint=fingerprint, owner=ex.client_key or "",
+        query, in_query = split_query(ex.query)
+        return Job(fingerprint=fingerprint, owner=self.context.principals.of(ex),
                    content_hash=content_hash(ex), surface=ex.surface, endpoint=ex.endpoint,
-                   method=ex.method, path=ex.path, query=ex.query,
+                   method=ex.method, path=ex.path, query=query,
                    headers={name: value for name, value in ex.headers.items()
                             if name not in NOT_STORED},
                    body=ex.body, facts={name: getattr(ex, name) for name in FACTS},
-                   credential=self.credentials(ex))
+                   credential=self.credentials(ex, in_query))
 
-    def credentials(self, ex: Exchange) -> dict[str, str] | None:
-        """The pass-through client's credentials, needed to call the upstream later: kept
-        in the job row until the job ends. In shared mode there are none to keep (the
-        headers hold the bridge's own key by now, which is never stored)."""
+    def credentials(self, ex: Exchange, in_query: str) -> Credential | None:
+        """The pass-through client's credentials (headers, and `in_query`: the credential
+        parameters of its query), needed to call the upstream later: kept in the job's
+        record until the job ends. In shared mode there are none to keep (the headers
+        hold the bridge's own key by now, which is never stored, and the shared-mode
+        stage dropped the query's)."""
         if self.upstream_authorization is not None:
             return None
         given = {name: ex.headers[name] for name in STORED_CREDENTIALS if name in ex.headers}
-        return given or None
+        return Credential(given, in_query) if given or in_query else None
 
     # --- the runner's side ----------------------------------------------------------------
 
     def execute(self, job: Job) -> Response:
         """Run the stages inside this one for the job, as for the client that sent it."""
-        headers = dict(job.headers)
+        headers, query = dict(job.headers), job.query
         if self.upstream_authorization is not None:
             headers["authorization"] = self.upstream_authorization
         elif job.credential:
-            headers.update(job.credential)
+            headers.update(job.credential.headers)
+            query = job.credential.full_query(query)
         ex = Exchange(surface=job.surface, endpoint=job.endpoint, method=job.method,
-                      path=job.path, query=job.query, headers=headers, body=job.body,
+                      path=job.path, query=query, headers=headers, body=job.body,
                       request_id=f"async-{secrets.token_hex(8)}", payload=json.loads(job.body))
         for name in FACTS:
             setattr(ex, name, job.facts.get(name))
+        ex.principal = job.owner or None  # who sent it (a job without one: from its credentials)
         log.info("async job %s runs as request %s", job.fingerprint, ex.request_id)
         pipeline = self.context.pipeline
         assert pipeline is not None

@@ -1,13 +1,17 @@
-"""The durable job store of async requests: one SQLite file (WAL) in the state directory.
+"""The durable job store of async requests: one SQLite file (WAL, mode 600) in the state
+directory.
 
-A job row holds the request (enough to rebuild its exchange), its state (queued,
-running, done, failed), the lease of the worker running it and, once it ended, its
-result. Every change is one short `BEGIN IMMEDIATE` transaction, so exactly one worker
-claims a job, and a job whose worker died (its lease ran out, or its process is gone) is
-claimed again. A pass-through client's credential headers are kept in the row only
-while the job waits or runs, and removed in the transaction that stores its result
-(overwritten in the file, and the write-ahead log truncated after it).
-Each process opens its own connection, after fork.
+A job is named by its owner (the principal that submitted it) and its fingerprint: the
+same fingerprint from two principals is two jobs. A job row holds the request (enough
+to rebuild its exchange, without credentials), its state (queued, running, done,
+failed), the lease of the worker running it and, once it ended, its result. Every
+change is one short `BEGIN IMMEDIATE` transaction, so exactly one worker claims a job,
+and a job whose worker died (its lease ran out, or its process is gone) is claimed
+again. A pass-through client's credentials (headers and credential query parameters)
+are kept in the row only while the job waits or runs, and removed in the transaction
+that stores its result (overwritten in the file, and the write-ahead log truncated
+after it). Each process opens its own connection, after fork; the first to open a
+file of an older version migrates it (`SCHEMA_VERSION`).
 """
 
 from __future__ import annotations
@@ -22,25 +26,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from bridge.core.redaction import split_query
+
 FILE_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT = 5.0
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 ENDED = (DONE, FAILED)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    fingerprint TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,            -- NAME of the client key that created it, or ''
+# 1: one job per fingerprint (`fingerprint` the key, `owner` '' in pass-through mode);
+# 2: one job per (owner, fingerprint), credential query parameters out of `query`.
+SCHEMA_VERSION = 2
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+    owner TEXT NOT NULL,            -- the principal that submitted it ('': a version-1
+                                    -- job without one, which answers nobody)
+    fingerprint TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     surface TEXT NOT NULL,
     endpoint TEXT NOT NULL,
     method TEXT NOT NULL,
     path TEXT NOT NULL,
-    query TEXT NOT NULL,
+    query TEXT NOT NULL,            -- without credential parameters
     headers TEXT NOT NULL,          -- JSON, credentials never included
     body BLOB NOT NULL,             -- without request_fingerprint
     facts TEXT NOT NULL,            -- JSON: the typed exchange fields set by outer stages
-    credential TEXT,                -- JSON, pass-through mode only; NULL once the job ended
+    credential TEXT,                -- JSON `Credential`, pass-through mode only; NULL once
+                                    -- the job ended
     status TEXT NOT NULL,
     created REAL NOT NULL,
     not_before REAL NOT NULL DEFAULT 0,
@@ -53,14 +64,44 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_status INTEGER,
     result_headers TEXT,
     result_codec TEXT,
-    result_body BLOB
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, created);
-"""
+    result_body BLOB,
+    PRIMARY KEY (owner, fingerprint)
+)""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, created)",
+)
+_COLUMNS = ("owner", "fingerprint", "content_hash", "surface", "endpoint", "method", "path",
+            "query", "headers", "body", "facts", "credential", "status", "created",
+            "not_before", "attempts", "worker", "lease_until", "started", "finished",
+            "expires", "result_status", "result_headers", "result_codec", "result_body")
 
 
 class QueueFull(Exception):
     """The bound on queued jobs (--async-max-queued) is reached."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a pass-through job needs to call the upstream as its client did: the
+    credential headers, and the credential query parameters taken out of its query."""
+
+    headers: dict[str, str] = field(repr=False)
+    query: str = field(default="", repr=False)
+
+    def dumps(self) -> str:
+        return json.dumps({"headers": self.headers, "query": self.query})
+
+    @classmethod
+    def loads(cls, text: str | bytes | None) -> "Credential | None":
+        if not text:
+            return None
+        data = json.loads(text)
+        if isinstance(data.get("headers"), dict) and set(data) <= {"headers", "query"}:
+            return cls(data["headers"], data.get("query", ""))
+        return cls(data)  # version 1: the headers alone
+
+    def full_query(self, query: str) -> str:
+        """`query` (a job's stored one) with the credential parameters put back."""
+        return "&".join(part for part in (query, self.query) if part)
 
 
 @dataclass
@@ -78,7 +119,7 @@ class Job:
     headers: dict[str, str]
     body: bytes
     facts: dict[str, Any] = field(default_factory=dict)
-    credential: dict[str, str] | None = field(default=None, repr=False)
+    credential: Credential | None = field(default=None, repr=False)
     status: str = QUEUED
     created: float = 0.0
     attempts: int = 0
@@ -99,12 +140,17 @@ class Job:
             endpoint=row["endpoint"], method=row["method"], path=row["path"],
             query=row["query"], headers=json.loads(row["headers"]), body=bytes(row["body"]),
             facts=json.loads(row["facts"]),
-            credential=json.loads(row["credential"]) if row["credential"] else None,
+            credential=Credential.loads(row["credential"]),
             status=row["status"], created=row["created"], attempts=row["attempts"],
             worker=row["worker"], started=row["started"], finished=row["finished"],
             expires=row["expires"], result_status=row["result_status"],
             result_headers=json.loads(row["result_headers"] or "{}"),
             result_codec=row["result_codec"], result_body=bytes(row["result_body"] or b""))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What names the job: (owner, fingerprint)."""
+        return self.owner, self.fingerprint
 
 
 @dataclass(frozen=True)
@@ -141,16 +187,15 @@ class JobStore:
         if not create and not self.path.exists():
             raise FileNotFoundError(f"no job store at {self.path}")
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fresh = not self.path.exists()
+        _private(self.path)  # requests and, while jobs wait, credentials
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                              check_same_thread=False)
-        if fresh:
-            os.chmod(self.path, 0o600)  # requests (and, while queued, credentials)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA journal_mode=WAL")  # the -wal and -shm files take the file's mode
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing
         db.execute("PRAGMA secure_delete=ON")  # a removed credential is overwritten
-        db.executescript(_SCHEMA)
+        if _migrate(db):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old rows' pages too
         self._db, self._pid = db, os.getpid()
         return self
 
@@ -182,12 +227,12 @@ class JobStore:
     # --- the clients' side ----------------------------------------------------------------
 
     def submit(self, job: Job, max_queued: int) -> tuple[Job, bool]:
-        """The job stored under `job.fingerprint` (True when `job` was just stored);
-        raises `QueueFull` rather than storing more than `max_queued` waiting jobs."""
+        """The job stored under `job.key` (True when `job` was just stored); raises
+        `QueueFull` rather than storing more than `max_queued` waiting jobs."""
         now = time.time()
         with self._transaction() as db:
-            row = db.execute("SELECT * FROM jobs WHERE fingerprint = ?",
-                             (job.fingerprint,)).fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE owner = ? AND fingerprint = ?",
+                             job.key).fetchone()
             if row is not None and not _expired(row, now):
                 return Job.from_row(row), False
             queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?",
@@ -195,23 +240,31 @@ class JobStore:
             if queued >= max_queued:
                 raise QueueFull(f"{queued} async jobs are waiting (--async-max-queued)")
             job.status, job.created = QUEUED, now
-            db.execute("DELETE FROM jobs WHERE fingerprint = ?", (job.fingerprint,))
-            db.execute(
-                "INSERT INTO jobs (fingerprint, owner, content_hash, surface, endpoint, "
-                "method, path, query, headers, body, facts, credential, status, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.fingerprint, job.owner, job.content_hash, job.surface, job.endpoint,
-                 job.method, job.path, job.query, json.dumps(job.headers), job.body,
-                 json.dumps(job.facts),
-                 json.dumps(job.credential) if job.credential else None, QUEUED, now))
+            db.execute("DELETE FROM jobs WHERE owner = ? AND fingerprint = ?", job.key)
+            _insert(db, {
+                "owner": job.owner, "fingerprint": job.fingerprint,
+                "content_hash": job.content_hash, "surface": job.surface,
+                "endpoint": job.endpoint, "method": job.method, "path": job.path,
+                "query": job.query, "headers": json.dumps(job.headers), "body": job.body,
+                "facts": json.dumps(job.facts),
+                "credential": job.credential.dumps() if job.credential else None,
+                "status": QUEUED, "created": now})
         return job, True
 
-    def get(self, fingerprint: str) -> Job | None:
-        """The job, or None when there is none or its result has expired."""
-        rows = self._read("SELECT * FROM jobs WHERE fingerprint = ?", (fingerprint,))
+    def get(self, owner: str, fingerprint: str) -> Job | None:
+        """`owner`'s job, or None when there is none or its result has expired."""
+        rows = self._read("SELECT * FROM jobs WHERE owner = ? AND fingerprint = ?",
+                          (owner, fingerprint))
         if not rows or _expired(rows[0], time.time()):
             return None
         return Job.from_row(rows[0])
+
+    def discard(self, job: Job) -> bool:
+        """Remove `job` once it ended (and not a later job under its name)."""
+        with self._transaction() as db:
+            return db.execute(
+                "DELETE FROM jobs WHERE owner = ? AND fingerprint = ? AND created = ? AND "
+                "status IN (?, ?)", (*job.key, job.created, *ENDED)).rowcount == 1
 
     # --- the runners' side ----------------------------------------------------------------
 
@@ -228,8 +281,8 @@ class JobStore:
                 return None
             db.execute("UPDATE jobs SET status = ?, worker = ?, lease_until = ?, "
                        "attempts = attempts + 1, started = COALESCE(started, ?) "
-                       "WHERE fingerprint = ?",
-                       (RUNNING, worker, now + lease, now, row["fingerprint"]))
+                       "WHERE owner = ? AND fingerprint = ?",
+                       (RUNNING, worker, now + lease, now, row["owner"], row["fingerprint"]))
         job = Job.from_row(row)
         job.status, job.worker, job.attempts = RUNNING, worker, job.attempts + 1
         job.started = job.started or now
@@ -244,14 +297,14 @@ class JobStore:
     def release_orphans(self, alive: Callable[[int], bool]) -> int:
         """End at once the leases of running jobs whose worker process is gone (a worker
         or the whole bridge was killed): they are claimed again without waiting."""
-        rows = self._read("SELECT fingerprint, worker FROM jobs WHERE status = ? AND "
+        rows = self._read("SELECT owner, fingerprint, worker FROM jobs WHERE status = ? AND "
                           "lease_until > 0", (RUNNING,))
-        dead = [(row["fingerprint"], row["worker"]) for row in rows
+        dead = [(row["owner"], row["fingerprint"], row["worker"]) for row in rows
                 if worker_pid(row["worker"]) and not alive(worker_pid(row["worker"]))]
         if dead:
             with self._transaction() as db:
-                db.executemany("UPDATE jobs SET lease_until = 0 WHERE fingerprint = ? AND "
-                               "worker = ? AND status = 'running'", dead)
+                db.executemany("UPDATE jobs SET lease_until = 0 WHERE owner = ? AND "
+                               "fingerprint = ? AND worker = ? AND status = 'running'", dead)
         return len(dead)
 
     def finish(self, job: Job, status: str, result: Result, keep: float) -> bool:
@@ -262,9 +315,10 @@ class JobStore:
             changed = db.execute(
                 "UPDATE jobs SET status = ?, finished = ?, expires = ?, credential = NULL, "
                 "lease_until = 0, result_status = ?, result_headers = ?, result_codec = ?, "
-                "result_body = ? WHERE fingerprint = ? AND worker = ? AND status = ?",
+                "result_body = ? WHERE owner = ? AND fingerprint = ? AND worker = ? AND "
+                "status = ?",
                 (status, now, now + keep, result.status, json.dumps(result.headers),
-                 result.codec, result.body, job.fingerprint, job.worker, RUNNING)).rowcount
+                 result.codec, result.body, *job.key, job.worker, RUNNING)).rowcount
         if changed and job.credential:
             self._forget_old_pages()
         return changed == 1
@@ -282,9 +336,8 @@ class JobStore:
         with self._transaction() as db:
             return db.execute(
                 "UPDATE jobs SET status = ?, worker = NULL, lease_until = 0, not_before = ? "
-                "WHERE fingerprint = ? AND worker = ? AND status = ?",
-                (QUEUED, time.time() + delay, job.fingerprint, job.worker,
-                 RUNNING)).rowcount == 1
+                "WHERE owner = ? AND fingerprint = ? AND worker = ? AND status = ?",
+                (QUEUED, time.time() + delay, *job.key, job.worker, RUNNING)).rowcount == 1
 
     def purge_expired(self) -> int:
         with self._transaction() as db:
@@ -301,7 +354,8 @@ class JobStore:
         return [Job.from_row(row) for row in rows]
 
     def purge(self, fingerprint: str | None = None, everything: bool = False) -> int:
-        """Remove one job, the ended jobs, or (`everything`) every job."""
+        """Remove the jobs of one fingerprint (every owner's), the ended jobs, or
+        (`everything`) every job."""
         with self._transaction() as db:
             if fingerprint is not None:
                 return db.execute("DELETE FROM jobs WHERE fingerprint = ?",
@@ -309,6 +363,62 @@ class JobStore:
             if everything:
                 return db.execute("DELETE FROM jobs").rowcount
             return db.execute("DELETE FROM jobs WHERE status IN (?, ?)", ENDED).rowcount
+
+
+def _private(path: Path) -> None:
+    """Make `path` readable by this user only: created so (no moment with a wider mode),
+    or narrowed when an older version or an operator left it wider."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+
+
+def _insert(db: sqlite3.Connection, values: dict[str, Any]) -> None:
+    names = ", ".join(values)
+    db.execute(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(values))})",
+               tuple(values.values()))
+
+
+def _migrate(db: sqlite3.Connection) -> bool:
+    """Bring the file to `SCHEMA_VERSION` (creating it when new), in one transaction, so
+    that the workers opening it at once migrate it once; True when old rows moved."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            db.execute("COMMIT")
+            return False
+        old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                         "name = 'jobs'").fetchone() is not None
+        if old:
+            db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
+            db.execute("DROP INDEX IF EXISTS jobs_by_status")  # its name is the new one's
+        for statement in _SCHEMA:
+            db.execute(statement)
+        if old:
+            for row in db.execute("SELECT * FROM jobs_v1").fetchall():
+                _insert(db, _version_2(row))
+            db.execute("DROP TABLE jobs_v1")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return old
+
+
+def _version_2(row: sqlite3.Row) -> dict[str, Any]:
+    """A version-1 row as a version-2 one: its credential query parameters join its
+    credential while it waits or runs, and are dropped once it ended."""
+    values = {name: row[name] for name in _COLUMNS}
+    values["query"], in_query = split_query(row["query"])
+    credential = Credential.loads(row["credential"])
+    if in_query and row["status"] not in ENDED:
+        credential = Credential(credential.headers if credential else {}, in_query)
+    values["credential"] = credential.dumps() if credential else None
+    return values
 
 
 def _expired(row: sqlite3.Row, now: float) -> bool:

@@ -319,29 +319,36 @@ def test_beyond_the_queue_bound_a_503_with_retry_after(make_bridge, standin: Sta
     assert answer.json()["error"]["code"] == "async_queue_full"
 
 
-def test_another_client_key_gets_404(make_bridge, standin: StandIn, tmp_path: Path) -> None:
+def test_a_client_keys_jobs_are_its_own(make_bridge, standin: StandIn, tmp_path: Path) -> None:
     alice = keys_command(tmp_path, "create", "alice").stdout.strip()
     bob = keys_command(tmp_path, "create", "bob").stdout.strip()
     process = make_bridge("--enable-async-request", "--enable-shared-mode", "--state-dir",
                           str(tmp_path), env={"BRIDGE_API_KEY": "sk-shared-upstream"})
     fingerprint = new_fingerprint()
-    body = chat("mine", fingerprint=fingerprint)
+    status = process.url + f"/v1/async/{fingerprint}"
     as_alice = {"authorization": f"Bearer {alice}"}
     as_bob = {"authorization": f"Bearer {bob}"}
-    assert requests.post(process.url + CHAT, json=body, headers=as_alice,
+    unknown = requests.get(status, headers=as_bob, timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "request_fingerprint_not_found"
+    assert requests.post(process.url + CHAT, json=chat("mine", fingerprint=fingerprint),
+                         headers=as_alice, timeout=10).status_code == 202
+    answer = requests.get(status, headers=as_bob, timeout=10)
+    assert (answer.status_code, answer.content) == (404, unknown.content)
+    # bob's request with the same fingerprint is bob's job (not a 409, not alice's)
+    bobs = chat("bob's", fingerprint=fingerprint)
+    assert requests.post(process.url + CHAT, json=bobs, headers=as_bob,
                          timeout=10).status_code == 202
-    for answer in (requests.post(process.url + CHAT, json=body, headers=as_bob, timeout=10),
-                   requests.get(process.url + f"/v1/async/{fingerprint}", headers=as_bob,
-                                timeout=10)):
-        assert answer.status_code == 404
-        assert answer.json()["error"]["code"] == "request_fingerprint_not_found"
-    done = until_done(process.url + f"/v1/async/{fingerprint}", headers=as_alice)
-    assert done.status_code == 200
+    done = until_done(status, headers=as_alice)
+    assert done.json()["choices"][0]["message"]["content"] == "Echo: mine"
     sent = {name.lower(): value for name, value in standin.requests[-1].headers.items()}
     assert sent["authorization"] == "Bearer sk-shared-upstream"
+    assert until_done(process.url + CHAT, bobs, as_bob).json()[
+        "choices"][0]["message"]["content"] == "Echo: bob's"
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
-        stored = db.execute("SELECT owner, headers FROM jobs").fetchall()
-    assert stored[0][0] == "alice" and "sk-" not in stored[0][1]
+        stored = db.execute("SELECT owner, headers FROM jobs ORDER BY created").fetchall()
+    assert [owner for owner, _ in stored] == ["alice", "bob"]
+    assert not any("sk-" in headers for _, headers in stored)
 
 
 # --- nothing is lost --------------------------------------------------------------------
