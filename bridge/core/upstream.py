@@ -38,7 +38,7 @@ from bridge.core.exchange import (
 from bridge.core.forking import PerProcess
 from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.settings import Settings, upstream_key
-from bridge.core.shared_memo import SharedMemo
+from bridge.core.shared_state import SharedMemo
 
 log = logging.getLogger("bridge.upstream")
 
