@@ -55,7 +55,7 @@ class NormalPaths:
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if has_dot_segments(path):
+        if "/." in path and has_dot_segments(path):  # the first test: a substring search
             normal = normal_form(path)
             environ["PATH_INFO"] = normal
             # the client's bytes are no longer this path: the upstream call quotes the
