@@ -7,12 +7,14 @@ second, fetches the 15 minutes once and then one point at a time.
 
 from __future__ import annotations
 
+import math
 import time
 from importlib import resources
 
 import flask
 
 from bridge.console import access, history, recent, status
+from bridge.console.login_backoff import LoginBackoff
 from bridge.core.errors import BadRequest, BridgeError, Forbidden, Unauthorized, error_response
 from bridge.core.redaction import secret_matches
 from bridge.core.settings import Settings, configured_secrets
@@ -24,6 +26,7 @@ CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge console"'
 REMOTE_MESSAGE = ("the console is served to loopback clients only; start the bridge with "
                   "--admin-key to open it to others")
 _NO_STORE = {"cache-control": "no-store"}
+_backoff = LoginBackoff()  # opens its file on first use, in the worker
 
 
 def init_app(app: flask.Flask, settings: Settings) -> None:
@@ -109,11 +112,29 @@ def login() -> flask.Response:
     admin_key = _admin_key()
     if not admin_key:
         return _refusal(access.REFUSED, html=True)
+    address = flask.request.remote_addr or ""
+    backoff = _backoff
+    wait = backoff.wait(address)
+    if wait > 0:  # the key is not even looked at: guessing goes no faster than this
+        return _slowed_down("", wait)
     if not secret_matches(flask.request.form.get("key", ""), admin_key):
+        wait = backoff.failed(address)
+        if wait > 0:
+            return _slowed_down("That is not the admin key. ", wait)
         return _login_form("That is not the admin key.", 401)
+    backoff.succeeded(address)
     response = flask.redirect("/console", code=303)
     response.set_cookie(access.COOKIE, access.cookie_value(admin_key), httponly=True,
-                        samesite="Strict", secure=flask.request.is_secure)
+                        max_age=access.COOKIE_LIFETIME, samesite="Strict",
+                        secure=flask.request.is_secure)
+    return response
+
+
+def _slowed_down(said: str, wait: float) -> flask.Response:
+    seconds = math.ceil(wait)
+    response = _login_form(f"{said}Too many failed logins from your address: try again in "
+                           f"{seconds} s.", 429)
+    response.headers["retry-after"] = str(seconds)
     return response
 
 

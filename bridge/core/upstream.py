@@ -38,6 +38,7 @@ from bridge.core.exchange import (
 from bridge.core.forking import PerProcess
 from bridge.core.redaction import CREDENTIAL_HEADERS, Redactor, bearer_token, split_query
 from bridge.core.settings import Settings, upstream_key
+from bridge.core.shared_state import SharedMemo
 
 log = logging.getLogger("bridge.upstream")
 
@@ -56,6 +57,9 @@ READ_SIZE = 65536
 # What `readiness()` finds: /ready's `status`
 READY, NOT_REACHABLE = "ready", "upstream unreachable"
 KEY_REFUSED = "upstream refuses the bridge's key (--api-key)"
+# `/ready`'s probe of an upstream answers every `/ready` of the instance for a second:
+# however often it is asked, an upstream gets at most one readiness probe a second
+READY_PROBES = SharedMemo("ready-probes.json", max_age=1.0)
 
 
 @dataclass(frozen=True)

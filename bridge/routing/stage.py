@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import gevent
@@ -31,8 +32,8 @@ from bridge.core import redaction
 from bridge.core.errors import NotFound
 from bridge.core.exchange import Exchange, Frame, Response, UpstreamTarget, encode_json
 from bridge.core.pipeline import Context, Stage
-from bridge.core.settings import Settings
-from bridge.core.upstream import UpstreamClient
+from bridge.core.settings import Settings, upstream_key
+from bridge.core.upstream import READY_PROBES, UpstreamClient
 from bridge.routing import config
 from bridge.routing.table import FALLBACK, Router
 
@@ -55,7 +56,10 @@ class RoutingStage(Stage):
     def __init__(self, settings: Settings, context: Context, upstreams: config.Upstreams):
         fallback = None
         if "ollama" in settings.explicit:  # -o given: it takes the models nothing matches
-            fallback = UpstreamTarget(FALLBACK, settings.ollama)
+            # in shared mode with the bridge's key, as its requests go (the auth stage
+            # puts it on them), so that its probes are let in too
+            key = (upstream_key(settings) or None) if settings.enable_shared_mode else None
+            fallback = UpstreamTarget(FALLBACK, settings.ollama, key=key)
         self.router = Router(upstreams.upstreams, fallback)
         self.upstreams = upstreams.upstreams
         self.client = context.upstream
@@ -162,9 +166,13 @@ class RoutingStage(Stage):
 
     def readiness(self, timeout: float) -> tuple[bool, dict[str, Any]]:
         """Ready while every model pattern (and -o, if given) has a live upstream: each
-        upstream is probed now, concurrently; the answer names those that are down."""
+        upstream is probed, concurrently, unless a worker of this instance probed it less
+        than a second ago (`READY_PROBES`: however often `/ready` is asked, an upstream
+        gets at most one probe a second); the answer names those that are down."""
         targets = self.router.targets()
-        answered = each(self._probe, targets, timeout + 1)
+        answered = each(lambda target: READY_PROBES.get(
+            f"routed {target.name}", partial(self._probe, target), timeout), targets,
+            timeout + 1)
         up = {t.name for t, ok in zip(targets, answered, strict=True) if ok}
         for name in up:
             self.router.succeeded(name)

@@ -149,14 +149,20 @@ def shared_mode_check(settings: Settings) -> Callable[[Any], None]:
     def when_ready(server: Any) -> None:
         if not settings.enable_shared_mode:
             return
-        from bridge.shared_mode.keystore import KeyStoreError, open_access_warning
+        from bridge.shared_mode.keystore import (
+            KeyStoreError,
+            metrics_exposure_warning,
+            open_access_warning,
+        )
 
+        host = settings.listen[0]
         try:
-            warning = open_access_warning(settings.state_dir, settings.listen[0])
+            warnings = [open_access_warning(settings.state_dir, host),
+                        metrics_exposure_warning(host, bool(settings.metrics_key))]
         except KeyStoreError as exc:
             server.log.error("--state-dir: %s", exc)
             raise SystemExit(2) from None
-        if warning:
+        for warning in filter(None, warnings):
             server.log.warning("%s", warning)
 
     return when_ready

@@ -374,12 +374,26 @@ def open_access_warning(state_dir: str | os.PathLike, host: str) -> str | None:
     with KeyStore(state_dir) as store:
         if store.all():
             return None
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    if is_loopback(host):
         return None
     return (f"SHARED MODE IS OPEN TO ANYONE: no client keys exist in {store.path} and the "
             f"bridge listens on {host}, so anyone who can reach it uses the upstream key. "
             f"Create a client key: {KEY_COMMAND} create NAME")
+
+
+def metrics_exposure_warning(host: str, metrics_key: bool) -> str | None:
+    """At start, in the master: the warning when `/metrics`, which names the client keys
+    (those there are, and those made while the bridge runs), can be read from beyond
+    loopback without a key."""
+    if metrics_key or is_loopback(host):
+        return None
+    return (f"/metrics names the client keys of shared mode and shows their traffic to "
+            f"anyone who can reach {host}: give --metrics-key KEY (BRIDGE_METRICS_KEY), or "
+            "listen on loopback behind a proxy that does not route /metrics")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

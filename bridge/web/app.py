@@ -18,7 +18,7 @@ from bridge.core.pipeline import Pipeline
 from bridge.core.settings import Settings
 from bridge.observability import logs, metrics
 from bridge.observability import stage as observe
-from bridge.web import fast_hits
+from bridge.web import fast_hits, paths
 from bridge.web.proxy import bare_exchange, to_flask, too_large_message
 from bridge.web.routes import ollama_api, openai_api, ops, unrouted
 
@@ -43,10 +43,12 @@ def create_app(settings: Settings) -> flask.Flask:
         app.register_blueprint(unrouted.blueprint)
     metrics.init_app(app)
     observe.init_app(app)
+    app.before_request(paths.refuse_escaped)  # after the hooks that time and log requests
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     if fast_hits.applies(settings):
         app.wsgi_app = fast_hits.FastHits(app.wsgi_app, settings)  # type: ignore[method-assign]
+    app.wsgi_app = paths.NormalPaths(app.wsgi_app)  # type: ignore[method-assign]  # outermost
     return app
 
 

@@ -4,10 +4,18 @@ form's cookie; never a client key; nobody with --disable-console."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.client
+import json
+import time
+from urllib.parse import urlencode
+
 import pytest
 import requests
 
-from tests.helpers import keys_command
+from bridge.console import access, login_backoff
+from tests.helpers import keys_command, wait_for
 
 ADMIN_KEY = "console-admin-key-4f1c9b"
 REMOTE = {"x-forwarded-for": "203.0.113.7"}  # a reverse proxy on this host relays a remote client
@@ -93,3 +101,80 @@ def test_a_bad_since_is_a_400_in_the_error_shape(bridge):
     answer = requests.get(bridge.url + "/status?since=yesterday", timeout=10)
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "since"
+
+
+def login(url: str, key: str, source: str = "127.0.0.1") -> http.client.HTTPResponse:
+    """A login form post from `source` (any 127.x address reaches the bridge), not
+    following the redirect."""
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10,
+                                            source_address=(source, 0))
+    connection.request("POST", "/console/login", body=urlencode({"key": key}),
+                       headers={"content-type": "application/x-www-form-urlencoded",
+                                **REMOTE})
+    answer = connection.getresponse()
+    answer.text = answer.read().decode()  # type: ignore[attr-defined]
+    connection.close()
+    return answer
+
+
+def test_the_login_cookie_lasts_twelve_hours_also_on_the_server(guarded):
+    """Max-Age says 12 h to the browser; the bridge itself refuses a cookie signed longer
+    ago (forged here with the admin key the test knows), one whose time was changed, and
+    the old time-less cookie."""
+    answer = login(guarded.url, ADMIN_KEY)
+    assert answer.status == 303
+    cookie = answer.getheader("set-cookie")
+    assert f"Max-Age={access.COOKIE_LIFETIME}" in cookie and "Expires=" in cookie
+    assert access.COOKIE_LIFETIME == 12 * 3600 and "HttpOnly" in cookie
+
+    def status_with(value: str) -> int:
+        return requests.get(guarded.url + "/status", cookies={access.COOKIE: value},
+                            headers=REMOTE, timeout=10).status_code
+
+    now = int(time.time())
+    assert status_with(cookie.split(";")[0].split("=", 1)[1]) == 200
+    assert status_with(access.cookie_value(ADMIN_KEY, now - 11 * 3600)) == 200
+    assert status_with(access.cookie_value(ADMIN_KEY, now - 12 * 3600 - 60)) == 401
+    _, signature = access.cookie_value(ADMIN_KEY, now - 13 * 3600).split(".")
+    assert status_with(f"{now}.{signature}") == 401  # a moved time breaks the signature
+    timeless = hmac.new(ADMIN_KEY.encode(), b"bridge console session",
+                        hashlib.sha256).hexdigest()
+    assert status_with(timeless) == 401  # the cookie before lifetimes: no longer good
+    assert status_with(access.cookie_value("another-key", now)) == 401
+
+
+def test_failed_logins_from_an_address_are_slowed_down_until_one_succeeds(make_bridge):
+    bridge = make_bridge("--admin-key", ADMIN_KEY)
+    for _ in range(login_backoff.FREE_FAILURES):
+        assert login(bridge.url, "guess").status == 401
+    sixth = login(bridge.url, "guess")
+    assert sixth.status == 429 and sixth.getheader("retry-after") == "1"
+    assert "not the admin key" in sixth.text and "try again in 1 s" in sixth.text
+    # another address is not held up by this one's failures
+    assert login(bridge.url, "guess", source="127.0.0.2").status == 401
+    # each further failure waits longer (1 s, 2 s, 4 s … up to 60 s)
+    seventh = wait_for(lambda: (answer := login(bridge.url, "guess")).status == 429
+                       and "not the admin key" in answer.text and answer,
+                       what="the block to end and the next guess to be checked")
+    blocked_at = time.monotonic()
+    assert seventh.getheader("retry-after") == "2"
+    # blocked: even the right key is not looked at until Retry-After has passed
+    early = login(bridge.url, ADMIN_KEY)
+    assert early.status == 429 or time.monotonic() - blocked_at >= 2
+    wait_for(lambda: login(bridge.url, ADMIN_KEY).status == 303, timeout=15,
+             what="the right key to log in once the block is over")
+    assert login(bridge.url, "guess").status == 401  # the success forgot the failures
+
+
+def test_the_failed_login_table_is_bounded_and_the_wait_capped(tmp_path):
+    backoff = login_backoff.LoginBackoff(tmp_path, max_addresses=3)
+    waits = [backoff.failed("198.51.100.1") for _ in range(30)]
+    assert waits[:login_backoff.FREE_FAILURES] == [0.0] * login_backoff.FREE_FAILURES
+    assert waits[5:9] == [1.0, 2.0, 4.0, 8.0] and max(waits) == waits[-1] == 60.0
+    assert 59 < backoff.wait("198.51.100.1") <= 60
+    for n in range(2, 12):
+        backoff.failed(f"198.51.100.{n}")
+    table = json.loads((tmp_path / "console-logins.json").read_text())
+    assert len(table) == 3 and "198.51.100.11" in table
+    backoff.succeeded("198.51.100.11")
+    assert backoff.wait("198.51.100.11") == 0

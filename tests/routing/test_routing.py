@@ -5,6 +5,7 @@ bearer key for `deepseek-*`, driven with the `openai` and `ollama` clients."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -93,6 +94,17 @@ def fresh(boxes: Boxes) -> Boxes:
 def sdk(bridge: Process) -> openai.OpenAI:
     return openai.OpenAI(base_url=bridge.url + "/v1", api_key=CLIENT_TOKEN, max_retries=0,
                          timeout=30)
+
+
+def ready_when(bridge: Process, status: int, down: tuple[str, ...] = ()) -> requests.Response:
+    """The first `/ready` answer with `status` naming `down` among those down (bounded
+    wait: a probe's answer serves every `/ready` for a second)."""
+    def answer() -> list[requests.Response]:
+        ready = requests.get(bridge.url + "/ready", timeout=10)
+        return [ready] if ready.status_code == status and set(down) <= set(
+            ready.json()["down"]) else []
+
+    return wait_for(answer, what=f"/ready to answer {status}, {down} down")[0]
 
 
 def test_each_model_reaches_its_upstream_with_its_key_and_only_that_key(routed, fresh):
@@ -201,9 +213,8 @@ def test_a_box_that_dies_fails_over_with_no_failures_and_comes_back_after_its_pr
 
 def test_ready_is_503_naming_what_is_down_when_a_model_has_no_live_upstream(routed, fresh):
     fresh.api.stop()
-    ready = requests.get(routed.url + "/ready", timeout=10)
-    assert ready.status_code == 503
-    assert ready.json()["down"] == ["deepseek"] and "deepseek-*" in ready.json()["unserved"]
+    ready = ready_when(routed, 503, down=("deepseek",))
+    assert "deepseek-*" in ready.json()["unserved"]
 
 
 def test_no_key_leaks_into_logs_metrics_or_errors(routed, fresh):
@@ -237,3 +248,42 @@ def test_a_cached_answer_does_not_depend_on_the_upstream_that_produced_it(boxes,
     assert {r.json()["choices"][0]["message"]["content"] for r in again} == {
         first.json()["choices"][0]["message"]["content"]}
     assert len(boxes.model_requests(boxes.a)) + len(boxes.model_requests(boxes.b)) == 1
+
+
+def test_ready_probes_each_upstream_at_most_once_a_second_however_often_it_is_asked(
+        boxes, make_bridge):
+    bridge = make_bridge("--upstreams", str(boxes.file), upstream=None,
+                         env={"TEST_DEEPSEEK_KEY": API_KEY})  # 2 workers share the probes
+    boxes.reset()
+    asked = 0
+    with requests.Session() as session:
+        began = time.monotonic()
+        while asked < 60 or time.monotonic() - began < 1.5:  # over a second boundary
+            assert session.get(bridge.url + "/ready", timeout=10).status_code == 200
+            asked += 1
+        elapsed = time.monotonic() - began
+    for box in boxes.all:
+        probes = box.count("/api/version")
+        assert 1 <= probes <= elapsed + 1, (probes, asked, elapsed)
+    boxes.api.stop()  # a reused answer is at most a second old: the stop is seen
+    assert ready_when(bridge, 503, down=("deepseek",)).json()["down"] == ["deepseek"]
+
+
+def test_ready_probes_a_keyed_o_with_the_shared_mode_key(boxes, make_bridge, standin,
+                                                         tmp_path):
+    """Shared mode with --upstreams and an -o that wants the bridge's key: -o serves
+    requests with it, and its /ready probe carries it too (it was 503 for ever)."""
+    shared_key = "sk-shared-mode-upstream-key-0123456789"
+    standin.configure(api_key=shared_key)
+    bridge = make_bridge("--upstreams", str(boxes.file), "--enable-shared-mode",
+                         "--state-dir", str(tmp_path / "state"),
+                         env={"TEST_DEEPSEEK_KEY": API_KEY, "BRIDGE_API_KEY": shared_key})
+    boxes.reset()
+    ready = ready_when(bridge, 200)
+    assert ready.json()["status"] == "ready" and ready.json()["down"] == []
+    probes = [r for r in standin.requests if r.path == "/api/version"]
+    assert probes and all(r.headers.get("authorization") == f"Bearer {shared_key}"
+                          for r in probes)
+    answer = sdk(bridge).chat.completions.create(model="gpt-oss:20b", messages=CHAT)
+    assert answer.choices[0].message.content  # served by -o, with the same key
+    assert shared_key not in bridge.log() and shared_key not in ready.text

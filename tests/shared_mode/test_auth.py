@@ -363,6 +363,7 @@ def test_open_shared_mode_warns_loudly_then_locks_when_a_key_is_made(
         "BRIDGE_ENABLE_SHARED_MODE": "1", "BRIDGE_API_KEY": key,
         "BRIDGE_STATE_DIR": str(tmp_path / "state"), "BRIDGE_DEBUG": "1"})
     assert bridge.log().count("SHARED MODE IS OPEN TO ANYONE") == 1
+    assert bridge.log().count(METRICS_WARNING) == 1  # keys made later show there too
     own = "sk-my-own-key-" + secrets.token_hex(8)
     assert ask(bridge, own)  # no client keys: anyone is served, with the bridge's key
     assert upstream_headers(standin) == [
@@ -373,6 +374,31 @@ def test_open_shared_mode_warns_loudly_then_locks_when_a_key_is_made(
     assert post_chat(bridge, own).status_code == 401
     assert post_chat(bridge, None).status_code == 401
     assert key not in bridge.log() and own not in bridge.log()
+
+
+METRICS_WARNING = "/metrics names the client keys of shared mode"
+
+
+def test_metrics_open_beyond_loopback_is_warned_of_once_at_start(
+        make_bridge, standin: StandIn, tmp_path: Path) -> None:
+    """Client keys, a non-loopback -l and no --metrics-key: one WARNING line at start says
+    that /metrics shows the key names to anyone; with --metrics-key, none."""
+    state = tmp_path / "state"
+    raw = create_key(state, "team-blue")
+    env = {"BRIDGE_API_KEY": UPSTREAM_KEY}
+    open_metrics = make_bridge("--enable-shared-mode", "--state-dir", str(state), env=env,
+                               listen_host="0.0.0.0", workers=2)
+    warned = [line for line in open_metrics.log().splitlines() if METRICS_WARNING in line]
+    assert len(warned) == 1 and "WARNING" in warned[0] and "--metrics-key" in warned[0]
+    assert "OPEN TO ANYONE" not in open_metrics.log()  # a key exists: not open
+    assert post_chat(open_metrics, raw).status_code == 200
+    assert "team-blue" in requests.get(open_metrics.url + "/metrics", timeout=10).text
+    assert UPSTREAM_KEY not in open_metrics.log()
+    keyed = make_bridge("--enable-shared-mode", "--state-dir", str(state), env={
+        **env, "BRIDGE_METRICS_KEY": "metrics-" + secrets.token_hex(8)},
+        listen_host="0.0.0.0", workers=1)
+    assert requests.get(keyed.url + "/metrics", timeout=10).status_code == 401
+    assert METRICS_WARNING not in keyed.log()
 
 
 def run_bridge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

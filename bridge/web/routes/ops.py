@@ -2,24 +2,23 @@
 in shared mode accepts the bridge's key, and the worker is not draining for a stop; with
 --upstreams, every routed model has a live upstream; with `--redis-url`, a `redis`
 detail: "ok", or "degraded" while this instance serves with its own backends, still
-200) and, from `bridge.observability.metrics`, `/metrics`."""
+200) and, from `bridge.observability.metrics`, `/metrics`. An upstream's probe answers
+every `/ready` of the instance for a second (`READY_PROBES`)."""
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 import flask
 
 from bridge import __version__
 from bridge.core import lifecycle, redis_link
 from bridge.core.pipeline import Pipeline
-from bridge.core.upstream import READY
+from bridge.core.upstream import READY, READY_PROBES
 
 blueprint = flask.Blueprint("ops", __name__)
 
 READY_CHECK_TIMEOUT = 2.0
-READY_REUSE_SECONDS = 1.0
-_ready_cache: dict[str, tuple[float, str]] = {}
 
 
 @blueprint.get("/health")
@@ -38,10 +37,9 @@ def ready() -> tuple[flask.Response, int]:
         ok, said = routed(READY_CHECK_TIMEOUT)
         return flask.jsonify(**said, version=__version__), 200 if ok else 503
     upstream = pipeline.context.upstream
-    checked_at, status = _ready_cache.get(upstream.base_url, (0.0, ""))
-    if time.monotonic() - checked_at > READY_REUSE_SECONDS:
-        status = upstream.readiness(READY_CHECK_TIMEOUT)
-        _ready_cache[upstream.base_url] = (time.monotonic(), status)
+    status = READY_PROBES.get(upstream.base_url, partial(upstream.readiness,
+                                                         READY_CHECK_TIMEOUT),
+                              READY_CHECK_TIMEOUT)
     detail = {"status": status, "version": __version__}
     redis_status = redis_link.status(pipeline.context.settings)
     if redis_status is not None:
