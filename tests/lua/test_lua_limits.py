@@ -1,7 +1,8 @@
 """End-to-end tests of the Lua middleware's limits through gunicorn with real LuaJIT: a
-script cannot take the time hook away (`debug.sethook`, a redefined `error`), and a script
-that piles up memory gets a Lua error while its worker stays small (`--luajit-max-memory`),
-every runtime serving normally afterwards."""
+script cannot take the time hook away (`debug.sethook`, a redefined `error`; a hook cleared
+through the C API is set again for the next call), and a script that piles up memory gets
+a Lua error while its worker stays small (`--luajit-max-memory`), every runtime serving
+normally afterwards."""
 
 from __future__ import annotations
 
@@ -81,6 +82,17 @@ def test_a_script_cannot_take_the_time_budget_away(time_bridge, path):
         assert answer.json()["error"]["code"] == "lua_timeout"
         assert elapsed < HANG_GUARD / 2
     assert chat(time_bridge.url).status_code == 200
+
+
+def test_the_time_hook_is_set_again_before_every_call(time_bridge):
+    # the hook cleared through the C API in both hooks of a request: both runtimes
+    for _ in range(2):
+        assert requests.get(time_bridge.url + "/ffi-unhook", timeout=HANG_GUARD).text == "ok"
+    for _ in range(3):
+        answer, elapsed = timed_get(time_bridge.url + "/spin")
+        assert answer.status_code == 504
+        assert answer.json()["error"]["code"] == "lua_timeout"
+        assert elapsed < HANG_GUARD / 2
 
 
 def test_debug_sethook_is_ignored_with_a_warning(time_bridge):
