@@ -51,10 +51,13 @@ def chat(url: str) -> requests.Response:
         "model": "qwen2.5", "messages": [{"role": "user", "content": "still there?"}]})
 
 
-def timed_get(url: str) -> tuple[requests.Response, float]:
+def assert_times_out(url: str) -> None:
+    """A request to `url` gets the Lua time-out answer, well bounded."""
     started = time.monotonic()
     answer = requests.get(url, timeout=HANG_GUARD)
-    return answer, time.monotonic() - started
+    assert answer.status_code == 504
+    assert answer.json()["error"]["code"] == "lua_timeout"
+    assert time.monotonic() - started < HANG_GUARD / 2
 
 
 def worker_pids(master: int) -> list[int]:
@@ -77,10 +80,7 @@ def peak_rss_mib(pid: int) -> float:
 def test_a_script_cannot_take_the_time_budget_away(time_bridge, path):
     # three in a row: the same runtime serves again (two per worker), still bounded
     for _ in range(3):
-        answer, elapsed = timed_get(time_bridge.url + path)
-        assert answer.status_code == 504
-        assert answer.json()["error"]["code"] == "lua_timeout"
-        assert elapsed < HANG_GUARD / 2
+        assert_times_out(time_bridge.url + path)
     assert chat(time_bridge.url).status_code == 200
 
 
@@ -89,14 +89,11 @@ def test_the_time_hook_is_set_again_before_every_call(time_bridge):
     for _ in range(2):
         assert requests.get(time_bridge.url + "/ffi-unhook", timeout=HANG_GUARD).text == "ok"
     for _ in range(3):
-        answer, elapsed = timed_get(time_bridge.url + "/spin")
-        assert answer.status_code == 504
-        assert answer.json()["error"]["code"] == "lua_timeout"
-        assert elapsed < HANG_GUARD / 2
+        assert_times_out(time_bridge.url + "/spin")
 
 
 def test_debug_sethook_is_ignored_with_a_warning(time_bridge):
-    timed_get(time_bridge.url + "/unhook-spin")
+    assert_times_out(time_bridge.url + "/unhook-spin")
     assert "debug.sethook() is ignored: the bridge's time budget owns the hook" \
         in time_bridge.log()
 
@@ -107,7 +104,7 @@ def test_a_script_growing_without_end_gets_a_lua_error_and_its_worker_stays_smal
     [worker] = worker_pids(memory_bridge.pid)
     # three times as many runs as runtimes: a replaced runtime's memory is given back
     for _ in range(6):
-        answer, _ = timed_get(memory_bridge.url + path)
+        answer = requests.get(memory_bridge.url + path, timeout=HANG_GUARD)
         assert answer.status_code == 500
         error = answer.json()["error"]
         assert error["code"] == "lua_error"
