@@ -3,8 +3,10 @@
 --
 -- The script runs in LuaJIT (2^P runtimes per worker, --luajit-instances-power P), with
 -- the JIT compiler off so that every call can be held to --luajit-timeout (default
--- 1000 ms): a call past it answers 504, a Lua error answers 500 with its message. Both
--- functions below must exist (an empty body is fine): the bridge checks at start.
+-- 1000 ms): a call past it answers 504, a Lua error answers 500 with its message. Each
+-- runtime's memory is held to --luajit-max-memory (default 64 MiB): a call past it answers
+-- 500 and its runtime starts afresh. `debug.sethook` is ignored. Both functions below
+-- must exist (an empty body is fine): the bridge checks at start.
 -- `print` writes to the bridge's log with the request id; `require` searches
 -- --luajit-package-path (Lua modules) and --luajit-package-cpath (C modules such as
 -- Debian's lua-cjson). Globals persist within one runtime, not across runtimes or workers.

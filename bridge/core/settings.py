@@ -423,6 +423,10 @@ SETTINGS: list[Setting] = [
             "lua/5.1 directories", Text(), "", "PATHS"),
     Setting("luajit_timeout", ("--luajit-timeout",), "time budget of each Lua hook call in "
             "ms; a call over it answers 504", Integer(1, 600_000), 1000, "MS"),
+    Setting("luajit_max_memory", ("--luajit-max-memory",), "memory limit of each LuaJIT "
+            "runtime in MiB (allow a few times --max-body-size); a call that needs more "
+            "answers 500 and its runtime is replaced; 0 = unlimited",
+            Integer(0, 1 << 20), 64, "MIB"),
 ]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -1,5 +1,6 @@
 """LuaJIT runtimes for the middleware: loading and checking the script, a per-worker pool
-of runtimes each used by one call at a time, and calls held to a time budget.
+of runtimes each used by one call at a time, and calls held to a time budget and a
+memory limit.
 
 Why calls run in the request's own greenlet, not in a thread: a thread hop costs ~70 µs
 per call, more than the whole budget for both hooks. Instead every runtime runs with the
@@ -7,12 +8,19 @@ JIT off and an instruction-count hook (a compiled loop never calls hooks) that, 
 `HOOK_INSTRUCTIONS` instructions, asks Python for the time: past `SLICE` seconds since
 the last pause it yields to the gevent loop (`gevent.sleep(0)`), so other requests are
 served while a slow script runs; past the call's budget it raises a Lua error that the
-script cannot swallow (`pcall`, `xpcall` and `coroutine.resume` pass it on). The runtime
-stays usable afterwards, so the pool never shrinks. Left out of this: one long C call
-(`string.rep('x', 1e9)`, a huge `string.gsub`) runs without hooks and holds the loop for
-its duration. A script that keeps running `GRACE` seconds past its budget all the same
-gets its worker recycled gracefully (SIGTERM to itself: gunicorn finishes the other
-requests and starts a fresh worker).
+script cannot swallow (`pcall`, `xpcall` and `coroutine.resume` pass it on). The script
+cannot take the hook away: its `debug` has no `sethook` that works and nothing that reaches
+the hook or the bridge's wrappers, and the hook is set again before every call. The runtime
+stays usable after a time-out, so the pool never shrinks. A script that keeps running
+`GRACE` seconds past its budget all the same gets its worker recycled gracefully (SIGTERM
+to itself: gunicorn finishes the other requests and starts a fresh worker).
+
+Memory: lupa's allocator holds each runtime to `--luajit-max-memory`. An allocation past
+it fails with LuaJIT's "not enough memory" error, which `pcall` passes on too; the call
+fails and its runtime is replaced by a fresh one (what filled it would fill it again), the
+old Lua state freed at once. Left out of both limits: one long C call that allocates
+little (a huge `string.gsub` on a body within the limit) runs without hooks and holds the
+loop for its duration; a C module's own `malloc` is not counted.
 
 Runtimes are made per worker process after fork (never at import), and a runtime is
 checked out exclusively for a whole call: two greenlets inside one Lua state crash it.
@@ -26,6 +34,7 @@ import os
 import signal
 import sysconfig
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,41 +47,76 @@ SLICE = 0.002                 # seconds Lua may hold the gevent loop before it y
 HOOK_INSTRUCTIONS = 10_000    # VM instructions between two looks at the clock (~20-50 µs)
 GRACE = 2.0                   # seconds past the budget before the worker is recycled
 TIMEOUT_MARK = "bridge: the Lua time budget of this call is exhausted"
+NO_MEMORY = "not enough memory"  # LuaJIT's message when the allocator refuses
 REQUIRED = ("HandleServerRequest", "HandleServerResponse")
 
 # Runs in every runtime before the script: the time hook, `print` to the bridge's log,
-# the module search paths, and the protection of the time-out error.
+# the module search paths, and the protection of the hook and of the fatal errors (time
+# and memory). Everything the protection calls is a local captured here: a script that
+# redefines `error`, `type` or `string.find` cannot disarm it. Returns `arm`, which the
+# bridge calls before every call: whatever removed the hook (ffi, a C module), it is back.
 PRELUDE = """
-local tick, log_line, path, cpath, count, mark = ...
+local tick, log_line, notice, path, cpath, count, mark, no_memory = ...
+local error, type, select, tostring, concat, find = error, type, select, tostring,
+    table.concat, string.find
+local raw_sethook = debug.sethook
 jit.off()
 jit.on = function() error("jit.on() is disabled by the bridge: its time budget needs "
                           .. "the interpreter", 2) end
-debug.sethook(function()
+local function budget_hook()
     local verdict = tick()
     if verdict then error(verdict, 0) end
-end, "", count)
-local raw_pcall, raw_xpcall, raw_resume = pcall, xpcall, coroutine.resume
-local find = string.find
-local function is_timeout(err) return type(err) == "string" and find(err, mark, 1, true) end
-local function pass_timeout(ok, ...)
-    if not ok and is_timeout((...)) then error(mark, 0) end
+end
+local function arm() raw_sethook(budget_hook, "", count) end
+arm()
+-- The script's `debug` cannot reach the hook (sethook, gethook), the upvalues of the
+-- wrappers below (getupvalue, setupvalue, upvaluejoin: the raw pcall) or the registry
+-- (where LuaJIT keeps the hook); `debug.debug` would read the worker's stdin.
+local ignored = false
+local script_debug = {
+    traceback = debug.traceback, getinfo = debug.getinfo, getlocal = debug.getlocal,
+    getmetatable = debug.getmetatable, setmetatable = debug.setmetatable,
+    getfenv = debug.getfenv, setfenv = debug.setfenv,
+    gethook = function() return nil end,
+    sethook = function()
+        if not ignored then
+            ignored = true
+            notice("debug.sethook() is ignored: the bridge's time budget owns the hook")
+        end
+    end,
+}
+debug = script_debug
+package.loaded.debug = script_debug
+-- Time-outs and memory exhaustion end the call: `pcall` and company pass them on.
+local function fatal(err)
+    if type(err) ~= "string" then return nil end
+    if find(err, mark, 1, true) then return mark end
+    if find(err, no_memory, 1, true) then return no_memory end
+end
+local function pass_fatal(ok, ...)
+    if not ok then
+        local err = fatal((...))
+        if err then error(err, 0) end
+    end
     return ok, ...
 end
-pcall = function(...) return pass_timeout(raw_pcall(...)) end
+local raw_pcall, raw_xpcall, raw_resume = pcall, xpcall, coroutine.resume
+pcall = function(...) return pass_fatal(raw_pcall(...)) end
 xpcall = function(f, handler, ...)
-    return pass_timeout(raw_xpcall(f, function(err)
-        if is_timeout(err) then return err end
+    return pass_fatal(raw_xpcall(f, function(err)
+        if fatal(err) then return err end
         return handler(err)
     end, ...))
 end
-coroutine.resume = function(...) return pass_timeout(raw_resume(...)) end
+coroutine.resume = function(...) return pass_fatal(raw_resume(...)) end
 print = function(...)
     local parts = {}
     for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-    log_line(table.concat(parts, "\\t"))
+    log_line(concat(parts, "\\t"))
 end
 if path ~= "" then package.path = path .. ";" .. package.path end
 package.cpath = cpath .. package.cpath
+return arm
 """
 
 # Defined after the script: flat calls of the hooks, so that one Lua call (and no table
@@ -117,6 +161,15 @@ class LuaFailure(Exception):
         self.message = message
 
 
+class LuaOutOfMemory(LuaFailure):
+    """A hook needed more than its runtime's memory limit; the runtime is replaced."""
+
+    def __init__(self, hook: str, limit: int):
+        super().__init__(hook, "out of memory" + (
+            f": the script needs more than the {limit / (1 << 20):g} MiB of its runtime "
+            "(--luajit-max-memory)" if limit else ""))
+
+
 class LuaTimeout(Exception):
     """A hook ran past its time budget (or found no free runtime within it)."""
 
@@ -130,6 +183,7 @@ class ScriptConfig:
     script: str
     package_path: str = ""
     package_cpath: str = ""
+    max_memory: int = 0  # bytes per runtime; 0: unlimited
 
 
 def _luajit() -> Any:
@@ -158,8 +212,12 @@ class Runtime:
 
     def __init__(self, config: ScriptConfig, on_print: Callable[[str, str], None]):
         luajit = _luajit()
+        # lupa's allocator enforces the limit (it works with the 64-bit LuaJIT of lupa 2.8):
+        # an allocation past it fails with LuaJIT's "not enough memory" error.
+        self.max_memory = config.max_memory
         self.lua = luajit.LuaRuntime(encoding=None, unpack_returned_tuples=True,
-                                     register_eval=False)
+                                     register_eval=False,
+                                     max_memory=config.max_memory or None)
         self.errors = (luajit.LuaError,)
         self.deadline = float("inf")
         self.budget = 0.0
@@ -170,8 +228,9 @@ class Runtime:
         prelude = self.lua.eval("function(...) " + PRELUDE + " end")
         own_cpath = config.package_cpath.strip(";")
         cpath = (own_cpath + ";" if own_cpath else "") + system_cpath()
-        prelude(self._tick, self._print, config.package_path.strip(";").encode(),
-                cpath.encode(), HOOK_INSTRUCTIONS, TIMEOUT_MARK.encode())
+        self._arm = prelude(_weak(self._tick), _weak(self._print), _weak(self._notice),
+                            config.package_path.strip(";").encode(), cpath.encode(),
+                            HOOK_INSTRUCTIONS, TIMEOUT_MARK.encode(), NO_MEMORY.encode())
         self.load_script(config.script)
 
     def load_script(self, path: str) -> None:
@@ -207,9 +266,16 @@ class Runtime:
         self.paused_at = time.perf_counter()
         self.deadline = self.paused_at + budget
         self.request_id = request_id
+        self._arm()
 
     def end_call(self) -> None:
         self.deadline = float("inf")
+
+    def close(self) -> None:
+        """Free the Lua state now, whoever still holds this object."""
+        self.request_hook = self.response_hook = self.chunk_hook = None
+        self._arm = None
+        self.lua = None
 
     def _tick(self) -> bytes | None:
         """Called by the count hook: yield the loop now and then; fail past the budget."""
@@ -230,6 +296,21 @@ class Runtime:
 
     def _print(self, text: bytes) -> None:
         self._on_print(text.decode("utf-8", "replace"), self.request_id)
+
+    def _notice(self, text: bytes) -> None:
+        log.warning("lua: %s [%s]", text.decode("utf-8", "replace"), self.request_id or "-")
+
+
+def _weak(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method` as handed to Lua, without a strong reference to its runtime: the Lua state
+    keeps what it is given, and that cycle would keep a discarded runtime's memory alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        bound = ref()
+        return None if bound is None else bound(*args)
+
+    return call
 
 
 class Pool:
@@ -259,18 +340,33 @@ class Pool:
                 if self._free.empty() else self._free.get_nowait()
         except Empty:
             raise LuaTimeout(hook, budget) from None
+        out_of_memory = False
         try:
-            runtime.start_call(budget - (time.perf_counter() - started), request_id)
             try:
+                runtime.start_call(budget - (time.perf_counter() - started), request_id)
                 return use(runtime)
             except runtime.errors as exc:
                 message = first_line(exc)
                 if TIMEOUT_MARK in message:
                     raise LuaTimeout(hook, budget) from None
+                if isinstance(exc, MemoryError) or NO_MEMORY in message:
+                    out_of_memory = True
+                    raise LuaOutOfMemory(hook, self.config.max_memory) from None
                 raise LuaFailure(hook, message) from None
         finally:
             runtime.end_call()
-            self._free.put(runtime)
+            self._free.put(self._renew(runtime) if out_of_memory else runtime)
+
+    def _renew(self, runtime: Runtime) -> Runtime:
+        """A fresh runtime for one that ran out of memory: whatever filled it (a global
+        table, say) would fill it again. The old Lua state is freed at once."""
+        try:
+            fresh = Runtime(self.config, self.on_print)
+        except ScriptError as exc:  # the script changed on disk since the start
+            log.error("lua: cannot replace a runtime that ran out of memory: %s", exc)
+            return runtime
+        runtime.close()
+        return fresh
 
 
 def check_script(config: ScriptConfig) -> None:
@@ -281,6 +377,7 @@ def check_script(config: ScriptConfig) -> None:
 
 
 def script_config(settings: Any) -> ScriptConfig:
-    """The script settings (`--luajit-script`, `--luajit-package-path/-cpath`)."""
+    """The script settings (`--luajit-script`, `--luajit-package-path/-cpath`,
+    `--luajit-max-memory`)."""
     return ScriptConfig(settings.luajit_script, settings.luajit_package_path,
-                        settings.luajit_package_cpath)
+                        settings.luajit_package_cpath, settings.luajit_max_memory << 20)

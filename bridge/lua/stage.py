@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any, Iterator
 
@@ -55,17 +56,37 @@ def _print(text: str, request_id: str) -> None:
     log.info("print: %s [%s]", text, request_id or "-")
 
 
+# Header names and values and the query cross into Lua and back byte for byte: WSGI gives
+# them as latin-1 text (one character per byte) and that is how they go on, to the
+# upstream or the client, so a UTF-8 value or a stray 0xff byte arrives unchanged. The
+# path is text already decoded (as UTF-8) by Flask.
+WIRE = "latin-1"
+# RFC 9110 field names; values may hold anything but line breaks and NUL (a header with
+# those would be refused by http.client or gunicorn: a 500 instead of a clear error).
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_NOT_IN_VALUE = re.compile(r"[\r\n\0]")
+
+
 def _to_lua(headers: dict[str, str]) -> dict[bytes, bytes]:
-    return {name.encode("latin-1", "replace"): value.encode("latin-1", "replace")
+    return {name.encode(WIRE, "replace"): value.encode(WIRE, "replace")
             for name, value in headers.items()}
 
 
-def _text(value: Any, what: str) -> str:
+def _text(value: Any, what: str, encoding: str = "utf-8") -> str:
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return value.decode(encoding, "replace")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(int(value)) if float(value).is_integer() else str(value)
     raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+
+
+def _header(name: Any, value: Any) -> tuple[str, str]:
+    name, value = _text(name, "a header name", WIRE).lower(), _text(value, "a header value", WIRE)
+    if not _FIELD_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if _NOT_IN_VALUE.search(value):
+        raise ValueError(f"the value of {name!r} holds a line break or NUL")
+    return name, value
 
 
 def _headers(table: Any, hook: str) -> dict[str, str]:
@@ -73,8 +94,7 @@ def _headers(table: Any, hook: str) -> dict[str, str]:
     if table is None:
         return {}
     try:
-        return {_text(name, "a header name").lower(): _text(value, "a header value")
-                for name, value in table.items()}
+        return dict(_header(name, value) for name, value in table.items())
     except (AttributeError, ValueError) as exc:
         raise LuaFailure(hook, f"bad headers: {exc}") from None
 
@@ -109,7 +129,7 @@ class LuaStage(Stage):
     def on_request(self, ex: Exchange) -> None:
         def hook(runtime: Runtime) -> tuple:
             result = runtime.request_hook(
-                ex.path.encode(), ex.method.encode(), ex.query.encode(), ex.body,
+                ex.path.encode(), ex.method.encode(), ex.query.encode(WIRE, "replace"), ex.body,
                 runtime.lua.table_from(_to_lua(ex.headers)))
             go_on, path, method, query, body, headers = result
             if not go_on:
@@ -117,7 +137,7 @@ class LuaStage(Stage):
                     _body(body, REQUEST)
             try:
                 return True, (_text(path, "path"), _text(method, "method").upper(),
-                              _text(query or b"", "query")), _headers(headers, REQUEST), \
+                              _text(query or b"", "query", WIRE)), _headers(headers, REQUEST), \
                     _body(body, REQUEST)
             except ValueError as exc:
                 raise LuaFailure(REQUEST, str(exc)) from None

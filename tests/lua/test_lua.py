@@ -6,6 +6,7 @@ time-outs."""
 from __future__ import annotations
 
 import glob
+import http.client
 import json
 import subprocess
 import sys
@@ -133,6 +134,52 @@ def test_a_response_rewrite_on_a_disk_hit(standin, make_bridge, tmp_path):
     assert [a.headers["x-cache"] for a in answers] == ["MISS", "HIT-DISK"]
     assert {a.json()["choices"][0]["message"]["content"] for a in answers} == {
         f"Lua-echo: {q}"}
+
+
+# --- header bytes -------------------------------------------------------------------
+
+
+def send_raw_header(url: str, path: str, value: bytes, body: dict | None = None
+                    ) -> http.client.HTTPResponse:
+    """A request with header `x-utf: value` as these very bytes (requests would refuse or
+    re-encode them); the response is read before the connection closes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    data = json.dumps(body).encode() if body is not None else None
+    connection.request("POST" if body is not None else "GET", path, body=data,
+                       headers={"x-utf": value, "content-type": "application/json"})
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    return answer
+
+
+HEADER_BYTES = [b"\xc3\xa9t\xc3\xa9", b"\xff", b"caf\xe9 \xe2\x82\xac \xff\xfe"]
+
+
+@pytest.mark.parametrize("value", HEADER_BYTES, ids=["utf-8", "ff", "mixed"])
+def test_header_bytes_reach_the_upstream_unchanged(standin, lua_bridge, value):
+    answer = send_raw_header(lua_bridge.url, CHAT, value, {
+        "model": "qwen2.5", "messages": [{"role": "user", "content": question()}]})
+    assert answer.status == 200
+    sent = {name.lower(): text for name, text in standin.requests[-1].headers.items()}
+    assert sent["x-utf"].encode("latin-1") == value  # the stand-in reads headers as latin-1
+    assert sent["x-lua-request"] == "yes"  # the script did run on it
+
+
+@pytest.mark.parametrize("value", HEADER_BYTES, ids=["utf-8", "ff", "mixed"])
+def test_header_bytes_set_by_the_script_reach_the_client_unchanged(lua_bridge, value):
+    answer = send_raw_header(lua_bridge.url, "/echo-header", value)
+    assert answer.status == 200
+    assert answer.getheader("x-echo").encode("latin-1") == value  # http.client: latin-1
+
+
+def test_a_header_with_a_line_break_from_the_script_is_a_clear_lua_error(lua_bridge):
+    answer = requests.get(lua_bridge.url + "/split-header", timeout=10)
+    assert answer.status_code == 500 and "x-injected" not in answer.headers
+    error = answer.json()["error"]
+    assert error["code"] == "lua_error"
+    assert "bad headers: the value of 'x-split' holds a line break" in error["message"]
 
 
 # --- streams ------------------------------------------------------------------------

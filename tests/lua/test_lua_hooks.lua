@@ -16,6 +16,13 @@ function HandleServerRequest(request)
                                   nested = { list = { 1, 2, 3 }, name = "lua" } }),
         }
     end
+    if request.path == "/echo-header" then  -- a request header's bytes, as a response header
+        return false, { status_code = 200, headers = { ["x-echo"] = request.headers["x-utf"] },
+                        body = "echoed" }
+    end
+    if request.path == "/split-header" then  -- a value that would inject a second header
+        return false, { status_code = 200, headers = { ["x-split"] = "a\r\nx-injected: 1" } }
+    end
     if request.path == "/v1/renamed-tags" then request.path = "/api/tags" end
     if request.body:find('"house-model', 1, true) then
         local payload = cjson.decode(request.body)
