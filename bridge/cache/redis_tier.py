@@ -200,6 +200,11 @@ class RedisTier:
     def evict_excess(self, batch: int) -> int:
         return self.local.evict_excess(batch) if self.local is not None else 0
 
+    def checkpoint(self) -> None:
+        """The local file's WAL checkpoint (what the sweeper asks of either tier)."""
+        if self.local is not None:
+            self.local.checkpoint()
+
     # --- purges -------------------------------------------------------------------------
 
     def last_purge(self) -> int:
