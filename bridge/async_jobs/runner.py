@@ -149,8 +149,9 @@ class Runner:
                 return
             if job.attempts == 1:
                 emit("async.queue_wait", time.time() - job.created)
-            log.info("async job %s: run %d of at most %d", job.fingerprint, job.attempts,
-                     self.max_runs)
+            log.info("async job %s: run %d (failed runs allowed: %d; runs cut by a dead "
+                     "worker: %d more)", job.fingerprint, job.attempts, self.max_runs,
+                     CRASH_ALLOWANCE)
             started = time.perf_counter()
             emit("async.running", 1)
             try:
