@@ -5,7 +5,6 @@ master may linger as a zombie (PID 1 of a container often reaps nothing): it is 
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from bridge.cache.disk import DiskTier
 from bridge.cache.redis_tier import RedisTier
 from bridge.core.instance import pid_alive
 from bridge.core.redis_link import Link
-from bridge.serve.processes import Process, start_redis
+from bridge.serve.processes import Process
 
 LONG = 600.0  # seconds: a lease that would outlive the test
 
@@ -57,14 +56,6 @@ def test_the_disk_tier_takes_over_a_dead_workers_lease(tmp_path: Path, zombie: i
             live.kill()
     finally:
         tier.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs Debian's redis-server (.ci/run installs it)")
-    with start_redis(tmp_path_factory.mktemp("redis")) as process:
-        yield process
 
 
 def test_the_redis_tier_takes_over_a_dead_workers_lease_of_this_host(

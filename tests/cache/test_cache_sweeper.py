@@ -5,21 +5,19 @@ port). Entries stored long ago are swept out within a few rounds, and no round f
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import pytest
 import redis
 from helpers import wait_for
 
 from bridge.cache.disk import FILE_NAME, TABLE, bulk_insert
 from bridge.cache.entry import Entry, encode_entry
 from bridge.cache.keys import cache_key
-from bridge.serve.processes import Process, start_redis
+from bridge.serve.processes import Process
 
 EXPIRED, FRESH = 20, 1
 FAILURES = ("Traceback", "sweeper round failed", "AttributeError")
@@ -39,14 +37,6 @@ def entries(now: float) -> list[tuple[str, Entry]]:
 def disk_rows(cache_dir: Path) -> int:
     with contextlib.closing(sqlite3.connect(cache_dir / FILE_NAME)) as db:
         return db.execute(f'SELECT COUNT(*) FROM "{TABLE}"').fetchone()[0]
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs Debian's redis-server (.ci/run installs it)")
-    with start_redis(tmp_path_factory.mktemp("redis")) as process:
-        yield process
 
 
 def assert_no_failed_round(bridge: Process) -> None:
