@@ -3,12 +3,13 @@ processes with gevent workers) in front of it, all on free loopback ports."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Callable, Iterator
 
 import pytest
 
 from bridge.ollama_standin import StandIn
-from bridge.serve.processes import Process, start_bridge
+from bridge.serve.processes import Process, start_bridge, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,12 @@ def make_bridge(standin_server: StandIn, tmp_path_factory: pytest.TempPathFactor
     yield make
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A throwaway `redis-server` on a free loopback port (tests use a key prefix each)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs Debian's redis-server (.ci/run installs it)")
+    with start_redis(tmp_path_factory.mktemp("redis")) as process:
+        yield process

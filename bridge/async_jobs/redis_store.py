@@ -100,12 +100,16 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 return 1
 """
-# KEYS: job, running, queued. ARGV: id, worker, due.
+# KEYS: job, running, queued. ARGV: id, worker, due, '1' when the run is not
+# counted (handed back by a stopping worker) else '0'.
 _RETRY = """
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] or
    redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('HDEL', KEYS[1], 'worker')
+if ARGV[4] == '1' and tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
@@ -245,10 +249,17 @@ class RedisJobStore:
                              repr(now + keep), meta, result.body]) == 1
 
     def retry_later(self, job: Job, delay: float) -> bool:
+        return self._requeue(job, time.time() + delay, counted=True)
+
+    def hand_back(self, job: Job) -> bool:
+        """As `JobStore.hand_back`: queued again in its place (due since its creation)."""
+        return self._requeue(job, job.created, counted=False)
+
+    def _requeue(self, job: Job, due: float, counted: bool) -> bool:
         name = job_id(*job.key)
         self._mine.discard(name)
         return self._retry([self.prefix + name, self.running, self.queued],
-                           [name, job.worker or "", repr(time.time() + delay)]) == 1
+                           [name, job.worker or "", repr(due), "0" if counted else "1"]) == 1
 
     def purge_expired(self) -> int:
         return self._remove([member.decode() for member in self.link.run(
@@ -342,20 +353,22 @@ class FallbackJobStore:
         return sum(self._both(lambda store: store.release_orphans(alive)))
 
     def finish(self, job: Job, status: str, result: Result, keep: float) -> bool:
-        if job.key in self._claimed_locally:
-            self._claimed_locally.discard(job.key)
-            return self.local.finish(job, status, result, keep)
-        try:
-            return self.shared.finish(job, status, result, keep)
-        except RedisDown:
-            return False  # its lease runs out and a later run stores the result
+        return self._where_claimed(job, lambda store: store.finish(job, status, result, keep))
 
     def retry_later(self, job: Job, delay: float) -> bool:
+        return self._where_claimed(job, lambda store: store.retry_later(job, delay))
+
+    def hand_back(self, job: Job) -> bool:
+        return self._where_claimed(job, lambda store: store.hand_back(job))
+
+    def _where_claimed(self, job: Job, action: Callable[[Any], bool]) -> bool:
+        """`action` on the store the job was claimed from; False while that is an
+        unreachable Redis (its lease runs out and a later run stores the result)."""
         if job.key in self._claimed_locally:
             self._claimed_locally.discard(job.key)
-            return self.local.retry_later(job, delay)
+            return action(self.local)
         try:
-            return self.shared.retry_later(job, delay)
+            return action(self.shared)
         except RedisDown:
             return False
 

@@ -6,7 +6,14 @@ worker runs a job at a time. A worker renews the leases of its jobs every second
 job whose worker process is gone (a `kill -9`, a crash, the whole bridge restarted)
 is released at once, and one whose worker hangs when its lease runs out. A failed
 run (a retryable status, a stream cut short, a contained failure) is retried with the
-`-i/-m` back-off, up to max(3, 1 + `-a`) runs; other failures are final.
+`-i/-m` back-off, up to max(3, 1 + `-a`) runs; other failures are final. A run whose
+worker died does not count as one of those: up to `CRASH_ALLOWANCE` more are allowed.
+
+The runner claims nothing before the whole pipeline has started (`begin`, from the
+stage's `begin_background`): a job runs through every stage inside the async one. Once
+the worker stops (drains), it claims nothing more; at its exit (`stop`) the jobs still
+running have until the stop deadline to finish, and the others are handed back to the
+queue uncounted, for another worker or the next start.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import threading
 import time
 from typing import Callable
 
+import gevent
+from gevent.event import Event
+
 from bridge.async_jobs.store import DONE, FAILED, QUEUED, Job, JobStore, Result
-from bridge.core import instance, streaming
+from bridge.core import instance, lifecycle, streaming
 from bridge.core.errors import InternalError, error_payload
 from bridge.core.events import emit
 from bridge.core.exchange import Response, encode_json
@@ -32,6 +41,7 @@ HOUSEKEEPING_SECONDS = 1.0    # lease renewal, dead workers' jobs, expired resul
 POLL_SECONDS = 0.2            # how often an idle runner looks for due jobs
 MIN_RUNS = 3                  # async work is retried even when -a is 0
 CRASH_ALLOWANCE = 3           # extra claims for a job whose worker died under it
+HAND_BACK_WAIT = 2.0          # at exit, longest wait for cut runs to let their exchanges go
 
 
 def captured(response: Response) -> tuple[Result, bool]:
@@ -60,22 +70,54 @@ class Runner:
         self.backoff = backoff
         self.keep_seconds = keep_seconds
         self.worker = ""
-        self._running: set[tuple[str, str]] = set()
-        self._wake = threading.Event()
+        self._running: dict[tuple[str, str], tuple[Job, gevent.Greenlet]] = {}
+        self._wake: Event | None = None
+        self._loop_greenlet: gevent.Greenlet | None = None
+        self._stopping = False
         self._next_housekeeping = 0.0
 
     def start(self) -> None:
-        """Start the runner greenlet of this worker (after fork)."""
+        """Name this worker's runner (after fork). Nothing is claimed before `begin`."""
         # the pid lets others see the worker died; the token tells a reused pid apart
         self.worker = f"{os.getpid()}:{secrets.token_hex(4)}"
-        threading.Thread(target=self._loop, name="async-jobs", daemon=True).start()
+
+    def begin(self) -> None:
+        """Start the runner greenlet: only once every stage of the pipeline has started."""
+        self._wake = Event()
+        self._loop_greenlet = gevent.spawn(self._loop)
 
     def wake(self) -> None:
         """Look for due jobs now (one was just queued)."""
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def stop(self, deadline: float | None) -> None:
+        """Claim nothing more; let the running jobs finish until `deadline` (monotonic
+        time; None: now), then cut the others and hand them back to the queue, their run
+        not counted (the worker stopped; it did not crash)."""
+        self._stopping = True
+        running = dict(self._running)
+        if running and deadline is not None:
+            gevent.joinall([greenlet for _job, greenlet in running.values()],
+                           timeout=max(0.0, deadline - time.monotonic()))
+        cut = [job for job, greenlet in running.values() if not greenlet.dead]
+        gevent.killall([greenlet for job, greenlet in running.values() if not greenlet.dead],
+                       timeout=HAND_BACK_WAIT)  # their exchanges close: slots, leases go
+        for job in cut:
+            try:
+                handed = self.store.hand_back(job)
+            except Exception:  # noqa: BLE001 - its lease runs out; it runs again then
+                log.exception("async job %s: could not be handed back", job.fingerprint)
+                continue
+            if handed:
+                log.info("async job %s handed back unfinished: this worker is stopping",
+                         job.fingerprint)
+        if self._loop_greenlet is not None:
+            self._loop_greenlet.kill(timeout=HAND_BACK_WAIT)
 
     def _loop(self) -> None:
-        while True:
+        assert self._wake is not None
+        while True:  # until `stop` ends it: leases are renewed while the last jobs finish
             try:
                 self._tick()
             except Exception:  # noqa: BLE001 - a busy or broken store: try again later
@@ -92,13 +134,13 @@ class Runner:
             self.store.release_orphans(instance.pid_alive)
             self.store.purge_expired()
             emit("async.waiting", self.store.count(QUEUED))
-        while len(self._running) < self.slots:
+        # a draining worker takes nothing new: it would be cut (and run again) at its exit
+        while len(self._running) < self.slots and not self._stopping \
+                and not lifecycle.is_draining():
             job = self.store.claim(self.worker, LEASE_SECONDS)
             if job is None:
                 return
-            self._running.add(job.key)
-            threading.Thread(target=self._run, args=(job,), name=f"async-{job.fingerprint}",
-                             daemon=True).start()
+            self._running[job.key] = (job, gevent.spawn(self._run, job))
 
     def _run(self, job: Job) -> None:
         try:
@@ -107,8 +149,9 @@ class Runner:
                 return
             if job.attempts == 1:
                 emit("async.queue_wait", time.time() - job.created)
-            log.info("async job %s: run %d of at most %d", job.fingerprint, job.attempts,
-                     self.max_runs)
+            log.info("async job %s: run %d (failed runs allowed: %d; runs cut by a dead "
+                     "worker: %d more)", job.fingerprint, job.attempts, self.max_runs,
+                     CRASH_ALLOWANCE)
             started = time.perf_counter()
             emit("async.running", 1)
             try:
@@ -131,7 +174,7 @@ class Runner:
         except Exception:  # noqa: BLE001 - the lease runs out and another run takes it
             log.exception("async job %s: the run failed", job.fingerprint)
         finally:
-            self._running.discard(job.key)
+            self._running.pop(job.key, None)
             self.wake()  # a slot is free
 
     def _end(self, job: Job, status: str, result: Result) -> None:

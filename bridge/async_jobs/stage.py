@@ -27,7 +27,7 @@ from typing import Any
 from bridge.async_jobs.redis_store import shared_store
 from bridge.async_jobs.runner import Runner
 from bridge.async_jobs.store import DONE, ENDED, Credential, Job, JobStore, QueueFull
-from bridge.core import streaming
+from bridge.core import lifecycle, streaming
 from bridge.core.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Response, encode_json
@@ -114,6 +114,13 @@ class AsyncStage(Stage):
     def start(self) -> None:
         self.store.open()
         self.runner.start()
+
+    def begin_background(self) -> None:
+        self.runner.begin()  # jobs run through the stages inside: all started by now
+
+    def stop(self) -> None:
+        self.runner.stop(lifecycle.stop_deadline())
+        self.store.close()
 
     # --- the client's side ----------------------------------------------------------------
 

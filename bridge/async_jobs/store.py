@@ -339,6 +339,16 @@ class JobStore:
                 "WHERE owner = ? AND fingerprint = ? AND worker = ? AND status = ?",
                 (QUEUED, time.time() + delay, *job.key, job.worker, RUNNING)).rowcount == 1
 
+    def hand_back(self, job: Job) -> bool:
+        """Put a job `job.worker` will not finish (its worker is stopping) back in the
+        queue, due now and in its place, its run not counted: it did not crash."""
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE jobs SET status = ?, worker = NULL, lease_until = 0, not_before = 0, "
+                "attempts = MAX(attempts - 1, 0) WHERE owner = ? AND fingerprint = ? AND "
+                "worker = ? AND status = ?", (QUEUED, *job.key, job.worker, RUNNING)
+            ).rowcount == 1
+
     def purge_expired(self) -> int:
         with self._transaction() as db:
             return db.execute("DELETE FROM jobs WHERE status IN (?, ?) AND expires < ?",

@@ -35,7 +35,6 @@ as long as another process holds the write lock.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import sqlite3
@@ -55,6 +54,7 @@ from bridge.cache.entry import (
     pack_created,
 )
 from bridge.cache.keys import SEPARATOR, key_model, model_prefix
+from bridge.core import locking
 from bridge.core.events import emit
 from bridge.core.instance import pid_alive
 from bridge.core.offloop import SerialThread
@@ -69,6 +69,7 @@ BUSY_TIMEOUT_MS = 2000
 READ_BUSY_TIMEOUT_MS = 5
 INLINE_EVICTION = 64  # rows evicted by a store itself; the sweeper does larger backlogs
 RECOVER_INTERVAL = 10.0
+OPEN_LOCK_TIMEOUT = 30.0  # another process opening or recovering the file takes far less
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS "{TABLE}" (key TEXT PRIMARY KEY, value BLOB);
@@ -139,13 +140,12 @@ def _move_aside(path: Path, reason: str) -> Path:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """Serialises opening and recovery between the processes using the cache file."""
+    """Serialises opening and recovery between the processes using the cache file.
+    Opening yields to the loop while it holds the lock (sqlitedict's connection thread is
+    a greenlet): the wait for it is cooperative and bounded, never a blocking `flock`."""
     with open(f"{path}.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
+        with locking.exclusive(handle, OPEN_LOCK_TIMEOUT, f"the lock of {path}"):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _tolerant_text(data: bytes) -> str:
@@ -312,17 +312,17 @@ class DiskTier:
             return
         self._recovered_at = time.monotonic()
         self.close()
-        with _file_lock(self.path):
-            try:
-                same_file = os.stat(self.path).st_ino == self._inode
-            except FileNotFoundError:
-                same_file = False
-            if same_file and is_corruption(exc):
-                self.moved_aside = _move_aside(self.path, str(exc))
-            try:
+        try:
+            with _file_lock(self.path):
+                try:
+                    same_file = os.stat(self.path).st_ino == self._inode
+                except FileNotFoundError:
+                    same_file = False
+                if same_file and is_corruption(exc):
+                    self.moved_aside = _move_aside(self.path, str(exc))
                 self._connect()
-            except sqlite3.Error as again:
-                log.error("cache disk tier: cannot reopen %s: %s", self.path, again)
+        except (sqlite3.Error, OSError) as again:  # LockTimeout included: tried again later
+            log.error("cache disk tier: cannot reopen %s: %s", self.path, again)
 
     def _select(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         """A read on the loop (never waits long for a lock: see READ_BUSY_TIMEOUT_MS)."""

@@ -60,10 +60,11 @@ if excess > 0 then
 end
 return {redis.call('ZCARD', KEYS[2]), evicted}
 """
-# Take the lease when it is free or already ours (then renew it). KEYS: lease. ARGV: owner, ms.
+# Take the lease when it is free, already ours (then renew it) or held by ARGV[3] (a holder
+# found dead). KEYS: lease. ARGV: owner, ms, dead holder or ''. 1, else the live holder.
 _CLAIM = """
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
+if holder and holder ~= ARGV[1] and holder ~= ARGV[3] then return holder end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -164,7 +165,11 @@ class RedisTier:
         """Take or renew the lease on `key` (see `DiskTier.claim`): in Redis across
         instances, in the local file while Redis is unreachable."""
         try:
-            held = bool(self._claim([self._lease(key)], [self.owner, int(seconds * 1000)]))
+            lease, ms = [self._lease(key)], int(seconds * 1000)
+            holder = self._claim(lease, [self.owner, ms, ""])
+            if holder != 1 and redis_link.dead_here(holder):  # its worker died: take the lease over
+                holder = self._claim(lease, [self.owner, ms, holder])
+            held = holder == 1
             if held:
                 self._claimed[key] = True
             return held
@@ -199,6 +204,11 @@ class RedisTier:
 
     def evict_excess(self, batch: int) -> int:
         return self.local.evict_excess(batch) if self.local is not None else 0
+
+    def checkpoint(self) -> None:
+        """The local file's WAL checkpoint (what the sweeper asks of either tier)."""
+        if self.local is not None:
+            self.local.checkpoint()
 
     # --- purges -------------------------------------------------------------------------
 

@@ -146,11 +146,14 @@ class CacheStage(Stage):
             self.disk = None
         self.disk = shared_tier(self.settings, self.disk)  # with --redis-url: Redis
         self.sweeper = Sweeper(self.memory, self.disk, self.hot)
-        self.sweeper.start()
         self.memory.report()
         self.hot.report()
         if self.disk is not None:
             self.disk.report()
+
+    def begin_background(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.start()
 
     def stop(self) -> None:
         if self.sweeper is not None:

@@ -18,6 +18,7 @@ from bridge.cache.disk import DiskTier
 from bridge.cache.hot import HotTracker
 from bridge.cache.keys import model_prefix
 from bridge.cache.memory import MemoryTier
+from bridge.cache.redis_tier import RedisTier
 
 log = logging.getLogger("bridge.cache")
 
@@ -32,7 +33,7 @@ PAUSE = 0.001
 
 
 class Sweeper:
-    def __init__(self, memory: MemoryTier, disk: DiskTier | None, hot: HotTracker):
+    def __init__(self, memory: MemoryTier, disk: DiskTier | RedisTier | None, hot: HotTracker):
         self.memory = memory
         self.disk = disk
         self.hot = hot

@@ -9,13 +9,13 @@ page sees one history whichever worker serves it, and a reload keeps it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from typing import Any
 
 from bridge.console import recent
 from bridge.console.status import SURFACES, quantile
+from bridge.core import locking
 
 WINDOW_SECONDS = 15 * 60
 STEP_SECONDS = 1.0
@@ -60,8 +60,7 @@ def update(counters: dict[str, Any], bounds: dict[str, list[float]], now: float
            ) -> list[dict[str, Any]]:
     """Add a point for `counters` (taken at `now`) if one is due; the points kept."""
     path = recent.directory() / _FILE
-    with open(recent.directory() / (_FILE + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(recent.directory() / (_FILE + ".lock"), "a") as lock, locking.exclusive(lock):
         try:
             kept = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -26,14 +26,33 @@ _GRACE_SECONDS = 60  # a directory without its owner file yet may be starting up
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this machine still runs."""
+    """Whether process `pid` of this machine still runs.
+
+    A zombie does not: a worker killed with its master (`kill -9` of the group) is
+    re-parented to PID 1, and in a container PID 1 often never reaps it, so the pid
+    stays taken (and `kill(pid, 0)` succeeds) long after the process is gone. The
+    leases it held must still be recognised as dead at once.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has exited and waits to be reaped (Linux's /proc; False elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:  # gone between the two looks, or no /proc (not Linux)
+        return os.path.isdir("/proc/self")
+    except OSError:
+        return False  # unreadable: kill(pid, 0) is all we know
+    # "pid (comm) state ...": comm may hold spaces and parentheses, so split at the last ')'
+    state = stat.rpartition(b")")[2].split(maxsplit=1)[:1]
+    return state in ([b"Z"], [b"X"])
 
 
 def _remove_stale(parent: Path) -> None:

@@ -21,21 +21,28 @@ way to resume an exchange later, e.g. in a background greenlet with `drain`, whi
 reads a stream to its end on behalf of no client and runs the exchange's closers.
 
 Stages are built per worker process (after fork) and must not open files, sockets or
-greenlets in `__init__`: they do that in `start()`, called once per worker before the
-first exchange, and undo it in `stop()`, called when the worker exits.
+greenlets in `__init__`. Start-up is one-shot and ordered: `start()` of every stage
+(open files and pools), then `begin_background()` of every stage (loops, sweepers,
+probes, the async job runner), once per worker before the first exchange. Background
+work may run exchanges through the whole pipeline, so it must not begin before every
+stage is ready for them; and a call to `Pipeline.start` made while the start is under
+way (by the start itself, or by any greenlet it let run) never starts a second time.
+`stop()`, called when the worker exits, undoes it, outermost stage first: an outer
+stage's background work (a job) still runs through the inner ones while it stops.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 from bridge.core import streaming
 from bridge.core.errors import BridgeError, InternalError, error_response
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, Response, owned
-from bridge.core.forking import PerProcess
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
 from bridge.identity.principal import Principals
@@ -64,7 +71,11 @@ class Stage:
     name = "stage"
 
     def start(self) -> None:
-        """Per-worker start: open files, start background greenlets."""
+        """Per-worker start: open files and pools. Nothing here may run an exchange."""
+
+    def begin_background(self) -> None:
+        """Per-worker, once every stage has started: start background greenlets (which
+        may run exchanges through the pipeline)."""
 
     def stop(self) -> None:
         """Per-worker stop, once no request is served any more: end background greenlets
@@ -101,38 +112,45 @@ class Pipeline:
             stage = module.make_stage(settings, self.context)
             if stage is not None:
                 self.stages.append(stage)
-        self._started = PerProcess(self._start_stages)
+        self._pid = 0  # the process whose start began (a forked worker starts its own)
+        self._starter = 0  # the thread (greenlet, under gevent) running that start
+        self._ready: threading.Event | None = None  # set once the start has ended
+        self._started: list[Stage] = []  # the stages this process started, to stop
+        self._stopped = False
 
     def stage(self, name: str) -> Stage | None:
         return next((stage for stage in self.stages if stage.name == name), None)
 
     def start(self) -> None:
-        """Start every stage once in this process (idempotent; safe after fork)."""
-        self._started.get()
-
-    def _start_stages(self) -> None:
+        """Start every stage, then their background work, once in this process (safe
+        after fork). A call while the start is under way never starts again: from the
+        start's own greenlet it returns at once, from another it waits for the start."""
+        if self._pid == os.getpid():
+            ready = self._ready
+            if ready is not None and not ready.is_set() \
+                    and threading.get_ident() != self._starter:
+                ready.wait()
+            return
+        # marked before anything starts: whatever runs meanwhile sees it as started
+        self._pid, self._starter = os.getpid(), threading.get_ident()
+        self._ready = threading.Event()  # made here: after fork and gevent's patching
+        self._started, self._stopped = [], False
         try:
-            self.context.principals.start()
-        except Exception:  # noqa: BLE001 - retried on first use; said once here
-            log.exception("reading the principal secret failed")
-            emit("stage.failed", stage="identity", phase="start")
-        for stage in self.stages:
-            try:
-                stage.start()
-            except Exception:  # noqa: BLE001 - the other stages still start; it is said once
-                log.exception("stage %s failed to start", stage.name)
-                emit("stage.failed", stage=stage.name, phase="start")
+            _contained_call(self.context.principals, "start")  # the secret, before any stage
+            self._started = [stage for stage in self.stages if _contained_call(stage, "start")]
+            for stage in self._started:
+                _contained_call(stage, "begin_background")
+        finally:
+            self._ready.set()
 
     def stop(self) -> None:
-        """Stop every stage started in this process (at the worker's exit); a stage that
-        fails to stop is logged and the others still stop."""
-        if not self._started.made_here():
+        """Stop every stage started in this process (at the worker's exit), outermost
+        first, once; a stage that fails to stop is logged and the others still stop."""
+        if self._pid != os.getpid() or self._stopped:
             return
-        for stage in self.stages:
-            try:
-                stage.stop()
-            except Exception:  # noqa: BLE001 - the worker is exiting: stop the others too
-                log.exception("stopping stage %s failed", stage.name)
+        self._stopped = True
+        for stage in self._started:
+            _contained_call(stage, "stop")
 
     def handle(self, ex: Exchange) -> Response:
         """Answer a client's exchange with every stage."""
@@ -192,6 +210,18 @@ class Pipeline:
             if stage.name == name:
                 return index
         raise ValueError(f"no stage named {name!r} in this pipeline")
+
+
+def _contained_call(stage: Stage | Principals, phase: str) -> bool:
+    """`stage.<phase>()`; a failure is logged and counted, and the other stages go on.
+    Whether it succeeded."""
+    try:
+        getattr(stage, phase)()
+    except Exception:  # noqa: BLE001 - one stage's failure is said once, not spread
+        log.exception("stage %s failed in %s", stage.name, phase)
+        emit("stage.failed", stage=stage.name, phase=phase)
+        return False
+    return True
 
 
 def failure_response(ex: Exchange, exc: Exception, stage: str, phase: str) -> Response:

@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from bridge.core.events import emit
 from bridge.core.forking import PerProcess
+from bridge.core.instance import pid_alive
 from bridge.core.settings import Settings, defaults
 
 log = logging.getLogger("bridge.redis")
@@ -62,6 +63,15 @@ def safe_url(url: str) -> str:
 def owner_name() -> str:
     """Who holds a lease: host and process, so that an operator can tell them apart."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def dead_here(owner: bytes | str) -> bool:
+    """Whether a lease holder (`owner_name()`, maybe with a suffix) is a process of this
+    host that is gone: its lease can be taken over without waiting for it to run out."""
+    text = owner.decode(errors="replace") if isinstance(owner, bytes) else owner
+    host, _, rest = text.partition(":")
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 class _State:

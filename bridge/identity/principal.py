@@ -78,6 +78,8 @@ def local_secret(state_dir: Path) -> bytes:
 class Principals:
     """Computes `ex.principal` (once per exchange) for this worker."""
 
+    name = "identity"  # started with the stages, before them (`Pipeline.start`)
+
     def __init__(self, settings: Settings):
         self.shared_mode = settings.enable_shared_mode
         self.state_dir = Path(settings.state_dir)

@@ -16,7 +16,6 @@ charged to the upstream first in line (a call that fails over is not charged aga
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import struct
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bridge.core import instance
+from bridge.core import instance, locking
 from bridge.core.errors import RateLimited
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange
@@ -62,8 +61,7 @@ class SharedBucket:
     def take(self, max_wait: float = 0.0) -> Decision:
         """Take one token, reserving a future one when it comes within `max_wait` seconds."""
         fd = self._fd.get()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
+        with locking.exclusive(fd):  # another worker's turn must not hold our loop
             now = time.monotonic()
             raw = os.pread(fd, _STATE.size, 0)
             tokens, last = _STATE.unpack(raw) if len(raw) == _STATE.size else (self.burst, now)
@@ -73,8 +71,6 @@ class SharedBucket:
             if admitted:
                 tokens -= 1.0
             os.pwrite(fd, _STATE.pack(tokens, now), 0)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
         return Decision(admitted, wait, max(0, math.floor(tokens)),
                         (self.burst - tokens) / self.rate)
 

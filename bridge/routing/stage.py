@@ -71,7 +71,13 @@ class RoutingStage(Stage):
 
     def start(self) -> None:
         redaction.add(self._keys)
+
+    def begin_background(self) -> None:
+        self._stopped.clear()
         gevent.spawn(self._probe_loop)
+
+    def stop(self) -> None:
+        self._stopped.set()  # the probe loop ends at its next look
 
     # --- requests ---------------------------------------------------------------------
 

@@ -127,6 +127,12 @@ class Response(wsgi.Response):
 
 class GeventWorker(_GunicornGeventWorker):
     def init_process(self) -> None:
+        # The heartbeat starts now, not at the first beat of the run loop: gunicorn's
+        # heartbeat file is made in the master with the wall-clock time as its mtime, which
+        # the master compares with its monotonic clock, so until the first beat it never
+        # finds the worker late. A worker that hangs before it serves (in the stages'
+        # start, say) is then killed after the timeout like any other stuck worker.
+        self.notify()
         # gunicorn makes its servers (`run`) and responses (`wsgi.create`) from these
         # names: replaced in the worker process only, after fork
         ggevent.StreamServer = _Server
@@ -163,7 +169,7 @@ class GeventWorker(_GunicornGeventWorker):
             return
         self.draining = True
         self.stop_began = time.monotonic()
-        lifecycle.begin_draining()
+        lifecycle.begin_draining(self.stop_began + cut_delay(self.cfg.graceful_timeout))
         gevent.spawn(self._stop_after_drain)  # not from the signal handler: it sleeps
 
     def handle_quit(self, sig: Any, frame: Any) -> None:
@@ -175,6 +181,7 @@ class GeventWorker(_GunicornGeventWorker):
             return
         self.quick = True
         self.alive = False
+        lifecycle.begin_draining(time.monotonic())  # background work is handed back now
 
     def _stop_after_drain(self) -> None:
         settings = getattr(self.wsgi, "extensions", {}).get("bridge.settings")

@@ -53,6 +53,9 @@ class AuthStage(Stage):
         except KeyStoreError as exc:  # every request retries it, and is refused meanwhile
             log.error("%s", exc)
 
+    def stop(self) -> None:
+        self.store.close()
+
     def on_request(self, ex: Exchange) -> None:
         presented = presented_key(ex.headers)
         for name in CREDENTIAL_HEADERS:

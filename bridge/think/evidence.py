@@ -22,7 +22,6 @@ instance's run directory, re-read only when it changes: one `stat` per decision.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bridge.core import locking
 from bridge.core.reasoning import model_starts_inside
 
 log = logging.getLogger("bridge.think")
@@ -116,10 +116,9 @@ class ModelMemory:
     def update(self, model: str, **facts: Any) -> None:
         """Merge `facts` into what is known of `model` (other workers' news kept)."""
         try:
-            with open(self.path.with_suffix(".lock"), "a") as lock:
-                # Nothing under the lock yields to gevent (plain file calls), so another
-                # greenlet of this worker never waits on a lock its own process holds.
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with open(self.path.with_suffix(".lock"), "a") as lock, locking.exclusive(lock):
+                # Nothing under the lock yields to gevent (plain file calls); the wait for
+                # another worker's turn does, instead of holding this worker's loop.
                 data = self._read()
                 data[model] = {**data.get(model, {}), **facts}
                 while len(data) > MAX_MODELS:

@@ -385,3 +385,132 @@ def test_fifty_jobs_survive_a_kill_of_the_whole_bridge(make_bridge, standin: Sta
         times = calls[body["messages"][0]["content"]]
         assert 1 <= len(times) <= 2, f"{fingerprint} computed {len(times)} times"
         assert max(times) < finished[fingerprint], "computed again after its result was stored"
+
+
+# --- start-up, crashes and stops ----------------------------------------------------------
+
+KILLS = 5
+
+
+def upstream_calls(standin: StandIn, text: str) -> list[float]:
+    """When the stand-in was asked the question `text` (one time per upstream call)."""
+    return [recorded.time for recorded in list(standin.requests) if recorded.path == CHAT
+            and json.loads(recorded.body)["messages"][0]["content"] == text]
+
+
+def job_rows(state_dir: Path) -> dict[str, sqlite3.Row]:
+    with sqlite3.connect(state_dir / "jobs.sqlite3") as db:
+        db.row_factory = sqlite3.Row
+        return {row["fingerprint"]: row for row in db.execute("SELECT * FROM jobs")}
+
+
+def kill_instance(process: Process) -> None:
+    """`kill -9` of the master and its workers (the process group it leads)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.proc.wait(10)
+
+
+def answers_health_at_once(process: Process) -> None:
+    """/health on many new connections (so both workers answer some): every one answers.
+    The timeout is only a hang guard: a frozen worker never answers at all."""
+    for _ in range(20):
+        assert requests.get(process.url + "/health", timeout=15).status_code == 200
+
+
+def test_restarts_after_kill_9_with_jobs_running_and_the_cache_on_all_serve(
+        make_bridge, standin: StandIn, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    flags = ("--enable-async-request", "--enable-cache", "--cache-dir", str(tmp_path / "cache"),
+             "--state-dir", str(state), "-i", "50", "-m", "100")
+    standin.configure(first_token_delay=0.3, token_delay=0.2)  # each job streams ~2-3 s
+    process = make_bridge(*flags)
+    texts: dict[str, str] = {}
+    kills_seen: dict[str, int] = {}  # kills since the job was submitted
+    for kill in range(KILLS):
+        batch = [new_fingerprint() for _ in range(4)]
+        for fingerprint in batch:
+            texts[fingerprint] = f"restart {kill} {fingerprint}"
+            kills_seen[fingerprint] = 0
+            assert requests.post(process.url + CHAT, timeout=10, json=chat(
+                texts[fingerprint], True, fingerprint)).status_code == 202
+        wait_for(lambda: all(upstream_calls(standin, texts[fp]) for fp in batch),  # noqa: B023
+                 30, "the new jobs to be running")
+        kill_instance(process)
+        for fingerprint in kills_seen:
+            kills_seen[fingerprint] += 1
+        process = make_bridge(*flags)  # its start waits (bounded) for /health to answer
+        answers_health_at_once(process)
+    for fingerprint in texts:
+        done = until_done(process.url + f"/v1/async/{fingerprint}", timeout=60,
+                          fingerprint=fingerprint)
+        assert done.status_code == 200 and b"[DONE]" in done.content
+    rows = job_rows(state)
+    for fingerprint, text in texts.items():
+        allowed = 1 + kills_seen[fingerprint]  # at most one extra run per kill
+        assert rows[fingerprint]["attempts"] <= allowed, fingerprint
+        assert len(upstream_calls(standin, text)) <= allowed
+
+
+def test_a_job_whose_instance_was_killed_resumes_at_once_as_one_crash(
+        make_bridge, standin: StandIn, tmp_path: Path) -> None:
+    state, cache = tmp_path / "state", tmp_path / "cache"
+    # shared mode: every request shares the cache (a fresh pass-through instance would let
+    # the job's second run go upstream on its own, never meeting the stale flight lease)
+    flags = ("--enable-async-request", "--enable-cache", "--cache-dir", str(cache),
+             "--state-dir", str(state), "--enable-shared-mode")
+    env = {"BRIDGE_API_KEY": "sk-shared-upstream"}
+    standin.configure(token_delay=0.3)  # the job streams for a few seconds
+    process = make_bridge(*flags, env=env)
+    fingerprint = new_fingerprint()
+    text = f"crash once {fingerprint}"
+    assert requests.post(process.url + CHAT, json=chat(text, True, fingerprint),
+                         timeout=10).status_code == 202
+    wait_for(lambda: upstream_calls(standin, text), 30, "the job to be running")
+    # the leases the dead worker leaves behind: of the job, and of its cache flight
+    job_lease = job_rows(state)[fingerprint]["lease_until"]
+    with sqlite3.connect(cache / "responses.sqlite") as db:
+        flight_lease = db.execute("SELECT MAX(expires) FROM cache_flights").fetchone()[0]
+    assert flight_lease is not None
+    kill_instance(process)
+
+    restarted = make_bridge(*flags, env=env)
+    standin.configure(token_delay=0.0)
+    done = until_done(restarted.url + f"/v1/async/{fingerprint}", timeout=60,
+                      fingerprint=fingerprint)
+    assert done.status_code == 200 and b"[DONE]" in done.content
+    calls = upstream_calls(standin, text)
+    assert len(calls) == 2
+    # run again before either lease could have run out: both were seen to be dead
+    assert calls[1] < min(job_lease, flight_lease)
+    assert job_rows(state)[fingerprint]["attempts"] == 2  # one crash
+
+
+def test_a_draining_bridge_claims_nothing_and_hands_back_what_it_cannot_finish(
+        make_bridge, standin: StandIn, tmp_path: Path) -> None:
+    # one worker with one upstream slot: one job runs, the next one waits
+    flags = ("--enable-async-request", "--state-dir", str(tmp_path), "--max-concurrency", "1")
+    process = make_bridge(*flags, "--drain-delay", "0", "--graceful-timeout", "3000",
+                          workers=1, graceful_stop=True)
+    long_job, queued_job = new_fingerprint(), new_fingerprint()
+    long_text, queued_text = f"long {long_job}", f"queued {queued_job}"
+    assert requests.post(process.url + CHAT, json=chat(long_text, True, long_job), timeout=10,
+                         headers={"x-standin-token-delay": "2.0"}).status_code == 202
+    wait_for(lambda: upstream_calls(standin, long_text), 30, "the long job to be running")
+    assert requests.post(process.url + CHAT, json=chat(queued_text, True, queued_job),
+                         timeout=10).status_code == 202
+    assert process.stop(timeout=30) == 0  # SIGTERM: drain, then a graceful stop
+
+    rows = job_rows(tmp_path)
+    assert upstream_calls(standin, queued_text) == []  # never claimed while draining
+    assert (rows[queued_job]["status"], rows[queued_job]["attempts"]) == ("queued", 0)
+    # cut at the stop deadline, handed back uncounted (not a crash)
+    assert (rows[long_job]["status"], rows[long_job]["attempts"]) == ("queued", 0)
+    assert "handed back unfinished" in process.log()
+
+    restarted = make_bridge(*flags, workers=1)
+    for fingerprint in (long_job, queued_job):
+        done = until_done(restarted.url + f"/v1/async/{fingerprint}", timeout=90,
+                          fingerprint=fingerprint)
+        assert done.status_code == 200 and b"[DONE]" in done.content
+    rows = job_rows(tmp_path)
+    assert rows[long_job]["attempts"] == rows[queued_job]["attempts"] == 1

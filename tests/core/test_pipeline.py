@@ -176,3 +176,47 @@ def test_a_detached_exchange_resumed_after_a_stage_answers_like_the_client_path(
                      else normalized(resumed.json()))
     assert detached_view == client_view
     assert "</think>" not in json.dumps(detached_view)  # the think stage ran for it too
+
+
+class Recording(Stage):
+    """Notes the order of its start-up calls in `log`; `during` runs inside its `start`."""
+
+    def __init__(self, name: str, log: list[str], during=None):
+        self.name, self.log, self.during = name, log, during
+
+    def start(self) -> None:
+        self.log.append(f"start {self.name}")
+        if self.during is not None:
+            self.during()
+
+    def begin_background(self) -> None:
+        self.log.append(f"background {self.name}")
+
+    def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+
+
+def test_start_up_is_one_shot_and_ordered_even_when_a_start_re_enters() -> None:
+    log: list[str] = []
+    pipeline = Pipeline(bridge_settings.defaults(), features=())
+    # a start that calls `start` again (as a job run by a runner started too early did)
+    pipeline.stages = [Recording("outer", log, during=lambda: pipeline.start()),
+                       Recording("inner", log)]
+    pipeline.start()
+    pipeline.start()
+    assert log == ["start outer", "start inner", "background outer", "background inner"]
+    pipeline.stop()
+    pipeline.stop()
+    assert log[4:] == ["stop outer", "stop inner"]  # outermost first, once
+
+
+def test_a_stage_that_fails_to_start_gets_no_background_work_and_the_others_do() -> None:
+    log: list[str] = []
+
+    def fail() -> None:
+        raise RuntimeError("cannot open")
+
+    pipeline = Pipeline(bridge_settings.defaults(), features=())
+    pipeline.stages = [Recording("broken", log, during=fail), Recording("fine", log)]
+    pipeline.start()
+    assert log == ["start broken", "start fine", "background fine"]

@@ -9,7 +9,6 @@ model `private` answers only the bearer key `sk-a` (others: OpenAI's 404 on /v1,
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import threading
 import uuid
@@ -26,7 +25,7 @@ from bridge.cache.disk import FILE_NAME, TABLE
 from bridge.cache.entry import decode_entry
 from bridge.ollama_standin import StandIn
 from bridge.ollama_standin.config import DEFAULT_MODELS
-from bridge.serve.processes import Process, start_bridge, start_redis
+from bridge.serve.processes import Process, start_bridge
 
 CHAT = "/v1/chat/completions"
 NATIVE = "/api/chat"
@@ -183,14 +182,6 @@ def stored_entries(cache_dir: Path) -> bytes:
         rows = db.execute(f'SELECT value FROM "{TABLE}"').fetchall()
     entries = [decode_entry(value) for (value,) in rows]
     return b"".join(entry.body or b"".join(entry.frames) for entry in entries)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs Debian's redis-server (.ci/run installs it)")
-    with start_redis(tmp_path_factory.mktemp("redis")) as process:
-        yield process
 
 
 def test_a_miss_on_one_instance_is_a_hit_for_the_same_key_on_another(entitled, make_bridge,
