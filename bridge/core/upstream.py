@@ -31,6 +31,7 @@ from bridge.core.exchange import (
     Frame,
     Response,
     Route,
+    Stream,
     UpstreamTarget,
     encode_json,
     usage_in,
@@ -333,8 +334,8 @@ class UpstreamClient:
                             failure.message, route.candidates[route.index + 1].name,
                             ex.request_id)
             else:
-                if response.frames is None:
-                    route.ended(target)
+                # the call is over with the whole body, or when its stream is closed
+                response.on_close(partial(route.ended, target))
                 return response
             route.fail_over()
             events.emit("upstream.failover", upstream=target.name)
@@ -429,7 +430,10 @@ class UpstreamClient:
             codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
         if codec is not None and upstream.ok:
             response = streaming.stream_response(upstream.status_code, headers, iter(()), codec)
-            response.frames = self._frames(ex, response, upstream, codec, deadline, leg)
+            # the connection is closed however the stream ends, read or not (a client
+            # hanging up stops the generation upstream)
+            response.frames = Stream(self._frames(ex, response, upstream, codec, deadline, leg),
+                                     upstream.close)
             return response
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline, leg.timeout))
@@ -499,10 +503,9 @@ class UpstreamClient:
     def _frames(self, ex: Exchange, response: Response, upstream: requests.Response,
                 codec: str, deadline: float, leg: Leg) -> Iterator[Frame]:
         """Relay frames as they arrive; a stream that does not end normally ends with an
-        in-band error, and the upstream connection is closed whatever happens (a client
-        that hangs up closes this generator, which stops the generation upstream).
-        `response.outcome` says how it ended. An upstream that sent its own in-band error
-        before it stopped has said what went wrong: no second error is added."""
+        in-band error. `response.outcome` says how it ended. An upstream that sent its own
+        in-band error before it stopped has said what went wrong: no second error is
+        added. (The connection is closed by the `Stream` around this generator.)"""
         failure: BridgeError | None = None
         counted = ex.is_model_request and codec != streaming.RAW
         told = False  # the upstream sent an in-band error
@@ -517,10 +520,6 @@ class UpstreamClient:
                 yield frame
         except BridgeError as err:
             failure = err
-        finally:
-            upstream.close()
-            if leg.target is not None and ex.route is not None:
-                ex.route.ended(leg.target)
         if codec == streaming.RAW and failure is None:
             response.outcome = "complete"
         if response.outcome == "complete":

@@ -65,6 +65,8 @@ def go_decode(raw: bytes) -> object:
         return _DECODER.raw_decode(text, start)[0]
     except json.JSONDecodeError as exc:
         raise GoJSONError(_go_syntax_message(exc)) from None
+    except RecursionError:  # Go refuses past 10,000 levels; Python's own limit is lower
+        raise GoJSONError("exceeded max depth") from None
 
 
 def _go_syntax_message(exc: json.JSONDecodeError) -> str:
