@@ -344,6 +344,19 @@ class UpstreamClient:
                 slot.release()
                 slot.retake()
 
+    def longest(self, route: Route | None) -> float:
+        """The longest an exchange's upstream call may legitimately take, in seconds:
+        every attempt of every candidate of its route (each with its own timeout) and the
+        longest back-off between two attempts. What waits on another's call (a single
+        flight's followers) waits that long, and not less, before giving up on it."""
+        timeouts = [self.timeout] if route is None else [
+            self._timeout_of(target) for target in route.candidates]
+        backoffs = (self.attempts - 1) * self.backoff.max_interval
+        return sum(self.attempts * timeout + backoffs for timeout in timeouts)
+
+    def _timeout_of(self, target: UpstreamTarget) -> float:
+        return target.timeout_ms / 1000 if target.timeout_ms else self.timeout
+
     def _leg(self, ex: Exchange, target: UpstreamTarget | None) -> Leg:
         """What goes to one upstream: its URL, headers (with its key) and body (with its
         model name)."""
@@ -360,8 +373,7 @@ class UpstreamClient:
         model = ex.model
         if target.model_map and model in target.model_map and ex.is_model_request:
             body = encode_json({**ex.payload, "model": target.model_map[model]})
-        timeout = target.timeout_ms / 1000 if target.timeout_ms else self.timeout
-        return Leg(target.url + suffix, headers, body, timeout, target)
+        return Leg(target.url + suffix, headers, body, self._timeout_of(target), target)
 
     def _call(self, ex: Exchange, leg: Leg, last: bool, route: Route | None = None
               ) -> Response:
