@@ -8,7 +8,9 @@ from typing import Iterator
 
 import pytest
 
-from bridge.core.exchange import Frame, Response, Stream
+from bridge.core import settings as bridge_settings
+from bridge.core.exchange import Exchange, Frame, Response, Stream
+from bridge.core.pipeline import Pipeline, Stage
 
 
 def frames(count: int, fail_at: int | None = None) -> Iterator[Frame]:
@@ -104,3 +106,41 @@ def test_on_close_of_a_whole_body_runs_at_once() -> None:
     released = Released()
     Response(status=200, body=b"{}").on_close(released())
     assert released.calls == ["resource"]
+
+
+class Replacing(Stage):
+    """Answers its on_response with a response of its own, or fails there."""
+
+    name = "replacing"
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def on_response(self, ex: Exchange) -> None:
+        if self.fail:
+            raise RuntimeError("injected")
+        ex.response = Response(status=200, body=b"{}")
+
+
+class StreamingUpstream:
+    """An upstream client whose stream counts how often its finalizer ran."""
+
+    def __init__(self) -> None:
+        self.released = Released()
+
+    def send(self, ex: Exchange) -> Response:
+        return Response(status=200, frames=Stream(frames(3), self.released()), codec="ndjson")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_pipeline_closes_a_stream_it_replaces_unread(fail: bool) -> None:
+    pipeline = Pipeline(bridge_settings.defaults(), features=())
+    pipeline.stages = [Replacing(fail)]
+    upstream = StreamingUpstream()
+    pipeline.context.upstream = upstream  # type: ignore[assignment]
+    ex = Exchange(surface="openai", endpoint="chat", method="POST",
+                  path="/v1/chat/completions", query="", headers={}, body=b"{}",
+                  request_id="r", payload={})
+    response = pipeline.run(ex)
+    assert response.status == (500 if fail else 200) and not response.streaming
+    assert upstream.released.calls == ["resource"]
