@@ -1,6 +1,7 @@
 """The `Stream` object: its finalizers run exactly once however the stream ends (read to
-its end, failed, closed before its first item or after it), and `map_frames` chains
-close down to the innermost stream, started or not."""
+its end, failed, closed before its first item or after it), `map_frames` chains close
+down to the innermost stream, started or not, and the pipeline closes a stream it
+replaces."""
 
 from __future__ import annotations
 
