@@ -264,15 +264,15 @@ def _exporter_class() -> type:
     """The exporter, with `/metrics?name[]=…` (only the named samples) working across
     workers: the library restricts the registry before the multiprocess collector
     registers on it, which a restricted registry cannot take (an AttributeError, a 500
-    for any scrape that names samples). Here the workers' samples are gathered first,
-    then restricted."""
+    for any scrape that names samples). Here the collector registers first, on a
+    registry that learns its names, which is then restricted."""
     from prometheus_client.exposition import choose_encoder
     from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
     class Exporter(GunicornInternalPrometheusMetrics):
         def generate_metrics(self, accept_header: str | None = None,
                              names: list[str] | None = None) -> tuple[str, str]:
-            registry: Any = _registry()
+            registry: Any = _registry(described=bool(names))
             if names:
                 registry = registry.restricted_registry(names)
             generate_latest, content_type = choose_encoder(accept_header)
@@ -281,11 +281,13 @@ def _exporter_class() -> type:
     return Exporter
 
 
-def _registry() -> Any:
-    """A registry of the instance's metrics, aggregated across its workers."""
+def _registry(described: bool = False) -> Any:
+    """A registry of the instance's metrics, aggregated across its workers. `described`:
+    it knows which collector makes which names (read once more when registering), as a
+    restricted registry needs to find any."""
     from prometheus_client import CollectorRegistry, multiprocess
 
-    registry = CollectorRegistry()
+    registry = CollectorRegistry(auto_describe=described)
     multiprocess.MultiProcessCollector(registry)
     return registry
 
