@@ -29,6 +29,7 @@ import random
 import threading
 import time
 import weakref
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -263,20 +264,17 @@ class AdmissionStage(Stage):
             return
         if response.streaming:
             response.map_frames(lambda frames: self._watch(ex, frames), keeps_marks=True)
-        else:
-            self._end(ex)
+        # the call ends with its stream, however that ends (read or not), or now
+        response.on_close(partial(self._end, ex))
 
     def _watch(self, ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
         call: Call = ex.notes[_CALL]
-        try:
-            for frame in frames:
-                if not call.first_frame:
-                    call.first_frame = True
-                    emit("upstream.ttft", time.perf_counter() - call.started,
-                         endpoint=ex.endpoint, surface=ex.surface)
-                yield frame
-        finally:
-            self._end(ex)
+        for frame in frames:
+            if not call.first_frame:
+                call.first_frame = True
+                emit("upstream.ttft", time.perf_counter() - call.started,
+                     endpoint=ex.endpoint, surface=ex.surface)
+            yield frame
 
     def _end(self, ex: Exchange) -> None:
         call: Call | None = ex.notes.get(_CALL)

@@ -60,15 +60,18 @@ class Flight:
     def produce(self, response: Response, on_complete: Callable[["Flight"], None],
                 on_stop: Callable[[], None] = lambda: None) -> None:
         """Read `response.frames` in a greenlet of its own, publishing each frame;
-        `on_stop()` once that greenlet is over, however (even killed before it ran)."""
+        `on_stop()` once that greenlet is over, however (even killed before it ran). The
+        stream is taken out of `response`: the producer owns it, and closes it."""
+        frames, response.frames = response.frames, None
+        assert frames is not None
         self.codec = response.codec
-        self._producer = gevent.spawn(self._run, response, on_complete)
-        self._producer.link(lambda _greenlet: on_stop())
+        self._producer = gevent.spawn(self._run, response, frames, on_complete)
+        self._producer.link(lambda _greenlet: _stopped(frames, on_stop))
 
-    def _run(self, response: Response, on_complete: Callable[["Flight"], None]) -> None:
-        assert response.frames is not None
+    def _run(self, response: Response, frames: Iterator[Frame],
+             on_complete: Callable[["Flight"], None]) -> None:
         try:
-            with owned(response.frames) as frames:
+            with owned(frames):
                 for frame in frames:
                     self.frames.append(frame)
                     self._notify()
@@ -141,6 +144,17 @@ class Flight:
     def shared_failure(self) -> Response | None:
         return None if self.failure is None else replace(self.failure,
                                                          headers=dict(self.failure.headers))
+
+
+def _stopped(frames: Iterator[Frame], on_stop: Callable[[], None]) -> None:
+    """The producer is over: its stream is closed (a no-op unless it was killed before
+    it ran), then what it held is given back."""
+    try:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+    finally:
+        on_stop()
 
 
 class Flights:

@@ -76,6 +76,9 @@ CLOCK_SLACK = 1.0    # an entry stored this long before we started waiting is st
 LEASE_SECONDS = 15.0
 # A JSON escape of a UTF-16 surrogate: only then can the parsed body hold a lone one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Beyond the longest a leader's upstream call may take, followers wait this much more
+# (for the stages around that call: a queue, a rate limit)
+WAIT_MARGIN = 5.0
 STOP_WAIT = 5.0     # at exit, longest wait for the sweeper to reach a point between statements
 
 
@@ -125,7 +128,8 @@ class CacheStage(Stage):
     def __init__(self, settings: Settings, context: Context):
         self.settings = settings
         self.ttl = settings.cache_ttl / 1000
-        self.wait_limit = (settings.timeout / 1000) * (1 + settings.retry_attempts) + 5
+        # the pipeline's client: its timeouts and retries bound how long followers wait
+        self.upstream = context.upstream
         self.memory = MemoryTier(settings.cache_memory_entries, self.ttl,
                                  settings.cache_memory_bytes)
         self.disk: DiskTier | RedisTier | None = None  # the tier behind memory
@@ -181,10 +185,16 @@ class CacheStage(Stage):
             count = self.hot.touch(key)
             if self._answer_from_tiers(ex, key, control, shape, count):
                 return
-            flight = self.flights.get(key, self.wait_limit)
+            flight = self.flights.get(key, self.wait_limit(ex))
             if flight is not None and self._follow(ex, flight, shape):
                 return
         self._lead(ex, key, control, shares, shape)
+
+    def wait_limit(self, ex: Exchange) -> float:
+        """How long an identical request waits for this one's upstream call: as long as
+        that call may legitimately take, fail-over to every candidate of its route
+        included (a leader still failing over is not given up on), and a margin."""
+        return self.upstream.longest(ex.route) + WAIT_MARGIN
 
     def _key(self, ex: Exchange) -> str:
         scope = ex.cache_scope
@@ -241,7 +251,7 @@ class CacheStage(Stage):
         """Serve this request from an identical one in flight; False when it must go
         upstream itself (the leader went away)."""
         self._subscribe(ex, flight)
-        if not flight.wait(self.wait_limit, started=shape.stream) or \
+        if not flight.wait(self.wait_limit(ex), started=shape.stream) or \
                 flight.outcome == "abandoned":
             return False
         response = self._from_flight(ex, flight, shape)
@@ -266,10 +276,11 @@ class CacheStage(Stage):
         on_response needs first, so that a failure from here on still ends the flight."""
         pending = ex.notes[NOTE] = Pending(key=key, control=control, flight=None,
                                            payload=ex.payload)
-        if shares and self.flights.get(key, self.wait_limit) is None:
+        limit = self.wait_limit(ex)
+        if shares and self.flights.get(key, limit) is None:
             flight = pending.flight = self.flights.lead(key)
             self._subscribe(ex, flight, leader=True)  # ends it when the exchange closes
-            if control.lookup and self._wait_for_other_worker(key, flight):
+            if control.lookup and self._wait_for_other_worker(key, flight, limit):
                 del ex.notes[NOTE]  # another worker answered it
                 assert flight.entry is not None
                 ex.response = replay.serve_entry(flight.entry, shape, {})
@@ -282,12 +293,13 @@ class CacheStage(Stage):
             ex.replace_payload(upstream_payload)
         pending.closers = ex.closer_count
 
-    def _wait_for_other_worker(self, key: str, flight: Flight) -> bool:
+    def _wait_for_other_worker(self, key: str, flight: Flight, limit: float) -> bool:
         """Claim the cross-worker lease on `key`; while another worker holds it, wait for
-        the entry it stores. True when that entry arrived (it ends `flight`)."""
+        the entry it stores (at most `limit` seconds). True when that entry arrived (it
+        ends `flight`)."""
         if self.disk is None:
             return False
-        started, deadline = time.time(), time.monotonic() + self.wait_limit
+        started, deadline = time.time(), time.monotonic() + limit
         while not self.disk.claim(key, LEASE_SECONDS):
             if time.monotonic() > deadline:
                 return False
@@ -297,13 +309,13 @@ class CacheStage(Stage):
                 flight.finish_with(entry)
                 return True
         flight.claimed = True  # from here on, the flight's end releases the lease
-        gevent.spawn(self._keep_lease, flight)
+        gevent.spawn(self._keep_lease, flight, limit)
         return False
 
-    def _keep_lease(self, flight: Flight) -> None:
-        """Renew the lease of a flight while it lives (at most `wait_limit`, the longest
-        a leader can legitimately take)."""
-        deadline = time.monotonic() + self.wait_limit
+    def _keep_lease(self, flight: Flight, limit: float) -> None:
+        """Renew the lease of a flight while it lives (at most `limit`, the longest its
+        leader can legitimately take)."""
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             gevent.sleep(LEASE_SECONDS / 3)
             if flight.finished or self.disk is None or \
@@ -361,7 +373,7 @@ class CacheStage(Stage):
         if shape.stream:
             rewriter = replay.Rewriter(ex.surface, ex.endpoint, shape.include_usage)
             return replay.stream_response(ex.surface, flight.follow(), rewriter, {})
-        if not flight.wait(self.wait_limit) or flight.outcome != "complete":
+        if not flight.wait(self.wait_limit(ex)) or flight.outcome != "complete":
             return self._incomplete(ex, flight)
         return replay.serve_entry(self._entry(ex, flight.codec, flight.frames), shape, {})
 

@@ -13,7 +13,8 @@ Event names in use (feature.what; labels in brackets):
   upstream.retry, auth.refused [reason], ratelimit.refused, ratelimit.delayed,
   admission.queued, admission.refused [reason], admission.waiting (gauge, ±1)
   upstream.in_flight (gauge, ±1), upstream.duration [endpoint, status] (seconds),
-  upstream.ttft [endpoint, surface] (seconds)
+  upstream.ttft [endpoint, surface] (seconds), upstream.failover [upstream],
+  routing.in_flight [upstream] (gauge, ±1: calls the balancer counts in flight)
   request.finished [route, method, status, client_key] (seconds),
   stage.failed [stage, phase] (a contained failure of one request),
   tokens.prompt, tokens.completion [client_key, source]

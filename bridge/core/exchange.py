@@ -115,12 +115,73 @@ def owned(frames: Iterator[Frame]) -> Iterator[Iterator[Frame]]:
             close()
 
 
+class Stream:
+    """A response's frames, with the finalizers that release what the stream holds (an
+    upstream connection, a routing in-flight count, a lease, a slot), each registered
+    with `on_close` when it is taken.
+
+    `close()` closes the frames, then runs the finalizers, the last registered first,
+    exactly once, whether the stream was read to its end, failed, or was never iterated
+    at all: what WSGI's `close()` promises and werkzeug's `ClosingIterator` keeps, and
+    what a generator's `finally` cannot, since it never runs for a generator closed
+    before its first item. Reading it to its end, or an error while reading it, closes
+    it too: what it holds is released as soon as it is of no more use.
+    """
+
+    __slots__ = ("_frames", "_finalizers", "closed")
+
+    def __init__(self, frames: Iterator[Frame], *finalizers: Callable[[], None]):
+        self._frames = frames
+        self._finalizers = list(finalizers)
+        self.closed = False
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> Frame:
+        try:
+            return next(self._frames)
+        except BaseException:  # the end, a failure, or a greenlet killed while reading
+            self.close()
+            raise
+
+    def on_close(self, finalizer: Callable[[], None]) -> None:
+        """Run `finalizer()` when the stream is closed (at once if it already is)."""
+        if self.closed:
+            _run_each([finalizer], "stream")
+        else:
+            self._finalizers.append(finalizer)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            close = getattr(self._frames, "close", None)
+            if close is not None:
+                close()
+        finally:  # even when closing the frames failed: every finalizer runs
+            finalizers, self._finalizers = self._finalizers, []
+            _run_each(finalizers[::-1], "stream")
+
+
+def _run_each(callbacks: list[Callable[..., None]], what: str, *args: Any) -> None:
+    """Call each of `callbacks(*args)` in order; one that fails is logged (with its
+    traceback) and counted, and the others still run: nothing stays held for one failing."""
+    for callback in callbacks:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - a failing closer must not skip the others
+            log.exception("closing the %s failed", what)
+            events.emit("stage.failed", stage=getattr(callback, "__qualname__", "closer"),
+                        phase="closer")
+
+
 def _unmarked(frames: Iterator[Frame]) -> Iterator[Frame]:
-    """The frames with `Frame.more` cleared (closing it closes `frames` first)."""
-    with owned(frames):
-        for frame in frames:
-            frame.more = False
-            yield frame
+    """The frames with `Frame.more` cleared."""
+    for frame in frames:
+        frame.more = False
+        yield frame
 
 
 @dataclass
@@ -206,18 +267,37 @@ class Response:
         inner = self.frames
         if inner is None:
             raise ValueError("map_frames on a response without a stream")
+        # closed last first: `transform`, then what it reads (read or not, started or not)
+        outer = Stream(transform(inner), *_closer_of(inner))
+        self.frames = outer if keeps_marks else Stream(_unmarked(outer), outer.close)
 
-        def chained() -> Iterator[Frame]:
-            with owned(inner):
-                yield from transform(inner) if keeps_marks else _unmarked(transform(inner))
+    def on_close(self, finalizer: Callable[[], None]) -> None:
+        """Run `finalizer()` once this response is done with: when its stream is closed
+        (read to its end, failed, or closed unread), or at once for a whole body."""
+        frames = self.frames
+        if frames is None:
+            finalizer()
+            return
+        if not isinstance(frames, Stream):
+            frames = self.frames = Stream(frames, *_closer_of(frames))
+        frames.on_close(finalizer)
 
-        self.frames = chained()
+    def close(self) -> None:
+        """Close the stream (and so release what it holds); nothing for a whole body."""
+        close = _closer_of(self.frames)
+        if close:
+            close[0]()
 
     def finish(self) -> None:
         """The body as it goes out: a template's per-response fields filled in."""
         if self.stamp is not None:
             stamp, self.stamp = self.stamp, None
             self.set_body(stamp(self.body))
+
+
+def _closer_of(frames: object) -> tuple[Callable[[], None], ...]:
+    close = getattr(frames, "close", None)
+    return (close,) if close is not None else ()
 
 
 @dataclass(frozen=True)
@@ -392,13 +472,7 @@ class Exchange:
         self._run_closers(closers)
 
     def _run_closers(self, closers: list[Callable[["Exchange"], None]]) -> None:
-        for callback in reversed(closers):
-            try:
-                callback(self)
-            except Exception:  # noqa: BLE001 - a failing closer must not skip the others
-                log.exception("closing the exchange failed [%s]", self.request_id)
-                events.emit("stage.failed", stage=getattr(callback, "__qualname__", "closer"),
-                            phase="closer")
+        _run_each(closers[::-1], f"exchange [{self.request_id}]", self)
 
     @property
     def elapsed(self) -> float:

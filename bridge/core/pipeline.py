@@ -7,7 +7,10 @@ runs in the reverse order for every stage whose `on_request` ran, with the respo
 whatever produced it (upstream, cache, an error), so outer stages see cache hits too.
 
 A stage that changes a stream wraps it with `response.map_frames(transform)`, which
-closes the chain down to the upstream connection when a client hangs up.
+closes the chain down to the upstream connection when a client hangs up. What a stream
+holds is registered on it (`Response.on_close`, `Stream`) and released when it is
+closed, read or not; a response a stage replaces is closed here, unless the stage took
+its stream over (a flight's producer).
 
 Failures are contained, like Kong's plugin phases: an unexpected exception in a stage's
 `on_request` or `on_response`, in a frame generator or in a closer costs that one
@@ -174,18 +177,21 @@ class Pipeline:
                 current = "upstream"
                 ex.response = self.context.upstream.send(ex)
         except Exception as exc:  # noqa: BLE001 - contained: costs this request only
-            ex.response = failure_response(ex, exc, current, "on_request")
+            replace(ex, failure_response(ex, exc, current, "on_request"))
         for stage in reversed(entered):
+            seen = ex.response
             try:
                 stage.on_response(ex)
             except Exception as exc:  # noqa: BLE001 - contained: the outer stages go on
-                ex.response = failure_response(ex, exc, stage.name, "on_response")
+                replace(ex, failure_response(ex, exc, stage.name, "on_response"))
+            if seen is not None and seen is not ex.response:
+                _close_replaced(seen, ex.response)
         response = ex.response
         assert response is not None
         try:
             response.finish()
         except Exception as exc:  # noqa: BLE001
-            response = ex.response = failure_response(ex, exc, "pipeline", "finish")
+            response = replace(ex, failure_response(ex, exc, "pipeline", "finish"))
         if response.streaming:
             response.map_frames(lambda frames: _contained(ex, frames), keeps_marks=True)
         return response
@@ -222,6 +228,26 @@ def _contained_call(stage: Stage | Principals, phase: str) -> bool:
         emit("stage.failed", stage=stage.name, phase=phase)
         return False
     return True
+
+
+def replace(ex: Exchange, response: Response) -> Response:
+    """Make `response` the exchange's answer, closing the one it replaces: a stream that
+    no client will read still releases what it holds (connection, in-flight count)."""
+    replaced, ex.response = ex.response, response
+    if replaced is not None and replaced is not response:
+        _close_replaced(replaced, response)
+    return response
+
+
+def _close_replaced(replaced: Response, by: Response | None) -> None:
+    """Close a response a stage replaced, unless its stream lives on in the new one (a
+    stage that hands a stream over takes it out of the response: `frames` None)."""
+    if replaced.frames is not None and (by is None or by.frames is not replaced.frames):
+        try:
+            replaced.close()
+        except Exception:  # noqa: BLE001 - contained: the answer still goes out
+            log.exception("closing a replaced response failed")
+            emit("stage.failed", stage="pipeline", phase="closer")
 
 
 def failure_response(ex: Exchange, exc: Exception, stage: str, phase: str) -> Response:

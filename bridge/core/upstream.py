@@ -31,6 +31,7 @@ from bridge.core.exchange import (
     Frame,
     Response,
     Route,
+    Stream,
     UpstreamTarget,
     encode_json,
     usage_in,
@@ -352,8 +353,8 @@ class UpstreamClient:
                             failure.message, route.candidates[route.index + 1].name,
                             ex.request_id)
             else:
-                if response.frames is None:
-                    route.ended(target)
+                # the call is over with the whole body, or when its stream is closed
+                response.on_close(partial(route.ended, target))
                 return response
             route.fail_over()
             events.emit("upstream.failover", upstream=target.name)
@@ -361,6 +362,19 @@ class UpstreamClient:
             if slot is not None:
                 slot.release()
                 slot.retake()
+
+    def longest(self, route: Route | None) -> float:
+        """The longest an exchange's upstream call may legitimately take, in seconds:
+        every attempt of every candidate of its route (each with its own timeout) and the
+        longest back-off between two attempts. What waits on another's call (a single
+        flight's followers) waits that long, and not less, before giving up on it."""
+        timeouts = [self.timeout] if route is None else [
+            self._timeout_of(target) for target in route.candidates]
+        backoffs = (self.attempts - 1) * self.backoff.max_interval
+        return sum(self.attempts * timeout + backoffs for timeout in timeouts)
+
+    def _timeout_of(self, target: UpstreamTarget) -> float:
+        return target.timeout_ms / 1000 if target.timeout_ms else self.timeout
 
     def _leg(self, ex: Exchange, target: UpstreamTarget | None) -> Leg:
         """What goes to one upstream: its URL, headers (with its key) and body (with its
@@ -378,8 +392,7 @@ class UpstreamClient:
         model = ex.model
         if target.model_map and model in target.model_map and ex.is_model_request:
             body = encode_json({**ex.payload, "model": target.model_map[model]})
-        timeout = target.timeout_ms / 1000 if target.timeout_ms else self.timeout
-        return Leg(target.url + suffix, headers, body, timeout, target)
+        return Leg(target.url + suffix, headers, body, self._timeout_of(target), target)
 
     def _call(self, ex: Exchange, leg: Leg, last: bool, route: Route | None = None
               ) -> Response:
@@ -448,7 +461,10 @@ class UpstreamClient:
             codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
         if codec is not None and upstream.ok:
             response = streaming.stream_response(upstream.status_code, headers, iter(()), codec)
-            response.frames = self._frames(ex, response, upstream, codec, deadline, leg)
+            # the connection is closed however the stream ends, read or not (a client
+            # hanging up stops the generation upstream)
+            response.frames = Stream(self._frames(ex, response, upstream, codec, deadline, leg),
+                                     upstream.close)
             return response
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline, leg.timeout))
@@ -518,10 +534,9 @@ class UpstreamClient:
     def _frames(self, ex: Exchange, response: Response, upstream: requests.Response,
                 codec: str, deadline: float, leg: Leg) -> Iterator[Frame]:
         """Relay frames as they arrive; a stream that does not end normally ends with an
-        in-band error, and the upstream connection is closed whatever happens (a client
-        that hangs up closes this generator, which stops the generation upstream).
-        `response.outcome` says how it ended. An upstream that sent its own in-band error
-        before it stopped has said what went wrong: no second error is added."""
+        in-band error. `response.outcome` says how it ended. An upstream that sent its own
+        in-band error before it stopped has said what went wrong: no second error is
+        added. (The connection is closed by the `Stream` around this generator.)"""
         failure: BridgeError | None = None
         counted = ex.is_model_request and codec != streaming.RAW
         told = False  # the upstream sent an in-band error
@@ -536,10 +551,6 @@ class UpstreamClient:
                 yield frame
         except BridgeError as err:
             failure = err
-        finally:
-            upstream.close()
-            if leg.target is not None and ex.route is not None:
-                ex.route.ended(leg.target)
         if codec == streaming.RAW and failure is None:
             response.outcome = "complete"
         if response.outcome == "complete":

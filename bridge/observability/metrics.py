@@ -91,6 +91,9 @@ METRICS: tuple[Metric, ...] = (
            "and surface", ("endpoint", "surface"), buckets=FIRST_TOKEN_BUCKETS),
     Metric("upstream.in_flight", GAUGE_ADD, "bridge_upstream_requests_in_flight",
            "Upstream calls in progress", mode="livesum"),
+    Metric("routing.in_flight", GAUGE_ADD, "bridge_routing_in_flight",
+           "Calls in flight per routed upstream, as the balancer counts them "
+           "(--upstreams)", ("upstream",), mode="livesum"),
     Metric("upstream.retry", COUNTER, "bridge_upstream_retries_total",
            "Upstream calls retried after a failure"),
     Metric("upstream.failover", COUNTER, "bridge_upstream_failovers_total",
@@ -241,12 +244,10 @@ def init_app(app: flask.Flask) -> None:
     """Serve `/metrics` on `app` and start feeding the bridge's metrics from events."""
     global _bridge
     instance.directory()  # a process started without the master gets its own directory
-    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
-
     # its default request metrics would time streams to the first byte only and cost a
     # second set of writes per request: bridge_requests_total and
     # bridge_request_duration_seconds (by route template) take their place
-    exporter = GunicornInternalPrometheusMetrics.for_app_factory(
+    exporter = _exporter_class().for_app_factory(
         export_defaults=False, group_by="url_rule", defaults_prefix="bridge")
     exporter.init_app(app)
     settings = app.extensions.get("bridge.settings")
@@ -262,6 +263,38 @@ def init_app(app: flask.Flask) -> None:
             {metric.event for metric in METRICS}
             - {metric.event for metric in METRICS
                if metric.kind not in (COUNTER, GAUGE_ADD) or metric.only})
+
+
+def _exporter_class() -> type:
+    """The exporter, with `/metrics?name[]=…` (only the named samples) working across
+    workers: the library restricts the registry before the multiprocess collector
+    registers on it, which a restricted registry cannot take (an AttributeError, a 500
+    for any scrape that names samples). Here the collector registers first, on a
+    registry that learns its names, which is then restricted."""
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+    class Exporter(GunicornInternalPrometheusMetrics):
+        def generate_metrics(self, accept_header: str | None = None,
+                             names: list[str] | None = None) -> tuple[str, str]:
+            registry: Any = _registry(described=bool(names))
+            if names:
+                registry = registry.restricted_registry(names)
+            generate_latest, content_type = choose_encoder(accept_header)
+            return generate_latest(registry).decode("utf-8"), content_type
+
+    return Exporter
+
+
+def _registry(described: bool = False) -> Any:
+    """A registry of the instance's metrics, aggregated across its workers. `described`:
+    it knows which collector makes which names (read once more when registering), as a
+    restricted registry needs to find any."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry(auto_describe=described)
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def _metrics_key_check(key: str) -> Callable[[], flask.Response | None]:
@@ -285,12 +318,8 @@ def samples() -> list[tuple[str, dict[str, str], float]]:
     """Every sample of the instance's metrics, aggregated across its workers as `/metrics`
     shows them: (name, labels, value). For the console, which reads them without
     importing Prometheus itself."""
-    from prometheus_client import CollectorRegistry, multiprocess
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
     return [(sample.name, sample.labels, sample.value)
-            for family in registry.collect() for sample in family.samples]
+            for family in _registry().collect() for sample in family.samples]
 
 
 def worker_exited(pid: int) -> None:

@@ -65,6 +65,11 @@ def go_decode(raw: bytes) -> object:
         return _DECODER.raw_decode(text, start)[0]
     except json.JSONDecodeError as exc:
         raise GoJSONError(_go_syntax_message(exc)) from None
+    except RecursionError:  # Go refuses past 10,000 levels; Python's own limit is lower
+        raise GoJSONError("exceeded max depth") from None
+    except ValueError:  # a number with more digits than Python converts: out of Go's range
+        raise GoJSONError("json: cannot unmarshal number into Go value of type float64") \
+            from None
 
 
 def _go_syntax_message(exc: json.JSONDecodeError) -> str:

@@ -20,7 +20,6 @@ the rate limit and admission (both keyed by upstream name).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from functools import partial
@@ -31,6 +30,7 @@ import gevent
 from bridge.core import redaction
 from bridge.core.errors import NotFound
 from bridge.core.exchange import Exchange, Frame, Response, UpstreamTarget, encode_json
+from bridge.core.json_body import parse_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings, upstream_key
 from bridge.core.upstream import READY_PROBES, UpstreamClient
@@ -224,10 +224,9 @@ def each(call: Callable[[UpstreamTarget], Any], targets: list[UpstreamTarget],
 
 
 def _model_of(body: bytes) -> str:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return ""
+    """The model an `/api/show` body names; a body that is not JSON is a 400, as the
+    bodies of model requests are (the same checked parser: never a `RecursionError`)."""
+    payload = parse_json(body)
     model = payload.get("model", payload.get("name", "")) if isinstance(payload, dict) else ""
     return model if isinstance(model, str) else ""
 

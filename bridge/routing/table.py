@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from bridge.core.events import emit
 from bridge.core.exchange import Route, UpstreamTarget
 from bridge.routing.config import Upstream
 
@@ -142,10 +143,13 @@ class TrackedRoute(Route):
 
     def started(self, target: UpstreamTarget) -> None:
         self.router.health[target.name].in_flight += 1
+        emit("routing.in_flight", 1, upstream=target.name)
 
     def ended(self, target: UpstreamTarget) -> None:
         health = self.router.health[target.name]
-        health.in_flight = max(0, health.in_flight - 1)
+        if health.in_flight > 0:
+            health.in_flight -= 1
+            emit("routing.in_flight", -1, upstream=target.name)
 
     def answered(self, target: UpstreamTarget, ok: bool) -> None:
         if ok:

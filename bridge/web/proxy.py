@@ -9,13 +9,12 @@ is a 4xx in the surface's error shape, never a 500.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 import socket
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import flask
 import gevent
@@ -31,18 +30,10 @@ from bridge.core.errors import (
     error_response,
 )
 from bridge.core.exchange import MODEL_ENDPOINTS, Exchange, Response, owned
+from bridge.core.json_body import parse_object
 from bridge.core.pipeline import Pipeline
 
 log = logging.getLogger("bridge.proxy")
-
-# Deepest nesting of arrays and objects accepted in a model request. Real requests (tool
-# schemas included) stay far below; the bound keeps every later step (cache keys, JSON
-# encoding, Lua) clear of Python's recursion limit, whatever a client sends.
-MAX_DEPTH = 128
-# Only bodies that could hold a lone surrogate are searched for one: a `\uD8xx`-`\uDFxx`
-# escape, or the raw UTF-8 bytes of a surrogate (which `json.loads` lets through).
-_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class UnreadableBody(Exception):
@@ -88,7 +79,7 @@ def build_exchange(surface: str, endpoint: str, body_timeout: float) -> Exchange
         raw_path=environ.get("RAW_URI", "").partition("?")[0])
     environ[EXCHANGE] = ex
     if endpoint in MODEL_ENDPOINTS:
-        ex.payload = parse_model_request(ex.body)
+        ex.payload = parse_object(ex.body)
     return ex
 
 
@@ -176,67 +167,6 @@ def too_large_message(limit: int | None) -> str:
     return f"request body is larger than the limit of {limit} bytes (--max-body-size)"
 
 
-def parse_model_request(body: bytes) -> dict:
-    """The JSON object of a model request, or a `BadRequest` naming what is wrong with it:
-    not JSON (`NaN` and `Infinity` included, as Ollama's parser refuses them), not an
-    object, nested deeper than `MAX_DEPTH`, or a string holding a lone surrogate (text
-    that no UTF-8 encoder, nor the cache, nor the upstream can take)."""
-    if not body.strip():
-        raise BadRequest("request body is empty; expected a JSON object")
-    try:
-        payload = json.loads(body, parse_constant=_no_constant)
-    except RecursionError:
-        raise BadRequest(f"request body is nested too deeply (more than {MAX_DEPTH} levels "
-                         "of arrays and objects)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object")
-    surrogates = _SURROGATE_HINT.search(body) is not None
-    if surrogates or body.count(b"[") + body.count(b"{") > MAX_DEPTH:
-        problem = _structure_problem(payload, surrogates)
-        if problem:
-            raise BadRequest(problem)
-    return payload
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _structure_problem(payload: Any, surrogates: bool) -> str | None:
-    """What makes a parsed body unusable, naming where it is; None when it is fine. An
-    iterative walk: the body may be nested just below the recursion limit."""
-    stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
-    while stack:
-        value, path, depth = stack.pop()
-        if isinstance(value, (dict, list)):
-            if depth >= MAX_DEPTH:
-                return (f"request body is nested too deeply at {path or 'the top'} (more than "
-                        f"{MAX_DEPTH} levels of arrays and objects)")
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, item in items:
-                if isinstance(key, str):
-                    if surrogates and _LONE_SURROGATE.search(key):
-                        return _surrogate_message(f"a key in {path or 'the body'}")
-                    where = f"{path}.{_shown(key)}" if path else _shown(key)
-                else:
-                    where = f"{path}[{key}]"
-                stack.append((item, where, depth + 1))
-        elif surrogates and isinstance(value, str) and _LONE_SURROGATE.search(value):
-            return _surrogate_message(f"`{path}`")
-    return None
-
-
-def _shown(key: str) -> str:
-    return key[:40].encode("utf-8", "backslashreplace").decode("ascii", "replace")
-
-
-def _surrogate_message(where: str) -> str:
-    return (f"{where} holds a lone UTF-16 surrogate (e.g. \\ud800 without its pair), "
-            "which is not valid Unicode")
-
-
 def bare_exchange(surface: str, endpoint: str = "other", rid: str | None = None) -> Exchange:
     """An exchange for a request refused before it could be read (bad body, no route)."""
     request = flask.request
@@ -291,6 +221,8 @@ def to_flask(ex: Exchange, response: Response) -> flask.Response:
         # not direct_passthrough: werkzeug then returns the stream without the iterator
         # that runs `call_on_close` callbacks, and `ex.close` would never run for streams
         result = flask.Response(_relay(ex, response), status=response.status, headers=headers)
+        # closed even when the relay never started (its `owned` then never ran)
+        result.call_on_close(response.close)
     else:
         result = flask.Response(response.body, status=response.status, headers=headers)
     if log.isEnabledFor(logging.DEBUG):
