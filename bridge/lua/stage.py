@@ -14,14 +14,13 @@ request is served as usual.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from typing import Any, Iterator
 
-from bridge.core import streaming
-from bridge.core.errors import BridgeError, NotFound
+from bridge.core import json_body, streaming
+from bridge.core.errors import BadRequest, BridgeError, NotFound
 from bridge.core.events import emit
 from bridge.core.exchange import MODEL_ENDPOINTS, UNROUTED, Exchange, Frame, Response
 from bridge.core.pipeline import Context, Stage
@@ -159,13 +158,11 @@ class LuaStage(Stage):
         """The script's body is what the cache keys and the upstream receives."""
         ex.body = body
         if ex.endpoint in MODEL_ENDPOINTS:
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                payload = None
-            if not isinstance(payload, dict):
+            try:  # the same checks as a client's body: depth, constants, lone surrogates
+                payload = json_body.parse_object(body)
+            except BadRequest as exc:
                 self._fail(ex, LuaFailure(REQUEST, "the rewritten body of a model request "
-                                                   "is not a JSON object"))
+                                                   f"is not usable: {exc.message}"))
             ex.payload = payload
 
     # --- response -------------------------------------------------------------------

@@ -152,6 +152,10 @@ def corpus(seed: int = SEED) -> list[Case]:
                   Case(path, good.replace(b"{", b'{"model":"x",', 1))]  # a duplicate key
         for chunks in CHUNKED:
             cases.append(Case(path, http_request(path, chunks, chunked=True), raw=True))
+        for value in (b"\xff", b"\xc3\xa9t\xc3\xa9", b"a\xc3"):  # header bytes, UTF-8 or not
+            request = http_request(path, good).replace(b"\r\n\r\n", b"\r\nX-Utf: " + value
+                                                       + b"\r\n\r\n", 1)
+            cases.append(Case(path, request, raw=True))
     for _ in range(RANDOM_FIELD_CASES):
         path = rng.choice(paths)
         body = with_value(BASES[path], rng.choice(FIELDS), rng.choice(VALUES))
@@ -196,11 +200,30 @@ def routed(standin: Any, directory: Path) -> tuple[list[str], str | None]:
     return ["--upstreams", str(file)], None
 
 
-# Each variant: the flags it adds to every feature on, and its -o. (The Lua hooks join
-# as a third variant, `lua`, with the Lua work of issue 23 item 8: a script whose hooks
-# pass everything through, so that every body also goes through the Lua runtime.)
+PASS_THROUGH_LUA = """
+function HandleServerRequest(request)
+    request.headers["x-fuzzed"] = "1"
+    return true, request
+end
+function HandleServerResponse(response)
+    response.headers["x-fuzzed"] = "1"
+    return response
+end
+"""
+
+
+def lua(standin: Any, directory: Path) -> tuple[list[str], str | None]:
+    """Routing and the Lua hooks on: every request and response also crosses the Lua
+    runtime (headers, bodies) with a script that passes them on."""
+    script = directory / "fuzz.lua"
+    script.write_text(PASS_THROUGH_LUA)
+    flags, upstream = routed(standin, directory)
+    return [*flags, "--enable-luajit", "--luajit-script", str(script)], upstream
+
+
+# Each variant: the flags it adds to every feature on, and its -o.
 VARIANTS: dict[str, Callable[[Any, Path], tuple[list[str], str | None]]] = {
-    "plain": plain, "routed": routed}
+    "plain": plain, "routed": routed, "lua": lua}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
