@@ -20,10 +20,12 @@ def standin_server() -> Iterator[StandIn]:
 
 
 @pytest.fixture
-def standin(standin_server: StandIn) -> StandIn:
-    """The stand-in, with faults, counters, recorded requests and config reset."""
+def standin(standin_server: StandIn) -> Iterator[StandIn]:
+    """The stand-in, with faults, counters, recorded requests and config reset, before the
+    test and after it (module fixtures that use `standin_server` find it as it starts)."""
     standin_server.reset()
-    return standin_server
+    yield standin_server
+    standin_server.reset()
 
 
 @pytest.fixture(scope="module")
