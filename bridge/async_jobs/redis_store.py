@@ -34,7 +34,7 @@ from bridge.async_jobs.store import (
     worker_pid,
 )
 from bridge.core import redis_link
-from bridge.core.redis_link import Link, RedisDown
+from bridge.core.redis_link import Link, RedisDown, RedisFull
 from bridge.core.settings import Settings
 
 # KEYS: job, queued, all, ended, running. ARGV: fingerprint, max queued, now, request
@@ -87,6 +87,10 @@ for i = 4, #ARGV do
 end
 return 1
 """
+# The same, allowed to run on a full Redis (Redis 7's script flags): moving a lease's end
+# takes no memory, and a lease that could not be renewed would let another instance
+# start a second run of a job that is still running here.
+_RENEW_WHEN_FULL = "#!lua flags=allow-oom\n" + _RENEW
 # KEYS: job, running, ended. ARGV: fingerprint, worker, status, now, expires, result
 # JSON, result body. 1 when this worker still held the job.
 _FINISH = """
@@ -147,6 +151,7 @@ class RedisJobStore:
         self.host = socket.gethostname()
         self._submit, self._claim = link.script(_SUBMIT), link.script(_CLAIM)
         self._renew, self._finish = link.script(_RENEW), link.script(_FINISH)
+        self._renew_when_full = link.script(_RENEW_WHEN_FULL)
         self._retry = link.script(_RETRY)
         self._mine: set[str] = set()  # jobs this process runs (their leases it renews)
 
@@ -192,8 +197,11 @@ class RedisJobStore:
 
     def renew(self, worker: str, lease: float) -> None:
         if self._mine:
-            self._renew([self.running], [worker, repr(time.time() + lease), self.prefix,
-                                         *self._mine])
+            args = [worker, repr(time.time() + lease), self.prefix, *self._mine]
+            try:
+                self._renew([self.running], args)
+            except RedisFull:  # (a Redis older than 7 cannot: the leases then run out)
+                self._renew_when_full([self.running], args)
 
     def release_orphans(self, alive: Callable[[int], bool]) -> int:
         """End the leases of running jobs whose worker process on this host is gone."""
@@ -212,13 +220,23 @@ class RedisJobStore:
         return len(dead)
 
     def finish(self, job: Job, status: str, result: Result, keep: float) -> bool:
+        """Store the result; False when `job.worker` no longer holds the job. Raises
+        `RedisFull` when Redis refuses it: the job is still this process's, its lease
+        renewed, until a later call stores the result."""
         now = time.time()
-        self._mine.discard(job.fingerprint)
         meta = json.dumps({"status": result.status, "headers": result.headers,
                            "codec": result.codec})
-        return self._finish([self.prefix + job.fingerprint, self.running, self.ended],
-                            [job.fingerprint, job.worker or "", status, repr(now),
-                             repr(now + keep), meta, result.body]) == 1
+        try:
+            stored = self._finish([self.prefix + job.fingerprint, self.running, self.ended],
+                                  [job.fingerprint, job.worker or "", status, repr(now),
+                                   repr(now + keep), meta, result.body])
+        except RedisFull:
+            raise
+        except RedisDown:
+            self._mine.discard(job.fingerprint)
+            raise
+        self._mine.discard(job.fingerprint)
+        return stored == 1
 
     def retry_later(self, job: Job, delay: float) -> bool:
         self._mine.discard(job.fingerprint)
@@ -321,6 +339,8 @@ class FallbackJobStore:
             return self.local.finish(job, status, result, keep)
         try:
             return self.shared.finish(job, status, result, keep)
+        except RedisFull:
+            raise  # the job is still ours: the runner stores its result when Redis can
         except RedisDown:
             return False  # its lease runs out and a later run stores the result
 
