@@ -35,7 +35,7 @@ from bridge.async_jobs.store import (
     worker_pid,
 )
 from bridge.core import redis_link
-from bridge.core.redis_link import Link, RedisDown
+from bridge.core.redis_link import Link, RedisDown, RedisFull
 from bridge.core.settings import Settings
 
 # KEYS: job, queued, all, ended, running. ARGV: id, max queued, now, request JSON, body,
@@ -88,8 +88,12 @@ for i = 4, #ARGV do
 end
 return 1
 """
-# KEYS: job, running, ended. ARGV: id, worker, status, now, expires, result JSON, result
-# body. 1 when this worker still held the job.
+# The same, allowed to run on a full Redis (Redis 7's script flags): moving a lease's end
+# takes no memory, and a lease that could not be renewed would let another instance
+# start a second run of a job that is still running here.
+_RENEW_WHEN_FULL = "#!lua flags=allow-oom\n" + _RENEW
+# KEYS: job, running, ended. ARGV: id, worker, status, now, expires, result
+# JSON, result body. 1 when this worker still held the job.
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] or
    redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
@@ -169,6 +173,7 @@ class RedisJobStore:
         self._renew, self._finish = link.script(_RENEW), link.script(_FINISH)
         self._retry, self._discard = link.script(_RETRY), link.script(_DISCARD)
         self._mine: set[str] = set()  # ids of the jobs this process runs (it renews them)
+        self._renew_when_full = link.script(_RENEW_WHEN_FULL)
 
     def submit(self, job: Job, max_queued: int) -> tuple[Job, bool]:
         request = {"owner": job.owner, "content_hash": job.content_hash,
@@ -220,8 +225,11 @@ class RedisJobStore:
 
     def renew(self, worker: str, lease: float) -> None:
         if self._mine:
-            self._renew([self.running], [worker, repr(time.time() + lease), self.prefix,
-                                         *self._mine])
+            args = [worker, repr(time.time() + lease), self.prefix, *self._mine]
+            try:
+                self._renew([self.running], args)
+            except RedisFull:  # (a Redis older than 7 cannot: the leases then run out)
+                self._renew_when_full([self.running], args)
 
     def release_orphans(self, alive: Callable[[int], bool]) -> int:
         """End the leases of running jobs whose worker process on this host is gone."""
@@ -239,14 +247,24 @@ class RedisJobStore:
         return len(dead)
 
     def finish(self, job: Job, status: str, result: Result, keep: float) -> bool:
+        """Store the result; False when `job.worker` no longer holds the job. Raises
+        `RedisFull` when Redis refuses it: the job is still this process's, its lease
+        renewed, until a later call stores the result."""
         now = time.time()
         name = job_id(*job.key)
-        self._mine.discard(name)
         meta = json.dumps({"status": result.status, "headers": result.headers,
                            "codec": result.codec})
-        return self._finish([self.prefix + name, self.running, self.ended],
-                            [name, job.worker or "", status, repr(now),
-                             repr(now + keep), meta, result.body]) == 1
+        try:
+            stored = self._finish([self.prefix + name, self.running, self.ended],
+                                  [name, job.worker or "", status, repr(now),
+                                   repr(now + keep), meta, result.body])
+        except RedisFull:
+            raise  # still ours: the lease is renewed until Redis takes the result
+        except RedisDown:
+            self._mine.discard(name)
+            raise
+        self._mine.discard(name)
+        return stored == 1
 
     def retry_later(self, job: Job, delay: float) -> bool:
         return self._requeue(job, time.time() + delay, counted=True)
@@ -369,6 +387,8 @@ class FallbackJobStore:
             return action(self.local)
         try:
             return action(self.shared)
+        except RedisFull:
+            raise  # the job is still ours: the runner stores its result when Redis can
         except RedisDown:
             return False
 

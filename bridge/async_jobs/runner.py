@@ -32,6 +32,7 @@ from bridge.core import instance, lifecycle, streaming
 from bridge.core.errors import InternalError, error_payload
 from bridge.core.events import emit
 from bridge.core.exchange import Response, encode_json
+from bridge.core.redis_link import RedisFull
 from bridge.core.upstream import RETRY_STATUSES, Backoff
 
 log = logging.getLogger("bridge.async")
@@ -178,13 +179,30 @@ class Runner:
             self.wake()  # a slot is free
 
     def _end(self, job: Job, status: str, result: Result) -> None:
-        if not self.store.finish(job, status, result, self.keep_seconds):
+        if not self._finish(job, status, result):
             log.warning("async job %s: its lease was lost; the other run's result stands",
                         job.fingerprint)
             return
         emit("async.completed" if status == DONE else "async.failed")
         log.info("async job %s %s with status %d after %d run(s)", job.fingerprint,
                  "done" if status == DONE else "failed", result.status, job.attempts)
+
+
+    def _finish(self, job: Job, status: str, result: Result) -> bool:
+        """`store.finish`, waiting while a full Redis refuses the result: the job stays
+        in `_running`, so its lease is renewed and no other run of it starts meanwhile;
+        False only when the lease is gone or another worker holds it."""
+        waited = False
+        while True:
+            try:
+                return self.store.finish(job, status, result, self.keep_seconds)
+            except RedisFull:
+                if not waited:
+                    waited = True
+                    log.warning("async job %s: Redis is full; its result is kept here "
+                                "(and its lease renewed) until Redis takes it",
+                                job.fingerprint)
+                time.sleep(HOUSEKEEPING_SECONDS)
 
 
 def crashed_result(job: Job) -> Result:

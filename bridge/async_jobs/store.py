@@ -12,11 +12,19 @@ are kept in the row only while the job waits or runs, and removed in the transac
 that stores its result (overwritten in the file, and the write-ahead log truncated
 after it). Each process opens its own connection, after fork; the first to open a
 file of an older version migrates it (`SCHEMA_VERSION`).
+
+Nothing here holds a worker's event loop while SQLite waits for another process: what
+may wait for a lock (opening, `BEGIN IMMEDIATE`, `COMMIT`, reads, the WAL checkpoint)
+runs in this process's one native thread for the store (`bridge.core.offloop`), so a
+write lock held elsewhere for seconds costs the waiting greenlet only. The statements
+inside a transaction run where its caller is: the write lock is held by then, and in
+WAL mode they wait for nobody.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from bridge.core.offloop import SerialThread
 from bridge.core.redaction import split_query
+
+log = logging.getLogger("bridge.async")
 
 FILE_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT = 5.0
@@ -180,6 +191,14 @@ class JobStore:
         # one connection per process, shared by its greenlets (or threads): one
         # transaction at a time on it
         self._lock = threading.Lock()
+        self._offloop = SerialThread()  # where what may wait for another process runs
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's connection, opened (off the loop) on first use."""
+        if self._db is None or self._pid != os.getpid():
+            self._offloop.run(self.open)
+        assert self._db is not None
+        return self._db
 
     def open(self, create: bool = True) -> "JobStore":
         if self._db is not None and self._pid == os.getpid():
@@ -205,24 +224,24 @@ class JobStore:
             self._db = None
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        db = self.open()._db
-        assert db is not None
+        db = self._connection()
         with self._lock:
-            return db.execute(sql, params).fetchall()
+            return self._offloop.run(lambda: db.execute(sql, params).fetchall())
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction, taken at once (no lock upgrade deadlocks)."""
-        db = self.open()._db
-        assert db is not None
+        db = self._connection()
         with self._lock:
-            db.execute("BEGIN IMMEDIATE")
             try:
+                self._offloop.run(db.execute, "BEGIN IMMEDIATE")  # waits for other processes
                 yield db
+                self._offloop.run(db.execute, "COMMIT")  # may checkpoint the WAL: disk writes
             except BaseException:
-                db.execute("ROLLBACK")
+                # Queued behind what the thread still runs for us (a BEGIN whose waiting
+                # greenlet was killed still takes the lock): no transaction outlives this.
+                self._offloop.submit(_end_transaction, db)
                 raise
-            db.execute("COMMIT")
 
     # --- the clients' side ----------------------------------------------------------------
 
@@ -326,10 +345,9 @@ class JobStore:
     def _forget_old_pages(self) -> None:
         """Copy the log into the file and empty it, so that the page versions that held
         a credential are gone from the log too (best effort: a reader may delay it)."""
-        db = self.open()._db
-        assert db is not None
-        with self._lock:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db = self._connection()
+        with self._lock:  # waits for readers and writers of every process
+            self._offloop.run(db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
 
     def retry_later(self, job: Job, delay: float) -> bool:
         """Put the job back in the queue, due in `delay` seconds."""
@@ -429,6 +447,16 @@ def _version_2(row: sqlite3.Row) -> dict[str, Any]:
         credential = Credential(credential.headers if credential else {}, in_query)
     values["credential"] = credential.dumps() if credential else None
     return values
+
+
+def _end_transaction(db: sqlite3.Connection) -> None:
+    """Roll back what is left open (nothing, when BEGIN itself failed); in the thread,
+    where nobody hears of a failure: the next BEGIN would report it."""
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.error("async job store: rollback failed: %s", exc)
 
 
 def _expired(row: sqlite3.Row, now: float) -> bool:

@@ -15,7 +15,9 @@ neither read nor written (Redis is the one truth for TTL, purges and the bound, 
 second copy on every host would contradict after a purge made elsewhere); while Redis
 is unreachable, lookups, stores and the cross-worker single flight use it, so an outage
 still has a persistent tier shared by the instance's workers. What was stored there
-during an outage stays there (until its TTL), not in Redis.
+during an outage stays there (until its TTL), not in Redis. A full Redis (`RedisFull`:
+it refuses writes, still answers reads) is not an outage: lookups stay on Redis and a
+store it refuses is skipped, the answer served all the same.
 
 Purges made by `cache purge` are recorded in Redis (the last `PURGE_LOG` of them), so
 every worker of every instance drops the same entries from its memory tier.
@@ -34,7 +36,7 @@ from bridge.cache.entry import Entry, UndecodableEntry, decode_entry, encode_ent
 from bridge.cache.keys import key_model, model_prefix
 from bridge.core import redis_link
 from bridge.core.events import emit
-from bridge.core.redis_link import Link, RedisDown
+from bridge.core.redis_link import Link, RedisDown, RedisFull
 from bridge.core.settings import Settings
 
 log = logging.getLogger("bridge.cache")
@@ -128,6 +130,8 @@ class RedisTier:
                 [self.entry_prefix + key, self.index],
                 [encode_entry(entry), ttl_ms, entry.created, self.max_entries, key,
                  self.entry_prefix])
+        except RedisFull:  # no copy in the outage tier: Redis answers, and stays the truth
+            return False
         except RedisDown:
             return self.local.put(key, entry) if self.local is not None else False
         if evicted:

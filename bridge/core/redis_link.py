@@ -13,6 +13,13 @@ fall back to their instance-local backend; the first call after that tries Redis
 most once a minute while it lasts, counted in `bridge_redis_up` (per worker, the lowest
 wins) and shown in `/ready`'s `redis` detail.
 
+A full Redis (`maxmemory` reached under `noeviction`: writes answered with `OOM`) is not
+down: it still answers reads, so calls keep going to it; a write it refuses raises
+`RedisFull` (a `RedisDown`, so every caller falls back for that one write as it would
+for an outage). Being full is logged once when it starts and once when writes are
+accepted again, which a one-key write (`PROBE_KEY`, expiring at once) tried at most
+every `RECONNECT_SECONDS` with a call that succeeded tells: a read alone says nothing.
+
 Keys are `<prefix>:<feature>:...`, so deployments with different `--redis-prefix`
 share one Redis without seeing each other.
 """
@@ -41,13 +48,25 @@ TIMEOUT = defaults().redis_timeout / 1000  # seconds: --redis-timeout's default
 RECONNECT_SECONDS = 1.0   # how long a failed Redis is not asked again
 TOOL_TIMEOUT = 5.0        # seconds: the `keys` and `cache` commands may wait longer
 WARN_EVERY = 60.0         # seconds between two warnings while Redis stays unreachable
-OK, DEGRADED = "ok", "degraded"
+OK, DEGRADED, FULL = "ok", "degraded", "full"
+PROBE_KEY = "writable"  # <prefix>:writable, the full Redis's write probe (1 ms expiry)
 
 T = TypeVar("T")
 
 
 class RedisDown(Exception):
     """Redis is unreachable (or failed): the caller uses its instance-local backend."""
+
+
+class RedisFull(RedisDown):
+    """Redis refused a write for want of memory (`OOM`); it still answers reads."""
+
+
+def out_of_memory(exc: redis.RedisError) -> bool:
+    """Whether Redis refused a command because `maxmemory` is reached (also when the
+    command was a write inside a server-side script, whose error keeps the `OOM` code)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM"))
 
 
 def safe_url(url: str) -> str:
@@ -82,6 +101,8 @@ class _State:
         self.down_until = 0.0     # monotonic time before which Redis is not asked
         self.down_since: float | None = None
         self.warned_at = 0.0
+        self.full_since: float | None = None  # monotonic: when a write was last refused
+        self.probe_at = 0.0       # monotonic time of the next write probe while full
 
 
 class Link:
@@ -117,6 +138,9 @@ class Link:
         try:
             result = action(state.client)
         except redis.RedisError as exc:
+            if out_of_memory(exc):
+                self._refused(state, exc)
+                raise RedisFull(f"{type(exc).__name__}: {exc}") from None
             self._failed(state, exc)
             raise RedisDown(f"{type(exc).__name__}: {exc}") from None
         if state.down_since is not None:
@@ -124,7 +148,34 @@ class Link:
                         safe_url(self.url), time.monotonic() - state.down_since)
             state.down_since = None
             emit("redis.up", 1)
+        if state.full_since is not None and time.monotonic() >= state.probe_at:
+            self._probe(state)
         return result
+
+    def _refused(self, state: _State, exc: redis.RedisError) -> None:
+        """A write refused for want of memory: full (warned once) until a probe succeeds."""
+        state.probe_at = time.monotonic() + RECONNECT_SECONDS
+        emit("redis.failures")
+        if state.full_since is None:
+            state.full_since = time.monotonic()
+            log.warning("Redis at %s is full (%s): reads go on, writes it refuses are "
+                        "skipped (cache stores) or served by this instance's own rate "
+                        "limit, slots and job store until it accepts writes again",
+                        safe_url(self.url), str(exc)[:200])
+
+    def _probe(self, state: _State) -> None:
+        """While full: whether Redis accepts a write again (one tiny key that expires)."""
+        state.probe_at = time.monotonic() + RECONNECT_SECONDS
+        try:
+            state.client.set(self.key(PROBE_KEY), b"1", px=1)
+        except redis.RedisError as exc:
+            if not out_of_memory(exc):
+                self._failed(state, exc)
+            return
+        if state.full_since is not None:
+            log.warning("Redis at %s accepts writes again after %.1fs full",
+                        safe_url(self.url), time.monotonic() - state.full_since)
+            state.full_since = None
 
     def _failed(self, state: _State, exc: redis.RedisError) -> None:
         now = time.monotonic()
@@ -143,12 +194,12 @@ class Link:
         return Script(self, source)
 
     def check(self) -> str:
-        """OK or DEGRADED, asking Redis now (bounded by the timeout): for `/ready`."""
+        """OK, FULL or DEGRADED, asking Redis now (bounded by the timeout): for `/ready`."""
         try:
             self.run(lambda client: client.ping())
         except RedisDown:
             return DEGRADED
-        return OK
+        return FULL if self._state.get().full_since is not None else OK
 
 
 class Script:
