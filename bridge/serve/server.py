@@ -115,7 +115,10 @@ def drain_on_stop_signals(server: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """In each worker, once the app is loaded: start the stages now (background work such
     as the cache's TTL sweeps must not wait for a first request)."""
-    pipeline = getattr(worker.wsgi, "extensions", {}).get("bridge.pipeline")
+    extensions = getattr(worker.wsgi, "extensions", {})
+    # what gunicorn runs, which a `-w` on gunicorn's own command line may have overridden
+    extensions["bridge.workers"] = worker.cfg.workers  # `/status` shows it
+    pipeline = extensions.get("bridge.pipeline")
     if pipeline is None:
         return
     pipeline.start()  # a stage that fails to start is logged; the worker still serves
