@@ -45,6 +45,22 @@ def test_gunicorn_with_the_config_file_serves_the_bridge_configured_by_env(stand
         assert process.stop() == 0
 
 
+def test_the_packaged_configuration_serves_from_any_directory_with_the_default_workers(
+        standin, tmp_path):
+    """`gunicorn -c python:bridge.serve.gunicorn_conf bridge.wsgi:app` needs no file of
+    the checkout (run elsewhere; tests/deploy/test_install.py runs it installed from a
+    wheel); without BRIDGE_WORKERS it runs one worker per CPU and `/status` says so."""
+    with start_bridge(upstream=standin.url, via="package", workers=None, cwd=tmp_path,
+                      log_dir=tmp_path) as process:
+        answer = requests.post(process.url + "/v1/chat/completions", timeout=30, json={
+            "model": "qwen3", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+        expected = os.cpu_count()
+        assert requests.get(process.url + "/status", timeout=10).json()["workers"] == expected
+        wait_for(lambda: process.log().count("Booting worker with pid") == expected,
+                 what=f"{expected} workers booted")
+
+
 def test_gunicorn_with_a_bad_environment_value_exits_2_with_one_line():
     result = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
