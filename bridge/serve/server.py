@@ -113,11 +113,12 @@ def drain_on_stop_signals(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """In each worker, once the app is loaded: start the stages now (background work such
-    as the cache's TTL sweeps must not wait for a first request)."""
+    """In each worker, once the app is loaded: tell the app how many workers gunicorn
+    runs (for `/status`) and start the stages now (background work such as the cache's
+    TTL sweeps must not wait for a first request)."""
     extensions = getattr(worker.wsgi, "extensions", {})
-    # what gunicorn runs, which a `-w` on gunicorn's own command line may have overridden
-    extensions["bridge.workers"] = worker.cfg.workers  # `/status` shows it
+    # gunicorn's count, not the settings': a `-w` on gunicorn's command line overrides them
+    extensions["bridge.workers"] = worker.cfg.workers
     pipeline = extensions.get("bridge.pipeline")
     if pipeline is None:
         return
