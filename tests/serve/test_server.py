@@ -16,7 +16,14 @@ import requests
 from helpers import normalized, wait_for
 
 from bridge.ollama_standin import Fault
-from bridge.serve.processes import ROOT, start_bridge
+from bridge.serve.processes import (
+    GUNICORN_ARGS,
+    LOOPBACK,
+    ROOT,
+    free_port,
+    start_bridge,
+    start_server,
+)
 
 
 def test_gunicorn_with_the_config_file_serves_the_bridge_configured_by_env(standin,
@@ -59,6 +66,18 @@ def test_the_packaged_configuration_serves_from_any_directory_with_the_default_w
         assert requests.get(process.url + "/status", timeout=10).json()["workers"] == expected
         wait_for(lambda: process.log().count("Booting worker with pid") == expected,
                  what=f"{expected} workers booted")
+
+
+def test_status_gives_the_worker_count_of_a_w_on_gunicorns_own_command_line(standin,
+                                                                              tmp_path):
+    port = free_port()
+    *config, app = GUNICORN_ARGS["package"]
+    command = [sys.executable, "-m", "gunicorn", *config, "-w", "3", app]
+    env = {"BRIDGE_LISTEN": f"{LOOPBACK}:{port}", "BRIDGE_OLLAMA": standin.url,
+           "BRIDGE_WORKERS": "1"}  # gunicorn's -w overrides it
+    with start_server(command, f"http://{LOOPBACK}:{port}", "/health", env=env,
+                      log_dir=tmp_path, stop_signal=signal.SIGQUIT) as process:
+        assert requests.get(process.url + "/status", timeout=10).json()["workers"] == 3
 
 
 def test_gunicorn_with_a_bad_environment_value_exits_2_with_one_line():
