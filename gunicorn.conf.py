@@ -1,12 +1,9 @@
-"""gunicorn configuration: `gunicorn -c gunicorn.conf.py wsgi:app`.
+"""gunicorn configuration: `gunicorn -c gunicorn.conf.py wsgi:app` in the checkout (or
+beside a copy of these two files).
 
-The bridge's settings come from BRIDGE_* environment variables (see README), exactly
-as `deepseek-ollama-bridge` flags would set them.
+The configuration itself is `bridge.serve.gunicorn_conf`, installed with the package
+(`gunicorn -c python:bridge.serve.gunicorn_conf bridge.wsgi:app` from any directory);
+its settings come from BRIDGE_* environment variables (see README).
 """
 
-from bridge.serve.server import check_or_exit, gunicorn_options
-from bridge.core.settings import load_or_exit
-
-_settings = load_or_exit(None)
-check_or_exit(_settings)
-globals().update(gunicorn_options(_settings))
+from bridge.serve.gunicorn_conf import *  # noqa: F403 - gunicorn reads this namespace

@@ -1,6 +1,6 @@
-"""The WSGI entry point for `gunicorn -c gunicorn.conf.py wsgi:app`."""
+"""`wsgi:app` for `gunicorn -c gunicorn.conf.py wsgi:app` run in the checkout (or beside a
+copy of these two files); the app itself is `bridge.wsgi`, installed with the package."""
 
-from bridge.web.app import create_app
-from bridge.core.settings import load_or_exit
+from bridge.wsgi import app
 
-app = create_app(load_or_exit(None))
+__all__ = ["app"]

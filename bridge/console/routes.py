@@ -148,7 +148,8 @@ def status_json() -> flask.Response:
         since = float(flask.request.args.get("since", "0") or 0)
     except ValueError:
         return _json_error(BadRequest("since must be a Unix time in seconds", param="since"))
-    found = status.snapshot(_settings())
+    found = status.snapshot(_settings(),
+                            workers=flask.current_app.extensions.get("bridge.workers"))
     counters = found.pop("counters")
     bounds = {"latency": found.pop("latency_bounds"), "ttft": found.pop("ttft_bounds")}
     points = history.update(counters, bounds, found["time"])

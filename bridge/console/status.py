@@ -137,8 +137,10 @@ def counters(found: Samples) -> dict[str, Any]:
     }
 
 
-def snapshot(settings: Settings, samples: Iterable[Sample] | None = None) -> dict[str, Any]:
-    """Everything `/status` answers but the history and the errors."""
+def snapshot(settings: Settings, samples: Iterable[Sample] | None = None,
+             workers: int | None = None) -> dict[str, Any]:
+    """Everything `/status` answers but the history and the errors; `workers` is how many
+    gunicorn runs (by default what the settings ask for: `-w`, else the CPU count)."""
     found = Samples(metrics.samples() if samples is None else samples)
     now = time.time()
     figures = counters(found)
@@ -149,7 +151,7 @@ def snapshot(settings: Settings, samples: Iterable[Sample] | None = None) -> dic
     started = instance.started()
     return {
         "version": __version__, "time": now, "started": started,
-        "uptime_seconds": round(now - started, 1), "workers": settings.workers,
+        "uptime_seconds": round(now - started, 1), "workers": workers or settings.worker_count,
         "served_by": os.getpid(), "settings": shown_settings(settings),
         "requests": {surface: {
             "total": figures["requests"][surface], "errors": figures["errors"][surface],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
 from contextlib import contextmanager
@@ -24,6 +25,20 @@ MODEL_ENDPOINTS = frozenset({"chat", "completions", "embeddings", "generate", "e
 # Endpoint of a path no surface serves: only a stage that asked to see those (the Lua
 # middleware) gets it, and answers it or refuses it with a 404.
 UNROUTED = "unrouted"
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The request's id: the client's `X-Request-Id` when it is a sane one, else a new
+    one. Logged, sent upstream and returned."""
+    given = headers.get("x-request-id", "")
+    if given and _REQUEST_ID.match(given):
+        return given
+    # 32 hex digits; an id, not a secret: no system call for it (random reseeds in each
+    # forked worker, so workers never share a sequence)
+    return f"{random.getrandbits(128):032x}"
 
 
 def encode_json(data: Any) -> bytes:

@@ -24,6 +24,7 @@ import flask
 
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, Usage, usage_in
+from bridge.core.exchange import request_id as request_id_of
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.observability import logs
@@ -142,6 +143,8 @@ def _on_close(response: flask.Response) -> flask.Response:
     method, path, status = request.method, request.path, response.status_code
     remote = request.remote_addr or ""
     request_id = response.headers.get("x-request-id", "")
+    if not request_id:  # answered outside the pipeline (/health, /ready): an id all the same
+        request_id = response.headers["x-request-id"] = request_id_of(request.headers)
     if status >= 400:
         emit("request.error", status=str(status), path=path, request_id=request_id,
              message=error_message(response))

@@ -21,6 +21,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
+# gunicorn's arguments for the bridge: the checkout's two top-level files, or the same
+# configuration and app installed with the package (any working directory)
+GUNICORN_ARGS = {"gunicorn": ("-c", "gunicorn.conf.py", "wsgi:app"),
+                 "package": ("-c", "python:bridge.serve.gunicorn_conf", "bridge.wsgi:app")}
 
 
 def free_port() -> int:
@@ -80,14 +84,15 @@ class Process:
 
 
 def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | None,
-           log_dir: Path | None, stop_signal: int = signal.SIGTERM) -> Process:
+           log_dir: Path | None, stop_signal: int = signal.SIGTERM,
+           cwd: Path | None = None) -> Process:
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="bridge-logs-"))
     log_path = log_dir / f"process-{time.monotonic_ns()}.log"
     full_env = dict(os.environ)
     full_env.update(env or {})
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(list(cmd), stdout=log_file, stderr=subprocess.STDOUT,
-                                env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                env=full_env, cwd=cwd or ROOT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     process = Process(url=url, proc=proc, log_path=log_path, env=dict(env or {}),
                       stop_signal=stop_signal)
@@ -99,38 +104,44 @@ def _spawn(cmd: Sequence[str], url: str, probe: str, env: Mapping[str, str] | No
     return process
 
 
-def start_bridge(*flags: str, upstream: str | None, workers: int = 2,
+def start_bridge(*flags: str, upstream: str | None, workers: int | None = 2,
                  env: Mapping[str, str] | None = None, log_dir: Path | None = None,
                  via: str = "cli", graceful_stop: bool = False,
-                 listen_host: str = LOOPBACK, app: str = "wsgi:app") -> Process:
+                 listen_host: str = LOOPBACK, app: str | None = None,
+                 cwd: Path | None = None) -> Process:
     """Start the bridge with gevent workers on a free port, in front of `upstream` (None:
-    no `-o`, e.g. a bridge whose upstreams all come from `--upstreams`).
+    no `-o`, e.g. a bridge whose upstreams all come from `--upstreams`), with `workers`
+    workers (None: not given, the bridge's default).
 
     It listens on `listen_host` (e.g. "0.0.0.0" to test what a non-loopback bind does);
     its URL is always the loopback one.
 
     via="cli" runs `python -m bridge FLAGS`; via="gunicorn" runs
-    `gunicorn -c gunicorn.conf.py APP` (`wsgi:app` unless a test serves its own) with the
-    flags given as BRIDGE_* variables in `env` (flags are then not allowed). The bridge
-    is stopped with gunicorn's quick shutdown (SIGQUIT) unless `graceful_stop`, which
-    waits for open connections.
+    `gunicorn -c gunicorn.conf.py APP` (`wsgi:app` unless a test serves its own) and
+    via="package" `gunicorn -c python:bridge.serve.gunicorn_conf APP` (`bridge.wsgi:app`),
+    both with the flags given as BRIDGE_* variables in `env` (flags are then not
+    allowed), in `cwd` (the checkout by default). The bridge is stopped with gunicorn's
+    quick shutdown (SIGQUIT) unless `graceful_stop`, which waits for open connections.
     """
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     env = dict(env or {})
-    if via == "gunicorn":
+    if via in GUNICORN_ARGS:
         if flags:
-            raise ValueError("via='gunicorn' takes settings as BRIDGE_* variables in env")
+            raise ValueError(f"via={via!r} takes settings as BRIDGE_* variables in env")
         env.setdefault("BRIDGE_LISTEN", f"{listen_host}:{port}")
         if upstream is not None:
             env.setdefault("BRIDGE_OLLAMA", upstream)
-        env.setdefault("BRIDGE_WORKERS", str(workers))
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
+        if workers is not None:
+            env.setdefault("BRIDGE_WORKERS", str(workers))
+        *config, default_app = GUNICORN_ARGS[via]
+        cmd = [sys.executable, "-m", "gunicorn", *config, app or default_app]
     else:
         cmd = [sys.executable, "-m", "bridge", "-l", f"{listen_host}:{port}",
-               *(("-o", upstream) if upstream is not None else ()), "-w", str(workers), *flags]
+               *(("-o", upstream) if upstream is not None else ()),
+               *(("-w", str(workers)) if workers is not None else ()), *flags]
     stop_signal = signal.SIGTERM if graceful_stop else signal.SIGQUIT
-    return _spawn(cmd, url, "/health", env, log_dir, stop_signal)
+    return _spawn(cmd, url, "/health", env, log_dir, stop_signal, cwd)
 
 
 def start_standin(*flags: str, port: int | None = None, log_dir: Path | None = None) -> Process:
@@ -143,10 +154,12 @@ def start_standin(*flags: str, port: int | None = None, log_dir: Path | None = N
 
 
 def start_server(cmd: Sequence[str], url: str, probe: str = "/",
-                 env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> Process:
-    """Start any other server command (a benchmark's reference server, say) the same way:
-    a bounded wait until `url + probe` answers, stopped by its PID."""
-    return _spawn(cmd, url, probe, env, log_dir)
+                 env: Mapping[str, str] | None = None, log_dir: Path | None = None,
+                 cwd: Path | None = None, stop_signal: int = signal.SIGTERM) -> Process:
+    """Start any other server command (a benchmark's reference server, an installed
+    bridge, say) the same way: a bounded wait until `url + probe` answers, stopped by its
+    PID."""
+    return _spawn(cmd, url, probe, env, log_dir, stop_signal, cwd)
 
 
 def start_redis(log_dir: Path | None = None, port: int | None = None) -> Process:

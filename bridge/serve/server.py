@@ -113,9 +113,13 @@ def drain_on_stop_signals(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """In each worker, once the app is loaded: start the stages now (background work such
-    as the cache's TTL sweeps must not wait for a first request)."""
-    pipeline = getattr(worker.wsgi, "extensions", {}).get("bridge.pipeline")
+    """In each worker, once the app is loaded: tell the app how many workers gunicorn
+    runs (for `/status`) and start the stages now (background work such as the cache's
+    TTL sweeps must not wait for a first request)."""
+    extensions = getattr(worker.wsgi, "extensions", {})
+    # gunicorn's count, not the settings': a `-w` on gunicorn's command line overrides them
+    extensions["bridge.workers"] = worker.cfg.workers
+    pipeline = extensions.get("bridge.pipeline")
     if pipeline is None:
         return
     pipeline.start()  # a stage that fails to start is logged; the worker still serves

@@ -33,11 +33,11 @@ from typing import Any, Callable, Iterable, Iterator
 import gevent
 
 from bridge.core import events
-from bridge.core.exchange import Exchange
+from bridge.core.exchange import Exchange, request_id
 from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.settings import Settings
 from bridge.observability.stage import record
-from bridge.web.proxy import EXCHANGE, PREREAD, UnreadableBody, read_declared, request_id
+from bridge.web.proxy import EXCHANGE, PREREAD, UnreadableBody, read_declared
 from bridge.web.routes import ollama_api, openai_api
 
 MEMO_SECONDS = 1.0      # how long an answer is repeated before the pipeline answers again

@@ -10,8 +10,6 @@ is a 4xx in the surface's error shape, never a 500.
 from __future__ import annotations
 
 import logging
-import random
-import re
 import socket
 from functools import partial
 from typing import Callable, Iterator
@@ -29,7 +27,7 @@ from bridge.core.errors import (
     RequestTimeout,
     error_response,
 )
-from bridge.core.exchange import MODEL_ENDPOINTS, Exchange, Response, owned
+from bridge.core.exchange import MODEL_ENDPOINTS, Exchange, Response, owned, request_id
 from bridge.core.json_body import parse_object
 from bridge.core.pipeline import Pipeline
 
@@ -44,17 +42,6 @@ class UnreadableBody(Exception):
     def __init__(self, error: BridgeError, rid: str):
         super().__init__(error.message)
         self.error, self.request_id = error, rid
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def request_id(headers: dict[str, str]) -> str:
-    given = headers.get("x-request-id", "")
-    if given and _REQUEST_ID.match(given):
-        return given
-    # 32 hex digits; an id, not a secret: no system call for it (random reseeds in each
-    # forked worker, so workers never share a sequence)
-    return f"{random.getrandbits(128):032x}"
 
 
 # WSGI environ keys: the body read before Flask (`bridge.web.fast_hits`), or why it could

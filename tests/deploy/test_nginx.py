@@ -1,6 +1,7 @@
-"""deploy/nginx/bridge.conf with Debian's nginx: `nginx -t` accepts it, and a real nginx
-in front of two real bridges relays SSE and NDJSON streams chunk by chunk, passes
-`X-Request-Id`, and keeps serving when one bridge stops."""
+"""deploy/nginx/bridge.conf with Debian's nginx: `nginx -t` accepts it as shipped,
+installed the way the README says, and a real nginx in front of two real bridges relays
+SSE and NDJSON streams chunk by chunk, passes `X-Request-Id`, and keeps serving when one
+bridge stops."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from deploy_helpers import DEPLOY, run_tool, tool
 
 from bridge.serve.processes import LOOPBACK, Process, free_port, start_server
 
+DEBIAN_NGINX = Path("/etc/nginx")
+INSTALLED_NAME = "deepseek-ollama-bridge.conf"  # README: /etc/nginx/conf.d/<this>
 TOKEN_DELAY = "1.0"
 # Longer than one token's wait, shorter than the whole stream: a relay that buffered the
 # stream would let this read time out before the first chunk.
@@ -25,8 +28,9 @@ CHUNK_READ_TIMEOUT = 3.0
 
 
 def nginx_config(prefix: Path, upstreams: list[str], port: int) -> Path:
-    """The deployed site, with these bridges as its upstream servers and listening on
-    `port`, inside a minimal nginx.conf whose files all live under `prefix`."""
+    """The deployed site changed only in its upstream servers (these bridges) and its
+    listening address (`port` on the loopback), inside a minimal nginx.conf whose files
+    all live under `prefix`: for a real nginx started by a test."""
     site = (DEPLOY / "nginx" / "bridge.conf").read_text()
     site = re.sub(r"^ *(# )?server \S+:\d+ .*\n", "", site, flags=re.M)
     servers = "".join(f"    server {address} max_fails=3 fail_timeout=10s;\n"
@@ -66,12 +70,27 @@ def nginx_command(nginx: str, prefix: Path, config: Path, *args: str) -> list[st
             *args]
 
 
-def test_nginx_accepts_the_site_with_the_bridge_as_upstream(prefix):
+def test_nginx_t_accepts_the_site_as_shipped_installed_as_the_readme_says(prefix):
+    """README, "Deploying": copy the file into Debian's /etc/nginx/conf.d/ (its
+    nginx.conf includes conf.d/*.conf inside `http { }`) and remove the default site;
+    here in a copy of the machine's /etc/nginx, whose paths are all that changes."""
     nginx = tool("nginx")
-    config = nginx_config(prefix, [f"{LOOPBACK}:3000"], free_port())
-    result = run_tool(*nginx_command(nginx, prefix, config, "-t"))
+    if not (DEBIAN_NGINX / "nginx.conf").is_file():
+        pytest.skip(f"{DEBIAN_NGINX}/nginx.conf is missing: not Debian's nginx package")
+    etc = prefix / "etc-nginx"
+    shutil.copytree(DEBIAN_NGINX, etc, symlinks=True)
+    shutil.copy(DEPLOY / "nginx" / "bridge.conf", etc / "conf.d" / INSTALLED_NAME)
+    (etc / "sites-enabled" / "default").unlink(missing_ok=True)
+    main = etc / "nginx.conf"
+    # the copy's own files, and logs nginx -t can open without root
+    main.write_text(main.read_text().replace(f"{DEBIAN_NGINX}/", f"{etc}/")
+                    .replace("/var/log/nginx/", f"{prefix}/"))
+    result = run_tool(*nginx_command(nginx, etc, main, "-T"))
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+    # -T prints every file it read: the site, unchanged, among them
+    assert f"# configuration file {etc}/conf.d/{INSTALLED_NAME}:\n" in result.stdout
+    assert (DEPLOY / "nginx" / "bridge.conf").read_text() in result.stdout
 
 
 @pytest.fixture

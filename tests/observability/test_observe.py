@@ -4,6 +4,7 @@ or error body."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Callable
 
@@ -118,6 +119,20 @@ def test_text_access_line_per_request(bridge, standin):
     assert "attempts=1" in line and "outcome=complete" in line
     duration_ms = float(line.split('" 200 ')[1].split("ms")[0])
     assert duration_ms >= 50  # the whole stream, not the first byte
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready"])
+def test_operations_answers_carry_their_request_id_in_the_answer_and_the_access_line(
+        bridge, path):
+    """/health and /ready are answered outside the pipeline: the id is theirs all the
+    same, the client's when it sent one, else a new one."""
+    sent = "ops-" + path.strip("/")
+    given = requests.get(bridge.url + path, headers={"x-request-id": sent}, timeout=10)
+    assert given.status_code == 200 and given.headers["x-request-id"] == sent
+    assert f'"GET {path}" 200' in text_access_line(bridge, sent)
+    made = requests.get(bridge.url + path, timeout=10).headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert f'"GET {path}" 200' in text_access_line(bridge, made)
 
 
 def test_a_client_that_leaves_mid_stream_is_logged_so(bridge, standin):

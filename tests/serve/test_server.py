@@ -16,7 +16,14 @@ import requests
 from helpers import normalized, wait_for
 
 from bridge.ollama_standin import Fault
-from bridge.serve.processes import ROOT, start_bridge
+from bridge.serve.processes import (
+    GUNICORN_ARGS,
+    LOOPBACK,
+    ROOT,
+    free_port,
+    start_bridge,
+    start_server,
+)
 
 
 def test_gunicorn_with_the_config_file_serves_the_bridge_configured_by_env(standin,
@@ -43,6 +50,34 @@ def test_gunicorn_with_the_config_file_serves_the_bridge_configured_by_env(stand
         assert "Using worker: bridge.serve.worker.GeventWorker" in log
         assert "[via-gunicorn-1]" in log  # BRIDGE_DEBUG traces requests with their id
         assert process.stop() == 0
+
+
+def test_the_packaged_configuration_serves_from_any_directory_with_the_default_workers(
+        standin, tmp_path):
+    """`gunicorn -c python:bridge.serve.gunicorn_conf bridge.wsgi:app` needs no file of
+    the checkout (run elsewhere; tests/deploy/test_install.py runs it installed from a
+    wheel); without BRIDGE_WORKERS it runs one worker per CPU and `/status` says so."""
+    with start_bridge(upstream=standin.url, via="package", workers=None, cwd=tmp_path,
+                      log_dir=tmp_path) as process:
+        answer = requests.post(process.url + "/v1/chat/completions", timeout=30, json={
+            "model": "qwen3", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+        expected = os.cpu_count()
+        assert requests.get(process.url + "/status", timeout=10).json()["workers"] == expected
+        wait_for(lambda: process.log().count("Booting worker with pid") == expected,
+                 what=f"{expected} workers booted")
+
+
+def test_status_gives_the_worker_count_of_a_w_on_gunicorns_own_command_line(standin,
+                                                                              tmp_path):
+    port = free_port()
+    *config, app = GUNICORN_ARGS["package"]
+    command = [sys.executable, "-m", "gunicorn", *config, "-w", "3", app]
+    env = {"BRIDGE_LISTEN": f"{LOOPBACK}:{port}", "BRIDGE_OLLAMA": standin.url,
+           "BRIDGE_WORKERS": "1"}  # gunicorn's -w overrides it
+    with start_server(command, f"http://{LOOPBACK}:{port}", "/health", env=env,
+                      log_dir=tmp_path, stop_signal=signal.SIGQUIT) as process:
+        assert requests.get(process.url + "/status", timeout=10).json()["workers"] == 3
 
 
 def test_gunicorn_with_a_bad_environment_value_exits_2_with_one_line():
