@@ -18,7 +18,7 @@ import secrets
 
 import gevent
 
-from bridge.admission.stage import LockSlots
+from bridge.admission.local_slots import LockSlots
 from bridge.core import redis_link
 from bridge.core.redis_link import Link, RedisDown
 from bridge.core.settings import Settings

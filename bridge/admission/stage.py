@@ -9,35 +9,31 @@ its name: a call takes one of the first healthy candidate with room (so calls sp
 over the upstreams serving a model within their limits), and waits for one up to
 `--max-queue-wait`; the slot follows the call when it fails over.
 
-A slot is an exclusive `flock` on one of N files in the instance's run directory: the
-lock is the slot, shared by all workers, and the kernel frees it if a worker dies.
-Requests that find every slot taken wait in a bounded queue (`--max-queue` places,
-held the same way) for at most `--max-queue-wait`, polling for a slot and woken at
+A slot is a place of `bridge.admission.local_slots`, shared by all workers of the
+instance. Requests that find every slot taken wait in a bounded queue (`--max-queue`
+places, held the same way) for at most `--max-queue-wait`, polling for a slot and woken at
 once when a slot of their own worker frees; a full queue or a wait that runs out gets
 503 with `Retry-After`. Waiters are not served strictly in arrival order. With
 `--redis-url` the N slots are shared by every instance (`bridge.admission.redis_slots`),
-these lock files being their fallback.
+the local ones being their fallback.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
-import os
-import random
 import threading
 import time
 import weakref
 from functools import partial
-from pathlib import Path
 from typing import Iterator
 
+from bridge.admission.local_slots import LockSlots
+from bridge.admission.redis_slots import shared_slots
 from bridge.core import instance
 from bridge.core.errors import ServiceUnavailable
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, UpstreamSlot, UpstreamTarget
-from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 
@@ -45,39 +41,6 @@ log = logging.getLogger("bridge.admission")
 
 POLL_SECONDS = 0.02        # how often a waiter looks for a slot freed by another worker
 _CALL = "admission.call"   # ex.notes key of the call in progress
-
-
-class LockSlots:
-    """`count` interchangeable places shared by all processes: a place is a held flock."""
-
-    def __init__(self, directory: Path, name: str, count: int):
-        self.paths = [directory / f"{name}-{index}.lock" for index in range(count)]
-        # descriptors of this process, opened after fork (a flock is shared across fork),
-        # and the places it holds (its own flocks do not exclude it)
-        self._held = PerProcess(lambda: ([os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-                                          for path in self.paths], set[int]()))
-
-    def try_take(self) -> int | None:
-        """Take a free place without waiting; its index, or None when all are taken."""
-        fds, taken = self._held.get()
-        first = random.randrange(len(fds))
-        for step in range(len(fds)):
-            index = (first + step) % len(fds)
-            if index in taken:
-                continue
-            try:
-                fcntl.flock(fds[index], fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            taken.add(index)
-            return index
-        return None
-
-    def give_back(self, index: int) -> None:
-        fds, taken = self._held.get()
-        if index in taken:
-            taken.discard(index)
-            fcntl.flock(fds[index], fcntl.LOCK_UN)
 
 
 class Call(UpstreamSlot):
@@ -141,9 +104,6 @@ class AdmissionStage(Stage):
     def start(self) -> None:
         if self.limit:
             directory = instance.directory()
-            # imported here: the Redis slots build on this module's (their fallback)
-            from bridge.admission.redis_slots import shared_slots
-
             self.slots = shared_slots(self.settings, LockSlots(directory, "upstream-slot",
                                                                self.limit), "upstream-slot")
             if self.queue_size:

@@ -1,10 +1,12 @@
-"""The upstream client: the only code that talks HTTP to Ollama or the OpenAI-compatible API.
+"""The upstream client: the only code that calls Ollama or the OpenAI-compatible API, over
+the transport of `bridge.core.transport` (pools, one-write requests, bodies read within a
+deadline).
 
-It owns connection pooling (one `requests.Session` per worker process, created on first
-use, after fork), the `-t` timeout (connect + response, and a deadline for streams) with
-its shorter `--connect-timeout`, retries with exponential back-off and jitter
-(`-a/-i/-m`, honouring `Retry-After`, the admission slot given back while waiting), and
-the mapping of transport failures to gateway errors (502, 504).
+It owns the policy: the `-t` timeout (connect + response, and a deadline for streams)
+with its shorter `--connect-timeout`, retries with exponential back-off and jitter
+(`-a/-i/-m`, honouring `Retry-After`, the admission slot given back while waiting),
+fail-over between routed upstreams, the mapping of transport failures to gateway errors
+(502, 504), and the bridge's own questions to an upstream (`ask`, `readiness`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,8 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
-from typing import BinaryIO, Callable, Iterator
+from typing import Iterator
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
@@ -36,10 +34,18 @@ from bridge.core.exchange import (
     encode_json,
     usage_in,
 )
-from bridge.core.forking import PerProcess
 from bridge.core.redaction import CREDENTIAL_HEADERS, Redactor, bearer_token, split_query
 from bridge.core.settings import Settings, upstream_key
 from bridge.core.shared_state import SharedMemo
+from bridge.core.transport import (
+    Answer,
+    BodyCut,
+    BodyTimeout,
+    ConnectTimeout,
+    Transport,
+    TransportError,
+    is_timeout,
+)
 
 log = logging.getLogger("bridge.upstream")
 
@@ -52,8 +58,6 @@ HOP_BY_HOP = frozenset({
 })
 NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
-
-READ_SIZE = 65536
 
 # What `readiness()` finds: /ready's `status`
 READY, NOT_REACHABLE = "ready", "upstream unreachable"
@@ -110,134 +114,6 @@ def upstream_path(ex: Exchange) -> str:
     return quote(ex.path, safe="/:@!$&'()*+,;=-._~")
 
 
-class _OneWrite:
-    """A urllib3 connection that sends a request's headers and body in one write.
-
-    urllib3 writes the header block, then the body: two small segments, and an upstream
-    that reads the headers first is woken twice before it has the whole request (what
-    `Nagle` and delayed ACKs make worse on connections without TCP_NODELAY).
-    """
-
-    _held: bytes | None = None
-    _holding = False
-
-    def endheaders(self, message_body: bytes | None = None, *,
-                   encode_chunked: bool = False) -> None:
-        self._holding = True  # the header block waits for the body's first write
-        super().endheaders(message_body, encode_chunked=encode_chunked)  # type: ignore[misc]
-
-    def send(self, data: bytes) -> None:
-        if self._holding and self._held is None and isinstance(data, bytes):
-            self._held = data
-            return
-        self._holding = False
-        held, self._held = self._held, None
-        super().send(held + data if held is not None and isinstance(data, bytes)  # type: ignore[misc]
-                     else data)
-
-    def getresponse(self, *args: object, **kwargs: object) -> object:
-        held, self._held = self._held, None
-        self._holding = False
-        if held is not None:  # a request without a body
-            super().send(held)  # type: ignore[misc]
-        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
-
-
-class _Connection(_OneWrite, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _TLSConnection(_OneWrite, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _Pool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-
-class _TLSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _TLSConnection
-
-
-class BadChunking(Exception):
-    """The upstream's chunked body is malformed (or cut in the middle of a chunk)."""
-
-
-def dechunked(fp: BinaryIO, done: Callable[[], None]) -> Iterator[bytes]:
-    """The body of a chunked HTTP response, one piece per socket read (`read1`: whatever
-    has arrived), the chunk framing taken off in bulk; `done()` once its end was read.
-
-    urllib3's `read_chunked` reads line by line and chunk by chunk, a few Python calls
-    and a buffer copy for every chunk, and a streaming upstream sends one chunk per
-    event: here the events of one read come as one piece, and the stream readers mark
-    them as such (`Frame.more`) for the relay. Yields b"" for a read that completed no
-    data (the caller checks its deadline between reads). A connection that ends early
-    raises `BadChunking`.
-    """
-    data = b""
-    state, left = _SIZE, 0
-    while True:
-        read = fp.read1(READ_SIZE)
-        if not read:
-            raise BadChunking("the connection ended inside the chunked body")
-        data = data + read if data else read
-        pieces = []
-        pos, end = 0, len(data)
-        while pos < end:
-            if state == _DATA:
-                stop = min(pos + left, end)
-                pieces.append(data[pos:stop])
-                left -= stop - pos
-                pos = stop
-                if left:
-                    break
-                state = _DATA_END
-            elif state == _DATA_END:  # the CRLF after a chunk's data
-                if data[pos:pos + 1] == b"\n":
-                    pos += 1
-                elif end - pos < 2:
-                    break
-                elif data[pos:pos + 2] == b"\r\n":
-                    pos += 2
-                else:
-                    raise BadChunking("no line break after a chunk's data")
-                state = _SIZE
-            else:  # a chunk-size line, or a trailer line after the last chunk
-                eol = data.find(b"\n", pos)
-                if eol < 0:
-                    if end - pos > _MAX_LINE:
-                        raise BadChunking("chunk-size line too long")
-                    break
-                line, pos = data[pos:eol].strip(), eol + 1
-                if state == _TRAILER:
-                    if not line:  # the empty line that ends the body
-                        if pieces:
-                            yield b"".join(pieces)
-                        done()
-                        return
-                    continue
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise BadChunking("bad chunk size") from None
-                if size < 0:
-                    raise BadChunking("bad chunk size")
-                state, left = (_DATA, size) if size else (_TRAILER, 0)
-        data = data[pos:] if pos < end else b""
-        yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-_MAX_LINE = 4096
-
-
-def _release(raw: object) -> None:
-    """A chunked body read to its end outside urllib3: close its response the way
-    `read_chunked` does, which gives the connection back to the pool."""
-    raw._original_response.close()  # type: ignore[attr-defined]
-    raw.release_conn()  # type: ignore[attr-defined]
-
-
 @dataclass(frozen=True)
 class Leg:
     """One upstream's share of an exchange: the call as that upstream gets it."""
@@ -280,41 +156,9 @@ class UpstreamClient:
         self.attempts = 1 + settings.retry_attempts
         self.backoff = Backoff(settings.retry_min_interval / 1000,
                                settings.retry_max_interval / 1000)
-        self.pool_size = settings.upstream_pool_size
         key = upstream_key(settings) if settings.enable_shared_mode else ""
         self.probe_headers = {"authorization": f"Bearer {key}"} if key else {}
-        # one pool per worker process, made after fork
-        self._transport = PerProcess(self._new_transport)
-
-    def _new_transport(self) -> tuple[requests.Session, HTTPAdapter]:
-        session = requests.Session()
-        session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
-                              max_retries=0, pool_block=False)
-        adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session, adapter
-
-    @property
-    def session(self) -> requests.Session:
-        """This worker's session; its adapter holds the connection pool."""
-        return self._transport.get()[0]
-
-    def _send_once(self, method: str, url: str, headers: dict[str, str],
-                   body: bytes, timeout: float) -> requests.Response:
-        """One upstream call through the session's transport adapter.
-
-        `Session.request` would merge session headers, cookies, hooks and environment
-        settings on every call (~0.1 ms of CPU each, and a cookie jar shared by all
-        clients): a proxy wants none of them, so the request is prepared from the
-        client's own headers and handed to the pooled adapter directly.
-        """
-        prepared = requests.PreparedRequest()
-        prepared.prepare(method=method, url=url, headers=headers, data=body or None)
-        adapter = self._transport.get()[1]
-        return adapter.send(prepared, stream=True,
-                            timeout=(min(self.connect_timeout, timeout), timeout))
+        self.transport = Transport(settings.upstream_pool_size, self.connect_timeout)
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:
         headers = forwardable(ex.headers, NOT_FORWARDED_REQUEST)
@@ -405,9 +249,9 @@ class UpstreamClient:
             retry_after = None
             failure: BridgeError | None = None
             try:
-                upstream = self._send_once(ex.method, leg.url, leg.headers, leg.body,
+                upstream = self.transport.send(ex.method, leg.url, leg.headers, leg.body,
                                            leg.timeout)
-            except requests.RequestException as exc:
+            except TransportError as exc:
                 failure = self.transport_error(exc, leg)
                 detail = type(exc).__name__
             else:
@@ -452,7 +296,7 @@ class UpstreamClient:
             if slot is not None:
                 slot.retake()
 
-    def _response(self, ex: Exchange, upstream: requests.Response, deadline: float,
+    def _response(self, ex: Exchange, upstream: Answer, deadline: float,
                   leg: Leg) -> Response:
         headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
                               NOT_FORWARDED_RESPONSE)
@@ -472,40 +316,15 @@ class UpstreamClient:
             ex.usage = usage_in(body) or ex.usage
         return Response(status=upstream.status_code, headers=headers, body=body)
 
-    def _body(self, upstream: requests.Response, deadline: float,
-              timeout: float) -> Iterator[bytes]:
-        """The upstream body as it arrives, chunk by chunk (never waiting to fill a
-        buffer), each read bounded by what is left of the `-t` budget. A body that ends
-        before its end (a dropped connection, fewer bytes than its Content-Length) is a
-        502 saying so."""
-        raw = upstream.raw
-        connection = raw.connection
-        original = raw._original_response  # http.client's response, under urllib3's
-        if (raw.chunked and original is not None and original.fp is not None
-                and original._method != "HEAD"):  # a HEAD answer has no body to read
-            reads = dechunked(original.fp, partial(_release, raw))
-        elif raw.chunked:
-            reads = raw.stream(READ_SIZE, decode_content=False)
-        else:  # read1: whatever has arrived, where read(n) would wait for n bytes
-            reads = iter(partial(raw.read1, READ_SIZE, decode_content=False), b"")
+    def _body(self, upstream: Answer, deadline: float, timeout: float) -> Iterator[bytes]:
+        """The upstream body as it arrives (`Transport.body`), within the `-t` budget; one
+        that outlives it is a 504, one that ends before its end (a dropped connection,
+        fewer bytes than its Content-Length) a 502 saying so."""
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self.timeout_error("response exceeded", timeout)
-                sock = getattr(connection, "sock", None)
-                if sock is not None:
-                    sock.settimeout(left)
-                chunk = next(reads, None)
-                if chunk is None:
-                    return
-                if chunk:  # b"": a read that completed no data, the deadline is checked
-                    yield chunk
-        except BridgeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - requests', urllib3's and socket errors alike
-            if self.is_timeout(exc):
-                raise self.timeout_error("response exceeded", timeout) from None
+            yield from self.transport.body(upstream, deadline)
+        except BodyTimeout:
+            raise self.timeout_error("response exceeded", timeout) from None
+        except BodyCut:
             raise UpstreamUnavailable("upstream closed the response early",
                                       code="upstream_closed_early") from None
 
@@ -513,25 +332,20 @@ class UpstreamClient:
         return UpstreamTimeout(f"upstream {what} the {timeout:g}s timeout"
                                + (" (-t)" if timeout == self.timeout else ""))
 
-    @staticmethod
-    def is_timeout(exc: Exception) -> bool:
-        return (isinstance(exc, (requests.Timeout, TimeoutError))
-                or "Timeout" in type(exc).__name__)
-
     def transport_error(self, exc: Exception, leg: Leg) -> BridgeError:
         """The gateway error for a failure before the answer: 504 for timeouts, else 502.
         A routed upstream is named, never shown by URL."""
-        if isinstance(exc, requests.ConnectTimeout):
+        if isinstance(exc, ConnectTimeout):
             return UpstreamTimeout(f"upstream did not accept a connection within the "
                                    f"{self.connect_timeout:g}s connect timeout "
                                    "(--connect-timeout)")
-        if self.is_timeout(exc):
+        if is_timeout(exc):
             return self.timeout_error("did not answer within", leg.timeout)
         if leg.target is not None:
             return UpstreamUnavailable(f"upstream {leg.target.name!r} unreachable")
         return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
 
-    def _frames(self, ex: Exchange, response: Response, upstream: requests.Response,
+    def _frames(self, ex: Exchange, response: Response, upstream: Answer,
                 codec: str, deadline: float, leg: Leg) -> Iterator[Frame]:
         """Relay frames as they arrive; a stream that does not end normally ends with an
         in-band error. `response.outcome` says how it ended. An upstream that sent its own
@@ -609,14 +423,14 @@ class UpstreamClient:
         base = target.url if target is not None else self.base_url
         timeout = min(timeout, self.timeout)
         try:
-            with closing(self._send_once("POST" if body is not None else "GET", base + path,
+            with closing(self.transport.send("POST" if body is not None else "GET", base + path,
                                          headers, encode_json(body) if body is not None
                                          else b"", timeout)) as answer:
                 if not read or answer.status_code != 200:
                     return answer.status_code, None
                 return 200, json.loads(b"".join(self._body(answer, time.monotonic() + timeout,
                                                            timeout)))
-        except (BridgeError, requests.RequestException):
+        except (BridgeError, TransportError):
             return None, None
         except ValueError:
             return 200, None
@@ -626,10 +440,10 @@ class UpstreamClient:
         credentials), else why not. In shared mode the probe carries the bridge's upstream
         key, as every request does, and a 401/403 means the upstream refuses that key."""
         try:
-            answer = self.session.get(self.base_url + "/", headers=self.probe_headers,
+            answer = self.transport.session.get(self.base_url + "/", headers=self.probe_headers,
                                       timeout=(timeout, timeout))
             answer.close()
-        except requests.RequestException:
+        except TransportError:
             return NOT_REACHABLE
         if self.probe_headers and answer.status_code in (401, 403):
             return KEY_REFUSED

@@ -15,7 +15,7 @@ import math
 from bridge.core import redis_link
 from bridge.core.redis_link import Link, RedisDown
 from bridge.core.settings import Settings
-from bridge.rate_limit.stage import Decision, SharedBucket
+from bridge.rate_limit.local_bucket import Decision, SharedBucket
 
 # KEYS: bucket. ARGV: rate, burst, max wait (s). Returns tokens left and wait, as strings
 # (a Lua number would be truncated to an integer on its way back).

@@ -1,15 +1,14 @@
 """Rate limiting of upstream calls (`-r/--rate-limit`): one token bucket for the instance.
 
-The bucket is a 16-byte file in the instance's run directory (`bridge.core.instance`), read
-and written under an exclusive `flock`, so every gunicorn worker draws from the same
-bucket: N calls per second with a burst of N whether the instance runs 1 or 8 workers.
-The critical section is two syscalls long; nothing yields inside it.
+The bucket is shared by every gunicorn worker of the instance
+(`bridge.rate_limit.local_bucket`): N calls per second with a burst of N whether the
+instance runs 1 or 8 workers.
 
 With `--rate-limit-wait`, a request that finds the bucket empty reserves the next
 token (the level goes below zero) when it comes within the wait, and sleeps until then,
 so short bursts queue in arrival order instead of failing. This stage sits inside the
 cache stage: cache hits never reach it. With `--redis-url` the bucket is shared by every
-instance instead (`bridge.rate_limit.redis_bucket`), this file being its fallback. With
+instance instead (`bridge.rate_limit.redis_bucket`), the local one being its fallback. With
 `--upstreams`, an upstream's `rate_limit` is a bucket of its own, keyed by its name,
 charged to the upstream first in line (a call that fails over is not charged again).
 """
@@ -17,62 +16,16 @@ charged to the upstream first in line (a call that fails over is not charged aga
 from __future__ import annotations
 
 import math
-import os
-import struct
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bridge.core import instance, locking
+from bridge.core import instance
 from bridge.core.errors import RateLimited
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange
-from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
-
-if TYPE_CHECKING:
-    from bridge.rate_limit.redis_bucket import RedisBucket
-
-_STATE = struct.Struct("=dd")  # tokens, time.monotonic() of the last update (system-wide)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The bucket's answer to one request."""
-
-    admitted: bool
-    wait: float         # seconds until the token is ours (0: now)
-    remaining: int      # whole tokens left after this request
-    reset: float        # seconds until the bucket is full again
-
-
-class SharedBucket:
-    """A token bucket of `rate` tokens per second and `burst` capacity, kept in a file."""
-
-    def __init__(self, path: Path, rate: float, burst: float):
-        self.path = path
-        self.rate = rate
-        self.burst = burst
-        # one descriptor per process, opened after fork: a flock is shared across fork
-        self._fd = PerProcess(lambda: os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-
-    def take(self, max_wait: float = 0.0) -> Decision:
-        """Take one token, reserving a future one when it comes within `max_wait` seconds."""
-        fd = self._fd.get()
-        with locking.exclusive(fd):  # another worker's turn must not hold our loop
-            now = time.monotonic()
-            raw = os.pread(fd, _STATE.size, 0)
-            tokens, last = _STATE.unpack(raw) if len(raw) == _STATE.size else (self.burst, now)
-            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
-            wait = max(0.0, (1.0 - tokens) / self.rate)
-            admitted = wait <= max_wait
-            if admitted:
-                tokens -= 1.0
-            os.pwrite(fd, _STATE.pack(tokens, now), 0)
-        return Decision(admitted, wait, max(0, math.floor(tokens)),
-                        (self.burst - tokens) / self.rate)
+from bridge.rate_limit.local_bucket import SharedBucket
+from bridge.rate_limit.redis_bucket import RedisBucket, shared_bucket
 
 
 def duration_text(seconds: float) -> str:
@@ -101,9 +54,6 @@ class RateLimitStage(Stage):
             self.bucket = self._shared("rate-limit", "bucket", self.rate)
 
     def _shared(self, file_name: str, name: str, rate: int) -> SharedBucket | RedisBucket:
-        # imported here: the Redis bucket builds on this module's (its fallback)
-        from bridge.rate_limit.redis_bucket import shared_bucket
-
         local = SharedBucket(instance.directory() / f"{file_name}.bucket", rate=rate,
                              burst=rate)
         return shared_bucket(self.settings, local, name)

@@ -17,9 +17,8 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
-import requests
-
 from bridge.core import settings as bridge_settings
+from bridge.core.upstream import UpstreamClient
 from bridge.serve import processes
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -29,18 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = bridge_settings.load_or_exit(argv)
     upstream = urlsplit(settings.ollama)
-    try:
-        requests.get(settings.ollama + "/api/version", timeout=2)
+    answered, _ = UpstreamClient(settings).ask("/api/version", None, {}, timeout=2)
+    if answered is not None:
         print(f"Using the upstream at {settings.ollama}", flush=True)
-    except requests.RequestException:
-        if upstream.hostname not in LOCAL_HOSTS:
-            print(f"warning: {settings.ollama} does not answer", file=sys.stderr)
-        else:
-            standin = processes.start_standin("--catalogue", "any", port=upstream.port or 80)
-            owner = os.getpid()
-            atexit.register(lambda: os.getpid() == owner and standin.stop())
-            print(f"No Ollama answers at {settings.ollama}: started the bundled stand-in "
-                  f"there (pid {standin.pid}).", flush=True)
+    elif upstream.hostname not in LOCAL_HOSTS:
+        print(f"warning: {settings.ollama} does not answer", file=sys.stderr)
+    else:
+        standin = processes.start_standin("--catalogue", "any", port=upstream.port or 80)
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and standin.stop())
+        print(f"No Ollama answers at {settings.ollama}: started the bundled stand-in "
+              f"there (pid {standin.pid}).", flush=True)
     host, port = settings.listen
     print(f"Bridge on http://{host}:{port}/v1 (OpenAI API) and /api (Ollama API). Try:\n"
           f"  curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json'"

@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from bridge.admission.stage import LockSlots
+from bridge.admission.local_slots import LockSlots
 from bridge.serve.processes import start_bridge
 
 SLOW_FIRST_TOKEN = {"x-standin-first-token-delay": "3"}

@@ -12,7 +12,8 @@ import pytest
 import requests
 
 from bridge.core.settings import SETTINGS, SettingError, load
-from bridge.rate_limit.stage import SharedBucket, duration_text
+from bridge.rate_limit.local_bucket import SharedBucket
+from bridge.rate_limit.stage import duration_text
 from bridge.serve.processes import start_bridge
 
 CACHE_LANDED = any(setting.name == "enable_cache" for setting in SETTINGS)
