@@ -154,8 +154,12 @@ def test_other_worker_answers_from_disk(standin, cached):
     body = {"model": MODEL, "messages": messages(question())}
     closing = {"Connection": "close"}  # each request on a new connection: either worker
     assert post(cached, body, headers=closing).headers["x-cache"] == "MISS"
-    seen = {post(cached, body, headers=closing).headers["x-cache"] for _ in range(30)}
-    assert "HIT-DISK" in seen and "MISS" not in seen
+    # until the other worker took one (a loaded machine may give one worker a long run
+    # of connections: bounded by count, not by time)
+    seen: list[str] = []
+    while "HIT-DISK" not in seen and len(seen) < 400:
+        seen.append(post(cached, body, headers=closing).headers["x-cache"])
+    assert "HIT-DISK" in seen and set(seen) <= {"HIT-MEMORY", "HIT-DISK"}
     assert standin.count(CHAT) == 1
 
 

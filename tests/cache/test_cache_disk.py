@@ -62,6 +62,11 @@ def set_age(cache_dir: Path, key: str, seconds: float) -> None:
                    (MAGIC + pack_created(time.time() - seconds) + value[HEADER_SIZE:], key))
 
 
+def stored_keys(cache_dir: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(cache_dir / FILE_NAME)) as db:
+        return {key for (key,) in db.execute(f'SELECT key FROM "{TABLE}"')}
+
+
 def poll(condition, timeout: float = 6.0, every: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:
@@ -120,9 +125,14 @@ def test_oldest_entries_go_when_full(standin, make_bridge, tmp_path):
                             Entry("openai", "chat", MODEL, now - 20 + i / 1000,
                                   body=json.dumps(stored).encode()))
                            for i, q in enumerate(old)))
-    bridge = make_bridge(*enable(tmp_path, "--cache-max-entries", "4500"))
+    # an hour's TTL: the entries made 20 s old must not expire however slow the start is
+    bridge = make_bridge(*enable(tmp_path, "--cache-max-entries", "4500",
+                                 "--cache-ttl", "3600000"))
     for i in range(3):
         assert ask(bridge, f"new {i} {uuid.uuid4().hex[:6]}").headers["x-cache"] == "MISS"
+    # the stores are written off the loop, after the answers went out
+    assert poll(lambda: not {key_for(standin, q) for q in old[:3]} & stored_keys(tmp_path),
+                timeout=30)
     assert stats(tmp_path)["entries"] == 4500
     streamed = requests.post(bridge.url + CHAT, json={**body_for(old[3]), "stream": True})
     assert streamed.headers["x-cache"] == "HIT-DISK" and '"content":"stored' in streamed.text

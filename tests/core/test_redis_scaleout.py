@@ -174,14 +174,16 @@ def test_an_async_job_of_an_instance_killed_with_sigkill_is_finished_by_the_othe
     a = make_bridge(*flags, "--state-dir", str(tmp_path / "a"))
     fingerprint = f"job-{uuid.uuid4().hex}"
     body = {**chat("a long async job"), "request_fingerprint": fingerprint}
-    standin.configure(token_delay=1.0)
+    # a whole answer that takes its time (the token delay paces streams only): the job is
+    # still running when A is killed, whenever the runner claims it
+    standin.configure(first_token_delay=60.0)
     first = requests.post(a.url + CHAT, json=body, timeout=30)
     assert first.status_code == 202
     wait_for(lambda: requests.get(a.url + first.headers["location"], timeout=10)
              .json().get("status") == "running", 60, "A to run the job")
     os.killpg(a.pid, signal.SIGKILL)  # the master and its workers, mid-job
     a.proc.wait(30)
-    standin.configure(token_delay=0.0)
+    standin.configure(first_token_delay=0.0)
     b = make_bridge(*flags, "--state-dir", str(tmp_path / "b"))
     done = wait_for(lambda: (lambda answer: answer if answer.status_code != 202 else None)(
         requests.get(b.url + first.headers["location"], timeout=30)), 90, "B to finish it")
