@@ -82,6 +82,9 @@ class Principals:
 
     def __init__(self, settings: Settings):
         self.shared_mode = settings.enable_shared_mode
+        # who asks matters to the cache and to async jobs; without them the secret is not
+        # read at start (nor its file made in --state-dir), only if something asks
+        self.asked = settings.enable_cache or settings.enable_async_request
         self.state_dir = Path(settings.state_dir)
         self.link = link_for(settings)
         self._secret = PerProcess(self._load_secret)
@@ -111,7 +114,7 @@ class Principals:
 
     def start(self) -> None:
         """Read (or make) the secret in this worker: at start, not on a request."""
-        if not self.shared_mode:
+        if self.asked and not self.shared_mode:
             self._secret.get()
 
     def of(self, ex: Exchange) -> str:

@@ -248,3 +248,11 @@ api_key_env = "TEST_KEYED_KEY"
     finally:
         for box in (local, paid, keyed):
             box.stop()
+
+
+def test_a_bridge_that_keeps_nothing_makes_no_secret(standin, make_bridge, tmp_path):
+    """Without the cache and async jobs nobody asks who asks: a relay (a read-only
+    deployment, say) writes nothing to its state directory."""
+    bridge = make_bridge("--state-dir", str(tmp_path / "state"))
+    assert post(bridge, chat("qwen3", "hello"), KEY_A).status_code == 200
+    assert not (tmp_path / "state" / "principal.secret").exists()
