@@ -14,6 +14,7 @@ from typing import Iterator
 
 import pytest
 import redis
+from helpers import wait_for
 
 from bridge.cache.disk import DiskTier
 from bridge.cache.redis_tier import RedisTier
@@ -28,10 +29,7 @@ LONG = 600.0  # seconds: a lease that would outlive the test
 def zombie() -> Iterator[int]:
     """The pid of a process that has exited but is not reaped yet."""
     child = subprocess.Popen(["true"])
-    deadline = time.monotonic() + 30
-    while pid_alive(child.pid):  # a hang guard only: it exits at once
-        assert time.monotonic() < deadline, "`true` did not exit"
-        time.sleep(0.01)
+    wait_for(lambda: not pid_alive(child.pid), 30, "`true` to exit")
     yield child.pid
     child.wait()
 
