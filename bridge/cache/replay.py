@@ -17,7 +17,6 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
@@ -26,6 +25,7 @@ from bridge.core import streaming
 from bridge.core.exchange import Exchange, Frame, Replayable, Response, encode_json
 from bridge.core.reasoning import OLLAMA_REASONING_FIELD as THINKING
 from bridge.core.reasoning import REASONING_FIELDS
+from bridge.core.streaming import ollama_time
 
 OPENAI, OLLAMA = "openai", "ollama"
 EMBEDDING_ENDPOINTS = frozenset({"embeddings", "embed"})
@@ -52,14 +52,6 @@ class Shape:
 
 def stream_codec(surface: str) -> str:
     return streaming.NDJSON if surface == OLLAMA else streaming.SSE
-
-
-def ollama_time(now: float | None = None) -> str:
-    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's RFC3339Nano)."""
-    now = time.time() if now is None else now
-    moment = datetime.fromtimestamp(now, timezone.utc)
-    fraction = f"{moment.microsecond:06d}000".rstrip("0")
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
 class Rewriter:

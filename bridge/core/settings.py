@@ -330,6 +330,11 @@ SETTINGS: list[Setting] = [
             "resort when neither the request, the upstream nor the model's earlier answers "
             "tell (see The think filter)",
             Pattern(), DEFAULT_START_INSIDE_MODELS, "REGEX"),
+    Setting("think_heartbeat", ("--think-heartbeat",), "while the think filter removes "
+            "reasoning from a stream and has nothing to send, an empty frame of the stream's "
+            "own shape goes out at least this often, in ms, so that proxies (nginx's 60 s "
+            "read timeout) and clients see a thinking model, not a dead bridge",
+            Integer(50, 3_600_000), 10_000, "MS"),
     # --- enterprise shared mode (bridge/shared_mode/) --------------------------------------
     Setting("enable_shared_mode", ("--enable-shared-mode",), "send every upstream request "
             "with the bridge's own key (--api-key), never the client's credentials; once "

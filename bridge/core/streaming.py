@@ -7,7 +7,11 @@ that the relay can send them in one write. Writers add exactly the framing Ollam
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+import gevent
 
 from bridge.core.exchange import Frame, Response
 
@@ -90,7 +94,15 @@ def read_raw(chunks: Iterable[bytes]) -> Iterator[Frame]:
 READERS = {SSE: read_sse, NDJSON: read_ndjson, RAW: read_raw}
 
 
+def flush() -> Frame:
+    """A frame that writes nothing: what is pending goes out now (the headers, before any
+    frame of a stream whose first frames a stage holds back)."""
+    return Frame(b"")
+
+
 def encode(frame: Frame, codec: str) -> bytes:
+    if not frame.raw:  # a `flush()`
+        return b""
     if codec == SSE:
         return frame.raw + b"\n\n" if frame.verbatim else b"data: " + frame.raw + b"\n\n"
     if codec == NDJSON:
@@ -127,8 +139,68 @@ def error_frame(surface: str, message: str, code: str = "stream_error") -> Frame
                                "code": code}})
 
 
+TIMED_OUT = object()  # what `PacedReader.read` returns when a timed read gives up a wait
+
+
+class PacedReader:
+    """Reads a stream's frames, each read waiting as long as it takes, or when asked for
+    at most so long: the read then goes on in a greenlet of its own, `TIMED_OUT` comes
+    back, and the next call waits for that same read again. For a stage that has
+    something to say while the upstream is silent (the think filter's empty frames). A
+    read that need not be timed is a plain `next`: no greenlet, no timer.
+
+    `close()` ends a read under way (before the frames it reads are closed)."""
+
+    __slots__ = ("_frames", "_pending")
+
+    def __init__(self, frames: Iterator[Frame]):
+        self._frames = frames
+        self._pending: Any = None  # the greenlet of a read that timed out
+
+    def read(self, timeout: float | None = None) -> Any:
+        """The next frame, None at the end, or `TIMED_OUT` when `timeout` seconds (not
+        None) passed first."""
+        pending = self._pending
+        if pending is None:
+            if timeout is None:
+                return next(self._frames, None)
+            if timeout <= 0:
+                return TIMED_OUT
+            pending = self._pending = gevent.spawn(_read_one, self._frames)
+        pending.join(timeout if timeout is None else max(timeout, 0.0))
+        if not pending.ready():
+            return TIMED_OUT
+        self._pending = None
+        ok, value = pending.value
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.kill()  # raised in the read: the frames it reads close behind it
+
+
+def _read_one(frames: Iterator[Frame]) -> tuple[bool, Any]:
+    """One read, in a greenlet of its own: (True, the frame or None), or (False, what it
+    raised), to be raised again in the reader's greenlet."""
+    try:
+        return True, next(frames, None)
+    except BaseException as exc:  # noqa: BLE001 - handed over, raised by the reader
+        return False, exc
+
+
 def stream_response(status: int, headers: dict[str, str], frames: Iterator[Frame],
                     codec: str) -> Response:
     headers = dict(headers)
     headers["content-type"] = headers.get("content-type") or CONTENT_TYPES.get(codec, "")
     return Response(status=status, headers=headers, frames=frames, codec=codec)
+
+
+def ollama_time(now: float | None = None) -> str:
+    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's RFC3339Nano)."""
+    now = time.time() if now is None else now
+    moment = datetime.fromtimestamp(now, timezone.utc)
+    fraction = f"{moment.microsecond:06d}000".rstrip("0")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"

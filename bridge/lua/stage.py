@@ -203,6 +203,10 @@ class LuaStage(Stage):
     def _chunks(self, ex: Exchange, frames: Iterator[Frame], codec: str) -> Iterator[Frame]:
         format_name = codec.encode()
         for frame in frames:
+            if not frame.raw:  # `streaming.flush()`: no chunk to show the script
+                yield frame
+                continue
+
             def hook(runtime: Runtime, raw: bytes = frame.raw) -> Any:
                 assert runtime.chunk_hook is not None
                 result = runtime.chunk_hook(raw, format_name)

@@ -3,18 +3,25 @@
 Some chat templates write the opening `<think>` into the prompt, so the model's output
 starts inside reasoning and shows only `</think>`. A stream of such a model must be held
 until `</think>` (or its reasoning would reach the client as answer), while a stream of
-any other model must flow as it comes. The decision, for one request, in this order:
+any other model must flow as it comes.
+
+A request that switches reasoning off (`think: false`, `reasoning_effort: "none"`,
+`reasoning: {"effort": "none"}`, Qwen's `/no_think` in the last user message) is rendered
+differently: Ollama runs no reasoning parser then, and the template may write an empty
+think block into the prompt (the model answers plainly), the opening tag alone (it starts
+inside reasoning anyway), or nothing (the model opens its own blocks). So what outputs
+show is learnt twice per model, once for requests with the switch and once for those
+without, and a request is decided only by what was learnt for its own kind: the switch
+outranks what requests without it showed, and the reverse. The decision, in this order:
 
 1. the model was seen to start inside reasoning (a `</think>` before any `<think>`):
    inside, for good; that is proof, and a proven reasoner must never leak;
-2. the request switches reasoning off (`think: false`, `reasoning_effort: "none"`,
-   `reasoning: {"effort": "none"}`, Qwen's `/no_think` in the last user message): plain;
-3. the model was seen to answer plainly (an answer that ended normally without a
-   `</think>`, or with a `<think>` of its own first, asked without the switches): plain;
-4. the model's name does not match `--think-start-models`: plain;
-5. the upstream says the model cannot reason (Ollama's `/api/show` lists no `thinking`
+2. the model was seen to answer plainly (an answer that ended normally without a
+   `</think>`, or with a `<think>` of its own first): plain;
+3. the model's name does not match `--think-start-models`: plain;
+4. the upstream says the model cannot reason (Ollama's `/api/show` lists no `thinking`
    capability): plain; an upstream that cannot tell (no `/api/show`) leaves it open;
-6. otherwise "maybe": held until the output shows which it is, and remembered.
+5. otherwise "maybe": held until the output shows which it is, and remembered.
 
 What is learnt is remembered instance-wide (all workers), in a small JSON file of the
 instance's run directory, re-read only when it changes: one `stat` per decision.
@@ -38,6 +45,9 @@ PLAIN, MAYBE, INSIDE = "plain", "maybe", "inside"
 FILE_NAME = "think-models.json"
 MAX_MODELS = 1024  # the file stays small whatever names clients send
 RETRY_UNKNOWN_SECONDS = 300.0  # an upstream that could not tell is asked again after this
+# Where what outputs showed is kept: for requests as they come, and for those that switch
+# reasoning off.
+STARTS, STARTS_SWITCHED_OFF = "starts", "starts_switched_off"
 _NO_THINK, _THINK = "/no_think", "/think"
 
 
@@ -142,13 +152,14 @@ class Evidence:
         self.pattern = pattern
 
     def start(self, model: str, switched: bool, capabilities: Capabilities | None) -> str:
-        """PLAIN, INSIDE or MAYBE for a stream of `model` (see the module docstring)."""
+        """PLAIN, INSIDE or MAYBE for a stream of `model`, for a request that switched
+        reasoning off or not (see the module docstring)."""
         key = normalized_model(model)
         known = self.memory.get(key)
-        starts = known.get("starts")
+        starts = known.get(STARTS_SWITCHED_OFF if switched else STARTS)
         if starts == INSIDE:
             return INSIDE
-        if switched or starts == PLAIN or not model_starts_inside(model, self.pattern):
+        if starts == PLAIN or not model_starts_inside(model, self.pattern):
             return PLAIN
         if self._thinking(key, known, model, capabilities) is False:
             return PLAIN
@@ -167,11 +178,13 @@ class Evidence:
         self.memory.update(key, thinking=thinking, asked=round(time.time()))
         return thinking
 
-    def learn(self, model: str, verdict: str | None) -> None:
-        """Remember what an output showed (INSIDE wins over PLAIN, for good)."""
+    def learn(self, model: str, verdict: str | None, switched: bool = False) -> None:
+        """Remember what an output showed, for requests that switched reasoning off or
+        not (INSIDE wins over PLAIN, for good)."""
         if verdict is None:
             return
         key = normalized_model(model)
-        starts = self.memory.get(key).get("starts")
+        slot = STARTS_SWITCHED_OFF if switched else STARTS
+        starts = self.memory.get(key).get(slot)
         if starts != INSIDE and starts != verdict:
-            self.memory.update(key, starts=verdict)
+            self.memory.update(key, **{slot: verdict})

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator
 
-from bridge.core import events, instance
+from bridge.core import events, instance, streaming
 from bridge.core.exchange import Exchange, Frame, Route, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.reasoning import (
@@ -63,6 +64,10 @@ KINDS = {
     ("ollama", "chat"): API_CHAT,
     ("ollama", "generate"): API_GENERATE,
 }
+# Kinds whose stream may start inside reasoning: where the upstream has a field for it.
+# Ollama drops reasoning on /v1/completions (there is none there), so its text never
+# starts inside it and is never held for a `</think>` (a bare one is still removed).
+HELD_KINDS = frozenset((CHAT, API_CHAT, API_GENERATE))
 # Keys of a stream choice / delta / Ollama message that say nothing when the text is empty.
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
 _DELTA_PLAIN = frozenset(("content", "role", KEPT_REASONING_FIELD["openai"]))
@@ -235,6 +240,39 @@ class ThinkCleaner:
         for c in self._choices.values():
             if c.filter is not None or c.field_chars:
                 c.finish(self, None)
+
+    @property
+    def holding(self) -> bool:
+        """Whether text of some choice is held back, waiting for the filter to decide."""
+        for c in self._choices.values():
+            if c.filter is not None and c.filter.pending:
+                return True
+        return False
+
+    def empty_event(self) -> dict[str, Any] | None:
+        """An event of the stream's own shape that says nothing (what goes out while
+        reasoning is removed and nothing else would): an empty delta or text on the
+        OpenAI surface, an empty message or response on Ollama's. None before the first
+        event, whose fields it takes."""
+        last = self._last.data if isinstance(self._last, Frame) else self._last
+        if not isinstance(last, dict):
+            return None
+        if self._openai:
+            if self.kind == CHAT:
+                c = self._choice(0)
+                delta = {"content": ""} if c.emitted else {"role": "assistant", "content": ""}
+                c.emitted = True
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+            else:
+                choice = {"text": "", "index": 0, "finish_reason": None}
+            return {**{k: v for k, v in last.items() if k != "usage"}, "choices": [choice]}
+        obj = {"model": last.get("model", ""), "created_at": streaming.ollama_time()}
+        if self.kind == API_CHAT:
+            obj["message"] = {"role": "assistant", "content": ""}
+        else:
+            obj["response"] = ""
+        obj["done"] = False
+        return obj
 
     @property
     def _text_key(self) -> str:
@@ -457,6 +495,7 @@ class ThinkStage(Stage):
     def __init__(self, settings: Settings, context: Context | None = None):
         self.keep_reasoning = settings.keep_reasoning
         self.start_models = settings.think_start_models
+        self.heartbeat = settings.think_heartbeat / 1000
         self.upstream = context.upstream if context is not None else None
         self.evidence: Evidence | None = None  # opened per worker, in start()
 
@@ -472,7 +511,7 @@ class ThinkStage(Stage):
             ex.replace_payload(ex.payload)
         switched = switched_off(ex.payload)
         decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"),
-                         ex.route)
+                         ex.route) if kind in HELD_KINDS else None
         ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=self.keep_reasoning,
                                          decide=decide, switched=switched,
                                          choices=choice_count(ex.payload))
@@ -496,7 +535,9 @@ class ThinkStage(Stage):
         if cleaner is None or response is None or not response.ok:
             return
         if response.streaming:
-            response.map_frames(lambda frames: clean_frames(cleaner, frames), keeps_marks=True)
+            heartbeat = None if response.ready else self.heartbeat
+            response.map_frames(lambda frames: clean_frames(cleaner, frames, heartbeat),
+                                keeps_marks=True)
             return
         if not may_hold_reasoning(response.body):
             return
@@ -528,10 +569,10 @@ class ThinkStage(Stage):
         if stats.chars:
             events.emit("think.chars_removed", stats.chars)
         verdict = cleaner.verdict
-        if verdict == PLAIN and cleaner.switched:
-            verdict = None  # plain because asked to be: says nothing of the model
+        if verdict == PLAIN and cleaner.kind not in HELD_KINDS:
+            verdict = None  # the upstream may have dropped reasoning there, unseen
         if self.evidence is not None and verdict is not None:
-            self.evidence.learn(ex.model, verdict)
+            self.evidence.learn(ex.model, verdict, cleaner.switched)
 
 
 def choice_count(payload: dict[str, Any]) -> int:
@@ -540,35 +581,78 @@ def choice_count(payload: dict[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
-def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame]) -> Iterator[Frame]:
+def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
+                 heartbeat: float | None = None) -> Iterator[Frame]:
     """The stream cleaned, frame by frame. Frames without tag-like bytes are not parsed
     once the filter is past its think block (relayed) or while it is inside it and they
     carry nothing but reasoning (dropped).
 
     Keeps the frames' `more` marks true: the last frame it sends of one upstream read
     goes out unmarked, even when the filter drops the frames after it (it holds one frame
-    back while the read has more to come)."""
+    back while the read has more to come).
+
+    With `heartbeat` (seconds): while the filter hides reasoning (it dropped the last
+    frame, or holds text back), the headers go out at once if nothing did yet, and no
+    more than `heartbeat` seconds pass without a frame going out: the wait for the next
+    one is cut by an empty event of the stream's shape. Reads while nothing is hidden,
+    and those of the rest of one upstream read, are plain reads, without a timer."""
     held: Frame | None = None  # the last frame to send, while more of its read follows
     # what the cleaner's state allows; it changes only with what `event` and `end` see
     passing, sink = cleaner.passing, cleaner.reasoning_sink()
-    for frame in frames:
-        plain = (passing or sink is not None) and not _may_hold_tag(frame.raw)
-        if plain and passing:
-            outs: Any = (frame,)  # the hot path: nothing to change, not even parsed
-        elif plain and sink is not None and cleaner.swallow(sink, frame):
-            continue  # reasoning dropped, not parsed either
-        else:
-            outs = _cleaned(cleaner, frame)
-            passing, sink = cleaner.passing, cleaner.reasoning_sink()
-        for out in outs:
-            if held is not None:
-                held.more = True  # `out` follows it at once
+    reader = streaming.PacedReader(frames) if heartbeat else None
+    hiding = False  # the last frame went nowhere, or text is held back
+    sent = False  # anything went out (the headers with it)
+    sent_at = 0.0  # when the last frame went out (monotonic), while hiding
+    more = False  # the last frame read has more of its read after it
+    try:
+        while True:
+            if reader is None:
+                frame = next(frames, None)
+            elif hiding and not more:
+                frame = reader.read(sent_at + heartbeat - time.monotonic())
+                if frame is streaming.TIMED_OUT:
+                    event = cleaner.empty_event()
+                    if event is not None:
+                        sent = True
+                        yield Frame.of(event)
+                    sent_at = time.monotonic()
+                    continue
+            else:
+                frame = reader.read()
+            if frame is None:
+                break
+            more = frame.more
+            was_hiding = hiding
+            plain = (passing or sink is not None) and not _may_hold_tag(frame.raw)
+            if plain and passing:
+                outs: Any = (frame,)  # the hot path: nothing to change, not even parsed
+                hiding = False
+            elif plain and sink is not None and cleaner.swallow(sink, frame):
+                outs, hiding = (), True  # reasoning dropped, not parsed either
+            else:
+                outs = _cleaned(cleaner, frame)
+                passing, sink = cleaner.passing, cleaner.reasoning_sink()
+                hiding = not outs or cleaner.holding
+            if hiding and not was_hiding:
+                sent_at = time.monotonic()  # counted from the first frame hidden
+            for out in outs:
+                if held is not None:
+                    held.more = True  # `out` follows it at once
+                    yield held
+                held = out
+            if held is not None and not more:
+                held.more = False  # the read is over: nothing follows without waiting
+                sent = True
                 yield held
-            held = out
-        if held is not None and not frame.more:
-            held.more = False  # the read is over: nothing follows without waiting
-            yield held
-            held = None
+                held = None
+                if hiding:
+                    sent_at = time.monotonic()
+            elif hiding and not sent and reader is not None and held is None:
+                sent = True
+                yield streaming.flush()  # the headers now, not with the answer
+    finally:
+        if reader is not None:
+            reader.close()
     if held is not None:
         held.more = False
         yield held

@@ -56,8 +56,10 @@ def test_the_order_of_the_evidence(tmp_path):
     cannot, thinking, unknown = Upstream(["completion"]), Upstream(["thinking"]), Upstream(None)
     # the name: not listed is plain, without asking
     assert evidence.start("llama3.2", False, cannot) == PLAIN and cannot.asked == 0
-    # the request's switch, without asking
-    assert evidence.start("qwen3", True, thinking) == PLAIN and thinking.asked == 0
+    # a request that switches reasoning off: a model that can reason may still start
+    # inside (its template may write the opening tag whatever the switch says)
+    assert evidence.start("qwen3", True, thinking) == MAYBE and thinking.asked == 1
+    assert evidence.start("llama3.2", True, thinking) == PLAIN and thinking.asked == 1
     # the upstream's capabilities, asked once
     assert evidence.start("qwen3-coder", False, cannot) == PLAIN
     assert evidence.start("qwen3-coder:latest", False, cannot) == PLAIN and cannot.asked == 1
@@ -70,7 +72,15 @@ def test_the_order_of_the_evidence(tmp_path):
     evidence.learn("deepseek-r1", INSIDE)
     evidence.learn("deepseek-r1", PLAIN)
     assert evidence.start("deepseek-r1", False, unknown) == INSIDE
-    assert evidence.start("deepseek-r1", True, unknown) == INSIDE  # proof beats the switch
+    # what requests without the switch showed says nothing of those with it, and the reverse
+    assert evidence.start("deepseek-r1", True, unknown) == MAYBE
+    evidence.learn("deepseek-r1", PLAIN, switched=True)
+    assert evidence.start("deepseek-r1", True, unknown) == PLAIN
+    assert evidence.start("deepseek-r1", False, unknown) == INSIDE
+    evidence.learn("qwen3", INSIDE, switched=True)
+    evidence.learn("qwen3", PLAIN, switched=True)
+    assert evidence.start("qwen3", True, thinking) == INSIDE  # for good
+    assert evidence.start("qwen3", False, thinking) == MAYBE
     evidence.learn("my-model", INSIDE)  # proof beats the name too
     assert evidence.start("my-model", False, None) == INSIDE
 

@@ -276,7 +276,9 @@ def test_stage_wraps_streams_and_leaves_the_rest():
     ex.response = Response(200, frames=iter([Frame(r) for r in raw]), codec="ndjson")
     stage.on_response(ex)
     frames = list(ex.response.frames)
-    assert [f.raw for f in frames] == raw[1:]  # untouched frames relayed byte for byte
+    # the headers at once (an empty frame, which writes nothing: the first frame is
+    # hidden), then the untouched frames relayed byte for byte
+    assert [f.raw for f in frames] == [b"", *raw[1:]]
     other = make_exchange("ollama", "embed", {"model": "m", "input": "x"})
     stage.on_request(other)
     assert "think" not in other.notes
