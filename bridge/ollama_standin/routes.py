@@ -269,6 +269,34 @@ def _no_chat(model: str, what: str) -> None:
         raise ApiError(400, f'"{model}" does not support {what}')
 
 
+def _tool_to_call(req: dict, messages: list, model: str, struct: str) -> dict | None:
+    """The tool the stand-in calls, if any: with `tools` offered, the first one when the
+    last message is the user's (after a `tool` result, or any other last role, the
+    answer is text). `tools` to a model without the `tools` capability is Ollama's 400."""
+    tools = _field(req, "tools", "array:" + ("[]api.Tool" if struct.startswith("openai")
+                                             else "api.Tools"), struct, [])
+    if not tools:
+        return None
+    for tool in tools:
+        if not isinstance(tool, dict):
+            raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(tool)} into Go struct "
+                                f"field {struct.split('.')[-1]}.tools of type api.Tool",
+                           early=True)
+    if "tools" not in wire.capabilities(model):
+        raise ApiError(400, f"{wire.full_name(model)} does not support tools")
+    last = messages[-1]
+    return tools[0] if str(last.get("role", "")).lower() == "user" else None
+
+
+def _top_logprobs(req: dict, struct: str, flag: str = "logprobs") -> int | None:
+    """None without `logprobs: true`, else how many alternatives per token (0..20);
+    `top_logprobs` out of range is Ollama's 400 whether or not logprobs are asked."""
+    top = _field(req, "top_logprobs", "int", struct, 0)
+    if not 0 <= top <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    return top if _field(req, flag, "bool", struct, False) else None
+
+
 # ---------------------------------------------------------------- /v1
 
 
@@ -303,12 +331,14 @@ def _openai_chat(call: Call) -> Reply | StreamReply:
         raise ApiError(400, "[] is too short - 'messages'", early=True)
     stream = _field(req, "stream", "bool", struct, False)
     requested = _openai_think(req)
+    top_logprobs = _top_logprobs(req, struct)
     model = _model(call, name)
     _no_chat(model, "chat")
     mode = _think_mode(call, model, requested)
     prompt, texts = _conversation(messages, struct)
+    tool = _tool_to_call(req, messages, model, f"openai.{struct}")
     gen = wire.generate(prompt, len(messages), mode, _openai_limit(req, struct),
-                        wire.count_prompt_tokens(texts))
+                        wire.count_prompt_tokens(texts), tool, top_logprobs)
     fail_after, _ = _in_band(call, stream)
     if stream:
         frames = wire.openai_chat_frames(gen, model, _shape(call), _include_usage(req, struct),
@@ -323,6 +353,9 @@ def _openai_completion(call: Call) -> Reply | StreamReply:
     name = _field(req, "model", "string", struct, "")
     prompt = _field(req, "prompt", "string", struct, "")
     stream = _field(req, "stream", "bool", struct, False)
+    # `logprobs: n` is top_logprobs n to Ollama, but its answer here carries none.
+    if (_field(req, "logprobs", "int", struct) or 0) > 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
     model = _model(call, name)
     _no_chat(model, "generate")
     mode = _think_mode(call, model, None)
@@ -403,16 +436,19 @@ def _native_idle(model: str, req: dict, part: dict) -> Reply:
 def _native_chat(call: Call) -> Reply | StreamReply:
     struct = "api.ChatRequest"
     req = _decode(call, struct, "missing request body")
+    requested = _native_think(req)
+    top_logprobs = _top_logprobs(req, struct)
     model = _model(call, _field(req, "model", "string", struct, ""))
     messages = _field(req, "messages", "array:[]api.Message", struct, [])
     stream = _field(req, "stream", "bool", struct, True)
     if not messages:
         return _native_idle(model, req, {"message": {"role": "assistant", "content": ""}})
     _no_chat(model, "chat")
-    mode = _think_mode(call, model, _native_think(req))
+    mode = _think_mode(call, model, requested)
     prompt, texts = _conversation(messages, "ChatRequest")
+    tool = _tool_to_call(req, messages, model, struct)
     gen = wire.generate(prompt, len(messages), mode, _native_limit(req, struct),
-                        wire.count_prompt_tokens(texts))
+                        wire.count_prompt_tokens(texts), tool, top_logprobs)
     fail_after, error = _in_band(call, stream)
     if stream:
         return StreamReply(NDJSON, wire.native_chat_frames(gen, model, fail_after, error))
@@ -422,15 +458,17 @@ def _native_chat(call: Call) -> Reply | StreamReply:
 def _native_generate(call: Call) -> Reply | StreamReply:
     struct = "api.GenerateRequest"
     req = _decode(call, struct, "missing request body")
+    requested = _native_think(req)
+    top_logprobs = _top_logprobs(req, struct)
     model = _model(call, _field(req, "model", "string", struct, ""))
     prompt = _field(req, "prompt", "string", struct, "")
     stream = _field(req, "stream", "bool", struct, True)
     if not prompt:
         return _native_idle(model, req, {"response": ""})
     _no_chat(model, "generate")
-    mode = _think_mode(call, model, _native_think(req))
+    mode = _think_mode(call, model, requested)
     gen = wire.generate(prompt, 1, mode, _native_limit(req, struct),
-                        wire.count_prompt_tokens([prompt]))
+                        wire.count_prompt_tokens([prompt]), top_logprobs=top_logprobs)
     context = wire.context_ids(prompt, gen.text("content"))
     fail_after, error = _in_band(call, stream)
     if stream:
