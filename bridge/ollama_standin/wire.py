@@ -470,16 +470,55 @@ def capabilities(name: str) -> list[str]:
     return caps
 
 
+def model_details(name: str) -> dict:
+    """`details` as /api/show and /api/ps give them."""
+    card = _card(name)
+    return {"parent_model": "", "format": "gguf", "family": card.family,
+            "families": [card.family], "parameter_size": card.parameter_size,
+            "quantization_level": card.quantization}
+
+
 def model_info(name: str) -> dict:
-    """The /api/tags entry of a model."""
+    """The /api/tags entry of a model: `details` with the GGUF's context and embedding
+    lengths, and the capabilities (since v0.30.0)."""
     card = _card(name)
     digest = hashlib.sha256(name.encode()).hexdigest()
     size = card.size if card is not _PLAIN else card.size + int(digest[:6], 16)
     return {"name": name, "model": name, "modified_at": MODIFIED_AT, "size": size,
             "digest": digest,
-            "details": {"parent_model": "", "format": "gguf", "family": card.family,
-                        "families": [card.family], "parameter_size": card.parameter_size,
-                        "quantization_level": card.quantization}}
+            "details": {**model_details(name), "context_length": card.context_length,
+                        "embedding_length": card.embedding_length},
+            "capabilities": capabilities(name)}
+
+
+def loaded_context_length(name: str) -> int:
+    """/api/ps `context_length`: the runner's, Ollama's default 4096 or the model's less."""
+    return min(4096, _card(name).context_length)
+
+
+def is_known_family(name: str) -> bool:
+    return model_base(name) in _KNOWN_MODELS
+
+
+PULL_NOT_FOUND = "pull model manifest: file does not exist"
+
+
+def pull_progress(name: str) -> Iterator[dict]:
+    """/api/pull's progress (`PullModel`): the manifest, each layer's download at 0, half
+    and all of it (`completed` left out at 0, as Go's omitempty does), the checks, then
+    `success`."""
+    yield {"status": "pulling manifest"}
+    card = _card(name)
+    layers = (("model", card.size), ("template", 1_429), ("license", 11_343),
+              ("params", 120), ("config", 487))
+    for kind, total in layers:
+        digest = "sha256:" + hashlib.sha256(f"{canonical_name(name)}:{kind}".encode()).hexdigest()
+        for completed in (0, total // 2, total):
+            progress = {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total}
+            yield {**progress, "completed": completed} if completed else progress
+    yield {"status": "verifying sha256 digest"}
+    yield {"status": "writing manifest"}
+    yield {"status": "success"}
 
 
 def gguf_info(name: str) -> dict:

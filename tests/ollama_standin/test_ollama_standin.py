@@ -608,10 +608,18 @@ def test_3_legacy_shape_with_reasoning_as_v0_32_5_sends_it(standin):
         + frame('{"role":"assistant","content":""}', '"length"') + DONE)
 
 
+EFFORTS = ('\\"minimal\\", \\"low\\", \\"medium\\", \\"high\\", \\"xhigh\\", \\"ultra\\", '
+           '\\"max\\", or \\"none\\"')
+LEVELS = '\\"high\\", \\"medium\\", \\"low\\", \\"max\\", true, or false'
+
+
 @pytest.mark.parametrize(("body", "message"), [
-    ({"reasoning_effort": "bogus"}, "invalid reasoning value: 'bogus'"),
+    ({"reasoning_effort": "bogus"},
+     f'invalid reasoning value: \\"bogus\\" (must be {EFFORTS})'),
     ({"reasoning_effort": "high", "reasoning": {"effort": "bogus"}},
-     "invalid reasoning value: 'bogus'"),
+     f'invalid reasoning value: \\"bogus\\" (must be {EFFORTS})'),
+    ({"reasoning_effort": 1}, "json: cannot unmarshal number into Go struct field "
+                              "ChatCompletionRequest.reasoning_effort of type string"),
 ])
 def test_4_invalid_reasoning_effort(standin, body, message):
     r = chat(standin, {"model": "qwen3", "messages": HELLO, **body})
@@ -621,11 +629,17 @@ def test_4_invalid_reasoning_effort(standin, body, message):
                          b'"param":null,"code":null}}' % message.encode())
 
 
-@pytest.mark.parametrize("think", ["bogus", "", 1, "none"])
-def test_4_invalid_think(standin, think):
-    r = requests.post(standin.url + "/api/chat",
-                      json={"model": "qwen3", "messages": HELLO, "think": think})
-    assert (r.status_code, r.content) == (400, b'{"error":"invalid think value"}')
+@pytest.mark.parametrize(("think", "message"), [
+    ("bogus", f'invalid think value: \\"bogus\\" (must be {LEVELS})'),
+    ("", f'invalid think value: \\"\\" (must be {LEVELS})'),
+    ("none", f'invalid think value: \\"none\\" (must be {LEVELS})'),
+    (1, f"think must be a boolean or string ({LEVELS})"),
+])
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_4_invalid_think(standin, path, think, message):
+    r = requests.post(standin.url + path, json={
+        "model": "qwen3", "messages": HELLO, "prompt": "hi", "think": think})
+    assert (r.status_code, r.content) == (400, b'{"error":"%s"}' % message.encode())
 
 
 def test_4_reasoning_effort_wins_and_maps_like_ollama(standin):
