@@ -38,9 +38,16 @@ all together in a whole body, so the entries' tokens join to the streamed text.
 /v1/completions takes `logprobs: n` but, as Ollama's converter, answers without them;
 tool calls carry none.
 
+Listings as today's Ollama: `/api/tags` entries with `capabilities` and
+`details.context_length`, `/api/ps` with `context_length`; `/api/pull` streams its
+progress (`pulling manifest`, `pulling <digest>` with total/completed, `verifying sha256
+digest`, `writing manifest`, `success`) for any name in the "any" catalogue, a listed one
+or one of a known family (then listed), and fails as Ollama does for others.
+
 Faults: HTTP statuses, refused/reset connections, streams cut mid-way ("cut") or
-failed in band as Ollama does ("inband"), slow headers, hangs. `catalogue="any"`
-answers every model name (the demo); `api_key` makes it an upstream wanting a key.
+failed in band as Ollama does ("inband"; before the first frame, a 500), slow headers,
+hangs. `catalogue="any"` answers every model name (the demo); `api_key` makes it an
+upstream wanting a key.
 
 Per-request headers (handy through a proxy): X-Standin-Think, X-Standin-Shape,
 X-Standin-First-Token-Delay, X-Standin-Token-Delay.

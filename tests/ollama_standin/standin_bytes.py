@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import openai
 import requests
 
 REASONING = "Okay, the user asks about hello world. Let me think.\nI will echo it back."
@@ -62,3 +63,13 @@ def native_metrics(prompt: int, completion: int) -> bytes:
             b'"prompt_eval_duration":%d,"eval_count":%d,"eval_duration":%d'
             % (1334875 + prompt * 1_000_000 + completion * 20_000_000, prompt,
                prompt * 1_000_000, completion, completion * 20_000_000))
+
+
+def openai_completion(standin, stream: bool, **request):
+    """A chat completion through the official `openai` client, whole or assembled by
+    the client from the stream."""
+    client = openai.OpenAI(base_url=standin.url + "/v1", api_key="x", max_retries=0)
+    if stream:
+        with client.chat.completions.stream(**request) as events:
+            return events.get_final_completion()
+    return client.chat.completions.create(**request)

@@ -10,7 +10,6 @@ import json
 import re
 
 import ollama
-import openai
 import pytest
 import requests
 from standin_bytes import (
@@ -22,6 +21,7 @@ from standin_bytes import (
     masked,
     native_line,
     native_metrics,
+    openai_completion,
     sse_events,
 )
 
@@ -196,13 +196,8 @@ def test_top_logprobs_over_20_is_a_400(standin, path, body, content_type, want):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_client_reads_them(standin, stream):
-    client = openai.OpenAI(base_url=standin.url + "/v1", api_key="x", max_retries=0)
-    request = {"model": "llama3.2", "messages": HELLO, "logprobs": True, "top_logprobs": 3}
-    if stream:
-        with client.chat.completions.stream(**request) as events:
-            completion = events.get_final_completion()
-    else:
-        completion = client.chat.completions.create(**request)
+    completion = openai_completion(standin, stream, model="llama3.2", messages=HELLO,
+                                   logprobs=True, top_logprobs=3)
     content = completion.choices[0].logprobs.content
     assert [c.token for c in content] == HELLO_TOKENS
     assert all(len(c.top_logprobs) == 3 and c.top_logprobs[0].token == c.token

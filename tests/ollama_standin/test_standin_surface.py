@@ -41,44 +41,36 @@ def test_show_details_have_no_lengths_but_capabilities(standin):
 
 
 NATIVE = "application/json; charset=utf-8"
+REQUIRED = (400, "model is required")
+NO_NAME = (404, "model '' not found")
+NOT_FOUND = (404, "model 'foo' not found")
+NOT_PULLED = (404, 'model \\"foo\\" not found, try pulling it first')
 
 
-@pytest.mark.parametrize(("path", "name", "status", "message"), [
-    ("/api/chat", "", 400, "model is required"),
-    ("/api/chat", "foo", 404, "model 'foo' not found"),
-    ("/api/generate", "", 404, "model '' not found"),
-    ("/api/generate", "foo", 404, "model 'foo' not found"),
-    ("/api/embed", "", 404, "model '' not found"),
-    ("/api/embed", "foo", 404, 'model \\"foo\\" not found, try pulling it first'),
-    ("/api/embeddings", "", 400, "model is required"),
-    ("/api/embeddings", "foo", 404, 'model \\"foo\\" not found, try pulling it first'),
-    ("/api/show", "", 400, "model is required"),
-    ("/api/show", "foo", 404, "model 'foo:latest' not found"),
-    ("/api/show", "me/foo:7b", 404, "model 'me/foo:7b' not found"),
+@pytest.mark.parametrize(("path", "name", "want"), [
+    ("/api/chat", "", REQUIRED), ("/api/chat", "foo", NOT_FOUND),
+    ("/api/generate", "", NO_NAME), ("/api/generate", "foo", NOT_FOUND),
+    ("/api/embed", "", NO_NAME), ("/api/embed", "foo", NOT_PULLED),
+    ("/api/embeddings", "", REQUIRED), ("/api/embeddings", "foo", NOT_PULLED),
+    ("/api/show", "", REQUIRED), ("/api/show", "foo", (404, "model 'foo:latest' not found")),
+    ("/api/show", "me/foo:7b", (404, "model 'me/foo:7b' not found")),
+    ("/v1/chat/completions", "", REQUIRED), ("/v1/chat/completions", "foo", NOT_FOUND),
+    ("/v1/completions", "", NO_NAME), ("/v1/completions", "foo", NOT_FOUND),
+    ("/v1/embeddings", "", NO_NAME), ("/v1/embeddings", "foo", NOT_PULLED),
 ])
-def test_native_model_name_errors(standin, path, name, status, message):
+def test_model_name_errors_per_endpoint(standin, path, name, want):
     r = requests.post(standin.url + path, json={"model": name, "messages": HELLO,
                                                 "prompt": "hi", "input": "hi"})
+    status, message = want
+    if path.startswith("/api/"):
+        body, content_type = b'{"error":"%s"}' % message.encode(), NATIVE
+    else:
+        kind = "invalid_request_error" if status == 400 else "not_found_error"
+        body = (b'{"error":{"message":"%s","type":"%s","param":null,"code":null}}\n'
+                % (message.encode(), kind.encode()))
+        content_type = "application/json"
     assert (r.status_code, r.headers["Content-Type"], r.content) == (
-        status, NATIVE, b'{"error":"%s"}' % message.encode())
-
-
-@pytest.mark.parametrize(("path", "name", "status", "message"), [
-    ("/v1/chat/completions", "", 400, "model is required"),
-    ("/v1/chat/completions", "foo", 404, "model 'foo' not found"),
-    ("/v1/completions", "", 404, "model '' not found"),
-    ("/v1/completions", "foo", 404, "model 'foo' not found"),
-    ("/v1/embeddings", "", 404, "model '' not found"),
-    ("/v1/embeddings", "foo", 404, 'model \\"foo\\" not found, try pulling it first'),
-])
-def test_v1_model_name_errors(standin, path, name, status, message):
-    r = requests.post(standin.url + path, json={"model": name, "messages": HELLO,
-                                                "prompt": "hi", "input": "hi"})
-    kind = "invalid_request_error" if status == 400 else "not_found_error"
-    assert (r.status_code, r.headers["Content-Type"], r.content) == (
-        status, "application/json",
-        b'{"error":{"message":"%s","type":"%s","param":null,"code":null}}\n'
-        % (message.encode(), kind.encode()))
+        status, content_type, body)
 
 
 @pytest.mark.parametrize(("path", "content_type", "body"), [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import ollama
-import openai
 import pytest
 import requests
 from standin_bytes import (
@@ -21,6 +20,7 @@ from standin_bytes import (
     masked,
     native_line,
     native_metrics,
+    openai_completion,
     sse_events,
 )
 
@@ -159,13 +159,8 @@ def test_tools_to_a_model_without_the_capability(standin, path, content_type, bo
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_client_parses_the_calls(standin, stream):
-    client = openai.OpenAI(base_url=standin.url + "/v1", api_key="x", max_retries=0)
-    request = {"model": "qwen3", "messages": PARIS, "tools": [WEATHER]}
-    if stream:
-        with client.chat.completions.stream(**request) as events:
-            completion = events.get_final_completion()
-    else:
-        completion = client.chat.completions.create(**request)
+    completion = openai_completion(standin, stream, model="qwen3", messages=PARIS,
+                                   tools=[WEATHER])
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls
