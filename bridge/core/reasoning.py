@@ -93,6 +93,11 @@ class ThinkFilter:
     `chars_in`, `chars_answer`, and `chars_removed` (markup, reasoning and whitespace
     taken out of the answer). `first_tag` is the first tag met (`OPEN`, `CLOSE` or
     None): the evidence of whether the output started inside reasoning.
+
+    `spans` lists where the answer text handed out came from: (start, end) offsets in
+    all the text fed so far, in order (the answer is the input with parts left out,
+    never reordered); the caller empties it as it reads it (what the logprobs of each
+    token follow). Everything before `chars_in - pending` is decided.
     """
 
     __slots__ = (
@@ -101,11 +106,13 @@ class ThinkFilter:
         "_held",
         "_live",
         "_skip_ws",
+        "_held_at",
         "_state",
         "blocks",
         "chars_answer",
         "chars_in",
         "first_tag",
+        "spans",
     )
 
     def __init__(self, starts_inside: bool = False, live: bool = False) -> None:
@@ -114,6 +121,8 @@ class ThinkFilter:
         self.first_tag: str | None = None
         self._carry = ""  # a possible partial tag at the end of the last piece
         self._held: list[str] = []  # text of a _MID or _IMPLICIT block, not decided yet
+        self._held_at = 0  # the input offset where that block's text (held, carried) starts
+        self.spans: list[tuple[int, int]] = []
         self._skip_ws = False  # just after `</think>`: drop whitespace
         self._answered = False  # non-whitespace answer text has been emitted
         self.blocks = 0
@@ -146,6 +155,7 @@ class ThinkFilter:
         self.chars_in += length
 
     def feed(self, piece: str) -> tuple[str, str]:
+        at = self.chars_in - len(self._carry)  # the input offset of `text`
         self.chars_in += len(piece)
         text = self._carry + piece if self._carry else piece
         self._carry = ""
@@ -155,7 +165,9 @@ class ThinkFilter:
             state = self._state
             if state == _OUT:
                 if self._skip_ws:
-                    text = text.lstrip()
+                    stripped = text.lstrip()
+                    at += len(text) - len(stripped)
+                    text = stripped
                     if not text:
                         break
                     self._skip_ws = False
@@ -166,17 +178,19 @@ class ThinkFilter:
                     if keep:
                         self._carry = text[-keep:]
                         text = text[:-keep]
-                    self._emit_answer(answer, text)
+                    self._emit_answer(answer, text, at)
                     break
                 if i_close == -1 or (i_open != -1 and i_open < i_close):
-                    self._emit_answer(answer, text[:i_open])
-                    self._open_block()
+                    self._emit_answer(answer, text[:i_open], at)
+                    at += i_open + len(OPEN)
+                    self._open_block(at)
                     text = text[i_open + len(OPEN):]
                 else:  # a stray `</think>`
-                    self._emit_answer(answer, text[:i_close])
+                    self._emit_answer(answer, text[:i_close], at)
                     # The first tag: the text before it was reasoning, already sent as
                     # answer; keep the whitespace that separates it from the answer.
                     self._skip_ws = self._saw(CLOSE)
+                    at += i_close + len(CLOSE)
                     text = text[i_close + len(CLOSE):]
             elif state == _BLOCK:
                 i_close = text.find(CLOSE)
@@ -192,6 +206,7 @@ class ThinkFilter:
                     reasoning.append(text[:i_close])
                 self._state = _OUT
                 self._skip_ws = True
+                at += i_close + len(CLOSE)
                 text = text[i_close + len(CLOSE):]
             else:  # _MID or _IMPLICIT: hold until decided
                 i_close = text.find(CLOSE)
@@ -210,10 +225,11 @@ class ThinkFilter:
                     # The model writes its own `<think>`: what came before it is answer.
                     self._saw(OPEN)
                     self._held.append(text[:i_open])
-                    self._emit_answer(answer, "".join(self._held))
+                    self._emit_answer(answer, "".join(self._held), self._held_at)
                     self._held = []
                     self._state = _OUT
-                    self._open_block()
+                    at += i_open + len(OPEN)
+                    self._open_block(at)
                     text = text[i_open + len(OPEN):]
                 else:
                     self._saw(CLOSE)
@@ -229,6 +245,7 @@ class ThinkFilter:
                     self.blocks += 1
                     self._state = _OUT
                     self._skip_ws = True
+                    at += i_close + len(CLOSE)
                     text = text[i_close + len(CLOSE):]
         return "".join(answer), "".join(reasoning)
 
@@ -240,10 +257,12 @@ class ThinkFilter:
         state, self._state = self._state, _OUT
         if state == _BLOCK:
             return "", held
+        at = self.chars_in - len(held)
         if state == _MID:
             held = OPEN + held
+            at -= len(OPEN)
         out: list[str] = []
-        self._emit_answer(out, held)
+        self._emit_answer(out, held, at)
         return "".join(out), ""
 
     def _saw(self, tag: str) -> bool:
@@ -253,17 +272,20 @@ class ThinkFilter:
             return False
         return True
 
-    def _open_block(self) -> None:
+    def _open_block(self, at: int) -> None:
+        """A `<think>` ends at input offset `at`."""
         self._saw(OPEN)
         if self._answered:
             self._state = _MID
+            self._held_at = at
         else:
             self._state = _BLOCK
             self.blocks += 1
 
-    def _emit_answer(self, out: list[str], text: str) -> None:
+    def _emit_answer(self, out: list[str], text: str, at: int) -> None:
         if text:
             out.append(text)
+            self.spans.append((at, at + len(text)))
             self.chars_answer += len(text)
             if not self._answered and not text.isspace():
                 self._answered = True

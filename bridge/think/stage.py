@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator
@@ -134,10 +135,14 @@ def clean_history(payload: dict[str, Any]) -> bool:
 class _Choice:
     """Filter state of one choice of one response."""
 
-    __slots__ = ("filter", "saw_field", "field_chars", "emitted", "ended")
+    __slots__ = ("filter", "saw_field", "field_chars", "emitted", "ended", "entries", "spans")
 
     def __init__(self) -> None:
         self.filter: ThinkFilter | None = None
+        # logprobs entries of text fed to the filter and not decided yet, with the
+        # offsets of their text, and where the answer came from since the oldest of them
+        self.entries: deque[tuple[int, int, Any]] = deque()
+        self.spans: deque[tuple[int, int]] = deque()
         self.saw_field = False  # the upstream sent reasoning in a field of its own
         self.field_chars = 0  # how much of it
         self.emitted = False  # an event of this choice went out (so did its role)
@@ -161,6 +166,43 @@ class _Choice:
             live = cleaner.keep_reasoning and start == INSIDE and not whole
             self.filter = ThinkFilter(start != PLAIN, live)
         return self.filter.feed(text)
+
+    def queue(self, entries: list[Any], length: int, whole: bool) -> None:
+        """Note the logprobs `entries` of the next `length` characters to be fed: one
+        per token of a whole text, or all of a stream chunk's for its text."""
+        at = self.filter.chars_in if self.filter is not None else 0
+        for entry in entries:
+            if whole:
+                size = _token_length(entry)
+                self.entries.append((at, at + size, entry))
+                at += size
+            else:
+                self.entries.append((at, at + length, entry))
+
+    def release(self, f: ThinkFilter | None, ended: bool) -> list[Any]:
+        """The entries decided by what `f` handed out since the last call: those of
+        tokens with answer text, in order; the others (reasoning, markup) are dropped."""
+        spans, entries = self.spans, self.entries
+        if f is not None and f.spans:
+            if entries:
+                spans.extend(f.spans)
+            f.spans.clear()
+        if not entries:
+            return []
+        decided = f.chars_in - f.pending if f is not None and not ended else float("inf")
+        kept = []
+        while entries:
+            start, end, entry = entries[0]
+            while spans and spans[0][1] <= start:
+                spans.popleft()
+            if spans and spans[0][0] < end:  # some of its text went out as answer
+                kept.append(entry)
+            elif end > decided:
+                break  # its text is held: it waits with it
+            entries.popleft()
+        if not entries:
+            spans.clear()
+        return kept
 
     def finish(self, cleaner: ThinkCleaner, reason: Any) -> tuple[str, str]:
         """The end of this choice (`reason`: its finish reason, None when cut): what
@@ -292,12 +334,16 @@ class ThinkCleaner:
         return KEPT_REASONING_FIELD["openai" if self._openai else "ollama"]
 
     def _clean(self, c: _Choice, holder: dict[str, Any], end: bool, reason: Any = None,
-               whole: bool = False) -> tuple[dict[str, Any], str, str, bool]:
+               whole: bool = False, entries: list[Any] | None = None
+               ) -> tuple[dict[str, Any], str, str, bool, list[Any] | None]:
         """Clean the text and reasoning of one holder (a message, delta, choice or
-        Ollama object), ending the choice when `end` (with finish `reason`): returns
-        (new holder, answer, reasoning, changed)."""
+        Ollama object), ending the choice when `end` (with finish `reason`); `entries`:
+        the logprobs that came with it (None: none). Returns (new holder, answer,
+        reasoning, changed, logprobs entries to send with it: None when there are none,
+        neither come nor released)."""
         new = holder
         reasoning = []
+        field_chars = 0
         for key in self._fields:
             if key in holder:
                 if new is holder:
@@ -305,18 +351,35 @@ class ThinkCleaner:
                 value = new.pop(key)
                 if isinstance(value, str) and value:
                     c.saw_field = True
-                    c.field_chars += len(value)
+                    field_chars += len(value)
                     reasoning.append(value)
+        c.field_chars += field_chars
         key = self._text_key
         text = holder.get(key)
+        has_text = isinstance(text, str) and bool(text)
+        kept = None if entries is None else []
+        if entries:
+            # those of the reasoning in a field come first; kept only where it is
+            n = len(entries) if not has_text else _covering(entries, field_chars)
+            if self.keep_reasoning:
+                kept += entries[:n]
+            entries = entries[n:]
+            if not has_text:  # no text of their own (a tool call, say): they go as they are
+                kept += entries
         answer = ""
-        if isinstance(text, str) and text:
+        if has_text:
+            if entries:
+                c.queue(entries, len(text), whole)
             answer, r = c.feed(self, text, whole)
             reasoning.append(r)
+        f = c.filter
         if end:
             a, r = c.finish(self, reason)
             answer += a
             reasoning.append(r)
+        released = c.release(f, end)
+        if released:
+            kept = (kept or []) + released
         joined = "".join(reasoning)
         keep = self.keep_reasoning and joined
         if answer != (text or "") or keep:
@@ -326,7 +389,7 @@ class ThinkCleaner:
                 new[key] = answer
             if keep:
                 new[self._out_field] = joined
-        return new, answer, joined if keep else "", new is not holder
+        return new, answer, joined if keep else "", new is not holder, kept
 
     # --- whole responses ------------------------------------------------------------
 
@@ -341,21 +404,28 @@ class ThinkCleaner:
                 holder = choice.get("message") if chat and isinstance(choice, dict) else choice
                 if isinstance(holder, dict):
                     c = self._choice(choice.get("index", 0))
-                    holder, _, _, touched = self._clean(c, holder, True,
-                                                        choice.get("finish_reason"), True)
+                    entries = _entries_of(choice.get("logprobs"), False)
+                    holder, _, _, touched, kept = self._clean(
+                        c, holder, True, choice.get("finish_reason"), True, entries)
                     if touched:
                         choice = {**choice, "message": holder} if chat else holder
+                        changed = True
+                    if kept is not None and kept != entries:
+                        choice = _with_logprobs(choice, kept, False)
                         changed = True
                 new_choices.append(choice)
             return {**body, "choices": new_choices} if changed else None
         holder = body.get("message") if self.kind == API_CHAT else body
         if not isinstance(holder, dict):
             return None
-        holder, _, _, touched = self._clean(self._choice(0), holder, True,
-                                            body.get("done_reason"), True)
-        if not touched:
+        entries = _entries_of(body.get("logprobs"), True)
+        holder, _, _, touched, kept = self._clean(self._choice(0), holder, True,
+                                                  body.get("done_reason"), True, entries)
+        moved = kept is not None and kept != entries
+        if not (touched or moved):
             return None
-        return {**body, "message": holder} if self.kind == API_CHAT else holder
+        new = {**body, "message": holder} if self.kind == API_CHAT else holder
+        return _with_logprobs(new, kept or [], True) if moved else new
 
     # --- streams --------------------------------------------------------------------
 
@@ -383,16 +453,17 @@ class ThinkCleaner:
         if self.kind in (CHAT, COMPLETIONS):
             choices = []
             for index, c in self._choices.items():
-                new, answer, kept, _ = self._clean(c, {}, end=True)
-                if answer or kept:
-                    choices.append({"index": index, "finish_reason": None,
-                                    **({"delta": new} if self.kind == CHAT else new)})
+                new, answer, kept, _, entries = self._clean(c, {}, end=True)
+                if answer or kept or entries:
+                    choice = {"index": index, "finish_reason": None,
+                              **({"delta": new} if self.kind == CHAT else new)}
+                    choices.append(_with_logprobs(choice, entries or [], False))
             if not choices:
                 return []
             base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
             return [{**base, "choices": choices}]
-        new, answer, kept, _ = self._clean(self._choice(0), {}, end=True)
-        if not (answer or kept):
+        new, answer, kept, _, entries = self._clean(self._choice(0), {}, end=True)
+        if not (answer or kept or entries):
             return []
         last = self._last
         obj = {k: last[k] for k in ("model", "created_at") if k in last}
@@ -401,7 +472,7 @@ class ThinkCleaner:
         else:
             obj.update(new)
         obj["done"] = False
-        return [obj]
+        return [_with_logprobs(obj, entries or [], True)]
 
     def reasoning_sink(self) -> ThinkFilter | None:
         """The filter of the response's only chat choice while a frame that says nothing
@@ -450,11 +521,16 @@ class ThinkCleaner:
             c = self._choice(choice.get("index", 0))
             reason = choice.get("finish_reason")
             finishing = reason is not None
-            new, answer, reasoning, touched = self._clean(c, holder, finishing, reason)
+            entries = _entries_of(choice.get("logprobs"), False)
+            new, answer, reasoning, touched, logprobs = self._clean(c, holder, finishing,
+                                                                    reason, entries=entries)
             if touched:
                 choice = {**choice, "delta": new} if chat else new
                 changed = True
-            if (answer or reasoning or finishing
+            if logprobs is not None and logprobs != entries:
+                choice = _with_logprobs(choice, logprobs, False)
+                changed = True
+            if (answer or reasoning or finishing or logprobs
                     or any(k not in _CHOICE_PLAIN for k in choice)
                     or (chat and any(k not in _DELTA_PLAIN for k in new))
                     or (chat and "role" in new and not c.emitted)):
@@ -477,14 +553,17 @@ class ThinkCleaner:
             return None
         self._last = obj
         done = obj.get("done") is True
-        new, answer, reasoning, touched = self._clean(self._choice(0), holder, done,
-                                                      obj.get("done_reason"))
-        if not (done or answer or reasoning
+        entries = _entries_of(obj.get("logprobs"), True)
+        new, answer, reasoning, touched, logprobs = self._clean(
+            self._choice(0), holder, done, obj.get("done_reason"), entries=entries)
+        if not (done or answer or reasoning or logprobs
                 or (chat and any(k not in _MESSAGE_PLAIN for k in new))):
             return []
-        if not touched:
+        moved = logprobs is not None and logprobs != entries
+        if not (touched or moved):
             return None
-        return [{**obj, "message": new} if chat else new]
+        out = {**obj, "message": new} if chat else new
+        return [_with_logprobs(out, logprobs or [], True) if moved else out]
 
 
 class ThinkStage(Stage):
@@ -573,6 +652,46 @@ class ThinkStage(Stage):
             verdict = None  # the upstream may have dropped reasoning there, unseen
         if self.evidence is not None and verdict is not None:
             self.evidence.learn(ex.model, verdict, cleaner.switched)
+
+
+def _token_length(entry: Any) -> int:
+    """How many characters of the text a logprobs entry stands for (its `token`)."""
+    token = entry.get("token") if isinstance(entry, dict) else None
+    return len(token) if isinstance(token, str) else 0
+
+
+def _covering(entries: list[Any], length: int) -> int:
+    """How many of the first `entries` stand for the first `length` characters."""
+    count = total = 0
+    for entry in entries:
+        if total >= length:
+            break
+        total += _token_length(entry)
+        count += 1
+    return count
+
+
+def _entries_of(logprobs: Any, native: bool) -> list[Any] | None:
+    """The per-token entries of a `logprobs` value: Ollama's list, or OpenAI's
+    `{"content": [...]}`; None when it holds none."""
+    entries = logprobs if native else (logprobs.get("content") if isinstance(logprobs, dict)
+                                       else None)
+    return entries if isinstance(entries, list) else None
+
+
+def _with_logprobs(container: dict[str, Any], entries: list[Any], native: bool
+                   ) -> dict[str, Any]:
+    """`container` (a choice, an Ollama object) with `entries` as its logprobs, or
+    without logprobs when there are none."""
+    out = dict(container)
+    if not entries:
+        out.pop("logprobs", None)
+    elif native:
+        out["logprobs"] = entries
+    else:
+        old = container.get("logprobs")
+        out["logprobs"] = {**(old if isinstance(old, dict) else {}), "content": entries}
+    return out
 
 
 def choice_count(payload: dict[str, Any]) -> int:

@@ -98,6 +98,21 @@ def test_stream_equals_non_stream_for_any_chunking(case, starts_inside):
     assert (answer, reasoning) == split_think(text, starts_inside)
     assert f.pending == 0
     assert f.chars_removed == len(text) - len(answer)
+    # where the answer came from (what a token's logprobs follow): in order, each part of
+    # the input at most once
+    assert "".join(text[start:end] for start, end in f.spans) == answer
+    ends = [0, *(end for _, end in f.spans)]
+    assert all(start >= end for (start, _), end in zip(f.spans, ends, strict=False))
+
+
+@settings(max_examples=500, deadline=None)
+@given(chunked(), st.booleans())
+def test_answer_spans_come_out_only_once_decided(case, starts_inside):
+    _, pieces = case
+    f = ThinkFilter(starts_inside)
+    for p in pieces:
+        f.feed(p)
+        assert all(end <= f.chars_in - f.pending for _, end in f.spans)
 
 
 @settings(max_examples=1500, deadline=None)
