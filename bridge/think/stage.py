@@ -16,6 +16,13 @@ upstream has already shown it puts reasoning in a field of its own: then the con
 plain answer. A whole body needs no decision: it shows it (`split_whole`). What each
 output showed is learnt for the next requests of the model.
 
+Logprobs follow their text: a token's entry goes out with the chunk that carries its
+answer text, held and released with it, and goes with the reasoning or markup it stands
+for (`ThinkFilter.spans` says where the answer came from).
+
+While a stream hides reasoning (held back or dropped), its headers go out at once and an
+empty event of its own shape at least every `--think-heartbeat` ms (`clean_frames`).
+
 Hot path: once every choice of a stream is known to be in plain answer text (known to
 start plain, past its think block, or reasoning in a field) and nothing is held, a frame
 whose bytes show no tag, `<` or reasoning field is relayed without being parsed.

@@ -45,12 +45,6 @@ def bridge(standin_server, tmp_path_factory) -> Iterator[Process]:
         yield process
 
 
-@pytest.fixture
-def models(standin):
-    standin.configure(catalogue="any")
-    return standin
-
-
 def shows(standin, model: str) -> int:
     """How often the bridge asked the upstream about `model`'s capabilities."""
     return sum(1 for r in standin.requests if r.path == "/api/show"

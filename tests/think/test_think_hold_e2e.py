@@ -49,12 +49,6 @@ def default_bridge(standin_server, tmp_path_factory) -> Iterator[Process]:
         yield process
 
 
-@pytest.fixture
-def models(standin):
-    standin.configure(catalogue="any")
-    return standin
-
-
 def whole(bridge: Process, path: str, model: str, headers: dict | None = None,
           **body: Any) -> str:
     """The answer text of a non-stream request."""

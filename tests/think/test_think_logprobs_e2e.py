@@ -33,12 +33,6 @@ def bridge(standin_server, tmp_path_factory) -> Iterator[Process]:
         yield process
 
 
-@pytest.fixture
-def models(standin):
-    standin.configure(catalogue="any")
-    return standin
-
-
 def request(bridge: Process, path: str, model: str, think: str, stream: bool) -> Any:
     body: dict[str, Any] = {"model": model, "stream": stream}
     if path == "/v1/completions":
