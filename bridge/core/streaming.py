@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 import gevent
+import gevent.event
 
 from bridge.core.exchange import Frame, Response
 
@@ -144,42 +145,56 @@ TIMED_OUT = object()  # what `PacedReader.read` returns when a timed read gives 
 
 class PacedReader:
     """Reads a stream's frames, each read waiting as long as it takes, or when asked for
-    at most so long: the read then goes on in a greenlet of its own, `TIMED_OUT` comes
-    back, and the next call waits for that same read again. For a stage that has
+    at most so long: the read then goes on in a greenlet of the reader's own, `TIMED_OUT`
+    comes back, and the next call waits for that same read again. For a stage that has
     something to say while the upstream is silent (the think filter's empty frames). A
-    read that need not be timed is a plain `next`: no greenlet, no timer.
+    read that need not be timed is a plain `next`: no greenlet, no timer; the greenlet
+    is made at the first timed read and waits between them.
 
     `close()` ends a read under way (before the frames it reads are closed)."""
 
-    __slots__ = ("_frames", "_pending")
+    __slots__ = ("_frames", "_helper", "_asked", "_answered", "_result", "_busy")
 
     def __init__(self, frames: Iterator[Frame]):
         self._frames = frames
-        self._pending: Any = None  # the greenlet of a read that timed out
+        self._helper: Any = None
+        self._asked = gevent.event.Event()
+        self._answered = gevent.event.Event()
+        self._result: tuple[bool, Any] = (True, None)
+        self._busy = False  # the helper is reading (a read that timed out goes on)
 
     def read(self, timeout: float | None = None) -> Any:
         """The next frame, None at the end, or `TIMED_OUT` when `timeout` seconds (not
         None) passed first."""
-        pending = self._pending
-        if pending is None:
+        if not self._busy:
             if timeout is None:
                 return next(self._frames, None)
             if timeout <= 0:
                 return TIMED_OUT
-            pending = self._pending = gevent.spawn(_read_one, self._frames)
-        pending.join(timeout if timeout is None else max(timeout, 0.0))
-        if not pending.ready():
+            if self._helper is None:
+                self._helper = gevent.spawn(self._serve)
+            self._answered.clear()
+            self._busy = True
+            self._asked.set()
+        if not self._answered.wait(timeout if timeout is None else max(timeout, 0.0)):
             return TIMED_OUT
-        self._pending = None
-        ok, value = pending.value
+        self._busy = False
+        ok, value = self._result
         if not ok:
             raise value
         return value
 
+    def _serve(self) -> None:
+        while True:
+            self._asked.wait()
+            self._asked.clear()
+            self._result = _read_one(self._frames)
+            self._answered.set()
+
     def close(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.kill()  # raised in the read: the frames it reads close behind it
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.kill()  # raised in a read under way: the frames close behind it
 
 
 def _read_one(frames: Iterator[Frame]) -> tuple[bool, Any]:

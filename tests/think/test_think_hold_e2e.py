@@ -13,6 +13,7 @@ import ollama
 import openai
 import pytest
 import requests
+from helpers import wait_for
 from test_think_evidence_e2e import (
     ANSWER,
     PROMPT,
@@ -219,3 +220,21 @@ def test_headers_go_out_while_reasoning_is_hidden(default_bridge, models, path):
         rest = response.content
     assert generating == 1
     assert b"error" in rest and b"Let me think" not in rest
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_a_client_leaving_during_hidden_reasoning_ends_the_upstream_call(bridge, models,
+                                                                         path):
+    # The bridge is waiting for the upstream's next frame in a read of its own (to send
+    # empty frames meanwhile): a client hanging up must still close the upstream call.
+    body: dict[str, Any] = {"model": fresh("deepseek-r1:7b"), "stream": True,
+                            "messages": [{"role": "user", "content": PROMPT}]}
+    with requests.post(bridge.url + path, json=body, stream=True, timeout=30,
+                       headers={"X-Standin-Token-Delay": "1"}) as response:
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.strip())
+        if path.startswith("/v1"):  # the role chunk, then an empty frame
+            first = next(line for line in lines if line.strip())
+        assert b'"content":""' in first and models.in_flight == 1
+    wait_for(lambda: models.in_flight == 0 and models.closed_early == 1,
+             what="the upstream call to be hung up")
