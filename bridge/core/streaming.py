@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import gevent
-import gevent.event
+import greenlet
 
 from bridge.core.exchange import Frame, Response
 
@@ -147,21 +147,24 @@ class PacedReader:
     """Reads a stream's frames, each read waiting as long as it takes, or when asked for
     at most so long: the read then goes on in a greenlet of the reader's own, `TIMED_OUT`
     comes back, and the next call waits for that same read again. For a stage that has
-    something to say while the upstream is silent (the think filter's empty frames). A
-    read that need not be timed is a plain `next`: no greenlet, no timer; the greenlet
-    is made at the first timed read and waits between them.
+    something to say while the upstream is silent (the think filter's empty frames).
+
+    A read that need not be timed is a plain `next`: no greenlet, no timer. A timed read
+    switches straight to the reader's greenlet (made at the first one), which reads and
+    switches straight back: a frame that is there at once costs two switches and a timer,
+    never a turn of the event loop. Only a read that has to wait goes through the loop,
+    like any other wait.
 
     `close()` ends a read under way (before the frames it reads are closed)."""
 
-    __slots__ = ("_frames", "_helper", "_asked", "_answered", "_result", "_busy")
+    __slots__ = ("_frames", "_helper", "_waiter", "_result", "_busy")
 
     def __init__(self, frames: Iterator[Frame]):
         self._frames = frames
-        self._helper: Any = None
-        self._asked = gevent.event.Event()
-        self._answered = gevent.event.Event()
-        self._result: tuple[bool, Any] = (True, None)
-        self._busy = False  # the helper is reading (a read that timed out goes on)
+        self._helper: Any = None  # the greenlet that reads, parked between reads
+        self._waiter: Any = None  # the greenlet waiting for the read under way
+        self._result: tuple[bool, Any] | None = None  # a read's result nobody waited for
+        self._busy = False  # a read was asked for and not taken yet
 
     def read(self, timeout: float | None = None) -> Any:
         """The next frame, None at the end, or `TIMED_OUT` when `timeout` seconds (not
@@ -171,30 +174,58 @@ class PacedReader:
                 return next(self._frames, None)
             if timeout <= 0:
                 return TIMED_OUT
-            if self._helper is None:
-                self._helper = gevent.spawn(self._serve)
-            self._answered.clear()
             self._busy = True
-            self._asked.set()
-        if not self._answered.wait(timeout if timeout is None else max(timeout, 0.0)):
+            if self._helper is None:
+                self._helper = greenlet.greenlet(self._serve, parent=gevent.get_hub())
+            result = self._wait(self._helper.switch, timeout)
+        elif self._result is not None:
+            result, self._result = self._result, None
+        else:
+            result = self._wait(gevent.get_hub().switch, timeout)
+        if result is TIMED_OUT:
             return TIMED_OUT
         self._busy = False
-        ok, value = self._result
+        ok, value = result
         if not ok:
             raise value
         return value
 
+    def _wait(self, switch: Callable[[], Any], timeout: float | None) -> Any:
+        """`switch()` away until the reader hands a result over (or `TIMED_OUT`)."""
+        waiter = greenlet.getcurrent()
+        timer = None
+        if timeout is not None:
+            timer = gevent.get_hub().loop.timer(max(timeout, 0.0))
+            timer.start(waiter.switch, TIMED_OUT)
+        self._waiter = waiter
+        try:
+            return switch()
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.stop()
+                timer.close()
+
     def _serve(self) -> None:
+        """The reader's greenlet: one read each time it is switched to."""
         while True:
-            self._asked.wait()
-            self._asked.clear()
-            self._result = _read_one(self._frames)
-            self._answered.set()
+            result = _read_one(self._frames)
+            if not result[0] and isinstance(result[1], greenlet.GreenletExit):
+                return  # closed
+            waiter = self._waiter
+            if waiter is not None:
+                waiter.switch(result)  # back here when the next read is asked for
+            else:  # the waiter gave up waiting: kept for its next call
+                self._result = result
+                gevent.get_hub().switch()
 
     def close(self) -> None:
         helper, self._helper = self._helper, None
-        if helper is not None:
-            helper.kill()  # raised in a read under way: the frames close behind it
+        if helper is not None and not helper.dead:
+            # raised in the read under way (its frames close behind it), or where it is
+            # parked; then back here
+            helper.parent = greenlet.getcurrent()
+            helper.throw(greenlet.GreenletExit)
 
 
 def _read_one(frames: Iterator[Frame]) -> tuple[bool, Any]:
