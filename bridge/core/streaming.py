@@ -145,19 +145,20 @@ TIMED_OUT = object()  # what `PacedReader.read` returns when a timed read gives 
 
 class PacedReader:
     """Reads a stream's frames, each read waiting as long as it takes, or when asked for
-    at most so long: the read then goes on in a greenlet of the reader's own, `TIMED_OUT`
-    comes back, and the next call waits for that same read again. For a stage that has
-    something to say while the upstream is silent (the think filter's empty frames).
+    until a deadline (monotonic time): the read then goes on in a greenlet of the
+    reader's own, `TIMED_OUT` comes back, and the next call waits for that same read
+    again. For a stage that has something to say while the upstream is silent (the think
+    filter's empty frames).
 
-    A read that need not be timed is a plain `next`: no greenlet, no timer. A timed read
+    A read without a deadline is a plain `next`: no greenlet, no timer. A read with one
     switches straight to the reader's greenlet (made at the first one), which reads and
-    switches straight back: a frame that is there at once costs two switches and a timer,
-    never a turn of the event loop. Only a read that has to wait goes through the loop,
-    like any other wait.
+    switches straight back: a frame that is there at once costs two switches, never a
+    turn of the event loop. The deadline's timer is set once per deadline, not per read.
 
     `close()` ends a read under way (before the frames it reads are closed)."""
 
-    __slots__ = ("_frames", "_helper", "_waiter", "_result", "_busy")
+    __slots__ = ("_frames", "_helper", "_waiter", "_result", "_busy", "_timer", "_deadline",
+                 "_expired")
 
     def __init__(self, frames: Iterator[Frame]):
         self._frames = frames
@@ -165,23 +166,30 @@ class PacedReader:
         self._waiter: Any = None  # the greenlet waiting for the read under way
         self._result: tuple[bool, Any] | None = None  # a read's result nobody waited for
         self._busy = False  # a read was asked for and not taken yet
+        self._timer: Any = None
+        self._deadline: float | None = None  # what the timer is set for
+        self._expired = False  # ...and it has passed
 
-    def read(self, timeout: float | None = None) -> Any:
-        """The next frame, None at the end, or `TIMED_OUT` when `timeout` seconds (not
-        None) passed first."""
-        if not self._busy:
-            if timeout is None:
+    def read(self, deadline: float | None = None) -> Any:
+        """The next frame, None at the end, or `TIMED_OUT` once `deadline` (not None)
+        has passed."""
+        if deadline is None:
+            self._disarm()
+            if not self._busy:
                 return next(self._frames, None)
-            if timeout <= 0:
-                return TIMED_OUT
+        elif deadline != self._deadline:
+            self._arm(deadline)
+        if self._expired:
+            return TIMED_OUT
+        if not self._busy:
             self._busy = True
             if self._helper is None:
                 self._helper = greenlet.greenlet(self._serve, parent=gevent.get_hub())
-            result = self._wait(self._helper.switch, timeout)
+            result = self._wait(self._helper.switch)
         elif self._result is not None:
             result, self._result = self._result, None
         else:
-            result = self._wait(gevent.get_hub().switch, timeout)
+            result = self._wait(gevent.get_hub().switch)
         if result is TIMED_OUT:
             return TIMED_OUT
         self._busy = False
@@ -190,21 +198,33 @@ class PacedReader:
             raise value
         return value
 
-    def _wait(self, switch: Callable[[], Any], timeout: float | None) -> Any:
+    def _arm(self, deadline: float) -> None:
+        self._disarm()
+        self._deadline = deadline
+        self._timer = gevent.get_hub().loop.timer(max(deadline - time.monotonic(), 0.0))
+        self._timer.start(self._expire)
+
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        self._deadline, self._expired = None, False
+        if timer is not None:
+            timer.stop()
+            timer.close()
+
+    def _expire(self) -> None:
+        """The deadline passed (the event loop calls it): wakes a read waiting for it."""
+        self._expired = True
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.switch(TIMED_OUT)
+
+    def _wait(self, switch: Callable[[], Any]) -> Any:
         """`switch()` away until the reader hands a result over (or `TIMED_OUT`)."""
-        waiter = greenlet.getcurrent()
-        timer = None
-        if timeout is not None:
-            timer = gevent.get_hub().loop.timer(max(timeout, 0.0))
-            timer.start(waiter.switch, TIMED_OUT)
-        self._waiter = waiter
+        self._waiter = greenlet.getcurrent()
         try:
             return switch()
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.stop()
-                timer.close()
 
     def _serve(self) -> None:
         """The reader's greenlet: one read each time it is switched to."""
@@ -220,6 +240,7 @@ class PacedReader:
                 gevent.get_hub().switch()
 
     def close(self) -> None:
+        self._disarm()
         helper, self._helper = self._helper, None
         if helper is not None and not helper.dead:
             # raised in the read under way (its frames close behind it), or where it is

@@ -728,20 +728,20 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
     reader = streaming.PacedReader(frames) if heartbeat else None
     hiding = False  # the last frame went nowhere, or text is held back
     sent = False  # anything went out (the headers with it)
-    sent_at = 0.0  # when the last frame went out (monotonic), while hiding
+    due = 0.0  # when an empty frame is due (monotonic), while hiding
     more = False  # the last frame read has more of its read after it
     try:
         while True:
             if reader is None:
                 frame = next(frames, None)
             elif hiding and not more:
-                frame = reader.read(sent_at + heartbeat - time.monotonic())
+                frame = reader.read(due)
                 if frame is streaming.TIMED_OUT:
                     event = cleaner.empty_event()
                     if event is not None:
                         sent = True
                         yield Frame.of(event)
-                    sent_at = time.monotonic()
+                    due = time.monotonic() + heartbeat
                     continue
             else:
                 frame = reader.read()
@@ -759,8 +759,8 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
                 outs = _cleaned(cleaner, frame)
                 passing, sink = cleaner.passing, cleaner.reasoning_sink()
                 hiding = not outs or cleaner.holding
-            if hiding and not was_hiding:
-                sent_at = time.monotonic()  # counted from the first frame hidden
+            if hiding and not was_hiding and heartbeat:
+                due = time.monotonic() + heartbeat  # counted from the first frame hidden
             for out in outs:
                 if held is not None:
                     held.more = True  # `out` follows it at once
@@ -771,8 +771,8 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
                 sent = True
                 yield held
                 held = None
-                if hiding:
-                    sent_at = time.monotonic()
+                if hiding and heartbeat:
+                    due = time.monotonic() + heartbeat
             elif hiding and not sent and reader is not None and held is None:
                 sent = True
                 yield streaming.flush()  # the headers now, not with the answer
