@@ -174,9 +174,9 @@ class PacedReader:
         """The next frame, None at the end, or `TIMED_OUT` once `deadline` (not None)
         has passed."""
         if deadline is None:
-            self._disarm()
             if not self._busy:
                 return next(self._frames, None)
+            self._disarm()
         elif deadline != self._deadline:
             self._arm(deadline)
         if self._expired:

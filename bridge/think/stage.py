@@ -732,9 +732,7 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
     more = False  # the last frame read has more of its read after it
     try:
         while True:
-            if reader is None:
-                frame = next(frames, None)
-            elif hiding and not more:
+            if hiding and not more and reader is not None:
                 frame = reader.read(due)
                 if frame is streaming.TIMED_OUT:
                     event = cleaner.empty_event()
@@ -743,24 +741,25 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
                         yield Frame.of(event)
                     due = time.monotonic() + heartbeat
                     continue
-            else:
-                frame = reader.read()
+            else:  # never while a read timed out: the filter is still hiding then
+                frame = next(frames, None)
             if frame is None:
                 break
             more = frame.more
-            was_hiding = hiding
             plain = (passing or sink is not None) and not _may_hold_tag(frame.raw)
             if plain and passing:
                 outs: Any = (frame,)  # the hot path: nothing to change, not even parsed
                 hiding = False
-            elif plain and sink is not None and cleaner.swallow(sink, frame):
-                outs, hiding = (), True  # reasoning dropped, not parsed either
             else:
-                outs = _cleaned(cleaner, frame)
-                passing, sink = cleaner.passing, cleaner.reasoning_sink()
-                hiding = not outs or cleaner.holding
-            if hiding and not was_hiding and heartbeat:
-                due = time.monotonic() + heartbeat  # counted from the first frame hidden
+                if plain and sink is not None and cleaner.swallow(sink, frame):
+                    outs = ()  # reasoning dropped, not parsed either
+                else:
+                    outs = _cleaned(cleaner, frame)
+                    passing, sink = cleaner.passing, cleaner.reasoning_sink()
+                if (not outs or cleaner.holding) != hiding:
+                    hiding = not hiding
+                    if hiding and heartbeat:  # counted from the first frame hidden
+                        due = time.monotonic() + heartbeat
             for out in outs:
                 if held is not None:
                     held.more = True  # `out` follows it at once
