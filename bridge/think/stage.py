@@ -367,7 +367,7 @@ class ThinkCleaner:
         kept = None if entries is None else []
         if entries:
             # those of the reasoning in a field come first; kept only where it is
-            n = len(entries) if not has_text else _covering(entries, field_chars)
+            n = _covering(entries, field_chars) if has_text else len(entries) * bool(field_chars)
             if self.keep_reasoning:
                 kept += entries[:n]
             entries = entries[n:]
