@@ -97,7 +97,7 @@ class ThinkFilter:
     `spans` lists where the answer text handed out came from: (start, end) offsets in
     all the text fed so far, in order (the answer is the input with parts left out,
     never reordered); the caller empties it as it reads it (what the logprobs of each
-    token follow). Everything before `chars_in - pending` is decided.
+    token follow). What comes before offset `decided` will not be handed out any more.
     """
 
     __slots__ = (
@@ -137,6 +137,13 @@ class ThinkFilter:
     def pending(self) -> int:
         """Characters fed but not yet emitted as answer or reasoning."""
         return len(self._carry) + sum(map(len, self._held))
+
+    @property
+    def decided(self) -> int:
+        """The input offset up to which all is decided: what is held, carried, or the
+        `<think>` of a block opened after answer text (answer again if it stays open)
+        comes after it."""
+        return self.chars_in - self.pending - (len(OPEN) if self._state == _MID else 0)
 
     @property
     def passing(self) -> bool:

@@ -175,11 +175,13 @@ class _Choice:
         return self.filter.feed(text)
 
     def queue(self, entries: list[Any], length: int, whole: bool) -> None:
-        """Note the logprobs `entries` of the next `length` characters to be fed: one
-        per token of a whole text, or all of a stream chunk's for its text."""
+        """Note the logprobs `entries` of the next `length` characters to be fed: each
+        for its token's characters (a whole text, or a chunk whose tokens make its text),
+        else each for the whole chunk."""
         at = self.filter.chars_in if self.filter is not None else 0
+        per_token = whole or sum(map(_token_length, entries)) == length
         for entry in entries:
-            if whole:
+            if per_token:
                 size = _token_length(entry)
                 self.entries.append((at, at + size, entry))
                 at += size
@@ -196,14 +198,14 @@ class _Choice:
             f.spans.clear()
         if not entries:
             return []
-        decided = f.chars_in - f.pending if f is not None and not ended else float("inf")
+        decided = f.decided if f is not None and not ended else float("inf")
         kept = []
         while entries:
             start, end, entry = entries[0]
             while spans and spans[0][1] <= start:
                 spans.popleft()
-            if spans and spans[0][0] < end:  # some of its text went out as answer
-                kept.append(entry)
+            if start == end or (spans and spans[0][0] < end):
+                kept.append(entry)  # no text (kept), or some of it went out as answer
             elif end > decided:
                 break  # its text is held: it waits with it
             entries.popleft()
@@ -371,8 +373,11 @@ class ThinkCleaner:
             if self.keep_reasoning:
                 kept += entries[:n]
             entries = entries[n:]
-            if not has_text:  # no text of their own (a tool call, say): they go as they are
-                kept += entries
+            if not has_text and entries:  # no text of their own (a tool call, say): kept,
+                if c.entries:  # after those waiting for their text to be decided
+                    c.queue(entries, 0, False)
+                else:
+                    kept += entries
         answer = ""
         if has_text:
             if entries:

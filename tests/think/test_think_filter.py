@@ -469,3 +469,46 @@ def test_the_last_frame_sent_of_one_upstream_read_is_unmarked():
     # Hello (more follows in its read), " there" (the rest of its read is dropped: last)
     assert marks[:2] == [True, False]
     assert marks[-1] is False
+
+
+def _entry(i: int, token: str) -> dict:
+    return {"token": token, "logprob": -1.0 - i}
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked(), st.booleans())
+def test_logprobs_of_a_stream_are_those_of_its_whole_body(case, starts_inside):
+    # One token per chunk, as Ollama streams: the entries kept are those of the tokens
+    # with answer text, the same ones streamed (each with the chunk that sends its first
+    # answer character) as in the whole body, in order.
+    text, pieces = case
+    assume(starts_inside or not proves_inside(text))
+    events = [{**chat_chunk({"content": p}),
+               "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None,
+                            "logprobs": {"content": [_entry(i, p)]}}]}
+              for i, p in enumerate(pieces)]
+    events = [chat_chunk({"role": "assistant", "content": ""}), *events,
+              chat_chunk({}, "stop"), "[DONE]"]
+    out = run_stream(ThinkCleaner(CHAT, starts_inside), events)
+    streamed = [entry for e in out if isinstance(e, dict) for c in e["choices"]
+                for entry in (c.get("logprobs") or {}).get("content") or []]
+    body = {"choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text},
+                         "logprobs": {"content": [_entry(i, p) for i, p in enumerate(pieces)]}}]}
+    cleaned = (ThinkCleaner(CHAT, starts_inside).body(body) or body)["choices"][0]
+    assert streamed == (cleaned.get("logprobs") or {}).get("content", [])
+    if cleaned["message"]["content"] == text:  # nothing removed: every entry kept
+        assert streamed == [_entry(i, p) for i, p in enumerate(pieces)]
+
+
+def test_logprobs_of_a_chunk_of_several_tokens_follow_each_token():
+    cleaner = ThinkCleaner(API_CHAT, starts_inside=True)
+    tokens = ["Okay", "</think>", "\n\n", "Hi", "!"]
+    out = run_stream(cleaner, [
+        {"model": "m", "message": {"role": "assistant", "content": "".join(tokens[:4])},
+         "done": False, "logprobs": [_entry(i, t) for i, t in enumerate(tokens[:4])]},
+        {"model": "m", "message": {"role": "assistant", "content": "!"}, "done": False,
+         "logprobs": [_entry(4, "!")]},
+        {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}])
+    assert [(e["message"]["content"], [x["token"] for x in e.get("logprobs", [])])
+            for e in out] == [("Hi", ["Hi"]), ("!", ["!"]), ("", [])]
