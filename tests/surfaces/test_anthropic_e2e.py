@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anthropic
 import pytest
 import requests
-from helpers import keys_command, show_upstream_is_open
+from helpers import http_request, keys_command, raw_http, show_upstream_is_open
 
 from bridge.ollama_standin import Fault
 from bridge.ollama_standin.wire import answer_text, reasoning_text
@@ -317,3 +317,33 @@ def test_tool_use_then_a_tool_result_turn(cached, standin):
     sent = standin.requests[-1].json()["messages"]
     assert sent[1]["tool_calls"][0]["id"] == call.id
     assert sent[2] == {"role": "tool", "content": "Sunny, 22°C", "tool_call_id": call.id}
+
+
+REFUSING_SCRIPT = """
+function HandleServerRequest(request)
+    if request.body:find("forbidden topic", 1, true) then
+        return false, {status_code = 403, headers = {["content-type"] = "application/json"},
+                       body = '{"error": "that topic is not allowed here"}'}
+    end
+    return true, request
+end
+function HandleServerResponse(response) return response end
+"""
+
+
+def test_lua_refusals_and_slow_bodies_answer_in_anthropics_shape(make_bridge, standin,
+                                                                tmp_path):
+    script = tmp_path / "refuse.lua"
+    script.write_text(REFUSING_SCRIPT)
+    guarded = make_bridge("--enable-luajit", "--luajit-script", str(script),
+                          "--body-read-timeout", "1000", workers=1)
+    refused = post(guarded, ask("a forbidden topic"))
+    assert refused.status_code == 403 and refused.json() == {"type": "error", "error": {
+        "type": "permission_error", "message": "that topic is not allowed here"}}
+    assert post(guarded, ask(question())).status_code == 200
+    slow = http_request("/v1/messages", b'{"model":"qwen2.5",', close=False)[:-19] \
+        .replace(b"Content-Length: 19", b"Content-Length: 500")
+    status, body = raw_http(guarded.url, slow, timeout=30)
+    assert status == 408
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert "--body-read-timeout" in json.loads(body)["error"]["message"]
