@@ -234,19 +234,15 @@ def test_limits_of_the_bridge_answer_in_anthropics_shape(make_bridge, standin):
 
 def test_admission_refusal_is_an_overloaded_error(make_bridge, standin):
     busy = make_bridge("--max-concurrency", "1", "--max-queue", "0", workers=1)
-    slow = {"x-standin-first-token-delay": "30"}
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(post, busy, ask(question(), stream=True), slow, stream=True)
-        wait_in_flight(standin)
+    slow = {"x-standin-token-delay": "5"}  # a stream that holds the only slot a while
+    held = post(busy, ask(question(), stream=True, model="qwen2.5"), slow, stream=True)
+    try:
+        assert held.status_code == 200
         refused = post(busy, ask(question()))
         assert refused.status_code == 503
         assert refused.json()["error"]["type"] == "overloaded_error"
-        held.result().close()
-
-
-def wait_in_flight(standin) -> None:
-    wait_for(lambda: standin.stats(with_requests=False)["in_flight"] >= 1, timeout=30,
-             what="the held request at the stand-in")
+    finally:
+        held.close()
 
 
 @pytest.fixture(scope="module")
