@@ -31,7 +31,7 @@ OPENAI, OLLAMA = "openai", "ollama"
 EMBEDDING_ENDPOINTS = frozenset({"embeddings", "embed"})
 ID_PREFIXES = {"chat": "chatcmpl-", "completions": "cmpl-"}
 TEXT_FIELDS = {"chat": "content", "completions": "text", "generate": "response"}
-_WORDS = re.compile(r"\S+\s*|\s+")
+_WORDS = re.compile(r"\s*\S+|\s+")
 
 BODY_CONTENT_TYPES = {OPENAI: "application/json", OLLAMA: "application/json; charset=utf-8"}
 
@@ -289,7 +289,8 @@ def assemble(surface: str, endpoint: str, frames: Iterable[Frame]) -> dict[str, 
 
 
 def words(text: str) -> list[str]:
-    """Text cut at word boundaries, each piece keeping its trailing whitespace."""
+    """Text cut at word boundaries, each piece with the whitespace before it (as a
+    model's tokens are: `" the"`)."""
     return _WORDS.findall(text)
 
 
