@@ -6,44 +6,34 @@ about it gets the server's default; a tool loop's reasoning goes back upstream. 
 gunicorn and the stand-in, with the `openai` SDK and the `ollama` client.
 """
 
+# ruff: noqa: F811 - the filter's tests' fixtures, imported, are the tests' arguments
+
 from __future__ import annotations
 
 import json
 import uuid
-from typing import Iterator
 
-import ollama
 import openai
 import pytest
 import requests
 from helpers import show_upstream_is_open
+from test_think_filter_e2e import (  # noqa: F401 - the bridges and clients of the filter's tests
+    ANSWER,
+    PROMPT,
+    REASONING,
+    _bridge,
+    _close_clients,
+    filtering,
+    keeping,
+    native,
+    oai,
+)
 
-from bridge.serve.processes import Process, start_bridge
-
-PROMPT = "Why is the sky blue?"
-ANSWER = f"Echo: {PROMPT}"
-REASONING = "Okay, the user asks about Why is the sky blue?. Let me think.\nI will echo it back."
 # (stand-in think mode, model): reasoning in a field, in tags, with only the closing tag
 CASES = [("field", "qwen3"), ("tags", "qwen2.5"), ("tags-no-open", "deepseek-r1:7b")]
 # the ways a /v1 client asks for reasoning
 V1_ASKS = [{"reasoning_effort": "high"}, {"reasoning_effort": "low"},
            {"extra_body": {"reasoning": {"effort": "high"}}}]
-
-
-def _bridge(standin_server, tmp_path_factory, *flags: str) -> Iterator[Process]:
-    with start_bridge(*flags, upstream=standin_server.url, workers=1,
-                      log_dir=tmp_path_factory.mktemp("bridge")) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def filtering(standin_server, tmp_path_factory):
-    yield from _bridge(standin_server, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def keeping(standin_server, tmp_path_factory):
-    yield from _bridge(standin_server, tmp_path_factory, "--keep-reasoning")
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +43,6 @@ def cached(standin_server, tmp_path_factory):
                            cache_dir):
         show_upstream_is_open(process)
         yield process
-
-
-_clients: list = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    # An idle keep-alive connection holds a gevent worker at shutdown: hang up after each test.
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def oai(bridge: Process, think: str = "auto") -> openai.OpenAI:
-    client = openai.OpenAI(base_url=bridge.url + "/v1", api_key="sk-xxx", max_retries=0,
-                           default_headers={"X-Standin-Think": think})
-    _clients.append(client)
-    return client
-
-
-def native(bridge: Process, think: str = "auto") -> ollama.Client:
-    client = ollama.Client(host=bridge.url, headers={"X-Standin-Think": think})
-    _clients.append(client)
-    return client
 
 
 def extra(holder, name: str) -> str | None:
@@ -152,9 +118,9 @@ def test_api_generate_asking_for_reasoning_gets_thinking(filtering, standin, thi
 def test_a_silent_request_gets_the_servers_default(filtering, keeping, standin):
     assert v1_stream(oai(filtering, "tags"), "qwen2.5") == (ANSWER, "", "")
     assert v1_stream(oai(keeping, "tags"), "qwen2.5") == (ANSWER, REASONING, REASONING)
-    assert native(filtering).chat(model="qwen3", messages=[
+    assert native(filtering, "auto").chat(model="qwen3", messages=[
         {"role": "user", "content": PROMPT}], stream=False).message.thinking is None
-    assert native(keeping).generate(model="qwen3", prompt=PROMPT).thinking == REASONING
+    assert native(keeping, "auto").generate(model="qwen3", prompt=PROMPT).thinking == REASONING
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -163,14 +129,16 @@ def test_a_request_that_switches_reasoning_off_outranks_the_servers_default(keep
     # qwen3 with thinking off writes its reasoning in tags into the content (the stand-in
     # does as Ollama): the client said it wants none, so it gets none
     messages = [{"role": "user", "content": PROMPT}]
-    parts = native(keeping).chat(model="qwen3", messages=messages, think=False, stream=stream)
+    parts = native(keeping, "auto").chat(model="qwen3", messages=messages, think=False,
+                                         stream=stream)
     for part in parts if stream else [parts]:
         assert not part.message.thinking
         assert "think>" not in part.message.content and "Okay" not in part.message.content
     if stream:
-        assert v1_stream(oai(keeping), "qwen3", reasoning_effort="none") == (ANSWER, "", "")
+        assert v1_stream(oai(keeping, "auto"), "qwen3",
+                         reasoning_effort="none") == (ANSWER, "", "")
     else:
-        assert v1_whole(oai(keeping), "qwen3", reasoning_effort="none").model_extra == {}
+        assert v1_whole(oai(keeping, "auto"), "qwen3", reasoning_effort="none").model_extra == {}
 
 
 def test_asking_or_not_never_gets_the_others_cached_answer(cached, standin):
@@ -226,7 +194,7 @@ def sent_messages(standin) -> list[dict]:
 def test_v1_tool_loop_reasoning_is_forwarded(filtering, standin, stream):
     history = tool_loop("reasoning", '{"city":"Paris"}')
     history[3]["reasoning_content"] = history[3]["reasoning"]
-    response = oai(filtering).chat.completions.create(model="qwen3", messages=history,
+    response = oai(filtering, "auto").chat.completions.create(model="qwen3", messages=history,
                                                       stream=stream)
     if stream:
         list(response)  # read to its end
@@ -239,7 +207,7 @@ def test_v1_tool_loop_reasoning_is_forwarded(filtering, standin, stream):
 @pytest.mark.parametrize("stream", [False, True])
 def test_api_chat_tool_loop_thinking_is_forwarded(filtering, standin, stream):
     history = tool_loop("thinking", {"city": "Paris"})
-    response = native(filtering).chat(model="qwen3", messages=history, stream=stream)
+    response = native(filtering, "auto").chat(model="qwen3", messages=history, stream=stream)
     if stream:
         list(response)  # read to its end
     sent = sent_messages(standin)
