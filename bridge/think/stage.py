@@ -240,7 +240,8 @@ class ThinkCleaner:
                     new = dict(holder)
                 value = new.pop(key)
                 if isinstance(value, str) and value and value not in reasoning:
-                    # (the same text in two fields, as a bridge in front sends it: once)
+                    # the same text in two fields (as this bridge delivers it, to a
+                    # client that may be another bridge) counts once
                     c.saw_field = True
                     c.field_chars += len(value)
                     reasoning.append(value)
