@@ -81,16 +81,6 @@ def cached(standin_server, tmp_path_factory):
         yield process
 
 
-@pytest.fixture(scope="module")
-def keeping(standin_server, tmp_path_factory):
-    """A bridge that hands reasoning over (`--keep-reasoning`): thinking blocks."""
-    with start_bridge("--enable-cache", "--cache-dir", str(tmp_path_factory.mktemp("cache")),
-                      "--keep-reasoning", upstream=standin_server.url, workers=2,
-                      log_dir=tmp_path_factory.mktemp("bridge")) as process:
-        show_upstream_is_open(process, MODEL)
-        yield process
-
-
 def test_create_answers_the_text_without_think_tags(cached, standin):
     q = question()
     raw = client(cached).messages.with_raw_response.create(**ask(q), extra_headers=TAGS)
@@ -144,17 +134,22 @@ def test_a_stream_and_a_whole_request_hit_each_others_entry_with_fresh_ids(cache
 
 def test_thinking_is_left_out_unless_the_request_enables_it(cached, standin):
     q = question()
-    message = client(cached).messages.create(**ask(q))  # reasoning in Ollama's field
+    sdk = client(cached)
+    message = sdk.messages.create(**ask(q))  # silent: reasoning in Ollama's field, removed
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text == expected(q)
     assert "think" not in standin.requests[-1].json()
+    off = sdk.messages.create(**ask(q, thinking={"type": "disabled"}), extra_headers=TAGS)
+    assert [block.type for block in off.content] == ["text"]
+    assert off.content[0].text == expected(q)  # the tags the model wrote, taken out
+    assert standin.requests[-1].json()["think"] is False
 
 
 @pytest.mark.parametrize("stream_first", [False, True])
-def test_thinking_enabled_gives_a_thinking_block_then_the_text(keeping, standin,
+def test_thinking_enabled_gives_a_thinking_block_then_the_text(cached, standin,
                                                                stream_first):
     q = question()
-    sdk = client(keeping)
+    sdk = client(cached)
     thinking = {"type": "enabled", "budget_tokens": 1024}
 
     def whole():
