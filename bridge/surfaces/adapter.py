@@ -78,3 +78,8 @@ class Surface:
     def error(self, status: int, message: str) -> dict[str, Any]:
         """The body of an error with this HTTP status, in the client's shape."""
         raise NotImplementedError
+
+    def relaxed(self, call: Call, status: int, message: str) -> dict[str, Any] | None:
+        """The native request to send once more instead of `call.native`, which the
+        native chat refused with `status` and `message`; None: the refusal stands."""
+        return None

@@ -364,3 +364,19 @@ def test_metrics_the_access_log_and_the_console_name_the_api(make_bridge, standi
                         surface="anthropic") == 1
     lines = [line for line in plain.log().splitlines() if '"POST /v1/messages"' in line]
     assert len(lines) == 2 and all("api=anthropic" in line for line in lines)
+
+
+def test_a_model_that_cannot_think_answers_without_thinking(make_bridge, standin):
+    """As Ollama relaxes it on this API: Claude Code asks every model for an effort."""
+    single = make_bridge(workers=1)
+    sdk = client(single)
+    for asked in ({"thinking": {"type": "enabled", "budget_tokens": 1024}},
+                  {"extra_body": {"output_config": {"effort": "high"}}}):
+        q = question()
+        message = sdk.messages.create(model="qwen2.5", max_tokens=100,
+                                      messages=[{"role": "user", "content": q}], **asked)
+        assert [block.type for block in message.content] == ["text"]
+        assert message.content[0].text == answer_text(q, 1)
+    sent = [request.json() for request in standin.requests if request.path == "/api/chat"]
+    # refused once with `think`, then asked without it, and from then on at once
+    assert [request.get("think") for request in sent] == [True, None, None]
