@@ -129,6 +129,9 @@ def test_a_stream_and_a_whole_request_hit_each_others_entry_with_fresh_ids(cache
     assert {raw.parse().content[0].text for raw in again} == {expected(q)}
     with sdk.messages.stream(**ask(q), extra_headers=TAGS) as stream:
         assert stream.get_final_message().content[0].text == expected(q)
+    streams = [sse_events(post(cached, ask(q, stream=True), TAGS)) for _ in range(3)]
+    assert len({events[0][1]["message"]["id"] for events in streams} | ids) == 8
+    assert {streamed_text(events) for events in streams} == {expected(q)}
     assert standin.count("/api/chat") == calls  # no upstream call for any of them
 
 
