@@ -22,9 +22,11 @@ run: $(VENV)/.installed
 # Claude Code (npm), for the test that drives it against the bridge: installed into a
 # project-local, git-ignored directory, never globally.
 CLAUDE_CODE_DIR := .tools/claude-code
+# the version its test was written against
+CLAUDE_CODE_VERSION ?= 2.1.197
 claude-code: $(CLAUDE_CODE_DIR)/node_modules/.bin/claude
 $(CLAUDE_CODE_DIR)/node_modules/.bin/claude:
-	npm install --silent --no-audit --no-fund --prefix $(CLAUDE_CODE_DIR) @anthropic-ai/claude-code
+	npm install --silent --no-audit --no-fund --prefix $(CLAUDE_CODE_DIR) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 3 --dist loadfile tests
