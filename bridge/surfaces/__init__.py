@@ -1,0 +1,1 @@
+"""The client APIs the bridge translates to and from its native wire."""
