@@ -16,13 +16,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import secrets
 import time
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from bridge.core.errors import BadRequest
+from bridge.core.exchange import Frame
+from bridge.surfaces.adapter import Call, Surface, Translator, new_id
 
 NAME = "responses"
+PREVIOUS = "previous_response_id"
 
 # reasoning.effort -> native `think` (`thinkFromReasoningEffort`)
 EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -30,12 +33,6 @@ EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "mediu
 _IMAGE_PREFIXES = tuple(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp"))
 
 Event = tuple[str, dict]  # (event name, its data)
-
-
-def new_id(prefix: str) -> str:
-    """A fresh id (`resp_…`, `msg_…`, `rs_…`, `fc_…`, `call_…`): unguessable, since a
-    response id names a stored conversation (`previous_response_id`)."""
-    return f"{prefix}_{secrets.token_hex(16)}"
 
 
 # ------------------------------------------------------------------ the request
@@ -66,16 +63,16 @@ def input_items(request: dict) -> list:
 def expand(request: dict, previous: dict) -> dict:
     """The request with `previous_response_id` replaced by the conversation it names
     (`previous`: the record of that response, its input and output items)."""
-    expanded = {name: value for name, value in request.items()
-                if name != "previous_response_id"}
+    expanded = {name: value for name, value in request.items() if name != PREVIOUS}
     expanded["input"] = [*previous.get("input", []), *previous.get("output", []),
                          *input_items(request)]
     return expanded
 
 
-def to_chat(request: dict) -> dict:
+def to_chat(request: dict, allow_empty: bool = False) -> dict:
     """The native `/api/chat` request for a Responses request (`FromResponsesRequest`);
-    a `BadRequest` naming the field for what cannot be expressed."""
+    a `BadRequest` naming the field for what cannot be expressed. `allow_empty`: the
+    input may be empty (it continues a previous response, added later)."""
     model = request.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required (a string)", param="model")
@@ -84,7 +81,7 @@ def to_chat(request: dict) -> dict:
     if instructions:
         messages.append({"role": "system", "content": instructions})
     messages.extend(_messages(input_items(request)))
-    if not any(message["role"] != "system" for message in messages):
+    if not allow_empty and not any(message["role"] != "system" for message in messages):
         raise BadRequest("'input' is required: a string or a non-empty array of items",
                          param="input")
     chat: dict[str, Any] = {"model": model, "messages": messages}
@@ -367,23 +364,27 @@ def _reasoning_item(item_id: str, thinking: str) -> dict:
             "encrypted_content": thinking}
 
 
-def _call_item(item_id: str, call: dict, status: str = "completed",
-               arguments: str | None = None) -> dict:
+def _call_item(item_id: str, call: dict, call_id: str, arguments: str) -> dict:
     function = call.get("function") or {}
-    return {"id": item_id, "type": "function_call", "status": status,
-            "call_id": call.get("id") or new_id("call"), "name": function.get("name", ""),
-            "arguments": _arguments(call) if arguments is None else arguments}
+    return {"id": item_id, "type": "function_call", "status": "completed", "call_id": call_id,
+            "name": function.get("name", ""), "arguments": arguments}
 
 
 class Writer:
     """One response to a Responses request: its ids, and its translation from the native
     answer, whole (`body`) or chunk by chunk (`events`, `ResponsesStreamConverter`).
-    `output` holds the output items once the answer is complete."""
 
-    def __init__(self, request: dict):
+    Every id it makes is added to `ids` (a replay of the answer as sent gets fresh ones
+    in their place); `on_final(response id, output items)` is called once the answer is
+    complete."""
+
+    def __init__(self, request: dict, ids: list[str] | None = None,
+                 on_final: Callable[[str, list[dict]], None] | None = None):
         self.request = request
-        self.response_id = new_id("resp")
-        self.item_id = new_id("msg")
+        self.ids = ids if ids is not None else []
+        self.on_final = on_final
+        self.response_id = self.new_id("resp")
+        self.item_id = self.new_id("msg")
         self.created_at = int(time.time())
         self.output: list[dict] | None = None
         # the stream's state
@@ -395,6 +396,11 @@ class Writer:
         self._thinking: str | None = None
         self._reasoning_id = ""
         self._calls_sent = False
+
+    def new_id(self, prefix: str) -> str:
+        ident = new_id(prefix)
+        self.ids.append(ident)
+        return ident
 
     # --- the response object
 
@@ -451,6 +457,8 @@ class Writer:
 
     def _final(self, output: list, native: dict) -> dict:
         self.output = output
+        if self.on_final is not None:
+            self.on_final(self.response_id, output)
         status, details = "completed", None
         if native.get("done_reason") == "length":
             status, details = "incomplete", {"reason": "max_output_tokens"}
@@ -463,13 +471,17 @@ class Writer:
         message = native.get("message") or {}
         output: list[dict] = []
         if message.get("thinking"):
-            output.append(_reasoning_item(new_id("rs"), message["thinking"]))
+            output.append(_reasoning_item(self.new_id("rs"), message["thinking"]))
         calls = message.get("tool_calls") or []
         if calls:
-            output.extend(_call_item(new_id("fc"), call) for call in calls)
+            output.extend(self._call_item(call) for call in calls)
         else:
             output.append(_message_item(self.item_id, message.get("content") or ""))
         return self._final(output, native)
+
+    def _call_item(self, call: dict) -> dict:
+        return _call_item(self.new_id("fc"), call, call.get("id") or self.new_id("call"),
+                          _arguments(call))
 
     # --- the stream
 
@@ -504,7 +516,7 @@ class Writer:
     def _reason(self, thinking: str) -> list[Event]:
         events = []
         if self._thinking is None:
-            self._thinking, self._reasoning_id = "", new_id("rs")
+            self._thinking, self._reasoning_id = "", self.new_id("rs")
             events.append(self._event("response.output_item.added", {
                 "output_index": self._index,
                 "item": {"id": self._reasoning_id, "type": "reasoning", "summary": []}}))
@@ -532,8 +544,8 @@ class Writer:
     def _calls(self, calls: list[dict]) -> list[Event]:
         events = []
         for call in calls:
-            arguments = _arguments(call)
-            item = _call_item(new_id("fc"), call, arguments=arguments)
+            item = self._call_item(call)
+            arguments = item["arguments"]
             self._completed.append(item)
             index = self._index
             events += [
@@ -596,8 +608,92 @@ class Writer:
         return events
 
 
-def sse(events: list[Event]) -> Iterator[bytes]:
-    """The events as Server-Sent Events (`event: …` and `data: …` lines)."""
-    for name, data in events:
-        yield b"event: " + name.encode() + b"\ndata: " + json.dumps(
-            data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+def _frames(events: list[Event]) -> list[Frame]:
+    return [Frame.of(data, event=name) for name, data in events]
+
+
+# OpenAI's error types by status
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 408: "invalid_request_error",
+                409: "invalid_request_error", 413: "invalid_request_error",
+                429: "rate_limit_error"}
+
+
+@dataclass
+class ResponsesCall(Call):
+    """A Responses request as translated: the client's request, the input items of the
+    whole conversation (a `previous_response_id` expanded), and its answer's writer."""
+
+    request: dict[str, Any] = field(default_factory=dict)
+    conversation: list = field(default_factory=list)
+    writer: Writer | None = None
+    # set where records are kept: remember(response id, record) once the answer is whole
+    remember: Callable[[str, dict], None] | None = None
+
+    def finished(self, response_id: str, output: list[dict]) -> None:
+        if self.remember is not None:
+            self.remember(response_id, {"input": self.conversation, "output": output})
+
+
+class _Stream(Translator):
+    def __init__(self, writer: Writer):
+        self.writer = writer
+
+    def frame(self, native: dict[str, Any]) -> list[Frame]:
+        return _frames(self.writer.events(native))
+
+    def failed(self, status: int, message: str) -> list[Frame]:
+        return _frames(self.writer.failed(message, "server_error"))
+
+
+class Responses(Surface):
+    """`POST /v1/responses`."""
+
+    name = NAME
+    routes = (("POST", "/v1/responses"),)
+
+    def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> ResponsesCall:
+        previous = self.recall_name(payload)
+        native = to_chat(payload, allow_empty=previous is not None)
+        call = ResponsesCall(native=native, model=native["model"], stream=native["stream"],
+                             request=payload, conversation=input_items(payload))
+        call.writer = Writer(payload, call.ids, call.finished)
+        return call
+
+    @staticmethod
+    def recall_name(payload: dict[str, Any]) -> str | None:
+        previous = payload.get("previous_response_id")
+        if previous is None:
+            return None
+        if not isinstance(previous, str) or not previous:
+            raise BadRequest("'previous_response_id' must be a response id (a string)",
+                             param=PREVIOUS)
+        return previous
+
+    def recall(self, call: Call) -> str | None:
+        """The name of the record `call` needs (`previous_response_id`), if any."""
+        assert isinstance(call, ResponsesCall)
+        return self.recall_name(call.request)
+
+    def resume(self, call: Call, record: Any, why: str = "") -> None:
+        """Complete `call` with the record it named (None: not found, for `why`)."""
+        assert isinstance(call, ResponsesCall)
+        if not isinstance(record, dict):
+            raise BadRequest(why or f"previous response {call.request[PREVIOUS]!r} not found: "
+                             "the bridge keeps the answers it gave for the cache TTL, "
+                             "for the client that asked", param=PREVIOUS)
+        expanded = expand(call.request, record)
+        call.conversation = expanded["input"]
+        call.native = {**to_chat(expanded), "stream": call.native["stream"]}
+
+    def body(self, native: dict[str, Any], call: Call) -> dict[str, Any]:
+        assert isinstance(call, ResponsesCall) and call.writer is not None
+        return call.writer.body(native)
+
+    def translator(self, call: Call) -> Translator:
+        assert isinstance(call, ResponsesCall) and call.writer is not None
+        return _Stream(call.writer)
+
+    def error(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
+                          "param": None, "code": None}}
