@@ -92,6 +92,8 @@ READERS = {SSE: read_sse, NDJSON: read_ndjson, RAW: read_raw}
 
 def encode(frame: Frame, codec: str) -> bytes:
     if codec == SSE:
+        if frame.event is not None:
+            return b"event: " + frame.event + b"\ndata: " + frame.raw + b"\n\n"
         return frame.raw + b"\n\n" if frame.verbatim else b"data: " + frame.raw + b"\n\n"
     if codec == NDJSON:
         return frame.raw + b"\n"
