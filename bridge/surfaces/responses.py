@@ -627,8 +627,6 @@ class ResponsesCall(Call):
     request: dict[str, Any] = field(default_factory=dict)
     conversation: list = field(default_factory=list)
     writer: Writer | None = None
-    # set where records are kept: remember(response id, record) once the answer is whole
-    remember: Callable[[str, dict], None] | None = None
 
     def finished(self, response_id: str, output: list[dict]) -> None:
         if self.remember is not None:
@@ -694,6 +692,7 @@ class Responses(Surface):
         assert isinstance(call, ResponsesCall) and call.writer is not None
         return _Stream(call.writer)
 
-    def error(self, status: int, message: str) -> dict[str, Any]:
+    def error(self, status: int, message: str, param: str | None = None,
+              code: str | None = None) -> dict[str, Any]:
         return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
-                          "param": None, "code": None}}
+                          "param": param, "code": code}}

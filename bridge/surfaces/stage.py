@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from bridge.cache.records import Records
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
@@ -27,12 +28,16 @@ class RecordsStage(Stage):
 
     def __init__(self, context: Context):
         self.context = context
-        self.records = None
+        self.cache: Stage | None = None
 
     def start(self) -> None:
         pipeline = self.context.pipeline
-        cache = pipeline.stage("cache") if pipeline is not None else None
-        self.records = getattr(cache, "records", None)
+        self.cache = pipeline.stage("cache") if pipeline is not None else None
+
+    @property
+    def records(self) -> Records | None:
+        """The cache's records (None without the cache, or before it started)."""
+        return getattr(self.cache, "records", None)
 
     def on_request(self, ex: Exchange) -> None:
         call = call_of(ex)
@@ -40,14 +45,15 @@ class RecordsStage(Stage):
         if call is None or surface is None:
             return
         name = surface.recall(call)
-        if self.records is None:
+        records = self.records
+        if records is None:
             if name is not None:
                 surface.resume(call, None, NO_CACHE)
             return
         principal = self.context.principals.of(ex)
-        call.remember = partial(self.records.put, surface.name, principal)
+        call.remember = partial(records.put, surface.name, principal)
         if name is not None:
-            surface.resume(call, self.records.get(surface.name, principal, name))
+            surface.resume(call, records.get(surface.name, principal, name))
             ex.replace_payload(call.native)
 
 
