@@ -84,7 +84,11 @@ def finish(ex: Exchange, response: Response) -> None:
             response.headers["content-type"] = JSON
         else:  # not a native answer: an error some stage made with a 2xx
             _error(surface, response, 502)
-    if response.replayable is not None and call is not None:  # a repeat: its own ids
+    if call is not None and call.remember is not None:
+        # an answer that leaves a record (its id names it) goes through the adapter each
+        # time: never repeated as the bytes sent (`bridge.web.fast_hits`)
+        response.replayable = None
+    elif response.replayable is not None and call is not None:  # a repeat: its own ids
         response.replayable = Replayable(response.replayable.revisit,
                                          partial(_restamper, call.ids))
 

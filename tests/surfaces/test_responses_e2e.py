@@ -13,7 +13,7 @@ from typing import Iterator
 import openai
 import pytest
 import requests
-from helpers import keys_command
+from helpers import keys_command, show_upstream_is_open
 
 from bridge.ollama_standin import Fault, StandIn
 from bridge.serve.processes import Process, start_bridge
@@ -202,6 +202,23 @@ def test_previous_response_id_continues_the_conversation(client, standin):
     follow = client.responses.create(model=MODEL, previous_response_id=replayed.id,
                                      input="Thanks.")
     assert follow.output_text and len(chat_calls(standin)[-1]["messages"]) == 5
+
+
+def test_every_repeat_of_an_answer_can_be_continued(make_bridge, standin, tmp_path):
+    """Repeats of a memory hit that the bridge would answer as the bytes it sent
+    (`fast_hits`) go through the adapter here: each id names a record of its own."""
+    bridge = make_bridge("--enable-cache", "--cache-dir", str(tmp_path),
+                         "--cache-hot-threshold", "1", workers=1)
+    show_upstream_is_open(bridge)
+    standin.reset()
+    client, ask = sdk(bridge.url), question()
+    answers = [client.responses.create(model=MODEL, input=ask) for _ in range(6)]
+    assert len({answer.id for answer in answers}) == 6 and standin.count("/api/chat") == 1
+    for answer in answers:
+        follow = client.responses.create(model=MODEL, previous_response_id=answer.id,
+                                         input="Say it again.")
+        assert follow.output_text
+    assert [len(call["messages"]) for call in chat_calls(standin)] == [1, 3]
 
 
 def test_an_unknown_previous_response_is_a_400_naming_the_field(client, standin):
