@@ -19,9 +19,35 @@ with thinking off (`think:false`, `reasoning_effort:"none"`), and the other mode
 never reason. Forced modes give other upstreams' shapes (raw tags, no opening tag,
 `reasoning_content`); shape "nulls" sends null fields before values.
 
+Tool calls: a request that offers `tools` (chat, /v1 and /api) and whose last message
+is the user's gets a call of the first tool instead of the answer text (after the
+reasoning, if any): one argument, the tool's first required parameter (else its first
+declared one), valued from the prompt by its JSON-schema type (a string is the prompt
+itself, an `enum` its first value, a number the prompt's word count); no parameters,
+`{}`. After a `tool` result (or any last role but `user`) the answer is text. Calls come
+whole, in Ollama's shapes: native `message.tool_calls[]` = `{"id":"call_…","function":
+{"index":0,"name":…,"arguments":{…}}}`, /v1 `{"id","index","type":"function","function":
+{"name","arguments":"<JSON>"}}` with `finish_reason:"tool_calls"`. `tools` to a model
+without the `tools` capability is Ollama's 400 (`registry.ollama.ai/library/m:latest
+does not support tools`).
+
+Logprobs (`logprobs: true`, `top_logprobs` 0..20, else Ollama's 400): one entry per
+emitted token, reasoning tokens included, as Ollama sends them (`token`, `logprob`,
+`bytes`, and `top_logprobs` with the chosen token first), on the token's own chunk or
+all together in a whole body, so the entries' tokens join to the streamed text.
+/v1/completions takes `logprobs: n` but, as Ollama's converter, answers without them;
+tool calls carry none.
+
+Listings as today's Ollama: `/api/tags` entries with `capabilities` and
+`details.context_length`, `/api/ps` with `context_length`; `/api/pull` streams its
+progress (`pulling manifest`, `pulling <digest>` with total/completed, `verifying sha256
+digest`, `writing manifest`, `success`) for any name in the "any" catalogue, a listed one
+or one of a known family (then listed), and fails as Ollama does for others.
+
 Faults: HTTP statuses, refused/reset connections, streams cut mid-way ("cut") or
-failed in band as Ollama does ("inband"), slow headers, hangs. `catalogue="any"`
-answers every model name (the demo); `api_key` makes it an upstream wanting a key.
+failed in band as Ollama does ("inband"; before the first frame, a 500), slow headers,
+hangs. `catalogue="any"` answers every model name (the demo); `api_key` makes it an
+upstream wanting a key.
 
 Per-request headers (handy through a proxy): X-Standin-Think, X-Standin-Shape,
 X-Standin-First-Token-Delay, X-Standin-Token-Delay.

@@ -12,7 +12,8 @@ SHAPES = ("new", "legacy", "nulls")
 # as other upstreams (vLLM, llama.cpp, older Ollama, the DeepSeek API) send it.
 THINK_MODES = ("auto", "none", "tags", "tags-no-open", "field", "reasoning_content")
 # "inband": an error after `after_chunks` frames, sent the way Ollama sends it (see
-# wire.inband_error_frame); "cut": the connection dropped after `after_chunks` frames.
+# wire._fail_in_band; with 0 frames, or on a whole body, Ollama's 500 instead); "cut":
+# the connection dropped after `after_chunks` frames.
 FAULT_KINDS = ("status", "refuse", "reset", "cut", "inband", "slow_headers", "hang")
 # "strict": only the listed models answer (404 for others); "any": every name answers,
 # unknown ones as a plain chat model (the demo's catalogue).

@@ -4,6 +4,7 @@ texts, and the choice of reply (whole body or stream). No sockets and no timing 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -54,11 +55,13 @@ class ApiError(Exception):
     """A request Ollama refuses. `early`: refused by the /v1 middleware before the
     handler runs (bad JSON, no messages, invalid effort), which writes it differently."""
 
-    def __init__(self, status: int, message: str, early: bool = False) -> None:
+    def __init__(self, status: int, message: str, early: bool = False,
+                 stream: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.early = early
+        self.stream = stream  # a stream failed before its first byte
 
 
 def handle(call: Call) -> Reply | StreamReply:
@@ -75,7 +78,10 @@ def handle(call: Call) -> Reply | StreamReply:
     try:
         return handler(call)
     except ApiError as exc:
-        return error_reply(call.path, exc.status, exc.message, early=exc.early)
+        reply = error_reply(call.path, exc.status, exc.message, early=exc.early)
+        if exc.stream and call.path.startswith("/api/"):
+            reply.content_type = JSON  # streamResponse sets it before gin's c.JSON
+        return reply
     except (TypeError, ValueError, AttributeError) as exc:  # a request shape not foreseen:
         return error_reply(call.path, 500, f"internal error: {exc}")  # Ollama answers 500
 
@@ -172,15 +178,48 @@ def _field(req: dict, name: str, go_type: str, struct: str, default: object = No
     return value
 
 
-def _model(call: Call, name: str) -> str:
+# How each endpoint refuses a model name: (status, text) for an empty one, and the
+# text of the 404 for an unknown one. Chat's are the defaults.
+_REQUIRED = (400, "model is required")
+_NO_NAME = (404, "model '' not found")
+
+
+def _not_found(name: str) -> str:
+    return f"model '{name}' not found"
+
+
+def _not_pulled(name: str) -> str:
+    """Embeddings' text, from the scheduler."""
+    return f"model {_go_q(name)} not found, try pulling it first"
+
+
+def _show_not_found(name: str) -> str:
+    """/api/show's text: the name as it resolved it."""
+    return _not_found(_shortest(name))
+
+
+def _shortest(name: str) -> str:
+    """A name as Ollama displays it (`DisplayShortest`): tag added, default registry and
+    namespace cut."""
+    name = name.strip()
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name.removeprefix("registry.ollama.ai/library/")
+
+
+def _model(call: Call, name: str, empty: tuple[int, str] = _REQUIRED,
+           unknown: Callable[[str], str] = _not_found) -> str:
     """The model asked for, if it answers: any non-empty name in the "any" catalogue."""
     if not name.strip():
-        raise ApiError(400, "model is required")
-    if call.config.catalogue != "any" and wire.canonical_name(name) not in {
-            wire.canonical_name(m) for m in call.config.models}:
-        raise ApiError(404, f"model '{name}' not found")
+        raise ApiError(*empty)
+    if call.config.catalogue != "any" and not _listed(call.config, name):
+        raise ApiError(404, unknown(name))
     _entitled(call, name)
     return name
+
+
+def _listed(config: StandInConfig, name: str) -> bool:
+    return wire.canonical_name(name) in {wire.canonical_name(m) for m in config.models}
 
 
 def _entitled(call: Call, name: str) -> None:
@@ -204,26 +243,39 @@ _EFFORTS: dict[str, object] = {"": None, "none": False, "minimal": "low", "xhigh
                                "ultra": "max", **{level: level for level in THINK_LEVELS}}
 
 
+_THINK_CHOICES = '"high", "medium", "low", "max", true, or false'
+_EFFORT_CHOICES = '"minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none"'
+
+
 def _native_think(req: dict) -> object:
-    """The native `think`: None (unasked), a bool or a level."""
+    """The native `think`: None (unasked), a bool or a level (`ThinkValue.UnmarshalJSON`)."""
     think = req.get("think")
     if think is None or isinstance(think, bool) or think in THINK_LEVELS:
         return think
-    raise ApiError(400, "invalid think value")
+    if isinstance(think, str):
+        raise ApiError(400, f"invalid think value: {_go_q(think)} (must be {_THINK_CHOICES})",
+                       early=True)
+    raise ApiError(400, f"think must be a boolean or string ({_THINK_CHOICES})", early=True)
 
 
 def _openai_think(req: dict) -> object:
-    """/v1's wish, as a native `think`: `reasoning.effort` wins over `reasoning_effort`."""
-    reasoning = req.get("reasoning")
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    if effort is None:
-        effort = req.get("reasoning_effort")
-    if effort is None:
-        return None
-    if not isinstance(effort, str) or effort not in _EFFORTS:
-        shown = effort if isinstance(effort, str) else wire.go_json(effort).decode()
-        raise ApiError(400, f"invalid reasoning value: '{shown}'", early=True)
+    """/v1's wish, as a native `think`: a `reasoning` object wins over `reasoning_effort`,
+    even one without an effort (then the model's default)."""
+    struct = "ChatCompletionRequest"
+    reasoning = _field(req, "reasoning", "object:openai.Reasoning", struct)
+    if reasoning is not None:
+        effort = _field(reasoning, "effort", "string", "Reasoning.reasoning", "")
+    else:
+        effort = _field(req, "reasoning_effort", "string", struct, "")
+    if effort not in _EFFORTS:
+        raise ApiError(400, f"invalid reasoning value: {_go_q(effort)} (must be "
+                            f"{_EFFORT_CHOICES})", early=True)
     return _EFFORTS[effort]
+
+
+def _go_q(text: str) -> str:
+    """Go's %q of a string (JSON's quoting, close enough for error texts)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _think_mode(call: Call, model: str, requested: object) -> str:
@@ -269,6 +321,34 @@ def _no_chat(model: str, what: str) -> None:
         raise ApiError(400, f'"{model}" does not support {what}')
 
 
+def _tool_to_call(req: dict, messages: list, model: str, struct: str) -> dict | None:
+    """The tool the stand-in calls, if any: with `tools` offered, the first one when the
+    last message is the user's (after a `tool` result, or any other last role, the
+    answer is text). `tools` to a model without the `tools` capability is Ollama's 400."""
+    tools = _field(req, "tools", "array:" + ("[]api.Tool" if struct.startswith("openai")
+                                             else "api.Tools"), struct, [])
+    if not tools:
+        return None
+    for tool in tools:
+        if not isinstance(tool, dict):
+            raise ApiError(400, f"json: cannot unmarshal {wire.go_kind(tool)} into Go struct "
+                                f"field {struct.split('.')[-1]}.tools of type api.Tool",
+                           early=True)
+    if "tools" not in wire.capabilities(model):
+        raise ApiError(400, f"{wire.full_name(model)} does not support tools")
+    last = messages[-1]
+    return tools[0] if str(last.get("role", "")).lower() == "user" else None
+
+
+def _top_logprobs(req: dict, struct: str, flag: str = "logprobs") -> int | None:
+    """None without `logprobs: true`, else how many alternatives per token (0..20);
+    `top_logprobs` out of range is Ollama's 400 whether or not logprobs are asked."""
+    top = _field(req, "top_logprobs", "int", struct, 0)
+    if not 0 <= top <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    return top if _field(req, flag, "bool", struct, False) else None
+
+
 # ---------------------------------------------------------------- /v1
 
 
@@ -280,12 +360,13 @@ def _openai_limit(req: dict, struct: str) -> int | None:
 
 def _in_band(call: Call, stream: bool) -> tuple[int | None, str]:
     """(frames before the failure, its message) of an "inband" fault; a whole-body
-    answer has no band to fail in: it gets Ollama's 500 instead."""
+    answer, or a stream failing before its first frame, has no band to fail in: it
+    gets Ollama's 500 instead (a JSON error, no 200)."""
     if call.fault is None:
         return None, ""
     message = call.fault.body or default_error_message(500)
-    if not stream:
-        raise ApiError(500, message)
+    if not stream or call.fault.after_chunks == 0:
+        raise ApiError(500, message, stream=stream)
     return call.fault.after_chunks, message
 
 
@@ -303,12 +384,14 @@ def _openai_chat(call: Call) -> Reply | StreamReply:
         raise ApiError(400, "[] is too short - 'messages'", early=True)
     stream = _field(req, "stream", "bool", struct, False)
     requested = _openai_think(req)
+    top_logprobs = _top_logprobs(req, struct)
     model = _model(call, name)
     _no_chat(model, "chat")
     mode = _think_mode(call, model, requested)
     prompt, texts = _conversation(messages, struct)
+    tool = _tool_to_call(req, messages, model, f"openai.{struct}")
     gen = wire.generate(prompt, len(messages), mode, _openai_limit(req, struct),
-                        wire.count_prompt_tokens(texts))
+                        wire.count_prompt_tokens(texts), tool, top_logprobs)
     fail_after, _ = _in_band(call, stream)
     if stream:
         frames = wire.openai_chat_frames(gen, model, _shape(call), _include_usage(req, struct),
@@ -323,7 +406,10 @@ def _openai_completion(call: Call) -> Reply | StreamReply:
     name = _field(req, "model", "string", struct, "")
     prompt = _field(req, "prompt", "string", struct, "")
     stream = _field(req, "stream", "bool", struct, False)
-    model = _model(call, name)
+    # `logprobs: n` is top_logprobs n to Ollama, but its answer here carries none.
+    if (_field(req, "logprobs", "int", struct) or 0) > 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    model = _model(call, name, _NO_NAME)
     _no_chat(model, "generate")
     mode = _think_mode(call, model, None)
     gen = wire.generate(prompt, 1, mode, _openai_limit(req, struct),
@@ -355,7 +441,7 @@ def _openai_embeddings(call: Call) -> Reply:
     inputs = _inputs(req.get("input"))
     if not inputs:
         raise ApiError(400, "invalid input", early=True)
-    model = _model(call, name)
+    model = _model(call, name, _NO_NAME, _not_pulled)
     as_base64 = req.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(inputs):
@@ -380,7 +466,7 @@ def _openai_models(call: Call) -> Reply:
 
 def _openai_model(call: Call) -> Reply:
     name = unquote(call.path[len("/v1/models/"):])  # gin matches the decoded path
-    return _json(_openai_model_entry(_model(call, name)))
+    return _json(_openai_model_entry(_model(call, name, unknown=_show_not_found)))
 
 
 # ---------------------------------------------------------------- /api
@@ -403,16 +489,19 @@ def _native_idle(model: str, req: dict, part: dict) -> Reply:
 def _native_chat(call: Call) -> Reply | StreamReply:
     struct = "api.ChatRequest"
     req = _decode(call, struct, "missing request body")
+    requested = _native_think(req)
+    top_logprobs = _top_logprobs(req, struct)
     model = _model(call, _field(req, "model", "string", struct, ""))
     messages = _field(req, "messages", "array:[]api.Message", struct, [])
     stream = _field(req, "stream", "bool", struct, True)
     if not messages:
         return _native_idle(model, req, {"message": {"role": "assistant", "content": ""}})
     _no_chat(model, "chat")
-    mode = _think_mode(call, model, _native_think(req))
+    mode = _think_mode(call, model, requested)
     prompt, texts = _conversation(messages, "ChatRequest")
+    tool = _tool_to_call(req, messages, model, struct)
     gen = wire.generate(prompt, len(messages), mode, _native_limit(req, struct),
-                        wire.count_prompt_tokens(texts))
+                        wire.count_prompt_tokens(texts), tool, top_logprobs)
     fail_after, error = _in_band(call, stream)
     if stream:
         return StreamReply(NDJSON, wire.native_chat_frames(gen, model, fail_after, error))
@@ -422,15 +511,17 @@ def _native_chat(call: Call) -> Reply | StreamReply:
 def _native_generate(call: Call) -> Reply | StreamReply:
     struct = "api.GenerateRequest"
     req = _decode(call, struct, "missing request body")
-    model = _model(call, _field(req, "model", "string", struct, ""))
+    requested = _native_think(req)
+    top_logprobs = _top_logprobs(req, struct)
+    model = _model(call, _field(req, "model", "string", struct, ""), _NO_NAME)
     prompt = _field(req, "prompt", "string", struct, "")
     stream = _field(req, "stream", "bool", struct, True)
     if not prompt:
         return _native_idle(model, req, {"response": ""})
     _no_chat(model, "generate")
-    mode = _think_mode(call, model, _native_think(req))
+    mode = _think_mode(call, model, requested)
     gen = wire.generate(prompt, 1, mode, _native_limit(req, struct),
-                        wire.count_prompt_tokens([prompt]))
+                        wire.count_prompt_tokens([prompt]), top_logprobs=top_logprobs)
     context = wire.context_ids(prompt, gen.text("content"))
     fail_after, error = _in_band(call, stream)
     if stream:
@@ -442,7 +533,7 @@ def _native_generate(call: Call) -> Reply | StreamReply:
 def _native_embed(call: Call) -> Reply:
     struct = "api.EmbedRequest"
     req = _decode(call, struct, "missing request body")
-    model = _model(call, _field(req, "model", "string", struct, ""))
+    model = _model(call, _field(req, "model", "string", struct, ""), _NO_NAME, _not_pulled)
     inputs = _inputs(req.get("input"))
     return _json({"model": model, "embeddings": [wire.embedding(t) for t in inputs],
                   "total_duration": 14143917, "load_duration": 1019500,
@@ -454,7 +545,7 @@ def _native_embeddings(call: Call) -> Reply:
     """The pre-/api/embed endpoint: one prompt, one "embedding"."""
     struct = "api.EmbeddingRequest"
     req = _decode(call, struct, "missing request body")
-    _model(call, _field(req, "model", "string", struct, ""))
+    _model(call, _field(req, "model", "string", struct, ""), unknown=_not_pulled)
     prompt = _field(req, "prompt", "string", struct, "")
     return _json({"embedding": wire.embedding(prompt)}, NATIVE_JSON, generated=True)
 
@@ -466,11 +557,12 @@ def _native_tags(call: Call) -> Reply:
 def _native_show(call: Call) -> Reply:
     struct = "api.ShowRequest"
     req = _decode(call, struct, "missing request body")
-    model = _model(call, str(req.get("model") or req.get("name") or ""))
+    model = _model(call, str(req.get("model") or req.get("name") or ""),
+                   unknown=_show_not_found)
     # No `license`: Ollama omits it when empty.
     return _json({"modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {model}\n",
                   "parameters": "temperature 0.6", "template": "{{ .Prompt }}",
-                  "details": wire.model_info(model)["details"],
+                  "details": wire.model_details(model),
                   "model_info": wire.gguf_info(model),
                   "capabilities": wire.capabilities(model), "modified_at": wire.MODIFIED_AT},
                  NATIVE_JSON)
@@ -481,9 +573,52 @@ def _native_ps(call: Call) -> Reply:
     for name in call.config.models[:1]:
         info = wire.model_info(name)
         loaded.append({"name": name, "model": name, "size": info["size"],
-                       "digest": info["digest"], "details": info["details"],
-                       "expires_at": "2099-01-01T00:00:00Z", "size_vram": info["size"]})
+                       "digest": info["digest"], "details": wire.model_details(name),
+                       "expires_at": "2099-01-01T00:00:00Z", "size_vram": info["size"],
+                       "context_length": wire.loaded_context_length(name)})
     return _json({"models": loaded}, NATIVE_JSON)
+
+
+def _native_pull(call: Call) -> Reply | StreamReply:
+    """Pull a model: any name in the "any" catalogue, else a listed one or one of a family
+    the stand-in knows (then listed from its `success` on); others fail as a registry
+    without the manifest makes Ollama fail: after `pulling manifest` in a stream, 500
+    with `stream:false`."""
+    struct = "api.PullRequest"
+    req = _decode(call, struct, "missing request body")
+    name = (_field(req, "model", "string", struct, "")
+            or _field(req, "name", "string", struct, "")).strip()
+    stream = _field(req, "stream", "bool", struct, True)
+    if not name:
+        raise ApiError(400, "invalid model name")
+    config = call.config
+    found = config.catalogue == "any" or _listed(config, name) or wire.is_known_family(name)
+
+    def progress() -> Iterator[dict]:
+        if not found:
+            yield {"status": "pulling manifest"}
+            yield {"error": wire.PULL_NOT_FOUND}
+            return
+        for status in wire.pull_progress(name):
+            if status["status"] == "success" and not _listed(config, name):
+                config.models.append(_shortest(name))
+            yield status
+
+    if not stream:  # `waitForStream`: the last status, or the error as a 500
+        last = list(progress())[-1]
+        return Reply(500 if "error" in last else 200, JSON, wire.go_json(last))
+    return StreamReply(NDJSON, _ndjson_frames(progress()))
+
+
+def _ndjson_frames(objects: Iterator[dict]) -> Iterator[wire.Frame]:
+    """NDJSON lines, the last one flagged as the end."""
+    line = None
+    for obj in objects:
+        if line is not None:
+            yield line, False
+        line = wire.ndjson(obj)
+    if line is not None:
+        yield line, True
 
 
 def _native_version(call: Call) -> Reply:
@@ -507,5 +642,6 @@ ROUTES: dict[str, tuple[set[str], Callable[[Call], Reply | StreamReply]]] = {
     "/api/tags": ({"GET"}, _native_tags),
     "/api/show": ({"POST"}, _native_show),
     "/api/ps": ({"GET"}, _native_ps),
+    "/api/pull": ({"POST"}, _native_pull),
     "/api/version": ({"GET"}, _native_version),
 }

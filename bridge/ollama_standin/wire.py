@@ -17,7 +17,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SYSTEM_FINGERPRINT = "fp_ollama"
 # /api/version per /v1 stream shape: the version whose shapes the stand-in then serves.
@@ -198,6 +198,27 @@ class Piece:
     text: str
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """One call of a tool the request offered, as the model emits it (whole, once)."""
+
+    id: str  # "call_" + 8 of [a-z0-9], fresh per call as Ollama's toolCallId()
+    index: int
+    name: str
+    arguments: dict
+
+    def native(self) -> dict:
+        """`message.tool_calls[]` of /api/chat: the index inside `function`."""
+        return {"id": self.id, "function": {"index": self.index, "name": self.name,
+                                            "arguments": self.arguments}}
+
+    def openai(self) -> dict:
+        """`tool_calls[]` of /v1: `index` beside `id`, the arguments a JSON string."""
+        return {"id": self.id, "index": self.index, "type": "function",
+                "function": {"name": self.name,
+                             "arguments": go_json(self.arguments).decode("utf-8")}}
+
+
 @dataclass
 class Generation:
     pieces: list[Piece]
@@ -205,9 +226,27 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     reasoning_key: str = "reasoning"  # the /v1 field of reasoning pieces
+    tool_calls: list[ToolCall] = field(default_factory=list)  # emitted after the pieces
+    top_logprobs: int | None = None  # None: no logprobs asked; else alternatives per token
 
     def text(self, kind: str) -> str:
         return "".join(p.text for p in self.pieces if p.kind == kind)
+
+    def logprobs(self, start: int = 0, stop: int | None = None) -> list[dict] | None:
+        """The logprobs entries of pieces[start:stop] (one per piece, reasoning included,
+        as Ollama sends them), or None when none were asked for."""
+        if self.top_logprobs is None:
+            return None
+        stop = len(self.pieces) if stop is None else stop
+        return [token_logprob(self.pieces[i].text, i, self.top_logprobs)
+                for i in range(start, stop)]
+
+    def finish_openai(self, legacy: bool = False) -> str:
+        """The /v1 finish_reason: `tool_calls` for a call that ended normally (v0.32.5
+        and older: whatever the reason, once a call was sent)."""
+        if self.tool_calls and (legacy or self.finish_reason == "stop"):
+            return "tool_calls"
+        return self.finish_reason
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens,
@@ -233,14 +272,23 @@ def reasoning_text(prompt: str) -> str:
 
 
 def generate(prompt: str, n_messages: int, mode: str, limit: int | None,
-             prompt_tokens: int) -> Generation:
+             prompt_tokens: int, tool: dict | None = None,
+             top_logprobs: int | None = None) -> Generation:
     """The deterministic answer to `prompt`, emitted the way think `mode` says.
 
     `limit` (max_tokens / num_predict) caps reasoning + answer tokens; tag fragments
     are free, so a small limit leaves a think block unclosed (finish "length").
+    With `tool` (an offered tool, Ollama's `{"type":"function","function":{...}}`), the
+    answer is a call of it instead of text (see tool_call), after the reasoning; a call
+    costs one token per 4 bytes of its arguments plus one, and one that does not fit
+    the limit is not made (finish "length").
+    `top_logprobs`: see Generation.
     """
     reasoning = split_tokens(reasoning_text(prompt))
     answer = [(Piece("content", t), True) for t in split_tokens(answer_text(prompt, n_messages))]
+    call = tool_call(tool, prompt) if tool is not None else None
+    if call is not None:
+        answer = []
     plan: list[tuple[Piece, bool]]  # (piece, counts against the limit)
     if mode in ("field", "reasoning_content"):
         plan = [(Piece("reasoning", t), True) for t in reasoning] + answer
@@ -260,8 +308,75 @@ def generate(prompt: str, n_messages: int, mode: str, limit: int | None,
                 break
             used += 1
         pieces.append(piece)
+    calls = []
+    if call is not None and finish == "stop":
+        cost = 1 + max(1, len(go_json(call.arguments)) // 4)  # ~4 bytes a token
+        if limit is not None and used + cost > limit:
+            finish = "length"
+        else:
+            calls, used = [call], used + cost
     key = "reasoning_content" if mode == "reasoning_content" else "reasoning"
-    return Generation(pieces, finish, prompt_tokens, used, key)
+    return Generation(pieces, finish, prompt_tokens, used, key, calls, top_logprobs)
+
+
+_CALL_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def tool_call(tool: dict, prompt: str) -> ToolCall:
+    """A call of `tool` answering `prompt`: one argument, the first required parameter
+    (else the first one declared), valued from the prompt by its JSON-schema type (the
+    first `enum` value if it has one; a string is the prompt itself). No parameters:
+    `{}`."""
+    function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+    params = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
+    properties = params.get("properties") if isinstance(params.get("properties"), dict) else {}
+    required = [name for name in params.get("required") or [] if name in properties]
+    arguments: dict = {}
+    if properties:
+        name = required[0] if required else next(iter(properties))
+        arguments[name] = _argument(properties[name], prompt)
+    ident = "call_" + "".join(random.choice(_CALL_ID_ALPHABET) for _ in range(8))
+    return ToolCall(ident, 0, str(function.get("name") or ""), arguments)
+
+
+def _argument(schema: object, prompt: str) -> object:
+    schema = schema if isinstance(schema, dict) else {}
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        return len(prompt.split())
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        return [prompt]
+    if kind == "object":
+        return {}
+    return prompt
+
+
+# Alternatives offered in `top_logprobs` after the chosen token (which comes first).
+_ALTERNATIVES = (" the", ",", ".", " a", " and", "\n", " to", " of", " is", " I", " it",
+                 " in", " that", " you", " for", " on", " with", " as", " be", " at", " this")
+
+
+def token_logprob(token: str, position: int, top: int) -> dict:
+    """Ollama's logprobs entry of one generated token (`toAPILogprobs`): `token`,
+    `logprob`, its UTF-8 `bytes`, and with `top` > 0 `top_logprobs`: the `top` likeliest
+    tokens, the chosen one first. Values are derived from the token and its position;
+    each has an odd fourth decimal, so Go and Python print it alike (never `-1` vs `-1.0`)."""
+    chosen = -round(0.0101 + zlib.crc32(f"{position}:{token}".encode()) % 10000 * 0.0002, 4)
+    entry: dict = _token_entry(token, chosen)
+    if top > 0:
+        others = [t for t in _ALTERNATIVES if t != token][:top - 1]
+        entry["top_logprobs"] = [_token_entry(token, chosen)] + [
+            _token_entry(t, round(chosen - 0.5 * (rank + 1), 4))
+            for rank, t in enumerate(others)]
+    return entry
+
+
+def _token_entry(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
 def embedding(text: str, dims: int = 8) -> list[float]:
@@ -330,6 +445,12 @@ def canonical_name(name: str) -> str:
     return name if ":" in name else name + ":latest"
 
 
+def full_name(name: str) -> str:
+    """The name as Ollama's errors spell it: "registry.ollama.ai/library/qwen3:latest"."""
+    parts = canonical_name(name).split("/")
+    return "/".join(["registry.ollama.ai", "library"][:max(0, 3 - len(parts))] + parts)
+
+
 def model_base(name: str) -> str:
     """The family part of a model name: "deepseek-r1" of "DeepSeek-R1:7b"."""
     return name.strip().lower().split(":", 1)[0].rsplit("/", 1)[-1]
@@ -349,16 +470,55 @@ def capabilities(name: str) -> list[str]:
     return caps
 
 
+def model_details(name: str) -> dict:
+    """`details` as /api/show and /api/ps give them."""
+    card = _card(name)
+    return {"parent_model": "", "format": "gguf", "family": card.family,
+            "families": [card.family], "parameter_size": card.parameter_size,
+            "quantization_level": card.quantization}
+
+
 def model_info(name: str) -> dict:
-    """The /api/tags entry of a model."""
+    """The /api/tags entry of a model: `details` with the GGUF's context and embedding
+    lengths, and the capabilities (since v0.30.0)."""
     card = _card(name)
     digest = hashlib.sha256(name.encode()).hexdigest()
     size = card.size if card is not _PLAIN else card.size + int(digest[:6], 16)
     return {"name": name, "model": name, "modified_at": MODIFIED_AT, "size": size,
             "digest": digest,
-            "details": {"parent_model": "", "format": "gguf", "family": card.family,
-                        "families": [card.family], "parameter_size": card.parameter_size,
-                        "quantization_level": card.quantization}}
+            "details": {**model_details(name), "context_length": card.context_length,
+                        "embedding_length": card.embedding_length},
+            "capabilities": capabilities(name)}
+
+
+def loaded_context_length(name: str) -> int:
+    """/api/ps `context_length`: the runner's, Ollama's default 4096 or the model's less."""
+    return min(4096, _card(name).context_length)
+
+
+def is_known_family(name: str) -> bool:
+    return model_base(name) in _KNOWN_MODELS
+
+
+PULL_NOT_FOUND = "pull model manifest: file does not exist"
+
+
+def pull_progress(name: str) -> Iterator[dict]:
+    """/api/pull's progress (`PullModel`): the manifest, each layer's download at 0, half
+    and all of it (`completed` left out at 0, as Go's omitempty does), the checks, then
+    `success`."""
+    yield {"status": "pulling manifest"}
+    card = _card(name)
+    layers = (("model", card.size), ("template", 1_429), ("license", 11_343),
+              ("params", 120), ("config", 487))
+    for kind, total in layers:
+        digest = "sha256:" + hashlib.sha256(f"{canonical_name(name)}:{kind}".encode()).hexdigest()
+        for completed in (0, total // 2, total):
+            progress = {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total}
+            yield {**progress, "completed": completed} if completed else progress
+    yield {"status": "verifying sha256 digest"}
+    yield {"status": "writing manifest"}
+    yield {"status": "success"}
 
 
 def gguf_info(name: str) -> dict:
@@ -408,26 +568,36 @@ def openai_chat_body(gen: Generation, model: str) -> dict:
     reasoning = gen.text("reasoning")
     if reasoning:
         message[gen.reasoning_key] = reasoning
+    if gen.tool_calls:
+        message["tool_calls"] = [call.openai() for call in gen.tool_calls]
+    choice = {"index": 0, "message": message, "finish_reason": gen.finish_openai()}
+    logprobs = gen.logprobs()
+    if logprobs:
+        choice["logprobs"] = {"content": logprobs}
     return {"id": completion_id("chatcmpl"), "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [{"index": 0, "message": message, "finish_reason": gen.finish_reason}],
-            "usage": gen.usage()}
+            "choices": [choice], "usage": gen.usage()}
 
 
 def openai_chat_frames(gen: Generation, model: str, shape: str, include_usage: bool,
                        fail_after: int | None = None) -> Iterator[Frame]:
     """The /v1 chat stream in `shape`; with `fail_after`, it fails after that many frames
     as Ollama's middleware reports it: one chunk with `"model":""` and empty content,
-    then a clean end with neither finish chunk nor [DONE] (the error text is lost)."""
+    then a clean end with neither finish chunk nor [DONE] (the error text is lost).
+    Each token's chunk carries its logprobs entry (`choices[0].logprobs.content`) when
+    asked for; tool calls come whole, in one delta after the text."""
     ident, created = completion_id("chatcmpl"), int(time.time())
     legacy = shape == "legacy"
 
-    def chunk(delta: dict, finish: str | None = None, name: str = model) -> dict:
+    def chunk(delta: dict, finish: str | None = None, name: str = model,
+              logprobs: list[dict] | None = None) -> dict:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs:
+            choice["logprobs"] = {"content": logprobs}
         return {"id": ident, "object": "chat.completion.chunk",
                 "created": int(time.time()) if legacy else created, "model": name,
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [choice]}
 
     frames = (_legacy_chat_chunks if legacy else _chat_chunks)(gen, chunk, shape == "nulls")
     if include_usage:
@@ -453,12 +623,15 @@ def _with_usage(chunks: Iterator[dict], gen: Generation) -> Iterator[dict]:
 def _legacy_chat_chunks(gen: Generation, chunk: Callable[..., dict],
                         nulls: bool) -> Iterator[dict]:
     """v0.32.5 and older: role on every delta, the finish on a last delta of its own."""
-    for piece in gen.pieces:
+    for index, piece in enumerate(gen.pieces):
         delta = {"role": "assistant", "content": piece.text}
         if piece.kind == "reasoning":
             delta = {"role": "assistant", "content": "", gen.reasoning_key: piece.text}
-        yield chunk(delta)
-    yield chunk({"role": "assistant", "content": ""}, gen.finish_reason)
+        yield chunk(delta, logprobs=gen.logprobs(index, index + 1))
+    if gen.tool_calls:
+        yield chunk({"role": "assistant", "content": "",
+                     "tool_calls": [call.openai() for call in gen.tool_calls]})
+    yield chunk({"role": "assistant", "content": ""}, gen.finish_openai(legacy=True))
 
 
 def _chat_chunks(gen: Generation, chunk: Callable[..., dict], nulls: bool) -> Iterator[dict]:
@@ -470,7 +643,7 @@ def _chat_chunks(gen: Generation, chunk: Callable[..., dict], nulls: bool) -> It
     if nulls:
         yield chunk({"role": "assistant", "content": "", key: None, "tool_calls": None})
     first = not nulls
-    for piece in gen.pieces:
+    for index, piece in enumerate(gen.pieces):
         if nulls:
             reasoning = piece.kind == "reasoning"
             delta = {"content": None if reasoning else piece.text,
@@ -482,13 +655,22 @@ def _chat_chunks(gen: Generation, chunk: Callable[..., dict], nulls: bool) -> It
         if first:
             delta = {"role": "assistant", **delta, "content": delta.get("content", "")}
             first = False
+        yield chunk(delta, logprobs=gen.logprobs(index, index + 1))
+    if gen.tool_calls:
+        calls = [call.openai() for call in gen.tool_calls]
+        delta = ({"content": None, key: None, "tool_calls": calls} if nulls
+                 else {"content": "", "tool_calls": calls})
+        if first:
+            delta = {"role": "assistant", **delta}
+            first = False
         yield chunk(delta)
     if first:
         yield chunk({"role": "assistant", "content": ""})
-    yield chunk({}, gen.finish_reason)
+    yield chunk({}, gen.finish_openai())
 
 
 def openai_completion_body(gen: Generation, model: str) -> dict:
+    """Ollama's `ToCompletion`: no logprobs, whatever the request asked."""
     return {"id": completion_id("cmpl"), "object": "text_completion",
             "created": int(time.time()), "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
@@ -502,15 +684,16 @@ ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 def openai_completion_frames(gen: Generation, model: str, include_usage: bool,
                              fail_after: int | None = None) -> Iterator[Frame]:
-    """The /v1/completions stream: `created` read afresh for every chunk, a `"text":""`
-    chunk for each reasoning piece (the reasoning itself is dropped), and with
-    `include_usage` a zero `usage` on every chunk before the real one."""
+    """The /v1/completions stream: `created` read afresh for every chunk, `choices`
+    before `model` (Ollama's CompletionChunk), a `"text":""` chunk for each reasoning
+    piece (the reasoning itself is dropped), no logprobs (`ToCompleteChunk` drops them),
+    and with `include_usage` a zero `usage` on every chunk before the real one."""
     ident = completion_id("cmpl")
 
     def chunk(text: str, finish: str | None = None, name: str = model) -> dict:
         obj = {"id": ident, "object": "text_completion", "created": int(time.time()),
-               "model": name, "system_fingerprint": SYSTEM_FINGERPRINT,
-               "choices": [{"text": text, "index": 0, "finish_reason": finish}]}
+               "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+               "model": name, "system_fingerprint": SYSTEM_FINGERPRINT}
         return {**obj, "usage": ZERO_USAGE} if include_usage else obj
 
     def chunks() -> Iterator[dict]:
@@ -538,17 +721,26 @@ def native_metrics(gen: Generation) -> dict:
     return {k: v for k, v in {**total, **metrics}.items() if v}
 
 
-def _native_message(content: str, thinking: str = "") -> dict:
+def _native_message(content: str, thinking: str = "",
+                    tool_calls: list[ToolCall] | None = None) -> dict:
     message = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = [call.native() for call in tool_calls]
     return message
 
 
+def _with_logprobs(obj: dict, logprobs: list[dict] | None) -> dict:
+    return {**obj, "logprobs": logprobs} if logprobs else obj
+
+
 def native_chat_body(gen: Generation, model: str) -> dict:
-    return {"model": model, "created_at": rfc3339nano(),
-            "message": _native_message(gen.text("content"), gen.text("reasoning")),
-            "done": True, "done_reason": gen.finish_reason, **native_metrics(gen)}
+    """`api.ChatResponse`: `logprobs` between `done_reason` and the metrics."""
+    message = _native_message(gen.text("content"), gen.text("reasoning"), gen.tool_calls)
+    head = {"model": model, "created_at": rfc3339nano(), "message": message,
+            "done": True, "done_reason": gen.finish_reason}
+    return {**_with_logprobs(head, gen.logprobs()), **native_metrics(gen)}
 
 
 def native_error_line(message: str) -> bytes:
@@ -558,16 +750,26 @@ def native_error_line(message: str) -> bytes:
 
 def native_chat_frames(gen: Generation, model: str, fail_after: int | None = None,
                        error: str = "") -> Iterator[Frame]:
+    def part(message: dict, logprobs: list[dict] | None = None) -> Frame:
+        obj = {"model": model, "created_at": rfc3339nano(), "message": message,
+               "done": False}
+        return ndjson(_with_logprobs(obj, logprobs)), False
+
     def frames() -> Iterator[Frame]:
-        for piece in gen.pieces:
+        for index, piece in enumerate(gen.pieces):
             message = (_native_message(piece.text) if piece.kind == "content"
                        else _native_message("", piece.text))
-            yield ndjson({"model": model, "created_at": rfc3339nano(), "message": message,
-                          "done": False}), False
-        yield ndjson(native_chat_body(Generation([], gen.finish_reason, gen.prompt_tokens,
-                                                 gen.completion_tokens), model)), True
+            yield part(message, gen.logprobs(index, index + 1))
+        if gen.tool_calls:
+            yield part(_native_message("", tool_calls=gen.tool_calls))
+        yield ndjson(native_chat_body(_trailer(gen), model)), True
 
     yield from _fail_in_band(frames(), fail_after, native_error_line(error))
+
+
+def _trailer(gen: Generation) -> Generation:
+    """The metrics-only last frame of a native stream: no text, calls or logprobs."""
+    return Generation([], gen.finish_reason, gen.prompt_tokens, gen.completion_tokens)
 
 
 def _generate_part(model: str, response: str, thinking: str = "") -> dict:
@@ -578,19 +780,21 @@ def _generate_part(model: str, response: str, thinking: str = "") -> dict:
 
 
 def native_generate_body(gen: Generation, model: str, context: list[int]) -> dict:
-    return {**_generate_part(model, gen.text("content"), gen.text("reasoning")),
+    """`api.GenerateResponse`: `logprobs` last, after the metrics."""
+    body = {**_generate_part(model, gen.text("content"), gen.text("reasoning")),
             "done": True, "done_reason": gen.finish_reason, "context": context,
             **native_metrics(gen)}
+    return _with_logprobs(body, gen.logprobs())
 
 
 def native_generate_frames(gen: Generation, model: str, context: list[int],
                            fail_after: int | None = None, error: str = "") -> Iterator[Frame]:
     def frames() -> Iterator[Frame]:
-        for piece in gen.pieces:
+        for index, piece in enumerate(gen.pieces):
             part = (_generate_part(model, piece.text) if piece.kind == "content"
                     else _generate_part(model, "", piece.text))
-            yield ndjson({**part, "done": False}), False
-        empty = Generation([], gen.finish_reason, gen.prompt_tokens, gen.completion_tokens)
-        yield ndjson(native_generate_body(empty, model, context)), True
+            yield ndjson(_with_logprobs({**part, "done": False},
+                                        gen.logprobs(index, index + 1))), False
+        yield ndjson(native_generate_body(_trailer(gen), model, context)), True
 
     yield from _fail_in_band(frames(), fail_after, native_error_line(error))

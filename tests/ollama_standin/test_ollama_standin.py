@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -20,33 +19,17 @@ import openai
 import pytest
 import requests
 from helpers import wait_for
+from standin_bytes import DONE, HELLO, REASONING, chat, frame, masked, sse_events
 
 import bridge.ollama_standin as standin_module
 from bridge.ollama_standin import Fault, StandIn, StandInConfig
 
 REPO = Path(standin_module.__file__).resolve().parents[2]
-REASONING = "Okay, the user asks about hello world. Let me think.\nI will echo it back."
-HELLO = [{"role": "user", "content": "hello world"}]
 
 
 @pytest.fixture
 def oai(standin):
     return openai.OpenAI(base_url=standin.url + "/v1", api_key="x", max_retries=0)
-
-
-def chat(standin, body, headers=None, **kwargs):
-    return requests.post(standin.url + "/v1/chat/completions", json=body, headers=headers,
-                         **kwargs)
-
-
-def sse_events(response):
-    """The JSON payloads of an SSE body, and whether it ended with [DONE]."""
-    frames = response.content.decode().split("\n\n")
-    assert frames[-1] == ""
-    payloads = [f.removeprefix("data: ") for f in frames[:-1]]
-    assert all(f.startswith("data: ") for f in frames[:-1])
-    done = payloads[-1] == "[DONE]"
-    return [json.loads(p) for p in payloads if p != "[DONE]"], done
 
 
 # ---------------------------------------------------------------- /v1, non-stream
@@ -487,24 +470,6 @@ def test_subprocess_and_control_endpoints():
 # Expected bytes come from shared/reference/ollama-wire-format.md; per-call values (ids,
 # `created`, `created_at`) are masked on both sides before comparing.
 
-_PER_CALL = [(re.compile(rb'"id":"(chatcmpl|cmpl)-\d+"'), rb'"id":"\1-N"'),
-             (re.compile(rb'"created":\d+'), rb'"created":0'),
-             (re.compile(rb'"created_at":"[^"]+"'), rb'"created_at":"T"')]
-
-
-def masked(raw: bytes) -> bytes:
-    for pattern, replacement in _PER_CALL:
-        raw = pattern.sub(replacement, raw)
-    return raw
-
-
-def frame(delta: str, finish: str = "null", model: str = "qwen3") -> bytes:
-    """A /v1 chat stream frame, as section 2 of the reference writes it."""
-    return (b'data: {"id":"chatcmpl-87","object":"chat.completion.chunk","created":1755000000,'
-            b'"model":"%s","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":%s,'
-            b'"finish_reason":%s}]}\n\n' % (model.encode(), delta.encode(), finish.encode()))
-
-
 def usage_frame(prompt: int, completion: int, model: str = "qwen3") -> bytes:
     return (b'data: {"id":"chatcmpl-87","object":"chat.completion.chunk","created":1755000000,'
             b'"model":"%s","system_fingerprint":"fp_ollama","choices":[],"usage":'
@@ -512,7 +477,6 @@ def usage_frame(prompt: int, completion: int, model: str = "qwen3") -> bytes:
             % (model.encode(), prompt, completion, prompt + completion))
 
 
-DONE = b"data: [DONE]\n\n"
 RAW_R1 = f"<think>\n{REASONING}\n</think>\n\nEcho: hello world"  # thinking off: raw output
 THINKING = ["qwen3", "qwen3:8b", "deepseek-r1:7b", "qwq", "gpt-oss:20b"]
 NOT_THINKING = ["llama3.2", "qwen2.5", "qwen3-coder:30b", "qwen3:4b-instruct-2507-q4_K_M",
@@ -644,10 +608,18 @@ def test_3_legacy_shape_with_reasoning_as_v0_32_5_sends_it(standin):
         + frame('{"role":"assistant","content":""}', '"length"') + DONE)
 
 
+EFFORTS = ('\\"minimal\\", \\"low\\", \\"medium\\", \\"high\\", \\"xhigh\\", \\"ultra\\", '
+           '\\"max\\", or \\"none\\"')
+LEVELS = '\\"high\\", \\"medium\\", \\"low\\", \\"max\\", true, or false'
+
+
 @pytest.mark.parametrize(("body", "message"), [
-    ({"reasoning_effort": "bogus"}, "invalid reasoning value: 'bogus'"),
+    ({"reasoning_effort": "bogus"},
+     f'invalid reasoning value: \\"bogus\\" (must be {EFFORTS})'),
     ({"reasoning_effort": "high", "reasoning": {"effort": "bogus"}},
-     "invalid reasoning value: 'bogus'"),
+     f'invalid reasoning value: \\"bogus\\" (must be {EFFORTS})'),
+    ({"reasoning_effort": 1}, "json: cannot unmarshal number into Go struct field "
+                              "ChatCompletionRequest.reasoning_effort of type string"),
 ])
 def test_4_invalid_reasoning_effort(standin, body, message):
     r = chat(standin, {"model": "qwen3", "messages": HELLO, **body})
@@ -657,11 +629,17 @@ def test_4_invalid_reasoning_effort(standin, body, message):
                          b'"param":null,"code":null}}' % message.encode())
 
 
-@pytest.mark.parametrize("think", ["bogus", "", 1, "none"])
-def test_4_invalid_think(standin, think):
-    r = requests.post(standin.url + "/api/chat",
-                      json={"model": "qwen3", "messages": HELLO, "think": think})
-    assert (r.status_code, r.content) == (400, b'{"error":"invalid think value"}')
+@pytest.mark.parametrize(("think", "message"), [
+    ("bogus", f'invalid think value: \\"bogus\\" (must be {LEVELS})'),
+    ("", f'invalid think value: \\"\\" (must be {LEVELS})'),
+    ("none", f'invalid think value: \\"none\\" (must be {LEVELS})'),
+    (1, f"think must be a boolean or string ({LEVELS})"),
+])
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_4_invalid_think(standin, path, think, message):
+    r = requests.post(standin.url + path, json={
+        "model": "qwen3", "messages": HELLO, "prompt": "hi", "think": think})
+    assert (r.status_code, r.content) == (400, b'{"error":"%s"}' % message.encode())
 
 
 def test_4_reasoning_effort_wins_and_maps_like_ollama(standin):
@@ -740,10 +718,11 @@ def test_6_in_band_fault_on_a_whole_body_is_a_500(standin):
 def completion_frame(text: str, finish: str = "null", model: str = "qwen3",
                      usage: str = '{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}'
                      ) -> bytes:
+    """A /v1/completions chunk: `choices` before `model`, as Ollama's CompletionChunk."""
     return (b'data: {"id":"cmpl-1","object":"text_completion","created":1755000000,'
-            b'"model":"%s","system_fingerprint":"fp_ollama","choices":[{"text":"%s",'
-            b'"index":0,"finish_reason":%s}],"usage":%s}\n\n'
-            % (model.encode(), text.encode(), finish.encode(), usage.encode()))
+            b'"choices":[{"text":"%s","index":0,"finish_reason":%s}],"model":"%s",'
+            b'"system_fingerprint":"fp_ollama","usage":%s}\n\n'
+            % (text.encode(), finish.encode(), model.encode(), usage.encode()))
 
 
 def test_7_completions_stream_while_thinking(standin):
@@ -751,7 +730,7 @@ def test_7_completions_stream_while_thinking(standin):
         "model": "qwen3", "prompt": "hello world", "stream": True, "max_tokens": 2,
         "stream_options": {"include_usage": True}})
     usage = (b'data: {"id":"cmpl-1","object":"text_completion","created":1755000000,'
-             b'"model":"qwen3","system_fingerprint":"fp_ollama","choices":[],"usage":'
+             b'"choices":[],"model":"qwen3","system_fingerprint":"fp_ollama","usage":'
              b'{"prompt_tokens":6,"completion_tokens":2,"total_tokens":8}}\n\n')
     assert masked(r.content) == masked(
         completion_frame("") + completion_frame("") + completion_frame("", '"length"')

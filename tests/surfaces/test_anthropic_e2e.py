@@ -282,3 +282,38 @@ def test_shared_mode_takes_the_client_key_as_x_api_key_or_bearer(shared, standin
         client(process, api_key=keys["coder"]).messages.create(**ask(q))
     assert forbidden.value.body["error"]["type"] == "permission_error"
     assert keys["dev"] not in process.log()
+
+
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}}
+
+
+def test_tool_use_then_a_tool_result_turn(cached, standin):
+    q = question()
+    sdk = client(cached)
+    turn = {"model": "qwen2.5", "max_tokens": 200, "tools": [WEATHER],
+            "messages": [{"role": "user", "content": q}]}
+    first = sdk.messages.create(**turn)
+    assert first.stop_reason == "tool_use"
+    [call] = [block for block in first.content if block.type == "tool_use"]
+    assert call.name == "get_weather" and call.input == {"city": q}
+    native = standin.requests[-1].json()
+    assert native["tools"][0]["function"]["parameters"] == WEATHER["input_schema"]
+    calls = standin.count("/api/chat")
+    with sdk.messages.stream(**turn) as stream:  # the same call, from the cache, streamed
+        kinds = [event.type for event in stream]
+        replayed = stream.get_final_message()
+    assert standin.count("/api/chat") == calls and "input_json" in kinds
+    assert [(block.type, block.name, block.input) for block in replayed.content
+            if block.type == "tool_use"] == [("tool_use", "get_weather", {"city": q})]
+    assert replayed.stop_reason == "tool_use"
+    follow = sdk.messages.create(**{**turn, "messages": [
+        *turn["messages"], {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                      "content": "Sunny, 22°C"}]}]})
+    assert [block.type for block in follow.content] == ["text"]
+    assert follow.content[0].text == answer_text(q, 3) and follow.stop_reason == "end_turn"
+    sent = standin.requests[-1].json()["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == call.id
+    assert sent[2] == {"role": "tool", "content": "Sunny, 22°C", "tool_call_id": call.id}
