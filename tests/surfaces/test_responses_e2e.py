@@ -149,24 +149,42 @@ def test_bad_requests_are_400s_in_the_openai_shape(client, standin):
 # ------------------------------------------------------------------ tools
 
 
-def test_a_function_call_output_follow_up(client, standin):
-    history = [{"role": "user", "content": "What is the weather in Paris?"},
-               {"type": "function_call", "call_id": "call_1", "name": "get_weather",
-                "arguments": '{"city":"Paris"}'},
-               {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 24C"}]
-    got = client.responses.create(model=MODEL, input=history, tools=[TOOL])
-    assert got.output_text and got.tools[0].name == "get_weather"
-    [native] = chat_calls(standin)
+def test_a_function_call_then_its_output(client, standin):
+    ask = "What is the weather in Paris? " + question()
+    called = client.responses.create(model=MODEL, input=ask, tools=[TOOL])
+    [item] = called.output
+    assert item.type == "function_call" and item.name == "get_weather"
+    assert item.status == "completed" and item.id.startswith("fc_")
+    assert isinstance(json.loads(item.arguments), dict) and item.call_id
+    # the same streamed: a cache hit, the call in function_call events
+    events, final = streamed(client, model=MODEL, input=ask, tools=[TOOL])
+    kinds = [event.type for event in events]
+    assert "response.function_call_arguments.delta" in kinds
+    assert "response.function_call_arguments.done" in kinds
+    assert [o.type for o in final.output] == ["function_call"]
+    assert final.output[0].arguments == item.arguments and standin.count("/api/chat") == 1
+    # the client runs the tool and sends its output with the call
+    history = [{"role": "user", "content": ask},
+               {"type": "function_call", "call_id": item.call_id, "name": item.name,
+                "arguments": item.arguments},
+               {"type": "function_call_output", "call_id": item.call_id, "output": "sunny, 24C"}]
+    answered = client.responses.create(model=MODEL, input=history, tools=[TOOL])
+    assert answered.output[0].type == "message" and answered.output_text
+    native = chat_calls(standin)[-1]
     assert native["messages"][1:] == [
         {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_1", "function": {"name": "get_weather",
-                                          "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "content": "sunny, 24C", "tool_call_id": "call_1"}]
+            {"id": item.call_id, "function": {"name": "get_weather",
+                                              "arguments": json.loads(item.arguments)}}]},
+        {"role": "tool", "content": "sunny, 24C", "tool_call_id": item.call_id}]
     assert native["tools"] == [{"type": "function", "function": {
         "name": "get_weather", "description": TOOL["description"],
         "parameters": TOOL["parameters"]}}]
-    events, final = streamed(client, model=MODEL, input=history, tools=[TOOL])  # a hit
-    assert final.output_text == got.output_text and standin.count("/api/chat") == 1
+    # or, as the Agents SDK does, only the output, after the response that called
+    follow = client.responses.create(model=MODEL, previous_response_id=called.id, tools=[TOOL],
+                                     input=[{"type": "function_call_output",
+                                             "call_id": item.call_id, "output": "sunny, 24C"}])
+    assert follow.output_text == answered.output_text  # the same conversation: a cache hit
+    assert standin.count("/api/chat") == 2
 
 
 # ------------------------------------------------------------------ previous_response_id
