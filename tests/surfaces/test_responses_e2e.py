@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 from dataclasses import dataclass
 from typing import Iterator
 
 import openai
 import pytest
 import requests
-from helpers import keys_command, show_upstream_is_open
+from helpers import http_request, keys_command, show_upstream_is_open, wait_for
 
 from bridge.ollama_standin import Fault, StandIn
 from bridge.serve.processes import Process, start_bridge
@@ -349,3 +350,26 @@ def test_a_stream_broken_midway_ends_with_response_failed(client, standin, kind)
     assert events[-1].response.status == "failed" and events[-1].response.error.message
     assert [event.sequence_number for event in events] == list(range(len(events)))
     assert standin.count("/api/chat") == 1
+
+
+def test_the_bridges_limits_answer_in_the_openai_shape(make_bridge, standin):
+    small = make_bridge("--max-body-size", "4096", workers=1)
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk(small.url).responses.create(model=MODEL, input="x" * 8000)
+    assert refused.value.status_code == 413
+    assert refused.value.body["type"] == "invalid_request_error"
+    assert refused.value.body["code"] == "payload_too_large"
+    busy = make_bridge("--max-concurrency", "1", "--max-queue", "0", workers=1)
+    host, port = busy.url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"model": MODEL, "input": question(), "stream": True}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as held:  # the one slot
+        held.sendall(http_request("/v1/responses", body, "X-Standin-First-Token-Delay: 60"))
+        wait_for(lambda: standin.stats(with_requests=False)["in_flight"] >= 1, timeout=30,
+                 what="the held request at the stand-in")
+        with pytest.raises(openai.APIStatusError) as overloaded:
+            sdk(busy.url).responses.create(model=MODEL, input=question())
+    assert overloaded.value.status_code == 503
+    assert overloaded.value.body["type"] == "api_error"
+    for bridge in (small, busy):  # the access log names the client's API
+        wait_for(lambda bridge=bridge: '"POST /v1/responses" 413' in small.log() and
+                 "api=responses" in bridge.log(), what="the access lines")
