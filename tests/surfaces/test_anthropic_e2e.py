@@ -13,7 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import anthropic
 import pytest
 import requests
-from helpers import keys_command, show_upstream_is_open
+from helpers import (
+    http_request,
+    keys_command,
+    metric_total,
+    raw_http,
+    show_upstream_is_open,
+    wait_for,
+)
 
 from bridge.ollama_standin import Fault
 from bridge.ollama_standin.wire import answer_text, reasoning_text
@@ -238,7 +245,6 @@ def test_admission_refusal_is_an_overloaded_error(make_bridge, standin):
 
 
 def wait_in_flight(standin) -> None:
-    from helpers import wait_for
     wait_for(lambda: standin.stats(with_requests=False)["in_flight"] >= 1, timeout=30,
              what="the held request at the stand-in")
 
@@ -317,3 +323,53 @@ def test_tool_use_then_a_tool_result_turn(cached, standin):
     sent = standin.requests[-1].json()["messages"]
     assert sent[1]["tool_calls"][0]["id"] == call.id
     assert sent[2] == {"role": "tool", "content": "Sunny, 22°C", "tool_call_id": call.id}
+
+
+REFUSING_SCRIPT = """
+function HandleServerRequest(request)
+    if request.body:find("forbidden topic", 1, true) then
+        return false, {status_code = 403, headers = {["content-type"] = "application/json"},
+                       body = '{"error": "that topic is not allowed here"}'}
+    end
+    return true, request
+end
+function HandleServerResponse(response) return response end
+"""
+
+
+def test_lua_refusals_and_slow_bodies_answer_in_anthropics_shape(make_bridge, standin,
+                                                                tmp_path):
+    script = tmp_path / "refuse.lua"
+    script.write_text(REFUSING_SCRIPT)
+    guarded = make_bridge("--enable-luajit", "--luajit-script", str(script),
+                          "--body-read-timeout", "1000", workers=1)
+    refused = post(guarded, ask("a forbidden topic"))
+    assert refused.status_code == 403 and refused.json() == {"type": "error", "error": {
+        "type": "permission_error", "message": "that topic is not allowed here"}}
+    assert post(guarded, ask(question())).status_code == 200
+    slow = http_request("/v1/messages", b'{"model":"qwen2.5",', close=False)[:-19] \
+        .replace(b"Content-Length: 19", b"Content-Length: 500")
+    status, body = raw_http(guarded.url, slow, timeout=30)
+    assert status == 408
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert "--body-read-timeout" in json.loads(body)["error"]["message"]
+
+
+def test_metrics_the_access_log_and_the_console_name_the_api(make_bridge, standin):
+    plain = make_bridge(workers=1)
+    assert post(plain, ask(question(), stream=True)).status_code == 200
+    assert post(plain, {"model": MODEL}).status_code == 400
+
+    def counted() -> dict | None:  # each request is counted once its answer is sent
+        found = requests.get(plain.url + "/status", timeout=10).json()
+        return found if found["requests"]["anthropic"]["total"] == 2 else None
+
+    status = wait_for(counted, what="both requests counted")
+    assert status["requests"]["anthropic"]["errors"] == 1
+    assert status["requests"]["anthropic"]["ttft_p50"] is not None  # the stream's
+    assert status["requests"]["ollama"]["total"] == 0  # the native wire is not the API
+    assert metric_total(plain.url, "bridge_requests_total", route="/v1/messages") == 2
+    assert metric_total(plain.url, "bridge_upstream_time_to_first_token_seconds_count",
+                        surface="anthropic") == 1
+    lines = [line for line in plain.log().splitlines() if '"POST /v1/messages"' in line]
+    assert len(lines) == 2 and all("api=anthropic" in line for line in lines)
