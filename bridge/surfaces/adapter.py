@@ -66,6 +66,8 @@ class Surface:
 
     name: str = ""
     routes: Sequence[tuple[str, str]] = ()
+    # whether its answers leave records that a later request may name (`recall`)
+    keeps_records: bool = False
 
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> Call:
         raise NotImplementedError

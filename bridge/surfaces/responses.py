@@ -649,6 +649,7 @@ class Responses(Surface):
 
     name = NAME
     routes = (("POST", "/v1/responses"),)
+    keeps_records = True
 
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> ResponsesCall:
         previous = self.recall_name(payload)

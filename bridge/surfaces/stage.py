@@ -42,7 +42,7 @@ class RecordsStage(Stage):
     def on_request(self, ex: Exchange) -> None:
         call = call_of(ex)
         surface = adapter_for(ex.api)
-        if call is None or surface is None:
+        if call is None or surface is None or not surface.keeps_records:
             return
         name = surface.recall(call)
         records = self.records
