@@ -39,14 +39,22 @@ def handle(call: routes.Call) -> routes.Reply | routes.StreamReply:
         return _error(surface, 400, str(exc))
     except BridgeError as err:
         return _error(surface, err.status, err.message)
-    native = routes.handle(dataclasses.replace(call, path=NATIVE_PATH,
-                                               body=wire.go_json(translated.native)))
+    native = _chat(call, translated.native)
+    if isinstance(native, routes.Reply) and native.status != 200:
+        relaxed = surface.relaxed(translated, native.status, _message(native.body))
+        if relaxed is not None:  # as Ollama relaxes what its chat handler would refuse
+            native = _chat(call, relaxed)
     if isinstance(native, routes.StreamReply):
         return routes.StreamReply(SSE, _events(surface, translated, native.frames))
     if native.status != 200:
         return _error(surface, native.status, _message(native.body), native.headers)
     body = surface.body(json.loads(native.body), translated)
     return routes.Reply(200, JSON, wire.go_json(body) + b"\n", generated=native.generated)
+
+
+def _chat(call: routes.Call, native: dict) -> routes.Reply | routes.StreamReply:
+    """The stand-in's own /api/chat answer to a native request."""
+    return routes.handle(dataclasses.replace(call, path=NATIVE_PATH, body=wire.go_json(native)))
 
 
 def _events(surface: Surface, call: Call, frames: Iterator[wire.Frame]) -> Iterator[wire.Frame]:

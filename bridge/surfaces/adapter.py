@@ -93,3 +93,8 @@ class Surface:
     def resume(self, call: Call, record: Any, why: str = "") -> None:
         """Complete `call` (its `native`) with the record it named; `record` None (not
         found, or none kept, for `why`): raise the client's error."""
+
+    def relaxed(self, call: Call, status: int, message: str) -> dict[str, Any] | None:
+        """The native request to send once more instead of `call.native`, which the
+        native chat refused with `status` and `message`; None: the refusal stands."""
+        return None

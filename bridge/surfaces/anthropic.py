@@ -26,6 +26,8 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                402: "billing_error", 403: "permission_error", 404: "not_found_error",
                413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
                504: "timeout_error", 529: "overloaded_error"}
+NO_THINKING = "does not support thinking"  # the native chat's refusal of `think`
+UNTHINKING_MODELS = 1024  # model names remembered as unable to think, per worker
 EFFORTS = frozenset({"low", "medium", "high", "max"})
 WEB_SEARCH_TOOL = {
     "type": "function",
@@ -55,6 +57,10 @@ class Anthropic(Surface):
     name = "anthropic"
     routes = (("POST", "/v1/messages"),)
 
+    def __init__(self) -> None:
+        # models the native chat refused `think` for, in this worker: asked without it
+        self.unthinking: set[str] = set()
+
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> MessagesCall:
         model = payload.get("model")
         if not isinstance(model, str) or not model:
@@ -80,7 +86,7 @@ class Anthropic(Surface):
         if tools:
             native["tools"] = tools
         think = _think(payload.get("thinking"), payload.get("output_config"))
-        if think is not None:
+        if think is not None and (think is False or model not in self.unthinking):
             native["think"] = think
         return MessagesCall(native=native, model=model, stream=stream, ids=[new_id("msg")],
                             estimated_input_tokens=_estimate(system, messages,
@@ -108,6 +114,17 @@ class Anthropic(Surface):
     def error(self, status: int, message: str, param: str | None = None,
               code: str | None = None) -> dict[str, Any]:
         return {"type": "error", "error": {"type": error_type(status), "message": message}}
+
+    def relaxed(self, call: Call, status: int, message: str) -> dict[str, Any] | None:
+        """Without `think`, when the model cannot think: Ollama relaxes the switch on this
+        API (`relax_thinking`: Claude Code asks every model for an effort), and refuses
+        it with a 400 on its native chat."""
+        if status == 400 and NO_THINKING in message and call.native.get("think"):
+            if len(self.unthinking) >= UNTHINKING_MODELS:
+                self.unthinking.clear()
+            self.unthinking.add(call.model)
+            return {name: value for name, value in call.native.items() if name != "think"}
+        return None
 
 
 def stop_reason(done_reason: Any, tool_calls: bool) -> str | None:

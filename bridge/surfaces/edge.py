@@ -12,6 +12,7 @@ included, gets identities of its own from the adapter.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from functools import partial
 from typing import Callable, Iterator
 
@@ -32,6 +33,7 @@ from bridge.surfaces.adapter import (
 log = logging.getLogger("bridge.surfaces")
 
 _CALL = "surfaces.call"  # ex.notes: the adapter's `Call` for this exchange
+_SENT = "surfaces.sent"  # ex.notes: the client's headers, before any stage changed them
 _TRANSLATOR = "surfaces.translator"  # ex.notes: the stream's `Translator`, once streaming
 ASYNC_FIELD = "request_fingerprint"  # async jobs answer in the native shapes only
 JSON = "application/json"
@@ -58,9 +60,32 @@ def begin(ex: Exchange) -> None:
                          "send them to /v1/chat/completions or /api/chat", param=ASYNC_FIELD)
     call = surface.request(ex.payload, ex.headers)
     ex.notes[_CALL] = call
+    ex.notes[_SENT] = dict(ex.headers)
     ex.surface, ex.endpoint, ex.path, ex.raw_path = NATIVE_SURFACE, NATIVE_ENDPOINT, NATIVE_PATH, ""
     ex.query = ""  # the client API's own parameters (`?beta=true`) mean nothing natively
     ex.replace_payload(call.native)
+
+
+def relaxed(ex: Exchange, response: Response) -> Exchange | None:
+    """The exchange to run once more instead of `ex`, when its adapter relaxes what the
+    native chat refused (`Surface.relaxed`); None when the refusal stands. `ex` is over:
+    its response is closed and its closers have run."""
+    surface = adapter_for(ex.api)
+    call: Call | None = ex.notes.get(_CALL)
+    if surface is None or call is None or response.ok or response.streaming:
+        return None
+    native = surface.relaxed(call, response.status, error_message(response))
+    if native is None:
+        return None
+    headers = ex.notes[_SENT]
+    again = Exchange(surface=ex.surface, endpoint=ex.endpoint, method=ex.method,
+                     path=ex.path, query=ex.query, headers=dict(headers), body=b"",
+                     request_id=ex.request_id, client_addr=ex.client_addr, api=ex.api)
+    again.notes[_CALL], again.notes[_SENT] = replace(call, native=native), headers
+    again.replace_payload(native)
+    ex.response = response
+    ex.close()
+    return again
 
 
 def finish(ex: Exchange, response: Response) -> None:

@@ -55,3 +55,12 @@ def test_errors_in_anthropics_shape(standin):
     assert bad.status_code == 400 and bad.json() == {"type": "error", "error": {
         "type": "invalid_request_error",
         "message": "max_tokens is required and must be positive"}}
+
+
+def test_thinking_asked_of_a_model_that_cannot_think_is_relaxed(standin):
+    """Ollama's `relax_thinking`: this API never refuses `thinking` for want of it."""
+    answer = requests.post(standin.url + "/v1/messages", timeout=10, json={
+        "model": "qwen2.5", "max_tokens": 50, "thinking": {"type": "enabled"},
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200
+    assert answer.json()["content"] == [{"type": "text", "text": answer_text("hi", 1)}]

@@ -81,16 +81,6 @@ def cached(standin_server, tmp_path_factory):
         yield process
 
 
-@pytest.fixture(scope="module")
-def keeping(standin_server, tmp_path_factory):
-    """A bridge that hands reasoning over (`--keep-reasoning`): thinking blocks."""
-    with start_bridge("--enable-cache", "--cache-dir", str(tmp_path_factory.mktemp("cache")),
-                      "--keep-reasoning", upstream=standin_server.url, workers=2,
-                      log_dir=tmp_path_factory.mktemp("bridge")) as process:
-        show_upstream_is_open(process, MODEL)
-        yield process
-
-
 def test_create_answers_the_text_without_think_tags(cached, standin):
     q = question()
     raw = client(cached).messages.with_raw_response.create(**ask(q), extra_headers=TAGS)
@@ -139,22 +129,30 @@ def test_a_stream_and_a_whole_request_hit_each_others_entry_with_fresh_ids(cache
     assert {raw.parse().content[0].text for raw in again} == {expected(q)}
     with sdk.messages.stream(**ask(q), extra_headers=TAGS) as stream:
         assert stream.get_final_message().content[0].text == expected(q)
+    streams = [sse_events(post(cached, ask(q, stream=True), TAGS)) for _ in range(3)]
+    assert len({events[0][1]["message"]["id"] for events in streams} | ids) == 8
+    assert {streamed_text(events) for events in streams} == {expected(q)}
     assert standin.count("/api/chat") == calls  # no upstream call for any of them
 
 
 def test_thinking_is_left_out_unless_the_request_enables_it(cached, standin):
     q = question()
-    message = client(cached).messages.create(**ask(q))  # reasoning in Ollama's field
+    sdk = client(cached)
+    message = sdk.messages.create(**ask(q))  # silent: reasoning in Ollama's field, removed
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text == expected(q)
     assert "think" not in standin.requests[-1].json()
+    off = sdk.messages.create(**ask(q, thinking={"type": "disabled"}), extra_headers=TAGS)
+    assert [block.type for block in off.content] == ["text"]
+    assert off.content[0].text == expected(q)  # the tags the model wrote, taken out
+    assert standin.requests[-1].json()["think"] is False
 
 
 @pytest.mark.parametrize("stream_first", [False, True])
-def test_thinking_enabled_gives_a_thinking_block_then_the_text(keeping, standin,
+def test_thinking_enabled_gives_a_thinking_block_then_the_text(cached, standin,
                                                                stream_first):
     q = question()
-    sdk = client(keeping)
+    sdk = client(cached)
     thinking = {"type": "enabled", "budget_tokens": 1024}
 
     def whole():
@@ -234,19 +232,15 @@ def test_limits_of_the_bridge_answer_in_anthropics_shape(make_bridge, standin):
 
 def test_admission_refusal_is_an_overloaded_error(make_bridge, standin):
     busy = make_bridge("--max-concurrency", "1", "--max-queue", "0", workers=1)
-    slow = {"x-standin-first-token-delay": "30"}
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(post, busy, ask(question(), stream=True), slow, stream=True)
-        wait_in_flight(standin)
+    slow = {"x-standin-token-delay": "5"}  # a stream that holds the only slot a while
+    held = post(busy, ask(question(), stream=True, model="qwen2.5"), slow, stream=True)
+    try:
+        assert held.status_code == 200
         refused = post(busy, ask(question()))
         assert refused.status_code == 503
         assert refused.json()["error"]["type"] == "overloaded_error"
-        held.result().close()
-
-
-def wait_in_flight(standin) -> None:
-    wait_for(lambda: standin.stats(with_requests=False)["in_flight"] >= 1, timeout=30,
-             what="the held request at the stand-in")
+    finally:
+        held.close()
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +367,19 @@ def test_metrics_the_access_log_and_the_console_name_the_api(make_bridge, standi
                         surface="anthropic") == 1
     lines = [line for line in plain.log().splitlines() if '"POST /v1/messages"' in line]
     assert len(lines) == 2 and all("api=anthropic" in line for line in lines)
+
+
+def test_a_model_that_cannot_think_answers_without_thinking(make_bridge, standin):
+    """As Ollama relaxes it on this API: Claude Code asks every model for an effort."""
+    single = make_bridge(workers=1)
+    sdk = client(single)
+    for asked in ({"thinking": {"type": "enabled", "budget_tokens": 1024}},
+                  {"extra_body": {"output_config": {"effort": "high"}}}):
+        q = question()
+        message = sdk.messages.create(model="qwen2.5", max_tokens=100,
+                                      messages=[{"role": "user", "content": q}], **asked)
+        assert [block.type for block in message.content] == ["text"]
+        assert message.content[0].text == answer_text(q, 1)
+    sent = [request.json() for request in standin.requests if request.path == "/api/chat"]
+    # refused once with `think`, then asked without it, and from then on at once
+    assert [request.get("think") for request in sent] == [True, None, None]
