@@ -123,16 +123,22 @@ def test_stream_and_whole_answer_each_other_from_the_cache_with_fresh_ids(client
     assert standin.count("/api/chat") == calls + 1
 
 
-def test_reasoning_items_only_when_the_request_asks(make_bridge, standin):
+def test_reasoning_items_only_when_the_request_asks(client, standin):
     standin.configure(think="field")
-    bridge = sdk(make_bridge("--keep-reasoning").url)
-    asked = bridge.responses.create(model=MODEL, input=question(),
-                                    reasoning={"effort": "high"})
+    ask = question()
+    asked = client.responses.create(model=MODEL, input=ask, reasoning={"effort": "high"})
     assert [item.type for item in asked.output] == ["reasoning", "message"]
     assert asked.output[0].summary[0].text and "<think>" not in asked.output_text
-    plain = sdk(make_bridge().url).responses.create(model=MODEL, input=question())
+    assert chat_calls(standin)[-1]["think"] == "high"
+    events, final = streamed(client, model=MODEL, input=ask, reasoning={"effort": "high"})
+    assert "response.reasoning_summary_text.delta" in [event.type for event in events]
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == asked.output[0].summary[0].text
+    plain = client.responses.create(model=MODEL, input=ask)  # silent: the server's default
     assert [item.type for item in plain.output] == ["message"]
-    assert "<think>" not in plain.output_text
+    assert plain.output_text == asked.output_text and "<think>" not in plain.output_text
+    off = client.responses.create(model=MODEL, input=question(), reasoning={"effort": "none"})
+    assert [item.type for item in off.output] == ["message"]
 
 
 def test_bad_requests_are_400s_in_the_openai_shape(client, standin):
