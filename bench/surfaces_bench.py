@@ -1,8 +1,9 @@
 """What a client API served by translation costs over `/v1/chat/completions`, in one run:
-the same question asked through `/v1/messages` (Anthropic) and through the OpenAI chat
-API, on a miss (a bridge without the cache: every request goes upstream, translated both
-ways) and on a hit (a bridge with the cache, one entry asked again and again), whole
-answers and streams, on 2 gevent workers in front of one stand-in.
+the same question asked through `/v1/messages` (Anthropic), `/v1/responses` (OpenAI
+Responses) and through the OpenAI chat API, on a miss (a bridge without the cache: every
+request goes upstream, translated both ways) and on a hit (a bridge with the cache, one
+entry asked again and again), whole answers and streams, on 2 gevent workers in front of
+one stand-in.
 
     python bench/surfaces_bench.py [--duration S] [--connections N] [--rounds R]
 
@@ -32,7 +33,8 @@ QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 CHAT = ("/v1/chat/completions", {"model": MODEL, "messages": QUESTION})
 # the translated APIs: (name, path, body), asking what CHAT asks
 APIS = [("anthropic", "/v1/messages", {"model": MODEL, "max_tokens": 512,
-                                        "messages": QUESTION})]
+                                        "messages": QUESTION}),
+        ("responses", "/v1/responses", {"model": MODEL, "input": QUESTION})]
 TARGET = 0.90  # of /v1/chat/completions' req/s
 
 

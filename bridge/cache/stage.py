@@ -44,6 +44,7 @@ from bridge.cache.flight import Flight, Flights
 from bridge.cache.hot import HotTracker
 from bridge.cache.keys import cache_key
 from bridge.cache.memory import MemoryTier
+from bridge.cache.records import Records
 from bridge.cache.redis_tier import RedisTier, shared_tier
 from bridge.cache.sweeper import Sweeper
 from bridge.core.errors import (
@@ -141,6 +142,7 @@ class CacheStage(Stage):
         self.sweeper: Sweeper | None = None
         self.entitlements = Entitlements(settings, context.upstream, context.principals)
         self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
+        self.records: Records | None = None  # side records in the tiers, once started
 
     def start(self) -> None:
         self.entitlements.start()
@@ -153,6 +155,7 @@ class CacheStage(Stage):
             self.disk = None
         self.disk = shared_tier(self.settings, self.disk)  # with --redis-url: Redis
         self.sweeper = Sweeper(self.memory, self.disk, self.hot)
+        self.records = Records(self.memory, self.disk)
         self.memory.report()
         self.hot.report()
         if self.disk is not None:

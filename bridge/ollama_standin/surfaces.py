@@ -65,9 +65,11 @@ def _events(surface: Surface, call: Call, frames: Iterator[wire.Frame]) -> Itera
             events = translator.failed(500, str(data["error"]))
         else:
             events = translator.frame(data)
-        yield b"".join(b"event: %s\ndata: %s\n\n" % (event.event or b"message",
-                                                     wire.go_json(event.data))
-                       for event in events), terminal
+        written = b"".join(b"event: %s\ndata: %s\n\n" % (event.event or b"message",
+                                                          wire.go_json(event.data))
+                           for event in events)
+        if written or terminal:  # an empty chunk would end a chunked body
+            yield written, terminal
 
 
 def _message(body: bytes) -> str:

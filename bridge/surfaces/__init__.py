@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from bridge.surfaces.adapter import Surface
 from bridge.surfaces.anthropic import Anthropic
+from bridge.surfaces.responses import Responses
 
-ADAPTERS: dict[str, Surface] = {surface.name: surface for surface in (Anthropic(),)}
+ADAPTERS: dict[str, Surface] = {surface.name: surface for surface in (Anthropic(), Responses())}
 NAMES = tuple(ADAPTERS)
 # (method, path, api) of every route an adapter serves
 ROUTES = tuple((method, path, surface.name) for surface in ADAPTERS.values()

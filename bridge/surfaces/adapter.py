@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from bridge.core.exchange import Frame
 
@@ -37,6 +37,9 @@ class Call:
     model: str
     stream: bool
     ids: list[str] = field(default_factory=list)
+    # where answers are kept (`bridge.surfaces.stage`): remember(name, record) keeps what
+    # a later request may name (`Surface.recall`); None when nothing is kept
+    remember: Callable[[str, Any], None] | None = None
 
 
 class Translator:
@@ -63,6 +66,8 @@ class Surface:
 
     name: str = ""
     routes: Sequence[tuple[str, str]] = ()
+    # whether its answers leave records that a later request may name (`recall`)
+    keeps_records: bool = False
 
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> Call:
         raise NotImplementedError
@@ -75,9 +80,19 @@ class Surface:
         """A translator for the native stream that answers `call`."""
         raise NotImplementedError
 
-    def error(self, status: int, message: str) -> dict[str, Any]:
-        """The body of an error with this HTTP status, in the client's shape."""
+    def error(self, status: int, message: str, param: str | None = None,
+              code: str | None = None) -> dict[str, Any]:
+        """The body of an error with this HTTP status, in the client's shape (with the
+        field it concerns and its code, where the shape has room for them)."""
         raise NotImplementedError
+
+    def recall(self, call: Call) -> str | None:
+        """The name of the record of an earlier answer that `call` continues, if any."""
+        return None
+
+    def resume(self, call: Call, record: Any, why: str = "") -> None:
+        """Complete `call` (its `native`) with the record it named; `record` None (not
+        found, or none kept, for `why`): raise the client's error."""
 
     def relaxed(self, call: Call, status: int, message: str) -> dict[str, Any] | None:
         """The native request to send once more instead of `call.native`, which the

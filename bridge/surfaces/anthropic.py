@@ -111,7 +111,8 @@ class Anthropic(Surface):
         assert isinstance(call, MessagesCall)
         return MessagesStream(call)
 
-    def error(self, status: int, message: str) -> dict[str, Any]:
+    def error(self, status: int, message: str, param: str | None = None,
+              code: str | None = None) -> dict[str, Any]:
         return {"type": "error", "error": {"type": error_type(status), "message": message}}
 
     def relaxed(self, call: Call, status: int, message: str) -> dict[str, Any] | None:

@@ -44,6 +44,11 @@ def translated(ex: Exchange) -> bool:
     return ex.api != ex.surface and adapter_for(ex.api) is not None
 
 
+def call_of(ex: Exchange) -> Call | None:
+    """The adapter's translation of a translated exchange (None for any other)."""
+    return ex.notes.get(_CALL)
+
+
 def begin(ex: Exchange) -> None:
     """Make `ex` (its body parsed into `ex.payload`) the native chat exchange that means
     the same; raises a `BridgeError` (in the client's shape, through `finish`) for a
@@ -104,7 +109,11 @@ def finish(ex: Exchange, response: Response) -> None:
             response.headers["content-type"] = JSON
         else:  # not a native answer: an error some stage made with a 2xx
             _error(surface, response, 502)
-    if response.replayable is not None and call is not None:  # a repeat: its own ids
+    if call is not None and call.remember is not None:
+        # an answer that leaves a record (its id names it) goes through the adapter each
+        # time: never repeated as the bytes sent (`bridge.web.fast_hits`)
+        response.replayable = None
+    elif response.replayable is not None and call is not None:  # a repeat: its own ids
         response.replayable = Replayable(response.replayable.revisit,
                                          partial(_restamper, call.ids))
 
@@ -114,7 +123,8 @@ def _error(surface: Surface, response: Response, status: int | None = None) -> N
     message = error_message(response)
     response.close()  # an error that came as a stream: nothing of it goes out
     response.frames, response.codec, response.status = None, None, status
-    response.set_body(encode_json(surface.error(status, message)) + b"\n")
+    response.set_body(encode_json(surface.error(status, message, **error_detail(response)))
+                      + b"\n")
     response.headers["content-type"] = JSON
 
 
@@ -129,6 +139,18 @@ def error_message(response: Response) -> str:
         return error
     text = response.body.decode("utf-8", "replace").strip() if not response.streaming else ""
     return text or f"the request failed with status {response.status}"
+
+
+def error_detail(response: Response) -> dict[str, str | None]:
+    """The `param` and `code` of an error: the bridge's own (`Response.detail`), or an
+    OpenAI-shaped body's."""
+    if response.detail is not None:
+        return response.detail
+    data = response.json() if not response.streaming else None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return {}
+    return {name: error[name] for name in ("param", "code") if isinstance(error.get(name), str)}
 
 
 def _frames(ex: Exchange, translator: Translator, native: Iterator[Frame]) -> Iterator[Frame]:
