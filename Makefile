@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CACHE_ARGS ?= --enable-cache --cache-dir ./cache
 ARGS ?=
 
-.PHONY: run test test-under-load lint bench
+.PHONY: run test test-under-load lint bench claude-code
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 run: $(VENV)/.installed
 	$(PY) -m bridge.serve.demo $(CACHE_ARGS) $(ARGS)
+
+# Claude Code (npm), for the test that drives it against the bridge: installed into a
+# project-local, git-ignored directory, never globally.
+CLAUDE_CODE_DIR := .tools/claude-code
+# the version its test was written against
+CLAUDE_CODE_VERSION ?= 2.1.197
+claude-code: $(CLAUDE_CODE_DIR)/node_modules/.bin/claude
+$(CLAUDE_CODE_DIR)/node_modules/.bin/claude:
+	npm install --silent --no-audit --no-fund --prefix $(CLAUDE_CODE_DIR) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 3 --dist loadfile tests

@@ -233,7 +233,7 @@ class AdmissionStage(Stage):
             if not call.first_frame:
                 call.first_frame = True
                 emit("upstream.ttft", time.perf_counter() - call.started,
-                     endpoint=ex.endpoint, surface=ex.surface)
+                     endpoint=ex.endpoint, surface=ex.api)
             yield frame
 
     def _end(self, ex: Exchange) -> None:

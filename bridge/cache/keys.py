@@ -9,7 +9,10 @@ Part of the key: the surface (`/v1` or `/api`), the endpoint, the model and ever
 body field, the whole message history included (`messages`, `prompt`, `system`,
 `suffix`, `context`, `images`, `tools`, `tool_choice`, `format`, `response_format`,
 `options`, `temperature`, `top_p`, `seed`, `n`, `stop`, `max_tokens`, `think`, `logprobs`,
-`input`, …). An unknown field counts as changing the answer.
+`input`, …). An unknown field counts as changing the answer. So are the request's wishes
+about reasoning (`think`, `reasoning_effort`, `reasoning`): an entry holds the reasoning
+the upstream sent, and the think filter, outside the cache, delivers it or removes it
+per request, so asking for reasoning or not never changes what another client is served.
 
 In shared mode with `--cache-per-client-key`, the exchange's `cache_scope` (the client
 key's name) is part of the key too: one cache per client key. So is the upstream the
@@ -18,9 +21,11 @@ never served.
 
 Not part of the key: `stream`, `stream_options`, `user`, `request_fingerprint`,
 `keep_alive`, `store`, `metadata`, `service_tier`; key order and whitespace; the
-reasoning of earlier assistant messages, removed by the same rule as the think filter's
-(`bridge.core.reasoning.strip_history`: `<think>…</think>` blocks, text before a
-`</think>` that comes before any `<think>`), and their reasoning fields. Headers
+reasoning of earlier assistant messages that is not sent upstream, removed by the same
+rule as the think filter's (`bridge.core.reasoning.forwarded_history`: `<think>…</think>`
+blocks, text before a `</think>` that comes before any `<think>`, and the reasoning
+fields of assistant messages before the last user message; those after it, which a tool
+loop sends back, are part of the key). Headers
 (Authorization included) are not part of the key: who may be served a stored answer
 is decided by `bridge.identity.entitlement`.
 """
@@ -31,7 +36,7 @@ import hashlib
 import json
 from typing import Any
 
-from bridge.core.reasoning import REASONING_FIELDS, strip_history
+from bridge.core.reasoning import forwarded_history
 
 # Body fields that never change the answer.
 IGNORED_FIELDS = frozenset({
@@ -39,21 +44,6 @@ IGNORED_FIELDS = frozenset({
     "metadata", "service_tier",
 })
 SEPARATOR = "\t"  # between the model and the digest: purge by model is a key-range delete
-
-
-def _history_message(message: Any) -> Any:
-    if not isinstance(message, dict) or message.get("role") != "assistant":
-        return message
-    clean = {name: value for name, value in message.items() if name not in REASONING_FIELDS}
-    content = clean.get("content")
-    if isinstance(content, str):
-        clean["content"] = strip_history(content)
-    elif isinstance(content, list):
-        clean["content"] = [
-            {**part, "text": strip_history(part["text"])}
-            if isinstance(part, dict) and isinstance(part.get("text"), str) else part
-            for part in content]
-    return clean
 
 
 def _canonical(value: Any) -> Any:
@@ -71,7 +61,7 @@ def canonical_request(surface: str, endpoint: str, payload: dict[str, Any],
     """What identifies the question (see the module docstring)."""
     body = {name: value for name, value in payload.items() if name not in IGNORED_FIELDS}
     if isinstance(body.get("messages"), list):
-        body["messages"] = [_history_message(message) for message in body["messages"]]
+        body["messages"] = forwarded_history(body["messages"])
     canonical = {"surface": surface, "endpoint": endpoint, "request": _canonical(body)}
     if scope is not None:
         canonical["scope"] = scope

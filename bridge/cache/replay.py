@@ -31,7 +31,7 @@ OPENAI, OLLAMA = "openai", "ollama"
 EMBEDDING_ENDPOINTS = frozenset({"embeddings", "embed"})
 ID_PREFIXES = {"chat": "chatcmpl-", "completions": "cmpl-"}
 TEXT_FIELDS = {"chat": "content", "completions": "text", "generate": "response"}
-_WORDS = re.compile(r"\S+\s*|\s+")
+_WORDS = re.compile(r"\s*\S+|\s+")
 
 BODY_CONTENT_TYPES = {OPENAI: "application/json", OLLAMA: "application/json; charset=utf-8"}
 
@@ -215,8 +215,7 @@ def _assemble_openai(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, 
             index = piece.get("index", 0)
             if endpoint == "chat":
                 choice = choices.setdefault(index, {
-                    "index": index, "message": {"role": "assistant", "content": ""},
-                    "finish_reason": None})
+                    "index": index, "message": {"role": "assistant"}, "finish_reason": None})
                 _merge(choice["message"], piece.get("delta") or {})
             else:
                 choice = choices.setdefault(index, {"index": index, "text": "",
@@ -237,11 +236,8 @@ def _assemble_openai(endpoint: str, objects: list[dict[str, Any]]) -> dict[str, 
         message = choice.get("message")
         if message is not None:
             _drop_empty(message)
-            for call in message.get("tool_calls") or ():
-                if isinstance(call, dict):  # the stream's place of a call, not in a whole answer
-                    call.pop("index", None)
-            if message.get("tool_calls") and not message.get("content"):
-                message["content"] = None  # as a whole answer with tool calls has it
+            # `content` as the stream gave it: "" (Ollama), null beside tool calls (OpenAI)
+            message.setdefault("content", "")
     if usage is not None:
         body["usage"] = usage
     return body
@@ -285,73 +281,120 @@ def assemble(surface: str, endpoint: str, frames: Iterable[Frame]) -> dict[str, 
 
 
 def words(text: str) -> list[str]:
-    """Text cut at word boundaries, each piece keeping its trailing whitespace."""
+    """Text cut at word boundaries, each piece with the whitespace before it (as a
+    model's tokens are: `" the"`)."""
     return _WORDS.findall(text)
 
 
+def _pieces(texts: list[tuple[str, str]], logprobs: Any) -> list[tuple[str, str, Any]]:
+    """(field, piece, its log probabilities) of the texts of an answer, in order: cut at
+    the tokens of `logprobs` when they spell the texts out (each piece with its own entry,
+    as Ollama streams them), else at word boundaries (any log probabilities with the
+    first piece)."""
+    tokens = logprobs if isinstance(logprobs, list) and logprobs else None
+    pieces: list[tuple[str, str, Any]] = []
+    fields = [(name, text) for name, text in texts if text]
+    if tokens is not None and all(isinstance(entry, dict) and isinstance(entry.get("token"), str)
+                                  and entry["token"] for entry in tokens):
+        at = 0
+        for entry in tokens:
+            if not fields or not fields[0][1].startswith(entry["token"], at):
+                break
+            pieces.append((fields[0][0], entry["token"], [entry]))
+            at += len(entry["token"])
+            if at == len(fields[0][1]):
+                fields, at = fields[1:], 0
+        else:
+            if not fields:
+                return pieces
+        fields = [(name, text) for name, text in texts if text]
+    pieces = [(name, piece, None) for name, text in fields for piece in words(text)]
+    if tokens is not None:
+        name, piece, _ = pieces[0] if pieces else (texts[-1][0], "", None)
+        pieces[:1] = [(name, piece, tokens)]
+    return pieces
+
+
 def _split_openai(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stream Ollama sends for `body` (v0.32.6+): the role on the first delta,
+    reasoning as `{"content":"","reasoning":…}`, text pieces, tool calls whole in one
+    delta, the finish on a `delta: {}` chunk, then the usage."""
     kind = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
     base = {"id": body.get("id", ""), "object": kind, "created": body.get("created", 0),
             "model": body.get("model", "")}
     if "system_fingerprint" in body:
         base["system_fingerprint"] = body["system_fingerprint"]
     out: list[dict[str, Any]] = []
-    if endpoint == "chat":
+    for choice in body.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", 0)
 
-        def chunk(index: int, delta: dict[str, Any], finish: Any = None) -> dict[str, Any]:
-            return {**base, "choices": [{"index": index, "delta": delta,
-                                         "finish_reason": finish}]}
+        def chunk(part: dict[str, Any], finish: Any = None, logprobs: Any = None,
+                  index: Any = index) -> dict[str, Any]:
+            piece = {"index": index, **part, "finish_reason": finish}
+            if logprobs:
+                piece["logprobs"] = {"content": logprobs}
+            return {**base, "choices": [piece]}
 
-        for choice in body.get("choices") or ():
-            index, message = choice.get("index", 0), dict(choice.get("message") or {})
-            out.append(chunk(index, {"role": message.pop("role", "assistant"), "content": ""}))
-            for name in REASONING_FIELDS:
-                out.extend(chunk(index, {name: piece}) for piece in words(message.pop(name, "")
-                                                                           or ""))
-            out.extend(chunk(index, {"content": piece})
-                       for piece in words(message.pop("content", "") or ""))
-            calls = message.pop("tool_calls", None)
-            if calls:
-                out.append(chunk(index, {"tool_calls": [{"index": position, **call}
-                                                        for position, call in enumerate(calls)]}))
-            out.append(chunk(index, {}, choice.get("finish_reason") or "stop"))
-    else:
-        for choice in body.get("choices") or ():
-            index = choice.get("index", 0)
-            out.extend({**base, "choices": [{"index": index, "text": piece,
-                                             "finish_reason": None}]}
-                       for piece in words(choice.get("text") or ""))
-            out.append({**base, "choices": [{"index": index, "text": "",
-                                             "finish_reason": choice.get("finish_reason")
-                                             or "stop"}]})
+        logprobs = choice.get("logprobs")
+        tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if endpoint != "chat":
+            out.extend(chunk({"text": piece}, logprobs=entries)
+                       for _, piece, entries in _pieces([("text", choice.get("text") or "")],
+                                                        tokens))
+            out.append(chunk({"text": ""}, choice.get("finish_reason") or "stop"))
+            continue
+        message = dict(choice.get("message") or {})
+        role = message.pop("role", "assistant")
+        texts = [(name, message.pop(name, "") or "") for name in REASONING_FIELDS]
+        texts.append(("content", message.pop("content", "") or ""))
+        deltas = [({"content": piece} if name == "content" else {"content": "", name: piece},
+                   entries) for name, piece, entries in _pieces(texts, tokens)]
+        calls = message.pop("tool_calls", None)
+        if calls:
+            deltas.append(({"content": "", "tool_calls": [
+                {"index": position, **call} for position, call in enumerate(calls)]}, None))
+        if not deltas:
+            deltas.append(({"content": ""}, None))
+        first, entries = deltas[0]
+        deltas[0] = ({"role": role, **first}, entries)
+        out.extend(chunk({"delta": delta}, logprobs=entries) for delta, entries in deltas)
+        out.append(chunk({"delta": {}}, choice.get("finish_reason") or "stop"))
     if body.get("usage"):
         out.append({**base, "choices": [], "usage": body["usage"]})
     return out
 
 
 def _split_ollama(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stream Ollama sends for `body`: thinking, then text, each piece with its own
+    log probabilities; tool calls whole in one more line; the metrics on the last."""
     head = {name: body[name] for name in ("model", "created_at") if name in body}
     final = {name: value for name, value in body.items()
-             if name not in ("message", "response", THINKING)}
+             if name not in ("message", "response", THINKING, "logprobs")}
     final["done"] = True
     out: list[dict[str, Any]] = []
+
+    def line(part: dict[str, Any], logprobs: Any) -> dict[str, Any]:
+        obj = {**head, **part, "done": False}
+        return {**obj, "logprobs": logprobs} if logprobs else obj
+
     if endpoint == "chat":
         message = dict(body.get("message") or {})
         role = message.pop("role", "assistant")
-        for name in REASONING_FIELDS:
-            out.extend({**head, "message": {"role": role, "content": "", name: piece},
-                        "done": False} for piece in words(message.pop(name, "") or ""))
-        out.extend({**head, "message": {"role": role, "content": piece}, "done": False}
-                   for piece in words(message.pop("content", "") or ""))
+        texts = [(name, message.pop(name, "") or "") for name in REASONING_FIELDS]
+        texts.append(("content", message.pop("content", "") or ""))
+        out.extend(line({"message": {"role": role, "content": piece}} if name == "content"
+                        else {"message": {"role": role, "content": "", name: piece}}, entries)
+                   for name, piece, entries in _pieces(texts, body.get("logprobs")))
         if message:  # tool calls, images: whole, in one more frame
-            out.append({**head, "message": {"role": role, "content": "", **message},
-                        "done": False})
+            out.append(line({"message": {"role": role, "content": "", **message}}, None))
         final = {**final, "message": {"role": role, "content": ""}}
     else:
-        out.extend({**head, "response": "", THINKING: piece, "done": False}
-                   for piece in words(body.get(THINKING) or ""))
-        out.extend({**head, "response": piece, "done": False}
-                   for piece in words(body.get("response") or ""))
+        texts = [(THINKING, body.get(THINKING) or ""), ("response", body.get("response") or "")]
+        out.extend(line({"response": piece} if name == "response"
+                        else {"response": "", THINKING: piece}, entries)
+                   for name, piece, entries in _pieces(texts, body.get("logprobs")))
         final = {**final, "response": ""}
     out.append(final)
     return out

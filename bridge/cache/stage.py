@@ -9,13 +9,16 @@ that every entry holds the upstream's own frames and serves streamed and whole a
 alike; the client's payload is restored on the way out.
 
 On the way out: a complete stream (terminator seen) or a successful whole body is stored
-in both tiers; errors and cut streams never are. Per request, `Cache-Control: no-cache`
-skips the lookup and refreshes the entry, `no-store` bypasses the cache both ways,
-`max-age=N` accepts only entries younger than N seconds. Responses carry `X-Cache`
-(HIT-MEMORY, HIT-DISK, HIT-REDIS, HIT-FLIGHT, MISS, BYPASS) and, on hits, `Age`: HIT-REDIS is
-a hit in the Redis tier shared by instances (`--redis-url`); HIT-FLIGHT is a
-request served by an identical one in flight (in this worker or another), which cost
-no upstream call of its own.
+in both tiers; errors and cut streams never are. Model control is no question: a chat
+without messages or a generation without a prompt only loads the model (or, with
+`keep_alive: 0`, unloads it), so it always goes upstream, and is never stored (BYPASS);
+`keep_alive` is not part of any other request's key (`bridge.cache.keys`). Per request,
+`Cache-Control: no-cache` skips the lookup and refreshes the entry, `no-store` bypasses
+the cache both ways, `max-age=N` accepts only entries younger than N seconds. Responses
+carry `X-Cache` (HIT-MEMORY, HIT-DISK, HIT-REDIS, HIT-FLIGHT, MISS, BYPASS) and, on hits,
+`Age`: HIT-REDIS is a hit in the Redis tier shared by instances (`--redis-url`);
+HIT-FLIGHT is a request served by an identical one in flight (in this worker or
+another), which cost no upstream call of its own.
 
 Only clients entitled to the model on that upstream read the tiers or join a flight
 (`bridge.identity.entitlement`); the others go upstream on their own. Whatever a request claims
@@ -41,6 +44,7 @@ from bridge.cache.flight import Flight, Flights
 from bridge.cache.hot import HotTracker
 from bridge.cache.keys import cache_key
 from bridge.cache.memory import MemoryTier
+from bridge.cache.records import Records
 from bridge.cache.redis_tier import RedisTier, shared_tier
 from bridge.cache.sweeper import Sweeper
 from bridge.core.errors import (
@@ -138,6 +142,7 @@ class CacheStage(Stage):
         self.sweeper: Sweeper | None = None
         self.entitlements = Entitlements(settings, context.upstream, context.principals)
         self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
+        self.records: Records | None = None  # side records in the tiers, once started
 
     def start(self) -> None:
         self.entitlements.start()
@@ -150,6 +155,7 @@ class CacheStage(Stage):
             self.disk = None
         self.disk = shared_tier(self.settings, self.disk)  # with --redis-url: Redis
         self.sweeper = Sweeper(self.memory, self.disk, self.hot)
+        self.records = Records(self.memory, self.disk)
         self.memory.report()
         self.hot.report()
         if self.disk is not None:
@@ -172,7 +178,7 @@ class CacheStage(Stage):
                 or ex.method != "POST":
             return
         control = Control.parse(ex.headers)
-        if not control.store:
+        if not control.store or model_control(ex):
             self._mark(ex, BYPASS)
             emit("cache.bypass")
             return
@@ -452,6 +458,15 @@ def _utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def model_control(ex: Exchange) -> bool:
+    """Whether `ex` only loads or unloads its model: a chat without messages or a
+    completion without a prompt (Ollama answers `done_reason` "load", or "unload" with
+    `keep_alive: 0`; on `/v1` chat, a 400)."""
+    if ex.endpoint in replay.EMBEDDING_ENDPOINTS:
+        return False
+    return not ex.payload.get("messages" if ex.endpoint == "chat" else "prompt")
 
 
 def reject_lone_surrogates(ex: Exchange) -> None:

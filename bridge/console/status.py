@@ -19,14 +19,18 @@ from bridge import __version__
 from bridge.core import instance
 from bridge.core.settings import SETTINGS, Secret, Settings
 from bridge.observability import metrics
+from bridge.surfaces import NAMES, api_of
 
 Sample = tuple[str, dict[str, str], float]
-SURFACES = ("openai", "ollama")
+SURFACES = ("openai", "ollama", *NAMES)  # the console's columns: every API clients speak
 TOP = 10
 
 
 def surface_of(route: str) -> str:
     """The API a route template belongs to ("" for the operations routes)."""
+    translated = api_of(route)
+    if translated:
+        return translated
     if route.startswith("/v1/"):
         return "openai"
     if route.startswith("/api/"):

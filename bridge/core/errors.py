@@ -113,4 +113,5 @@ def error_response(surface: str, err: BridgeError) -> Response:
     headers = {"content-type": "application/json"}
     headers.update({name.lower(): value for name, value in err.headers.items()})
     return Response(status=err.status, headers=headers,
-                    body=encode_json(error_payload(surface, err)) + b"\n")
+                    body=encode_json(error_payload(surface, err)) + b"\n",
+                    detail={"param": err.param, "code": err.code})

@@ -82,20 +82,25 @@ class Frame:
     (the stream readers set it on every frame of one upstream read but its last): the
     writer then sends the frames of one read in one write instead of one write each.
     A frame built by a stage has it False: written at once, always safe.
+
+    `event` names an SSE event the bridge writes itself (`event: NAME` before the data
+    line: Anthropic's and the Responses API's streams); None for a plain data line.
     """
 
-    __slots__ = ("raw", "_data", "verbatim", "more")
+    __slots__ = ("raw", "_data", "verbatim", "more", "event")
     _UNPARSED = object()
 
-    def __init__(self, raw: bytes, data: Any = _UNPARSED, verbatim: bool = False):
+    def __init__(self, raw: bytes, data: Any = _UNPARSED, verbatim: bool = False,
+                 event: bytes | None = None):
         self.raw = raw
         self._data = data
         self.verbatim = verbatim  # an SSE event that is not a plain data line (comment, event:)
         self.more = False
+        self.event = event
 
     @classmethod
-    def of(cls, data: Any) -> "Frame":
-        return cls(encode_json(data), data)
+    def of(cls, data: Any, event: str | None = None) -> "Frame":
+        return cls(encode_json(data), data, event=event.encode() if event else None)
 
     @property
     def is_done(self) -> bool:
@@ -242,6 +247,9 @@ class Response:
     memo: dict[Any, Any] | None = field(default=None, repr=False)
     stamp: Callable[[bytes], bytes] | None = field(default=None, repr=False)
     replayable: Replayable | None = field(default=None, repr=False)
+    # a refusal's `param` and `code` (the bridge's own errors), whatever the body's shape:
+    # for a client API that the body's shape cannot tell them in (`bridge.surfaces`)
+    detail: dict[str, Any] | None = field(default=None, repr=False)
     _json: Any = field(default=None, repr=False)
 
     @property
@@ -404,7 +412,7 @@ class UpstreamSlot:
 class Exchange:
     """One client request and everything the bridge learns while answering it."""
 
-    surface: str                 # "openai" (/v1) or "ollama" (/api)
+    surface: str                 # "openai" (/v1) or "ollama" (/api): the wire upstream
     endpoint: str                # "chat", "completions", "embeddings", "generate", "embed", …
     method: str
     path: str
@@ -432,7 +440,15 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     notes: dict[str, Any] = field(default_factory=dict)  # one stage's private scratch space
     raw_path: str = ""           # `path` as the client sent it, percent-encoding kept
+    # The API the client speaks: `surface`, or a client API the web layer translates to
+    # and from that wire (`bridge.surfaces`: "anthropic", "responses"). What metrics, the
+    # access log, the console and the error shapes the client sees are labelled by.
+    api: str = ""
     _closers: list[Callable[["Exchange"], None]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.api:
+            self.api = self.surface
 
     @property
     def is_model_request(self) -> bool:

@@ -61,6 +61,7 @@ STAGE_ORDER: Sequence[str] = (
     "bridge.shared_mode",  # shared mode: client keys, upstream key
     "bridge.async_jobs",  # request_fingerprint: 202 now, the stages inside run as a job
     "bridge.routing",  # --upstreams: which upstreams (and keys) serve the model; model lists
+    "bridge.surfaces",  # a translated request that continues an earlier answer: completed
     "bridge.think",  # outside the cache: filters hits and misses on the way out
     "bridge.cache",  # lookup (may answer) / store what the upstream produced
     "bridge.rate_limit",  # token bucket: only calls that reach the upstream

@@ -10,7 +10,9 @@ applies them to the payloads of each API surface.
 The rules (non-stream and stream give the same result for any way of cutting the text):
 
 * Every `<think>…</think>` block is reasoning; the whitespace right after `</think>` is
-  dropped with it. Text outside blocks is answer, byte for byte.
+  dropped with it. Text outside blocks is answer, byte for byte. The reasoning of a
+  block is handed out without the whitespace at its start and end (the newlines a
+  template writes around it), as Ollama's own parser does.
 * Blocks are flat: inside a block, `<think>` is plain reasoning text and the first
   `</think>` closes it. A `</think>` outside any block is stray markup: it and the
   whitespace after it are dropped, the text around it stays answer (but see below for
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
 OPEN = "<think>"
 CLOSE = "</think>"
@@ -55,8 +58,9 @@ CLOSE = "</think>"
 OPENAI_REASONING_FIELDS = ("reasoning", "reasoning_content")
 OLLAMA_REASONING_FIELD = "thinking"
 REASONING_FIELDS = (*OPENAI_REASONING_FIELDS, OLLAMA_REASONING_FIELD)
-# Where `--keep-reasoning` delivers it, per surface.
-KEPT_REASONING_FIELD = {"openai": "reasoning_content", "ollama": OLLAMA_REASONING_FIELD}
+# Where kept reasoning is delivered, per surface: Ollama's names (`/v1` `reasoning`, native
+# `thinking`), and on `/v1` DeepSeek's `reasoning_content` too, for clients that read that.
+KEPT_REASONING_FIELDS = {"openai": OPENAI_REASONING_FIELDS, "ollama": (OLLAMA_REASONING_FIELD,)}
 _MAX_HOLD = len(CLOSE) - 1
 
 # States of ThinkFilter.
@@ -105,6 +109,8 @@ class ThinkFilter:
         "_carry",
         "_held",
         "_live",
+        "_r_space",
+        "_r_start",
         "_skip_ws",
         "_held_at",
         "_state",
@@ -125,6 +131,8 @@ class ThinkFilter:
         self.spans: list[tuple[int, int]] = []
         self._skip_ws = False  # just after `</think>`: drop whitespace
         self._answered = False  # non-whitespace answer text has been emitted
+        self._r_start = True  # no reasoning of the current block handed out yet
+        self._r_space = ""  # whitespace at the end of the reasoning so far: held back
         self.blocks = 0
         self.chars_in = 0
         self.chars_answer = 0
@@ -207,10 +215,11 @@ class ThinkFilter:
                         self._carry = text[-keep:]
                         text = text[:-keep]
                     if text:
-                        reasoning.append(text)
+                        self._reason(reasoning, text)
                     break
                 if i_close:
-                    reasoning.append(text[:i_close])
+                    self._reason(reasoning, text[:i_close])
+                self._r_space = ""
                 self._state = _OUT
                 self._skip_ws = True
                 at += i_close + len(CLOSE)
@@ -226,7 +235,7 @@ class ThinkFilter:
                     if text:
                         self._held.append(text)
                         if self._live and state == _IMPLICIT:
-                            reasoning.append(text)
+                            self._reason(reasoning, text)
                     break
                 if i_close == -1 or (i_open != -1 and i_open < i_close):
                     # The model writes its own `<think>`: what came before it is answer.
@@ -248,7 +257,8 @@ class ThinkFilter:
                     self._held = []
                     self._live = False
                     if held:
-                        reasoning.append(held)
+                        self._reason(reasoning, held)
+                    self._r_space = ""
                     self.blocks += 1
                     self._state = _OUT
                     self._skip_ws = True
@@ -263,7 +273,10 @@ class ThinkFilter:
         self._held = []
         state, self._state = self._state, _OUT
         if state == _BLOCK:
-            return "", held
+            reasoning: list[str] = []
+            self._reason(reasoning, held)
+            self._r_space = ""
+            return "", "".join(reasoning)
         at = self.chars_in - len(held)
         if state == _MID:
             held = OPEN + held
@@ -282,12 +295,28 @@ class ThinkFilter:
     def _open_block(self, at: int) -> None:
         """A `<think>` ends at input offset `at`."""
         self._saw(OPEN)
+        self._r_start, self._r_space = True, ""
         if self._answered:
             self._state = _MID
             self._held_at = at
         else:
             self._state = _BLOCK
             self.blocks += 1
+
+    def _reason(self, out: list[str], text: str) -> None:
+        """Hand out reasoning text of the current block, without the whitespace at the
+        block's start, and holding back the whitespace at its end until more follows."""
+        if self._r_start:
+            text = text.lstrip()
+            if not text:
+                return
+            self._r_start = False
+        body = text.rstrip()
+        if not body:
+            self._r_space += text
+            return
+        out.append(self._r_space + body if self._r_space else body)
+        self._r_space = text[len(body):]
 
     def _emit_answer(self, out: list[str], text: str, at: int) -> None:
         if text:
@@ -328,6 +357,42 @@ def strip_history(text: str) -> str:
     """The answer part of an earlier assistant message, for sending history upstream and
     for the cache key: the same rule as for response bodies."""
     return split_whole(text)[0]
+
+
+def forwarded_history(messages: list[Any]) -> list[Any]:
+    """A chat request's messages as they go upstream and into the cache key, as Ollama
+    renders them (`server/prompt.go` and its templates): assistant messages keep their
+    reasoning fields after the last user message (a tool loop's reasoning, which gpt-oss
+    needs) and lose them before it, where Ollama drops them too; reasoning written as
+    tags inside their text goes everywhere (`strip_history`). A message left unchanged
+    is the same object."""
+    last_user = -1
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            last_user = index
+    return [_forwarded_message(message, index > last_user)
+            for index, message in enumerate(messages)]
+
+
+def _forwarded_message(message: Any, current: bool) -> Any:
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return message
+    clean = message
+    if not current and any(name in message for name in REASONING_FIELDS):
+        clean = {name: value for name, value in message.items()
+                 if name not in REASONING_FIELDS}
+    content = message.get("content")
+    if isinstance(content, str):
+        text = strip_history(content)
+        if text != content:
+            clean = {**clean, "content": text}
+    elif isinstance(content, list):
+        parts = [{**part, "text": strip_history(part["text"])}
+                 if isinstance(part, dict) and isinstance(part.get("text"), str)
+                 and "think>" in part["text"] else part for part in content]
+        if any(new is not old for new, old in zip(parts, content, strict=True)):
+            clean = {**clean, "content": parts}
+    return clean
 
 
 @lru_cache(maxsize=64)

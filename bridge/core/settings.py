@@ -323,8 +323,10 @@ SETTINGS: list[Setting] = [
     # --- think filter (bridge/think/) ---------------------------------------------------
     Setting("disable_think_filter", ("--disable-think-filter",), "turn off removal of "
             "<think>...</think> and reasoning fields from responses", Switch(), False),
-    Setting("keep_reasoning", ("--keep-reasoning",), "deliver the removed reasoning as "
-            "reasoning_content (OpenAI API) or thinking (Ollama API)", Switch(), False),
+    Setting("keep_reasoning", ("--keep-reasoning",), "deliver the reasoning to requests "
+            "that say nothing of it, as reasoning and reasoning_content (OpenAI API) or "
+            "thinking (Ollama API); a request that asks for it always gets it",
+            Switch(), False),
     Setting("think_start_models", ("--think-start-models",), "models (regex on the name) "
             "whose output may start inside reasoning, with only </think> shown: the last "
             "resort when neither the request, the upstream nor the model's earlier answers "

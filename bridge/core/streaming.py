@@ -105,6 +105,8 @@ def encode(frame: Frame, codec: str) -> bytes:
     if not frame.raw:  # a `flush()`
         return b""
     if codec == SSE:
+        if frame.event is not None:
+            return b"event: " + frame.event + b"\ndata: " + frame.raw + b"\n\n"
         return frame.raw + b"\n\n" if frame.verbatim else b"data: " + frame.raw + b"\n\n"
     if codec == NDJSON:
         return frame.raw + b"\n"

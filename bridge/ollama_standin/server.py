@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import routes, wire
+from . import routes, surfaces, wire
 from .config import Fault, StandInConfig
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "cut":
                 cut = fault.after_chunks
         in_band = fault if fault is not None and fault.kind == "inband" else None
-        reply = routes.handle(routes.Call(self.command, path, headers, body, config, in_band))
+        reply = surfaces.handle(routes.Call(self.command, path, headers, body, config, in_band))
         if isinstance(reply, routes.StreamReply):
             self._stream(reply, first_delay, token_delay, cut)
             return

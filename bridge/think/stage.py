@@ -7,8 +7,10 @@ and drops stream events left with nothing to say. It sits outside the cache: the
 keeps what the upstream said, the filter applies on the way out, hits included.
 
 Upstream reasoning fields (`reasoning`, `reasoning_content`, `thinking`) count as
-reasoning like tagged text. `--keep-reasoning` delivers all of it as `reasoning_content`
-(OpenAI surface, in `message` and `delta`) or `thinking` (Ollama surface).
+reasoning like tagged text. A client that asks for reasoning (`bridge/think/request.py`;
+a request silent about it: `--keep-reasoning`) gets all of it in its surface's fields:
+`reasoning` and `reasoning_content` (OpenAI surface, in `message`, `delta` or a
+completion's choice) or `thinking` (Ollama surface), never as tags in the text.
 
 Whether a stream starts inside reasoning (the template wrote `<think>` into the prompt)
 is decided from evidence (`bridge/think/evidence.py`) at its first content, unless the
@@ -43,15 +45,13 @@ from bridge.core.exchange import Exchange, Frame, Route, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.reasoning import (
     CLOSE,
-    KEPT_REASONING_FIELD,
+    KEPT_REASONING_FIELDS,
     OLLAMA_REASONING_FIELD,
     OPEN,
     OPENAI_REASONING_FIELDS,
-    REASONING_FIELDS,
     ThinkFilter,
     model_starts_inside,
     starts_inside,
-    strip_history,
 )
 from bridge.core.settings import Settings
 from bridge.think.evidence import (
@@ -63,6 +63,7 @@ from bridge.think.evidence import (
     ModelMemory,
     switched_off,
 )
+from bridge.think.request import clean_history, keeps_reasoning
 
 # Where the answer text is, per API: (surface, endpoint) -> kind.
 CHAT, COMPLETIONS, API_CHAT, API_GENERATE = "chat", "completions", "api_chat", "api_generate"
@@ -78,7 +79,7 @@ KINDS = {
 HELD_KINDS = frozenset((CHAT, API_CHAT, API_GENERATE))
 # Keys of a stream choice / delta / Ollama message that say nothing when the text is empty.
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
-_DELTA_PLAIN = frozenset(("content", "role", KEPT_REASONING_FIELD["openai"]))
+_DELTA_PLAIN = frozenset(("content", "role", *KEPT_REASONING_FIELDS["openai"]))
 _MESSAGE_PLAIN = frozenset(("content", "role", OLLAMA_REASONING_FIELD))
 # A chat stream event whose only choice holds only text (Ollama's shape; the choices
 # key last): the text, group 1, is inside a JSON string, so it holds no unescaped quote.
@@ -110,33 +111,6 @@ class ThinkStats:
 
     blocks: int = 0
     chars: int = 0
-
-
-def clean_history(payload: dict[str, Any]) -> bool:
-    """Remove think blocks and reasoning fields from earlier assistant messages, in place.
-
-    DeepSeek advises not to feed reasoning back (its API refuses `reasoning_content` in
-    input), and a clean history makes identical conversations identical for the cache.
-    Returns whether anything changed.
-    """
-    changed = False
-    messages = payload.get("messages")
-    for msg in messages if isinstance(messages, list) else ():  # else the upstream says 400
-        if not isinstance(msg, dict) or msg.get("role") != "assistant":
-            continue
-        for key in REASONING_FIELDS:
-            if key in msg:
-                del msg[key]
-                changed = True
-        content = msg.get("content")
-        parts = content if isinstance(content, list) else [msg]
-        key = "text" if isinstance(content, list) else "content"
-        for part in parts:
-            text = part.get(key) if isinstance(part, dict) else None
-            if isinstance(text, str) and (clean := strip_history(text)) != text:
-                part[key] = clean
-                changed = True
-    return changed
 
 
 class _Choice:
@@ -339,8 +313,8 @@ class ThinkCleaner:
         return OPENAI_REASONING_FIELDS if self._openai else (OLLAMA_REASONING_FIELD,)
 
     @property
-    def _out_field(self) -> str:
-        return KEPT_REASONING_FIELD["openai" if self._openai else "ollama"]
+    def _out_fields(self) -> tuple[str, ...]:
+        return KEPT_REASONING_FIELDS["openai" if self._openai else "ollama"]
 
     def _clean(self, c: _Choice, holder: dict[str, Any], end: bool, reason: Any = None,
                whole: bool = False, entries: list[Any] | None = None
@@ -358,7 +332,9 @@ class ThinkCleaner:
                 if new is holder:
                     new = dict(holder)
                 value = new.pop(key)
-                if isinstance(value, str) and value:
+                if isinstance(value, str) and value and value not in reasoning:
+                    # the same text in two fields (as this bridge delivers it, to a
+                    # client that may be another bridge) counts once
                     c.saw_field = True
                     field_chars += len(value)
                     reasoning.append(value)
@@ -400,7 +376,8 @@ class ThinkCleaner:
             if answer or key in holder:
                 new[key] = answer
             if keep:
-                new[self._out_field] = joined
+                for name in self._out_fields:
+                    new[name] = joined
         return new, answer, joined if keep else "", new is not holder, kept
 
     # --- whole responses ------------------------------------------------------------
@@ -603,7 +580,8 @@ class ThinkStage(Stage):
         switched = switched_off(ex.payload)
         decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"),
                          ex.route) if kind in HELD_KINDS else None
-        ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=self.keep_reasoning,
+        keep = keeps_reasoning(ex.payload, self.keep_reasoning)
+        ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=keep,
                                          decide=decide, switched=switched,
                                          choices=choice_count(ex.payload))
         ex.on_close(self._closed)

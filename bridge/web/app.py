@@ -20,7 +20,7 @@ from bridge.observability import logs, metrics
 from bridge.observability import stage as observe
 from bridge.web import fast_hits, paths
 from bridge.web.proxy import bare_exchange, to_flask, too_large_message
-from bridge.web.routes import ollama_api, openai_api, ops, unrouted
+from bridge.web.routes import ollama_api, openai_api, ops, surfaces, unrouted
 
 log = logging.getLogger("bridge.app")
 
@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> flask.Flask:
     app.extensions["bridge.pipeline"] = Pipeline(settings)
     app.register_blueprint(openai_api.blueprint)
     app.register_blueprint(ollama_api.blueprint)
+    app.register_blueprint(surfaces.blueprint)
     app.register_blueprint(ops.blueprint)
     console.init_app(app, settings)
     if settings.enable_luajit:  # the script sees every path, and may answer any of them

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import gevent
 
+from bridge import surfaces
 from bridge.core import events
 from bridge.core.exchange import Exchange, request_id
 from bridge.core.redaction import CREDENTIAL_HEADERS
@@ -47,9 +48,11 @@ BODY_LIMIT = 16 * 1024  # larger requests always go through Flask
 ANSWER_LIMIT = 1 << 20  # larger answers are not kept
 FINISHED = "request.finished"  # emitted per request with its own duration, never repeated
 PER_RESPONSE = frozenset({"x-request-id", "age", "content-length"})
-PATHS = frozenset(prefix + path for prefix, routes in (("/v1", openai_api.ROUTES),
-                                                       ("/api", ollama_api.ROUTES))
-                  for method, path, _ in routes if method == "POST")
+PATHS = frozenset([*(prefix + path for prefix, routes in (("/v1", openai_api.ROUTES),
+                                                         ("/api", ollama_api.ROUTES))
+                     for method, path, _ in routes if method == "POST"),
+                   # the translated APIs: their answers restamped with their own ids
+                   *(path for method, path, _ in surfaces.ROUTES if method == "POST")])
 _CREDENTIALS = tuple("HTTP_" + name.upper().replace("-", "_") for name in CREDENTIAL_HEADERS)
 
 

@@ -30,6 +30,7 @@ from bridge.core.errors import (
 from bridge.core.exchange import MODEL_ENDPOINTS, Exchange, Response, owned, request_id
 from bridge.core.json_body import parse_object
 from bridge.core.pipeline import Pipeline
+from bridge.surfaces import api_of, edge
 
 log = logging.getLogger("bridge.proxy")
 
@@ -50,7 +51,7 @@ PREREAD = "bridge.preread"
 EXCHANGE = "bridge.exchange"
 
 
-def build_exchange(surface: str, endpoint: str, body_timeout: float) -> Exchange:
+def build_exchange(surface: str, endpoint: str, body_timeout: float, api: str = "") -> Exchange:
     request = flask.request._get_current_object()  # type: ignore[attr-defined]
     environ = request.environ
     headers = request_headers(environ)
@@ -63,10 +64,12 @@ def build_exchange(surface: str, endpoint: str, body_timeout: float) -> Exchange
         query=environ.get("QUERY_STRING", ""), headers=headers,
         body=preread if preread is not None else read_body(request, body_timeout, rid),
         request_id=rid, client_addr=request.remote_addr or "",
-        raw_path=environ.get("RAW_URI", "").partition("?")[0])
+        raw_path=environ.get("RAW_URI", "").partition("?")[0], api=api)
     environ[EXCHANGE] = ex
     if endpoint in MODEL_ENDPOINTS:
         ex.payload = parse_object(ex.body)
+        if edge.translated(ex):
+            edge.begin(ex)
     return ex
 
 
@@ -155,20 +158,24 @@ def too_large_message(limit: int | None) -> str:
 
 
 def bare_exchange(surface: str, endpoint: str = "other", rid: str | None = None) -> Exchange:
-    """An exchange for a request refused before it could be read (bad body, no route)."""
+    """An exchange for a request refused before it could be read (bad body, no route);
+    its refusal goes out in the shape of the API its path belongs to."""
     request = flask.request
     if rid is None:
         rid = request_id({"x-request-id": request.headers.get("x-request-id", "")})
     return Exchange(surface=surface, endpoint=endpoint, method=request.method,
-                    path=request.path, query="", headers={}, body=b"", request_id=rid)
+                    path=request.path, query="", headers={}, body=b"", request_id=rid,
+                    api=api_of(request.path) or surface)
 
 
-def forward(surface: str, endpoint: str) -> flask.Response:
+def forward(surface: str, endpoint: str, api: str = "") -> flask.Response:
+    """Answer the request with the pipeline; `api`: the client API of a path served by
+    translation (`bridge.surfaces`), whose exchange goes on `surface`'s wire."""
     app = flask.current_app
     pipeline: Pipeline = app.extensions["bridge.pipeline"]
     timeout = app.extensions["bridge.settings"].body_read_timeout / 1000
     try:
-        ex = build_exchange(surface, endpoint, timeout)
+        ex = build_exchange(surface, endpoint, timeout, api)
     except UnreadableBody as unreadable:
         result = to_flask(bare_exchange(surface, endpoint, unreadable.request_id),
                           error_response(surface, unreadable.error))
@@ -176,7 +183,12 @@ def forward(surface: str, endpoint: str) -> flask.Response:
         return result
     except BridgeError as err:
         return to_flask(bare_exchange(surface, endpoint), error_response(surface, err))
-    return to_flask(ex, pipeline.handle(ex))
+    response = pipeline.handle(ex)
+    again = edge.relaxed(ex, response) if edge.translated(ex) else None
+    if again is not None:  # what the native chat refused, relaxed as the client's API does
+        ex = flask.request.environ[EXCHANGE] = again
+        response = pipeline.handle(ex)
+    return to_flask(ex, response)
 
 
 def hang_up(environ: dict) -> None:
@@ -201,6 +213,8 @@ def to_flask(ex: Exchange, response: Response) -> flask.Response:
     if ex.response is None:
         ex.response = response
     response.finish()  # done by the pipeline already; a template must never go out as is
+    if edge.translated(ex):
+        edge.finish(ex, response)  # in the client's API's shape, errors included
     headers = dict(response.headers)
     headers["x-request-id"] = ex.request_id
     if response.streaming:
@@ -257,6 +271,7 @@ def _relay(ex: Exchange, response: Response) -> Iterator[bytes]:
         log.warning("stream cut: the bridge is stopping (its graceful timeout ran out, or "
                     "a quick stop) [%s]", ex.request_id)
         if codec != streaming.RAW:
-            yield streaming.encode(streaming.error_frame(
-                ex.surface, "the bridge is stopping; the stream was cut before its end",
-                "server_shutting_down"), codec)
+            message = "the bridge is stopping; the stream was cut before its end"
+            ending = edge.stop_frames(ex, message) or [
+                streaming.error_frame(ex.surface, message, "server_shutting_down")]
+            yield b"".join(streaming.encode(frame, codec) for frame in ending)

@@ -110,13 +110,16 @@ def test_an_ollama_stream_replays_line_for_line(cached, disk_only):
 def chat_stream(body: dict[str, Any], rng: st.DataObject) -> list[bytes]:
     """The stream an OpenAI-compatible upstream sends for the non-stream answer `body`:
     choices interleaved, text and tool-call arguments in pieces, each piece with its own
-    log probabilities, the finish on its own chunk, then usage and `[DONE]`."""
+    log probabilities, the finish on its own chunk, then usage and `[DONE]`. A message
+    without text (beside tool calls) says `"content": null` in its first delta, as
+    OpenAI streams it."""
     base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
             "model": body["model"]}
     per_choice: list[list[dict[str, Any]]] = []
     for choice in body["choices"]:
         index, message = choice["index"], choice["message"]
-        deltas: list[dict[str, Any]] = [{"delta": {"role": "assistant", "content": ""}}]
+        first = None if message.get("content") is None else ""
+        deltas: list[dict[str, Any]] = [{"delta": {"role": "assistant", "content": first}}]
         tokens = (choice.get("logprobs") or {}).get("content")  # one per character
         text = message.get("content") or ""
         cuts = sorted(rng.draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=4)))
@@ -156,7 +159,8 @@ def chat_bodies(draw: st.DrawFn) -> dict[str, Any]:
                                         st.dictionaries(st.sampled_from("abc"), word)),
                               max_size=2))
         if calls:
-            message["tool_calls"] = [{"id": f"call_{index}_{n}", "type": "function",
+            # each call with its `index`, as Ollama's whole answers have it
+            message["tool_calls"] = [{"id": f"call_{index}_{n}", "index": n, "type": "function",
                                       "function": {"name": name,
                                                    "arguments": json.dumps(args)}}
                                      for n, (name, args) in enumerate(calls)]

@@ -114,8 +114,13 @@ def test_one_rule_for_bodies_history_and_cache_keys(text, expected):
     assert split_whole(text) == expected
     assert strip_history(text) == expected[0]
     message = {"role": "assistant", "content": text, "reasoning_content": "r"}
-    canonical = canonical_request("openai", "chat", {"messages": [message]})
-    assert canonical["request"]["messages"] == [{"role": "assistant", "content": expected[0]}]
+    question = {"role": "user", "content": "Q"}
+    canonical = canonical_request("openai", "chat", {"messages": [message, question]})
+    assert canonical["request"]["messages"] == [{"role": "assistant", "content": expected[0]},
+                                                question]
+    # after the last user message (a tool loop), the reasoning field is sent: keyed
+    canonical = canonical_request("openai", "chat", {"messages": [question, message]})
+    assert canonical["request"]["messages"][1] == {**message, "content": expected[0]}
 
 
 def test_live_reasoning_of_a_stream_known_to_start_inside():

@@ -12,6 +12,7 @@ from bridge.core import events
 from bridge.core import settings as bridge_settings
 from bridge.core.exchange import Exchange, Frame, Response
 from bridge.core.reasoning import starts_inside as proves_inside
+from bridge.think.request import clean_history, reasoning_wish
 from bridge.think.stage import (
     API_CHAT,
     API_GENERATE,
@@ -19,7 +20,6 @@ from bridge.think.stage import (
     COMPLETIONS,
     ThinkCleaner,
     ThinkStage,
-    clean_history,
     make_stage,
     may_hold_reasoning,
 )
@@ -81,7 +81,7 @@ def test_chat_stream_keep_reasoning():
     cleaner = ThinkCleaner(CHAT, keep_reasoning=True)
     out = run_stream(cleaner, NEW_SHAPE_TAGS)
     assert answer_of(out) == "Paris."
-    assert answer_of(out, "reasoning_content") == "\nOkay\n"
+    assert answer_of(out, "reasoning_content") == answer_of(out, "reasoning") == "Okay"
     assert (cleaner.stats.blocks, cleaner.stats.chars) == (1, len("<think>\nOkay\n</think>\n\n"))
 
 
@@ -115,9 +115,10 @@ def test_chat_stream_reasoning_field_turns_the_guess_off():
     assert deltas(out) == [{"role": "assistant", "content": ""}, {"content": "Paris"}, {},
                            "[DONE]"]
     out = run_stream(ThinkCleaner(CHAT, starts_inside=True, keep_reasoning=True), events)
-    assert deltas(out) == [{"role": "assistant", "content": "", "reasoning_content": "Okay"},
-                           {"reasoning_content": " done."}, {"content": "Paris"}, {},
-                           "[DONE]"]
+    assert deltas(out) == [{"role": "assistant", "content": "", "reasoning": "Okay",
+                            "reasoning_content": "Okay"},
+                           {"reasoning": " done.", "reasoning_content": " done."},
+                           {"content": "Paris"}, {}, "[DONE]"]
 
 
 def test_chat_stream_legacy_shape():
@@ -181,7 +182,8 @@ def test_chat_body_all_three_reasoning_shapes():
         out = ThinkCleaner(CHAT, starts_inside=True).body(given)
         assert out["choices"][0]["message"] == {"role": "assistant", "content": "A"}
         kept = ThinkCleaner(CHAT, starts_inside=True, keep_reasoning=True).body(given)
-        assert kept["choices"][0]["message"]["reasoning_content"] == "r"
+        assert kept["choices"][0]["message"] == {"role": "assistant", "content": "A",
+                                                 "reasoning": "r", "reasoning_content": "r"}
         assert given == before
     plain = body({"role": "assistant", "content": "A"})
     assert ThinkCleaner(CHAT).body(plain) is None
@@ -238,6 +240,39 @@ def test_clean_history():
         "Q"]
     assert "reasoning_content" not in payload["messages"][1]
     assert not clean_history(payload)
+
+
+def test_history_keeps_the_reasoning_of_a_tool_loop_after_the_last_user_message():
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}
+    payload = {"model": "m", "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello", "thinking": "old"},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "reasoning": "r", "reasoning_content": "r",
+         "tool_calls": [call]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+        {"role": "assistant", "content": "<think>t</think>Wait.", "thinking": "t"}]}
+    original = copy.deepcopy(payload["messages"])
+    assert clean_history(payload)
+    assert payload["messages"][1] == {"role": "assistant", "content": "Hello"}
+    assert payload["messages"][3] == original[3]
+    assert payload["messages"][5] == {"role": "assistant", "content": "Wait.", "thinking": "t"}
+    assert not clean_history(payload)
+
+
+@pytest.mark.parametrize("payload, wish", [
+    ({}, None),
+    ({"think": True}, True), ({"think": "high"}, True), ({"think": "low"}, True),
+    ({"think": False}, False), ({"think": "bogus"}, None),
+    ({"reasoning_effort": "high"}, True), ({"reasoning_effort": "minimal"}, True),
+    ({"reasoning_effort": "none"}, False), ({"reasoning_effort": ""}, None),
+    ({"reasoning": {"effort": "high"}}, True), ({"reasoning": {}}, True),
+    ({"reasoning": {"effort": "none"}}, False),
+    ({"think": True, "messages": [{"role": "user", "content": "Hi /no_think"}]}, False),
+])
+def test_what_a_request_says_about_reasoning(payload, wish):
+    assert reasoning_wish(payload) is wish
 
 
 def make_exchange(surface, endpoint, payload):

@@ -88,8 +88,8 @@ CASES = [
     ("none", "llama3.2"),
     ("none", "deepseek-r1:7b"),  # the name's guess is wrong: the answer still arrives
 ]
-REASONING_OF = {"tags": f"\n{REASONING}\n", "tags-no-open": f"{REASONING}\n",
-                "field": REASONING, "none": ""}
+# reasoning kept from tags carries no newline of theirs
+REASONING_OF = {"tags": REASONING, "tags-no-open": REASONING, "field": REASONING, "none": ""}
 
 
 @pytest.mark.parametrize("shape", ["new", "legacy"])
@@ -123,7 +123,8 @@ def test_openai_keep_reasoning(keeping, standin, think, model, shape):
     assert (content, reasoning) == (ANSWER, REASONING_OF[think])
     message = chat_body(oai(keeping, think, shape), model).message
     assert message.content == ANSWER
-    assert message.model_extra == {"reasoning_content": REASONING_OF[think]}
+    assert message.model_extra == {"reasoning": REASONING_OF[think],
+                                   "reasoning_content": REASONING_OF[think]}
 
 
 def test_openai_disabled_passes_the_upstream_as_it_is(disabled, standin):

@@ -18,7 +18,8 @@ from bridge.core.reasoning import (
 
 
 def reference(text: str, starts_inside: bool = False) -> tuple[str, str]:
-    """The rules of the module docstring, written over the whole text, char by char."""
+    """The rules of the module docstring, written over the whole text, char by char
+    (the reasoning of each block without the whitespace around it)."""
     answer, reasoning = [], []
     i, n, answered, seen = 0, len(text), False, False
 
@@ -30,7 +31,7 @@ def reference(text: str, starts_inside: bool = False) -> tuple[str, str]:
     if starts_inside:
         c, o = text.find(CLOSE), text.find(OPEN)
         if c != -1 and (o == -1 or c < o):
-            reasoning.append(text[:c])
+            reasoning.append(text[:c].strip())
             i = skip_ws(c + len(CLOSE))
             seen = True
         elif o == -1:
@@ -43,9 +44,9 @@ def reference(text: str, starts_inside: bool = False) -> tuple[str, str]:
                 if answered:
                     answer.append(text[i:])
                 else:
-                    reasoning.append(text[i + len(OPEN):])
+                    reasoning.append(text[i + len(OPEN):].strip())
                 break
-            reasoning.append(text[i + len(OPEN):c])
+            reasoning.append(text[i + len(OPEN):c].strip())
             i = skip_ws(c + len(CLOSE))
         elif text.startswith(CLOSE, i):
             # the first tag: the whitespace after it separates the answer from the
@@ -147,7 +148,7 @@ def test_text_without_tags_passes_unchanged_and_at_once(text):
 # --- edge cases of the wire-format reference ------------------------------------------
 
 @pytest.mark.parametrize("text, starts_inside, expected", [
-    ("<think>\nOkay.\n</think>\n\nParis.", False, ("Paris.", "\nOkay.\n")),
+    ("<think>\nOkay.\n</think>\n\nParis.", False, ("Paris.", "Okay.")),
     ("Paris.", False, ("Paris.", "")),
     ("", False, ("", "")),
     # whitespace before the block and inside the answer is kept byte for byte
@@ -155,20 +156,20 @@ def test_text_without_tags_passes_unchanged_and_at_once(text):
     ("A <think>x</think> B", False, ("A B", "x")),
     ("<think>a</think>B<think>c</think>\nD", False, ("BD", "ac")),
     # 2. only </think>: with the model-name guess, everything before is reasoning
-    ("Okay, so.\n</think>\n\nParis.", True, ("Paris.", "Okay, so.\n")),
+    ("Okay, so.\n</think>\n\nParis.", True, ("Paris.", "Okay, so.")),
     # ...without it, only the stray tag goes (the answer is not glued to the reasoning)
     ("Okay, so.\n</think>\n\nParis.", False, ("Okay, so.\n\n\nParis.", "")),
     # the guess was wrong (no tag at all): the whole answer is delivered
     ("Paris.", True, ("Paris.", "")),
     # the guess, but the model writes its own <think> (R1-0528)
-    ("<think>\nhm\n</think>\n\nParis.", True, ("Paris.", "\nhm\n")),
+    ("<think>\nhm\n</think>\n\nParis.", True, ("Paris.", "hm")),
     # 3. unclosed block at the start (cut by length): reasoning, no answer
-    ("<think>\nOkay, the user asks", False, ("", "\nOkay, the user asks")),
+    ("<think>\nOkay, the user asks", False, ("", "Okay, the user asks")),
     ("\n <think>cut", False, ("\n ", "cut")),
     ("<think>a</think>\n<think>cut", False, ("", "acut")),
     # ... after answer text, a lone <think> was text after all
     ("Use the <think> tag.", False, ("Use the <think> tag.", "")),
-    ("The answer <think> and </think> gone", False, ("The answer gone", " and ")),
+    ("The answer <think> and </think> gone", False, ("The answer gone", "and")),
     ("<think>a</think>B</think> C", False, ("BC", "a")),  # a later stray tag: ws goes
     # 4. nested tags: flat, the first </think> closes
     ("<think>a<think>b</think>c</think>d", False, ("cd", "a<think>b")),
@@ -199,7 +200,7 @@ def test_tag_split_across_chunks_like_the_reference_example():
 
 def test_explicit_reasoning_is_forwarded_live_and_answer_at_once():
     f = ThinkFilter()
-    assert f.feed("<think>\nOk") == ("", "\nOk")
+    assert f.feed("<think>\nOk") == ("", "Ok")
     assert f.feed("ay</") == ("", "ay")  # only the possible partial tag waits
     assert f.feed("think>\n\nPa") == ("Pa", "")
     assert f.feed("ris <") == ("ris ", "")

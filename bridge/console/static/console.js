@@ -3,6 +3,8 @@
 "use strict";
 
 const POLL_MS = 1000;
+// the APIs clients speak: the columns of the requests table (/status has those it serves)
+const SURFACES = ["openai", "ollama", "anthropic", "responses"];
 let points = [];   // history points of the last 15 minutes, oldest first
 let since = 0;     // the newest point's time: /status then sends only newer ones
 let windowSeconds = 900;
@@ -65,8 +67,9 @@ function render(s) {
   set("version", "v" + s.version);
   set("uptime", duration(s.uptime_seconds));
   set("workers", s.workers);
-  for (const surface of ["openai", "ollama"]) {
+  for (const surface of SURFACES) {
     const r = s.requests[surface];
+    if (!r) continue;
     const last = points.length ? points[points.length - 1].rps[surface] : 0;
     set("req-" + surface, count(r.total));
     set("rps-" + surface, count(last));
@@ -133,7 +136,7 @@ function render(s) {
   }));
 
   const both = (field, q) => (p) => {
-    const v = [p[field].openai, p[field].ollama].filter((x) => x !== null);
+    const v = SURFACES.map((name) => p[field][name]).filter((x) => x !== null && x !== undefined);
     return v.length ? Math.max(...v) : null;
   };
   chart("chart-saved", [(p) => p.gpu_seconds_saved]);
