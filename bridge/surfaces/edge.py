@@ -159,6 +159,9 @@ def _frames(ex: Exchange, translator: Translator, native: Iterator[Frame]) -> It
     with owned(native) as frames:
         try:
             for frame in frames:
+                if not frame.raw:  # `streaming.flush()`: the headers go out now
+                    yield frame
+                    continue
                 data = frame.data
                 if not isinstance(data, dict):
                     continue
@@ -168,6 +171,8 @@ def _frames(ex: Exchange, translator: Translator, native: Iterator[Frame]) -> It
                     out = translator.failed(500, str(message))
                 else:
                     out = translator.frame(data)
+                    if not out and _empty(data):  # the think filter's sign of life
+                        out = [Frame(b": keep-alive", verbatim=True)]
                 if out:
                     for event in out[:-1]:
                         event.more = True
@@ -180,6 +185,14 @@ def _frames(ex: Exchange, translator: Translator, native: Iterator[Frame]) -> It
                 ex.response.outcome = "truncated"
             yield from translator.failed(500, "internal error in the bridge; the stream was "
                                          f"cut (request id {ex.request_id})")
+
+
+def _empty(native: dict) -> bool:
+    """Whether a native chat frame says nothing at all (what the think filter sends while
+    it hides reasoning): an SSE comment goes out for it, which clients skip and proxies
+    count as the stream being alive."""
+    return native.get("done") is False and native.get("message") == {"role": "assistant",
+                                                                      "content": ""}
 
 
 def stop_frames(ex: Exchange, message: str) -> list[Frame] | None:

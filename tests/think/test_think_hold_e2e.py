@@ -238,3 +238,24 @@ def test_a_client_leaving_during_hidden_reasoning_ends_the_upstream_call(bridge,
         assert b'"content":""' in first and models.in_flight == 1
     wait_for(lambda: models.in_flight == 0 and models.closed_early == 1,
              what="the upstream call to be hung up")
+
+
+@pytest.mark.parametrize("path, alive, text", [
+    ("/v1/messages", b"event: ping", b'"type":"text_delta"'),  # Anthropic's own sign of life
+    ("/v1/responses", b": keep-alive", b'"type":"response.output_text.delta"'),  # a comment
+])
+def test_translated_surfaces_show_hidden_reasoning_alive_in_their_own_way(bridge, models,
+                                                                          path, alive, text):
+    body: dict[str, Any] = {"model": fresh("deepseek-r1:7b"), "stream": True}
+    if path == "/v1/messages":
+        body.update(max_tokens=200, messages=[{"role": "user", "content": PROMPT}])
+    else:
+        body["input"] = PROMPT
+    with requests.post(bridge.url + path, json=body, stream=True, timeout=30,
+                       headers=SLOWER) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    first_text = next(i for i, line in enumerate(lines) if text in line)
+    assert sum(1 for line in lines[:first_text] if line.startswith(alive)) >= 2
+    assert not any(line.startswith(alive) for line in lines[first_text:])
+    assert b"Let me think" not in b"".join(lines)
