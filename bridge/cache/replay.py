@@ -15,6 +15,7 @@ import itertools
 import json
 import random
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -596,10 +597,15 @@ def stream_plan(entry: Entry) -> StreamPlan | None:
 
 
 # Placeholders in a body template: filled per response by plain byte replacement, which
-# is much cheaper than parsing and encoding the body for every memory hit.
-_ID = encode_json("\0id\0")
-_CREATED = encode_json("\0created\0")
-_CREATED_AT = encode_json("\0created_at\0")
+# is much cheaper than parsing and encoding the body for every memory hit. A template is
+# JSON (stages outside the cache read it), so a placeholder is a string, which an answer's
+# text could spell out: each holds a token drawn once per process and never sent (every
+# template is stamped before it goes out), so no stored answer holds one.
+_MARK = secrets.token_hex(16)
+_ID = encode_json(f"\0{_MARK} id\0")
+_CREATED = encode_json(f"\0{_MARK} created\0")
+_CREATED_AT = encode_json(f"\0{_MARK} created_at\0")
+_PLACEHOLDERS = {"id": _ID, "created": _CREATED, "created_at": _CREATED_AT}
 
 
 def body_template(surface: str, body: bytes) -> bytes | None:
@@ -608,14 +614,9 @@ def body_template(surface: str, body: bytes) -> bytes | None:
     data = json.loads(body)
     if not isinstance(data, dict):
         return None
-    if surface == OLLAMA:
-        if "created_at" in data:
-            data["created_at"] = "\0created_at\0"
-    else:
-        if "id" in data:
-            data["id"] = "\0id\0"
-        if "created" in data:
-            data["created"] = "\0created\0"
+    for name in ("created_at",) if surface == OLLAMA else ("id", "created"):
+        if name in data:
+            data[name] = json.loads(_PLACEHOLDERS[name])
     return encode_json(data) + b"\n"
 
 
