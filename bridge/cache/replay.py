@@ -691,9 +691,11 @@ def _replayed_plan(response: Response, frames: Iterator[Frame], count: int
 
 
 def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str],
-                revisit: Callable[[], float | None] | None = None) -> Response:
+                revisit: Callable[[], float | None] | None = None,
+                key: str | None = None) -> Response:
     """A response for a stored entry, in the shape the client asked for. With `revisit`
-    (the tier's check that the entry is still current), it is `replayable`."""
+    (the tier's check that the entry is still current), it is `replayable`; with the
+    entry's `key`, its `source` names the entry (its key and creation time)."""
     rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
     if shape.stream and entry.endpoint not in EMBEDDING_ENDPOINTS:
         plan = stream_plan(entry)
@@ -708,6 +710,8 @@ def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str],
         response = body_response(entry, rewriter, headers)
     if revisit is not None:
         response.replayable = Replayable(revisit, partial(restamper, rewriter))
+    if key is not None:
+        response.source = f"{key}@{entry.created!r}"
     return response
 
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from bridge.core.errors import BadRequest
 from bridge.core.exchange import Frame
-from bridge.surfaces.adapter import Call, Surface, Translator, new_id
+from bridge.surfaces.adapter import NAME_DIGITS, Call, Surface, Translator
 
 NAME = "responses"
 PREVIOUS = "previous_response_id"
+NONCE_DIGITS = 16  # hex digits of the nonce in every id of an answer
 
 # reasoning.effort -> native `think` (`thinkFromReasoningEffort`)
 EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -374,16 +376,20 @@ class Writer:
     """One response to a Responses request: its ids, and its translation from the native
     answer, whole (`body`) or chunk by chunk (`events`, `ResponsesStreamConverter`).
 
-    Every id it makes is added to `ids` (a replay of the answer as sent gets fresh ones
-    in their place); `on_final(response id, output items)` is called once the answer is
-    complete."""
+    Every id it makes holds its `nonce` (random hex; a replay of the answer as sent gets
+    a fresh one in its place): the response's `resp_<name><nonce>`, where `name` names
+    its record (`bridge.surfaces.stage`; random until set), and its items'
+    `<prefix>_<nonce><count>`. `on_final(nonce, output items)` is called once the answer
+    is complete."""
 
-    def __init__(self, request: dict, ids: list[str] | None = None,
-                 on_final: Callable[[str, list[dict]], None] | None = None):
+    def __init__(self, request: dict, on_final: Callable[[str, list[dict]], None] | None = None,
+                 named: Callable[[], str] | None = None):
         self.request = request
-        self.ids = ids if ids is not None else []
         self.on_final = on_final
-        self.response_id = self.new_id("resp")
+        self.named = named  # the record's name, once known
+        self.nonce = secrets.token_hex(NONCE_DIGITS // 2)
+        self.name = secrets.token_hex(NAME_DIGITS // 2)
+        self._count = 0
         self.item_id = self.new_id("msg")
         self.created_at = int(time.time())
         self.output: list[dict] | None = None
@@ -397,10 +403,13 @@ class Writer:
         self._reasoning_id = ""
         self._calls_sent = False
 
+    @property
+    def response_id(self) -> str:
+        return f"resp_{self.named and self.named() or self.name}{self.nonce}"
+
     def new_id(self, prefix: str) -> str:
-        ident = new_id(prefix)
-        self.ids.append(ident)
-        return ident
+        self._count += 1
+        return f"{prefix}_{self.nonce}{self._count:08x}"
 
     # --- the response object
 
@@ -458,7 +467,7 @@ class Writer:
     def _final(self, output: list, native: dict) -> dict:
         self.output = output
         if self.on_final is not None:
-            self.on_final(self.response_id, output)
+            self.on_final(self.nonce, output)
         status, details = "completed", None
         if native.get("done_reason") == "length":
             status, details = "incomplete", {"reason": "max_output_tokens"}
@@ -628,9 +637,12 @@ class ResponsesCall(Call):
     conversation: list = field(default_factory=list)
     writer: Writer | None = None
 
-    def finished(self, response_id: str, output: list[dict]) -> None:
+    def basis(self) -> bytes:
+        return json.dumps(self.conversation, separators=(",", ":")).encode()
+
+    def finished(self, nonce: str, output: list[dict]) -> None:
         if self.remember is not None:
-            self.remember(response_id, {"input": self.conversation, "output": output})
+            self.remember(nonce, {"input": self.conversation, "output": output})
 
 
 class _Stream(Translator):
@@ -656,7 +668,8 @@ class Responses(Surface):
         native = to_chat(payload, allow_empty=previous is not None)
         call = ResponsesCall(native=native, model=native["model"], stream=native["stream"],
                              request=payload, conversation=input_items(payload))
-        call.writer = Writer(payload, call.ids, call.finished)
+        call.writer = Writer(payload, call.finished, lambda: call.name)
+        call.ids.append(call.writer.nonce)
         return call
 
     @staticmethod
@@ -669,16 +682,24 @@ class Responses(Surface):
                              param=PREVIOUS)
         return previous
 
-    def recall(self, call: Call) -> str | None:
-        """The name of the record `call` needs (`previous_response_id`), if any."""
+    def recall(self, call: Call) -> tuple[str, str] | None:
+        """The record `call` needs (`previous_response_id`: `resp_<name><nonce>`) and the
+        nonce of the answer it names, if any (an id of another form names none kept)."""
         assert isinstance(call, ResponsesCall)
-        return self.recall_name(call.request)
+        previous = self.recall_name(call.request)
+        if previous is None:
+            return None
+        digits = previous.removeprefix("resp_")
+        if len(digits) != NAME_DIGITS + NONCE_DIGITS or not previous.startswith("resp_"):
+            return previous, ""
+        return digits[:NAME_DIGITS], digits[NAME_DIGITS:]
 
     def resume(self, call: Call, record: Any, why: str = "") -> None:
-        """Complete `call` with the record it named (None: not found, for `why`)."""
+        """Complete `call` with the record it named (None: not found, or `why` not)."""
         assert isinstance(call, ResponsesCall)
         if not isinstance(record, dict):
-            raise BadRequest(why or f"previous response {call.request[PREVIOUS]!r} not found: "
+            raise BadRequest(f"previous response {call.request[PREVIOUS]!r}: {why}" if why
+                             else f"previous response {call.request[PREVIOUS]!r} not found: "
                              "the bridge keeps the answers it gave for the cache TTL, "
                              "for the client that asked", param=PREVIOUS)
         expanded = expand(call.request, record)

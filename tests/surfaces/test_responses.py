@@ -380,3 +380,37 @@ def test_a_stream_that_fails_ends_with_response_failed():
     # before anything was sent, the failure comes after the opening events
     assert names(Writer({"model": "m", "input": "hi"}).failed("boom")) == [
         "response.created", "response.in_progress", "response.failed"]
+
+
+# ------------------------------------------------------------------ records
+
+
+def test_a_shared_record_that_an_answer_contradicts_is_refused_as_no_longer_available():
+    """Answers replayed from one entry share a record; one that says something else (a
+    filter outside the cache changed its verdict) leaves every id of it refused, never
+    continued from another answer than the one it gave."""
+    from bridge.cache.memory import MemoryTier
+    from bridge.cache.records import GONE, Records
+    from bridge.surfaces.responses import Responses
+    from bridge.surfaces.stage import REPLACED, Kept
+
+    records = Records(MemoryTier(100, 60.0), None)
+    surface = Responses()
+    key = records.key("responses", "alice", "a" * 24)
+    said = [assistant("Blue, because of Rayleigh scattering.")]
+    first = Kept(records, "responses", key, None)
+    first("1" * 16, {"input": [user("Why?")], "output": said})
+    again = Kept(records, "responses", key, records.find(key))
+    again("2" * 16, {"input": [user("Why?")], "output": said})
+    assert again.current() and records.get("responses", "alice", "a" * 24, "2" * 16) == {
+        "input": [user("Why?")], "output": said}
+    other = Kept(records, "responses", key, records.find(key))
+    other("3" * 16, {"input": [user("Why?")], "output": [assistant("<think>hm</think>Blue.")]})
+    assert not other.current() and not again.current()
+    assert records.get("responses", "alice", "a" * 24, "2" * 16) == GONE
+    call = surface.request({"model": "m", "input": "And?",
+                            "previous_response_id": "resp_" + "a" * 24 + "2" * 16}, {})
+    assert surface.recall(call) == ("a" * 24, "2" * 16)
+    with pytest.raises(BadRequest) as refused:
+        surface.resume(call, None, REPLACED)
+    assert "no longer available" in str(refused.value)
