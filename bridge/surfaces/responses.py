@@ -19,15 +19,17 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Callable, Mapping
 
 from bridge.core.errors import BadRequest
-from bridge.core.exchange import Frame
+from bridge.core.exchange import Frame, encode_json
 from bridge.surfaces.adapter import NAME_DIGITS, Call, Surface, Translator
 
 NAME = "responses"
 PREVIOUS = "previous_response_id"
 NONCE_DIGITS = 16  # hex digits of the nonce in every id of an answer
+TEXT_DELTA = b"response.output_text.delta"
 
 # reasoning.effort -> native `think` (`thinkFromReasoningEffort`)
 EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -402,6 +404,7 @@ class Writer:
         self._thinking: str | None = None
         self._reasoning_id = ""
         self._calls_sent = False
+        self._delta: tuple[int, bytes] | None = None  # (output index, its text deltas' head)
 
     @property
     def response_id(self) -> str:
@@ -582,10 +585,31 @@ class Writer:
                 "item_id": self.item_id, "output_index": self._index, "content_index": 0,
                 "part": _text_part("")}))
         self._text += text
-        events.append(self._event("response.output_text.delta", {
+        events.append(self._event(TEXT_DELTA.decode(), {
             "item_id": self.item_id, "output_index": self._index, "content_index": 0,
             "delta": text, "logprobs": []}))
         return events
+
+    def text_delta(self, chunk: dict) -> Frame | None:
+        """The event of a chunk that only adds text to the open message (most of them),
+        made as `events` makes it, from a template of its bytes; None for any other."""
+        message = chunk.get("message")
+        if self._text is None or self._calls_sent or chunk.get("done") is True \
+                or not isinstance(message, dict) or message.get("thinking") \
+                or message.get("tool_calls"):
+            return None
+        text = message.get("content")
+        if not isinstance(text, str) or not text:
+            return None
+        if self._delta is None or self._delta[0] != self._index:
+            self._delta = (self._index, b'{"type":"%s","item_id":%s,"output_index":%d,'
+                           b'"content_index":0,"delta":' % (
+                               TEXT_DELTA, encode_json(self.item_id), self._index))
+        self._text += text
+        raw = b'%s%s,"logprobs":[],"sequence_number":%d}' % (
+            self._delta[1], encode_basestring(text).encode(), self._sequence)
+        self._sequence += 1
+        return Frame(raw, event=TEXT_DELTA)
 
     def _complete(self, chunk: dict) -> list[Event]:
         events = self._close_reasoning()
@@ -650,7 +674,8 @@ class _Stream(Translator):
         self.writer = writer
 
     def frame(self, native: dict[str, Any]) -> list[Frame]:
-        return _frames(self.writer.events(native))
+        delta = self.writer.text_delta(native)
+        return [delta] if delta is not None else _frames(self.writer.events(native))
 
     def failed(self, status: int, message: str) -> list[Frame]:
         return _frames(self.writer.failed(message, "server_error"))

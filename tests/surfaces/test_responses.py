@@ -414,3 +414,24 @@ def test_a_shared_record_that_an_answer_contradicts_is_refused_as_no_longer_avai
     with pytest.raises(BadRequest) as refused:
         surface.resume(call, None, REPLACED)
     assert "no longer available" in str(refused.value)
+
+
+def test_streamed_text_deltas_are_the_bytes_of_their_events():
+    """Text deltas are made from a template of their bytes: the same bytes and events as
+    the other events are made, whatever the text (quotes, escapes, non-ASCII, NUL)."""
+    from bridge.core.exchange import encode_json
+    from bridge.surfaces.responses import _Stream
+
+    pieces = ["Hi", ' "quoted"', " \\ back\nslash", " é 日本 🙂", " \x00\x1f", " end"]
+    chunks = [{"model": "m", "message": {"role": "assistant", "thinking": "Hm."}, "done": False},
+              *({"model": "m", "message": {"role": "assistant", "content": piece},
+                 "done": False} for piece in pieces)]
+    fast, slow = Writer({"model": "m", "input": "hi"}), Writer({"model": "m", "input": "hi"})
+    slow.nonce, slow.name, slow.item_id = fast.nonce, fast.name, fast.item_id
+    slow.created_at = fast.created_at
+    stream = _Stream(fast)
+    sent = [(frame.event, frame.raw) for chunk in chunks for frame in stream.frame(chunk)]
+    made = [(name.encode(), encode_json(data)) for chunk in chunks
+            for name, data in slow.events(chunk)]
+    assert sent == made
+    assert [event for event, _ in sent].count(b"response.output_text.delta") == len(pieces)
