@@ -173,3 +173,22 @@ def test_a_streamed_responses_job_answers_with_its_events(bridge, standin):
     assert replayed[-1].type == "response.completed"
     assert replayed[-1].response.output_text == text
     assert standin.count("/api/chat") == 1
+
+
+def test_a_messages_job_for_a_model_that_cannot_think_answers_without_thinking(bridge,
+                                                                              standin):
+    q, fingerprint = question(), new_fingerprint()
+    body = {**message_request(q, fingerprint), "model": "qwen2.5",
+            "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    submit(bridge.url + "/v1/messages", body, headers)
+    done = until_done(f"{bridge.url}/v1/async/{fingerprint}", headers=headers,
+                      fingerprint=fingerprint)
+    assert done.status_code == 200, done.text
+    assert done.json()["content"] == [{"type": "text", "text": answer_text(q, 1)}]
+    sent = [request.json() for request in standin.requests if request.path == "/api/chat"]
+    assert [request.get("think") for request in sent] in ([True, None], [None])
+    assert sent[-1]["messages"][-1]["content"] == q
+    # the credentials went with the relaxed request too (pass-through: the client's own)
+    assert all(request.headers.get("x-api-key") == KEY for request in standin.requests
+               if request.path == "/api/chat")
