@@ -15,6 +15,7 @@ import itertools
 import json
 import random
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -588,10 +589,15 @@ def stream_plan(entry: Entry) -> StreamPlan | None:
 
 
 # Placeholders in a body template: filled per response by plain byte replacement, which
-# is much cheaper than parsing and encoding the body for every memory hit.
-_ID = encode_json("\0id\0")
-_CREATED = encode_json("\0created\0")
-_CREATED_AT = encode_json("\0created_at\0")
+# is much cheaper than parsing and encoding the body for every memory hit. A template is
+# JSON (stages outside the cache read it), so a placeholder is a string, which an answer's
+# text could spell out: each holds a token drawn once per process and never sent (every
+# template is stamped before it goes out), so no stored answer holds one.
+_MARK = secrets.token_hex(16)
+_ID = encode_json(f"\0{_MARK} id\0")
+_CREATED = encode_json(f"\0{_MARK} created\0")
+_CREATED_AT = encode_json(f"\0{_MARK} created_at\0")
+_PLACEHOLDERS = {"id": _ID, "created": _CREATED, "created_at": _CREATED_AT}
 
 
 def body_template(surface: str, body: bytes) -> bytes | None:
@@ -600,14 +606,9 @@ def body_template(surface: str, body: bytes) -> bytes | None:
     data = json.loads(body)
     if not isinstance(data, dict):
         return None
-    if surface == OLLAMA:
-        if "created_at" in data:
-            data["created_at"] = "\0created_at\0"
-    else:
-        if "id" in data:
-            data["id"] = "\0id\0"
-        if "created" in data:
-            data["created"] = "\0created\0"
+    for name in ("created_at",) if surface == OLLAMA else ("id", "created"):
+        if name in data:
+            data[name] = json.loads(_PLACEHOLDERS[name])
     return encode_json(data) + b"\n"
 
 
@@ -682,9 +683,11 @@ def _replayed_plan(response: Response, frames: Iterator[Frame], count: int
 
 
 def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str],
-                revisit: Callable[[], float | None] | None = None) -> Response:
+                revisit: Callable[[], float | None] | None = None,
+                key: str | None = None) -> Response:
     """A response for a stored entry, in the shape the client asked for. With `revisit`
-    (the tier's check that the entry is still current), it is `replayable`."""
+    (the tier's check that the entry is still current), it is `replayable`; with the
+    entry's `key`, its `source` names the entry (its key and creation time)."""
     rewriter = Rewriter(entry.surface, entry.endpoint, shape.include_usage)
     if shape.stream and entry.endpoint not in EMBEDDING_ENDPOINTS:
         plan = stream_plan(entry)
@@ -699,6 +702,8 @@ def serve_entry(entry: Entry, shape: Shape, headers: dict[str, str],
         response = body_response(entry, rewriter, headers)
     if revisit is not None:
         response.replayable = Replayable(revisit, partial(restamper, rewriter))
+    if key is not None:
+        response.source = f"{key}@{entry.created!r}"
     return response
 
 

@@ -231,7 +231,7 @@ class CacheStage(Stage):
         if control.max_age is not None and age > control.max_age:
             return False
         revisit = partial(self._revisit, key, entry) if tier == HIT_MEMORY else None
-        ex.response = replay.serve_entry(entry, shape, {"age": str(int(age))}, revisit)
+        ex.response = replay.serve_entry(entry, shape, {"age": str(int(age))}, revisit, key)
         self._mark(ex, tier)
         label = tier.removeprefix("HIT-").lower()
         emit("cache.hit", tier=label)
@@ -289,7 +289,7 @@ class CacheStage(Stage):
             if control.lookup and self._wait_for_other_worker(key, flight, limit):
                 del ex.notes[NOTE]  # another worker answered it
                 assert flight.entry is not None
-                ex.response = replay.serve_entry(flight.entry, shape, {})
+                ex.response = replay.serve_entry(flight.entry, shape, {}, key=key)
                 self._flight_hit(ex, flight)
                 return
         emit("cache.miss")
@@ -373,7 +373,7 @@ class CacheStage(Stage):
         if flight.failure is not None:
             return flight.shared_failure()
         if flight.entry is not None:
-            return replay.serve_entry(flight.entry, shape, {})
+            return replay.serve_entry(flight.entry, shape, {}, key=flight.key)
         if flight.codec is None:
             return None
         if shape.stream:

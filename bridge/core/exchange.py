@@ -247,6 +247,9 @@ class Response:
     memo: dict[Any, Any] | None = field(default=None, repr=False)
     stamp: Callable[[bytes], bytes] | None = field(default=None, repr=False)
     replayable: Replayable | None = field(default=None, repr=False)
+    # the stored answer it replays (`bridge.cache`): the same for every replay of one
+    # entry, in every tier and worker, another for a refreshed one; None for any other
+    source: str | None = field(default=None, repr=False)
     # a refusal's `param` and `code` (the bridge's own errors), whatever the body's shape:
     # for a client API that the body's shape cannot tell them in (`bridge.surfaces`)
     detail: dict[str, Any] | None = field(default=None, repr=False)

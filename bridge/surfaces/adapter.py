@@ -19,9 +19,19 @@ NATIVE_ENDPOINT = "chat"
 NATIVE_PATH = "/api/chat"
 
 
+NAME_DIGITS = 24  # hex digits of a record's name in an answer's id (`bridge.surfaces.stage`)
+
+
 def new_id(prefix: str) -> str:
     """A fresh identity (`msg_…`, `resp_…`): the prefix and 24 random hex digits."""
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def fresh(token: str) -> str:
+    """Another identity of the same kind as `token` (`new_id`'s, or bare random hex): its
+    prefix, and as many random hex digits."""
+    prefix, _, digits = token.rpartition("_")
+    return f"{prefix}_" * bool(prefix) + secrets.token_hex(len(digits) // 2)
 
 
 @dataclass
@@ -30,16 +40,25 @@ class Call:
     through the pipeline, and what the answer's translation needs (`Surface.request`
     makes it; an adapter may subclass it for more).
 
-    `ids`: the identities minted for this answer (`new_id`), each found once in what goes
-    out: a repeat of the answer replayed as sent gets fresh ones in their place."""
+    `ids`: the random tokens of this answer's identities (`new_id`, or a nonce that its
+    ids share), found only where they were put in what goes out: a repeat of the answer
+    replayed as sent gets fresh ones in their place (`fresh`)."""
 
     native: dict[str, Any]
     model: str
     stream: bool
     ids: list[str] = field(default_factory=list)
-    # where answers are kept (`bridge.surfaces.stage`): remember(name, record) keeps what
-    # a later request may name (`Surface.recall`); None when nothing is kept
+    # Where answers are kept (`bridge.surfaces.stage`), set before the answer is
+    # translated: `name` names its record in its id, `remember(nonce, record)` keeps it
+    # once complete, `current()` says whether a repeat may name it still (None: repeats
+    # go through the adapter); all unset when nothing is kept.
+    name: str = ""
     remember: Callable[[str, Any], None] | None = None
+    current: Callable[[], bool] | None = None
+
+    def basis(self) -> bytes:
+        """What, besides the answer, the record of an answer holds (its conversation)."""
+        return b""
 
 
 class Translator:
@@ -86,8 +105,9 @@ class Surface:
         field it concerns and its code, where the shape has room for them)."""
         raise NotImplementedError
 
-    def recall(self, call: Call) -> str | None:
-        """The name of the record of an earlier answer that `call` continues, if any."""
+    def recall(self, call: Call) -> tuple[str, str] | None:
+        """The name of the record of an earlier answer that `call` continues and that
+        answer's nonce, if it names one."""
         return None
 
     def resume(self, call: Call, record: Any, why: str = "") -> None:

@@ -26,7 +26,7 @@ from bridge.surfaces.adapter import (
     Call,
     Surface,
     Translator,
-    new_id,
+    fresh,
 )
 
 log = logging.getLogger("bridge.surfaces")
@@ -130,13 +130,17 @@ def finish(ex: Exchange, response: Response) -> None:
             response.headers["content-type"] = JSON
         else:  # not a native answer: an error some stage made with a 2xx
             _error(surface, response, 502)
-    if call is not None and call.remember is not None:
-        # an answer that leaves a record (its id names it) goes through the adapter each
-        # time: never repeated as the bytes sent (`bridge.web.fast_hits`)
-        response.replayable = None
-    elif response.replayable is not None and call is not None:  # a repeat: its own ids
-        response.replayable = Replayable(response.replayable.revisit,
-                                         partial(_restamper, call.ids))
+    if response.replayable is not None and call is not None:  # a repeat: its own ids
+        revisit = response.replayable.revisit
+        if call.remember is not None:  # and only while its record names its answer
+            revisit = partial(_revisit, revisit, call.current) if call.current else None
+        response.replayable = None if revisit is None else Replayable(
+            revisit, partial(_restamper, call.ids))
+
+
+def _revisit(revisit: Callable[[], float | None], current: Callable[[], bool]
+             ) -> float | None:
+    return revisit() if current() else None
 
 
 def _error(surface: Surface, response: Response, status: int | None = None) -> None:
@@ -224,17 +228,16 @@ def stop_frames(ex: Exchange, message: str) -> list[Frame] | None:
 
 
 def _restamper(ids: list[str], sent: bytes) -> Callable[[], bytes]:
-    """What makes `sent` again with fresh identities in place of `ids` (each a prefix,
-    `_`, and random hex: found only where it was put)."""
-    template, prefixes = sent, []
+    """What makes `sent` again with fresh identities in place of `ids` (random tokens:
+    found only where they were put; a raw NUL byte, which JSON never holds, marks each)."""
+    template = sent
     for index, ident in enumerate(ids):
         template = template.replace(ident.encode(), b"\x00%d\x00" % index)
-        prefixes.append(ident.rpartition("_")[0])
 
     def stamp() -> bytes:
         body = template
-        for index, prefix in enumerate(prefixes):
-            body = body.replace(b"\x00%d\x00" % index, new_id(prefix).encode())
+        for index, ident in enumerate(ids):
+            body = body.replace(b"\x00%d\x00" % index, fresh(ident).encode())
         return body
 
     return stamp

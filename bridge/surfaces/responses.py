@@ -16,16 +16,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Callable, Mapping
 
 from bridge.core.errors import BadRequest
-from bridge.core.exchange import Frame
-from bridge.surfaces.adapter import Call, Surface, Translator, new_id
+from bridge.core.exchange import Frame, encode_json
+from bridge.surfaces.adapter import NAME_DIGITS, Call, Surface, Translator
 
 NAME = "responses"
 PREVIOUS = "previous_response_id"
+NONCE_DIGITS = 16  # hex digits of the nonce in every id of an answer
+TEXT_DELTA = b"response.output_text.delta"
 
 # reasoning.effort -> native `think` (`thinkFromReasoningEffort`)
 EFFORTS: dict[str, Any] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -374,16 +378,20 @@ class Writer:
     """One response to a Responses request: its ids, and its translation from the native
     answer, whole (`body`) or chunk by chunk (`events`, `ResponsesStreamConverter`).
 
-    Every id it makes is added to `ids` (a replay of the answer as sent gets fresh ones
-    in their place); `on_final(response id, output items)` is called once the answer is
-    complete."""
+    Every id it makes holds its `nonce` (random hex; a replay of the answer as sent gets
+    a fresh one in its place): the response's `resp_<name><nonce>`, where `name` names
+    its record (`bridge.surfaces.stage`; random until set), and its items'
+    `<prefix>_<nonce><count>`. `on_final(nonce, output items)` is called once the answer
+    is complete."""
 
-    def __init__(self, request: dict, ids: list[str] | None = None,
-                 on_final: Callable[[str, list[dict]], None] | None = None):
+    def __init__(self, request: dict, on_final: Callable[[str, list[dict]], None] | None = None,
+                 named: Callable[[], str] | None = None):
         self.request = request
-        self.ids = ids if ids is not None else []
         self.on_final = on_final
-        self.response_id = self.new_id("resp")
+        self.named = named  # the record's name, once known
+        self.nonce = secrets.token_hex(NONCE_DIGITS // 2)
+        self.name = secrets.token_hex(NAME_DIGITS // 2)
+        self._count = 0
         self.item_id = self.new_id("msg")
         self.created_at = int(time.time())
         self.output: list[dict] | None = None
@@ -396,11 +404,15 @@ class Writer:
         self._thinking: str | None = None
         self._reasoning_id = ""
         self._calls_sent = False
+        self._delta: tuple[int, bytes] | None = None  # (output index, its text deltas' head)
+
+    @property
+    def response_id(self) -> str:
+        return f"resp_{self.named and self.named() or self.name}{self.nonce}"
 
     def new_id(self, prefix: str) -> str:
-        ident = new_id(prefix)
-        self.ids.append(ident)
-        return ident
+        self._count += 1
+        return f"{prefix}_{self.nonce}{self._count:08x}"
 
     # --- the response object
 
@@ -458,7 +470,7 @@ class Writer:
     def _final(self, output: list, native: dict) -> dict:
         self.output = output
         if self.on_final is not None:
-            self.on_final(self.response_id, output)
+            self.on_final(self.nonce, output)
         status, details = "completed", None
         if native.get("done_reason") == "length":
             status, details = "incomplete", {"reason": "max_output_tokens"}
@@ -573,10 +585,31 @@ class Writer:
                 "item_id": self.item_id, "output_index": self._index, "content_index": 0,
                 "part": _text_part("")}))
         self._text += text
-        events.append(self._event("response.output_text.delta", {
+        events.append(self._event(TEXT_DELTA.decode(), {
             "item_id": self.item_id, "output_index": self._index, "content_index": 0,
             "delta": text, "logprobs": []}))
         return events
+
+    def text_delta(self, chunk: dict) -> Frame | None:
+        """The event of a chunk that only adds text to the open message (most of them),
+        made as `events` makes it, from a template of its bytes; None for any other."""
+        message = chunk.get("message")
+        if self._text is None or self._calls_sent or chunk.get("done") is True \
+                or not isinstance(message, dict) or message.get("thinking") \
+                or message.get("tool_calls"):
+            return None
+        text = message.get("content")
+        if not isinstance(text, str) or not text:
+            return None
+        if self._delta is None or self._delta[0] != self._index:
+            self._delta = (self._index, b'{"type":"%s","item_id":%s,"output_index":%d,'
+                           b'"content_index":0,"delta":' % (
+                               TEXT_DELTA, encode_json(self.item_id), self._index))
+        self._text += text
+        raw = b'%s%s,"logprobs":[],"sequence_number":%d}' % (
+            self._delta[1], encode_basestring(text).encode(), self._sequence)
+        self._sequence += 1
+        return Frame(raw, event=TEXT_DELTA)
 
     def _complete(self, chunk: dict) -> list[Event]:
         events = self._close_reasoning()
@@ -628,9 +661,12 @@ class ResponsesCall(Call):
     conversation: list = field(default_factory=list)
     writer: Writer | None = None
 
-    def finished(self, response_id: str, output: list[dict]) -> None:
+    def basis(self) -> bytes:
+        return json.dumps(self.conversation, separators=(",", ":")).encode()
+
+    def finished(self, nonce: str, output: list[dict]) -> None:
         if self.remember is not None:
-            self.remember(response_id, {"input": self.conversation, "output": output})
+            self.remember(nonce, {"input": self.conversation, "output": output})
 
 
 class _Stream(Translator):
@@ -638,7 +674,8 @@ class _Stream(Translator):
         self.writer = writer
 
     def frame(self, native: dict[str, Any]) -> list[Frame]:
-        return _frames(self.writer.events(native))
+        delta = self.writer.text_delta(native)
+        return [delta] if delta is not None else _frames(self.writer.events(native))
 
     def failed(self, status: int, message: str) -> list[Frame]:
         return _frames(self.writer.failed(message, "server_error"))
@@ -656,7 +693,8 @@ class Responses(Surface):
         native = to_chat(payload, allow_empty=previous is not None)
         call = ResponsesCall(native=native, model=native["model"], stream=native["stream"],
                              request=payload, conversation=input_items(payload))
-        call.writer = Writer(payload, call.ids, call.finished)
+        call.writer = Writer(payload, call.finished, lambda: call.name)
+        call.ids.append(call.writer.nonce)
         return call
 
     @staticmethod
@@ -669,16 +707,24 @@ class Responses(Surface):
                              param=PREVIOUS)
         return previous
 
-    def recall(self, call: Call) -> str | None:
-        """The name of the record `call` needs (`previous_response_id`), if any."""
+    def recall(self, call: Call) -> tuple[str, str] | None:
+        """The record `call` needs (`previous_response_id`: `resp_<name><nonce>`) and the
+        nonce of the answer it names, if any (an id of another form names none kept)."""
         assert isinstance(call, ResponsesCall)
-        return self.recall_name(call.request)
+        previous = self.recall_name(call.request)
+        if previous is None:
+            return None
+        digits = previous.removeprefix("resp_")
+        if len(digits) != NAME_DIGITS + NONCE_DIGITS or not previous.startswith("resp_"):
+            return previous, ""
+        return digits[:NAME_DIGITS], digits[NAME_DIGITS:]
 
     def resume(self, call: Call, record: Any, why: str = "") -> None:
-        """Complete `call` with the record it named (None: not found, for `why`)."""
+        """Complete `call` with the record it named (None: not found, or `why` not)."""
         assert isinstance(call, ResponsesCall)
         if not isinstance(record, dict):
-            raise BadRequest(why or f"previous response {call.request[PREVIOUS]!r} not found: "
+            raise BadRequest(f"previous response {call.request[PREVIOUS]!r}: {why}" if why
+                             else f"previous response {call.request[PREVIOUS]!r} not found: "
                              "the bridge keeps the answers it gave for the cache TTL, "
                              "for the client that asked", param=PREVIOUS)
         expanded = expand(call.request, record)

@@ -380,3 +380,58 @@ def test_a_stream_that_fails_ends_with_response_failed():
     # before anything was sent, the failure comes after the opening events
     assert names(Writer({"model": "m", "input": "hi"}).failed("boom")) == [
         "response.created", "response.in_progress", "response.failed"]
+
+
+# ------------------------------------------------------------------ records
+
+
+def test_a_shared_record_that_an_answer_contradicts_is_refused_as_no_longer_available():
+    """Answers replayed from one entry share a record; one that says something else (a
+    filter outside the cache changed its verdict) leaves every id of it refused, never
+    continued from another answer than the one it gave."""
+    from bridge.cache.memory import MemoryTier
+    from bridge.cache.records import GONE, Records
+    from bridge.surfaces.responses import Responses
+    from bridge.surfaces.stage import REPLACED, Kept
+
+    records = Records(MemoryTier(100, 60.0), None)
+    surface = Responses()
+    key = records.key("responses", "alice", "a" * 24)
+    said = [assistant("Blue, because of Rayleigh scattering.")]
+    first = Kept(records, "responses", key, None)
+    first("1" * 16, {"input": [user("Why?")], "output": said})
+    again = Kept(records, "responses", key, records.find(key))
+    again("2" * 16, {"input": [user("Why?")], "output": said})
+    assert again.current() and records.get("responses", "alice", "a" * 24, "2" * 16) == {
+        "input": [user("Why?")], "output": said}
+    other = Kept(records, "responses", key, records.find(key))
+    other("3" * 16, {"input": [user("Why?")], "output": [assistant("<think>hm</think>Blue.")]})
+    assert not other.current() and not again.current()
+    assert records.get("responses", "alice", "a" * 24, "2" * 16) == GONE
+    call = surface.request({"model": "m", "input": "And?",
+                            "previous_response_id": "resp_" + "a" * 24 + "2" * 16}, {})
+    assert surface.recall(call) == ("a" * 24, "2" * 16)
+    with pytest.raises(BadRequest) as refused:
+        surface.resume(call, None, REPLACED)
+    assert "no longer available" in str(refused.value)
+
+
+def test_streamed_text_deltas_are_the_bytes_of_their_events():
+    """Text deltas are made from a template of their bytes: the same bytes and events as
+    the other events are made, whatever the text (quotes, escapes, non-ASCII, NUL)."""
+    from bridge.core.exchange import encode_json
+    from bridge.surfaces.responses import _Stream
+
+    pieces = ["Hi", ' "quoted"', " \\ back\nslash", " é 日本 🙂", " \x00\x1f", " end"]
+    chunks = [{"model": "m", "message": {"role": "assistant", "thinking": "Hm."}, "done": False},
+              *({"model": "m", "message": {"role": "assistant", "content": piece},
+                 "done": False} for piece in pieces)]
+    fast, slow = Writer({"model": "m", "input": "hi"}), Writer({"model": "m", "input": "hi"})
+    slow.nonce, slow.name, slow.item_id = fast.nonce, fast.name, fast.item_id
+    slow.created_at = fast.created_at
+    stream = _Stream(fast)
+    sent = [(frame.event, frame.raw) for chunk in chunks for frame in stream.frame(chunk)]
+    made = [(name.encode(), encode_json(data)) for chunk in chunks
+            for name, data in slow.events(chunk)]
+    assert sent == made
+    assert [event for event, _ in sent].count(b"response.output_text.delta") == len(pieces)

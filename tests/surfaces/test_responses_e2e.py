@@ -246,6 +246,68 @@ def test_every_repeat_of_an_answer_can_be_continued(make_bridge, standin, tmp_pa
     assert [len(call["messages"]) for call in chat_calls(standin)] == [1, 3]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_repeats_on_one_connection_have_ids_of_their_own_and_each_continues(
+        make_bridge, standin, tmp_path, stream):
+    """Repeats of a memory hit (answered before Flask when they come fast) share the
+    record of their answer: each with ids of its own, each one continued from the answer
+    it gave, the items it named included."""
+    bridge = make_bridge("--enable-cache", "--cache-dir", str(tmp_path), "--cache-hot-threshold",
+                         "1", workers=1)
+    show_upstream_is_open(bridge)
+    standin.reset()
+    ask, count = question(), 12
+    body = {"model": MODEL, "input": ask, "tools": [TOOL], "stream": stream}
+    with requests.Session() as session:
+        answers = [session.post(bridge.url + "/v1/responses", json=body, timeout=30,
+                                headers={"authorization": "Bearer sk-test"})  # as `sdk`'s
+                   for _ in range(count)]
+    assert [answer.status_code for answer in answers] == [200] * count
+    assert {answer.headers["x-cache"] for answer in answers[1:]} == {"HIT-MEMORY"}
+    if stream:
+        finals = [[json.loads(line[6:]) for line in answer.text.split("\n")
+                   if line.startswith("data: ")][-1]["response"] for answer in answers]
+    else:
+        finals = [answer.json() for answer in answers]
+    assert len({final["id"] for final in finals}) == count
+    items = [final["output"][0] for final in finals]
+    assert len({item["id"] for item in items}) == count
+    assert len({(item["name"], item["arguments"], item["call_id"]) for item in items}) == 1
+    assert standin.count("/api/chat") == 1
+    client = sdk(bridge.url)
+    for final, item in zip(finals, items, strict=True):
+        follow = client.responses.create(
+            model=MODEL, previous_response_id=final["id"], tools=[TOOL],
+            input=[{"type": "function_call_output", "call_id": item["call_id"],
+                    "output": "sunny"}])
+        assert follow.output_text
+    # each follow-up was the same conversation: one upstream call for all of them
+    assert standin.count("/api/chat") == 2
+    assert chat_calls(standin)[-1]["messages"][1:] == [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": items[0]["call_id"], "function": {
+                "name": "get_weather", "arguments": json.loads(items[0]["arguments"])}}]},
+        {"role": "tool", "content": "sunny", "tool_call_id": items[0]["call_id"]}]
+
+
+def test_a_refreshed_answer_leaves_the_earlier_ones_their_own_conversation(client, standin):
+    ask = "My name is Ada. " + question()
+    first = client.responses.create(model=MODEL, input=ask)
+    hit = client.responses.create(model=MODEL, input=ask)
+    refreshed = client.responses.with_raw_response.create(
+        model=MODEL, input=ask, extra_headers={"Cache-Control": "no-cache"})
+    assert refreshed.headers["x-cache"] == "MISS" and standin.count("/api/chat") == 2
+    ids = [first.id, hit.id, refreshed.parse().id]
+    assert len({ident[:5 + 24] for ident in ids}) == 3  # three records: one per answer
+    for ident in ids:
+        follow = client.responses.create(model=MODEL, previous_response_id=ident,
+                                         input="What is my name?")
+        assert follow.output_text
+        assert chat_calls(standin)[-1]["messages"][:2] == [
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": first.output_text}]
+
+
 def test_an_unknown_previous_response_is_a_400_naming_the_field(client, standin):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model=MODEL, previous_response_id="resp_nope", input="hi")
