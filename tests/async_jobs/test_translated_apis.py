@@ -192,3 +192,22 @@ def test_a_messages_job_for_a_model_that_cannot_think_answers_without_thinking(b
     # the credentials went with the relaxed request too (pass-through: the client's own)
     assert all(request.headers.get("x-api-key") == KEY for request in standin.requests
                if request.path == "/api/chat")
+
+
+def test_a_responses_job_continues_an_earlier_response(bridge, standin):
+    client = openai.OpenAI(base_url=bridge.url + "/v1", api_key=KEY, max_retries=0)
+    first = client.responses.create(model=QWEN, input=question())
+    q, fingerprint = question(), new_fingerprint()
+    body = {"model": QWEN, "input": q, "previous_response_id": first.id,
+            "request_fingerprint": fingerprint}
+    headers = {"authorization": f"Bearer {KEY}"}
+    submit(bridge.url + "/v1/responses", body, headers)
+    done = until_done(f"{bridge.url}/v1/async/{fingerprint}", headers=headers,
+                      fingerprint=fingerprint)
+    assert done.status_code == 200, done.text
+    native = [request.json() for request in standin.requests if request.path == "/api/chat"]
+    # the job ran with the earlier turn put back: its question, its answer, then this one
+    assert [message["role"] for message in native[-1]["messages"]] == [
+        "user", "assistant", "user"]
+    assert native[-1]["messages"][1]["content"] == first.output_text
+    assert done.json()["output"][-1]["content"][0]["text"] == answer_text(q, 3)
