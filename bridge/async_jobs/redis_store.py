@@ -14,6 +14,10 @@ Durability is Redis's: with the default snapshots a Redis crash loses the last m
 of jobs; users who need every accepted job to survive run Redis with `appendonly yes`
 (and `appendfsync everysec`). While Redis is unreachable, new jobs go to the instance's
 own SQLite store (`FallbackJobStore`) and are run and answered from there.
+
+The request's JSON only ever gains fields that have a default in `Job` (`api`, `asked`:
+a job sent on a client API served by translation), so a job stored by an older
+version reads as it was.
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ class RedisJobStore:
         request = {"owner": job.owner, "content_hash": job.content_hash,
                    "surface": job.surface, "endpoint": job.endpoint, "method": job.method,
                    "path": job.path, "query": job.query, "headers": job.headers,
-                   "facts": job.facts}
+                   "facts": job.facts, "api": job.api, "asked": job.asked}
         now = time.time()
         name = job_id(*job.key)
         stored = self._submit(

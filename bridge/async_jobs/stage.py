@@ -10,7 +10,13 @@ not exist (the same 404 as an unknown fingerprint).
 Asking again, with the same request or at the status URL (`GET /v1/async/<fingerprint>`,
 `GET /api/async/<fingerprint>`), answers 202 while the job waits or runs, then its
 stored result (a stream replayed as a stream) through the stages outside this one. The
-same fingerprint with another request is a 409. A job refused by the upstream (401,
+same fingerprint with another request is a 409.
+
+A job sent on a client API served by translation (`bridge.surfaces`: /v1/messages,
+/v1/responses) runs as the native chat it means, and remembers the API and the client's
+request: its stored native result is answered, at the status URL too, in that API's
+shape (`edge.adopt`), a stream as that API's events. Its status (202) is the same
+everywhere; its Location is /v1's status URL. A job refused by the upstream (401,
 403) is answered once and then forgotten, so that asking again runs it again.
 """
 
@@ -35,6 +41,7 @@ from bridge.core.pipeline import Context, Stage
 from bridge.core.redaction import CREDENTIAL_HEADERS, split_query
 from bridge.core.settings import Settings, upstream_key
 from bridge.core.upstream import Backoff
+from bridge.surfaces import edge
 
 log = logging.getLogger("bridge.async")
 
@@ -42,6 +49,7 @@ FIELD = "request_fingerprint"
 FINGERPRINT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 ASYNC_ENDPOINTS = frozenset({"chat", "completions", "generate"})  # /v1 and /api alike
 STATUS_ENDPOINT = "async"   # the routes' endpoint kind of GET /v1|/api/async/<fingerprint>
+# by the client's API: those served by translation live under /v1
 STATUS_PATHS = {"openai": "/v1/async/", "ollama": "/api/async/"}
 # The client's credentials: never in the stored request (see `credentials`).
 STORED_CREDENTIALS = (*CREDENTIAL_HEADERS, "cookie")
@@ -65,10 +73,13 @@ def checked_fingerprint(value: Any) -> str:
 
 def content_hash(ex: Exchange) -> str:
     """What makes two requests "the same": route and body (without the fingerprint and
-    the credentials: those make the principal)."""
+    the credentials: those make the principal); for a translated API, also the API and
+    the client's request as it wrote it."""
     query = split_query(ex.query)[0]
-    canonical = json.dumps([ex.surface, ex.endpoint, ex.path, query, ex.payload],
-                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    same = [ex.surface, ex.endpoint, ex.path, query, ex.payload]
+    if edge.translated(ex):
+        same += [ex.api, edge.asked_of(ex)]
+    canonical = json.dumps(same, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -77,7 +88,7 @@ def status_response(ex: Exchange, job: Job) -> Response:
     body = {"fingerprint": job.fingerprint, "status": job.status, "created": int(job.created)}
     return Response(status=202, body=encode_json(body) + b"\n", headers={
         "content-type": "application/json", "retry-after": RETRY_AFTER,
-        "location": STATUS_PATHS[ex.surface] + job.fingerprint})
+        "location": STATUS_PATHS.get(ex.api, STATUS_PATHS["openai"]) + job.fingerprint})
 
 
 def result_response(job: Job) -> Response:
@@ -167,6 +178,9 @@ class AsyncStage(Stage):
             return status_response(ex, job)
         if job.result_status in REFUSED:
             self.store.discard(job)
+        if job.api and job.asked is not None and not edge.translated(ex):
+            # the status URL of a job sent on a translated API: the result in its shape
+            edge.adopt(ex, job.api, job.asked, job.headers)
         return result_response(job)
 
     def job_for(self, ex: Exchange, fingerprint: str) -> Job:
@@ -177,7 +191,8 @@ class AsyncStage(Stage):
                    headers={name: value for name, value in ex.headers.items()
                             if name not in NOT_STORED},
                    body=ex.body, facts={name: getattr(ex, name) for name in FACTS},
-                   credential=self.credentials(ex, in_query))
+                   credential=self.credentials(ex, in_query),
+                   api=ex.api if edge.translated(ex) else "", asked=edge.asked_of(ex))
 
     def credentials(self, ex: Exchange, in_query: str) -> Credential | None:
         """The pass-through client's credentials (headers, and `in_query`: the credential
@@ -203,13 +218,21 @@ class AsyncStage(Stage):
         ex = Exchange(surface=job.surface, endpoint=job.endpoint, method=job.method,
                       path=job.path, query=query, headers=headers, body=job.body,
                       request_id=f"async-{secrets.token_hex(8)}", payload=json.loads(job.body))
+        if job.api and job.asked is not None:  # the stages inside see the client's API
+            edge.adopt(ex, job.api, job.asked, headers)
         for name in FACTS:
             setattr(ex, name, job.facts.get(name))
         ex.principal = job.owner or None  # who sent it (a job without one: from its credentials)
         log.info("async job %s runs as request %s", job.fingerprint, ex.request_id)
         pipeline = self.context.pipeline
         assert pipeline is not None
-        return pipeline.drain(ex, after=self.name)
+        response = pipeline.drain(ex, after=self.name)
+        again = edge.relaxed(ex, response) if edge.translated(ex) else None
+        if again is not None:  # what the native chat refused, relaxed as the API does
+            for name in (*FACTS, "principal"):
+                setattr(again, name, getattr(ex, name))
+            response = pipeline.drain(again, after=self.name)
+        return response
 
 
 def make_stage(settings: Settings, context: Context) -> AsyncStage | None:

@@ -45,8 +45,9 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 ENDED = (DONE, FAILED)
 
 # 1: one job per fingerprint (`fingerprint` the key, `owner` '' in pass-through mode);
-# 2: one job per (owner, fingerprint), credential query parameters out of `query`.
-SCHEMA_VERSION = 2
+# 2: one job per (owner, fingerprint), credential query parameters out of `query`;
+# 3: `api` and `asked`, the client API served by translation and the client's request.
+SCHEMA_VERSION = 3
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT NOT NULL,            -- the principal that submitted it ('': a version-1
@@ -76,10 +77,13 @@ _SCHEMA = (
     result_headers TEXT,
     result_codec TEXT,
     result_body BLOB,
+    api TEXT NOT NULL DEFAULT '',   -- the client API served by translation ('': none)
+    asked TEXT,                     -- JSON: the client's request on `api` (no fingerprint)
     PRIMARY KEY (owner, fingerprint)
 )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before, created)",
 )
+# the columns of versions 1 and 2
 _COLUMNS = ("owner", "fingerprint", "content_hash", "surface", "endpoint", "method", "path",
             "query", "headers", "body", "facts", "credential", "status", "created",
             "not_before", "attempts", "worker", "lease_until", "started", "finished",
@@ -142,6 +146,10 @@ class Job:
     result_headers: dict[str, str] = field(default_factory=dict)
     result_codec: str | None = None
     result_body: bytes = field(default=b"", repr=False)
+    # sent on a client API served by translation (`bridge.surfaces`): its name, and the
+    # client's request as it wrote it, to answer the native result in its shape
+    api: str = ""
+    asked: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -156,7 +164,8 @@ class Job:
             worker=row["worker"], started=row["started"], finished=row["finished"],
             expires=row["expires"], result_status=row["result_status"],
             result_headers=json.loads(row["result_headers"] or "{}"),
-            result_codec=row["result_codec"], result_body=bytes(row["result_body"] or b""))
+            result_codec=row["result_codec"], result_body=bytes(row["result_body"] or b""),
+            api=row["api"], asked=json.loads(row["asked"]) if row["asked"] else None)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -267,7 +276,8 @@ class JobStore:
                 "query": job.query, "headers": json.dumps(job.headers), "body": job.body,
                 "facts": json.dumps(job.facts),
                 "credential": job.credential.dumps() if job.credential else None,
-                "status": QUEUED, "created": now})
+                "status": QUEUED, "created": now, "api": job.api,
+                "asked": json.dumps(job.asked) if job.asked is not None else None})
         return job, True
 
     def get(self, owner: str, fingerprint: str) -> Job | None:
@@ -420,7 +430,11 @@ def _migrate(db: sqlite3.Connection) -> bool:
             return False
         old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                          "name = 'jobs'").fetchone() is not None
-        if old:
+        if old and version == 2:  # its rows stay: two columns more, empty for them
+            db.execute("ALTER TABLE jobs ADD COLUMN api TEXT NOT NULL DEFAULT ''")
+            db.execute("ALTER TABLE jobs ADD COLUMN asked TEXT")
+            old = False
+        elif old:
             db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
             db.execute("DROP INDEX IF EXISTS jobs_by_status")  # its name is the new one's
         for statement in _SCHEMA:

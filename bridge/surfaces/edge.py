@@ -17,7 +17,6 @@ from functools import partial
 from typing import Callable, Iterator
 
 from bridge.core import events, streaming
-from bridge.core.errors import BadRequest
 from bridge.core.exchange import Exchange, Frame, Replayable, Response, encode_json, owned
 from bridge.surfaces import adapter_for
 from bridge.surfaces.adapter import (
@@ -35,7 +34,9 @@ log = logging.getLogger("bridge.surfaces")
 _CALL = "surfaces.call"  # ex.notes: the adapter's `Call` for this exchange
 _SENT = "surfaces.sent"  # ex.notes: the client's headers, before any stage changed them
 _TRANSLATOR = "surfaces.translator"  # ex.notes: the stream's `Translator`, once streaming
-ASYNC_FIELD = "request_fingerprint"  # async jobs answer in the native shapes only
+_ASKED = "surfaces.asked"  # ex.notes: the client's request (without `ASYNC_FIELD`)
+ASYNC_FIELD = "request_fingerprint"  # an async job's name (`bridge.async_jobs`)
+ACCEPTED = 202  # an async job's status: the same body on every API
 JSON = "application/json"
 
 
@@ -53,17 +54,34 @@ def begin(ex: Exchange) -> None:
     """Make `ex` (its body parsed into `ex.payload`) the native chat exchange that means
     the same; raises a `BridgeError` (in the client's shape, through `finish`) for a
     request the native chat cannot express."""
-    surface = adapter_for(ex.api)
-    assert surface is not None and isinstance(ex.payload, dict)
-    if ASYNC_FIELD in ex.payload:
-        raise BadRequest(f"async requests ({ASYNC_FIELD}) are not served on {ex.path}: "
-                         "send them to /v1/chat/completions or /api/chat", param=ASYNC_FIELD)
-    call = surface.request(ex.payload, ex.headers)
-    ex.notes[_CALL] = call
-    ex.notes[_SENT] = dict(ex.headers)
+    assert isinstance(ex.payload, dict)
+    asked = {name: value for name, value in ex.payload.items() if name != ASYNC_FIELD}
+    call = adopt(ex, ex.api, asked, ex.headers)
     ex.surface, ex.endpoint, ex.path, ex.raw_path = NATIVE_SURFACE, NATIVE_ENDPOINT, NATIVE_PATH, ""
     ex.query = ""  # the client API's own parameters (`?beta=true`) mean nothing natively
-    ex.replace_payload(call.native)
+    if ASYNC_FIELD in ex.payload:  # the async stage takes it out again
+        ex.replace_payload({**call.native, ASYNC_FIELD: ex.payload[ASYNC_FIELD]})
+    else:
+        ex.replace_payload(call.native)
+
+
+def adopt(ex: Exchange, api: str, asked: dict, headers: dict[str, str]) -> Call:
+    """Make `ex` answer a request the client sent on `api` (`asked`, with `headers`) in
+    that API's shape: at the edge, and for an async job's run and its stored native
+    result (`bridge.async_jobs`). Raises `BadRequest` for what the native chat cannot
+    express."""
+    surface = adapter_for(api)
+    assert surface is not None
+    call = surface.request(asked, headers)
+    ex.api = api
+    ex.notes[_CALL], ex.notes[_SENT], ex.notes[_ASKED] = call, dict(headers), asked
+    return call
+
+
+def asked_of(ex: Exchange) -> dict | None:
+    """The client's request of a translated exchange, as its API writes it (None for
+    any other exchange)."""
+    return ex.notes.get(_ASKED)
 
 
 def relaxed(ex: Exchange, response: Response) -> Exchange | None:
@@ -72,7 +90,8 @@ def relaxed(ex: Exchange, response: Response) -> Exchange | None:
     its response is closed and its closers have run."""
     surface = adapter_for(ex.api)
     call: Call | None = ex.notes.get(_CALL)
-    if surface is None or call is None or response.ok or response.streaming:
+    if (surface is None or call is None or response.ok or response.streaming
+            or ex.endpoint != NATIVE_ENDPOINT):  # an async job's stored answer: as it is
         return None
     native = surface.relaxed(call, response.status, error_message(response))
     if native is None:
@@ -96,6 +115,8 @@ def finish(ex: Exchange, response: Response) -> None:
     call: Call | None = ex.notes.get(_CALL)
     if not response.ok or call is None:
         _error(surface, response)
+    elif response.status == ACCEPTED:
+        pass  # an async job that waits or runs (`bridge.async_jobs`)
     elif response.streaming:
         translator = ex.notes[_TRANSLATOR] = surface.translator(call)
         response.map_frames(partial(_frames, ex, translator), keeps_marks=True)

@@ -1,7 +1,7 @@
 """The SQLite job store on real files: a job is (owner, fingerprint), and a state
 directory of the version before owners (one job per fingerprint, credential query
 parameters in the stored query) still opens, migrated once, its credentials moved or
-dropped."""
+dropped; a file of version 2 (before jobs of the translated APIs) keeps its jobs."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_by_status ON jobs (status, not_before, created);
 """
+# The file of version 2 (jobs with owners; before `api` and `asked`): version 1's table
+# with (owner, fingerprint) as its key.
+VERSION_2 = VERSION_1.replace("fingerprint TEXT PRIMARY KEY", "fingerprint TEXT NOT NULL") \
+    .replace("result_body BLOB\n", "result_body BLOB, PRIMARY KEY (owner, fingerprint)\n")
 ENDED_SECRET, QUEUED_SECRET, HEADER_SECRET = "qs-ended-1234", "qs-queued-5678", "sk-head-9012"
 
 
@@ -110,3 +114,28 @@ def test_a_new_store_is_made_readable_by_its_user_only(tmp_path: Path) -> None:
     for path in (tmp_path / "state").glob(FILE_NAME + "*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+def test_a_version_2_file_keeps_its_jobs_and_takes_jobs_of_the_translated_apis(
+        tmp_path: Path) -> None:
+    path = tmp_path / FILE_NAME
+    with sqlite3.connect(path) as db:
+        db.executescript(VERSION_2)
+        db.execute("INSERT INTO jobs (fingerprint, owner, content_hash, surface, endpoint, "
+                   "method, path, query, headers, body, facts, status, created) VALUES "
+                   "('old', 'someone', 'h', 'openai', 'chat', 'POST', "
+                   "'/v1/chat/completions', '', '{}', X'7B7D', '{}', 'queued', 1)")
+        db.execute("PRAGMA user_version = 2")
+    store = JobStore(tmp_path).open()
+    old = store.get("someone", "old")
+    assert old is not None and old.status == QUEUED and old.body == b"{}"
+    assert old.api == "" and old.asked is None  # answered in its surface's own shape
+    asked = {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
+    new = job("someone", "new")
+    new.api, new.asked = "anthropic", asked
+    store.submit(new, 10)
+    stored = store.get("someone", "new")
+    assert stored is not None and stored.api == "anthropic" and stored.asked == asked
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
