@@ -70,9 +70,12 @@ def switched_off(payload: dict[str, Any]) -> bool:
     """Whether the request itself asks the model not to reason."""
     if payload.get("think") is False:
         return True
+    # A `reasoning` object wins over `reasoning_effort`, even one without an effort
+    # (Ollama's FromChatRequest: then the model's default); a null one does not.
     reasoning = payload.get("reasoning")
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    if effort is None:
+    if isinstance(reasoning, dict):
+        effort = reasoning.get("effort")
+    else:
         effort = payload.get("reasoning_effort")
     if effort == "none":
         return True

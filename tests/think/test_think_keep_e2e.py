@@ -31,9 +31,11 @@ from test_think_filter_e2e import (  # noqa: F401 - the bridges and clients of t
 
 # (stand-in think mode, model): reasoning in a field, in tags, with only the closing tag
 CASES = [("field", "qwen3"), ("tags", "qwen2.5"), ("tags-no-open", "deepseek-r1:7b")]
-# the ways a /v1 client asks for reasoning
+# the ways a /v1 client asks for reasoning; a `reasoning` object wins over
+# `reasoning_effort`, even one without an effort (Ollama then thinks: the model's default)
 V1_ASKS = [{"reasoning_effort": "high"}, {"reasoning_effort": "low"},
-           {"extra_body": {"reasoning": {"effort": "high"}}}]
+           {"extra_body": {"reasoning": {"effort": "high"}}},
+           {"reasoning_effort": "none", "extra_body": {"reasoning": {}}}]
 
 
 @pytest.fixture(scope="module")
