@@ -77,6 +77,9 @@ KINDS = {
 # Ollama drops reasoning on /v1/completions (there is none there), so its text never
 # starts inside it and is never held for a `</think>` (a bare one is still removed).
 HELD_KINDS = frozenset((CHAT, API_CHAT, API_GENERATE))
+# Kinds of Ollama's own API: `think` says what the request wants of reasoning, the
+# OpenAI fields (`reasoning_effort`, `reasoning`) are not its and Ollama ignores them.
+NATIVE_KINDS = frozenset((API_CHAT, API_GENERATE))
 # Keys of a stream choice / delta / Ollama message that say nothing when the text is empty.
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
 _DELTA_PLAIN = frozenset(("content", "role", *KEPT_REASONING_FIELDS["openai"]))
@@ -577,10 +580,11 @@ class ThinkStage(Stage):
             return
         if clean_history(ex.payload):
             ex.replace_payload(ex.payload)
-        switched = switched_off(ex.payload)
+        native = kind in NATIVE_KINDS
+        switched = switched_off(ex.payload, native)
         decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"),
                          ex.route) if kind in HELD_KINDS else None
-        keep = keeps_reasoning(ex.payload, self.keep_reasoning)
+        keep = keeps_reasoning(ex.payload, self.keep_reasoning, native)
         ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=keep,
                                          decide=decide, switched=switched,
                                          choices=choice_count(ex.payload))

@@ -45,6 +45,16 @@ def test_request_switches(payload, expected):
     assert switched_off(payload) is expected
 
 
+@pytest.mark.parametrize("payload, expected", [
+    ({"think": False}, True),
+    ({"reasoning_effort": "none"}, False),  # not a field of Ollama's own API: ignored
+    ({"reasoning": {"effort": "none"}}, False),
+    ({"prompt": "Q /no_think"}, True),
+])
+def test_native_request_switches(payload, expected):
+    assert switched_off(payload, native=True) is expected
+
+
 class Upstream:
     """Capabilities as an upstream tells them, counting the questions."""
 

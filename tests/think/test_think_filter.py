@@ -276,6 +276,15 @@ def test_what_a_request_says_about_reasoning(payload, wish):
     assert reasoning_wish(payload) is wish
 
 
+@pytest.mark.parametrize("payload, wish", [
+    ({"think": True, "reasoning_effort": "none"}, True),
+    ({"reasoning_effort": "none"}, None), ({"reasoning_effort": "high"}, None),
+    ({"reasoning": {"effort": "high"}}, None), ({"think": False}, False),
+])
+def test_a_native_request_says_it_by_think_alone(payload, wish):
+    assert reasoning_wish(payload, native=True) is wish
+
+
 def make_exchange(surface, endpoint, payload):
     body = json.dumps(payload).encode()
     return Exchange(surface=surface, endpoint=endpoint, method="POST", path="/x", query="",

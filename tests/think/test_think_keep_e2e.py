@@ -149,6 +149,36 @@ def test_a_request_that_switches_reasoning_off_outranks_the_servers_default(keep
         assert v1_whole(oai(keeping, "auto"), "qwen3", reasoning_effort="none").model_extra == {}
 
 
+def native_answer(bridge, path: str, stream: bool, **body) -> tuple[str, str]:
+    """(answer, thinking) of a native request sent as is (the `ollama` client sends only
+    the fields of Ollama's own API)."""
+    body.update({"model": "qwen3", "stream": stream})
+    if path == "/api/chat":
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    else:
+        body["prompt"] = PROMPT
+    response = requests.post(bridge.url + path, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    lines = [json.loads(line) for line in response.iter_lines() if line]
+    parts = [line.get("message", line) for line in lines]
+    return ("".join(part.get("content", part.get("response", "")) for part in parts),
+            "".join(part.get("thinking") or "" for part in parts))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_native_requests_are_read_by_think_alone(filtering, keeping, standin, path, stream):
+    # Ollama's native API has no `reasoning_effort` nor `reasoning` (it ignores them): a
+    # native client that asks with `think` gets its thinking whatever else it sends, and
+    # one silent about `think` gets the server's default
+    assert native_answer(filtering, path, stream, think=True,
+                         reasoning_effort="none") == (ANSWER, REASONING)
+    assert native_answer(filtering, path, stream, think=True,
+                         reasoning={"effort": "none"}) == (ANSWER, REASONING)
+    assert native_answer(keeping, path, stream, reasoning_effort="none") == (ANSWER, REASONING)
+    assert native_answer(filtering, path, stream, reasoning_effort="high") == (ANSWER, "")
+
+
 def test_asking_or_not_never_gets_the_others_cached_answer(cached, standin):
     """The wish is part of the key, and the filter (outside the cache) keeps or removes the
     reasoning of a stored answer per request, hits included."""
