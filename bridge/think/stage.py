@@ -379,8 +379,7 @@ class ThinkCleaner:
             if answer or key in holder:
                 new[key] = answer
             if keep:
-                for name in self._out_fields:
-                    new[name] = joined
+                new = _after(new, key, dict.fromkeys(self._out_fields, joined))
         return new, answer, joined if keep else "", new is not holder, kept
 
     # --- whole responses ------------------------------------------------------------
@@ -685,6 +684,18 @@ def _with_logprobs(container: dict[str, Any], entries: list[Any], native: bool
     else:
         old = container.get("logprobs")
         out["logprobs"] = {**(old if isinstance(old, dict) else {}), "content": entries}
+    return out
+
+
+def _after(holder: dict[str, Any], key: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """`holder` with `fields` right after its `key` (at the end without it): where
+    Ollama's structs put reasoning, after the text and before tool calls and the rest."""
+    out: dict[str, Any] = {}
+    for name, value in holder.items():
+        out[name] = value
+        if name == key:
+            out.update(fields)
+    out.update(fields)  # the place they took above, if `key` was there
     return out
 
 

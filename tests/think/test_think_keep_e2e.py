@@ -179,6 +179,37 @@ def test_native_requests_are_read_by_think_alone(filtering, keeping, standin, pa
     assert native_answer(filtering, path, stream, reasoning_effort="high") == (ANSWER, "")
 
 
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}}, "required": ["city"]}}}]
+ASKING = {  # path -> a request asking for reasoning (a tool call after it on chat)
+    "/api/chat": {"think": True, "tools": WEATHER,
+                  "messages": [{"role": "user", "content": PROMPT}]},
+    "/api/generate": {"think": True, "prompt": PROMPT},
+    "/v1/chat/completions": {"reasoning_effort": "high", "tools": WEATHER,
+                             "messages": [{"role": "user", "content": PROMPT}]},
+}
+
+
+def key_orders(url: str, path: str, stream: bool) -> list[list[str]]:
+    """The keys, in order, of each event's (or the body's) part that holds the text."""
+    response = requests.post(url + path, timeout=30,
+                             json={"model": "qwen3", "stream": stream, **ASKING[path]})
+    assert response.status_code == 200, response.text
+    lines = [line.removeprefix(b"data: ") for line in response.iter_lines() if line]
+    events = [json.loads(line) for line in lines if line != b"[DONE]"]
+    holders = [event["choices"][0].get("delta", event["choices"][0].get("message"))
+               if "choices" in event else event.get("message", event) for event in events]
+    return [[key for key in holder if key != "reasoning_content"] for holder in holders]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", list(ASKING))
+def test_kept_reasoning_sits_where_ollama_puts_it(filtering, standin, path, stream):
+    # after the text, before a tool call and the rest (Ollama's structs, field by field)
+    assert key_orders(filtering.url, path, stream) == key_orders(standin.url, path, stream)
+
+
 def test_asking_or_not_never_gets_the_others_cached_answer(cached, standin):
     """The wish is part of the key, and the filter (outside the cache) keeps or removes the
     reasoning of a stored answer per request, hits included."""
