@@ -66,16 +66,21 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def switched_off(payload: dict[str, Any]) -> bool:
-    """Whether the request itself asks the model not to reason."""
+def switched_off(payload: dict[str, Any], native: bool = False) -> bool:
+    """Whether the request itself asks the model not to reason (`native`: a request of
+    Ollama's own API, which has `think` and ignores the OpenAI fields)."""
     if payload.get("think") is False:
         return True
-    reasoning = payload.get("reasoning")
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    if effort is None:
-        effort = payload.get("reasoning_effort")
-    if effort == "none":
-        return True
+    if not native:
+        # A `reasoning` object wins over `reasoning_effort`, even one without an effort
+        # (Ollama's FromChatRequest: then the model's default); a null one does not.
+        reasoning = payload.get("reasoning")
+        if isinstance(reasoning, dict):
+            effort = reasoning.get("effort")
+        else:
+            effort = payload.get("reasoning_effort")
+        if effort == "none":
+            return True
     # Qwen3's soft switch: the last of `/think` and `/no_think` in the last user turn wins.
     text = ""
     messages = payload.get("messages")

@@ -20,14 +20,17 @@ from bridge.think.evidence import switched_off
 THINK_LEVELS = frozenset({"low", "medium", "high", "max"})
 
 
-def reasoning_wish(payload: dict[str, Any]) -> bool | None:
+def reasoning_wish(payload: dict[str, Any], native: bool = False) -> bool | None:
     """True when the request asks for reasoning, False when it switches it off, None
-    when it says nothing of it."""
-    if switched_off(payload):
+    when it says nothing of it (`native`: a request of Ollama's own API, where only
+    `think` says it)."""
+    if switched_off(payload, native):
         return False
     think = payload.get("think")
     if think is True or (isinstance(think, str) and think in THINK_LEVELS):
         return True
+    if native:
+        return None
     if isinstance(payload.get("reasoning"), dict):  # an effort of "none" is switched off
         return True
     effort = payload.get("reasoning_effort")
@@ -36,9 +39,9 @@ def reasoning_wish(payload: dict[str, Any]) -> bool | None:
     return None
 
 
-def keeps_reasoning(payload: dict[str, Any], default: bool) -> bool:
+def keeps_reasoning(payload: dict[str, Any], default: bool, native: bool = False) -> bool:
     """Whether the answer to `payload` carries its reasoning (`default`: the server's)."""
-    wish = reasoning_wish(payload)
+    wish = reasoning_wish(payload, native)
     return default if wish is None else wish
 
 

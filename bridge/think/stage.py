@@ -77,6 +77,9 @@ KINDS = {
 # Ollama drops reasoning on /v1/completions (there is none there), so its text never
 # starts inside it and is never held for a `</think>` (a bare one is still removed).
 HELD_KINDS = frozenset((CHAT, API_CHAT, API_GENERATE))
+# Kinds of Ollama's own API: `think` says what the request wants of reasoning, the
+# OpenAI fields (`reasoning_effort`, `reasoning`) are not its and Ollama ignores them.
+NATIVE_KINDS = frozenset((API_CHAT, API_GENERATE))
 # Keys of a stream choice / delta / Ollama message that say nothing when the text is empty.
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
 _DELTA_PLAIN = frozenset(("content", "role", *KEPT_REASONING_FIELDS["openai"]))
@@ -376,8 +379,7 @@ class ThinkCleaner:
             if answer or key in holder:
                 new[key] = answer
             if keep:
-                for name in self._out_fields:
-                    new[name] = joined
+                new = _after(new, key, dict.fromkeys(self._out_fields, joined))
         return new, answer, joined if keep else "", new is not holder, kept
 
     # --- whole responses ------------------------------------------------------------
@@ -577,10 +579,11 @@ class ThinkStage(Stage):
             return
         if clean_history(ex.payload):
             ex.replace_payload(ex.payload)
-        switched = switched_off(ex.payload)
+        native = kind in NATIVE_KINDS
+        switched = switched_off(ex.payload, native)
         decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"),
                          ex.route) if kind in HELD_KINDS else None
-        keep = keeps_reasoning(ex.payload, self.keep_reasoning)
+        keep = keeps_reasoning(ex.payload, self.keep_reasoning, native)
         ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=keep,
                                          decide=decide, switched=switched,
                                          choices=choice_count(ex.payload))
@@ -681,6 +684,18 @@ def _with_logprobs(container: dict[str, Any], entries: list[Any], native: bool
     else:
         old = container.get("logprobs")
         out["logprobs"] = {**(old if isinstance(old, dict) else {}), "content": entries}
+    return out
+
+
+def _after(holder: dict[str, Any], key: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """`holder` with `fields` right after its `key` (at the end without it): where
+    Ollama's structs put reasoning, after the text and before tool calls and the rest."""
+    out: dict[str, Any] = {}
+    for name, value in holder.items():
+        out[name] = value
+        if name == key:
+            out.update(fields)
+    out.update(fields)  # the place they took above, if `key` was there
     return out
 
 

@@ -28,6 +28,11 @@ USER = {"role": "user", "content": "Q"}
     ({"reasoning_effort": "none"}, True),
     ({"reasoning_effort": "low"}, False),
     ({"reasoning": {"effort": "none"}, "reasoning_effort": "high"}, True),
+    # a `reasoning` object wins over `reasoning_effort`, even without an effort (Ollama's
+    # FromChatRequest: then the model's default, which thinks); a null one does not
+    ({"reasoning": {}, "reasoning_effort": "none"}, False),
+    ({"reasoning": {"effort": ""}, "reasoning_effort": "none"}, False),
+    ({"reasoning": None, "reasoning_effort": "none"}, True),
     ({"messages": [{"role": "user", "content": "hi /no_think"}]}, True),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "/no_think"}]}]},
      True),
@@ -38,6 +43,16 @@ USER = {"role": "user", "content": "Q"}
 ])
 def test_request_switches(payload, expected):
     assert switched_off(payload) is expected
+
+
+@pytest.mark.parametrize("payload, expected", [
+    ({"think": False}, True),
+    ({"reasoning_effort": "none"}, False),  # not a field of Ollama's own API: ignored
+    ({"reasoning": {"effort": "none"}}, False),
+    ({"prompt": "Q /no_think"}, True),
+])
+def test_native_request_switches(payload, expected):
+    assert switched_off(payload, native=True) is expected
 
 
 class Upstream:

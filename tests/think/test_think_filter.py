@@ -269,10 +269,20 @@ def test_history_keeps_the_reasoning_of_a_tool_loop_after_the_last_user_message(
     ({"reasoning_effort": "none"}, False), ({"reasoning_effort": ""}, None),
     ({"reasoning": {"effort": "high"}}, True), ({"reasoning": {}}, True),
     ({"reasoning": {"effort": "none"}}, False),
+    ({"reasoning": {}, "reasoning_effort": "none"}, True),  # the object wins, as on Ollama
     ({"think": True, "messages": [{"role": "user", "content": "Hi /no_think"}]}, False),
 ])
 def test_what_a_request_says_about_reasoning(payload, wish):
     assert reasoning_wish(payload) is wish
+
+
+@pytest.mark.parametrize("payload, wish", [
+    ({"think": True, "reasoning_effort": "none"}, True),
+    ({"reasoning_effort": "none"}, None), ({"reasoning_effort": "high"}, None),
+    ({"reasoning": {"effort": "high"}}, None), ({"think": False}, False),
+])
+def test_a_native_request_says_it_by_think_alone(payload, wish):
+    assert reasoning_wish(payload, native=True) is wish
 
 
 def make_exchange(surface, endpoint, payload):

@@ -31,9 +31,11 @@ from test_think_filter_e2e import (  # noqa: F401 - the bridges and clients of t
 
 # (stand-in think mode, model): reasoning in a field, in tags, with only the closing tag
 CASES = [("field", "qwen3"), ("tags", "qwen2.5"), ("tags-no-open", "deepseek-r1:7b")]
-# the ways a /v1 client asks for reasoning
+# the ways a /v1 client asks for reasoning; a `reasoning` object wins over
+# `reasoning_effort`, even one without an effort (Ollama then thinks: the model's default)
 V1_ASKS = [{"reasoning_effort": "high"}, {"reasoning_effort": "low"},
-           {"extra_body": {"reasoning": {"effort": "high"}}}]
+           {"extra_body": {"reasoning": {"effort": "high"}}},
+           {"reasoning_effort": "none", "extra_body": {"reasoning": {}}}]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,67 @@ def test_a_request_that_switches_reasoning_off_outranks_the_servers_default(keep
                          reasoning_effort="none") == (ANSWER, "", "")
     else:
         assert v1_whole(oai(keeping, "auto"), "qwen3", reasoning_effort="none").model_extra == {}
+
+
+def native_answer(bridge, path: str, stream: bool, **body) -> tuple[str, str]:
+    """(answer, thinking) of a native request sent as is (the `ollama` client sends only
+    the fields of Ollama's own API)."""
+    body.update({"model": "qwen3", "stream": stream})
+    if path == "/api/chat":
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    else:
+        body["prompt"] = PROMPT
+    response = requests.post(bridge.url + path, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    lines = [json.loads(line) for line in response.iter_lines() if line]
+    parts = [line.get("message", line) for line in lines]
+    return ("".join(part.get("content", part.get("response", "")) for part in parts),
+            "".join(part.get("thinking") or "" for part in parts))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_native_requests_are_read_by_think_alone(filtering, keeping, standin, path, stream):
+    # Ollama's native API has no `reasoning_effort` nor `reasoning` (it ignores them): a
+    # native client that asks with `think` gets its thinking whatever else it sends, and
+    # one silent about `think` gets the server's default
+    assert native_answer(filtering, path, stream, think=True,
+                         reasoning_effort="none") == (ANSWER, REASONING)
+    assert native_answer(filtering, path, stream, think=True,
+                         reasoning={"effort": "none"}) == (ANSWER, REASONING)
+    assert native_answer(keeping, path, stream, reasoning_effort="none") == (ANSWER, REASONING)
+    assert native_answer(filtering, path, stream, reasoning_effort="high") == (ANSWER, "")
+
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}}, "required": ["city"]}}}]
+ASKING = {  # path -> a request asking for reasoning (a tool call after it on chat)
+    "/api/chat": {"think": True, "tools": WEATHER,
+                  "messages": [{"role": "user", "content": PROMPT}]},
+    "/api/generate": {"think": True, "prompt": PROMPT},
+    "/v1/chat/completions": {"reasoning_effort": "high", "tools": WEATHER,
+                             "messages": [{"role": "user", "content": PROMPT}]},
+}
+
+
+def key_orders(url: str, path: str, stream: bool) -> list[list[str]]:
+    """The keys, in order, of each event's (or the body's) part that holds the text."""
+    response = requests.post(url + path, timeout=30,
+                             json={"model": "qwen3", "stream": stream, **ASKING[path]})
+    assert response.status_code == 200, response.text
+    lines = [line.removeprefix(b"data: ") for line in response.iter_lines() if line]
+    events = [json.loads(line) for line in lines if line != b"[DONE]"]
+    holders = [event["choices"][0].get("delta", event["choices"][0].get("message"))
+               if "choices" in event else event.get("message", event) for event in events]
+    return [[key for key in holder if key != "reasoning_content"] for holder in holders]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", list(ASKING))
+def test_kept_reasoning_sits_where_ollama_puts_it(filtering, standin, path, stream):
+    # after the text, before a tool call and the rest (Ollama's structs, field by field)
+    assert key_orders(filtering.url, path, stream) == key_orders(standin.url, path, stream)
 
 
 def test_asking_or_not_never_gets_the_others_cached_answer(cached, standin):
