@@ -18,10 +18,12 @@ outranks what requests without it showed, and the reverse. The decision, in this
    inside, for good; that is proof, and a proven reasoner must never leak;
 2. the model was seen to answer plainly (an answer that ended normally without a
    `</think>`, or with a `<think>` of its own first): plain;
-3. the model's name does not match `--think-start-models`: plain;
-4. the upstream says the model cannot reason (Ollama's `/api/show` lists no `thinking`
-   capability): plain; an upstream that cannot tell (no `/api/show`) leaves it open;
-5. otherwise "maybe": held until the output shows which it is, and remembered.
+3. the upstream says whether the model can reason (Ollama's `/api/show` lists its
+   capabilities, asked once per model): one that cannot is plain; one that can is
+   "maybe", whatever its name;
+4. an upstream that cannot tell (no `/api/show`): the name decides: one that does not
+   match `--think-start-models` is plain, one that does is "maybe";
+5. "maybe" is held until the output shows which it is, and remembered.
 
 What is learnt is remembered instance-wide (all workers), in a small JSON file of the
 instance's run directory, re-read only when it changes: one `stat` per decision.
@@ -164,11 +166,12 @@ class Evidence:
         starts = known.get(STARTS_SWITCHED_OFF if switched else STARTS)
         if starts == INSIDE:
             return INSIDE
-        if starts == PLAIN or not model_starts_inside(model, self.pattern):
+        if starts == PLAIN:
             return PLAIN
-        if self._thinking(key, known, model, capabilities) is False:
-            return PLAIN
-        return MAYBE
+        thinking = self._thinking(key, known, model, capabilities)
+        if thinking is None:
+            thinking = model_starts_inside(model, self.pattern)
+        return MAYBE if thinking else PLAIN
 
     def _thinking(self, key: str, known: dict[str, Any], model: str,
                   capabilities: Capabilities | None) -> bool | None:

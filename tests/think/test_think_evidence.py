@@ -69,18 +69,21 @@ class Upstream:
 def test_the_order_of_the_evidence(tmp_path):
     evidence = Evidence(ModelMemory(tmp_path / "m.json"), "deepseek-r1|qwen3")
     cannot, thinking, unknown = Upstream(["completion"]), Upstream(["thinking"]), Upstream(None)
-    # the name: not listed is plain, without asking
-    assert evidence.start("llama3.2", False, cannot) == PLAIN and cannot.asked == 0
+    # the upstream's capabilities decide, whatever the name, asked once per model
+    assert evidence.start("llama3.2", False, cannot) == PLAIN and cannot.asked == 1
+    assert evidence.start("llama3.2", True, cannot) == PLAIN and cannot.asked == 1
+    assert evidence.start("gpt-oss:20b", False, thinking) == MAYBE and thinking.asked == 1
     # a request that switches reasoning off: a model that can reason may still start
     # inside (its template may write the opening tag whatever the switch says)
-    assert evidence.start("qwen3", True, thinking) == MAYBE and thinking.asked == 1
-    assert evidence.start("llama3.2", True, thinking) == PLAIN and thinking.asked == 1
-    # the upstream's capabilities, asked once
+    assert evidence.start("qwen3", True, thinking) == MAYBE and thinking.asked == 2
+    assert evidence.start("gpt-oss:20b", True, thinking) == MAYBE and thinking.asked == 2
     assert evidence.start("qwen3-coder", False, cannot) == PLAIN
-    assert evidence.start("qwen3-coder:latest", False, cannot) == PLAIN and cannot.asked == 1
-    assert evidence.start("qwen3", False, thinking) == MAYBE
+    assert evidence.start("qwen3-coder:latest", False, cannot) == PLAIN and cannot.asked == 2
+    assert evidence.start("qwen3", False, thinking) == MAYBE and thinking.asked == 2
+    # an upstream that cannot tell: the name decides
+    assert evidence.start("llama3.2:1b", False, unknown) == PLAIN
     assert evidence.start("deepseek-r1", False, unknown) == MAYBE
-    assert evidence.start("deepseek-r1", False, unknown) == MAYBE and unknown.asked == 1
+    assert evidence.start("deepseek-r1", False, unknown) == MAYBE and unknown.asked == 2
     # what the model showed: plain, then inside for good
     evidence.learn("deepseek-r1", PLAIN)
     assert evidence.start("deepseek-r1", False, unknown) == PLAIN

@@ -112,12 +112,15 @@ def test_a_switched_off_request_is_not_held_for_what_others_showed(bridge, model
 
 # --- 3. a model that can reason never leaks, switched off or not --------------------------
 
+@pytest.mark.parametrize("family", ["deepseek-r1:7b", "gpt-oss:20b"])
 @pytest.mark.parametrize("path, switch", SWITCHES)
 def test_a_switched_off_model_that_still_starts_inside_never_leaks(bridge, models, path,
-                                                                   switch):
+                                                                   switch, family):
     # deepseek-r1's template writes `<think>` whatever the switch says: the first
-    # switched-off stream is held until its `</think>`, then its answer flows
-    model = fresh("deepseek-r1:7b")
+    # switched-off stream is held until its `</think>`, then its answer flows. The
+    # upstream's `thinking` capability is what tells, not the name: gpt-oss is not in
+    # --think-start-models and is held all the same.
+    model = fresh(family)
     for _ in range(3):  # the first, and once learnt (on either worker)
         seen = stream(models, bridge, path, model, NO_OPEN, **switch)
         assert_incremental(seen)
