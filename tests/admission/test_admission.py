@@ -51,6 +51,10 @@ def assert_busy(error: object) -> None:
 
 
 def test_slots_cap_the_instance_and_queued_requests_complete(capped, standin):
+    # The think filter asks /api/show once per model (whether it can reason), beside the
+    # slots: asked before the burst, so that the stand-in counts model requests alone.
+    assert stream_chat(capped.url, "warm up") == "Echo: warm up"
+    standin.reset()
     standin.configure(first_token_delay=0.6, token_delay=0.01)
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda n: stream_chat(capped.url, f"slot {n}"), range(6)))
