@@ -38,11 +38,10 @@ APIS = [("anthropic", "/v1/messages", {"model": MODEL, "max_tokens": 512,
 TARGET = 0.90  # of /v1/chat/completions' req/s
 
 
-def best(url: str, path: str, body: dict, stream: bool, connections: int,
-         seconds: float) -> dict:
-    text = json.dumps({**body, "stream": stream})
-    result = load(url + path, text, connections, seconds)
-    result.setdefault("rps", result["requests"] / result["seconds"])
+def checked_run(url: str, path: str, body: dict, stream: bool, connections: int,
+                seconds: float) -> dict:
+    """One load run of `body` at `path`: a run with a failed request is no figure."""
+    result = load(url + path, json.dumps({**body, "stream": stream}), connections, seconds)
     if result["errors"] or result["non2xx"]:
         raise SystemExit(f"{path}: {result['errors']} errors, {result['non2xx']} non-2xx")
     return result
@@ -57,8 +56,8 @@ def compare(url: str, what: str, rounds: int, connections: int, seconds: float) 
             load(url + CHAT[0], json.dumps({**CHAT[1], "stream": stream}), connections, 1.0)
             load(url + path, json.dumps({**body, "stream": stream}), connections, 1.0)
             for _ in range(rounds):  # alternately: drift on the machine hits both alike
-                runs["chat"].append(best(url, *CHAT, stream, connections, seconds))
-                runs[name].append(best(url, path, body, stream, connections, seconds))
+                runs["chat"].append(checked_run(url, *CHAT, stream, connections, seconds))
+                runs[name].append(checked_run(url, path, body, stream, connections, seconds))
             chat = max(runs["chat"], key=lambda run: run["rps"])
             other = max(runs[name], key=lambda run: run["rps"])
             ratio = other["rps"] / chat["rps"]
@@ -81,8 +80,7 @@ def main() -> None:
     print(f"load: {tool()}, {args.connections} connections, {args.rounds} x "
           f"{args.duration:g} s per figure, 2 gevent workers")
     logs = Path(tempfile.mkdtemp(prefix="bench-surfaces-"))
-    standin = start_standin()
-    try:
+    with start_standin() as standin:
         with start_bridge(upstream=standin.url, workers=2, log_dir=logs) as bridge:
             missed = compare(bridge.url, "miss (no cache)", args.rounds, args.connections,
                              args.duration)
@@ -90,8 +88,6 @@ def main() -> None:
                           upstream=standin.url, workers=2, log_dir=logs) as bridge:
             hit = compare(bridge.url, "memory hit", args.rounds, args.connections,
                           args.duration)
-    finally:
-        standin.stop()
     sys.exit(0 if missed and hit else 1)
 
 
