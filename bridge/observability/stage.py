@@ -22,6 +22,7 @@ from typing import Iterator
 
 import flask
 
+from bridge.core.errors import error_text
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, Usage, usage_in
 from bridge.core.exchange import request_id as request_id_of
@@ -160,11 +161,7 @@ def error_message(response: flask.Response) -> str:
     anything else): what the console lists, never the body itself."""
     if response.is_streamed:
         return ""
-    data = response.get_json(silent=True)
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        error = error.get("message")
-    return error[:ERROR_MESSAGE_LIMIT] if isinstance(error, str) else ""
+    return error_text(response.get_json(silent=True))[:ERROR_MESSAGE_LIMIT]
 
 
 def record(*, method: str, path: str, route: str, status: int, remote: str, duration: float,
