@@ -48,9 +48,6 @@ class Records:
         body = json.dumps(value, separators=(",", ":")).encode()
         return body.replace(nonce.encode(), NONCE) if nonce else body
 
-    def put(self, kind: str, principal: str, name: str, value: Any, nonce: str = "") -> None:
-        self.store(self.key(kind, principal, name), kind, self.encode(value, nonce))
-
     def store(self, key: str, kind: str, body: bytes) -> None:
         """Keep a record's bytes (`encode`) under its `key`, in every tier."""
         entry = Entry(surface=kind, endpoint=ENDPOINT, model=kind, created=time.time(),

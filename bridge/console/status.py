@@ -19,23 +19,11 @@ from bridge import __version__
 from bridge.core import instance
 from bridge.core.settings import SETTINGS, Secret, Settings
 from bridge.observability import metrics
-from bridge.surfaces import NAMES, api_of
+from bridge.surfaces import NAMES, client_api
 
 Sample = tuple[str, dict[str, str], float]
 SURFACES = ("openai", "ollama", *NAMES)  # the console's columns: every API clients speak
 TOP = 10
-
-
-def surface_of(route: str) -> str:
-    """The API a route template belongs to ("" for the operations routes)."""
-    translated = api_of(route)
-    if translated:
-        return translated
-    if route.startswith("/v1/"):
-        return "openai"
-    if route.startswith("/api/"):
-        return "ollama"
-    return ""
 
 
 class Samples:
@@ -62,7 +50,7 @@ class Samples:
         grouped: dict[str, dict[float, float]] = {surface: {} for surface in SURFACES}
         for labels, value in self.by_name.get(name + "_bucket", ()):
             raw = labels.get(label, "")
-            surface = raw if raw in SURFACES else surface_of(raw)
+            surface = raw if raw in SURFACES else client_api(raw)
             if surface:
                 bound = float(labels["le"])
                 grouped[surface][bound] = grouped[surface].get(bound, 0.0) + value
@@ -123,7 +111,7 @@ def counters(found: Samples) -> dict[str, Any]:
     requests = {surface: 0.0 for surface in SURFACES}
     errors = {surface: 0.0 for surface in SURFACES}
     for labels, value in found.by_name.get("bridge_requests_total", ()):
-        surface = surface_of(labels.get("route", ""))
+        surface = client_api(labels.get("route", ""))
         if surface:
             requests[surface] += value
             if labels.get("status", "").startswith(("4", "5")):

@@ -6,6 +6,8 @@ Ollama surface: `{"error": "message"}` — each with the status of the error.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bridge.core.exchange import Response, encode_json
 
 
@@ -115,3 +117,12 @@ def error_response(surface: str, err: BridgeError) -> Response:
     return Response(status=err.status, headers=headers,
                     body=encode_json(error_payload(surface, err)) + b"\n",
                     detail={"param": err.param, "code": err.code})
+
+
+def error_text(data: Any) -> str:
+    """The message of an error body in either surface's shape (`{"error": "…"}`,
+    `{"error": {"message": "…"}}`); "" for anything else."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error if isinstance(error, str) else ""

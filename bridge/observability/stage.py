@@ -22,13 +22,14 @@ from typing import Iterator
 
 import flask
 
+from bridge.core.errors import error_text
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, Usage, usage_in
 from bridge.core.exchange import request_id as request_id_of
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.observability import logs
-from bridge.surfaces import api_of
+from bridge.surfaces import client_api
 
 access_log = logging.getLogger("bridge.access")
 trace_log = logging.getLogger("bridge.trace")
@@ -155,24 +156,12 @@ def _on_close(response: flask.Response) -> flask.Response:
     return response
 
 
-def api_of_path(path: str) -> str:
-    """The API a request outside the pipeline was sent to ("-" for the operations'
-    routes)."""
-    if path.startswith("/api/"):
-        return "ollama"
-    return api_of(path) or ("openai" if path.startswith("/v1/") else "-")
-
-
 def error_message(response: flask.Response) -> str:
     """The message of an error answer in either surface's shape ("" for a stream or
     anything else): what the console lists, never the body itself."""
     if response.is_streamed:
         return ""
-    data = response.get_json(silent=True)
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        error = error.get("message")
-    return error[:ERROR_MESSAGE_LIMIT] if isinstance(error, str) else ""
+    return error_text(response.get_json(silent=True))[:ERROR_MESSAGE_LIMIT]
 
 
 def record(*, method: str, path: str, route: str, status: int, remote: str, duration: float,
@@ -189,7 +178,7 @@ def record(*, method: str, path: str, route: str, status: int, remote: str, dura
         "cache": (ex.cache_status if ex is not None else None) or "-",
         "upstream_attempts": ex.upstream_attempts if ex is not None else 0,
         "client_key": client_key(ex) or "-",
-        "api": ex.api if ex is not None else api_of_path(path),
+        "api": ex.api if ex is not None else (client_api(path) or "-"),
         "upstream": (ex.route.current.name if ex is not None and ex.route is not None
                      else None) or "-",
         "outcome": outcome or "-",

@@ -27,3 +27,16 @@ def adapter_for(api: str) -> Surface | None:
 def api_of(path: str) -> str | None:
     """The translated API a request path (or route template) belongs to, if any."""
     return _PATHS.get(path)
+
+
+def client_api(path: str) -> str:
+    """The API a request path (or route template) belongs to: a translated one, else
+    "openai" (/v1) or "ollama" (/api); "" for the operations' routes."""
+    translated = api_of(path)
+    if translated:
+        return translated
+    if path.startswith("/v1/"):
+        return "openai"
+    if path.startswith("/api/"):
+        return "ollama"
+    return ""

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Callable, Iterator
 
 from bridge.core import events, streaming
+from bridge.core.errors import error_text
 from bridge.core.exchange import Exchange, Frame, Replayable, Response, encode_json, owned
 from bridge.surfaces import adapter_for
 from bridge.surfaces.adapter import (
@@ -156,11 +157,8 @@ def _error(surface: Surface, response: Response, status: int | None = None) -> N
 def error_message(response: Response) -> str:
     """The message of an error in any shape the pipeline or an upstream writes it
     (`{"error": "…"}`, `{"error": {"message": "…"}}`, plain text)."""
-    data = response.json() if not response.streaming else None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        error = error.get("message")
-    if isinstance(error, str) and error:
+    error = error_text(response.json()) if not response.streaming else ""
+    if error:
         return error
     text = response.body.decode("utf-8", "replace").strip() if not response.streaming else ""
     return text or f"the request failed with status {response.status}"

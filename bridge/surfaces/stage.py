@@ -54,7 +54,7 @@ class Kept:
         if self.found is None:
             self.records.store(self.key, self.kind, body)
         elif self.found != body:
-            self.records.store(self.key, self.kind, self.records.encode(GONE))
+            self.records.store(self.key, self.kind, _GONE)
 
     def current(self) -> bool:
         """Whether the record still names this answer (`fast_hits`: its repeats, with the
