@@ -594,10 +594,10 @@ def stream_plan(entry: Entry) -> StreamPlan | None:
 # text could spell out: each holds a token drawn once per process and never sent (every
 # template is stamped before it goes out), so no stored answer holds one.
 _MARK = secrets.token_hex(16)
-_ID = encode_json(f"\0{_MARK} id\0")
-_CREATED = encode_json(f"\0{_MARK} created\0")
-_CREATED_AT = encode_json(f"\0{_MARK} created_at\0")
-_PLACEHOLDERS = {"id": _ID, "created": _CREATED, "created_at": _CREATED_AT}
+_PLACEHOLDERS = {name: f"\0{_MARK} {name}\0" for name in ("id", "created", "created_at")}
+_ID = encode_json(_PLACEHOLDERS["id"])
+_CREATED = encode_json(_PLACEHOLDERS["created"])
+_CREATED_AT = encode_json(_PLACEHOLDERS["created_at"])
 
 
 def body_template(surface: str, body: bytes) -> bytes | None:
@@ -608,7 +608,7 @@ def body_template(surface: str, body: bytes) -> bytes | None:
         return None
     for name in ("created_at",) if surface == OLLAMA else ("id", "created"):
         if name in data:
-            data[name] = json.loads(_PLACEHOLDERS[name])
+            data[name] = _PLACEHOLDERS[name]
     return encode_json(data) + b"\n"
 
 

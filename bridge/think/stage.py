@@ -272,10 +272,7 @@ class ThinkCleaner:
     @property
     def holding(self) -> bool:
         """Whether text of some choice is held back, waiting for the filter to decide."""
-        for c in self._choices.values():
-            if c.filter is not None and c.filter.pending:
-                return True
-        return False
+        return any(c.filter is not None and c.filter.pending for c in self._choices.values())
 
     def empty_event(self) -> dict[str, Any] | None:
         """An event of the stream's own shape that says nothing (what goes out while
