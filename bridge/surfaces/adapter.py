@@ -1,8 +1,18 @@
-"""The contract of a client API served by translation: a `Surface` adapter turns the
-client's request into Ollama's native chat request (`/api/chat`, the wire every stage
-of the pipeline knows), and the native answer back into the client's shape — whole
-bodies, streams frame by frame, and errors — as Ollama's own middleware does around its
-chat handler. An adapter knows its API's shapes only: no HTTP, no Flask, no stage.
+"""The contracts of the translation layer. Its canonical form is Ollama's native API, as
+Ollama's own middleware uses it: a chat request and its stream frames (`/api/chat`,
+the wire every stage of the pipeline knows), an embedding request and answer
+(`/api/embed`), a model list (`/api/tags`) and a model's description (`/api/show`) —
+one per `FAMILIES`. Each API is an adapter to and from it, so N client surfaces and M
+upstream kinds make N + M adapters:
+
+- a `Surface` (the client's side) turns the client's request into the canonical one
+  and the canonical answer back into the client's shape — whole bodies, streams frame
+  by frame, and errors;
+- a `Kind` (the upstream's side, `api` of an upstream) turns the canonical request into
+  what that kind of upstream takes, and its answers — whole, streamed, errors — back
+  into the canonical form.
+
+An adapter knows its API's shapes only: no HTTP, no Flask, no stage.
 """
 
 from __future__ import annotations
@@ -18,6 +28,13 @@ NATIVE_SURFACE = "ollama"
 NATIVE_ENDPOINT = "chat"
 NATIVE_PATH = "/api/chat"
 
+
+# The families of requests, each with its canonical form (Ollama's native API):
+CHAT = "chat"      # /api/chat request; answer: its whole body, or its NDJSON frames (dicts)
+EMBED = "embed"    # /api/embed request; answer: {"model", "embeddings", "prompt_eval_count"}
+MODELS = "models"  # no request ({}); answer: /api/tags' {"models": [{"name", "model", …}]}
+SHOW = "show"      # {"model": NAME}; answer: /api/show's body ("capabilities", "details", …)
+FAMILIES = (CHAT, EMBED, MODELS, SHOW)
 
 NAME_DIGITS = 24  # hex digits of a record's name in an answer's id (`bridge.surfaces.stage`)
 
@@ -75,8 +92,20 @@ class Translator:
         raise NotImplementedError
 
 
+class Unsupported(ValueError):
+    """What a request asks that the other API cannot express, and that is not harmless
+    to drop: the request is refused with a 400 naming the field (`param`, as the
+    client wrote it, e.g. "suffix", "options.mirostat", "messages[2].images") and the
+    upstream (the crossing adds its name and kind)."""
+
+    def __init__(self, param: str, reason: str):
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
+
+
 class Surface:
-    """One client API served by translation to and from Ollama's native chat.
+    """One client API served by translation to and from Ollama's native API.
 
     `name` is the API's label everywhere the client's API shows (metrics, access log,
     console columns) and names its error shape; `routes` are its (method, path) pairs,
@@ -85,6 +114,7 @@ class Surface:
 
     name: str = ""
     routes: Sequence[tuple[str, str]] = ()
+    family: str = CHAT  # which canonical form its requests translate to (`FAMILIES`)
     # whether its answers leave records that a later request may name (`recall`)
     keeps_records: bool = False
 
@@ -118,3 +148,70 @@ class Surface:
         """The native request to send once more instead of `call.native`, which the
         native chat refused with `status` and `message`; None: the refusal stands."""
         return None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A canonical request as one kind of upstream takes it: `method` on `path` (from
+    the upstream's base URL, e.g. "/v1/chat/completions"), with `body` as JSON (None:
+    no body), and the headers its API needs besides the credentials (e.g.
+    `anthropic-version`). `stream`: the answer comes as a stream."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    stream: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Reader:
+    """Reads one upstream's stream (its frames as `bridge.core.streaming` splits them:
+    an SSE event's data, or a named event with `Frame.event`) into canonical chat
+    frames (native `/api/chat` stream frames, dicts), each as soon as it can: a
+    translated stream is as progressive as the upstream's. What must be whole in the
+    canonical form (a tool call whose arguments arrive in pieces) is given once whole.
+    An in-band error becomes `{"error": "message"}`; the last canonical frame has
+    `done: true` (with `done_reason` and the counts)."""
+
+    def frame(self, frame: Frame) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def end(self) -> list[dict[str, Any]]:
+        """What is still owed when the upstream's stream ended without its last event
+        (nothing, usually: the crossing then ends the stream with an error)."""
+        return []
+
+
+class Kind:
+    """One kind of upstream API (`api = "…"` of an upstream, `--upstream-api` of `-o`):
+    how the canonical form is sent to it, and how its answers come back.
+
+    `speaks`: the pipeline's wires, (surface, endpoint), that it serves as they are
+    (those are forwarded untouched); every other model request is translated.
+    `outbound` raises `Unsupported` for what it cannot express."""
+
+    name: str = ""
+    speaks: frozenset[tuple[str, str]] = frozenset()
+    probe: str = "/"  # the path its kind answers when it is up (`upstreams check`, /ready)
+
+    def credentials(self, key: str) -> dict[str, str]:
+        """The headers that carry an API key to this kind of upstream."""
+        return {"authorization": f"Bearer {key}"}
+
+    def outbound(self, family: str, native: dict[str, Any]) -> Outbound:
+        """The request this kind takes for the canonical request `native` of `family`
+        (its `stream` as the canonical request says: absent on a chat means true)."""
+        raise NotImplementedError
+
+    def whole(self, family: str, body: Any, native: dict[str, Any]) -> dict[str, Any]:
+        """The canonical answer for this kind's whole answer `body` (parsed JSON) to the
+        canonical request `native`."""
+        raise NotImplementedError
+
+    def reader(self, family: str, native: dict[str, Any]) -> Reader:
+        """A reader of this kind's stream answering the canonical request `native`."""
+        raise NotImplementedError
+
+    def error(self, body: Any) -> str:
+        """The message of an error body of this kind ("" when it has none)."""
+        return ""
