@@ -1,0 +1,80 @@
+"""`upstreams check` with upstreams of every kind: each row says the upstream's kind and
+whether it answered its kind's probe, sent with the key as its kind wants it (the
+fake upstreams refuse a key in another header, and an Anthropic probe without
+`anthropic-version`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from crossing_helpers import KEY_ENV, KEYS, fake_upstream, headers_of
+
+from bridge.ollama_standin import StandIn
+from bridge.serve.processes import ROOT
+
+
+def check(path, *env_keys: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **{KEY_ENV[kind]: KEYS[kind] for kind in env_keys}}
+    return subprocess.run([sys.executable, "-m", "bridge", "upstreams", "check",
+                           "--upstreams", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def rows(result: subprocess.CompletedProcess) -> dict[str, str]:
+    return {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.strip()}
+
+
+def test_check_shows_each_upstreams_kind_and_its_probe(tmp_path):
+    with StandIn() as box:
+        cloud, claude = fake_upstream("openai", KEYS["openai"]), fake_upstream(
+            "anthropic", KEYS["anthropic"])
+        try:
+            path = tmp_path / "upstreams.toml"
+            path.write_text(f'''
+[[upstream]]
+name = "gpu"
+url = "{box.url}"
+models = ["qwen*"]
+
+[[upstream]]
+name = "deepseek"
+url = "{cloud.url}"
+api = "openai"
+models = ["deepseek-*"]
+api_key_env = "{KEY_ENV['openai']}"
+
+[[upstream]]
+name = "claude"
+url = "{claude.url}"
+api = "anthropic"
+models = ["llama*"]
+api_key_env = "{KEY_ENV['anthropic']}"
+
+[[upstream]]
+name = "gone"
+url = "http://127.0.0.1:9"
+api = "anthropic"
+models = ["claude-*"]
+''')
+            result = check(path, "openai", "anthropic")
+            assert result.returncode == 1, result.stderr  # one upstream is unreachable
+            found = rows(result)
+            assert "ollama" in found["gpu"].split() and " yes " in found["gpu"]
+            assert "openai" in found["deepseek"].split() and " yes " in found["deepseek"]
+            assert "anthropic" in found["claude"].split() and " yes " in found["claude"]
+            assert "anthropic" in found["gone"].split() and " NO " in found["gone"]
+            assert "deepseek-r1:7b" in found["deepseek"]
+            assert "llama3.2:latest" in found["claude"]
+            assert box.count("/api/version") >= 1
+            assert cloud.count("/v1/models") >= 1 and claude.count("/v1/models") >= 1
+            assert not [r for r in cloud.requests + claude.requests
+                        if r.path.startswith("/api/")]
+            probe = headers_of(claude.requests[0])
+            assert probe["x-api-key"] == KEYS["anthropic"] and probe["anthropic-version"]
+            assert headers_of(cloud.requests[0])["authorization"] == f"Bearer {KEYS['openai']}"
+            assert all(key not in result.stdout + result.stderr for key in KEYS.values())
+        finally:
+            cloud.stop()
+            claude.stop()
