@@ -9,8 +9,10 @@ import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import unquote
 
 import anthropic
 import ollama
@@ -18,6 +20,7 @@ import openai
 import requests
 
 from bridge.ollama_standin import RecordedRequest, StandIn, StandInConfig
+from bridge.ollama_standin.wire import model_created
 from bridge.serve.processes import Process, start_bridge
 
 # The upstreams' own keys (from the upstreams file's `api_key_env`): never to be seen
@@ -59,9 +62,11 @@ class Leg:
         return self.model_calls()[-1].json()
 
 
-def fake_upstream(kind: str, key: str | None = None, **config: Any) -> StandIn:
-    """A started stand-in of `kind`; its `reset()` keeps the kind and the key."""
-    return StandIn(StandInConfig(kind=kind, think=THINK[kind], api_key=key, **config)).start()
+def fake_upstream(kind: str, key: str | None = None, port: int = 0) -> StandIn:
+    """A started stand-in of `kind` (on `port`, 0: any free one); its `reset()` keeps the
+    kind and the key."""
+    return StandIn(StandInConfig(kind=kind, think=THINK[kind], api_key=key),
+                   port=port).start()
 
 
 def upstreams_file(directory: Path, kind: str, url: str) -> Path:
@@ -158,6 +163,17 @@ def names(message: str, *words: str) -> bool:
     refused and the upstream (its kind) that cannot express it."""
     return all(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", message, re.IGNORECASE)
                for word in words)
+
+
+def created(model: str) -> datetime:
+    """When the fake upstreams say `model` was made (both kinds give the same date)."""
+    return datetime.fromtimestamp(model_created(model), timezone.utc)
+
+
+def asked(upstream: StandIn, path: str) -> int:
+    """How many requests the upstream got on `path`, however its characters were
+    percent-encoded (`/v1/models/qwen3%3Alatest` is `/v1/models/qwen3:latest`)."""
+    return sum(1 for request in upstream.requests if unquote(request.path) == path)
 
 
 def headers_of(request: RecordedRequest) -> dict[str, str]:

@@ -118,7 +118,8 @@ def test_tokens_an_upstream_of_another_kind_reported_are_counted(leg):
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_the_key_of_an_answer_does_not_depend_on_the_upstreams_kind(kind, tmp_path):
     """Asked of an Ollama first; after a restart on the same cache dir with an upstream of
-    another kind, the same request is a hit there, with no model call."""
+    another kind at the same URL (the Ollama replaced by a cloud API behind it), the same
+    request is a hit there, with no model call."""
     body = {"model": "llama3.2", "stream": False,
             "messages": [{"role": "user", "content": question()}]}
     with StandIn() as ollama_box:
@@ -126,7 +127,7 @@ def test_the_key_of_an_answer_does_not_depend_on_the_upstreams_kind(kind, tmp_pa
                           log_dir=tmp_path) as bridge:
             first = requests.post(bridge.url + "/api/chat", json=body, timeout=60)
             assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
-    other = fake_upstream(kind)
+    other = fake_upstream(kind, port=ollama_box.port)
     try:
         with crossing(kind, "o", tmp_path, *cache_flags(tmp_path), upstream=other) as leg:
             again = requests.post(leg.url + "/api/chat", json=body, timeout=60)

@@ -6,6 +6,7 @@ fake upstreams refuse a key in another header, and an Anthropic probe without
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -61,10 +62,12 @@ models = ["claude-*"]
             result = check(path, "openai", "anthropic")
             assert result.returncode == 1, result.stderr  # one upstream is unreachable
             found = rows(result)
-            assert "ollama" in found["gpu"].split() and " yes " in found["gpu"]
-            assert "openai" in found["deepseek"].split() and " yes " in found["deepseek"]
-            assert "anthropic" in found["claude"].split() and " yes " in found["claude"]
-            assert "anthropic" in found["gone"].split() and " NO " in found["gone"]
+            answered = {name: re.search(r"(?<!\w)(yes|NO)(?!\w)", row).group(1)
+                        for name, row in found.items()}
+            assert answered == {"gpu": "yes", "deepseek": "yes", "claude": "yes", "gone": "NO"}
+            kinds = {name: row.split()[1] for name, row in found.items()}
+            assert kinds == {"gpu": "ollama", "deepseek": "openai", "claude": "anthropic",
+                             "gone": "anthropic"}
             assert "deepseek-r1:7b" in found["deepseek"]
             assert "llama3.2:latest" in found["claude"]
             assert box.count("/api/version") >= 1

@@ -13,6 +13,8 @@ import pytest
 from crossing_helpers import (
     TOOLS_OLLAMA,
     WORDS,
+    asked,
+    created,
     first_event_while_upstream_sends,
     names,
     no_native_calls,
@@ -143,8 +145,9 @@ def test_list_and_show_come_from_the_openai_models(openai_leg):
     assert "qwen3:latest" in names and "all-minilm:latest" in names
     assert openai_leg.upstream.count("/v1/models") >= 1
     shown = client.show("qwen3:latest")
-    assert shown.modelfile is not None or shown.details is not None or shown.capabilities
-    assert openai_leg.upstream.count("/v1/models/qwen3:latest") >= 1
+    assert "completion" in shown.capabilities
+    assert shown.modified_at == created("qwen3:latest")  # the upstream's own date
+    assert asked(openai_leg.upstream, "/v1/models/qwen3:latest") >= 1
     with pytest.raises(ollama.ResponseError) as missing:
         client.show("no-such-model")
     assert missing.value.status_code == 404
