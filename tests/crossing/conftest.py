@@ -1,39 +1,25 @@
 """Fixtures of the end-to-end tests of protocol translation (issue 26): a bridge in front
-of a fake upstream of one kind, once per way of naming it (`-o` and an upstreams file),
-shared by a module; the upstream's counters and faults reset before each test."""
+of a fake upstream of one kind, for each kind and each way of naming the upstream (`-o`
+and an upstreams file), shared by a module (`legs_of` picks a kind's); the upstream's
+counters, faults and settings reset before each test."""
 
 from __future__ import annotations
 
 from typing import Iterator
 
 import pytest
-from crossing_helpers import MODES, Leg, crossing
+from crossing_helpers import LEGS, Leg, crossing, leg_id
 
 
-@pytest.fixture(scope="module", params=MODES)
-def to_openai(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[Leg]:
-    """A bridge whose upstream is an OpenAI-only API (DeepSeek's reasoning_content)."""
-    with crossing("openai", request.param, tmp_path_factory.mktemp("openai")) as leg:
-        yield leg
-
-
-@pytest.fixture(scope="module", params=MODES)
-def to_anthropic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[Leg]:
-    """A bridge whose upstream is Claude's API only (x-api-key, anthropic-version)."""
-    with crossing("anthropic", request.param, tmp_path_factory.mktemp("anthropic")) as leg:
-        yield leg
+@pytest.fixture(scope="module", params=LEGS, ids=leg_id)
+def crossed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Leg]:
+    kind, mode = request.param
+    with crossing(kind, mode, tmp_path_factory.mktemp(f"{kind}-{mode}")) as made:
+        yield made
 
 
 @pytest.fixture
-def openai_leg(to_openai: Leg) -> Leg:
-    to_openai.upstream.reset()
-    return to_openai
-
-
-@pytest.fixture
-def anthropic_leg(to_anthropic: Leg) -> Leg:
-    to_anthropic.upstream.reset()
-    return to_anthropic
-
+def leg(crossed: Leg) -> Leg:
+    crossed.upstream.reset()
+    return crossed

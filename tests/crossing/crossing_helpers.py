@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import anthropic
 import ollama
 import openai
+import pytest
 import requests
 
 from bridge.ollama_standin import RecordedRequest, StandIn, StandInConfig
@@ -32,6 +33,10 @@ KEY_ENV = {"openai": "TEST_CROSSING_OPENAI_KEY", "anthropic": "TEST_CROSSING_ANT
 # one; Claude's thinking blocks (what the native chat reasons) on the Anthropic one.
 THINK = {"openai": "reasoning_content", "anthropic": "auto"}
 MODES = ("o", "file")
+HI = [{"role": "user", "content": "hi"}]
+VERSION = {"anthropic-version": "2023-06-01"}  # what Claude's API wants on every request
+# (kind, mode) of each bridge the tests run against (the `crossed` fixture's params)
+LEGS = [(kind, mode) for kind in ("openai", "anthropic") for mode in MODES]
 # No retries: a fault the fake upstream is told to answer reaches the client as it is.
 FLAGS = ("-a", "0")
 
@@ -62,6 +67,17 @@ class Leg:
         return self.model_calls()[-1].json()
 
 
+def leg_id(param: tuple[str, str]) -> str:
+    return "-".join(param)
+
+
+def legs_of(kind: str) -> pytest.MarkDecorator:
+    """Run a test (or a module, as its `pytestmark`) against the bridges in front of an
+    upstream of `kind` only (those of `LEGS`, shared with the module's other tests)."""
+    return pytest.mark.parametrize("crossed", [leg for leg in LEGS if leg[0] == kind],
+                                   indirect=True, ids=leg_id)
+
+
 def fake_upstream(kind: str, key: str | None = None, port: int = 0) -> StandIn:
     """A started stand-in of `kind` (on `port`, 0: any free one); its `reset()` keeps the
     kind and the key."""
@@ -69,16 +85,18 @@ def fake_upstream(kind: str, key: str | None = None, port: int = 0) -> StandIn:
                    port=port).start()
 
 
+def upstream_table(name: str, url: str, kind: str, models: str = "*",
+                   key: bool = True) -> str:
+    """One `[[upstream]]` table of an upstreams file, its key (if `key`) from the
+    kind's variable (`KEY_ENV`)."""
+    table = (f'[[upstream]]\nname = "{name}"\nurl = "{url}"\napi = "{kind}"\n'
+             f'models = ["{models}"]\n')
+    return table + (f'api_key_env = "{KEY_ENV[kind]}"\n' if key and kind in KEY_ENV else "")
+
+
 def upstreams_file(directory: Path, kind: str, url: str) -> Path:
     path = directory / f"upstreams-{kind}.toml"
-    path.write_text(f'''
-[[upstream]]
-name = "{kind}-cloud"
-url = "{url}"
-api = "{kind}"
-models = ["*"]
-api_key_env = "{KEY_ENV[kind]}"
-''')
+    path.write_text(upstream_table(f"{kind}-cloud", url, kind))
     return path
 
 

@@ -9,21 +9,23 @@ from __future__ import annotations
 import json
 
 from crossing_helpers import (
+    HI,
     TOOLS_ANTHROPIC,
+    VERSION,
     WORDS,
     anthropic_client,
     first_event_while_upstream_sends,
+    legs_of,
     no_native_calls,
 )
 
 from bridge.ollama_standin.wire import answer_text, reasoning_text
 
-HI = [{"role": "user", "content": "hi"}]
-VERSION = {"anthropic-version": "2023-06-01"}
+pytestmark = legs_of("openai")
 
 
-def test_message_is_answered_through_chat_completions(openai_leg):
-    message = anthropic_client(openai_leg).messages.create(
+def test_message_is_answered_through_chat_completions(leg):
+    message = anthropic_client(leg).messages.create(
         model="llama3.2", max_tokens=64, system="Be brief.", messages=HI, temperature=0.3,
         stop_sequences=["END"])
     assert message.type == "message" and message.role == "assistant"
@@ -32,17 +34,17 @@ def test_message_is_answered_through_chat_completions(openai_leg):
         ("text", answer_text("hi", 2))]
     assert message.stop_reason == "end_turn"
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
-    [call] = openai_leg.model_calls()
+    [call] = leg.model_calls()
     assert call.path == "/v1/chat/completions"
     sent = call.json()
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, *HI]
     assert sent["temperature"] == 0.3 and sent["stop"] == ["END"]
     assert sent.get("max_tokens", sent.get("max_completion_tokens")) == 64
-    no_native_calls(openai_leg)
+    no_native_calls(leg)
 
 
-def test_stream_gives_anthropics_events(openai_leg):
-    with anthropic_client(openai_leg).messages.stream(model="llama3.2", max_tokens=64,
+def test_stream_gives_anthropics_events(leg):
+    with anthropic_client(leg).messages.stream(model="llama3.2", max_tokens=64,
                                                       messages=HI) as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_message()
@@ -52,27 +54,27 @@ def test_stream_gives_anthropics_events(openai_leg):
     assert [(block.type, block.text) for block in final.content] == [
         ("text", answer_text("hi", 1))]
     assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
-    assert openai_leg.sent()["stream"] is True
-    no_native_calls(openai_leg)
+    assert leg.sent()["stream"] is True
+    no_native_calls(leg)
 
 
-def test_translated_stream_is_progressive(openai_leg):
+def test_translated_stream_is_progressive(leg):
     first = first_event_while_upstream_sends(
-        openai_leg.url + "/v1/messages",
+        leg.url + "/v1/messages",
         {"model": "llama3.2", "max_tokens": 100, "stream": True,
-         "messages": [{"role": "user", "content": WORDS}]}, openai_leg.upstream, VERSION)
+         "messages": [{"role": "user", "content": WORDS}]}, leg.upstream, VERSION)
     assert first == b"event: message_start"
 
 
-def test_tool_use_and_the_tool_result_turn(openai_leg):
-    client = anthropic_client(openai_leg)
+def test_tool_use_and_the_tool_result_turn(leg):
+    client = anthropic_client(leg)
     asked = [{"role": "user", "content": "cats"}]
     message = client.messages.create(model="qwen2.5", max_tokens=64, tools=TOOLS_ANTHROPIC,
                                      messages=asked)
     assert message.stop_reason == "tool_use"
     [use] = [block for block in message.content if block.type == "tool_use"]
     assert (use.name, use.input) == ("lookup", {"term": "cats"})
-    [tool] = openai_leg.sent()["tools"]
+    [tool] = leg.sent()["tools"]
     assert tool["type"] == "function" and tool["function"]["name"] == "lookup"
     assert tool["function"]["parameters"]["required"] == ["term"]
     with client.messages.stream(model="qwen2.5", max_tokens=64, tools=TOOLS_ANTHROPIC,
@@ -88,7 +90,7 @@ def test_tool_use_and_the_tool_result_turn(openai_leg):
                                                  "type": "tool_result", "tool_use_id": use.id,
                                                  "content": "a small feline"}]}])
     assert after.stop_reason == "end_turn" and after.content[0].type == "text"
-    messages = openai_leg.sent()["messages"]
+    messages = leg.sent()["messages"]
     [assistant] = [m for m in messages if m["role"] == "assistant"]
     [call] = assistant["tool_calls"]
     assert call["function"]["name"] == "lookup"
@@ -97,8 +99,8 @@ def test_tool_use_and_the_tool_result_turn(openai_leg):
     assert result["tool_call_id"] == call["id"] and result["content"] == "a small feline"
 
 
-def test_thinking_blocks_come_from_reasoning_content_when_asked(openai_leg):
-    client = anthropic_client(openai_leg)
+def test_thinking_blocks_come_from_reasoning_content_when_asked(leg):
+    client = anthropic_client(leg)
     thinking = {"type": "enabled", "budget_tokens": 1024}
     message = client.messages.create(model="deepseek-r1:7b", max_tokens=400, messages=HI,
                                      thinking=thinking)
@@ -114,8 +116,8 @@ def test_thinking_blocks_come_from_reasoning_content_when_asked(openai_leg):
     assert final.content[1].text == answer_text("hi", 1)
 
 
-def test_thinking_is_hidden_unless_asked(openai_leg):
-    client = anthropic_client(openai_leg)
+def test_thinking_is_hidden_unless_asked(leg):
+    client = anthropic_client(leg)
     for extra in ({}, {"thinking": {"type": "disabled"}}):
         message = client.messages.create(model="deepseek-r1:7b", max_tokens=400,
                                          messages=HI, **extra)

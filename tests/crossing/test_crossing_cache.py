@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 import requests
 from crossing_helpers import (
+    VERSION,
     Leg,
     anthropic_client,
     crossing,
@@ -25,8 +26,6 @@ from helpers import metric_total, wait_for
 from bridge.ollama_standin import StandIn
 from bridge.ollama_standin.wire import answer_text
 from bridge.serve.processes import start_bridge
-
-VERSION = {"anthropic-version": "2023-06-01"}
 
 
 def question() -> str:

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from crossing_helpers import KEY_ENV, KEYS, fake_upstream, headers_of
+from crossing_helpers import KEY_ENV, KEYS, fake_upstream, headers_of, upstream_table
 
 from bridge.ollama_standin import StandIn
 from bridge.serve.processes import ROOT
@@ -33,32 +33,11 @@ def test_check_shows_each_upstreams_kind_and_its_probe(tmp_path):
             "anthropic", KEYS["anthropic"])
         try:
             path = tmp_path / "upstreams.toml"
-            path.write_text(f'''
-[[upstream]]
-name = "gpu"
-url = "{box.url}"
-models = ["qwen*"]
-
-[[upstream]]
-name = "deepseek"
-url = "{cloud.url}"
-api = "openai"
-models = ["deepseek-*"]
-api_key_env = "{KEY_ENV['openai']}"
-
-[[upstream]]
-name = "claude"
-url = "{claude.url}"
-api = "anthropic"
-models = ["llama*"]
-api_key_env = "{KEY_ENV['anthropic']}"
-
-[[upstream]]
-name = "gone"
-url = "http://127.0.0.1:9"
-api = "anthropic"
-models = ["claude-*"]
-''')
+            path.write_text("\n".join([
+                upstream_table("gpu", box.url, "ollama", "qwen*"),
+                upstream_table("deepseek", cloud.url, "openai", "deepseek-*"),
+                upstream_table("claude", claude.url, "anthropic", "llama*"),
+                upstream_table("gone", "http://127.0.0.1:9", "anthropic", "claude-*", key=False)]))
             result = check(path, "openai", "anthropic")
             assert result.returncode == 1, result.stderr  # one upstream is unreachable
             found = rows(result)

@@ -6,8 +6,6 @@ header, not in an answer, not in the bridge's log."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import anthropic
 import ollama
 import openai
@@ -15,11 +13,10 @@ import pytest
 import requests
 from crossing_helpers import (
     CLIENT_KEY,
+    HI,
     KEYS,
-    MODES,
     Leg,
     anthropic_client,
-    crossing,
     headers_of,
     ollama_client,
     openai_client,
@@ -27,7 +24,6 @@ from crossing_helpers import (
 
 from bridge.ollama_standin import Fault
 
-HI = [{"role": "user", "content": "hi"}]
 STATUSES = (401, 404, 429, 500)
 MESSAGE = "the upstream says no"
 
@@ -35,20 +31,6 @@ MESSAGE = "the upstream says no"
 def fault(leg: Leg, status: int) -> None:
     leg.upstream.push_fault(Fault("status", status=status, body=MESSAGE,
                                   retry_after=3 if status == 429 else None))
-
-
-@pytest.fixture(scope="module", params=[(kind, mode) for kind in ("openai", "anthropic")
-                                        for mode in MODES], ids="-".join)
-def crossed(request, tmp_path_factory) -> Iterator[Leg]:
-    kind, mode = request.param
-    with crossing(kind, mode, tmp_path_factory.mktemp(f"{kind}-{mode}")) as leg:
-        yield leg
-
-
-@pytest.fixture
-def leg(crossed: Leg) -> Leg:
-    crossed.upstream.reset()
-    return crossed
 
 
 @pytest.mark.parametrize("status", STATUSES)
