@@ -43,7 +43,9 @@ from bridge.surfaces.media import media_type
 
 VERSION = {"anthropic-version": "2023-06-01"}
 DEFAULT_MAX_TOKENS = 4096
-BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "max": 32000}  # thinking tokens
+# thinking tokens per level: the most, with the default answer after it, stays within the
+# smallest output limit of the models that think (32000 tokens, Claude Opus 4)
+BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "max": 24576}
 BUDGET_OF_TRUE = BUDGETS["medium"]
 MODEL_PAGE = 1000  # the most models one page of /v1/models lists
 SAMPLING = ("temperature", "top_p", "top_k")
@@ -72,7 +74,7 @@ class AnthropicKind(Kind):
         raise ValueError(f"no such family: {family}")
 
     def whole(self, family: str, body: Any, native: dict[str, Any]) -> dict[str, Any]:
-        body = body if isinstance(body, dict) else {}
+        body = _object(body)
         if family == CHAT:
             return chat_answer(body, native)
         if family == MODELS:
@@ -99,7 +101,7 @@ def messages_request(native: dict[str, Any]) -> dict[str, Any]:
         if native.get(name):
             raise Unsupported(name, "Anthropic's Messages API gives no log probabilities")
     system, messages = _messages(native.get("messages"))
-    options = native.get("options") if isinstance(native.get("options"), dict) else {}
+    options = _object(native.get("options"))
     limit = options.get("num_predict")
     max_tokens = int(limit) if _number(limit) and limit >= 1 else DEFAULT_MAX_TOKENS
     body: dict[str, Any] = {"model": native.get("model"), "max_tokens": max_tokens}
@@ -125,6 +127,10 @@ def messages_request(native: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -144,7 +150,7 @@ def _answers_tools(turns: list[dict[str, Any]]) -> bool:
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+    function = _object(tool.get("function"))
     converted: dict[str, Any] = {"name": function.get("name", "")}
     if function.get("description"):
         converted["description"] = function["description"]
@@ -287,27 +293,27 @@ class MessagesReader(Reader):
 
     def frame(self, frame: Frame) -> list[dict[str, Any]]:
         name, data = event_data(frame)
-        data = data if isinstance(data, dict) else {}
+        data = _object(data)
         kind = data.get("type") or name
         if kind == "message_start":
-            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            message = _object(data.get("message"))
             self.model = message.get("model") or self.model
-            self.usage = dict(message.get("usage") or {})
+            self.usage = dict(_object(message.get("usage")))
         elif kind == "content_block_start":
-            block = data.get("content_block") or {}
+            block = _object(data.get("content_block"))
             if block.get("type") == "tool_use":
                 self.tools[data.get("index")] = {**block, "json": []}
             elif block.get("type") == "text" and block.get("text"):
                 return [self._say(content=block["text"])]
         elif kind == "content_block_delta":
-            return self._delta(data.get("index"), data.get("delta") or {})
+            return self._delta(data.get("index"), _object(data.get("delta")))
         elif kind == "content_block_stop":
             block = self.tools.pop(data.get("index"), None)
             if block is not None:
                 return [self._say(tool_calls=[_tool_call(block)])]
         elif kind == "message_delta":
-            self.stop = (data.get("delta") or {}).get("stop_reason")
-            self.usage.update({name: value for name, value in (data.get("usage") or {}).items()
+            self.stop = _object(data.get("delta")).get("stop_reason")
+            self.usage.update({name: value for name, value in _object(data.get("usage")).items()
                                if value is not None})
         elif kind == "message_stop":
             return self._end()

@@ -119,7 +119,7 @@ def test_tools_and_options():
 
 
 @pytest.mark.parametrize("think, budget", [(True, 4096), ("low", 1024), ("medium", 4096),
-                                           ("high", 16384), ("max", 32000)])
+                                           ("high", 16384), ("max", 24576)])
 def test_thinking_gets_a_budget_below_max_tokens(think, budget):
     body = sent(messages=[{"role": "user", "content": "Why?"}], think=think,
                 options={"num_predict": 2000, "temperature": 0.3, "top_k": 5})
@@ -380,3 +380,19 @@ def test_an_anthropic_request_crosses_to_an_anthropic_upstream_unchanged():
                 {"type": "text", "text": "Thanks"}]}]}
     canonical = Anthropic().request(request, {}).native
     assert KIND.outbound(CHAT, canonical).body == request
+
+
+@pytest.mark.parametrize("garbage", [
+    "event: content_block_delta\ndata: not json\n\n",
+    'event: content_block_start\ndata: {"type": "content_block_start", "content_block": 3}\n\n',
+    'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": []}\n\n',
+    'event: message_delta\ndata: {"type": "message_delta", "usage": "many"}\n\n',
+    'data: ["a plain data line"]\n\n',
+    ": a comment\n\n",
+])
+def test_what_the_stream_cannot_mean_says_nothing(garbage):
+    """A malformed event costs nothing: the stream goes on around it."""
+    per_event = read_events([*RECORDED[:9], garbage, *RECORDED[9:]])
+    assert per_event[9] == []
+    assert said(per_event[10]) == [{"role": "assistant", "content": " the weather."}]
+    assert per_event[-1][0]["done"] is True
