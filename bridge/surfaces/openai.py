@@ -43,7 +43,6 @@ random one: the same history is the same request, for upstream prompt caches.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
@@ -58,20 +57,10 @@ from urllib.parse import quote
 from bridge.core.errors import BadRequest, error_text
 from bridge.core.exchange import Frame
 from bridge.core.reasoning import OPENAI_REASONING_FIELDS
-from bridge.core.streaming import error_frame, ollama_time
-from bridge.surfaces.adapter import (
-    CHAT,
-    EMBED,
-    MODELS,
-    SHOW,
-    Call,
-    Kind,
-    Outbound,
-    Reader,
-    Surface,
-    Translator,
-    Unsupported,
-)
+from bridge.core.streaming import error_frame, event_data, ollama_time
+from bridge.surfaces import adapter
+from bridge.surfaces.adapter import CHAT, EMBED, MODELS, SHOW, Call, Outbound, Unsupported
+from bridge.surfaces.media import media_type
 from bridge.surfaces.responses import (
     arguments_json,
     error_body,
@@ -96,9 +85,6 @@ OUTBOUND_OPTIONS = ("temperature", "top_p", "seed", "stop", *SAMPLING[2:])
 EFFORTS_OUT = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
 FINISH_REASONS = frozenset({"stop", "length", "content_filter"})
 ENCODINGS = ("float", "base64")
-# the first bytes of an image -> its media type (OpenAI wants data URLs to say it)
-_SIGNATURES = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
-               (b"GIF8", "image/gif"))
 _FRACTION = re.compile(r"\.\d+")
 
 
@@ -258,7 +244,7 @@ def _native_messages(messages: Any) -> list[dict[str, Any]]:
                          for call in entry["tool_calls"] if "id" in call)
         if role == "tool":
             ident = message.get("tool_call_id")
-            name = message.get("name") or names.get(ident, "")
+            name = message.get("name") or names.get(ident if isinstance(ident, str) else "", "")
             if name:
                 entry["tool_name"] = name
             if isinstance(ident, str) and ident:
@@ -279,7 +265,8 @@ def _tools(payload: dict) -> list[dict[str, Any]]:
     if choice == "none":
         return []
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
         named = [tool for tool in tools if tool["function"]["name"] == name]
         if not named:
             raise BadRequest(f"tool_choice names the function {name!r}, which is not among "
@@ -385,7 +372,7 @@ class OpenAICall(Call):
         return f"{prefix}-{self.ids[0]}"
 
 
-class _OpenAI(Surface):
+class _OpenAI(adapter.Surface):
     """What OpenAI's wires share: their error shape."""
 
     name = NAME
@@ -418,11 +405,11 @@ class _Generating(_OpenAI):
                 "created": call.created, "model": native.get("model") or call.model,
                 "choices": [choice], "usage": _usage(native)}
 
-    def translator(self, call: Call) -> Translator:
+    def translator(self, call: Call) -> adapter.Translator:
         assert isinstance(call, OpenAICall)
         return self.chunks(call)
 
-    def chunks(self, call: OpenAICall) -> Translator:
+    def chunks(self, call: OpenAICall) -> adapter.Translator:
         raise NotImplementedError
 
 
@@ -445,11 +432,11 @@ class OpenAIChat(_Generating):
             "finish_reason": finish_reason(native.get("done_reason"), bool(calls)),
             **_logprobs(native)})
 
-    def chunks(self, call: OpenAICall) -> Translator:
+    def chunks(self, call: OpenAICall) -> adapter.Translator:
         return ChatChunks(call)
 
 
-class _Chunks(Translator):
+class _Chunks(adapter.Translator):
     """What the streams of chat and completions share: each chunk's frame, the usage
     chunk and `[DONE]` at the end, the in-band error."""
 
@@ -579,7 +566,7 @@ class OpenAICompletions(_Generating):
             "finish_reason": finish_reason(native.get("done_reason"), False),
             "logprobs": _legacy_logprobs(native.get("logprobs"), 0)})
 
-    def chunks(self, call: OpenAICall) -> Translator:
+    def chunks(self, call: OpenAICall) -> adapter.Translator:
         return CompletionChunks(call)
 
 
@@ -673,6 +660,8 @@ class OpenAIModels(_OpenAI):
     def body(self, native: dict[str, Any], call: Call) -> dict[str, Any]:
         data = []
         for entry in native.get("models") or []:
+            if not isinstance(entry, dict):
+                continue
             name = entry.get("model") or entry.get("name") or ""
             data.append({"id": name, "object": "model", "created": _unix(
                 entry.get("modified_at")), "owned_by": _owner(name)})
@@ -682,21 +671,15 @@ class OpenAIModels(_OpenAI):
 # ------------------------------------------------------------------ an OpenAI upstream
 
 
-def media_type(data: str) -> str:
-    """The media type of a base64 image, from its first bytes (JPEG when unknown)."""
-    try:
-        head = base64.b64decode(data[:16])
-    except (binascii.Error, ValueError):
-        return "image/jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), "image/jpeg")
-
-
-def _parts(text: str, images: list[str]) -> list[dict[str, Any]]:
+def _parts(text: str, images: list[Any], where: str) -> list[dict[str, Any]]:
+    """A user message's text and images as content parts (the images as data URLs)."""
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-    parts.extend({"type": "image_url", "image_url": {
-        "url": f"data:{media_type(image)};base64,{image}"}} for image in images)
+    for index, image in enumerate(images):
+        kind = media_type(image) if isinstance(image, str) else None
+        if kind is None:
+            raise Unsupported(f"{where}.images[{index}]",
+                              "OpenAI takes JPEG, PNG, GIF or WebP images (base64)")
+        parts.append({"type": "image_url", "image_url": {"url": f"data:{kind};base64,{image}"}})
     return parts
 
 
@@ -739,7 +722,7 @@ def _outbound_messages(messages: Any) -> list[dict[str, Any]]:
             out.append({"role": "tool", "tool_call_id": _answered(message, waiting, where),
                         "content": content})
             continue
-        entry: dict[str, Any] = {"role": role, "content": _parts(content, images) if images
+        entry: dict[str, Any] = {"role": role, "content": _parts(content, images, where) if images
                                  else content}
         calls = message.get("tool_calls")
         if role == "assistant":
@@ -833,6 +816,18 @@ def _thinking(holder: dict[str, Any]) -> str:
                  if isinstance(holder.get(name), str) and holder[name]), "")
 
 
+def _text(holder: dict[str, Any]) -> str:
+    content = holder.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def _entries(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The logprobs entries of a choice (the native form's, as OpenAI gives them)."""
+    logprobs = choice.get("logprobs")
+    entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return entries if isinstance(entries, list) and entries else None
+
+
 def _counts(usage: Any) -> dict[str, int]:
     if not isinstance(usage, dict):
         return {}
@@ -855,7 +850,7 @@ def _frame(model: str, message: dict[str, Any], **more: Any) -> dict[str, Any]:
             "message": {"role": "assistant", **message}, **more}
 
 
-class ChatReader(Reader):
+class ChatReader(adapter.Reader):
     """An OpenAI chat stream as native frames: each content or reasoning delta a frame,
     a tool call's pieces gathered by index and given whole when its choice finishes,
     and the one `done: true` frame once the finish and the usage are known (at the
@@ -874,12 +869,12 @@ class ChatReader(Reader):
             return []
         if frame.is_done:
             return self._finish()
-        data = frame.data
+        name, data = event_data(frame)
         if not isinstance(data, dict):
             return []  # a comment (keep-alive)
-        if "error" in data:
+        if name == "error" or data.get("error") is not None:
             self.done = True
-            return [{"error": error_text(data) or str(data["error"])}]
+            return [{"error": error_message(data) or "the upstream's stream failed"}]
         out = []
         for choice in data.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
@@ -892,8 +887,7 @@ class ChatReader(Reader):
 
     def _choice(self, choice: dict[str, Any]) -> list[dict[str, Any]]:
         delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-        content, thinking = delta.get("content") or "", _thinking(delta)
-        logprobs = (choice.get("logprobs") or {}).get("content")
+        content, thinking, logprobs = _text(delta), _thinking(delta), _entries(choice)
         out = []
         if content or thinking or logprobs:
             message = {"content": content, **({"thinking": thinking} if thinking else {})}
@@ -945,14 +939,14 @@ def _chat_whole(body: Any, native: dict[str, Any]) -> dict[str, Any]:
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(
         choices[0], dict) else {}
     said = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    message: dict[str, Any] = {"content": said.get("content") or ""}
+    message: dict[str, Any] = {"content": _text(said)}
     if _thinking(said):
         message["thinking"] = _thinking(said)
     calls = [_native_call(call, position) for position, call in
              enumerate(said.get("tool_calls") or ()) if isinstance(call, dict)]
     if calls:
         message["tool_calls"] = calls
-    logprobs = (choice.get("logprobs") or {}).get("content")
+    logprobs = _entries(choice)
     return _frame(native.get("model") or body.get("model") or "", message, done=True,
                   done_reason=_done_reason(choice.get("finish_reason")),
                   **({"logprobs": logprobs} if logprobs else {}), **_counts(body.get("usage")))
@@ -976,7 +970,7 @@ def _tag(entry: dict[str, Any]) -> dict[str, Any]:
             "size": 0, "digest": "", "details": _details()}
 
 
-class OpenAIKind(Kind):
+class OpenAIKind(adapter.Kind):
     """An upstream that speaks OpenAI's API only: each of the pipeline's OpenAI wires
     goes to it as it is; the rest is translated to chat completions, embeddings and
     its model list."""
@@ -1019,16 +1013,22 @@ class OpenAIKind(Kind):
                 "model_info": {}, "capabilities": ["completion"],
                 "modified_at": ollama_time(body.get("created") or None)}
 
-    def reader(self, family: str, native: dict[str, Any]) -> Reader:
+    def reader(self, family: str, native: dict[str, Any]) -> adapter.Reader:
         if family != CHAT:
             raise Unsupported(family, "only chat answers stream")
         return ChatReader(native)
 
     def error(self, body: Any) -> str:
-        if isinstance(body, str):
-            return body
-        message = error_text(body)
-        if not message and isinstance(body, dict):  # vLLM's, FastAPI's
-            message = next((body[name] for name in ("message", "detail")
-                            if isinstance(body.get(name), str)), "")
-        return message
+        return error_message(body)
+
+
+def error_message(body: Any) -> str:
+    """The message of an OpenAI-compatible server's error body: OpenAI's shape, Ollama's,
+    vLLM's (`{"object": "error", "message"}`), FastAPI's (`{"detail"}`), or plain text."""
+    if isinstance(body, str):
+        return body
+    message = error_text(body)
+    if not message and isinstance(body, dict):
+        message = next((body[name] for name in ("message", "detail")
+                        if isinstance(body.get(name), str)), "")
+    return message

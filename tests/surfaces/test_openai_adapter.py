@@ -24,7 +24,6 @@ from bridge.surfaces.openai import (
     OpenAIEmbeddings,
     OpenAIKind,
     OpenAIModels,
-    media_type,
 )
 
 CHAT_WIRE = OpenAIChat()
@@ -290,13 +289,16 @@ def test_unsupported_outbound_fields_are_named(request_, param):
     assert refused.value.param == param
 
 
-def test_media_types_are_sniffed():
-    def b64(raw):
-        return base64.b64encode(raw).decode()
-    assert media_type(IMAGE) == "image/png"
-    assert media_type(b64(b"\xff\xd8\xff\xe0" + b"\0" * 12)) == "image/jpeg"
-    assert media_type(b64(b"GIF89a" + b"\0" * 10)) == "image/gif"
-    assert media_type(b64(b"RIFF\0\0\0\0WEBPVP8 ")) == "image/webp"
+def test_images_go_as_data_urls_of_their_type():
+    gif = base64.b64encode(b"GIF89a" + bytes(10)).decode()
+    sent = KIND.outbound(CHAT, {"model": "m", "messages": [
+        {"role": "user", "content": "", "images": [gif]}]}).body["messages"][0]
+    assert sent["content"] == [{"type": "image_url",
+                                "image_url": {"url": f"data:image/gif;base64,{gif}"}}]
+    with pytest.raises(Unsupported) as refused:
+        KIND.outbound(CHAT, {"model": "m", "messages": [
+            {"role": "user", "content": "x", "images": [IMAGE, "bm90IGFuIGltYWdl"]}]})
+    assert refused.value.param == "messages[0].images[1]"
 
 
 # ------------------------------------------------------------------ whole answers
@@ -502,6 +504,8 @@ def test_in_band_error_and_comments():
               + b'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n')
     per_frame = read(stream, pieces=1000)
     assert per_frame[0] == [] and per_frame[2] == [{"error": "overloaded"}]
+    named = b'event: error\ndata: {"message":"rate limited","type":"error"}\n\n'
+    assert read(named, pieces=1000)[0] == [{"error": "rate limited"}]
 
 
 def test_translator_like_ollamas_chat_writer():  # middleware/openai_test.go's stream cases
