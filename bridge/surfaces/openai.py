@@ -31,7 +31,9 @@ sampler options that only narrow or penalise within the model's own distribution
 (`top_k`, `min_p`, `typical_p`, `tfs_z`, `repeat_penalty`, `repeat_last_n`,
 `penalize_newline`, and `mirostat_tau`/`mirostat_eta`, which act only with mirostat)
 dropped, the upstream's sampler standing in; `mirostat` switched on (another sampling
-algorithm, not a tuning) refused. `think` levels become `reasoning_effort` ("max" is
+algorithm, not a tuning) refused. Refused too: images outside user messages, or in a
+format other than JPEG, PNG, GIF or WebP; a tool result that answers no tool call; a
+`format` that is neither "json" nor a schema. `think` levels become `reasoning_effort` ("max" is
 "xhigh"); `think: true` leaves the effort to the model and `think: false` is dropped
 (the think stage hides what a model reasons anyway: OpenAI refuses `reasoning_effort`
 for models that cannot reason). A JSON schema `format` is a `json_schema` response

@@ -529,6 +529,23 @@ def test_translator_like_ollamas_chat_writer():  # middleware/openai_test.go's s
     assert failed.data["error"]["message"] == "boom"
 
 
+def test_whole_answer_as_the_one_frame_of_a_stream():
+    """An upstream that answered a stream request whole: its canonical answer, one frame,
+    is the whole stream (reasoning, text, finish, usage, [DONE])."""
+    call = chat(messages=hello(), stream=True, stream_options={"include_usage": True})
+    whole = KIND.whole(CHAT, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "Hi!", "reasoning_content": "Greet"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2}}, {"model": "m"})
+    reasoning, text, finish, usage, done = CHAT_WIRE.translator(call).frame(whole)
+    assert reasoning.data["choices"][0]["delta"] == {
+        "role": "assistant", "reasoning": "Greet", "reasoning_content": "Greet"}
+    assert text.data["choices"][0]["delta"] == {"content": "Hi!"}
+    assert finish.data["choices"][0]["finish_reason"] == "stop"
+    assert usage.data["usage"] == {"prompt_tokens": 3, "completion_tokens": 2,
+                                   "total_tokens": 5}
+    assert done.is_done
+
+
 # ------------------------------------------------------------------ /v1/completions
 
 
