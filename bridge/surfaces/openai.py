@@ -33,11 +33,12 @@ sampler options that only narrow or penalise within the model's own distribution
 dropped, the upstream's sampler standing in; `mirostat` switched on (another sampling
 algorithm, not a tuning) refused. Refused too: images outside user messages, or in a
 format other than JPEG, PNG, GIF or WebP; a tool result that answers no tool call; a
-`format` that is neither "json" nor a schema. `think` levels become `reasoning_effort` ("max" is
-"xhigh"); `think: true` leaves the effort to the model and `think: false` is dropped
-(the think stage hides what a model reasons anyway: OpenAI refuses `reasoning_effort`
-for models that cannot reason). A JSON schema `format` is a `json_schema` response
-format named "response", not `strict` (OpenAI's strict mode takes only some schemas).
+`format` that is neither "json" nor a schema. `think` levels become `reasoning_effort`
+("max" is "xhigh"); `think: true` leaves the effort to the model and `think: false` is
+dropped (the think stage hides what a model reasons anyway, and OpenAI refuses
+`reasoning_effort` for the models that cannot reason). A JSON schema `format` is a
+`json_schema` response format named "response", not `strict` (OpenAI's strict mode
+takes only some schemas).
 Tool calls without an id get `call_` and a digest of their place and content, not a
 random one: the same history is the same request, for upstream prompt caches.
 """
