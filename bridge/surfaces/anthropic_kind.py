@@ -56,6 +56,7 @@ UNTHINKING = ("claude-3-opus", "claude-3-sonnet", "claude-3-haiku", "claude-3-5-
 class AnthropicKind(Kind):
     name = "anthropic"
     probe = "/v1/models"
+    headers = VERSION
 
     def credentials(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}
