@@ -216,13 +216,12 @@ class UpstreamClient:
         """
         route = ex.route
         if route is None:
-            local = crossing.local_answer(ex, self.kind)
-            if local is not None:
-                return Response(status=200, headers={"content-type": "application/json"},
-                                body=encode_json(local))
-            return self._call(ex, self._leg(ex, None), last=True)
+            return self._local(ex, self.kind) or self._call(ex, self._leg(ex, None), last=True)
         while True:
             target = route.current
+            local = self._local(ex, target.api)
+            if local is not None:
+                return local
             leg = self._leg(ex, target)
             route.started(target)
             last = route.index + 1 >= len(route.candidates)
@@ -245,6 +244,16 @@ class UpstreamClient:
             if slot is not None:
                 slot.release()
                 slot.retake()
+
+    @staticmethod
+    def _local(ex: Exchange, kind: str) -> Response | None:
+        """The answer the bridge gives itself for an upstream of `kind` that has no such
+        thing (`crossing.local_answer`), if any."""
+        local = crossing.local_answer(ex, kind)
+        if local is None:
+            return None
+        return Response(status=200, headers={"content-type": "application/json"},
+                        body=encode_json(local))
 
     def longest(self, route: Route | None) -> float:
         """The longest an exchange's upstream call may legitimately take, in seconds:
@@ -347,12 +356,15 @@ class UpstreamClient:
         headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
                               NOT_FORWARDED_RESPONSE)
         codec = streaming.codec_for(upstream.headers.get("content-type", ""))
-        if leg.crossing is not None:
-            return self._translated(ex, upstream, deadline, leg, leg.crossing, headers, codec)
-        if codec is None and not ex.is_model_request and "content-length" not in upstream.headers:
+        translation = leg.crossing
+        if translation is not None:  # its answer goes on in the exchange's wire
+            for name in ("content-type", "content-length"):
+                headers.pop(name, None)
+        elif codec is None and not ex.is_model_request and "content-length" not in upstream.headers:
             codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
-        if codec is not None and upstream.ok:
-            response = streaming.stream_response(upstream.status_code, headers, iter(()), codec)
+        if codec is not None and upstream.ok and (translation is None or codec != streaming.RAW):
+            wire = codec if translation is None else translation.codec
+            response = streaming.stream_response(upstream.status_code, headers, iter(()), wire)
             # the connection is closed however the stream ends, read or not (a client
             # hanging up stops the generation upstream)
             response.frames = Stream(self._frames(ex, response, upstream, codec, deadline, leg),
@@ -360,32 +372,14 @@ class UpstreamClient:
             return response
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline, leg.timeout))
-        if upstream.ok and ex.is_model_request:
-            ex.usage = usage_in(body) or ex.usage
-        return Response(status=upstream.status_code, headers=headers, body=body)
-
-    def _translated(self, ex: Exchange, upstream: Answer, deadline: float, leg: Leg,
-                    translation: Crossing, headers: dict[str, str], codec: str | None
-                    ) -> Response:
-        """The answer of an upstream that got a translation, on the exchange's wire: its
-        stream translated frame by frame, its whole body, or its error (status kept)."""
-        for name in ("content-type", "content-length"):
-            headers.pop(name, None)
-        wire = translation.codec
-        if upstream.ok and codec is not None and codec != streaming.RAW:
-            headers["content-type"] = streaming.CONTENT_TYPES[wire]
-            response = streaming.stream_response(upstream.status_code, headers, iter(()), wire)
-            response.frames = Stream(self._frames(ex, response, upstream, codec, deadline, leg),
-                                     upstream.close)
-            return response
-        with closing(upstream):
-            body = b"".join(self._body(upstream, deadline, leg.timeout))
-        status, body = translation.whole(upstream.status_code, body)
-        if upstream.ok and status < 400 and translation.streams:  # a stream asked, a body given
-            headers["content-type"] = streaming.CONTENT_TYPES[wire]
-            return streaming.stream_response(status, headers, translation.replayed(body),
-                                             wire)
-        headers["content-type"] = "application/json"
+        status = upstream.status_code
+        if translation is not None:
+            status, answer = translation.whole(status, body)
+            if status < 400 and translation.streams:  # a stream asked for, a body given
+                return streaming.stream_response(status, headers, translation.replayed(body),
+                                                 translation.codec)
+            body = answer
+            headers["content-type"] = "application/json"
         if status < 400 and ex.is_model_request:
             ex.usage = usage_in(body) or ex.usage
         return Response(status=status, headers=headers, body=body)

@@ -254,7 +254,7 @@ def model_entry(model: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic model object (`{"type": "model", "id", "display_name",
     "created_at"}`) as an entry of /api/tags."""
     return {"name": model["id"], "model": model["id"],
-            "modified_at": model.get("created_at") or "", "size": 0, "digest": "",
+            "modified_at": model.get("created_at") or ollama_time(), "size": 0, "digest": "",
             "details": _details(), "capabilities": capabilities(model["id"])}
 
 
@@ -263,7 +263,7 @@ def model_description(model: dict[str, Any]) -> dict[str, Any]:
     name = str(model.get("id") or "")
     return {"modelfile": "", "parameters": "", "template": "", "details": _details(),
             "model_info": {}, "capabilities": capabilities(name),
-            "modified_at": model.get("created_at") or ""}
+            "modified_at": model.get("created_at") or ollama_time()}
 
 
 def _details() -> dict[str, Any]:

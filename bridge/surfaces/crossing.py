@@ -75,6 +75,9 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (OllamaKind(), OpenAIKind(
 # Ollama's API the translation speaks (clients check it before using newer features).
 OLLAMA_API_VERSION = "0.14.0"
 _CODECS = {"openai": streaming.SSE, "ollama": streaming.NDJSON}
+# endpoint -> (the field whose absence makes a request model control, its answer's part)
+_MODEL_CONTROL = {"chat": ("messages", {"message": {"role": "assistant", "content": ""}}),
+                  "generate": ("prompt", {"response": ""})}
 
 
 def kind_of(name: str) -> Kind:
@@ -82,16 +85,26 @@ def kind_of(name: str) -> Kind:
 
 
 def local_answer(ex: Exchange, kind: str) -> dict[str, Any] | None:
-    """What an Ollama client's questions about the server itself get when the upstream
-    is not an Ollama (Open WebUI checks `/api/version` before anything else); None for
-    every other exchange."""
-    if kind == "ollama" or ex.surface != "ollama" or ex.method != "GET":
+    """What an Ollama client's requests about the server and its models get when the
+    upstream is not an Ollama, which has no such thing: `/api/version` (Open WebUI asks
+    it before anything else), `/api/ps`, and a chat or generate request without messages
+    or prompt, which only loads (or with `keep_alive: 0` unloads) the model on an
+    Ollama. None for every other exchange."""
+    if kind == "ollama" or ex.surface != "ollama":
         return None
-    if ex.endpoint == "version":
+    if ex.method == "GET" and ex.endpoint == "version":
         return {"version": OLLAMA_API_VERSION}
-    if ex.endpoint == "ps":
+    if ex.method == "GET" and ex.endpoint == "ps":
         return {"models": []}  # nothing is loaded in memory that the bridge could see
-    return None
+    payload = ex.payload
+    if ex.endpoint not in _MODEL_CONTROL or not isinstance(payload, dict):
+        return None
+    field, part = _MODEL_CONTROL[ex.endpoint]
+    if payload.get(field):
+        return None
+    reason = "unload" if payload.get("keep_alive") in (0, "0", "0s") else "load"
+    return {"model": ex.model, "created_at": streaming.ollama_time(), **part, "done": True,
+            "done_reason": reason}
 
 
 @dataclass
