@@ -277,7 +277,7 @@ class UpstreamClient:
         headers = with_credentials(self.request_headers(ex), kind, key)
         timeout = self.timeout if target is None else self._timeout_of(target)
         model_map = target.model_map if target is not None else None
-        translation = crossing.plan(ex, kind, target.name if target else base, model_map)
+        translation = crossing.plan(ex, kind, target.name if target else "-o", model_map)
         if translation is not None:
             outbound = translation.outbound
             headers.pop("content-type", None)

@@ -116,6 +116,9 @@ class Surface:
     name: str = ""
     routes: Sequence[tuple[str, str]] = ()
     family: str = CHAT  # which canonical form its requests translate to (`FAMILIES`)
+    # the client's names of canonical fields where they differ ("options.X" is "X" in
+    # every API but Ollama's): a refusal names the field as the client wrote it
+    fields: Mapping[str, str] = MappingProxyType({})
     # whether its answers leave records that a later request may name (`recall`)
     keeps_records: bool = False
 

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from bridge.core.errors import BadRequest
@@ -60,6 +61,8 @@ class MessagesCall(Call):
 class Anthropic(Surface):
     name = "anthropic"
     routes = (("POST", "/v1/messages"),)
+    fields = MappingProxyType({"think": "thinking", "options.num_predict": "max_tokens",
+                               "options.stop": "stop_sequences"})
 
     def __init__(self) -> None:
         # models the native chat refused `think` for, in this worker: asked without it

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping
 from bridge.core import streaming
 from bridge.core.errors import BadRequest
 from bridge.core.exchange import Exchange, Frame, encode_json, owned
-from bridge.surfaces import edge
+from bridge.surfaces import adapter_for, edge
 from bridge.surfaces.adapter import (
     CHAT,
     Call,
@@ -214,9 +214,9 @@ def plan(ex: Exchange, kind_name: str, upstream: str,
             native["model"] = model_map[model]
         outbound = kind.outbound(wire.family, native)
     except Unsupported as refusal:
-        raise BadRequest(f"{refusal.param} cannot be sent to upstream {label}: "
-                         f"{refusal.reason}", param=refusal.param,
-                         code="unsupported_by_upstream") from None
+        param = _as_written(refusal.param, adapter_for(ex.api) or wire)
+        raise BadRequest(f"{param} cannot be sent to upstream {label}: {refusal.reason}",
+                         param=param, code="unsupported_by_upstream") from None
     call.native = native
     body = outbound.body
     asked = edge.asked_of(ex)
@@ -225,6 +225,15 @@ def plan(ex: Exchange, kind_name: str, upstream: str,
         body = {**asked, "model": native.get("model", asked.get("model"))}
     return Crossing(wire, kind, call, outbound, encode_json(body) if body is not None else b"",
                     label)
+
+
+def _as_written(param: str, client: Surface) -> str:
+    """A canonical field's name as the client's API writes it."""
+    if param in client.fields:
+        return client.fields[param]
+    if client.name != "ollama" and param.startswith("options."):
+        return param.removeprefix("options.")
+    return param
 
 
 def _unchanged(ex: Exchange, payload: dict[str, Any]) -> bool:

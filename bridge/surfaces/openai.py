@@ -54,6 +54,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import quote
 
@@ -421,6 +422,8 @@ class OpenAIChat(_Generating):
 
     routes = (("POST", CHAT_PATH),)
     prefix, object = "chatcmpl", "chat.completion"
+    fields = MappingProxyType({"format": "response_format", "think": "reasoning_effort",
+                               "options.num_predict": "max_tokens"})
     convert = staticmethod(chat_request)
 
     def body(self, native: dict[str, Any], call: Call) -> dict[str, Any]:
@@ -561,6 +564,7 @@ class OpenAICompletions(_Generating):
 
     routes = (("POST", COMPLETIONS_PATH),)
     prefix, object = "cmpl", "text_completion"
+    fields = MappingProxyType({"options.num_predict": "max_tokens"})
     convert = staticmethod(completion_request)
 
     def body(self, native: dict[str, Any], call: Call) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from bridge.core.errors import BadRequest
@@ -700,6 +701,8 @@ class Responses(Surface):
     name = NAME
     routes = (("POST", "/v1/responses"),)
     keeps_records = True
+    fields = MappingProxyType({"format": "text.format", "think": "reasoning",
+                               "options.num_predict": "max_output_tokens"})
 
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> ResponsesCall:
         previous = self.recall_name(payload)
