@@ -286,6 +286,8 @@ class UpstreamClient:
             headers.update(outbound.headers)
             return Leg(joined(base, kind, outbound.path), headers, translation.body, timeout,
                        target, outbound.method, translation)
+        for name, value in crossing.kind_of(kind).headers.items():  # what its API wants
+            headers.setdefault(name, value)                          # on every request
         suffix = upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
         body = ex.body
         model = ex.model

@@ -10,11 +10,13 @@ import json
 
 import openai
 import pytest
+import requests
 from crossing_helpers import (
     HI,
     TOOLS_OPENAI,
     WORDS,
     first_event_while_upstream_sends,
+    headers_of,
     legs_of,
     names,
     no_native_calls,
@@ -119,6 +121,17 @@ def test_models_list_comes_from_the_anthropic_models(leg):
     assert "qwen3:latest" in ids and "llama3.2:latest" in ids
     assert leg.upstream.count("/v1/models") >= 1
     no_native_calls(leg)
+
+
+def test_a_forwarded_request_carries_the_header_claudes_api_wants(leg):
+    """A path the bridge does not translate (Claude's token counting) goes to Claude as
+    it is, with the `anthropic-version` its API wants on every request."""
+    answer = requests.post(leg.url + "/v1/messages/count_tokens", timeout=60,
+                           json={"model": "llama3.2", "messages": HI})
+    assert "anthropic-version" not in answer.text, answer.text
+    [sent] = [request for request in leg.upstream.requests
+              if request.path == "/v1/messages/count_tokens"]
+    assert headers_of(sent)["anthropic-version"] == "2023-06-01"
 
 
 @pytest.mark.parametrize("field, value", [
