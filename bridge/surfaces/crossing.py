@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
+from urllib.parse import unquote
 
 from bridge.core import streaming
 from bridge.core.errors import BadRequest
@@ -53,6 +54,7 @@ from bridge.surfaces.openai import (
     OpenAICompletions,
     OpenAIEmbeddings,
     OpenAIKind,
+    OpenAIModel,
     OpenAIModels,
 )
 
@@ -68,6 +70,10 @@ WIRES: dict[tuple[str, str], Surface] = {
     ("ollama", "tags"): OllamaTags(),
     ("ollama", "show"): OllamaShow(),
 }
+# `GET /v1/models/{model}`, which no route of its own serves (forwarded to the kinds
+# that speak OpenAI's model routes, translated for the others)
+MODEL_WIRE = OpenAIModel()
+MODEL_PATH = "/v1/models/"
 # The kinds of upstream (`api` of an upstream, `--upstream-api`).
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (OllamaKind(), OpenAIKind(),
                                                         AnthropicKind())}
@@ -201,10 +207,12 @@ def plan(ex: Exchange, kind_name: str, upstream: str,
     wire_of = (ex.surface, ex.endpoint)
     if wire_of in kind.speaks:
         return None
-    wire = WIRES.get(wire_of)
+    described = _described(ex, kind)
+    wire = WIRES.get(wire_of) if described is None else MODEL_WIRE
     if wire is None:
         return None
-    payload = ex.payload if isinstance(ex.payload, dict) else _parsed(ex)
+    payload = ({"model": described} if described is not None
+               else ex.payload if isinstance(ex.payload, dict) else _parsed(ex))
     label = f"{upstream!r} ({kind.name} API)"
     try:
         call = wire.request(payload, ex.headers)
@@ -225,6 +233,15 @@ def plan(ex: Exchange, kind_name: str, upstream: str,
         body = {**asked, "model": native.get("model", asked.get("model"))}
     return Crossing(wire, kind, call, outbound, encode_json(body) if body is not None else b"",
                     label)
+
+
+def _described(ex: Exchange, kind: Kind) -> str | None:
+    """The model a `GET /v1/models/{model}` asks about, when `kind` does not speak
+    OpenAI's model routes; else None."""
+    if (ex.surface, ex.method) != ("openai", "GET") or ("openai", "models") in kind.speaks:
+        return None
+    name = unquote(ex.path).removeprefix(MODEL_PATH) if ex.path.startswith(MODEL_PATH) else ""
+    return name or None
 
 
 def _as_written(param: str, client: Surface) -> str:

@@ -675,6 +675,22 @@ class OpenAIModels(_OpenAI):
         return {"object": "list", "data": data}
 
 
+class OpenAIModel(_OpenAI):
+    """`GET /v1/models/{model}` (`ToModel`): one model's description as OpenAI's model
+    object. The model comes from the path: `request` takes `{"model": NAME}`."""
+
+    routes = (("GET", MODELS_PATH + "/{model}"),)
+    family = SHOW
+
+    def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> Call:
+        model = str(payload.get("model") or "")
+        return Call(native={"model": model}, model=model, stream=False)
+
+    def body(self, native: dict[str, Any], call: Call) -> dict[str, Any]:
+        return {"id": call.model, "object": "model", "created": _unix(native.get("modified_at")),
+                "owned_by": _owner(call.model)}
+
+
 # ------------------------------------------------------------------ an OpenAI upstream
 
 

@@ -15,6 +15,7 @@ from crossing_helpers import (
     HI,
     TOOLS_OPENAI,
     WORDS,
+    created,
     first_event_while_upstream_sends,
     headers_of,
     legs_of,
@@ -120,6 +121,15 @@ def test_models_list_comes_from_the_anthropic_models(leg):
     ids = [model.id for model in openai_client(leg).models.list()]
     assert "qwen3:latest" in ids and "llama3.2:latest" in ids
     assert leg.upstream.count("/v1/models") >= 1
+    no_native_calls(leg)
+
+
+def test_a_model_is_retrieved_as_openais_model_object(leg):
+    model = openai_client(leg).models.retrieve("qwen3:latest")
+    assert (model.id, model.object, model.owned_by) == ("qwen3:latest", "model", "library")
+    assert model.created == int(created("qwen3:latest").timestamp())
+    with pytest.raises(openai.NotFoundError):
+        openai_client(leg).models.retrieve("no-such-model")
     no_native_calls(leg)
 
 
