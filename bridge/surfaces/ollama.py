@@ -28,6 +28,7 @@ from bridge.surfaces.adapter import (
     Translator,
     Unsupported,
 )
+from bridge.surfaces.responses import expect
 
 # what a generate request takes besides its prompt, as a chat request takes it
 GENERATE_FIELDS = ("format", "options", "think", "keep_alive", "logprobs", "top_logprobs")
@@ -35,6 +36,9 @@ GENERATE_FIELDS = ("format", "options", "think", "keep_alive", "logprobs", "top_
 ANSWER_FIELDS = ("done_reason", "total_duration", "load_duration", "prompt_eval_count",
                  "prompt_eval_duration", "eval_count", "eval_duration")
 NO_CHAT = ("suffix", "template", "context")  # generate fields a chat cannot express
+# a message's fields of text and of lists, as Ollama's `api.Message` declares them
+MESSAGE_TEXT = ("role", "content", "thinking", "tool_name", "tool_call_id")
+MESSAGE_LISTS = ("images", "tool_calls")
 
 
 def _streams(payload: dict[str, Any]) -> bool:
@@ -86,8 +90,30 @@ class _Native(Surface):
         return {"error": message}
 
 
+def _typed(value: dict[str, Any], texts: tuple[str, ...], lists: tuple[str, ...],
+           where: str = "") -> None:
+    """Refuse what Ollama's JSON decoding refuses: a field of `texts` that is not a
+    string, one of `lists` that is not an array of strings or objects (an adapter would
+    leave it out, and the upstream answer another question)."""
+    for name in texts:
+        if value.get(name) is not None:
+            expect(value[name], str, f"{where}{name}", "a string")
+    for name in lists:
+        if value.get(name) is not None:
+            expect(value[name], list, f"{where}{name}", "an array")
+
+
 class OllamaChat(_Native):
     routes = (("POST", "/api/chat"),)
+
+    def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> Call:
+        messages = payload.get("messages")
+        for index, message in enumerate(expect(messages, list, "messages", "an array")
+                                        if messages is not None else ()):
+            where = f"messages[{index}]"
+            _typed(expect(message, dict, where, "an object"), MESSAGE_TEXT, MESSAGE_LISTS,
+                   f"{where}.")
+        return super().request(payload, headers)
 
 
 class OllamaEmbed(_Native):
@@ -125,6 +151,7 @@ class OllamaGenerate(_Native):
                 raise Unsupported(name, "a chat API has no equivalent")
         if payload.get("raw") is True:
             raise Unsupported("raw", "a chat API templates every prompt")
+        _typed(payload, ("prompt", "system"), ("images",))
         messages = []
         if isinstance(payload.get("system"), str) and payload["system"]:
             messages.append({"role": "system", "content": payload["system"]})

@@ -12,6 +12,7 @@ import json
 
 import ollama
 import pytest
+import requests
 from crossing_helpers import (
     HI,
     TOOLS_OLLAMA,
@@ -136,6 +137,27 @@ def test_generate_suffix_is_refused_naming_the_field_and_the_upstream(leg):
         ollama_client(leg).generate(model="llama3.2", prompt="def f(", suffix=")")
     assert refused.value.status_code == 400
     assert names(refused.value.error, "suffix", "openai")
+    assert leg.model_calls() == []
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/api/chat", {"messages": [{"role": "user", "content": ["hi"]}]}, "messages[0].content"),
+    ("/api/chat", {"messages": [HI[0], {"role": "user", "content": 42}]}, "messages[1].content"),
+    ("/api/chat", {"messages": [HI[0], "hi"]}, "messages[1]"),
+    ("/api/chat", {"messages": "hi"}, "messages"),
+    ("/api/chat", {"messages": [{"role": 1, "content": "hi"}]}, "messages[0].role"),
+    ("/api/chat", {"messages": [{"role": "user", "content": "hi", "images": "x"}]},
+     "messages[0].images"),
+    ("/api/generate", {"prompt": ["hi"]}, "prompt"),
+    ("/api/generate", {"prompt": "hi", "system": 7}, "system")])
+def test_a_malformed_request_is_a_400_naming_the_field_not_a_different_question(
+        leg, path, body, param):
+    """What Ollama itself refuses (its JSON does not decode) is not sent on with the
+    part it cannot read left out: the upstream would answer another question."""
+    answer = requests.post(leg.url + path, timeout=60,
+                           json={"model": "llama3.2", "stream": False, **body})
+    assert answer.status_code == 400, answer.text
+    assert param in answer.json()["error"]
     assert leg.model_calls() == []
 
 
