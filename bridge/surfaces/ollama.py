@@ -107,12 +107,21 @@ class OllamaChat(_Native):
     routes = (("POST", "/api/chat"),)
 
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> Call:
-        messages = payload.get("messages")
-        for index, message in enumerate(expect(messages, list, "messages", "an array")
-                                        if messages is not None else ()):
+        _typed(payload, (), ("messages", "tools"))
+        for index, message in enumerate(payload.get("messages") or ()):
             where = f"messages[{index}]"
             _typed(expect(message, dict, where, "an object"), MESSAGE_TEXT, MESSAGE_LISTS,
                    f"{where}.")
+            for place, call in enumerate(message.get("tool_calls") or ()):
+                at = f"{where}.tool_calls[{place}]"
+                function = expect(expect(call, dict, at, "an object").get("function"), dict,
+                                  f"{at}.function", "an object")
+                _typed(function, ("name",), (), f"{at}.function.")
+                if function.get("arguments") is not None:
+                    expect(function["arguments"], dict, f"{at}.function.arguments",
+                           "an object")
+        for index, tool in enumerate(payload.get("tools") or ()):
+            expect(tool, dict, f"tools[{index}]", "an object")
         return super().request(payload, headers)
 
 

@@ -148,6 +148,14 @@ def test_generate_suffix_is_refused_naming_the_field_and_the_upstream(leg):
     ("/api/chat", {"messages": [{"role": 1, "content": "hi"}]}, "messages[0].role"),
     ("/api/chat", {"messages": [{"role": "user", "content": "hi", "images": "x"}]},
      "messages[0].images"),
+    ("/api/chat", {"messages": [{"role": "assistant", "content": "",
+                                 "tool_calls": [{"function": "lookup"}]}, HI[0]]},
+     "messages[0].tool_calls[0].function"),
+    ("/api/chat", {"messages": [{"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "lookup", "arguments": [1]}}]}, HI[0]]},
+     "messages[0].tool_calls[0].function.arguments"),
+    ("/api/chat", {"messages": HI, "tools": {"lookup": {}}}, "tools"),
+    ("/api/chat", {"messages": HI, "tools": ["lookup"]}, "tools[0]"),
     ("/api/generate", {"prompt": ["hi"]}, "prompt"),
     ("/api/generate", {"prompt": "hi", "system": 7}, "system")])
 def test_a_malformed_request_is_a_400_naming_the_field_not_a_different_question(
