@@ -103,11 +103,21 @@ def _typed(value: dict[str, Any], texts: tuple[str, ...], lists: tuple[str, ...]
             expect(value[name], list, f"{where}{name}", "an array")
 
 
+def _settings(payload: dict[str, Any]) -> None:
+    """Refuse `options` that are not an object and a `think` that is neither a switch
+    nor a level, as Ollama does (left out, the answer would be another one's)."""
+    if payload.get("options") is not None:
+        expect(payload["options"], dict, "options", "an object")
+    if not isinstance(payload.get("think"), (bool, str, type(None))):
+        raise BadRequest("'think' must be a boolean or a level", param="think")
+
+
 class OllamaChat(_Native):
     routes = (("POST", "/api/chat"),)
 
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> Call:
         _typed(payload, (), ("messages", "tools"))
+        _settings(payload)
         for index, message in enumerate(payload.get("messages") or ()):
             where = f"messages[{index}]"
             _typed(expect(message, dict, where, "an object"), MESSAGE_TEXT, MESSAGE_LISTS,
@@ -161,6 +171,7 @@ class OllamaGenerate(_Native):
         if payload.get("raw") is True:
             raise Unsupported("raw", "a chat API templates every prompt")
         _typed(payload, ("prompt", "system"), ("images",))
+        _settings(payload)
         messages = []
         if isinstance(payload.get("system"), str) and payload["system"]:
             messages.append({"role": "system", "content": payload["system"]})

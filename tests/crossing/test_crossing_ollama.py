@@ -156,6 +156,9 @@ def test_generate_suffix_is_refused_naming_the_field_and_the_upstream(leg):
      "messages[0].tool_calls[0].function.arguments"),
     ("/api/chat", {"messages": HI, "tools": {"lookup": {}}}, "tools"),
     ("/api/chat", {"messages": HI, "tools": ["lookup"]}, "tools[0]"),
+    ("/api/chat", {"messages": HI, "options": [1]}, "options"),
+    ("/api/chat", {"messages": HI, "think": 5}, "think"),
+    ("/api/generate", {"prompt": "hi", "options": "x"}, "options"),
     ("/api/generate", {"prompt": ["hi"]}, "prompt"),
     ("/api/generate", {"prompt": "hi", "system": 7}, "system")])
 def test_a_malformed_request_is_a_400_naming_the_field_not_a_different_question(
