@@ -121,10 +121,11 @@ _VERSIONED = re.compile(r"/(v\d+[a-z0-9]*|openai)/?$")
 
 
 def joined(base: str, kind: str, path: str) -> str:
-    """The URL of `path` on an upstream at `base`. An OpenAI-compatible URL written as
-    SDKs write base URLs, ending in its API's version (`…/v1`, `…/compatible-mode/v1`,
-    Gemini's `…/v1beta/openai`), does not get the `/v1` of the bridge's paths again."""
-    if kind == "openai" and path.startswith("/v1/") and _VERSIONED.search(base):
+    """The URL of `path` on an upstream at `base`. An OpenAI-compatible or Anthropic URL
+    written as SDKs write base URLs, ending in its API's version (`…/v1`,
+    `…/compatible-mode/v1`, Gemini's `…/v1beta/openai`), does not get the `/v1` of the
+    bridge's paths again."""
+    if kind != "ollama" and path.startswith("/v1/") and _VERSIONED.search(base):
         return base.rstrip("/") + path[3:]
     return base + path
 

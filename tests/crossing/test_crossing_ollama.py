@@ -14,12 +14,14 @@ import ollama
 import pytest
 import requests
 from crossing_helpers import (
+    FLAGS,
     HI,
     TOOLS_OLLAMA,
     WORDS,
     Leg,
     asked,
     created,
+    fake_upstream,
     first_event_while_upstream_sends,
     headers_of,
     legs_of,
@@ -29,6 +31,7 @@ from crossing_helpers import (
 )
 
 from bridge.ollama_standin.wire import answer_text, embedding, reasoning_text
+from bridge.serve.processes import start_bridge
 
 SYSTEM = "Be brief."
 CHAT_PATH = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
@@ -248,3 +251,21 @@ def test_list_and_show_come_from_the_upstreams_models(leg):
         client.show("no-such-model")
     assert missing.value.status_code == 404
     no_native_calls(leg)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_base_url_written_with_its_version_is_not_versioned_twice(kind, tmp_path):
+    """`-o https://api.openai.com/v1` or `https://api.anthropic.com/v1`, as SDKs and
+    LiteLLM write base URLs: the bridge's `/v1/...` paths do not repeat the `/v1`."""
+    upstream = fake_upstream(kind)
+    try:
+        with start_bridge(*FLAGS, "--upstream-api", kind, upstream=upstream.url + "/v1",
+                          workers=1, log_dir=tmp_path) as bridge:
+            client = ollama.Client(host=bridge.url, timeout=60)
+            assert client.chat(model="llama3.2", messages=HI).message.content == \
+                answer_text("hi", 1)
+            assert "llama3.2:latest" in [model.model for model in client.list().models]
+        assert upstream.requests and not [request.path for request in upstream.requests
+                                          if request.path.startswith("/v1/v1/")]
+    finally:
+        upstream.stop()
