@@ -52,7 +52,8 @@ from bridge.surfaces.crossing import Crossing
 
 log = logging.getLogger("bridge.upstream")
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 529: Claude's API is overloaded (`overloaded_error`), a 503 by another name
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 
 # Connection-level headers (RFC 9110 7.6.1) and those the transport recomputes.
 HOP_BY_HOP = frozenset({
