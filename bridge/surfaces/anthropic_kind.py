@@ -7,7 +7,8 @@ What the Messages API cannot take:
 
 - refused (`Unsupported`): a JSON `format` (no JSON output mode), `logprobs` and
   `top_logprobs`, images in a format other than JPEG, PNG, GIF or WebP, a tool result
-  that answers no tool call before it;
+  that answers no tool call before it, a user message with nothing in it (the API
+  refuses it, and left out the assistant's turn before it would be continued);
 - dropped, harmless: `seed` (Anthropic samples without one, answers vary anyway), the
   runtime options (`num_ctx`, `num_gpu`, `num_thread`, `num_batch`, `keep_alive`,
   `use_mmap`…), and the options that only tune a sampler that is not ours
@@ -194,6 +195,9 @@ def _messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
                            if block["type"] == "tool_use"]
         else:
             raise Unsupported(f"{where}.role", f"Anthropic's Messages API has no role {role!r}")
+        if not blocks and role == "user":  # left out, the turn before would be continued
+            raise Unsupported(f"{where}.content", "Anthropic's Messages API refuses an empty "
+                              "message")
         if not blocks:
             continue  # a turn of thinking only, or empty: Anthropic refuses empty turns
         if turns and turns[-1]["role"] == role:

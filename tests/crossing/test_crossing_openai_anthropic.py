@@ -144,6 +144,16 @@ def test_a_forwarded_request_carries_the_header_claudes_api_wants(leg):
     assert headers_of(sent)["anthropic-version"] == "2023-06-01"
 
 
+def test_an_empty_user_message_is_refused_not_left_out(leg):
+    """Claude refuses empty messages; left out, the assistant's turn before it would be
+    continued as a prefill instead of answered."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(leg).chat.completions.create(model="llama3.2", messages=[
+            *HI, {"role": "assistant", "content": "Sure"}, {"role": "user", "content": ""}])
+    assert names(refused.value.body["message"], "messages[2].content", "anthropic")
+    assert leg.model_calls() == []
+
+
 @pytest.mark.parametrize("field, value", [
     ("response_format", {"type": "json_schema", "json_schema": {
         "name": "a", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}),
