@@ -19,7 +19,7 @@ library is skipped with a note; none of them is a dependency of the bridge:
 The data stands in for embeddings of FAQ traffic: 1,000 topics, each entry its topic plus
 as much noise again (cosine ~0.5 within a topic, ~0 across); half the queries are
 paraphrases of a stored entry (cosine ~0.94 to it), half new questions on a known topic.
-All HNSW indexes use the same parameters (M 16, ef_construction 64, ef_search 64). Builds
+All HNSW indexes use the same parameters (M 16, ef_construction 40, ef_search 64). Builds
 may use every core; lookups run on one thread, as a gevent worker asks one at a time.
 """
 
@@ -46,8 +46,8 @@ from bench.loadgen import machine_line, met, percentile  # noqa: E402
 K = 8
 TOPICS = 1000
 PARAPHRASE_NOISE = 0.35     # norm of the noise added to a stored entry: cosine ~0.94
-M, EF_CONSTRUCTION, EF_SEARCH = 16, 64, 64  # ef_construction 128 doubles a build here
-SINGLE_ADDS = 200           # entries added one at a time after the build
+M, EF_CONSTRUCTION, EF_SEARCH = 16, 40, 64  # a build's time grows with ef_construction
+SINGLE_ADDS = 100           # entries added one at a time after the build
 REMOVALS = 10
 P99_TARGET_MS = 5.0         # issue 27: lookup p99 at 100k entries
 WORKER_TIMEOUT_S = 600
@@ -397,13 +397,14 @@ def _measure(library: str, dim: int, n: int, query_count: int, truth_path: str,
 
     for vector in asked[:50]:  # warm caches and lazy initialisation
         index.search(vector)
-    times, cpu_times, hits = [], [], 0
-    for vector, expected in zip(asked, truth, strict=True):
+    times, cpu_times, hits, top_hits = [], [], 0, 0
+    for number, (vector, expected) in enumerate(zip(asked, truth, strict=True)):
         started, cpu_started = time.perf_counter_ns(), time.thread_time_ns()
         found = index.search(vector)
         cpu_times.append((time.thread_time_ns() - cpu_started) / 1e6)
         times.append((time.perf_counter_ns() - started) / 1e6)
         hits += len(set(found) & set(expected.tolist()))
+        top_hits += number < len(asked) // 2 and found[0] == expected[0]
 
     before = [index.search(vector) for vector in asked[:20]]
     path = os.path.join(folder, index.file_name)
@@ -419,7 +420,7 @@ def _measure(library: str, dim: int, n: int, query_count: int, truth_path: str,
     return {"library": library, "dim": dim, "n": n, "queries": len(times),
             "build_s": build_s, "p50_ms": percentile(times, 0.50),
             "p99_ms": percentile(times, 0.99), "cpu_p99_ms": percentile(cpu_times, 0.99),
-            "recall": hits / (K * len(times)),
+            "recall": hits / (K * len(times)), "top1": top_hits / (len(asked) // 2),
             "rss_mb": rss_growth, "peak_mb": peak_growth, "save_ms": save_ms,
             "load_ms": load_ms, "file_mb": file_mb, "reloaded": reloaded,
             **_single_adds(index, n, extra), "remove": _removal(index, stored)}
@@ -509,17 +510,19 @@ def _figure(value: float | None, digits: int) -> str:
 
 def table(results: list[dict]) -> str:
     lines = ["| library | dim | entries | build s | add one µs | p50 ms | p99 ms | p99 CPU ms "
-             "| recall@8 | RSS +MB | MB per 100k | peak +MB | save ms | load ms | file MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| recall@8 | paraphrase top-1 | RSS +MB | MB per 100k | peak +MB | save ms "
+             "| load ms | file MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['library']} | {r['dim']} | {r['n']} | {r['error']} |"
-                         + " |" * 11)
+            lines.append(f"| {r['library']} | {r['dim']} | {r['n']:,} | {r['error']} |"
+                         + " |" * 12)
             continue
         lines.append(
             f"| {r['library']} | {r['dim']} | {r['n']:,} | {r['build_s']:.2f} "
             f"| {_figure(r['add_us'], 0)} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
-            f"| {r['cpu_p99_ms']:.3f} | {r['recall']:.3f} | {r['rss_mb']:.1f} "
+            f"| {r['cpu_p99_ms']:.3f} | {r['recall']:.3f} | {r['top1']:.3f} "
+            f"| {r['rss_mb']:.1f} "
             f"| {r['rss_mb'] * 1e5 / r['n']:.0f} "
             f"| {r['peak_mb']:.1f} | {r['save_ms']:.1f} | {r['load_ms']:.1f} "
             f"| {r['file_mb']:.1f} |")
@@ -545,9 +548,12 @@ def targets(results: list[dict], largest: int) -> str:
     lines = []
     for r in results:
         if r["n"] == largest and "error" not in r:
-            lines.append(f"- {r['library']} dim {r['dim']}: p99 {r['p99_ms']:.3f} ms at "
-                         f"{largest:,} entries (target <= {P99_TARGET_MS:g} ms): "
-                         f"{met(r['p99_ms'] <= P99_TARGET_MS)}")
+            waited = r["p99_ms"] > P99_TARGET_MS >= r["cpu_p99_ms"]
+            lines.append(f"- {r['library']} dim {r['dim']}: p99 {r['p99_ms']:.3f} ms "
+                         f"(CPU {r['cpu_p99_ms']:.3f} ms) at {largest:,} entries "
+                         f"(target <= {P99_TARGET_MS:g} ms): {met(r['p99_ms'] <= P99_TARGET_MS)}"
+                         + (" on the clock; its own CPU time meets it (the rest was waiting "
+                            "for a core)" if waited else ""))
     return "\n".join(lines)
 
 
@@ -581,7 +587,8 @@ def run(plan: Plan) -> None:
                              f"recall {result['recall']:.3f}"), file=sys.stderr, flush=True)
     print(f"\n{plan.query_count} single-thread lookups per row, k={K}; HNSW M={M}, "
           f"ef_construction={EF_CONSTRUCTION}, ef_search={EF_SEARCH}; "
-          f"run took {time.perf_counter() - started:.0f} s\n")
+          f"run took {time.perf_counter() - started:.0f} s; load average after it: "
+          + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + "\n")
     print(table(results))
     print()
     print(features(results, plan, skipped))
