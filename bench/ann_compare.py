@@ -15,12 +15,15 @@ library is skipped with a note; none of them is a dependency of the bridge:
     pip install usearch hnswlib faiss-cpu sqlite-vec pysqlite3-binary
     python bench/ann_compare.py [--quick] [--dims 384,768] [--sizes 1000,10000,100000]
                                 [--queries N] [--libs usearch,hnswlib,...]
+                                [--ef-construction N]
 
 The data stands in for embeddings of FAQ traffic: 1,000 topics, each entry its topic plus
 as much noise again (cosine ~0.5 within a topic, ~0 across); half the queries are
 paraphrases of a stored entry (cosine ~0.94 to it), half new questions on a known topic.
-All HNSW indexes use the same parameters (M 16, ef_construction 40, ef_search 64). Builds
-may use every core; lookups run on one thread, as a gevent worker asks one at a time.
+All HNSW indexes use the same parameters (M 16, ef_search 64, ef_construction 40 to bound
+the run or --ef-construction). Builds may use every core; lookups run on one thread, as a
+gevent worker asks one at a time. "p99 CPU" is a lookup's own CPU time: on a shared machine
+the clock's p99 also counts waiting for a core.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +50,13 @@ from bench.loadgen import machine_line, met, percentile  # noqa: E402
 K = 8
 TOPICS = 1000
 PARAPHRASE_NOISE = 0.35     # norm of the noise added to a stored entry: cosine ~0.94
-M, EF_CONSTRUCTION, EF_SEARCH = 16, 40, 64  # a build's time grows with ef_construction
+M, EF_SEARCH = 16, 64
+EF_CONSTRUCTION = 40        # bounds the run; the cache wants more (--ef-construction)
 SINGLE_ADDS = 100           # entries added one at a time after the build
 REMOVALS = 10
 P99_TARGET_MS = 5.0         # issue 27: lookup p99 at 100k entries
 WORKER_TIMEOUT_S = 600
 
-LIBRARIES = ("usearch", "hnswlib", "faiss-hnsw", "faiss-flat", "numpy", "sqlite-vec")
-MODULES = {"usearch": ("usearch",), "hnswlib": ("hnswlib",), "faiss-hnsw": ("faiss",),
-           "faiss-flat": ("faiss",), "numpy": ("numpy",), "sqlite-vec": ("sqlite_vec",)}
-DISTRIBUTIONS = {"usearch": "usearch", "hnswlib": "hnswlib", "faiss-hnsw": "faiss-cpu",
-                 "faiss-flat": "faiss-cpu", "numpy": "numpy", "sqlite-vec": "sqlite-vec"}
 
 
 # -- data -------------------------------------------------------------------------------
@@ -104,13 +104,17 @@ def exact_neighbours(stored: np.ndarray, asked: np.ndarray) -> np.ndarray:
 class Adapter:
     """One library: build, one lookup, one add, remove, save and load."""
 
+    module = "numpy"        # what the library is imported as: `self.lib`
+    distribution = "numpy"  # what pip installs it as
     file_name = "index.bin"
     removal = "yes"
 
-    def __init__(self, dim: int, capacity: int, folder: str) -> None:
+    def __init__(self, dim: int, capacity: int, folder: str, ef_construction: int) -> None:
         self.dim = dim
         self.capacity = capacity
         self.folder = folder  # scratch space, removed after the measurement
+        self.ef_construction = ef_construction
+        self.lib = importlib.import_module(self.module)
 
     def build(self, vectors: np.ndarray) -> None:
         raise NotImplementedError
@@ -132,11 +136,13 @@ class Adapter:
 
 
 class Usearch(Adapter):
-    def __init__(self, dim: int, capacity: int, folder: str) -> None:
-        super().__init__(dim, capacity, folder)
+    module = distribution = "usearch"
+
+    def __init__(self, dim: int, capacity: int, folder: str, ef_construction: int) -> None:
+        super().__init__(dim, capacity, folder, ef_construction)
         from usearch.index import Index
         self.new = lambda: Index(ndim=dim, metric="ip", dtype="f32", connectivity=M,
-                                 expansion_add=EF_CONSTRUCTION, expansion_search=EF_SEARCH)
+                                 expansion_add=self.ef_construction, expansion_search=EF_SEARCH)
         self.index = self.new()
 
     def build(self, vectors):
@@ -160,19 +166,18 @@ class Usearch(Adapter):
 
 
 class Hnswlib(Adapter):
+    module = distribution = "hnswlib"
     removal = "soft (mark_deleted; slot reused)"
 
-    def __init__(self, dim: int, capacity: int, folder: str) -> None:
-        super().__init__(dim, capacity, folder)
-        import hnswlib
-        self.hnswlib = hnswlib
+    def __init__(self, dim: int, capacity: int, folder: str, ef_construction: int) -> None:
+        super().__init__(dim, capacity, folder, ef_construction)
         self.index = self._new()
-        self.index.init_index(max_elements=capacity, ef_construction=EF_CONSTRUCTION, M=M,
+        self.index.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=M,
                               allow_replace_deleted=True)
         self.index.set_ef(EF_SEARCH)
 
     def _new(self):
-        return self.hnswlib.Index(space="ip", dim=self.dim)
+        return self.lib.Index(space="ip", dim=self.dim)
 
     def build(self, vectors):
         self.index.add_items(vectors, np.arange(len(vectors)), num_threads=-1)
@@ -197,20 +202,19 @@ class Hnswlib(Adapter):
 
 
 class FaissHnsw(Adapter):
+    module, distribution = "faiss", "faiss-cpu"
     removal = "no (remove_ids not implemented for HNSW)"
 
-    def __init__(self, dim: int, capacity: int, folder: str) -> None:
-        super().__init__(dim, capacity, folder)
-        import faiss
-        self.faiss = faiss
-        self.index = faiss.IndexHNSWFlat(dim, M, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = EF_CONSTRUCTION
+    def __init__(self, dim: int, capacity: int, folder: str, ef_construction: int) -> None:
+        super().__init__(dim, capacity, folder, ef_construction)
+        self.index = self.lib.IndexHNSWFlat(dim, M, self.lib.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = self.ef_construction
         self.index.hnsw.efSearch = EF_SEARCH
 
     def build(self, vectors):
-        self.faiss.omp_set_num_threads(os.cpu_count() or 1)
+        self.lib.omp_set_num_threads(os.cpu_count() or 1)
         self.index.add(vectors)
-        self.faiss.omp_set_num_threads(1)
+        self.lib.omp_set_num_threads(1)
 
     def search(self, vector):
         _, ids = self.index.search(vector[None], K)
@@ -225,31 +229,29 @@ class FaissHnsw(Adapter):
         self.index.remove_ids(np.array([key], dtype=np.int64))
 
     def save(self, path):
-        self.faiss.write_index(self.index, path)
+        self.lib.write_index(self.index, path)
 
     def load(self, path):
-        self.index = self.faiss.read_index(path)
+        self.index = self.lib.read_index(path)
         self.index.hnsw.efSearch = EF_SEARCH
 
 
 class FaissFlat(FaissHnsw):
     removal = "yes (O(n) compaction)"
 
-    def __init__(self, dim: int, capacity: int, folder: str) -> None:
-        Adapter.__init__(self, dim, capacity, folder)
-        import faiss
-        self.faiss = faiss
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    def __init__(self, dim: int, capacity: int, folder: str, ef_construction: int) -> None:
+        Adapter.__init__(self, dim, capacity, folder, ef_construction)
+        self.index = self.lib.IndexIDMap2(self.lib.IndexFlatIP(dim))
 
     def build(self, vectors):
         self.index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
-        self.faiss.omp_set_num_threads(1)
+        self.lib.omp_set_num_threads(1)
 
     def add(self, key, vector):
         self.index.add_with_ids(vector[None], np.array([key], dtype=np.int64))
 
     def load(self, path):
-        self.index = self.faiss.read_index(path)
+        self.index = self.lib.read_index(path)
 
 
 class Numpy(Adapter):
@@ -258,8 +260,8 @@ class Numpy(Adapter):
     file_name = "index.npy"
     removal = "yes (swap with the last row)"
 
-    def __init__(self, dim: int, capacity: int, folder: str) -> None:
-        super().__init__(dim, capacity, folder)
+    def __init__(self, dim: int, capacity: int, folder: str, ef_construction: int) -> None:
+        super().__init__(dim, capacity, folder, ef_construction)
         self.matrix = np.zeros((capacity, dim), dtype=np.float32)
         self.keys = np.zeros(capacity, dtype=np.int64)
         self.count = 0
@@ -300,13 +302,8 @@ class Numpy(Adapter):
 class SqliteVec(Adapter):
     """A vec0 table in a database file (brute force); saving is its commit."""
 
+    module, distribution = "sqlite_vec", "sqlite-vec"
     file_name = "index.sqlite"
-
-    def __init__(self, dim: int, capacity: int, folder: str) -> None:
-        super().__init__(dim, capacity, folder)
-        import sqlite_vec
-        self.sqlite_vec = sqlite_vec
-        self.db = None
 
     def _connect(self, path: str):
         try:
@@ -317,7 +314,7 @@ class SqliteVec(Adapter):
             import pysqlite3
             db = pysqlite3.connect(path)
             db.enable_load_extension(True)
-        self.sqlite_vec.load(db)
+        self.lib.load(db)
         return db
 
     def build(self, vectors):
@@ -354,6 +351,7 @@ class SqliteVec(Adapter):
 
 ADAPTERS = {"usearch": Usearch, "hnswlib": Hnswlib, "faiss-hnsw": FaissHnsw,
             "faiss-flat": FaissFlat, "numpy": Numpy, "sqlite-vec": SqliteVec}
+LIBRARIES = tuple(ADAPTERS)
 
 
 # -- one measurement, in its own process -------------------------------------------------
@@ -372,18 +370,30 @@ def _reset_peak() -> None:
         f.write("5")  # resets VmHWM to the current RSS
 
 
-def measure(library: str, dim: int, n: int, query_count: int, truth_path: str) -> dict:
+@dataclass
+class Job:
+    """One measurement, as the run hands it to its subprocess."""
+
+    library: str
+    dim: int
+    n: int
+    query_count: int
+    ef_construction: int
+    truth_path: str
+
+
+def measure(job: Job) -> dict:
     with tempfile.TemporaryDirectory(prefix="ann-") as folder:
-        return _measure(library, dim, n, query_count, truth_path, folder)
+        return _measure(job, folder)
 
 
-def _measure(library: str, dim: int, n: int, query_count: int, truth_path: str,
-             folder: str) -> dict:
+def _measure(job: Job, folder: str) -> dict:
+    library, dim, n = job.library, job.dim, job.n
     stored = entries(n, dim)
-    asked = queries(stored, query_count)
-    truth = np.load(truth_path)
+    asked = queries(stored, job.query_count)
+    truth = np.load(job.truth_path)
     extra = entries(SINGLE_ADDS, dim, seed=4)
-    index = ADAPTERS[library](dim, n + SINGLE_ADDS, folder)
+    index = ADAPTERS[library](dim, n + SINGLE_ADDS, folder, job.ef_construction)
     gc.collect()
     rss_before = _status("VmRSS")
     _reset_peak()
@@ -461,15 +471,15 @@ class Plan:
     dims: list[int]
     sizes: list[int]
     query_count: int
+    ef_construction: int
 
 
 def available(library: str) -> str | None:
     """None when the library imports, else why it is skipped."""
-    for module in MODULES[library]:
-        try:
-            __import__(module)
-        except ImportError as error:
-            return f"skipped: {error}"
+    try:
+        importlib.import_module(ADAPTERS[library].module)
+    except ImportError as error:
+        return f"skipped: {error}"
     return None
 
 
@@ -477,7 +487,7 @@ def wheel(library: str) -> str:
     """Version and the installed wheel's tag: manylinux came from PyPI as a binary,
     linux_x86_64 was compiled on this machine."""
     from importlib import metadata
-    name = DISTRIBUTIONS[library]
+    name = ADAPTERS[library].distribution
     try:
         dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
@@ -489,18 +499,18 @@ def wheel(library: str) -> str:
     return f"{name} {dist.version}, {kind}"
 
 
-def run_worker(library: str, dim: int, n: int, query_count: int, truth_path: str) -> dict:
+def run_worker(job: Job) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [sys.executable, __file__, "--worker", library, "--dims", str(dim),
-               "--sizes", str(n), "--queries", str(query_count), "--truth", truth_path]
+    command = [sys.executable, __file__, "--worker", json.dumps(asdict(job))]
+    failed = {"library": job.library, "dim": job.dim, "n": job.n}
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env,
                               timeout=WORKER_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return {"library": library, "dim": dim, "n": n, "error": "timed out"}
+        return {**failed, "error": "timed out"}
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return {"library": library, "dim": dim, "n": n, "error": last[:100]}
+        return {**failed, "error": last[:100]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -577,7 +587,8 @@ def run(plan: Plan) -> None:
                         results.append({"library": library, "dim": dim, "n": n,
                                         "error": too_slow[library, dim]})
                         continue
-                    result = run_worker(library, dim, n, plan.query_count, truth_path)
+                    result = run_worker(Job(library, dim, n, plan.query_count,
+                                            plan.ef_construction, truth_path))
                     results.append(result)
                     if result.get("p50_ms", 0) > P99_TARGET_MS:
                         too_slow[library, dim] = (f"not run: p50 {result['p50_ms']:.1f} ms "
@@ -586,7 +597,7 @@ def run(plan: Plan) -> None:
                           + (result.get("error") or f"p99 {result['p99_ms']:.3f} ms, "
                              f"recall {result['recall']:.3f}"), file=sys.stderr, flush=True)
     print(f"\n{plan.query_count} single-thread lookups per row, k={K}; HNSW M={M}, "
-          f"ef_construction={EF_CONSTRUCTION}, ef_search={EF_SEARCH}; "
+          f"ef_construction={plan.ef_construction}, ef_search={EF_SEARCH}; "
           f"run took {time.perf_counter() - started:.0f} s; load average after it: "
           + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + "\n")
     print(table(results))
@@ -610,19 +621,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=_numbers, default=[1_000, 10_000, 100_000])
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--libs", type=lambda s: s.split(","), default=list(LIBRARIES))
-    parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
-    parser.add_argument("--truth", help=argparse.SUPPRESS)
+    parser.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION,
+                        help="the HNSW indexes' build effort (default %(default)s)")
+    parser.add_argument("--worker", type=lambda s: Job(**json.loads(s)),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.worker, args.dims[0], args.sizes[0], args.queries,
-                                 args.truth)))
+        print(json.dumps(measure(args.worker)))
         return
     unknown = set(args.libs) - set(LIBRARIES)
     if unknown:
         parser.error(f"unknown libraries {sorted(unknown)}; choose from {LIBRARIES}")
     if args.quick:
         args.dims, args.sizes = [384], [1_000, 10_000]
-    run(Plan(args.libs, args.dims, args.sizes, max(1000, args.queries)))
+    run(Plan(args.libs, args.dims, args.sizes, max(1000, args.queries), args.ef_construction))
 
 
 if __name__ == "__main__":
