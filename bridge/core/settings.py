@@ -396,7 +396,7 @@ SETTINGS: list[Setting] = [
             Text("a model name", required=True), None, "NAME"),
     Setting("semantic_cache_threshold", ("--semantic-cache-threshold",), "least cosine "
             "similarity of the last user messages for a semantic hit (see the README before "
-            "lowering it)", Fraction(), 0.8, "SIMILARITY"),
+            "lowering it)", Fraction(), 0.85, "SIMILARITY"),
     Setting("semantic_cache_max_entries", ("--semantic-cache-max-entries",), "max entries "
             "of the semantic index; the oldest go first when full",
             Integer(100, 10_000_000), 100_000, "N"),

@@ -21,18 +21,21 @@ import numpy as np
 from usearch.index import Index
 
 EXACT_LIMIT = 256   # scopes up to this size are compared exactly (a 256 x dims product)
-SEARCH_COUNT = 64   # neighbours asked of the graph for a larger scope
+SEARCH_COUNT = 16   # neighbours asked of the graph for a larger scope
 CONNECTIVITY = 16   # HNSW: edges per node
-EXPANSION_ADD = 64  # HNSW: candidates considered when adding (lower: faster inserts)
-EXPANSION_SEARCH = 128  # HNSW: candidates considered when searching (recall)
+EXPANSION_ADD = 32  # HNSW: candidates considered when adding (lower: faster inserts)
+EXPANSION_SEARCH = 64  # HNSW: candidates considered when searching (recall)
+# Vectors are kept as half floats: half the memory and faster distances, similarities
+# within 1e-3 (bench/semantic_bench.py)
+STORED_AS = np.float16
 
 
 class VectorIndex:
-    """Unit vectors under integer labels; cosine similarity (usearch)."""
+    """Unit vectors under integer labels; cosine similarity (usearch, HNSW)."""
 
     def __init__(self, dims: int):
         self.dims = dims
-        self._index = Index(ndim=dims, metric="cos", dtype=np.float32,
+        self._index = Index(ndim=dims, metric="cos", dtype=STORED_AS,
                             connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
                             expansion_search=EXPANSION_SEARCH)
 
