@@ -169,7 +169,11 @@ class CacheStage(Stage):
         self.sweeper = Sweeper(self.memory, self.disk, self.hot)
         self.records = Records(self.memory, self.disk)
         if self.semantic is not None:
-            self.semantic.start()
+            try:
+                self.semantic.start()
+            except Exception:  # noqa: BLE001 - the response cache serves on without it
+                log.exception("semantic cache unavailable: serving with exact hits only")
+                self.semantic = None
         self.memory.report()
         self.hot.report()
         if self.disk is not None:
