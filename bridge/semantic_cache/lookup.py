@@ -26,6 +26,8 @@ from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.redis_link import link_for
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
+from bridge.routing.config import UpstreamsError
+from bridge.routing.config import load as load_upstreams
 from bridge.semantic_cache.embedding import PATHS, Embedder
 from bridge.semantic_cache.index import Found, SemanticIndex, VectorIndex
 from bridge.semantic_cache.question import Question, question_of
@@ -82,11 +84,10 @@ class SemanticCache:
         else one WARNING per instance and None."""
         targets: list[UpstreamTarget | None] = [None]
         if self.settings.upstreams:
-            from bridge.routing.config import UpstreamsError, load
             try:
                 targets = [upstream.target for upstream in
-                           load(self.settings.upstreams, self.settings.enable_shared_mode)
-                           .upstreams]
+                           load_upstreams(self.settings.upstreams,
+                                          self.settings.enable_shared_mode).upstreams]
             except UpstreamsError:
                 return None  # the routing stage reports it
         model = self.settings.semantic_cache_model

@@ -82,6 +82,10 @@ def test_a_paraphrase_is_a_semantic_hit_with_zero_generations(standin, bridge):
     assert metric_total(bridge.url, "bridge_cache_hits_total", tier="semantic") == hits + 1
     assert metric_total(bridge.url, "bridge_semantic_embedding_calls_total", outcome="ok") >= 2
     assert metric_total(bridge.url, "bridge_semantic_similarity_count") >= 1
+    # the console: its status counts the hit, its page has a place for it
+    assert requests.get(bridge.url + "/status", timeout=10).json()["cache"]["hits"][
+        "semantic"] >= 1
+    assert 'id="hits-semantic"' in requests.get(bridge.url + "/console", timeout=10).text
 
 
 def test_the_ollama_api_has_semantic_hits_too(standin, bridge):
@@ -280,3 +284,19 @@ def test_the_openai_client_sees_the_hit(standin, bridge):
             {"role": "user", "content": f"How far is the Moon away from us? {word}"}])
     assert raw.headers["x-cache"] == "HIT-SEMANTIC"
     assert raw.parse().choices[0].message.content == first.choices[0].message.content
+
+
+def test_an_openai_compatible_upstream_is_asked_on_v1_embeddings(standin, make_bridge,
+                                                                 tmp_path):
+    routes = tmp_path / "upstreams.toml"
+    routes.write_text(f'[[upstream]]\nname = "api"\nurl = "{standin.url}"\nmodels = ["*"]\n'
+                      'api = "openai"\n')
+    process = make_bridge(*SEMANTIC, "--cache-dir", str(tmp_path / "cache"),
+                          "--upstreams", str(routes), upstream=None)
+    show_upstream_is_open(process)
+    word = nonce()
+    embedded = standin.count("/v1/embeddings")
+    stored = text(chat(process, f"What time zone is Tokyo in? {word}"))
+    answer = chat(process, f"Tokyo is in what time zone? {word}")
+    assert answer.headers["x-cache"] == "HIT-SEMANTIC" and text(answer) == stored
+    assert standin.count("/v1/embeddings") >= embedded + 2
