@@ -13,7 +13,7 @@
 Questions are synthetic: 3 to 8 content words drawn from a 20,000-word vocabulary with
 Zipf-like frequencies (real questions share common words), embedded like the stand-in
 does (same hash, computed with numpy); a lookup asks for a stored question with one word
-changed.
+added.
 
     python bench/semantic_bench.py [--sizes 1000,10000,100000] [--queries 2000]
 """
@@ -127,49 +127,47 @@ def rss() -> int:
 
 
 def index_part(sizes: list[int], queries: int, table: tuple[np.ndarray, np.ndarray]) -> None:
-    print("\n2. lookup (SemanticIndex.nearest, embedding excluded)")
+    threshold = defaults().semantic_cache_threshold
+    print("\n2. lookup (SemanticIndex.nearest, embedding excluded); each lookup asks a stored")
+    print("   question with one word added (cosine 0.87-0.94: a hit at the default threshold)")
     print("   wall: elapsed time (includes waiting for a CPU on a busy machine); cpu: the "
-          "lookup's own CPU time")
-    print(f"   {'entries':>8} {'scopes':>9} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'cpu p50':>7} {'cpu p99':>7} {'agrees':>7} {'RSS MiB/100k':>13}  "
+          "lookup's own CPU time;")
+    print("   best: found the exact search's most similar entry; hits: found one at the "
+          "threshold or above")
+    print(f"   {'entries':>8} {'scopes':>7} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'cpu p50':>7} {'cpu p99':>7} {'best':>6} {'hits':>6} {'MiB/100k':>9}  "
           f"goal p99 <= {GOAL_P99_MS} ms at 100k")
     rng = np.random.default_rng(27)
     for size in sizes:
         words = questions(size, rng)
         vectors = embed(words, table)
         asked = rng.integers(0, size, queries)
-        changed = [np.append(np.delete(words[i], 0), rng.integers(0, VOCABULARY))
-                   for i in asked]
-        probes = embed(changed, table)
+        probes = embed([np.append(words[i], rng.integers(0, VOCABULARY)) for i in asked], table)
         for scopes in (1, max(1, size // 50)):
-            scope_of = [f"s{i % scopes}" for i in range(size)]
+            scope_ids = np.arange(size) % scopes
             before = rss()
             started = time.perf_counter()
             index = SemanticIndex(EMBEDDING_DIMS, size)
-            index.add([(i + 1, scope_of[i], f"k{i}", vectors[i]) for i in range(size)])
+            index.add([(i + 1, f"s{scope_ids[i]}", f"k{i}", vectors[i]) for i in range(size)])
             built = time.perf_counter() - started
             grown = rss() - before
-            times, cpu, agree = [], [], 0
+            times, cpu, best, hits = [], [], 0, 0
             for query, i in zip(probes, asked, strict=True):
-                scope = scope_of[i]
                 started, used = time.perf_counter(), time.thread_time()
-                found = index.nearest(scope, query)
+                found = index.nearest(f"s{scope_ids[i]}", query)
                 cpu.append((time.thread_time() - used) * 1000)
                 times.append((time.perf_counter() - started) * 1000)
-                members = [j for j in range(size) if scope_of[j] == scope] if scopes > 1 \
-                    else range(size)
-                exact = max(members, key=lambda j: float(vectors[j] @ query)) \
-                    if scopes > 1 else int(np.argmax(vectors @ query))
-                agree += found is not None and np.isclose(
-                    float(vectors[found.label - 1] @ query), float(vectors[exact] @ query),
-                    atol=2e-3)
+                members = np.flatnonzero(scope_ids == scope_ids[i])
+                exact = float(np.max(vectors[members] @ query))
+                best += found is not None and abs(found.similarity - exact) < 2e-3
+                hits += found is not None and found.similarity >= threshold
             p50, p99 = percentiles(times)
             cpu50, cpu99 = percentiles(cpu)
-            print(f"   {size:>8} {scopes:>9} {built:>8.1f} {p50:>7.3f} {p99:>7.3f} "
-                  f"{cpu50:>7.3f} {cpu99:>7.3f} {agree / queries:>7.1%} "
-                  f"{grown / size * 100_000 / 2**20:>13.0f}"
-                  + ("" if size < 100_000 else "  met" if p99 <= GOAL_P99_MS else
-                     "  NOT met (wall)" if cpu99 <= GOAL_P99_MS else "  NOT met"))
+            verdict = "" if size < 100_000 else "  met" if p99 <= GOAL_P99_MS else \
+                "  met in CPU time, not in wall time" if cpu99 <= GOAL_P99_MS else "  NOT met"
+            print(f"   {size:>8} {scopes:>7} {built:>8.1f} {p50:>7.3f} {p99:>7.3f} "
+                  f"{cpu50:>7.3f} {cpu99:>7.3f} {best / queries:>6.1%} {hits / queries:>6.1%} "
+                  f"{grown / size * 100_000 / 2**20:>9.0f}{verdict}")
             del index
 
 

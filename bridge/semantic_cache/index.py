@@ -24,7 +24,7 @@ EXACT_LIMIT = 256   # scopes up to this size are compared exactly (a 256 x dims 
 SEARCH_COUNT = 16   # neighbours asked of the graph for a larger scope
 CONNECTIVITY = 16   # HNSW: edges per node
 EXPANSION_ADD = 32  # HNSW: candidates considered when adding (lower: faster inserts)
-EXPANSION_SEARCH = 64  # HNSW: candidates considered when searching (recall)
+EXPANSION_SEARCH = 128  # HNSW: candidates considered when searching (recall)
 # Vectors are kept as half floats: half the memory and faster distances, similarities
 # within 1e-3 (bench/semantic_bench.py)
 STORED_AS = np.float16
