@@ -337,7 +337,7 @@ class UpstreamTarget:
     url: str
     key: str | None = field(default=None, repr=False)
     model_map: Mapping[str, str] = field(default_factory=dict)
-    api: str = "ollama"              # "ollama" or "openai": how it is probed and listed
+    api: str = "ollama"              # its kind: "ollama", "openai", "anthropic" (the API it speaks)
     max_concurrency: int = 0         # 0: no slot limit of its own
     rate_limit: int = 0              # calls per second; 0: unlimited
     timeout_ms: int = 0              # 0: the bridge's -t

@@ -304,6 +304,10 @@ SETTINGS: list[Setting] = [
             HostPort(), ("127.0.0.1", 3000), "HOST:PORT"),
     Setting("ollama", ("-o", "--ollama"), "base URL of the upstream (Ollama or any "
             "OpenAI-compatible API)", Url(), "http://127.0.0.1:11434", "URL"),
+    Setting("upstream_api", ("--upstream-api",), "the API the -o upstream speaks: ollama, "
+            "openai (any OpenAI-compatible API) or anthropic (Claude's Messages API); what "
+            "it does not speak is translated (see Protocol translation)",
+            Choice(("ollama", "openai", "anthropic")), "ollama", "API"),
     Setting("upstreams", ("--upstreams",), "TOML file of [[upstream]] tables: route by "
             "model to several upstreams, balance, fail over (see Routing); models no "
             "pattern matches go to -o when -o is given, else get 404",

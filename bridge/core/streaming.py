@@ -7,6 +7,7 @@ that the relay can send them in one write. Writers add exactly the framing Ollam
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
@@ -63,6 +64,24 @@ def _sse_event(event: bytes) -> Frame | None:
     if data and all(line.startswith((b"data:", b":")) for line in lines):
         return Frame(b"\n".join(data))
     return Frame(event, verbatim=True)  # comments, named events: relayed as they came
+
+
+def event_data(frame: Frame) -> tuple[str | None, Any]:
+    """The name and JSON data of an SSE event as `read_sse` gives it: a plain data line
+    (no name), or a named event (`event: NAME` and its `data:` lines, whole in `raw`);
+    None for data that is no JSON."""
+    if not frame.verbatim:
+        return None, frame.data
+    name, data = None, []
+    for line in frame.raw.split(b"\n"):
+        if line.startswith(b"event:"):
+            name = line[6:].strip().decode(errors="replace")
+        elif line.startswith(b"data:"):
+            data.append(line[5:].removeprefix(b" "))
+    try:
+        return name, json.loads(b"\n".join(data)) if data else None
+    except ValueError:
+        return name, None
 
 
 def read_ndjson(chunks: Iterable[bytes]) -> Iterator[Frame]:

@@ -15,6 +15,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from bridge.core.transport import (
     TransportError,
     is_timeout,
 )
+from bridge.surfaces import crossing
+from bridge.surfaces.crossing import Crossing
 
 log = logging.getLogger("bridge.upstream")
 
@@ -114,15 +117,46 @@ def upstream_path(ex: Exchange) -> str:
     return quote(ex.path, safe="/:@!$&'()*+,;=-._~")
 
 
+_VERSIONED = re.compile(r"/(v\d+[a-z0-9]*|openai)/?$")
+
+
+def joined(base: str, kind: str, path: str) -> str:
+    """The URL of `path` on an upstream at `base`. An OpenAI-compatible URL written as
+    SDKs write base URLs, ending in its API's version (`…/v1`, `…/compatible-mode/v1`,
+    Gemini's `…/v1beta/openai`), does not get the `/v1` of the bridge's paths again."""
+    if kind == "openai" and path.startswith("/v1/") and _VERSIONED.search(base):
+        return base.rstrip("/") + path[3:]
+    return base + path
+
+
+def with_credentials(headers: dict[str, str], kind: str, key: str | None) -> dict[str, str]:
+    """`headers` with the credential an upstream of `kind` gets: `key` when the bridge
+    has one for it ("" none at all), else (None) the client's own, moved to the header
+    that kind reads (`x-api-key` for Anthropic, a Bearer token for the others); an
+    Ollama gets the client's headers as they came (an auth proxy may read any)."""
+    if key is None:
+        if kind == "ollama":
+            return headers
+        key = bearer_token(headers.get("authorization", "")) or headers.get("x-api-key", "")
+    for name in CREDENTIAL_HEADERS:
+        headers.pop(name, None)
+    if key:
+        headers.update(crossing.kind_of(kind).credentials(key))
+    return headers
+
+
 @dataclass(frozen=True)
 class Leg:
-    """One upstream's share of an exchange: the call as that upstream gets it."""
+    """One upstream's share of an exchange: the call as that upstream gets it (by
+    translation, `crossing`, when it does not speak the exchange's wire)."""
 
     url: str
     headers: dict[str, str]
     body: bytes
     timeout: float
     target: UpstreamTarget | None  # None: the configured upstream (-o), no route
+    method: str = "POST"
+    crossing: Crossing | None = None
 
 
 def scrubbed(response: Response, leg: Leg) -> Response:
@@ -151,13 +185,14 @@ class UpstreamClient:
 
     def __init__(self, settings: Settings):
         self.base_url = settings.ollama
+        self.kind = settings.upstream_api  # what the -o upstream speaks
         self.timeout = settings.timeout / 1000
         self.connect_timeout = min(settings.connect_timeout, settings.timeout) / 1000
         self.attempts = 1 + settings.retry_attempts
         self.backoff = Backoff(settings.retry_min_interval / 1000,
                                settings.retry_max_interval / 1000)
         key = upstream_key(settings) if settings.enable_shared_mode else ""
-        self.probe_headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.probe_headers = with_credentials({}, self.kind, key)
         self.transport = Transport(settings.upstream_pool_size, self.connect_timeout)
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:
@@ -181,9 +216,12 @@ class UpstreamClient:
         """
         route = ex.route
         if route is None:
-            return self._call(ex, self._leg(ex, None), last=True)
+            return self._local(ex, self.kind) or self._call(ex, self._leg(ex, None), last=True)
         while True:
             target = route.current
+            local = self._local(ex, target.api)
+            if local is not None:
+                return local
             leg = self._leg(ex, target)
             route.started(target)
             last = route.index + 1 >= len(route.candidates)
@@ -207,6 +245,16 @@ class UpstreamClient:
                 slot.release()
                 slot.retake()
 
+    @staticmethod
+    def _local(ex: Exchange, kind: str) -> Response | None:
+        """The answer the bridge gives itself for an upstream of `kind` that has no such
+        thing (`crossing.local_answer`), if any."""
+        local = crossing.local_answer(ex, kind)
+        if local is None:
+            return None
+        return Response(status=200, headers={"content-type": "application/json"},
+                        body=encode_json(local))
+
     def longest(self, route: Route | None) -> float:
         """The longest an exchange's upstream call may legitimately take, in seconds:
         every attempt of every candidate of its route (each with its own timeout) and the
@@ -221,22 +269,29 @@ class UpstreamClient:
         return target.timeout_ms / 1000 if target.timeout_ms else self.timeout
 
     def _leg(self, ex: Exchange, target: UpstreamTarget | None) -> Leg:
-        """What goes to one upstream: its URL, headers (with its key) and body (with its
-        model name)."""
+        """What goes to one upstream: its URL, headers (with its key, in the header its
+        kind reads) and body (with its model name); translated when its kind does not
+        speak the exchange's wire (raises `BadRequest` for what it cannot express)."""
+        base, kind = (self.base_url, self.kind) if target is None else (target.url, target.api)
+        key = None if target is None else target.key  # its own key, or none, or the client's
+        headers = with_credentials(self.request_headers(ex), kind, key)
+        timeout = self.timeout if target is None else self._timeout_of(target)
+        model_map = target.model_map if target is not None else None
+        translation = crossing.plan(ex, kind, target.name if target else base, model_map)
+        if translation is not None:
+            outbound = translation.outbound
+            headers.pop("content-type", None)
+            if translation.body:
+                headers["content-type"] = "application/json"
+            headers.update(outbound.headers)
+            return Leg(joined(base, kind, outbound.path), headers, translation.body, timeout,
+                       target, outbound.method, translation)
         suffix = upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
-        headers = self.request_headers(ex)
-        if target is None:
-            return Leg(self.base_url + suffix, headers, ex.body, self.timeout, None)
-        if target.key is not None:  # its own key, or none: never the client's credentials
-            for name in CREDENTIAL_HEADERS:
-                headers.pop(name, None)
-            if target.key:
-                headers["authorization"] = f"Bearer {target.key}"
         body = ex.body
         model = ex.model
-        if target.model_map and model in target.model_map and ex.is_model_request:
-            body = encode_json({**ex.payload, "model": target.model_map[model]})
-        return Leg(target.url + suffix, headers, body, self._timeout_of(target), target)
+        if model_map and model in model_map and ex.is_model_request:
+            body = encode_json({**ex.payload, "model": model_map[model]})
+        return Leg(joined(base, kind, suffix), headers, body, timeout, target, ex.method)
 
     def _call(self, ex: Exchange, leg: Leg, last: bool, route: Route | None = None
               ) -> Response:
@@ -249,8 +304,8 @@ class UpstreamClient:
             retry_after = None
             failure: BridgeError | None = None
             try:
-                upstream = self.transport.send(ex.method, leg.url, leg.headers, leg.body,
-                                           leg.timeout)
+                upstream = self.transport.send(leg.method, leg.url, leg.headers, leg.body,
+                                               leg.timeout)
             except TransportError as exc:
                 failure = self.transport_error(exc, leg)
                 detail = type(exc).__name__
@@ -301,10 +356,15 @@ class UpstreamClient:
         headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
                               NOT_FORWARDED_RESPONSE)
         codec = streaming.codec_for(upstream.headers.get("content-type", ""))
-        if codec is None and not ex.is_model_request and "content-length" not in upstream.headers:
+        translation = leg.crossing
+        if translation is not None:  # its answer goes on in the exchange's wire
+            for name in ("content-type", "content-length"):
+                headers.pop(name, None)
+        elif codec is None and not ex.is_model_request and "content-length" not in upstream.headers:
             codec = streaming.RAW  # unknown chunked body (e.g. a download): relay as it comes
-        if codec is not None and upstream.ok:
-            response = streaming.stream_response(upstream.status_code, headers, iter(()), codec)
+        if codec is not None and upstream.ok and (translation is None or codec != streaming.RAW):
+            wire = codec if translation is None else translation.codec
+            response = streaming.stream_response(upstream.status_code, headers, iter(()), wire)
             # the connection is closed however the stream ends, read or not (a client
             # hanging up stops the generation upstream)
             response.frames = Stream(self._frames(ex, response, upstream, codec, deadline, leg),
@@ -312,9 +372,17 @@ class UpstreamClient:
             return response
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline, leg.timeout))
-        if upstream.ok and ex.is_model_request:
+        status = upstream.status_code
+        if translation is not None:
+            status, answer = translation.whole(status, body)
+            if status < 400 and translation.streams:  # a stream asked for, a body given
+                return streaming.stream_response(status, headers, translation.replayed(body),
+                                                 translation.codec)
+            body = answer
+            headers["content-type"] = "application/json"
+        if status < 400 and ex.is_model_request:
             ex.usage = usage_in(body) or ex.usage
-        return Response(status=upstream.status_code, headers=headers, body=body)
+        return Response(status=status, headers=headers, body=body)
 
     def _body(self, upstream: Answer, deadline: float, timeout: float) -> Iterator[bytes]:
         """The upstream body as it arrives (`Transport.body`), within the `-t` budget; one
@@ -354,8 +422,11 @@ class UpstreamClient:
         failure: BridgeError | None = None
         counted = ex.is_model_request and codec != streaming.RAW
         told = False  # the upstream sent an in-band error
+        frames = streaming.READERS[codec](self._body(upstream, deadline, leg.timeout))
+        if leg.crossing is not None:  # read on the exchange's wire from here on
+            frames, codec = leg.crossing.frames(frames), leg.crossing.codec
         try:
-            for frame in streaming.READERS[codec](self._body(upstream, deadline, leg.timeout)):
+            for frame in frames:
                 if counted:  # read here: a stage may drop the frame the client did not ask for
                     ex.usage = usage_in(frame.raw) or ex.usage
                 if streaming.is_terminal(frame, codec):
@@ -390,6 +461,8 @@ class UpstreamClient:
         `thinking`); None when the upstream cannot tell (not Ollama, an unknown model,
         a failure): the caller then decides without them. `target`: ask that routed
         upstream, under its name for the model and with its key."""
+        if (target.api if target is not None else self.kind) != "ollama":
+            return None  # only an Ollama says
         caps = self.get_json("/api/show", target, authorization, timeout,
                              {"model": target.upstream_model(model) if target else model})
         caps = caps.get("capabilities") if isinstance(caps, dict) else None
@@ -403,11 +476,7 @@ class UpstreamClient:
         """The JSON an upstream answers to a GET of `path` (a POST of `body`, if given),
         for the bridge's own questions (capabilities, model lists, probes); None on any
         failure or a status other than 200. A routed upstream gets its own key, if any."""
-        headers = {}
-        if target is not None and target.key is not None:
-            authorization = f"Bearer {target.key}" if target.key else None
-        if authorization:
-            headers["authorization"] = authorization
+        headers = {"authorization": authorization} if authorization else {}
         status, data = self.ask(path, target, headers, timeout, body, read=True)
         return data if status == 200 else None
 
@@ -416,14 +485,20 @@ class UpstreamClient:
             ) -> tuple[int | None, object]:
         """One question of the bridge's own to an upstream (`path` with `headers` as
         given, a POST of `body` if any, no retries): its status (None when it did not
-        answer) and, with `read`, its JSON (None when not JSON or not a 200)."""
-        headers = {"accept-encoding": "identity", **headers}
+        answer) and, with `read`, its JSON (None when not JSON or not a 200). The
+        credential goes as the upstream's kind reads it (a routed upstream's own key, if
+        it has one), with the headers its API needs."""
+        base, kind = (target.url, target.api) if target is not None else (self.base_url,
+                                                                          self.kind)
+        headers = with_credentials({"accept-encoding": "identity", **headers}, kind,
+                                   target.key if target is not None else None)
+        headers.update(crossing.kind_of(kind).headers)
         if body is not None:
             headers["content-type"] = "application/json"
-        base = target.url if target is not None else self.base_url
         timeout = min(timeout, self.timeout)
         try:
-            with closing(self.transport.send("POST" if body is not None else "GET", base + path,
+            with closing(self.transport.send("POST" if body is not None else "GET",
+                                             joined(base, kind, path),
                                          headers, encode_json(body) if body is not None
                                          else b"", timeout)) as answer:
                 if not read or answer.status_code != 200:
@@ -438,10 +513,14 @@ class UpstreamClient:
     def readiness(self, timeout: float = 2.0) -> str:
         """"ready" when the upstream answers HTTP (any status: clients bring their own
         credentials), else why not. In shared mode the probe carries the bridge's upstream
-        key, as every request does, and a 401/403 means the upstream refuses that key."""
+        key, as every request does, and a 401/403 means the upstream refuses that key.
+        An Ollama is asked for `/`, another kind for its kind's probe."""
+        kind = crossing.kind_of(self.kind)
+        path = "/" if self.kind == "ollama" else kind.probe
         try:
-            answer = self.transport.session.get(self.base_url + "/", headers=self.probe_headers,
-                                      timeout=(timeout, timeout))
+            answer = self.transport.session.get(
+                joined(self.base_url, self.kind, path),
+                headers={**self.probe_headers, **kind.headers}, timeout=(timeout, timeout))
             answer.close()
         except TransportError:
             return NOT_REACHABLE

@@ -171,7 +171,11 @@ class Entitlements:
 
     def _ask(self, scope: Scope, principal: str, credentials: Credentials) -> bool | None:
         model = scope.target.upstream_model(scope.model) if scope.target else scope.model
-        api = scope.target.api if scope.target is not None else scope.surface
+        # an Ollama is asked for the model's description (on the client's surface when
+        # it is the -o upstream); any other kind lists it at /v1/models/{model}
+        kind = scope.target.api if scope.target is not None else self.upstream.kind
+        api = "ollama" if kind == "ollama" and (scope.target is not None
+                                                or scope.surface == "ollama") else "openai"
         query = f"?{credentials.query}" if credentials.query else ""
         if api == "openai":
             status, _ = self.upstream.ask(f"/v1/models/{quote(model, safe=':')}{query}",

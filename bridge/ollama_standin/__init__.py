@@ -49,6 +49,12 @@ failed in band as Ollama does ("inband"; before the first frame, a 500), slow he
 hangs. `catalogue="any"` answers every model name (the demo); `api_key` makes it an
 upstream wanting a key.
 
+Kinds (`kind`, see `kinds`): "ollama" (every route above), "openai" (an OpenAI-only API:
+the /v1 chat, completions, embeddings and models routes, OpenAI's 404 and 401 shapes for
+the rest; with think "reasoning_content", DeepSeek's API) or "anthropic" (Claude's API:
+/v1/messages and Anthropic's /v1/models, `x-api-key` and `anthropic-version` wanted,
+every error in Anthropic's shape): fake upstreams for the tests of translation.
+
 Per-request headers (handy through a proxy): X-Standin-Think, X-Standin-Shape,
 X-Standin-First-Token-Delay, X-Standin-Token-Delay.
 

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from .config import CATALOGUES, SHAPES, THINK_MODES, StandInConfig
+from .config import CATALOGUES, KINDS, SHAPES, THINK_MODES, StandInConfig
 from .server import StandIn
 
 
@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "answers. Prints its URL on the first line of stdout.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=11434, help="port; 0 = any free (11434)")
+    parser.add_argument("--kind", choices=KINDS, default="ollama",
+                        help="which API it is: ollama (every route), openai (an OpenAI-only "
+                             "API: /v1 chat, completions, embeddings, models) or anthropic "
+                             "(Claude's API: /v1/messages, /v1/models; x-api-key and "
+                             "anthropic-version headers)")
     parser.add_argument("--shape", choices=SHAPES, default="new",
                         help="/v1 stream shape: new (v0.32.6+, /api/version 0.33.0), legacy "
                              "(0.32.5) or nulls (new, every delta key present, null if empty)")
@@ -35,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="strict: unlisted models get 404; any: every name answers, "
                              "unknown ones as a plain chat model (the demo's choice)")
     parser.add_argument("--api-key", metavar="KEY",
-                        help="require `Authorization: Bearer KEY` (401 otherwise)")
+                        help="require `Authorization: Bearer KEY` (`x-api-key: KEY` for the "
+                             "anthropic kind; 401 otherwise)")
     parser.add_argument("--first-token-delay", type=_seconds, default=0.0, metavar="S",
                         help="seconds before the headers and first token")
     parser.add_argument("--token-delay", type=_seconds, default=0.0, metavar="S",
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = StandInConfig(shape=args.shape, think=args.think,
+    config = StandInConfig(kind=args.kind, shape=args.shape, think=args.think,
                            first_token_delay=args.first_token_delay,
                            token_delay=args.token_delay, catalogue=args.catalogue,
                            api_key=args.api_key)

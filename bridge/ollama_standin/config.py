@@ -18,6 +18,8 @@ FAULT_KINDS = ("status", "refuse", "reset", "cut", "inband", "slow_headers", "ha
 # "strict": only the listed models answer (404 for others); "any": every name answers,
 # unknown ones as a plain chat model (the demo's catalogue).
 CATALOGUES = ("strict", "any")
+# Which API the stand-in is (see `kinds`): Ollama, an OpenAI-only API or Claude's API.
+KINDS = ("ollama", "openai", "anthropic")
 
 DEFAULT_MODELS = (
     "llama3.2:latest",
@@ -34,19 +36,23 @@ DEFAULT_MODELS = (
 class StandInConfig:
     """How the stand-in answers; mutable while it runs (read afresh by every request)."""
 
+    kind: str = "ollama"
     shape: str = "new"
     think: str = "auto"
     first_token_delay: float = 0.0
     token_delay: float = 0.0
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     catalogue: str = "strict"
-    api_key: str | None = None  # when set, every request needs `Authorization: Bearer <it>`
+    # when set, every request needs `Authorization: Bearer <it>` (`x-api-key: <it>` of
+    # the "anthropic" kind)
+    api_key: str | None = None
     # model -> the bearer keys that may use it (as per-key entitlements of a cloud API or
     # an auth proxy): others get 403 on /api and OpenAI's 404 on /v1, /api/show and
     # /v1/models/<model> included. Models not listed answer everyone.
     entitlements: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_choice("kind", self.kind, KINDS)
         check_choice("shape", self.shape, SHAPES)
         check_choice("think", self.think, THINK_MODES)
         check_choice("catalogue", self.catalogue, CATALOGUES)

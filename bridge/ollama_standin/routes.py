@@ -65,7 +65,7 @@ class ApiError(Exception):
 
 
 def handle(call: Call) -> Reply | StreamReply:
-    if call.config.api_key is not None and not _authorized(call):
+    if call.config.api_key is not None and not authorized(call):
         return unauthorized_reply(call.path, "authorization" in call.headers)
     route = ROUTES.get(call.path)
     if route is None and call.path.startswith("/v1/models/"):
@@ -93,16 +93,15 @@ def json_body(obj: object, content_type: str) -> bytes:
 
 
 def error_reply(path: str, status: int, message: str, retry_after: float | None = None,
-                early: bool = False, code: str | None = None) -> Reply:
+                early: bool = False, code: str | None = None,
+                error_type: str | None = None) -> Reply:
     """An error in the shape of the surface `path` belongs to; `early`: a /v1 error of
-    the middleware (gin's c.JSON bytes), not of the handler (Ollama's encoder)."""
-    headers = {}
-    if retry_after is not None:
-        headers["Retry-After"] = (str(int(retry_after)) if float(retry_after).is_integer()
-                                  else str(retry_after))
+    the middleware (gin's c.JSON bytes), not of the handler (Ollama's encoder);
+    `error_type`: a /v1 error's type, when not the status's."""
+    headers = retry_headers(retry_after)
     if path.startswith("/v1/"):
-        kind = {400: "invalid_request_error", 401: "invalid_request_error",
-                404: "not_found_error"}.get(status, "api_error")
+        kind = error_type or {400: "invalid_request_error", 401: "invalid_request_error",
+                              404: "not_found_error"}.get(status, "api_error")
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         content_type = NATIVE_JSON if early else JSON
         return Reply(status, content_type, json_body(body, content_type), headers)
@@ -111,7 +110,15 @@ def error_reply(path: str, status: int, message: str, retry_after: float | None 
     return Reply(status, TEXT, message.encode(), headers)
 
 
-def _authorized(call: Call) -> bool:
+def retry_headers(retry_after: float | None) -> dict[str, str]:
+    """The `Retry-After` header of an error that says when to try again, if it does."""
+    if retry_after is None:
+        return {}
+    return {"Retry-After": (str(int(retry_after)) if float(retry_after).is_integer()
+                            else str(retry_after))}
+
+
+def authorized(call: Call) -> bool:
     scheme, _, key = call.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and key.strip() == call.config.api_key
 
@@ -212,13 +219,13 @@ def _model(call: Call, name: str, empty: tuple[int, str] = _REQUIRED,
     """The model asked for, if it answers: any non-empty name in the "any" catalogue."""
     if not name.strip():
         raise ApiError(*empty)
-    if call.config.catalogue != "any" and not _listed(call.config, name):
+    if call.config.catalogue != "any" and not listed(call.config, name):
         raise ApiError(404, unknown(name))
     _entitled(call, name)
     return name
 
 
-def _listed(config: StandInConfig, name: str) -> bool:
+def listed(config: StandInConfig, name: str) -> bool:
     return wire.canonical_name(name) in {wire.canonical_name(m) for m in config.models}
 
 
@@ -592,7 +599,7 @@ def _native_pull(call: Call) -> Reply | StreamReply:
     if not name:
         raise ApiError(400, "invalid model name")
     config = call.config
-    found = config.catalogue == "any" or _listed(config, name) or wire.is_known_family(name)
+    found = config.catalogue == "any" or listed(config, name) or wire.is_known_family(name)
 
     def progress() -> Iterator[dict]:
         if not found:
@@ -600,7 +607,7 @@ def _native_pull(call: Call) -> Reply | StreamReply:
             yield {"error": wire.PULL_NOT_FOUND}
             return
         for status in wire.pull_progress(name):
-            if status["status"] == "success" and not _listed(config, name):
+            if status["status"] == "success" and not listed(config, name):
                 config.models.append(_shortest(name))
             yield status
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import routes, surfaces, wire
+from . import kinds, routes, wire
 from .config import Fault, StandInConfig
 
 log = logging.getLogger(__name__)
@@ -328,12 +328,13 @@ class _Handler(BaseHTTPRequestHandler):
                     self._drop()
                     return
                 message = fault.body or routes.default_error_message(fault.status)
-                self._send(routes.error_reply(path, fault.status, message, fault.retry_after))
+                self._send(kinds.error_reply(config.kind, path, fault.status, message,
+                                             fault.retry_after))
                 return
             if fault.kind == "cut":
                 cut = fault.after_chunks
         in_band = fault if fault is not None and fault.kind == "inband" else None
-        reply = surfaces.handle(routes.Call(self.command, path, headers, body, config, in_band))
+        reply = kinds.handle(routes.Call(self.command, path, headers, body, config, in_band))
         if isinstance(reply, routes.StreamReply):
             self._stream(reply, first_delay, token_delay, cut)
             return

@@ -1,5 +1,6 @@
 """`deepseek-ollama-bridge upstreams check --upstreams FILE`: validate the upstreams file
-and probe each upstream, printing a table (name, url, reachable, models found).
+and probe each upstream as its kind answers, printing a table (name, kind, url, whether
+it answered its kind's probe, models found).
 
 Exit status: 0 when the file is valid and every upstream answered, 1 when one did not,
 2 when the file is unusable (one line naming the file and the line or field).
@@ -40,16 +41,19 @@ def main(argv: Sequence[str]) -> int:
     client = UpstreamClient(defaults().replace(timeout=settings.timeout,
                                                connect_timeout=settings.connect_timeout))
     targets = [u.target for u in upstreams.upstreams]
-    # one after the other (a plain process), each bounded
-    reachable = [client.get_json(probe_path(t), t, None, 5.0) is not None for t in targets]
-    rows = [("name", "url", "reachable", "models found")]
-    for upstream, ok in zip(upstreams.upstreams, reachable, strict=True):
-        listed = models_of(client, upstream.target, None) if ok else None
+    # one after the other (a plain process), each bounded: each kind's own probe (GET
+    # /api/version of an Ollama, /v1/models of the others, with its key as it reads it)
+    probes = [client.ask(probe_path(t), t, {}, 5.0)[0] for t in targets]
+    rows = [("name", "kind", "url", "probe", "models found")]
+    for upstream, status in zip(upstreams.upstreams, probes, strict=True):
+        target = upstream.target
+        listed = models_of(client, target, None) if status == 200 else None
         found = sorted(name for name in (listed or {}) if upstream.serves(name))
-        rows.append((upstream.name, upstream.target.url, "yes" if ok else "NO",
-                     ", ".join(found) if found else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        answered = ("yes" if status == 200 else "NO (unreachable)" if status is None
+                    else f"NO ({status})")
+        rows.append((upstream.name, target.api, target.url,
+                     f"{answered}: GET {probe_path(target)}", ", ".join(found) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3])
-    return 0 if all(reachable) else 1
-
+        print("  ".join(row[i].ljust(widths[i]) for i in range(4)) + "  " + row[4])
+    return 0 if all(status == 200 for status in probes) else 1

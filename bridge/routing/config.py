@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-APIS = ("ollama", "openai")
+APIS = ("ollama", "openai", "anthropic")  # upstream kinds: `bridge.surfaces.crossing`
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # also names its lock and bucket files
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INLINE_KEY_FIELDS = frozenset({"api_key", "key", "token", "authorization", "bearer"})

@@ -36,6 +36,8 @@ from bridge.core.settings import Settings, upstream_key
 from bridge.core.upstream import READY_PROBES, UpstreamClient
 from bridge.routing import config
 from bridge.routing.table import FALLBACK, Router
+from bridge.surfaces import crossing
+from bridge.surfaces.adapter import MODELS, Call
 
 log = logging.getLogger("bridge.routing")
 
@@ -47,7 +49,8 @@ MODEL_LISTS = {("openai", "models"), ("ollama", "tags")}
 
 
 def probe_path(target: UpstreamTarget) -> str:
-    return "/api/version" if target.api == "ollama" else "/v1/models"
+    """What an upstream of its kind answers when it is up."""
+    return crossing.kind_of(target.api).probe
 
 
 class RoutingStage(Stage):
@@ -59,7 +62,8 @@ class RoutingStage(Stage):
             # in shared mode with the bridge's key, as its requests go (the auth stage
             # puts it on them), so that its probes are let in too
             key = (upstream_key(settings) or None) if settings.enable_shared_mode else None
-            fallback = UpstreamTarget(FALLBACK, settings.ollama, key=key)
+            fallback = UpstreamTarget(FALLBACK, settings.ollama, key=key,
+                                      api=settings.upstream_api)
         self.router = Router(upstreams.upstreams, fallback)
         self.upstreams = upstreams.upstreams
         self.client = context.upstream
@@ -139,18 +143,11 @@ class RoutingStage(Stage):
                     entries.setdefault(name, entry)
             for alias, real in target.model_map.items():
                 if real in listed:
-                    entries.setdefault(alias, {**listed[real], "id": alias, "name": alias,
-                                               "model": alias})
-        if ex.surface == "openai":
-            data = [{"id": name, "object": "model", "created": entry.get("created", 0),
-                     "owned_by": entry.get("owned_by", "library")}
-                    for name, entry in entries.items()]
-            body: dict[str, Any] = {"object": "list", "data": data}
-        else:
-            body = {"models": [{**{k: v for k, v in entry.items()
-                                   if k not in ("id", "object", "created", "owned_by")},
-                                "name": name, "model": name}
-                               for name, entry in entries.items()]}
+                    entries.setdefault(alias, listed[real])
+        canonical = {"models": [{**entry, "name": name, "model": name}
+                                for name, entry in entries.items()]}
+        wire = crossing.WIRES[(ex.surface, ex.endpoint)]  # the list in the client's shape
+        body = wire.body(canonical, Call(native={}, model="", stream=False))
         return Response(status=200, headers={"content-type": "application/json"},
                         body=encode_json(body))
 
@@ -201,15 +198,18 @@ class RoutingStage(Stage):
 
 def models_of(client: UpstreamClient, target: UpstreamTarget,
               authorization: str | None) -> dict[str, dict[str, Any]] | None:
-    """name → entry of one upstream's list (/api/tags of an Ollama, /v1/models else)."""
-    path, items_field, name_field = (("/api/tags", "models", "name") if target.api == "ollama"
-                                     else ("/v1/models", "data", "id"))
-    answer = client.get_json(path, target, authorization, LIST_TIMEOUT)
-    items = answer.get(items_field) if isinstance(answer, dict) else None
+    """name → entry (canonical: as Ollama's /api/tags lists it) of one upstream's list,
+    asked as its kind lists models (/api/tags of an Ollama, /v1/models else)."""
+    kind = crossing.kind_of(target.api)
+    answer = client.get_json(kind.outbound(MODELS, {}).path, target, authorization,
+                             LIST_TIMEOUT)
+    if not isinstance(answer, dict):
+        return None
+    items = kind.whole(MODELS, answer, {}).get("models")
     if not isinstance(items, list):
         return None
-    return {item[name_field]: item for item in items
-            if isinstance(item, dict) and isinstance(item.get(name_field), str)}
+    return {item["name"]: item for item in items
+            if isinstance(item, dict) and isinstance(item.get("name"), str)}
 
 
 def each(call: Callable[[UpstreamTarget], Any], targets: list[UpstreamTarget],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from bridge.core.exchange import Frame
@@ -193,6 +194,8 @@ class Kind:
     name: str = ""
     speaks: frozenset[tuple[str, str]] = frozenset()
     probe: str = "/"  # the path its kind answers when it is up (`upstreams check`, /ready)
+    # what every request to it carries besides the credentials (`anthropic-version`)
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def credentials(self, key: str) -> dict[str, str]:
         """The headers that carry an API key to this kind of upstream."""

@@ -28,6 +28,10 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                504: "timeout_error", 529: "overloaded_error"}
 NO_THINKING = "does not support thinking"  # the native chat's refusal of `think`
 UNTHINKING_MODELS = 1024  # model names remembered as unable to think, per worker
+# Ollama's `done_reason` -> Anthropic's `stop_reason`
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+# Anthropic's usage -> Ollama's counts
+USAGE = {"input_tokens": "prompt_eval_count", "output_tokens": "eval_count"}
 EFFORTS = frozenset({"low", "medium", "high", "max"})
 WEB_SEARCH_TOOL = {
     "type": "function",
@@ -79,7 +83,7 @@ class Anthropic(Surface):
         if system:
             native_messages.append({"role": "system", "content": system})
         for index, message in enumerate(messages):
-            native_messages.extend(_message(message, f"messages[{index}]"))
+            native_messages.extend(from_message(message, f"messages[{index}]"))
         native: dict[str, Any] = {"model": model, "messages": native_messages,
                                   "stream": stream, "options": _options(payload, max_tokens)}
         tools = _tools(payload.get("tools"), payload.get("tool_choice"))
@@ -100,12 +104,12 @@ class Anthropic(Surface):
             content.append({"type": "thinking", "thinking": message["thinking"]})
         if message.get("content"):
             content.append({"type": "text", "text": message["content"]})
-        calls = _tool_calls(message)
-        content.extend(_tool_use(tool_call, call) for tool_call in calls)
+        calls = tool_calls(message)
+        content.extend(tool_use(tool_call, call.ids) for tool_call in calls)
         return {"id": call.ids[0], "type": "message", "role": "assistant",
                 "model": native.get("model") or call.model, "content": content,
                 "stop_reason": stop_reason(native.get("done_reason"), bool(calls)),
-                "stop_sequence": None, "usage": _usage(native)}
+                "stop_sequence": None, "usage": usage(native)}
 
     def translator(self, call: Call) -> Translator:
         assert isinstance(call, MessagesCall)
@@ -131,11 +135,15 @@ def stop_reason(done_reason: Any, tool_calls: bool) -> str | None:
     """Ollama's `done_reason` as Anthropic's `stop_reason` (anthropic.mapStopReason)."""
     if tool_calls:
         return "tool_use"
-    if done_reason == "stop":
-        return "end_turn"
-    if done_reason == "length":
-        return "max_tokens"
+    if done_reason in STOP_REASONS:
+        return STOP_REASONS[done_reason]
     return "stop_sequence" if done_reason else None
+
+
+def done_reason(reason: Any) -> str:
+    """Anthropic's `stop_reason` as Ollama's `done_reason`: a cut answer is "length",
+    any other end (a turn, a stop sequence, a tool call, a refusal) "stop"."""
+    return "length" if reason == STOP_REASONS["length"] else "stop"
 
 
 class MessagesStream(Translator):
@@ -177,8 +185,8 @@ class MessagesStream(Translator):
                 self.text_started = True
                 out.append(self._start_block({"type": "text", "text": ""}))
             out.append(self._delta({"type": "text_delta", "text": text}))
-        for tool_call in _tool_calls(message):
-            block = _tool_use(tool_call, self.call)
+        for tool_call in tool_calls(message):
+            block = tool_use(tool_call, self.call.ids)
             if block["id"] in self.tools_sent:
                 continue
             self._end_thinking(out)
@@ -199,7 +207,7 @@ class MessagesStream(Translator):
                 "delta": {"stop_reason": stop_reason(native.get("done_reason"),
                                                      bool(self.tools_sent)),
                           "stop_sequence": None},
-                "usage": _usage(native)}))
+                "usage": usage(native)}))
             out.append(_event("message_stop", {"type": "message_stop"}))
         if not out:  # a native frame with nothing to say: the connection is alive
             out.append(_event("ping", {"type": "ping"}))
@@ -283,7 +291,7 @@ def _system(system: Any) -> str:
                    and block.get("type") == "text" and isinstance(block.get("text"), str))
 
 
-def _message(message: Any, where: str) -> list[dict[str, Any]]:
+def from_message(message: Any, where: str) -> list[dict[str, Any]]:
     """The native messages of one Anthropic message (anthropic.convertMessage): its tool
     results become `tool` messages, before the rest of a user turn."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
@@ -461,13 +469,14 @@ def _estimate(system: str, messages: list[Any], tools: Any) -> int:
 
 # --- the answer -----------------------------------------------------------------------
 
-def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+def tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
     calls = message.get("tool_calls")
     return [call for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
 
 
-def _tool_use(tool_call: dict[str, Any], call: Call) -> dict[str, Any]:
-    """A native tool call as a `tool_use` block; one without an id gets a fresh one."""
+def tool_use(tool_call: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """A native tool call as a `tool_use` block; one without an id gets a fresh one (and
+    `ids` gets it)."""
     function = tool_call.get("function")
     function = function if isinstance(function, dict) else {}
     arguments = function.get("arguments")
@@ -479,11 +488,21 @@ def _tool_use(tool_call: dict[str, Any], call: Call) -> dict[str, Any]:
     ident = tool_call.get("id")
     if not isinstance(ident, str) or not ident:
         ident = new_id("toolu")
-        call.ids.append(ident)
+        ids.append(ident)
     return {"type": "tool_use", "id": ident, "name": str(function.get("name", "")),
             "input": arguments if isinstance(arguments, dict) else {}}
 
 
-def _usage(native: dict[str, Any]) -> dict[str, int]:
-    return {"input_tokens": _int(native.get("prompt_eval_count")),
-            "output_tokens": _int(native.get("eval_count"))}
+def usage(native: dict[str, Any]) -> dict[str, int]:
+    """A native answer's counts as Anthropic's usage."""
+    return {name: _int(native.get(count)) for name, count in USAGE.items()}
+
+
+def counts(usage: Any) -> dict[str, int]:
+    """Anthropic's usage as a native answer's counts: the input counts every prompt
+    token, those read from or written to Anthropic's prompt cache too."""
+    usage = usage if isinstance(usage, dict) else {}
+    found = {count: _int(usage.get(name)) for name, count in USAGE.items()}
+    found["prompt_eval_count"] += sum(_int(usage.get(name)) for name in (
+        "cache_creation_input_tokens", "cache_read_input_tokens"))
+    return found

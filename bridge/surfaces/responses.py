@@ -42,16 +42,16 @@ Event = tuple[str, dict]  # (event name, its data)
 # ------------------------------------------------------------------ the request
 
 
-def _expect(value: Any, kind: type | tuple[type, ...], param: str, what: str) -> Any:
+def expect(value: Any, kind: type | tuple[type, ...], param: str, what: str) -> Any:
     """`value` if it is of `kind` (a boolean is no number), else a `BadRequest`."""
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise BadRequest(f"'{param}' must be {what}", param=param)
     return value
 
 
-def _optional(request: dict, name: str, kind: type | tuple[type, ...], what: str) -> Any:
+def optional(request: dict, name: str, kind: type | tuple[type, ...], what: str) -> Any:
     value = request.get(name)
-    return None if value is None else _expect(value, kind, name, what)
+    return None if value is None else expect(value, kind, name, what)
 
 
 def input_items(request: dict) -> list:
@@ -61,7 +61,7 @@ def input_items(request: dict) -> list:
         return []
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}] if value else []
-    return list(_expect(value, list, "input", "a string or an array of input items"))
+    return list(expect(value, list, "input", "a string or an array of input items"))
 
 
 def expand(request: dict, previous: dict) -> dict:
@@ -81,7 +81,7 @@ def to_chat(request: dict, allow_empty: bool = False) -> dict:
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required (a string)", param="model")
     messages: list[dict] = []
-    instructions = _optional(request, "instructions", str, "a string")
+    instructions = optional(request, "instructions", str, "a string")
     if instructions:
         messages.append({"role": "system", "content": instructions})
     messages.extend(_messages(input_items(request)))
@@ -89,15 +89,15 @@ def to_chat(request: dict, allow_empty: bool = False) -> dict:
         raise BadRequest("'input' is required: a string or a non-empty array of items",
                          param="input")
     chat: dict[str, Any] = {"model": model, "messages": messages}
-    chat["stream"] = _optional(request, "stream", bool, "a boolean") is True
+    chat["stream"] = optional(request, "stream", bool, "a boolean") is True
     options: dict[str, Any] = {"temperature": 1.0}
-    temperature = _optional(request, "temperature", (int, float), "a number")
+    temperature = optional(request, "temperature", (int, float), "a number")
     if temperature is not None:
         options["temperature"] = temperature
-    top_p = _optional(request, "top_p", (int, float), "a number")
+    top_p = optional(request, "top_p", (int, float), "a number")
     if top_p is not None:
         options["top_p"] = top_p
-    limit = _optional(request, "max_output_tokens", int, "an integer")
+    limit = optional(request, "max_output_tokens", int, "an integer")
     if limit is not None:
         options["num_predict"] = limit
     chat["options"] = options
@@ -114,23 +114,28 @@ def to_chat(request: dict, allow_empty: bool = False) -> dict:
 
 
 def _think(request: dict) -> Any:
-    reasoning = _optional(request, "reasoning", dict, "an object")
-    effort = (reasoning or {}).get("effort")
+    reasoning = optional(request, "reasoning", dict, "an object")
+    return think_of((reasoning or {}).get("effort"), "reasoning.effort")
+
+
+def think_of(effort: Any, param: str) -> Any:
+    """The native `think` of an OpenAI reasoning effort (`thinkFromReasoningEffort`):
+    None for none given, a `BadRequest` naming `param` for an unknown one."""
     if effort is None or effort == "":
         return None
-    if effort not in EFFORTS:
+    if not isinstance(effort, str) or effort not in EFFORTS:
         raise BadRequest(f"invalid reasoning value: {json.dumps(effort)} (must be \"minimal\", "
                          "\"low\", \"medium\", \"high\", \"xhigh\", \"ultra\", \"max\", or "
-                         "\"none\")", param="reasoning.effort")
+                         "\"none\")", param=param)
     return EFFORTS[effort]
 
 
 def _format(request: dict) -> Any:
-    text = _optional(request, "text", dict, "an object") or {}
+    text = optional(request, "text", dict, "an object") or {}
     fmt = text.get("format")
     if fmt is None:
         return None
-    _expect(fmt, dict, "text.format", "an object")
+    expect(fmt, dict, "text.format", "an object")
     if fmt.get("type") == "json_schema":
         return fmt.get("schema")
     if fmt.get("type") == "json_object":
@@ -139,7 +144,7 @@ def _format(request: dict) -> Any:
 
 
 def _tools(request: dict) -> list[dict]:
-    declared = _optional(request, "tools", list, "an array of tools") or []
+    declared = optional(request, "tools", list, "an array of tools") or []
     tools: list[dict] = []
     for index, tool in enumerate(declared):
         tools.extend(_tool(tool, f"tools[{index}]"))
@@ -161,12 +166,12 @@ def _tools(request: dict) -> list[dict]:
 def _tool(tool: Any, param: str, prefix: str = "") -> list[dict]:
     """A function tool as native `tools` entries; a namespace's members with qualified
     names (`convertTools`)."""
-    _expect(tool, dict, param, "an object")
+    expect(tool, dict, param, "an object")
     kind, name = tool.get("type"), tool.get("name")
     if kind == "namespace":
         members = tool.get("tools") or []
         inner = f"{prefix}{name}." if name else prefix
-        return [entry for index, member in enumerate(_expect(members, list, param, "a list"))
+        return [entry for index, member in enumerate(expect(members, list, param, "a list"))
                 for entry in _tool(member, f"{param}.tools[{index}]", inner)]
     if kind != "function":
         raise BadRequest(f"tools of type {json.dumps(kind)} are not supported; only "
@@ -177,7 +182,7 @@ def _tool(tool: Any, param: str, prefix: str = "") -> list[dict]:
         name = prefix + name
     function: dict[str, Any] = {"name": name, "description": tool.get("description") or ""}
     if tool.get("parameters") is not None:
-        function["parameters"] = _expect(tool["parameters"], dict, f"{param}.parameters",
+        function["parameters"] = expect(tool["parameters"], dict, f"{param}.parameters",
                                          "an object")
     return [{"type": "function", "function": function}]
 
@@ -189,7 +194,7 @@ def _messages(items: list) -> list[dict]:
     pending = ""  # reasoning waiting for the next assistant message
     for index, item in enumerate(items):
         param = f"input[{index}]"
-        _expect(item, dict, param, "an object")
+        expect(item, dict, param, "an object")
         kind = item.get("type") or ("message" if item.get("role") else "")
         if kind == "reasoning":
             pending = str(item.get("encrypted_content") or "")
@@ -263,18 +268,18 @@ def _content(value: Any, param: str) -> tuple[str, list[str]]:
         return "", []
     if isinstance(value, str):
         return value, []
-    _expect(value, list, param, "a string or an array of content parts")
+    expect(value, list, param, "a string or an array of content parts")
     text, images = "", []
     for index, part in enumerate(value):
         where = f"{param}[{index}]"
-        _expect(part, dict, where, "an object")
+        expect(part, dict, where, "an object")
         kind = part.get("type")
         if kind in ("input_text", "output_text"):
-            text += _expect(part.get("text", ""), str, f"{where}.text", "a string")
+            text += expect(part.get("text", ""), str, f"{where}.text", "a string")
         elif kind == "input_image":
             url = part.get("image_url")
             if url:
-                images.append(_image(url, f"{where}.image_url"))
+                images.append(image_data(url, f"{where}.image_url"))
         elif kind == "input_file":
             raise BadRequest("file inputs are not currently supported", param=where)
         else:
@@ -282,9 +287,9 @@ def _content(value: Any, param: str) -> tuple[str, list[str]]:
     return text, images
 
 
-def _image(url: Any, param: str) -> str:
+def image_data(url: Any, param: str) -> str:
     """The base64 data of a data-URL image (`decodeImageURL`): Ollama takes no URLs."""
-    _expect(url, str, param, "a string")
+    expect(url, str, param, "a string")
     if url.startswith(("http://", "https://")):
         raise BadRequest("image URLs are not currently supported, please use base64 "
                          "encoded data instead", param=param)
@@ -302,7 +307,7 @@ def _image(url: Any, param: str) -> str:
 def _tool_call(item: dict, param: str) -> dict:
     arguments = item.get("arguments") or "{}"
     try:
-        parsed = json.loads(_expect(arguments, str, f"{param}.arguments", "a JSON string"))
+        parsed = json.loads(expect(arguments, str, f"{param}.arguments", "a JSON string"))
     except ValueError as exc:
         raise BadRequest(f"failed to parse function call arguments: {exc}",
                          param=f"{param}.arguments") from None
@@ -323,7 +328,7 @@ def _tool_result(item: dict, param: str) -> dict:
     if isinstance(output, list):
         content, images = _content(output, f"{param}.output")
     else:
-        content = _expect(output if output is not None else "", str, f"{param}.output",
+        content = expect(output if output is not None else "", str, f"{param}.output",
                           "a string or an array of content parts")
         images = []
     message: dict[str, Any] = {"role": "tool", "content": content}
@@ -337,7 +342,7 @@ def _tool_result(item: dict, param: str) -> dict:
 # ------------------------------------------------------------------ the answer
 
 
-def _arguments(call: dict) -> str:
+def arguments_json(call: dict) -> str:
     arguments = (call.get("function") or {}).get("arguments")
     if isinstance(arguments, str):
         return arguments
@@ -493,7 +498,7 @@ class Writer:
 
     def _call_item(self, call: dict) -> dict:
         return _call_item(self.new_id("fc"), call, call.get("id") or self.new_id("call"),
-                          _arguments(call))
+                          arguments_json(call))
 
     # --- the stream
 
@@ -652,6 +657,14 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 429: "rate_limit_error"}
 
 
+def error_body(status: int, message: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """An error in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`),
+    its type by its HTTP status: what every OpenAI API answers."""
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
+                      "param": param, "code": code}}
+
+
 @dataclass
 class ResponsesCall(Call):
     """A Responses request as translated: the client's request, the input items of the
@@ -741,5 +754,4 @@ class Responses(Surface):
 
     def error(self, status: int, message: str, param: str | None = None,
               code: str | None = None) -> dict[str, Any]:
-        return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
-                          "param": param, "code": code}}
+        return error_body(status, message, param, code)

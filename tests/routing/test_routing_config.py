@@ -66,9 +66,10 @@ models = ["deepseek-*"]
         result = run("upstreams", "check", "--upstreams", str(path))
     assert result.returncode == 1, result.stderr  # one upstream is unreachable
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert " yes " in rows["gpu-a"] and "qwen3:latest" in rows["gpu-a"]
+    assert rows["gpu-a"].split()[1] == "ollama"  # its kind
+    assert "yes: GET /api/version" in rows["gpu-a"] and "qwen3:latest" in rows["gpu-a"]
     assert "llama3.2" not in rows["gpu-a"]  # not one of its patterns
-    assert " NO " in rows["gone"]
+    assert "NO (unreachable): GET /api/version" in rows["gone"]
 
 
 def test_in_shared_mode_each_upstream_gets_its_own_key_and_no_other(tmp_path, make_bridge):
