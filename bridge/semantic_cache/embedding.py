@@ -1,15 +1,15 @@
-"""Embeddings of compared texts, asked through the upstream the bridge uses.
+"""Embeddings of compared texts, asked through the upstream the request goes to.
 
 An Ollama upstream is asked `POST /api/embed {"model", "input"}`, an OpenAI-compatible
-one `POST /v1/embeddings {"model", "input"}` (routing's `api` of the exchange's upstream;
-without routing, the one the start probe found answering on `-o`). Each call waits at
-most `EMBED_TIMEOUT` seconds: a slow or failed call is a plain miss, never an error.
-An upstream kind without embeddings (Anthropic's API) has no semantic cache.
+one `POST /v1/embeddings {"model", "input"}` (its kind: routing's `api` of the chosen
+upstream, `--upstream-api` for `-o`), with the request's credentials as its call would
+carry them (`UpstreamClient.ask`: a routed upstream's own key, the kind's header). Each
+call waits at most `EMBED_TIMEOUT` seconds: a slow or failed call is a plain miss, never
+an error. An upstream kind without embeddings (Anthropic's API) has no semantic cache.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Any
@@ -20,11 +20,9 @@ from bridge.core.events import emit
 from bridge.core.exchange import UpstreamTarget
 from bridge.core.upstream import UpstreamClient
 
-log = logging.getLogger("bridge.semantic_cache")
-
 EMBED_TIMEOUT = 2.0  # seconds: longest wait for one embedding (a cold model loads in it)
 OLLAMA, OPENAI = "ollama", "openai"
-PATHS = {OLLAMA: "/api/embed", OPENAI: "/v1/embeddings"}
+PATHS = {OLLAMA: "/api/embed", OPENAI: "/v1/embeddings"}  # the kinds that embed
 PROBE_TEXT = "semantic cache probe"
 
 
@@ -34,52 +32,43 @@ class Embedder:
     def __init__(self, upstream: UpstreamClient, model: str):
         self.upstream = upstream
         self.model = model
-        self.default_api: str | None = None  # what `-o` answers embeddings on
+
+    def kind(self, target: UpstreamTarget | None) -> str:
+        """The API of `target` (None: `-o`)."""
+        return target.api if target is not None else self.upstream.kind
 
     def probe(self, target: UpstreamTarget | None) -> np.ndarray | None:
-        """Whether the model embeds on `target` (None: `-o`, trying both APIs): its
-        vector of a fixed text, or None."""
-        headers = self.upstream.probe_headers  # the bridge's key in shared mode
-        if target is not None:
-            return self._call(target.api, target, PROBE_TEXT, headers, count=False)
-        for api in (OLLAMA, OPENAI):
-            vector = self._call(api, None, PROBE_TEXT, headers, count=False)
-            if vector is not None:
-                self.default_api = api
-                return vector
-        return None
+        """The model's vector of a fixed text on `target` (None: `-o`), with the bridge's
+        own credentials; None when it does not answer with one."""
+        return self._call(target, PROBE_TEXT, dict(self.upstream.probe_headers), count=False)
 
     def embed(self, text: str, target: UpstreamTarget | None, headers: dict[str, str]
               ) -> np.ndarray | None:
         """The unit vector of `text`, or None (upstream slow, failing, or without
-        embeddings); `headers`: the request's credentials, sent as its call would be."""
-        api = target.api if target is not None else self.default_api
-        if api not in PATHS:
-            return None
-        return self._call(api, target, text, headers)
+        embeddings); `headers`: the request's credentials."""
+        return self._call(target, text, headers)
 
-    def _call(self, api: str, target: UpstreamTarget | None, text: str,
-              headers: dict[str, str], count: bool = True) -> np.ndarray | None:
-        path = PATHS.get(api)
+    def _call(self, target: UpstreamTarget | None, text: str, headers: dict[str, str],
+              count: bool = True) -> np.ndarray | None:
+        kind = self.kind(target)
+        path = PATHS.get(kind)
         if path is None:
             return None
         model = target.upstream_model(self.model) if target is not None else self.model
-        if target is not None and target.key is not None:  # its own key, or none
-            headers = {"authorization": f"Bearer {target.key}"} if target.key else {}
         started = time.monotonic()
         status, data = self.upstream.ask(path, target, headers, EMBED_TIMEOUT,
                                          {"model": model, "input": text}, read=True)
-        vector = _vector(api, data) if status == 200 else None
+        vector = _vector(kind, data) if status == 200 else None
         if count:
             emit("semantic.embedding", outcome="ok" if vector is not None else "failed")
             emit("semantic.embedding_seconds", time.monotonic() - started)
         return vector
 
 
-def _vector(api: str, data: Any) -> np.ndarray | None:
+def _vector(kind: str, data: Any) -> np.ndarray | None:
     """The first embedding of an answer, normalised; None when there is none."""
     try:
-        raw = data["embeddings"][0] if api == OLLAMA else data["data"][0]["embedding"]
+        raw = data["embeddings"][0] if kind == OLLAMA else data["data"][0]["embedding"]
         vector = np.asarray(raw, dtype=np.float32)
     except (KeyError, IndexError, TypeError, ValueError):
         return None

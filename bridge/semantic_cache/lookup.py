@@ -94,15 +94,16 @@ class SemanticCache:
         dims = set()
         for target in targets:
             where = target.name if target is not None else self.settings.ollama
-            if target is not None and target.api not in PATHS:
-                self._warn("semantic cache off: upstream %s (api %s) has no embeddings",
-                           where, target.api)
+            kind = self.embedder.kind(target)
+            if kind not in PATHS:
+                self._warn("semantic cache off: upstream %s (%s API) has no embeddings",
+                           where, kind)
                 return None
             vector = self.embedder.probe(target)
             if vector is None:
                 self._warn("semantic cache off: embedding model %r does not answer on %s "
-                           "(/api/embed or /v1/embeddings); pull it or fix "
-                           "--semantic-cache-model", model, where)
+                           "(%s); pull it or fix --semantic-cache-model", model, where,
+                           PATHS[kind])
                 return None
             dims.add(vector.size)
         if len(dims) != 1:

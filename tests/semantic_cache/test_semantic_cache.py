@@ -300,3 +300,14 @@ def test_an_openai_compatible_upstream_is_asked_on_v1_embeddings(standin, make_b
     answer = chat(process, f"Tokyo is in what time zone? {word}")
     assert answer.headers["x-cache"] == "HIT-SEMANTIC" and text(answer) == stored
     assert standin.count("/v1/embeddings") >= embedded + 2
+
+
+def test_an_upstream_without_embeddings_is_one_warning_and_no_semantic_tier(
+        standin, make_bridge, tmp_path):
+    """Anthropic's API has no embeddings: the tier stays off, the bridge serves on."""
+    process = make_bridge(*SEMANTIC, "--cache-dir", str(tmp_path), "--upstream-api",
+                          "anthropic")
+    assert wait_for(lambda: process.log().count("semantic cache off"),
+                    what="the warning") == 1
+    assert "anthropic API" in process.log()
+    assert requests.get(process.url + "/health", timeout=10).ok
