@@ -80,8 +80,9 @@ class SemanticCache:
                  model, dims, len(self.index), self.threshold)
 
     def _probe(self) -> int | None:
-        """The model's dimensions when every upstream it may be asked on embeds with it;
-        else one WARNING per instance and None."""
+        """The model's dimensions on the upstreams that embed with it (requests routed to
+        the others are plain misses, said in one WARNING per instance); None, with one
+        WARNING, when none does."""
         targets: list[UpstreamTarget | None] = [None]
         if self.settings.upstreams:
             try:
@@ -91,25 +92,28 @@ class SemanticCache:
             except UpstreamsError:
                 return None  # the routing stage reports it
         model = self.settings.semantic_cache_model
-        dims = set()
+        dims: dict[int, list[str]] = {}
+        without: list[str] = []
         for target in targets:
             where = target.name if target is not None else self.settings.ollama
             kind = self.embedder.kind(target)
-            if kind not in PATHS:
-                self._warn("semantic cache off: upstream %s (%s API) has no embeddings",
-                           where, kind)
-                return None
-            vector = self.embedder.probe(target)
+            vector = self.embedder.probe(target) if kind in PATHS else None
             if vector is None:
-                self._warn("semantic cache off: embedding model %r does not answer on %s "
-                           "(%s); pull it or fix --semantic-cache-model", model, where,
-                           PATHS[kind])
-                return None
-            dims.add(vector.size)
-        if len(dims) != 1:
-            self._warn("semantic cache off: %r has other dimensions on other upstreams", model)
+                without.append(f"{where} ({PATHS.get(kind, f'the {kind} API has none')})")
+            else:
+                dims.setdefault(vector.size, []).append(where)
+        if not dims:
+            self._warn("semantic cache off: embedding model %r does not answer on %s; pull "
+                       "it or fix --semantic-cache-model", model, ", ".join(without))
             return None
-        return dims.pop()
+        if len(dims) > 1:
+            self._warn("semantic cache off: %r has other dimensions on other upstreams (%s)",
+                       model, dims)
+            return None
+        if without:
+            self._warn("semantic cache: embedding model %r does not answer on %s: requests "
+                       "routed there are never semantic hits", model, ", ".join(without))
+        return next(iter(dims))
 
     @staticmethod
     def _warn(message: str, *args: Any) -> None:

@@ -309,5 +309,5 @@ def test_an_upstream_without_embeddings_is_one_warning_and_no_semantic_tier(
                           "anthropic")
     assert wait_for(lambda: process.log().count("semantic cache off"),
                     what="the warning") == 1
-    assert "anthropic API" in process.log()
+    assert "the anthropic API has none" in process.log()
     assert requests.get(process.url + "/health", timeout=10).ok
