@@ -117,9 +117,10 @@ def route(api: str, path: str, kind: str, chunks: int) -> Way:
     def plan(ex: Exchange) -> crossing.Crossing | None:
         return crossing.plan(ex, kind, "bench")
 
+    asked = client_request(api, chunks, stream=False)
+
     def request() -> Any:
-        ex = exchange(api, path, client_request(api, chunks, stream=False))
-        return plan(ex)
+        return plan(exchange(api, path, asked))
 
     whole_plan, stream_plan = plan(whole_ex), plan(stream_ex)
     codec = streaming.SSE if path.startswith("/v1/") else streaming.NDJSON

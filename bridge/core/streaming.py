@@ -8,6 +8,7 @@ that the relay can send them in one write. Writers add exactly the framing Ollam
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
@@ -59,6 +60,8 @@ def _sse_event(event: bytes) -> Frame | None:
     if event.startswith(b"data:") and b"\n" not in event:
         payload = event[5:]
         return Frame(payload[1:] if payload.startswith(b" ") else payload)
+    if event.startswith(b"event:"):  # a named event (Anthropic's): as it came
+        return Frame(event, verbatim=True)
     lines = event.split(b"\n")
     data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
     if data and all(line.startswith((b"data:", b":")) for line in lines):
@@ -72,6 +75,13 @@ def event_data(frame: Frame) -> tuple[str | None, Any]:
     None for data that is no JSON."""
     if not frame.verbatim:
         return None, frame.data
+    head, found, rest = frame.raw.partition(b"\ndata:")
+    if found and head.startswith(b"event:") and b"\n" not in head and b"\n" not in rest:
+        named = head[6:].strip().decode(errors="replace")
+        try:  # `event: NAME` and one data line, as most named events come
+            return named, json.loads(rest[1:] if rest.startswith(b" ") else rest)
+        except ValueError:
+            return named, None
     name, data = None, []
     for line in frame.raw.split(b"\n"):
         if line.startswith(b"event:"):
@@ -286,9 +296,23 @@ def stream_response(status: int, headers: dict[str, str], frames: Iterator[Frame
     return Response(status=status, headers=headers, frames=frames, codec=codec)
 
 
+_second: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last second formatted
+
+
 def ollama_time(now: float | None = None) -> str:
-    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's RFC3339Nano)."""
+    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's RFC3339Nano).
+
+    Every frame of a translated stream has one: the second is formatted once per second,
+    only the fraction per call (rounded as `datetime.fromtimestamp` rounds it)."""
+    global _second
     now = time.time() if now is None else now
-    moment = datetime.fromtimestamp(now, timezone.utc)
-    fraction = f"{moment.microsecond:06d}000".rstrip("0")
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+    second = math.floor(now)
+    micro = round((now - second) * 1e6)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    if _second[0] != second:
+        _second = (second, datetime.fromtimestamp(second, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S"))
+    if not micro:
+        return f"{_second[1]}Z"
+    return f"{_second[1]}.{('%06d' % micro).rstrip('0')}Z"

@@ -180,14 +180,20 @@ class Crossing:
 
 
 def _translated(translator: Any, canonical: list[dict[str, Any]]) -> list[Frame]:
-    out: list[Frame] = []
-    for native in canonical:
-        if "error" in native:
-            out.extend(translator.failed(500, str(native["error"])))
-        else:
-            out.extend(translator.frame(native))
-    for frame in out[:-1]:
-        frame.more = True
+    if not canonical:
+        return []
+    if len(canonical) == 1 and "error" not in canonical[0]:  # most upstream frames
+        out = translator.frame(canonical[0])
+    else:
+        out = []
+        for native in canonical:
+            if "error" in native:
+                out.extend(translator.failed(500, str(native["error"])))
+            else:
+                out.extend(translator.frame(native))
+    if len(out) > 1:
+        for frame in out[:-1]:
+            frame.more = True
     return out
 
 
