@@ -79,6 +79,22 @@ class Call:
         return b""
 
 
+def answered_call(message: Mapping[str, Any], waiting: list[tuple[str, str]]) -> str | None:
+    """The id of the tool call a native tool message answers, taken out of `waiting`
+    (the id and tool name of each call of the assistant's last turn not answered yet):
+    the call its `tool_call_id` names, else the first of its `tool_name`, else the first
+    waiting one when it names no call; None when it answers none of them."""
+    ident = message.get("tool_call_id")
+    name = message.get("tool_name") or message.get("name")
+    found = next((pair for pair in waiting if pair[0] == ident), None) \
+        or next((pair for pair in waiting if name and pair[1] == name), None) \
+        or (waiting[0] if waiting and not ident else None)
+    if found is None:
+        return None
+    waiting.remove(found)
+    return found[0]
+
+
 class Translator:
     """Translates one native chat stream into the client's events, frame by frame: never
     buffered, each native frame's events as soon as it arrives."""

@@ -37,7 +37,17 @@ from urllib.parse import quote
 from bridge.core.errors import error_text
 from bridge.core.exchange import Frame
 from bridge.core.streaming import event_data, ollama_time
-from bridge.surfaces.adapter import CHAT, EMBED, MODELS, SHOW, Kind, Outbound, Reader, Unsupported
+from bridge.surfaces.adapter import (
+    CHAT,
+    EMBED,
+    MODELS,
+    SHOW,
+    Kind,
+    Outbound,
+    Reader,
+    Unsupported,
+    answered_call,
+)
 from bridge.surfaces.anthropic import counts, done_reason, from_message, tool_calls, tool_use
 from bridge.surfaces.media import media_type
 
@@ -164,7 +174,7 @@ def _messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
     the rest as content blocks, consecutive ones of one role in one turn."""
     system: list[str] = []
     turns: list[dict[str, Any]] = []
-    pending: list[dict[str, Any]] = []  # the last tool_use blocks, not answered yet
+    pending: list[tuple[str, str]] = []  # (id, name) of the last tool uses unanswered
     for index, message in enumerate(messages if isinstance(messages, list) else ()):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -180,7 +190,8 @@ def _messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
         elif role in ("user", "assistant"):
             blocks = _blocks(message, text, where)
             if role == "assistant":
-                pending = [block for block in blocks if block["type"] == "tool_use"]
+                pending = [(block["id"], block["name"]) for block in blocks
+                           if block["type"] == "tool_use"]
         else:
             raise Unsupported(f"{where}.role", f"Anthropic's Messages API has no role {role!r}")
         if not blocks:
@@ -215,17 +226,11 @@ def _images(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_result(message: dict[str, Any], text: str, pending: list[dict[str, Any]],
+def _tool_result(message: dict[str, Any], text: str, pending: list[tuple[str, str]],
                  where: str) -> dict[str, Any]:
-    """A tool message as a `tool_result` block: for the tool call its `tool_call_id`
-    names, else the first unanswered one of its `tool_name`, else the first unanswered."""
-    ident, name = message.get("tool_call_id"), message.get("tool_name")
-    answered = next((block for block in pending if block["id"] == ident), None) \
-        or next((block for block in pending if block["name"] == name), None) \
-        or (pending[0] if pending and not ident else None)
-    if answered is not None:
-        pending.remove(answered)
-        ident = answered["id"]
+    """A tool message as a `tool_result` block for the tool call it answers
+    (`answered_call`), else the one its own `tool_call_id` names."""
+    ident = answered_call(message, pending) or message.get("tool_call_id")
     if not isinstance(ident, str) or not ident:
         raise Unsupported(where, "Anthropic needs a tool result to answer a tool call "
                                  "of the assistant's turn before it")

@@ -779,16 +779,11 @@ def _outbound_messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _answered(message: dict[str, Any], waiting: list[tuple[str, str]], where: str) -> str:
-    """The id of the call a tool result answers: its own, else the first waiting call of
-    its tool's name, else the first waiting call."""
-    ident = message.get("tool_call_id")
-    name = message.get("tool_name") or message.get("name")
-    found = next((pair for pair in waiting if pair[0] == ident), None) \
-        or next((pair for pair in waiting if name and pair[1] == name), None) \
-        or (waiting[0] if waiting and not ident else None)
+    """The id of the call a tool result answers (`adapter.answered_call`), else its own."""
+    found = adapter.answered_call(message, waiting)
     if found is not None:
-        waiting.remove(found)
-        return found[0]
+        return found
+    ident = message.get("tool_call_id")
     if isinstance(ident, str) and ident:
         return ident
     raise Unsupported(f"{where}.tool_call_id", "a tool result that answers no tool call")
