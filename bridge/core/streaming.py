@@ -46,8 +46,15 @@ def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
         if b"\n\n" in buffer:
-            *events, buffer = buffer.split(b"\n\n")
-            yield from _read_at_once([frame for frame in map(_sse_event, events) if frame])
+            events = buffer.split(b"\n\n")
+            buffer = events.pop()
+            if len(events) == 1:  # one event per read, as upstreams mostly send them
+                frame = _sse_event(events[0])
+                if frame is not None:
+                    yield frame
+            else:
+                yield from _read_at_once([frame for frame in map(_sse_event, events)
+                                          if frame])
     if buffer.strip():
         frame = _sse_event(buffer.strip(b"\n"))
         if frame is not None:

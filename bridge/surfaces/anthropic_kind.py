@@ -301,8 +301,13 @@ class MessagesReader(Reader):
         name, data = event_data(frame)
         data = _object(data)
         kind = data.get("type") or name
-        if kind == "content_block_delta":  # most events
-            return self._delta(data.get("index"), _object(data.get("delta")))
+        if kind == "content_block_delta":  # most events, most of them text
+            delta = _object(data.get("delta"))
+            text = delta.get("text") if delta.get("type") == "text_delta" else None
+            if text:
+                return [{"model": self.model, "created_at": ollama_time(),
+                         "message": {"role": "assistant", "content": text}, "done": False}]
+            return self._delta(data.get("index"), delta)
         if kind == "message_start":
             message = _object(data.get("message"))
             self.model = message.get("model") or self.model
