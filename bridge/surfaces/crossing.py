@@ -170,7 +170,8 @@ class Crossing:
         translator = self.wire.translator(self.call)
         with owned(upstream) as frames:
             for frame in frames:
-                out = _translated(translator, reader.frame(frame))
+                canonical = reader.frame(frame)
+                out = _translated(translator, canonical) if canonical else canonical
                 if out:
                     out[-1].more = frame.more
                     yield from out

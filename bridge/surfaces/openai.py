@@ -902,14 +902,19 @@ class ChatReader(adapter.Reader):
     def frame(self, frame: Frame) -> list[dict[str, Any]]:
         if self.done:
             return []
-        if frame.is_done:
+        if frame.raw == DONE:
             return self._finish()
-        name, data = event_data(frame)
+        name, data = event_data(frame) if frame.verbatim else (None, frame.data)
         if not isinstance(data, dict):
             return []  # a comment (keep-alive)
         if name == "error" or data.get("error") is not None:
             self.done = True
             return [{"error": error_message(data) or "the upstream's stream failed"}]
+        choices = data.get("choices")
+        if type(choices) is list and len(choices) == 1 and not data.get("usage"):
+            choice = choices[0]  # most chunks: one choice, no usage
+            return self._choice(choice) if isinstance(choice, dict) \
+                and choice.get("index", 0) == 0 else []
         out = []
         for choice in data.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
