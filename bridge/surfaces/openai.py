@@ -929,8 +929,7 @@ class ChatReader(adapter.Reader):
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = {}
-        content, thinking = delta.get("content"), _thinking(delta)
-        content = content if type(content) is str else _text(delta)
+        content, thinking = _text(delta), _thinking(delta)
         logprobs = _entries(choice) if choice.get("logprobs") else None
         out = []
         if content or thinking or logprobs:
