@@ -4,10 +4,11 @@
    (ollama → openai, ollama → anthropic, openai → anthropic, anthropic → openai): the
    request translated and a whole answer translated back (µs per request), and a stream
    of N upstream chunks split, translated and written for the client (µs per chunk),
-   best of R rounds; beside the same client's request to an upstream that speaks its
-   wire (an Ollama: the crossing's plan is "as it is", the frames are only split and
-   written). The upstreams' answers are the stand-in's, of each kind, to the very
-   request the crossing sends.
+   best of R rounds, in the CPU time of the bench's thread (what the code costs, not
+   what other processes on the machine take from it); beside the same client's request
+   to an upstream that speaks its wire (an Ollama: the crossing's plan is "as it is",
+   the frames are only split and written). The upstreams' answers are the stand-in's,
+   of each kind, to the very request the crossing sends.
 2. Through a real bridge (2 gevent workers, loopback): req/s and p50 of a stream on
    `/api/chat` to an OpenAI-only stand-in (translated) and to an Ollama stand-in
    (native), alternately, best of R load runs each (`bench/loadgen.py`).
@@ -117,9 +118,10 @@ def route(api: str, path: str, kind: str, chunks: int) -> Way:
     def plan(ex: Exchange) -> crossing.Crossing | None:
         return crossing.plan(ex, kind, "bench")
 
+    asked = client_request(api, chunks, stream=False)
+
     def request() -> Any:
-        ex = exchange(api, path, client_request(api, chunks, stream=False))
-        return plan(ex)
+        return plan(exchange(api, path, asked))
 
     whole_plan, stream_plan = plan(whole_ex), plan(stream_ex)
     codec = streaming.SSE if path.startswith("/v1/") else streaming.NDJSON
@@ -166,23 +168,24 @@ def route(api: str, path: str, kind: str, chunks: int) -> Way:
 
 def best_us(step: Callable[[], Any], rounds: int, budget: float = 0.2) -> float:
     """The best of `rounds` rounds of µs per call of `step` (each round about `budget`
-    seconds, at least a few calls)."""
-    start = time.perf_counter()
+    seconds, at least a few calls), in CPU time of this thread: on a busy machine the
+    time other processes take between two calls is not counted."""
+    start = time.thread_time()
     step()
-    once = max(time.perf_counter() - start, 1e-6)
+    once = max(time.thread_time() - start, 1e-6)
     calls = max(3, min(10_000, int(budget / once)))
     best = float("inf")
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = time.thread_time()
         for _ in range(calls):
             step()
-        best = min(best, (time.perf_counter() - start) / calls)
+        best = min(best, (time.thread_time() - start) / calls)
     return best * 1e6
 
 
 def in_process(chunks: int, rounds: int) -> None:
     print(f"in process: µs per request (request + whole answer) and per stream chunk "
-          f"({chunks}-word answers), best of {rounds} rounds")
+          f"({chunks}-word answers), best of {rounds} rounds, CPU time")
     header = (f"{'client -> upstream':<28}{'request µs':>12}{'whole µs':>10}"
               f"{'per chunk µs':>14}{'  vs native (request+whole, chunk)'}")
     print(header)

@@ -20,6 +20,11 @@ carry `X-Cache` (HIT-MEMORY, HIT-DISK, HIT-REDIS, HIT-FLIGHT, MISS, BYPASS) and,
 HIT-FLIGHT is a request served by an identical one in flight (in this worker or
 another), which cost no upstream call of its own.
 
+With `--semantic-cache-model`, an exact miss (no entry, no flight) asks the semantic tier
+(`bridge.semantic_cache`) for a stored answer to the same question in other words: served
+the same way, marked HIT-SEMANTIC with `X-Cache-Similarity`; the answer of a miss it
+embedded is stored as usual plus a semantic entry pointing at its key.
+
 Only clients entitled to the model on that upstream read the tiers or join a flight
 (`bridge.identity.entitlement`); the others go upstream on their own. Whatever a request claims
 (a flight, a lease) is released when its exchange closes, even when a stage failed, and
@@ -59,12 +64,16 @@ from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.identity.entitlement import Entitlements
+from bridge.semantic_cache.index import Found
+from bridge.semantic_cache.lookup import Asked, SemanticCache
 
 log = logging.getLogger("bridge.cache")
 
 CACHEABLE = frozenset({("openai", "chat"), ("openai", "completions"), ("openai", "embeddings"),
                        ("ollama", "chat"), ("ollama", "generate"), ("ollama", "embed")})
 HIT_MEMORY, HIT_DISK, HIT_FLIGHT = "HIT-MEMORY", "HIT-DISK", "HIT-FLIGHT"
+HIT_SEMANTIC = "HIT-SEMANTIC"
+SIMILARITY_HEADER = "x-cache-similarity"
 MISS, BYPASS = "MISS", "BYPASS"
 NOTE = "cache"
 # Keys of recent request bodies: a repeated question skips canonical JSON and hashing.
@@ -124,6 +133,7 @@ class Pending:
     payload: Any  # the client's own payload, restored on the way out
     closers: int = 0  # the exchange's closers up to the cache's (the later ones: inner stages)
     started: float = 0.0  # monotonic time the upstream call began: the entry's recorded cost
+    asked: Asked | None = None  # its question, embedded: a semantic entry once stored
 
 
 class CacheStage(Stage):
@@ -143,6 +153,8 @@ class CacheStage(Stage):
         self.entitlements = Entitlements(settings, context.upstream, context.principals)
         self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
         self.records: Records | None = None  # side records in the tiers, once started
+        self.semantic = SemanticCache(settings, context.upstream) \
+            if settings.semantic_cache_model else None
 
     def start(self) -> None:
         self.entitlements.start()
@@ -156,6 +168,12 @@ class CacheStage(Stage):
         self.disk = shared_tier(self.settings, self.disk)  # with --redis-url: Redis
         self.sweeper = Sweeper(self.memory, self.disk, self.hot)
         self.records = Records(self.memory, self.disk)
+        if self.semantic is not None:
+            try:
+                self.semantic.start()
+            except Exception:  # noqa: BLE001 - the response cache serves on without it
+                log.exception("semantic cache unavailable: serving with exact hits only")
+                self.semantic = None
         self.memory.report()
         self.hot.report()
         if self.disk is not None:
@@ -164,10 +182,14 @@ class CacheStage(Stage):
     def begin_background(self) -> None:
         if self.sweeper is not None:
             self.sweeper.start()
+        if self.semantic is not None:
+            self.semantic.begin_background()
 
     def stop(self) -> None:
         if self.sweeper is not None:
             self.sweeper.stop(timeout=STOP_WAIT)
+        if self.semantic is not None:
+            self.semantic.stop()
         if self.disk is not None:
             self.disk.close()
 
@@ -187,6 +209,7 @@ class CacheStage(Stage):
         shape = replay.Shape.of(ex)
         self._mark(ex, MISS)
         shares = self.entitlements.allows(ex)
+        asked = None
         if control.lookup and shares:
             count = self.hot.touch(key)
             if self._answer_from_tiers(ex, key, control, shape, count):
@@ -194,7 +217,14 @@ class CacheStage(Stage):
             flight = self.flights.get(key, self.wait_limit(ex))
             if flight is not None and self._follow(ex, flight, shape):
                 return
+            if self.semantic is not None:
+                asked = self.semantic.ask(ex, ex.upstream or self.settings.ollama)
+                if asked is not None and self._answer_semantically(ex, asked, control, shape):
+                    return
         self._lead(ex, key, control, shares, shape)
+        pending = ex.notes.get(NOTE)
+        if pending is not None:
+            pending.asked = asked
 
     def wait_limit(self, ex: Exchange) -> float:
         """How long an identical request waits for this one's upstream call: as long as
@@ -216,8 +246,9 @@ class CacheStage(Stage):
             self._keys[memo_key] = key
         return key
 
-    def _answer_from_tiers(self, ex: Exchange, key: str, control: Control,
-                           shape: replay.Shape, count: int) -> bool:
+    def _stored(self, key: str, control: Control, count: int) -> tuple[Entry, str] | None:
+        """The entry under `key` from the tiers, young enough for the client, and the
+        tier that had it."""
         entry = self.memory.get(key)
         tier = HIT_MEMORY
         if entry is None and self.disk is not None:
@@ -225,17 +256,44 @@ class CacheStage(Stage):
             tier = getattr(self.disk, "last_hit", HIT_DISK)  # HIT-REDIS from Redis
             if entry is not None:
                 self.hot.disk_hit(key, entry, count)
-        if entry is None:
+        if entry is None or (control.max_age is not None and entry.age() > control.max_age):
+            return None
+        return entry, tier
+
+    def _answer_from_tiers(self, ex: Exchange, key: str, control: Control,
+                           shape: replay.Shape, count: int) -> bool:
+        stored = self._stored(key, control, count)
+        if stored is None:
             return False
-        age = entry.age()
-        if control.max_age is not None and age > control.max_age:
-            return False
+        entry, tier = stored
         revisit = partial(self._revisit, key, entry) if tier == HIT_MEMORY else None
-        ex.response = replay.serve_entry(entry, shape, {"age": str(int(age))}, revisit, key)
+        self._serve(ex, entry, tier, shape, {}, revisit, key)
+        return True
+
+    def _serve(self, ex: Exchange, entry: Entry, tier: str, shape: replay.Shape,
+               headers: dict[str, str], revisit: Any = None, key: str | None = None) -> None:
+        """Answer `ex` with a stored entry (a hit of `tier`)."""
+        headers = {"age": str(int(entry.age())), **headers}
+        ex.response = replay.serve_entry(entry, shape, headers, revisit, key)
         self._mark(ex, tier)
         label = tier.removeprefix("HIT-").lower()
         emit("cache.hit", tier=label)
         saved(entry, label)
+
+    def _answer_semantically(self, ex: Exchange, asked: Asked, control: Control,
+                             shape: replay.Shape) -> bool:
+        """Answer `ex` with the stored answer to the same question in other words."""
+        assert self.semantic is not None
+        found: Found | None = self.semantic.nearest(asked)
+        if found is None:
+            return False
+        stored = self._stored(found.key, control, self.hot.touch(found.key))
+        if stored is None:
+            if control.max_age is None:
+                self.semantic.forget(found)  # its answer left the cache
+            return False
+        self._serve(ex, stored[0], HIT_SEMANTIC, shape,
+                    {SIMILARITY_HEADER: f"{found.similarity:.3f}"}, key=found.key)
         return True
 
     def _revisit(self, key: str, entry: Entry) -> float | None:
@@ -354,12 +412,12 @@ class CacheStage(Stage):
         if produced:
             assert on_stop is not None
             flight.produce(response, lambda done: self._store(
-                ex, pending.key, self._entry(ex, done.codec, done.frames, pending=pending)),
-                on_stop)
+                ex, pending.key, self._entry(ex, done.codec, done.frames, pending=pending),
+                pending.asked), on_stop)
         elif response.ok and self._storable_body(response):
             entry = self._entry(ex, None, (), body=response.body, pending=pending)
             flight.finish_with(entry)
-            self._store(ex, pending.key, entry)
+            self._store(ex, pending.key, entry, pending.asked)
         else:
             flight.finish_with(response)
             self._headers(ex)
@@ -415,7 +473,8 @@ class CacheStage(Stage):
             entry.tokens = ex.usage.completion if ex.usage is not None else 0
         return entry
 
-    def _store(self, ex: Exchange, key: str, entry: Entry) -> None:
+    def _store(self, ex: Exchange, key: str, entry: Entry, asked: Asked | None = None
+               ) -> None:
         if not all(_utf8(data) for data in (*entry.frames, entry.body or b"")):
             log.warning("cache: response of %s not stored (not UTF-8) [%s]", ex.model,
                         ex.request_id)
@@ -425,6 +484,8 @@ class CacheStage(Stage):
         if self.disk is not None:
             self.disk.put(key, entry)
         emit("cache.store")
+        if asked is not None and self.semantic is not None:
+            self.semantic.remember(asked, key)
 
     # --- headers ------------------------------------------------------------------------
 

@@ -52,6 +52,22 @@ class Integer:
 
 
 @dataclass(frozen=True)
+class Fraction:
+    """A number from 0 to 1 (a cosine similarity, a ratio)."""
+
+    allowed: str = "0-1"
+
+    def __call__(self, text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"not a number (allowed: {self.allowed})") from None
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ValueError(f"out of range (allowed: {self.allowed})")
+        return value
+
+
+@dataclass(frozen=True)
 class Text:
     allowed: str = "any text"
     required: bool = False
@@ -377,6 +393,17 @@ SETTINGS: list[Setting] = [
     Setting("cache_memory_bytes", ("--cache-memory-bytes",), "byte budget of the in-memory "
             "tier of each worker, counting what is derived from entries (the least recently "
             "used go first); 0 = no memory tier", Integer(0, 1 << 40), 64 << 20, "BYTES"),
+    # --- semantic cache (bridge/semantic_cache) -------------------------------------------
+    Setting("semantic_cache_model", ("--semantic-cache-model",), "embedding model (asked "
+            "through the upstream) that turns on the semantic cache: a question asked in "
+            "other words is answered from the cache (needs --enable-cache)",
+            Text("a model name", required=True), None, "NAME"),
+    Setting("semantic_cache_threshold", ("--semantic-cache-threshold",), "least cosine "
+            "similarity of the last user messages for a semantic hit (see the README before "
+            "lowering it)", Fraction(), 0.85, "SIMILARITY"),
+    Setting("semantic_cache_max_entries", ("--semantic-cache-max-entries",), "max entries "
+            "of the semantic index; the oldest go first when full",
+            Integer(100, 10_000_000), 100_000, "N"),
     # --- traffic control and observability ------------------------------------------------
     Setting("rate_limit", ("-r", "--rate-limit"), "max upstream calls per second for the whole "
             "instance (token bucket, burst N); 0 = unlimited", Integer(0, 65535), 0, "N"),
@@ -604,6 +631,9 @@ def check(settings: Settings) -> None:
     if settings.api_key and settings.api_key_file:
         raise SettingError("--api-key-file: give the upstream key once: either --api-key "
                            "(or BRIDGE_API_KEY) or --api-key-file, not both")
+    if settings.semantic_cache_model and not settings.enable_cache:
+        raise SettingError("--semantic-cache-model: the semantic cache answers from the "
+                           "response cache: add --enable-cache")
     if settings.enable_shared_mode and not (settings.api_key or settings.api_key_file):
         raise SettingError("--enable-shared-mode: needs the upstream key: give --api-key, "
                            "BRIDGE_API_KEY or --api-key-file")

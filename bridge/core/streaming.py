@@ -8,6 +8,7 @@ that the relay can send them in one write. Writers add exactly the framing Ollam
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
@@ -45,8 +46,15 @@ def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
         if b"\n\n" in buffer:
-            *events, buffer = buffer.split(b"\n\n")
-            yield from _read_at_once([frame for frame in map(_sse_event, events) if frame])
+            events = buffer.split(b"\n\n")
+            buffer = events.pop()
+            if len(events) == 1:  # one event per read, as upstreams mostly send them
+                frame = _sse_event(events[0])
+                if frame is not None:
+                    yield frame
+            else:
+                yield from _read_at_once([frame for frame in map(_sse_event, events)
+                                          if frame])
     if buffer.strip():
         frame = _sse_event(buffer.strip(b"\n"))
         if frame is not None:
@@ -59,6 +67,8 @@ def _sse_event(event: bytes) -> Frame | None:
     if event.startswith(b"data:") and b"\n" not in event:
         payload = event[5:]
         return Frame(payload[1:] if payload.startswith(b" ") else payload)
+    if event.startswith(b"event:"):  # a named event (Anthropic's): as it came
+        return Frame(event, verbatim=True)
     lines = event.split(b"\n")
     data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
     if data and all(line.startswith((b"data:", b":")) for line in lines):
@@ -72,6 +82,13 @@ def event_data(frame: Frame) -> tuple[str | None, Any]:
     None for data that is no JSON."""
     if not frame.verbatim:
         return None, frame.data
+    head, found, rest = frame.raw.partition(b"\ndata:")
+    if found and head.startswith(b"event:") and b"\n" not in head and b"\n" not in rest:
+        named = head[6:].strip().decode(errors="replace")
+        try:  # `event: NAME` and one data line, as most named events come
+            return named, json.loads(rest[1:] if rest.startswith(b" ") else rest)
+        except ValueError:
+            return named, None
     name, data = None, []
     for line in frame.raw.split(b"\n"):
         if line.startswith(b"event:"):
@@ -286,9 +303,23 @@ def stream_response(status: int, headers: dict[str, str], frames: Iterator[Frame
     return Response(status=status, headers=headers, frames=frames, codec=codec)
 
 
+_second: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last second formatted
+
+
 def ollama_time(now: float | None = None) -> str:
-    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's RFC3339Nano)."""
+    """RFC 3339 with nanoseconds, UTC, trailing zeros trimmed (Go's RFC3339Nano).
+
+    Every frame of a translated stream has one: the second is formatted once per second,
+    only the fraction per call (rounded as `datetime.fromtimestamp` rounds it)."""
+    global _second
     now = time.time() if now is None else now
-    moment = datetime.fromtimestamp(now, timezone.utc)
-    fraction = f"{moment.microsecond:06d}000".rstrip("0")
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+    second = math.floor(now)
+    micro = round((now - second) * 1e6)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    if _second[0] != second:
+        _second = (second, datetime.fromtimestamp(second, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S"))
+    if not micro:
+        return f"{_second[1]}Z"
+    return f"{_second[1]}.{('%06d' % micro).rstrip('0')}Z"

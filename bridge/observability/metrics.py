@@ -37,6 +37,8 @@ COUNTER, GAUGE_SET, GAUGE_ADD, HISTOGRAM = "counter", "gauge_set", "gauge_add", 
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LUA_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 1, 10)
+SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
+EMBEDDING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2)
 FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
@@ -145,6 +147,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("cache.entries", GAUGE_SET, "bridge_cache_redis_entries",
            "Entries in the shared Redis tier (--redis-url)", mode="livemostrecent",
            only=(("tier", "redis"),)),
+    # semantic cache (hits: bridge_cache_hits_total{tier="semantic"})
+    Metric("semantic.similarity", HISTOGRAM, "bridge_semantic_similarity",
+           "Cosine similarity of the nearest stored question of the same scope, per "
+           "semantic lookup (a hit at --semantic-cache-threshold or above)",
+           buckets=SIMILARITY_BUCKETS),
+    Metric("semantic.embedding", COUNTER, "bridge_semantic_embedding_calls_total",
+           "Embedding calls of the semantic cache, by outcome (ok, failed: a plain miss)",
+           ("outcome",), count_events=True),
+    Metric("semantic.embedding_seconds", HISTOGRAM, "bridge_semantic_embedding_seconds",
+           "Duration of the semantic cache's embedding calls", buckets=EMBEDDING_BUCKETS),
+    Metric("semantic.entries", GAUGE_SET, "bridge_semantic_entries",
+           "Entries in the semantic index (the largest of the workers')", mode="max"),
     # scale-out on Redis
     Metric("redis.up", GAUGE_SET, "bridge_redis_up",
            "1 when Redis answers, 0 while the bridge is degraded to instance-local "

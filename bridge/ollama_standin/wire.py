@@ -379,11 +379,32 @@ def _token_entry(token: str, logprob: float) -> dict:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
-def embedding(text: str, dims: int = 8) -> list[float]:
-    """A unit vector derived from a hash of `text`."""
-    digest = hashlib.sha256(text.encode("utf-8", "replace")).digest()
-    raw = [b / 127.5 - 1.0 for b in digest[:dims]]
-    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+EMBEDDING_DIMS = 384  # all-minilm's `embedding_length`
+# Words that say little about what a question asks: left out, so that two questions
+# share a direction only by the words that carry their meaning.
+_STOP_WORDS = frozenset(
+    "a an and are as at be by can could do does for from how i in is it its me my of on "
+    "or please s should so tell that the this to was what whats which who why will with "
+    "would you your".split())
+_WORD = re.compile(r"\w+")
+
+
+def embedding(text: str, dims: int = EMBEDDING_DIMS) -> list[float]:
+    """A hashed bag of words, as a unit vector: each word (lower case, but for a few
+    stop words) adds +1 or -1 to one of `dims` coordinates chosen by its hash, so texts
+    sharing words are close (cosine = shared words over the geometric mean of their
+    counts, but for rare collisions) and texts sharing none are near orthogonal. A text
+    without such words is the first axis."""
+    raw = [0.0] * dims
+    for word in _WORD.findall(text.lower()):
+        if word in _STOP_WORDS:
+            continue
+        digest = hashlib.blake2b(word.encode("utf-8", "replace"), digest_size=8).digest()
+        number = int.from_bytes(digest, "big")
+        raw[number % dims] += 1.0 if number >> 63 else -1.0
+    norm = math.sqrt(sum(x * x for x in raw))
+    if not norm:
+        raw[0], norm = 1.0, 1.0
     return [round(x / norm, 6) for x in raw]
 
 

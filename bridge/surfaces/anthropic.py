@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -27,6 +28,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                402: "billing_error", 403: "permission_error", 404: "not_found_error",
                413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
                504: "timeout_error", 529: "overloaded_error"}
+TEXT_DELTA = b"content_block_delta"  # the event of most of a stream's frames
 NO_THINKING = "does not support thinking"  # the native chat's refusal of `think`
 UNTHINKING_MODELS = 1024  # model names remembered as unable to think, per worker
 # Ollama's `done_reason` -> Anthropic's `stop_reason`
@@ -162,6 +164,10 @@ class MessagesStream(Translator):
         self.tools_sent: set[str] = set()
 
     def frame(self, native: dict[str, Any]) -> list[Frame]:
+        if self.text_started and not (self.thinking_started and not self.thinking_done):
+            text = self.text_delta(native)
+            if text is not None:
+                return [text]
         out: list[Frame] = []
         if not self.started:
             self.started = True
@@ -215,6 +221,22 @@ class MessagesStream(Translator):
         if not out:  # a native frame with nothing to say: the connection is alive
             out.append(_event("ping", {"type": "ping"}))
         return out
+
+    def text_delta(self, native: dict[str, Any]) -> Frame | None:
+        """The event of a frame that only adds text to the open text block (most of them),
+        made as `frame` makes it, from a template of its bytes; None for any other."""
+        message = native.get("message")
+        if native.get("done") is True or type(message) is not dict \
+                or message.get("thinking") or message.get("tool_calls"):
+            return None
+        text = message.get("content")
+        if type(text) is not str or not text:
+            return None
+        delta = {"type": "text_delta", "text": text}
+        return Frame(b'{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta",'
+                     b'"text":%s}}' % (self.index, encode_basestring(text).encode()),
+                     {"type": "content_block_delta", "index": self.index, "delta": delta},
+                     event=TEXT_DELTA)
 
     def failed(self, status: int, message: str) -> list[Frame]:
         return [_event("error", {"type": "error", "error": {"type": error_type(status),

@@ -305,6 +305,13 @@ class MessagesReader(Reader):
         name, data = event_data(frame)
         data = _object(data)
         kind = data.get("type") or name
+        if kind == "content_block_delta":  # most events, most of them text
+            delta = _object(data.get("delta"))
+            text = delta.get("text") if delta.get("type") == "text_delta" else None
+            if text:
+                return [{"model": self.model, "created_at": ollama_time(),
+                         "message": {"role": "assistant", "content": text}, "done": False}]
+            return self._delta(data.get("index"), delta)
         if kind == "message_start":
             message = _object(data.get("message"))
             self.model = message.get("model") or self.model
@@ -315,8 +322,6 @@ class MessagesReader(Reader):
                 self.tools[data.get("index")] = {**block, "json": []}
             elif block.get("type") == "text" and block.get("text"):
                 return [self._say(content=block["text"])]
-        elif kind == "content_block_delta":
-            return self._delta(data.get("index"), _object(data.get("delta")))
         elif kind == "content_block_stop":
             block = self.tools.pop(data.get("index"), None)
             if block is not None:
@@ -345,8 +350,11 @@ class MessagesReader(Reader):
         return []  # signatures, citations
 
     def _say(self, content: str = "", **more: Any) -> dict[str, Any]:
-        return {"model": self.model, "created_at": ollama_time(),
-                "message": {"role": "assistant", "content": content, **more}, "done": False}
+        message = {"role": "assistant", "content": content}
+        if more:
+            message.update(more)
+        return {"model": self.model, "created_at": ollama_time(), "message": message,
+                "done": False}
 
     def _end(self) -> list[dict[str, Any]]:
         if self.done:

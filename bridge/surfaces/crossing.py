@@ -176,7 +176,8 @@ class Crossing:
         translator = self.wire.translator(self.call)
         with owned(upstream) as frames:
             for frame in frames:
-                out = _translated(translator, reader.frame(frame))
+                canonical = reader.frame(frame)
+                out = _translated(translator, canonical) if canonical else canonical
                 if out:
                     out[-1].more = frame.more
                     yield from out
@@ -186,14 +187,20 @@ class Crossing:
 
 
 def _translated(translator: Any, canonical: list[dict[str, Any]]) -> list[Frame]:
-    out: list[Frame] = []
-    for native in canonical:
-        if "error" in native:
-            out.extend(translator.failed(500, str(native["error"])))
-        else:
-            out.extend(translator.frame(native))
-    for frame in out[:-1]:
-        frame.more = True
+    if not canonical:
+        return []
+    if len(canonical) == 1 and "error" not in canonical[0]:  # most upstream frames
+        out = translator.frame(canonical[0])
+    else:
+        out = []
+        for native in canonical:
+            if "error" in native:
+                out.extend(translator.failed(500, str(native["error"])))
+            else:
+                out.extend(translator.frame(native))
+    if len(out) > 1:
+        for frame in out[:-1]:
+            frame.more = True
     return out
 
 

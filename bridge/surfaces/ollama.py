@@ -11,6 +11,7 @@ speaks every wire of the pipeline (Ollama serves `/v1` itself).
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Mapping
 
 from bridge.core.errors import BadRequest, error_text
@@ -52,17 +53,45 @@ def _model(payload: dict[str, Any], *names: str) -> str:
     return model
 
 
+# the keys of a canonical frame that only adds text, in their order (`_Lines.text_line`)
+_TEXT_KEYS = ("model", "created_at", "message", "done")
+_MESSAGE_KEYS = ("role", "content")
+
+
 class _Lines(Translator):
     """A canonical stream as an Ollama wire's NDJSON lines, one per frame, through
-    `shape`; an error as Ollama's in-band `{"error": …}` line."""
+    `shape` (None: the canonical frames themselves, which the reader made for this
+    stream alone); an error as Ollama's in-band `{"error": …}` line."""
 
-    def __init__(self, shape: Any):
+    def __init__(self, shape: Any = None):
         self.shape = shape
+        self._model: tuple[Any, bytes] = (None, b"")  # a model, its text lines' first bytes
 
     def frame(self, native: dict[str, Any]) -> list[Frame]:
         if "error" in native:
             return [Frame.of({"error": native["error"]})]
-        return [Frame.of(self.shape(native))]
+        if self.shape is not None:
+            return [Frame.of(self.shape(native))]
+        raw = self.text_line(native)
+        return [Frame(raw, native) if raw is not None else Frame.of(native)]
+
+    def text_line(self, native: dict[str, Any]) -> bytes | None:
+        """The line of a canonical frame that only adds text (most of a stream's), made
+        as `encode_json` makes it, from a template of its bytes; None for any other."""
+        message = native.get("message")
+        if native.get("done") is not False or type(message) is not dict \
+                or tuple(native) != _TEXT_KEYS or tuple(message) != _MESSAGE_KEYS:
+            return None
+        model, created, content = native["model"], native["created_at"], message["content"]
+        if message["role"] != "assistant" or type(model) is not str \
+                or type(created) is not str or type(content) is not str:
+            return None
+        if self._model[0] != model:
+            self._model = (model, b'{"model":%s,"created_at":' % encode_basestring(
+                model).encode())
+        return b'%s%s,"message":{"role":"assistant","content":%s},"done":false}' % (
+            self._model[1], encode_basestring(created).encode(),
+            encode_basestring(content).encode())
 
     def failed(self, status: int, message: str) -> list[Frame]:
         return [Frame.of({"error": message})]
@@ -83,7 +112,7 @@ class _Native(Surface):
         return native
 
     def translator(self, call: Call) -> Translator:
-        return _Lines(dict)
+        return _Lines()
 
     def error(self, status: int, message: str, param: str | None = None,
               code: str | None = None) -> dict[str, Any]:

@@ -54,12 +54,13 @@ import struct
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import quote
 
 from bridge.core.errors import BadRequest, error_text
-from bridge.core.exchange import Frame
+from bridge.core.exchange import Frame, encode_json
 from bridge.core.reasoning import OPENAI_REASONING_FIELDS
 from bridge.core.streaming import error_frame, event_data, ollama_time
 from bridge.surfaces import adapter
@@ -90,6 +91,7 @@ EFFORTS_OUT = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
 FINISH_REASONS = frozenset({"stop", "length", "content_filter"})
 ENCODINGS = ("float", "base64")
 _FRACTION = re.compile(r"\.\d+")
+_REASONING_FIRST = tuple(reversed(OPENAI_REASONING_FIELDS))  # the field `_thinking` takes
 
 
 def _id() -> str:
@@ -481,8 +483,13 @@ class ChatChunks(_Chunks):
         super().__init__(call, "chatcmpl")
         self.started = False
         self.tool_calls = False
+        self._text: tuple[Any, bytes] | None = None  # (model, its text chunks' first bytes)
 
     def frame(self, native: dict[str, Any]) -> list[Frame]:
+        if self.started:
+            text = self.text_delta(native)
+            if text is not None:
+                return [text]
         message = _message(native)
         thinking, content = message.get("thinking") or "", message.get("content") or ""
         calls = _calls(message, self.call)
@@ -504,6 +511,29 @@ class ChatChunks(_Chunks):
             reason = finish_reason(native.get("done_reason"), self.tool_calls)
             out.extend(self.end(native, self._delta(native, {}, {}, reason)))
         return out
+
+    def text_delta(self, native: dict[str, Any]) -> Frame | None:
+        """The chunk of a frame that only adds text, after the first (most of them), made
+        as `frame` makes it, from a template of its bytes; None for any other frame."""
+        message = native.get("message")
+        if native.get("done") is True or type(message) is not dict \
+                or message.get("thinking") or message.get("tool_calls") \
+                or native.get("logprobs"):
+            return None
+        content = message.get("content")
+        if type(content) is not str or not content:
+            return None
+        model = native.get("model") or self.call.model
+        if self._text is None or self._text[0] != model:
+            head = {"id": self.id, "object": self.object, "created": self.call.created,
+                    "model": model}
+            self._text = (model, encode_json(head)[:-1]
+                          + b',"choices":[{"index":0,"delta":{"content":')
+        delta = {"content": content}
+        return Frame(b'%s%s},"finish_reason":null}]}' % (
+            self._text[1], encode_basestring(content).encode()),
+            {"id": self.id, "object": self.object, "created": self.call.created,
+             "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
 
     def _delta(self, native: dict[str, Any], delta: dict[str, Any], logprobs: dict[str, Any],
                reason: str | None = None) -> Frame:
@@ -830,8 +860,11 @@ def _done_reason(reason: Any) -> str:
 def _thinking(holder: dict[str, Any]) -> str:
     """The reasoning an OpenAI message or delta carries (DeepSeek's field, or vLLM's and
     Ollama's), once."""
-    return next((holder[name] for name in reversed(OPENAI_REASONING_FIELDS)
-                 if isinstance(holder.get(name), str) and holder[name]), "")
+    for name in _REASONING_FIRST:
+        value = holder.get(name)
+        if value and isinstance(value, str):
+            return value
+    return ""
 
 
 def _text(holder: dict[str, Any]) -> str:
@@ -885,14 +918,19 @@ class ChatReader(adapter.Reader):
     def frame(self, frame: Frame) -> list[dict[str, Any]]:
         if self.done:
             return []
-        if frame.is_done:
+        if frame.raw == DONE:
             return self._finish()
-        name, data = event_data(frame)
+        name, data = event_data(frame) if frame.verbatim else (None, frame.data)
         if not isinstance(data, dict):
             return []  # a comment (keep-alive)
         if name == "error" or data.get("error") is not None:
             self.done = True
             return [{"error": error_message(data) or "the upstream's stream failed"}]
+        choices = data.get("choices")
+        if type(choices) is list and len(choices) == 1 and not data.get("usage"):
+            choice = choices[0]  # most chunks: one choice, no usage
+            return self._choice(choice) if isinstance(choice, dict) \
+                and choice.get("index", 0) == 0 else []
         out = []
         for choice in data.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
@@ -904,15 +942,24 @@ class ChatReader(adapter.Reader):
         return out
 
     def _choice(self, choice: dict[str, Any]) -> list[dict[str, Any]]:
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-        content, thinking, logprobs = _text(delta), _thinking(delta), _entries(choice)
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
+        content, thinking = _text(delta), _thinking(delta)
+        logprobs = _entries(choice) if choice.get("logprobs") else None
         out = []
         if content or thinking or logprobs:
-            message = {"content": content, **({"thinking": thinking} if thinking else {})}
-            out.append(_frame(self.model, message, done=False,
-                              **({"logprobs": logprobs} if logprobs else {})))
-        for position, piece in enumerate(delta.get("tool_calls") or ()):
-            self._gather(piece, position)
+            message = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            native = {"model": self.model, "created_at": ollama_time(), "message": message,
+                      "done": False}
+            if logprobs:
+                native["logprobs"] = logprobs
+            out.append(native)
+        if delta.get("tool_calls"):
+            for position, piece in enumerate(delta["tool_calls"]):
+                self._gather(piece, position)
         if choice.get("finish_reason"):
             self.reason = choice["finish_reason"]
             out.extend(self._whole_calls())

@@ -14,6 +14,7 @@ from bridge import __version__
 from bridge.core.settings import (
     PROG,
     SETTINGS,
+    Fraction,
     HostPort,
     Integer,
     Pattern,
@@ -37,6 +38,8 @@ def bad_values(setting: Setting) -> list[str]:
         return [str(parse.low - 1), str(parse.high + 1), "abc", "1.5"]
     if isinstance(parse, Url):
         return ["ftp://example.com", "localhost:11434", "http://bad host", "http://h:99999"]
+    if isinstance(parse, Fraction):
+        return ["1.5", "-0.1", "nan", "high"]
     if isinstance(parse, HostPort):
         return ["localhost", "127.0.0.1:70000", "bad host:80", ":3000", "127.0.0.1:port"]
     if isinstance(parse, Switch):

@@ -120,9 +120,32 @@ def test_embeddings(standin, oai):
                           json={"model": "all-minilm", "input": ["a", "b"]}).json()
     for got, want in zip(first.data, again["data"], strict=True):
         assert got.embedding == pytest.approx(want["embedding"], abs=1e-6)
-    assert len(first.data[0].embedding) == 8 and first.data[0].embedding != again[
+    assert len(first.data[0].embedding) == 384 and first.data[0].embedding != again[
         "data"][1]["embedding"]
     assert again["usage"]["prompt_tokens"] == again["usage"]["total_tokens"] > 0
+
+
+def cosine(first: list[float], second: list[float]) -> float:
+    return sum(a * b for a, b in zip(first, second, strict=True))
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/api/embed"])
+def test_embeddings_are_hashed_bags_of_words(standin, path):
+    """Texts sharing words are close, texts sharing none are not (what the semantic
+    cache's tests rely on): each word but a few stop words is one hashed coordinate."""
+    texts = ["What is the capital of France?", "what's the capital city of France",
+             "How do I reset my password?", "France capital", ""]
+    answer = requests.post(standin.url + path, json={"model": "all-minilm", "input": texts},
+                           timeout=10).json()
+    vectors = answer["embeddings"] if path == "/api/embed" else [
+        item["embedding"] for item in answer["data"]]
+    for vector in vectors:
+        assert len(vector) == 384 and cosine(vector, vector) == pytest.approx(1.0, abs=1e-4)
+    capital, paraphrase, password, same_words, empty = vectors
+    assert cosine(capital, paraphrase) == pytest.approx(2 / 6 ** 0.5, abs=1e-4)  # 0.816
+    assert cosine(capital, same_words) == pytest.approx(1.0, abs=1e-4)  # order, case, stops
+    assert abs(cosine(capital, password)) < 0.01
+    assert empty == [1.0] + [0.0] * 383
 
 
 @pytest.mark.parametrize("path", ["/v1/embeddings", "/api/embed"])
@@ -262,7 +285,7 @@ def test_native_generate_embed_and_listing(standin):
     parts = list(client.generate(model="llama3.2", prompt="why", stream=True))
     assert "".join(p.response for p in parts) == "Echo: why" and parts[-1].context
     embedded = client.embed(model="all-minilm", input=["a", "b"])
-    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 8
+    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 384
     assert [m.model for m in client.list().models] == standin.config.models
     assert client.show("qwen3").capabilities == ["completion", "tools", "thinking"]
     assert client.ps().models[0].name == "llama3.2:latest"

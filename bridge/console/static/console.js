@@ -79,7 +79,7 @@ function render(s) {
     set("ttft-" + surface, seconds(r.ttft_p50));
   }
   const c = s.cache;
-  for (const tier of ["memory", "disk", "flight"]) {
+  for (const tier of ["memory", "disk", "flight", "semantic"]) {
     set("hits-" + tier, count(c.hits[tier] || 0));
     set("ratio-" + tier, percent(c.hit_ratio[tier] ?? (c.misses ? 0 : null)));
   }

@@ -1,0 +1,80 @@
+"""Embeddings of compared texts, asked through the upstream the request goes to.
+
+An Ollama upstream is asked `POST /api/embed {"model", "input"}`, an OpenAI-compatible
+one `POST /v1/embeddings {"model", "input"}` (its kind: routing's `api` of the chosen
+upstream, `--upstream-api` for `-o`), with the request's credentials as its call would
+carry them (`UpstreamClient.ask`: a routed upstream's own key, the kind's header). Each
+call waits at most `EMBED_TIMEOUT` seconds: a slow or failed call is a plain miss, never
+an error. An upstream kind without embeddings (Anthropic's API) has no semantic cache.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from bridge.core.events import emit
+from bridge.core.exchange import UpstreamTarget
+from bridge.core.upstream import UpstreamClient
+
+EMBED_TIMEOUT = 2.0  # seconds: longest wait for one embedding (a cold model loads in it)
+OLLAMA, OPENAI = "ollama", "openai"
+PATHS = {OLLAMA: "/api/embed", OPENAI: "/v1/embeddings"}  # the kinds that embed
+PROBE_TEXT = "semantic cache probe"
+
+
+class Embedder:
+    """One embedding model on the upstream(s)."""
+
+    def __init__(self, upstream: UpstreamClient, model: str):
+        self.upstream = upstream
+        self.model = model
+
+    def kind(self, target: UpstreamTarget | None) -> str:
+        """The API of `target` (None: `-o`)."""
+        return target.api if target is not None else self.upstream.kind
+
+    def probe(self, target: UpstreamTarget | None) -> np.ndarray | None:
+        """The model's vector of a fixed text on `target` (None: `-o`), with the bridge's
+        own credentials; None when it does not answer with one."""
+        return self._call(target, PROBE_TEXT, dict(self.upstream.probe_headers), count=False)
+
+    def embed(self, text: str, target: UpstreamTarget | None, headers: dict[str, str]
+              ) -> np.ndarray | None:
+        """The unit vector of `text`, or None (upstream slow, failing, or without
+        embeddings); `headers`: the request's credentials."""
+        return self._call(target, text, headers)
+
+    def _call(self, target: UpstreamTarget | None, text: str, headers: dict[str, str],
+              count: bool = True) -> np.ndarray | None:
+        kind = self.kind(target)
+        path = PATHS.get(kind)
+        if path is None:
+            return None
+        model = target.upstream_model(self.model) if target is not None else self.model
+        started = time.monotonic()
+        status, data = self.upstream.ask(path, target, headers, EMBED_TIMEOUT,
+                                         {"model": model, "input": text}, read=True)
+        vector = _vector(kind, data) if status == 200 else None
+        if count:
+            emit("semantic.embedding", outcome="ok" if vector is not None else "failed")
+            emit("semantic.embedding_seconds", time.monotonic() - started)
+        return vector
+
+
+def _vector(kind: str, data: Any) -> np.ndarray | None:
+    """The first embedding of an answer, normalised; None when there is none."""
+    try:
+        raw = data["embeddings"][0] if kind == OLLAMA else data["data"][0]["embedding"]
+        vector = np.asarray(raw, dtype=np.float32)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if vector.ndim != 1 or not vector.size:
+        return None
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0.0:
+        return None
+    return vector / norm

@@ -1,0 +1,230 @@
+"""The semantic tier as the cache stage uses it: after an exact miss, the nearest stored
+question of the same scope; after a stored answer, a semantic entry pointing at its key.
+
+At start each worker probes the embedding model on the upstream(s): missing (or on an
+upstream kind without embeddings) is one WARNING per instance and the tier stays off.
+It then loads its index: the one saved beside the disk tier at the last stop, brought up
+to date with the stored entries, or rebuilt from them when it is missing or unreadable.
+A background greenlet adds what other workers (and, with Redis, other instances) store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gevent
+import numpy as np
+
+from bridge.core import instance
+from bridge.core.events import emit
+from bridge.core.exchange import Exchange, UpstreamTarget
+from bridge.core.redaction import CREDENTIAL_HEADERS
+from bridge.core.redis_link import link_for
+from bridge.core.settings import Settings
+from bridge.core.upstream import UpstreamClient
+from bridge.routing.config import UpstreamsError
+from bridge.routing.config import load as load_upstreams
+from bridge.semantic_cache.embedding import PATHS, Embedder
+from bridge.semantic_cache.index import Found, SemanticIndex, VectorIndex
+from bridge.semantic_cache.question import Question, question_of
+from bridge.semantic_cache.store import BATCH, RedisStore, SqliteStore, Store
+
+log = logging.getLogger("bridge.semantic_cache")
+
+INDEX_FILE = "semantic.usearch"
+POLL_SECONDS = 0.25  # how often a worker reads the entries others stored
+_WARNED = "semantic-cache.warned"  # in the instance's run directory: one warning per instance
+
+
+@dataclass
+class Asked:
+    """A request's question and its embedding: what is stored if it is answered."""
+
+    question: Question
+    vector: np.ndarray
+
+
+class SemanticCache:
+    def __init__(self, settings: Settings, upstream: UpstreamClient):
+        self.settings = settings
+        self.threshold = settings.semantic_cache_threshold
+        self.embedder = Embedder(upstream, settings.semantic_cache_model)
+        self.index: SemanticIndex | None = None  # None: the tier is off
+        self.store: Store | None = None
+        self._cursor: Any = None
+        self._poller: gevent.Greenlet | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.index is not None
+
+    # --- start and stop -----------------------------------------------------------------
+
+    def start(self) -> None:
+        dims = self._probe()
+        if dims is None:
+            return
+        model, bound = self.settings.semantic_cache_model, self.settings.semantic_cache_max_entries
+        link = link_for(self.settings)
+        if link is not None:
+            self.store = RedisStore(link, model, dims, bound)
+        else:
+            self.store = SqliteStore(self.settings.cache_dir, model, dims, bound)
+        self.index = self._load(dims)
+        emit("semantic.entries", len(self.index))
+        log.info("semantic cache: on (%s, %d dimensions, %d entries, threshold %.3f)",
+                 model, dims, len(self.index), self.threshold)
+
+    def _probe(self) -> int | None:
+        """The model's dimensions on the upstreams that embed with it (requests routed to
+        the others are plain misses, said in one WARNING per instance); None, with one
+        WARNING, when none does."""
+        targets: list[UpstreamTarget | None] = [None]
+        if self.settings.upstreams:
+            try:
+                targets = [upstream.target for upstream in
+                           load_upstreams(self.settings.upstreams,
+                                          self.settings.enable_shared_mode).upstreams]
+            except UpstreamsError:
+                return None  # the routing stage reports it
+        model = self.settings.semantic_cache_model
+        dims: dict[int, list[str]] = {}
+        without: list[str] = []
+        for target in targets:
+            where = target.name if target is not None else self.settings.ollama
+            kind = self.embedder.kind(target)
+            vector = self.embedder.probe(target) if kind in PATHS else None
+            if vector is None:
+                without.append(f"{where} ({PATHS.get(kind, f'the {kind} API has none')})")
+            else:
+                dims.setdefault(vector.size, []).append(where)
+        if not dims:
+            self._warn("semantic cache off: embedding model %r does not answer on %s; pull "
+                       "it or fix --semantic-cache-model", model, ", ".join(without))
+            return None
+        if len(dims) > 1:
+            self._warn("semantic cache off: %r has other dimensions on other upstreams (%s)",
+                       model, dims)
+            return None
+        if without:
+            self._warn("semantic cache: embedding model %r does not answer on %s: requests "
+                       "routed there are never semantic hits", model, ", ".join(without))
+        return next(iter(dims))
+
+    @staticmethod
+    def _warn(message: str, *args: Any) -> None:
+        try:
+            fd = os.open(instance.directory() / _WARNED, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # another worker said it
+        except OSError:
+            fd = None
+        if fd is not None:
+            os.close(fd)
+        log.warning(message, *args)
+
+    def _index_path(self) -> Path:
+        return Path(self.settings.cache_dir) / INDEX_FILE
+
+    def _load(self, dims: int) -> SemanticIndex:
+        """The saved index brought up to date with the store, or one rebuilt from it."""
+        assert self.store is not None
+        bound = self.settings.semantic_cache_max_entries
+        rows, self._cursor = self._read_all(self.store.first)
+        saved = VectorIndex.load(self._index_path(), dims)
+        if saved is None:
+            index = SemanticIndex(dims, bound)
+            index.add(rows)
+            return index
+        index = SemanticIndex(dims, bound, saved)
+        missing = set(index.restore([(label, scope, key) for label, scope, key, _ in rows]))
+        index.add([row for row in rows if row[0] in missing])
+        return index
+
+    def _read_all(self, cursor: Any) -> tuple[list, Any]:
+        assert self.store is not None
+        rows: list = []
+        while True:
+            batch, after = self.store.read(cursor, BATCH)
+            rows.extend(batch)
+            if after == cursor:
+                return rows, cursor
+            cursor = after
+
+    def begin_background(self) -> None:
+        if self.on:
+            self._poller = gevent.spawn(self._poll)
+
+    def _poll(self) -> None:
+        while True:
+            gevent.sleep(POLL_SECONDS)
+            self.catch_up()
+
+    def catch_up(self) -> None:
+        """Add what other workers and instances stored since the last read."""
+        if self.index is None or self.store is None:
+            return
+        rows, self._cursor = self._read_all(self._cursor)
+        if rows:
+            self.index.add(rows)
+            emit("semantic.entries", len(self.index))
+
+    def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.kill(block=False)
+        if self.index is not None:
+            try:
+                self.index.vectors.save(self._index_path())
+            except (OSError, RuntimeError) as exc:
+                log.warning("semantic cache: index not saved (%s): rebuilt at the next start",
+                            exc)
+        if self.store is not None:
+            self.store.close()
+
+    # --- requests -----------------------------------------------------------------------
+
+    def ask(self, ex: Exchange, upstream: str) -> Asked | None:
+        """The request's question and embedding, when it may be a semantic hit (None when
+        the tier is off, the request may never be one, or the embedding failed)."""
+        if self.index is None:
+            return None
+        question = question_of(ex, upstream)
+        if question is None:
+            return None
+        route = ex.route
+        credentials = {name: ex.headers[name] for name in CREDENTIAL_HEADERS
+                       if name in ex.headers}
+        vector = self.embedder.embed(question.text, route.current if route else None,
+                                     credentials)
+        if vector is None or vector.size != self.index.dims:
+            return None
+        return Asked(question, vector)
+
+    def nearest(self, asked: Asked) -> Found | None:
+        """The stored question of the same scope at least `threshold` similar."""
+        if self.index is None:
+            return None
+        self.catch_up()
+        found = self.index.nearest(asked.question.scope, asked.vector)
+        if found is None:
+            return None
+        emit("semantic.similarity", found.similarity)
+        return found if found.similarity >= self.threshold else None
+
+    def forget(self, found: Found) -> None:
+        """An entry whose answer left the cache (expired, evicted, purged)."""
+        if self.index is not None:
+            self.index.remove(found.label)
+
+    def remember(self, asked: Asked, key: str) -> None:
+        """The answer stored under `key` answers `asked` and what is like it."""
+        if self.index is None or self.store is None:
+            return
+        label = self.store.add(asked.question.scope, key, asked.vector)
+        if label is not None:
+            self.index.add([(label, asked.question.scope, key, asked.vector)])
+            emit("semantic.entries", len(self.index))
