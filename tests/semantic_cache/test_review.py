@@ -204,3 +204,31 @@ def test_every_output_affecting_field_and_every_surface_scopes_a_hit(standin, ma
         "input": f"What's the speed of sound in air? {word}"})
     assert responses.status_code == 200
 
+
+def test_a_large_index_is_rebuilt_while_serving(standin, make_bridge, tmp_path):
+    """100,000 stored entries and no saved graph (lost, or a new instance of a Redis
+    fleet): building the graph takes minutes, so it is built in the background; the
+    bridge serves at once, and a question answered meanwhile is a semantic hit."""
+    import sqlite3
+
+    import numpy as np
+
+    from bridge.ollama_standin.wire import EMBEDDING_DIMS
+    from bridge.semantic_cache.store import SqliteStore
+    SqliteStore(str(tmp_path), "all-minilm", EMBEDDING_DIMS, 100_000).close()
+    vectors = np.random.default_rng(27).standard_normal((100_000, EMBEDDING_DIMS),
+                                                        dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with sqlite3.connect(tmp_path / "semantic.sqlite") as db:
+        db.executemany("INSERT INTO semantic (scope, key, vector) VALUES (?, ?, ?)",
+                       ((f"old{i % 500}", f"qwen3\told{i}", vector.astype("<f4").tobytes())
+                        for i, vector in enumerate(vectors)))
+    bridge = make_bridge(*SEMANTIC, "--cache-dir", str(tmp_path))
+    show_upstream_is_open(bridge)
+    word = f"ref{uuid.uuid4().hex[:10]}"
+    first = ask(bridge, f"What is the capital of France? {word}")
+    again = ask(bridge, f"what's the capital city of France {word}")
+    assert again.headers["x-cache"] == "HIT-SEMANTIC"
+    assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0][
+        "message"]["content"]
+    assert "WORKER TIMEOUT" not in bridge.log()
