@@ -232,3 +232,20 @@ def test_a_large_index_is_rebuilt_while_serving(standin, make_bridge, tmp_path):
     assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0][
         "message"]["content"]
     assert "WORKER TIMEOUT" not in bridge.log()
+
+
+def test_many_paraphrases_at_once(standin, make_bridge, tmp_path):
+    """Twenty questions in other words, and their repeats, at once on two workers: every
+    answer is a 200 with the text of its own question's first answer, nothing is held."""
+    bridge = make_bridge(*SEMANTIC, "--cache-dir", str(tmp_path))
+    show_upstream_is_open(bridge)
+    word = f"ref{uuid.uuid4().hex[:10]}"
+    topics = [f"topic{i}{word}" for i in range(10)]
+    questions = [f"What is the meaning of {topic}?" for topic in topics] + \
+        [f"what's the real meaning of {topic}" for topic in topics]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda q: ask(bridge, q), questions * 2))
+    assert [answer.status_code for answer in answers] == [200] * len(answers)
+    after = [ask(bridge, f"What is the meaning of {topic}?") for topic in topics]
+    assert all(answer.headers["x-cache"].startswith("HIT") for answer in after)
+    assert "Traceback" not in bridge.log()
