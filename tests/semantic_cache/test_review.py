@@ -21,6 +21,18 @@ def ask(bridge, content: str, **fields) -> requests.Response:
         "model": MODEL, "messages": [{"role": "user", "content": content}], **fields})
 
 
+def answer_text(answer: requests.Response) -> str:
+    return answer.json()["choices"][0]["message"]["content"]
+
+
+def assert_semantic_hit(bridge, stored: str, paraphrase: str) -> None:
+    """`paraphrase` (asked after `stored`) is answered from the cache with its answer."""
+    first = ask(bridge, stored)
+    again = ask(bridge, paraphrase)
+    assert again.headers["x-cache"] == "HIT-SEMANTIC"
+    assert answer_text(again) == answer_text(first)
+
+
 def test_identical_requests_still_follow_one_flight_while_embedding(standin, make_bridge,
                                                                     tmp_path):
     """The embedding call is a wait between the flight lookup and the upstream call:
@@ -34,7 +46,7 @@ def test_identical_requests_still_follow_one_flight_while_embedding(standin, mak
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _i: ask(bridge, content), range(4)))
     assert [answer.status_code for answer in answers] == [200] * 4
-    assert len({answer.json()["choices"][0]["message"]["content"] for answer in answers}) == 1
+    assert len({answer_text(answer) for answer in answers}) == 1
     assert standin.count(CHAT) == generations + 1
 
 
@@ -88,11 +100,8 @@ def test_a_huge_whitespace_or_non_ascii_question(standin, make_bridge, tmp_path)
     assert ask(bridge, "   \n\t ").status_code in (200, 400)
     huge = ask(bridge, f"{word} " + "lorem ipsum dolor sit amet " * 4000)
     assert huge.status_code == 200
-    first = ask(bridge, f"Quelle est la capitale de la France ? {word}")
-    again = ask(bridge, f"quelle est la capitale française de la France {word}")
-    assert again.headers["x-cache"] == "HIT-SEMANTIC"
-    assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0][
-        "message"]["content"]
+    assert_semantic_hit(bridge, f"Quelle est la capitale de la France ? {word}",
+                        f"quelle est la capitale française de la France {word}")
     assert "Traceback" not in bridge.log()
 
 
@@ -226,11 +235,8 @@ def test_a_large_index_is_rebuilt_while_serving(standin, make_bridge, tmp_path):
     bridge = make_bridge(*SEMANTIC, "--cache-dir", str(tmp_path))
     show_upstream_is_open(bridge)
     word = f"ref{uuid.uuid4().hex[:10]}"
-    first = ask(bridge, f"What is the capital of France? {word}")
-    again = ask(bridge, f"what's the capital city of France {word}")
-    assert again.headers["x-cache"] == "HIT-SEMANTIC"
-    assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0][
-        "message"]["content"]
+    assert_semantic_hit(bridge, f"What is the capital of France? {word}",
+                        f"what's the capital city of France {word}")
     assert "WORKER TIMEOUT" not in bridge.log()
 
 
