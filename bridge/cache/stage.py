@@ -214,12 +214,14 @@ class CacheStage(Stage):
             count = self.hot.touch(key)
             if self._answer_from_tiers(ex, key, control, shape, count):
                 return
-            flight = self.flights.get(key, self.wait_limit(ex))
-            if flight is not None and self._follow(ex, flight, shape):
+            if self._follow_flight(ex, key, shape):
                 return
             if self.semantic is not None:
                 asked = self.semantic.ask(ex, ex.upstream or self.settings.ollama)
                 if asked is not None and self._answer_semantically(ex, asked, control, shape):
+                    return
+                # an identical request may have begun its call while this one embedded
+                if self._follow_flight(ex, key, shape):
                     return
         self._lead(ex, key, control, shares, shape)
         pending = ex.notes.get(NOTE)
@@ -310,6 +312,11 @@ class CacheStage(Stage):
             ex.on_close(lambda _ex: (flight.leave(), flight.abandon()))
         else:
             ex.on_close(lambda _ex: flight.leave())
+
+    def _follow_flight(self, ex: Exchange, key: str, shape: replay.Shape) -> bool:
+        """Serve this request from an identical one in flight in this worker, if any."""
+        flight = self.flights.get(key, self.wait_limit(ex))
+        return flight is not None and self._follow(ex, flight, shape)
 
     def _follow(self, ex: Exchange, flight: Flight, shape: replay.Shape) -> bool:
         """Serve this request from an identical one in flight; False when it must go

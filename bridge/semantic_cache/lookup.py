@@ -5,7 +5,10 @@ At start each worker probes the embedding model on the upstream(s): missing (or 
 upstream kind without embeddings) is one WARNING per instance and the tier stays off.
 It then loads its index: the one saved beside the disk tier at the last stop, brought up
 to date with the stored entries, or rebuilt from them when it is missing or unreadable.
-A background greenlet adds what other workers (and, with Redis, other instances) store.
+The vectors it lacks are added by a background greenlet, `BUILD_BATCH` at a time (a
+100k-entry graph takes minutes to build: done at start, it would keep the worker from
+serving past gunicorn's timeout); meanwhile the tier serves what it holds. That
+greenlet then adds what other workers (and, with Redis, other instances) store.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ log = logging.getLogger("bridge.semantic_cache")
 
 INDEX_FILE = "semantic.usearch"
 POLL_SECONDS = 0.25  # how often a worker reads the entries others stored
+BUILD_BATCH = 64  # vectors added to the graph between two turns of the event loop
+BUILD_PAUSE = 0.005  # seconds between batches: a timer, so the loop polls sockets (sleep(0)
+# only runs callbacks: requests would wait for the whole build)
 _WARNED = "semantic-cache.warned"  # in the instance's run directory: one warning per instance
 
 
@@ -56,6 +62,7 @@ class SemanticCache:
         self.index: SemanticIndex | None = None  # None: the tier is off
         self.store: Store | None = None
         self._cursor: Any = None
+        self._backlog: list = []  # stored entries not in the index yet, oldest first
         self._poller: gevent.Greenlet | None = None
 
     @property
@@ -76,8 +83,8 @@ class SemanticCache:
             self.store = SqliteStore(self.settings.cache_dir, model, dims, bound)
         self.index = self._load(dims)
         emit("semantic.entries", len(self.index))
-        log.info("semantic cache: on (%s, %d dimensions, %d entries, threshold %.3f)",
-                 model, dims, len(self.index), self.threshold)
+        log.info("semantic cache: on (%s, %d dimensions, %d entries, %d to index, threshold "
+                 "%.3f)", model, dims, len(self.index), len(self._backlog), self.threshold)
 
     def _probe(self) -> int | None:
         """The model's dimensions on the upstreams that embed with it (requests routed to
@@ -131,18 +138,18 @@ class SemanticCache:
         return Path(self.settings.cache_dir) / INDEX_FILE
 
     def _load(self, dims: int) -> SemanticIndex:
-        """The saved index brought up to date with the store, or one rebuilt from it."""
+        """The saved index with the stored entries it holds, or an empty one; the entries
+        it lacks are left in the backlog (added in the background)."""
         assert self.store is not None
         bound = self.settings.semantic_cache_max_entries
         rows, self._cursor = self._read_all(self.store.first)
         saved = VectorIndex.load(self._index_path(), dims)
         if saved is None:
-            index = SemanticIndex(dims, bound)
-            index.add(rows)
-            return index
+            self._backlog = rows
+            return SemanticIndex(dims, bound)
         index = SemanticIndex(dims, bound, saved)
         missing = set(index.restore([(label, scope, key) for label, scope, key, _ in rows]))
-        index.add([row for row in rows if row[0] in missing])
+        self._backlog = [row for row in rows if row[0] in missing]
         return index
 
     def _read_all(self, cursor: Any) -> tuple[list, Any]:
@@ -160,9 +167,22 @@ class SemanticCache:
             self._poller = gevent.spawn(self._poll)
 
     def _poll(self) -> None:
+        self._index_backlog()
         while True:
             gevent.sleep(POLL_SECONDS)
             self.catch_up()
+
+    def _index_backlog(self) -> None:
+        """Add the stored entries the index lacked at start, a batch per loop turn."""
+        backlog, self._backlog = self._backlog, []
+        for start in range(0, len(backlog), BUILD_BATCH):
+            if self.index is None:
+                return
+            self.index.add(backlog[start:start + BUILD_BATCH])
+            gevent.sleep(BUILD_PAUSE)
+        if self.index is not None and backlog:
+            emit("semantic.entries", len(self.index))
+            log.info("semantic cache: %d entries indexed", len(self.index))
 
     def catch_up(self) -> None:
         """Add what other workers and instances stored since the last read."""
