@@ -47,12 +47,11 @@ def question_of(ex: Exchange, upstream: str) -> Question | None:
         return None
     payload = ex.payload
     if ex.endpoint == "chat":
-        found = _last_user_text(payload.get("messages"))
-        if found is None:
+        text = _last_user_text(payload.get("messages"))
+        if text is None:
             return None
-        index, text = found
         messages = list(payload["messages"])
-        messages[index] = {**messages[index], "content": _COMPARED}
+        messages[-1] = {**messages[-1], "content": _COMPARED}
         blanked = {**payload, "messages": messages}
     else:
         text = payload.get("prompt")
@@ -68,8 +67,8 @@ def question_of(ex: Exchange, upstream: str) -> Question | None:
     return Question(text=text, scope=digest)
 
 
-def _last_user_text(messages: Any) -> tuple[int, str] | None:
-    """(index, text) of the last message when it is the user's and holds text only."""
+def _last_user_text(messages: Any) -> str | None:
+    """The text of the last message when it is the user's and holds text only."""
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
         return None
     last = messages[-1]
@@ -77,9 +76,9 @@ def _last_user_text(messages: Any) -> tuple[int, str] | None:
         return None
     content = last.get("content")
     if isinstance(content, str):
-        return len(messages) - 1, content
+        return content
     if isinstance(content, list) and content and all(
             isinstance(part, dict) and part.get("type") == "text"
             and isinstance(part.get("text"), str) for part in content):
-        return len(messages) - 1, "\n".join(part["text"] for part in content)
+        return "\n".join(part["text"] for part in content)
     return None
