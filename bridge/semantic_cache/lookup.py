@@ -125,13 +125,12 @@ class SemanticCache:
     @staticmethod
     def _warn(message: str, *args: Any) -> None:
         try:
-            fd = os.open(instance.directory() / _WARNED, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(os.open(instance.directory() / _WARNED,
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return  # another worker said it
         except OSError:
-            fd = None
-        if fd is not None:
-            os.close(fd)
+            pass  # no run directory to mark: say it anyway
         log.warning(message, *args)
 
     def _index_path(self) -> Path:
