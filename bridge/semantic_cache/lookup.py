@@ -65,10 +65,6 @@ class SemanticCache:
         self._backlog: list = []  # stored entries not in the index yet, oldest first
         self._poller: gevent.Greenlet | None = None
 
-    @property
-    def on(self) -> bool:
-        return self.index is not None
-
     # --- start and stop -----------------------------------------------------------------
 
     def start(self) -> None:
@@ -162,7 +158,7 @@ class SemanticCache:
             cursor = after
 
     def begin_background(self) -> None:
-        if self.on:
+        if self.index is not None:
             self._poller = gevent.spawn(self._poll)
 
     def _poll(self) -> None:
