@@ -175,12 +175,11 @@ class Outbound:
     """A canonical request as one kind of upstream takes it: `method` on `path` (from
     the upstream's base URL, e.g. "/v1/chat/completions"), with `body` as JSON (None:
     no body), and the headers its API needs besides the credentials (e.g.
-    `anthropic-version`). `stream`: the answer comes as a stream."""
+    `anthropic-version`)."""
 
     method: str
     path: str
     body: dict[str, Any] | None = None
-    stream: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -75,7 +75,7 @@ class AnthropicKind(Kind):
     def outbound(self, family: str, native: dict[str, Any]) -> Outbound:
         if family == CHAT:
             body = messages_request(native)
-            return Outbound("POST", "/v1/messages", body, body.get("stream", False), VERSION)
+            return Outbound("POST", "/v1/messages", body, VERSION)
         if family == MODELS:
             return Outbound("GET", f"/v1/models?limit={MODEL_PAGE}", headers=VERSION)
         if family == SHOW:

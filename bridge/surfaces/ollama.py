@@ -260,8 +260,7 @@ class OllamaKind(Kind):
 
     def outbound(self, family: str, native: dict[str, Any]) -> Outbound:
         method, path = self.ROUTES[family]
-        return Outbound(method, path, native if method == "POST" else None,
-                        family == CHAT and _streams(native))
+        return Outbound(method, path, native if method == "POST" else None)
 
     def whole(self, family: str, body: Any, native: dict[str, Any]) -> dict[str, Any]:
         return body if isinstance(body, dict) else {}

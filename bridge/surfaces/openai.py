@@ -1048,7 +1048,7 @@ class OpenAIKind(adapter.Kind):
     def outbound(self, family: str, native: dict[str, Any]) -> Outbound:
         if family == CHAT:
             body = chat_outbound(native)
-            return Outbound("POST", CHAT_PATH, body, stream=body.get("stream") is True)
+            return Outbound("POST", CHAT_PATH, body)
         if family == EMBED:
             body = {"model": native.get("model"), "input": native.get("input")}
             if native.get("dimensions"):

@@ -129,12 +129,12 @@ def test_an_ollama_upstream_speaks_every_wire_and_takes_the_canonical_form_as_is
             ("openai", "responses")} - kind.speaks == {("openai", "responses")}
     assert kind.credentials("k") == {"authorization": "Bearer k"}
     chat = OllamaGenerate().request({"model": "qwen3", "prompt": "?"}, {}).native
-    assert [(out.method, out.path, out.body, out.stream) for out in (
+    assert [(out.method, out.path, out.body) for out in (
         kind.outbound(CHAT, chat), kind.outbound(EMBED, {"model": "e", "input": "x"}),
         kind.outbound(MODELS, {}), kind.outbound(SHOW, {"model": "qwen3"}))] == [
-        ("POST", "/api/chat", chat, True), ("POST", "/api/embed", {"model": "e", "input": "x"},
-                                            False),
-        ("GET", "/api/tags", None, False), ("POST", "/api/show", {"model": "qwen3"}, False)]
+        ("POST", "/api/chat", chat), ("POST", "/api/embed", {"model": "e", "input": "x"}),
+        ("GET", "/api/tags", None), ("POST", "/api/show", {"model": "qwen3"})]
+    assert chat["stream"] is True
     assert kind.whole(CHAT, CHAT_FRAMES[-1], chat) == CHAT_FRAMES[-1]
     assert kind.error({"error": "model 'x' not found"}) == "model 'x' not found"
 
