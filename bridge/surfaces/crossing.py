@@ -142,14 +142,14 @@ class Crossing:
         except ValueError:
             data = None
         if status >= 400:
-            return status, self.error(status, data, body)
+            return status, self._upstream_error(status, data, body)
         if not isinstance(data, dict):
             return 502, self._error(502, f"upstream {self.upstream} answered with a body "
                                     "that is not a JSON object", "upstream_bad_answer")
         canonical = self.kind.whole(self.wire.family, data, self.call.native)
         return status, encode_json(self.wire.body(canonical, self.call))
 
-    def error(self, status: int, data: Any, body: bytes = b"") -> bytes:
+    def _upstream_error(self, status: int, data: Any, body: bytes) -> bytes:
         """An upstream's error body, of its kind's shape, in the wire's error shape."""
         message = self.kind.error(data) if data is not None else ""
         if not message:
