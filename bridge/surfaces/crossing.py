@@ -38,6 +38,7 @@ from bridge.surfaces.adapter import (
     Kind,
     Outbound,
     Surface,
+    Translator,
     Unsupported,
 )
 from bridge.surfaces.anthropic_kind import AnthropicKind
@@ -186,7 +187,10 @@ class Crossing:
                 yield from out
 
 
-def _translated(translator: Any, canonical: list[dict[str, Any]]) -> list[Frame]:
+def _translated(translator: Translator, canonical: list[dict[str, Any]]) -> list[Frame]:
+    """The wire's frames for one upstream frame's canonical frames (an in-band error
+    ends the client's stream as its API ends a failed one), all but the last marked to
+    go out with the next."""
     if not canonical:
         return []
     if len(canonical) == 1 and "error" not in canonical[0]:  # most upstream frames
