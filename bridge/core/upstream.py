@@ -197,6 +197,11 @@ class UpstreamClient:
         self.probe_headers = with_credentials({}, self.kind, key)
         self.transport = Transport(settings.upstream_pool_size, self.connect_timeout)
 
+    def kind_of(self, target: UpstreamTarget | None) -> str:
+        """The API an upstream speaks: a routed `target`'s `api`, `--upstream-api` for
+        the -o upstream (None)."""
+        return target.api if target is not None else self.kind
+
     def request_headers(self, ex: Exchange) -> dict[str, str]:
         headers = forwardable(ex.headers, NOT_FORWARDED_REQUEST)
         headers["accept-encoding"] = "identity"  # relay bytes as they come, never re-encode
@@ -274,7 +279,7 @@ class UpstreamClient:
         """What goes to one upstream: its URL, headers (with its key, in the header its
         kind reads) and body (with its model name); translated when its kind does not
         speak the exchange's wire (raises `BadRequest` for what it cannot express)."""
-        base, kind = (self.base_url, self.kind) if target is None else (target.url, target.api)
+        base, kind = self.base_url if target is None else target.url, self.kind_of(target)
         key = None if target is None else target.key  # its own key, or none, or the client's
         headers = with_credentials(self.request_headers(ex), kind, key)
         timeout = self.timeout if target is None else self._timeout_of(target)
@@ -465,7 +470,7 @@ class UpstreamClient:
         `thinking`); None when the upstream cannot tell (not Ollama, an unknown model,
         a failure): the caller then decides without them. `target`: ask that routed
         upstream, under its name for the model and with its key."""
-        if (target.api if target is not None else self.kind) != "ollama":
+        if self.kind_of(target) != "ollama":
             return None  # only an Ollama says
         caps = self.get_json("/api/show", target, authorization, timeout,
                              {"model": target.upstream_model(model) if target else model})
@@ -492,8 +497,7 @@ class UpstreamClient:
         answer) and, with `read`, its JSON (None when not JSON or not a 200). The
         credential goes as the upstream's kind reads it (a routed upstream's own key, if
         it has one), with the headers its API needs."""
-        base, kind = (target.url, target.api) if target is not None else (self.base_url,
-                                                                          self.kind)
+        base, kind = target.url if target is not None else self.base_url, self.kind_of(target)
         headers = with_credentials({"accept-encoding": "identity", **headers}, kind,
                                    target.key if target is not None else None)
         headers.update(crossing.kind_of(kind).headers)

@@ -173,7 +173,7 @@ class Entitlements:
         model = scope.target.upstream_model(scope.model) if scope.target else scope.model
         # an Ollama is asked for the model's description (on the client's surface when
         # it is the -o upstream); any other kind lists it at /v1/models/{model}
-        kind = scope.target.api if scope.target is not None else self.upstream.kind
+        kind = self.upstream.kind_of(scope.target)
         api = "ollama" if kind == "ollama" and (scope.target is not None
                                                 or scope.surface == "ollama") else "openai"
         query = f"?{credentials.query}" if credentials.query else ""

@@ -33,10 +33,6 @@ class Embedder:
         self.upstream = upstream
         self.model = model
 
-    def kind(self, target: UpstreamTarget | None) -> str:
-        """The API of `target` (None: `-o`)."""
-        return target.api if target is not None else self.upstream.kind
-
     def probe(self, target: UpstreamTarget | None) -> np.ndarray | None:
         """The model's vector of a fixed text on `target` (None: `-o`), with the bridge's
         own credentials; None when it does not answer with one."""
@@ -50,7 +46,7 @@ class Embedder:
 
     def _call(self, target: UpstreamTarget | None, text: str, headers: dict[str, str],
               count: bool = True) -> np.ndarray | None:
-        kind = self.kind(target)
+        kind = self.upstream.kind_of(target)
         path = PATHS.get(kind)
         if path is None:
             return None

@@ -99,7 +99,7 @@ class SemanticCache:
         without: list[str] = []
         for target in targets:
             where = target.name if target is not None else self.settings.ollama
-            kind = self.embedder.kind(target)
+            kind = self.embedder.upstream.kind_of(target)
             vector = self.embedder.probe(target) if kind in PATHS else None
             if vector is None:
                 without.append(f"{where} ({PATHS.get(kind, f'the {kind} API has none')})")
