@@ -140,7 +140,7 @@ def stop_reason(done_reason: Any, tool_calls: bool) -> str | None:
     """Ollama's `done_reason` as Anthropic's `stop_reason` (anthropic.mapStopReason)."""
     if tool_calls:
         return "tool_use"
-    if done_reason in STOP_REASONS:
+    if isinstance(done_reason, str) and done_reason in STOP_REASONS:  # a list would raise
         return STOP_REASONS[done_reason]
     return "stop_sequence" if done_reason else None
 

@@ -329,7 +329,8 @@ def _usage(native: dict[str, Any]) -> dict[str, int]:
 
 def finish_reason(done_reason: Any, tool_calls: bool) -> str:
     """OpenAI's `finish_reason` of a native `done_reason` (`FinishChunk`)."""
-    reason = done_reason if done_reason in FINISH_REASONS else "stop"
+    reason = done_reason if isinstance(done_reason, str) and done_reason in FINISH_REASONS \
+        else "stop"  # (a list in a broken upstream's frame would raise)
     return "tool_calls" if reason == "stop" and tool_calls else reason
 
 

@@ -144,8 +144,9 @@ def test_whole_answers():  # TestToMessagesResponse_*
 
 def test_stop_reasons_and_error_types():  # TestMapStopReason, TestNewError
     assert [stop_reason(reason, tools) for reason, tools in (
-        ("stop", False), ("length", False), ("stop", True), ("other", False), ("", False))] \
-        == ["end_turn", "max_tokens", "tool_use", "stop_sequence", None]
+        ("stop", False), ("length", False), ("stop", True), ("other", False), ("", False),
+        (["length"], False))] \
+        == ["end_turn", "max_tokens", "tool_use", "stop_sequence", None, "stop_sequence"]
     assert [error_type(status) for status in (400, 401, 403, 404, 429, 500, 503, 529, 413,
                                               408)] == [
         "invalid_request_error", "authentication_error", "permission_error",

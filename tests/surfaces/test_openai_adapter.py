@@ -353,6 +353,13 @@ def test_canonical_answer_as_chat_completion():  # TestToChatCompletion, ToToolC
     assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
 
 
+def test_a_done_reason_that_is_no_string_is_a_plain_stop():  # a broken upstream's frame
+    body = CHAT_WIRE.body({"model": "m", "done": True, "done_reason": ["length"],
+                           "message": {"role": "assistant", "content": "Hi"}},
+                          chat(messages=hello()))
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
 # ------------------------------------------------------------------ streams
 
 
