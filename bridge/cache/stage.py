@@ -64,7 +64,6 @@ from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.identity.entitlement import Entitlements
-from bridge.semantic_cache.index import Found
 from bridge.semantic_cache.lookup import Asked, SemanticCache
 
 log = logging.getLogger("bridge.cache")
@@ -286,7 +285,7 @@ class CacheStage(Stage):
                              shape: replay.Shape) -> bool:
         """Answer `ex` with the stored answer to the same question in other words."""
         assert self.semantic is not None
-        found: Found | None = self.semantic.nearest(asked)
+        found = self.semantic.nearest(asked)
         if found is None:
             return False
         stored = self._stored(found.key, control, self.hot.touch(found.key))
