@@ -1020,8 +1020,11 @@ def _chat_whole(body: Any, native: dict[str, Any]) -> dict[str, Any]:
 
 def _vector(embedding: Any) -> list[float]:
     if isinstance(embedding, str):  # base64 little-endian float32s
-        raw = base64.b64decode(embedding)
-        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+        try:
+            raw = base64.b64decode(embedding)
+        except ValueError:  # not base64 (binascii.Error)
+            return []
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw)) if len(raw) % 4 == 0 else []
     return embedding if isinstance(embedding, list) else []
 
 

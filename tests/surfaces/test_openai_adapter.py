@@ -652,6 +652,12 @@ def test_embeddings_from_an_openai_upstream():
                    "prompt_eval_count": 4}
 
 
+def test_a_broken_base64_embedding_is_no_vector():  # not an exception (a 500)
+    got = KIND.whole(EMBED, {"data": [{"index": 0, "embedding": "abc"},
+                                      {"index": 1, "embedding": "MTIzNDU="}]}, {"model": "e"})
+    assert got["embeddings"] == [[], []]
+
+
 # ------------------------------------------------------------------ models
 
 
