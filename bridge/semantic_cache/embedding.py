@@ -1,11 +1,11 @@
 """Embeddings of compared texts, asked through the upstream the request goes to.
 
-An Ollama upstream is asked `POST /api/embed {"model", "input"}`, an OpenAI-compatible
-one `POST /v1/embeddings {"model", "input"}` (its kind: routing's `api` of the chosen
-upstream, `--upstream-api` for `-o`), with the request's credentials as its call would
-carry them (`UpstreamClient.ask`: a routed upstream's own key, the kind's header). Each
-call waits at most `EMBED_TIMEOUT` seconds: a slow or failed call is a plain miss, never
-an error. An upstream kind without embeddings (Anthropic's API) has no semantic cache.
+Each upstream is asked as its kind embeds (`bridge.surfaces`' adapters: an Ollama's
+`POST /api/embed`, an OpenAI-compatible API's `POST /v1/embeddings`), with the request's
+credentials as its call would carry them (`UpstreamClient.ask`: a routed upstream's own
+key, the kind's header). Each call waits at most `EMBED_TIMEOUT` seconds: a slow or
+failed call is a plain miss, never an error. An upstream kind without embeddings
+(Anthropic's API) has no semantic cache.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 from bridge.core.events import emit
 from bridge.core.exchange import UpstreamTarget
 from bridge.core.upstream import UpstreamClient
+from bridge.surfaces import crossing
+from bridge.surfaces.adapter import EMBED, Unsupported
 
 EMBED_TIMEOUT = 2.0  # seconds: longest wait for one embedding (a cold model loads in it)
-OLLAMA, OPENAI = "ollama", "openai"
-PATHS = {OLLAMA: "/api/embed", OPENAI: "/v1/embeddings"}  # the kinds that embed
 PROBE_TEXT = "semantic cache probe"
 
 
@@ -44,27 +44,36 @@ class Embedder:
         embeddings); `headers`: the request's credentials."""
         return self._call(target, text, headers)
 
+    def path(self, target: UpstreamTarget | None) -> str | None:
+        """Where `target` (None: `-o`) embeds; None when its kind has no embeddings."""
+        try:
+            return crossing.kind_of(self.upstream.kind_of(target)).outbound(EMBED, {}).path
+        except Unsupported:
+            return None
+
     def _call(self, target: UpstreamTarget | None, text: str, headers: dict[str, str],
               count: bool = True) -> np.ndarray | None:
-        kind = self.upstream.kind_of(target)
-        path = PATHS.get(kind)
-        if path is None:
-            return None
+        kind = crossing.kind_of(self.upstream.kind_of(target))
         model = target.upstream_model(self.model) if target is not None else self.model
+        try:
+            outbound = kind.outbound(EMBED, {"model": model, "input": text})
+        except Unsupported:  # Anthropic's API
+            return None
         started = time.monotonic()
-        status, data = self.upstream.ask(path, target, headers, EMBED_TIMEOUT,
-                                         {"model": model, "input": text}, read=True)
-        vector = _vector(kind, data) if status == 200 else None
+        status, data = self.upstream.ask(outbound.path, target, headers, EMBED_TIMEOUT,
+                                         outbound.body, read=True)
+        vector = _vector(kind.whole(EMBED, data, {})) if status == 200 else None
         if count:
             emit("semantic.embedding", outcome="ok" if vector is not None else "failed")
             emit("semantic.embedding_seconds", time.monotonic() - started)
         return vector
 
 
-def _vector(kind: str, data: Any) -> np.ndarray | None:
-    """The first embedding of an answer, normalised; None when there is none."""
+def _vector(canonical: dict[str, Any]) -> np.ndarray | None:
+    """The first embedding of a canonical answer (/api/embed's), normalised; None when
+    there is none."""
     try:
-        raw = data["embeddings"][0] if kind == OLLAMA else data["data"][0]["embedding"]
+        raw = canonical["embeddings"][0]
         vector = np.asarray(raw, dtype=np.float32)
     except (KeyError, IndexError, TypeError, ValueError):
         return None

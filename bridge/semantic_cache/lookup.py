@@ -31,7 +31,7 @@ from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
 from bridge.routing.config import UpstreamsError
 from bridge.routing.config import load as load_upstreams
-from bridge.semantic_cache.embedding import PATHS, Embedder
+from bridge.semantic_cache.embedding import Embedder
 from bridge.semantic_cache.index import Found, SemanticIndex, VectorIndex
 from bridge.semantic_cache.question import Question, question_of
 from bridge.semantic_cache.store import BATCH, RedisStore, SqliteStore, Store
@@ -99,10 +99,11 @@ class SemanticCache:
         without: list[str] = []
         for target in targets:
             where = target.name if target is not None else self.settings.ollama
-            kind = self.embedder.upstream.kind_of(target)
-            vector = self.embedder.probe(target) if kind in PATHS else None
+            vector = self.embedder.probe(target)  # None too where its kind does not embed
             if vector is None:
-                without.append(f"{where} ({PATHS.get(kind, f'the {kind} API has none')})")
+                kind = self.embedder.upstream.kind_of(target)
+                path = self.embedder.path(target) or f"the {kind} API has none"
+                without.append(f"{where} ({path})")
             else:
                 dims.setdefault(vector.size, []).append(where)
         if not dims:
