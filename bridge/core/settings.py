@@ -213,6 +213,9 @@ class SecretFile:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# The APIs an upstream may speak (`--upstream-api`, `api` of a routed upstream), each
+# served by one kind of `bridge.surfaces.crossing`.
+UPSTREAM_APIS = ("ollama", "openai", "anthropic")
 
 
 @dataclass(frozen=True)
@@ -307,7 +310,7 @@ SETTINGS: list[Setting] = [
     Setting("upstream_api", ("--upstream-api",), "the API the -o upstream speaks: ollama, "
             "openai (any OpenAI-compatible API) or anthropic (Claude's Messages API); what "
             "it does not speak is translated (see Protocol translation)",
-            Choice(("ollama", "openai", "anthropic")), "ollama", "API"),
+            Choice(UPSTREAM_APIS), "ollama", "API"),
     Setting("upstreams", ("--upstreams",), "TOML file of [[upstream]] tables: route by "
             "model to several upstreams, balance, fail over (see Routing); models no "
             "pattern matches go to -o when -o is given, else get 404",

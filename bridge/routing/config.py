@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bridge.core.exchange import UpstreamTarget
-from bridge.core.settings import Integer, SecretFile, Url
+from bridge.core.settings import UPSTREAM_APIS, Integer, SecretFile, Url
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-APIS = ("ollama", "openai", "anthropic")  # upstream kinds: `bridge.surfaces.crossing`
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # also names its lock and bucket files
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INLINE_KEY_FIELDS = frozenset({"api_key", "key", "token", "authorization", "bearer"})
@@ -100,8 +99,8 @@ def _patterns(value: Any) -> tuple[str, ...]:
 
 
 def _api(value: Any) -> str:
-    if value not in APIS:
-        raise ValueError(f"must be one of {', '.join(APIS)}")
+    if value not in UPSTREAM_APIS:
+        raise ValueError(f"must be one of {', '.join(UPSTREAM_APIS)}")
     return value
 
 

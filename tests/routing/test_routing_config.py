@@ -10,8 +10,10 @@ import sys
 import pytest
 import requests
 
+from bridge.core.settings import UPSTREAM_APIS
 from bridge.ollama_standin import StandIn
 from bridge.serve.processes import ROOT
+from bridge.surfaces import crossing
 
 GOOD = '''[[upstream]]
 name = "gpu-a"
@@ -124,3 +126,7 @@ models = ["deepseek-*"]
     refused = next(r for r in limited if r.status_code == 429)
     assert "upstream 'gpu-a'" in refused.json()["error"]["message"]
     assert refused.headers["retry-after"]
+
+
+def test_every_api_an_upstream_may_speak_has_its_translation():
+    assert sorted(UPSTREAM_APIS) == sorted(crossing.KINDS)
