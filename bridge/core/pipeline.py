@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 from bridge.core import streaming
 from bridge.core.errors import BridgeError, InternalError, error_response
 from bridge.core.events import emit
-from bridge.core.exchange import Exchange, Frame, Response, owned
+from bridge.core.exchange import Exchange, Frame, Response, UpstreamTarget, owned
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
 from bridge.identity.principal import Principals
@@ -104,6 +104,8 @@ class Context:
         self.principals = Principals(settings)  # who asks: `principals.of(exchange)`
         self.pipeline: Pipeline | None = None  # set by the pipeline that owns this context
         self.readiness: Callable[[float], tuple[bool, dict[str, Any]]] | None = None
+        # the upstreams of `--upstreams` (the routing stage sets them): empty, -o alone
+        self.upstream_targets: list[UpstreamTarget] = []
 
 
 class Pipeline:

@@ -404,6 +404,9 @@ SETTINGS: list[Setting] = [
     Setting("semantic_cache_threshold", ("--semantic-cache-threshold",), "least cosine "
             "similarity of the last user messages for a semantic hit (see the README before "
             "lowering it)", Fraction(), 0.85, "SIMILARITY"),
+    Setting("semantic_cache_timeout", ("--semantic-cache-timeout",), "longest wait in ms for "
+            "the embedding of a question; a slower one makes the request a plain miss",
+            Integer(100, 60_000), 2_000, "MS"),
     Setting("semantic_cache_max_entries", ("--semantic-cache-max-entries",), "max entries "
             "of the semantic index; the oldest go first when full",
             Integer(100, 10_000_000), 100_000, "N"),

@@ -66,6 +66,7 @@ class RoutingStage(Stage):
                                       api=settings.upstream_api)
         self.router = Router(upstreams.upstreams, fallback)
         self.upstreams = upstreams.upstreams
+        context.upstream_targets = [upstream.target for upstream in upstreams.upstreams]
         self.client = context.upstream
         keys = [t.key for t in self.router.targets() if t.key]
         self.redactor = redaction.Redactor(keys)

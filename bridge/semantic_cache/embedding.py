@@ -3,7 +3,7 @@
 Each upstream is asked as its kind embeds (`bridge.surfaces`' adapters: an Ollama's
 `POST /api/embed`, an OpenAI-compatible API's `POST /v1/embeddings`), with the request's
 credentials as its call would carry them (`UpstreamClient.ask`: a routed upstream's own
-key, the kind's header). Each call waits at most `EMBED_TIMEOUT` seconds: a slow or
+key, the kind's header). Each call waits at most `--semantic-cache-timeout` (2 s): a slow or
 failed call is a plain miss, never an error. An upstream kind without embeddings
 (Anthropic's API) has no semantic cache.
 """
@@ -22,16 +22,16 @@ from bridge.core.upstream import UpstreamClient
 from bridge.surfaces import crossing
 from bridge.surfaces.adapter import EMBED, Unsupported
 
-EMBED_TIMEOUT = 2.0  # seconds: longest wait for one embedding (a cold model loads in it)
 PROBE_TEXT = "semantic cache probe"
 
 
 class Embedder:
     """One embedding model on the upstream(s)."""
 
-    def __init__(self, upstream: UpstreamClient, model: str):
+    def __init__(self, upstream: UpstreamClient, model: str, timeout: float):
         self.upstream = upstream
         self.model = model
+        self.timeout = timeout  # seconds: the longest wait for one embedding
 
     def probe(self, target: UpstreamTarget | None) -> np.ndarray | None:
         """The model's vector of a fixed text on `target` (None: `-o`), with the bridge's
@@ -60,7 +60,7 @@ class Embedder:
         except Unsupported:  # Anthropic's API
             return None
         started = time.monotonic()
-        status, data = self.upstream.ask(outbound.path, target, headers, EMBED_TIMEOUT,
+        status, data = self.upstream.ask(outbound.path, target, headers, self.timeout,
                                          outbound.body, read=True)
         vector = _vector(kind.whole(EMBED, data, {})) if status == 200 else None
         if count:

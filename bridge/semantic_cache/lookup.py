@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gevent
 import numpy as np
@@ -29,11 +29,9 @@ from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.redis_link import link_for
 from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
-from bridge.routing.config import UpstreamsError
-from bridge.routing.config import load as load_upstreams
 from bridge.semantic_cache.embedding import Embedder
 from bridge.semantic_cache.index import Found, SemanticIndex, VectorIndex
-from bridge.semantic_cache.question import Question, question_of
+from bridge.semantic_cache.question import Canonical, Question, question_of
 from bridge.semantic_cache.store import BATCH, RedisStore, SqliteStore, Store
 
 log = logging.getLogger("bridge.semantic_cache")
@@ -55,10 +53,17 @@ class Asked:
 
 
 class SemanticCache:
-    def __init__(self, settings: Settings, upstream: UpstreamClient):
+    def __init__(self, settings: Settings, upstream: UpstreamClient,
+                 targets: Sequence[UpstreamTarget], canonical: Canonical):
+        """`targets`: the routed upstreams (none: -o alone); `canonical`: the exact
+        cache key's canonical form of a request (`bridge.cache.keys`), which the scope
+        digest is made of."""
         self.settings = settings
+        self.targets = targets
+        self.canonical = canonical
         self.threshold = settings.semantic_cache_threshold
-        self.embedder = Embedder(upstream, settings.semantic_cache_model)
+        self.embedder = Embedder(upstream, settings.semantic_cache_model,
+                                 settings.semantic_cache_timeout / 1000)
         self.index: SemanticIndex | None = None  # None: the tier is off
         self.store: Store | None = None
         self._cursor: Any = None
@@ -86,14 +91,7 @@ class SemanticCache:
         """The model's dimensions on the upstreams that embed with it (requests routed to
         the others are plain misses, said in one WARNING per instance); None, with one
         WARNING, when none does."""
-        targets: list[UpstreamTarget | None] = [None]
-        if self.settings.upstreams:
-            try:
-                targets = [upstream.target for upstream in
-                           load_upstreams(self.settings.upstreams,
-                                          self.settings.enable_shared_mode).upstreams]
-            except UpstreamsError:
-                return None  # the routing stage reports it
+        targets: list[UpstreamTarget | None] = [*self.targets] or [None]
         model = self.settings.semantic_cache_model
         dims: dict[int, list[str]] = {}
         without: list[str] = []
@@ -208,7 +206,7 @@ class SemanticCache:
         the tier is off, the request may never be one, or the embedding failed)."""
         if self.index is None:
             return None
-        question = question_of(ex, upstream)
+        question = question_of(ex, upstream, self.canonical)
         if question is None:
             return None
         route = ex.route

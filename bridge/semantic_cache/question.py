@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from bridge.cache.keys import canonical_request
 from bridge.core.exchange import Exchange
+
+# The exact cache key's canonical form of a request (`bridge.cache.keys.canonical_request`:
+# surface, endpoint, payload, cache scope, upstream), given by the cache stage.
+Canonical = Callable[[str, str, Any, Any, str], Any]
 
 OPT_OUT_HEADER = "x-semantic-cache"  # "off": neither a semantic hit nor a semantic entry
 OPT_OUT_VALUES = frozenset({"off", "no", "0", "false", "bypass"})
@@ -38,7 +41,7 @@ class Question:
     scope: str
 
 
-def question_of(ex: Exchange, upstream: str) -> Question | None:
+def question_of(ex: Exchange, upstream: str, canonical_request: Canonical) -> Question | None:
     """The request's `Question` (`upstream`: where its answer comes from, as the cache
     keys it), or None when it may never be a semantic hit."""
     if (ex.surface, ex.endpoint) not in ENDPOINTS or not isinstance(ex.payload, dict):

@@ -13,7 +13,9 @@ from bridge.ollama_standin import Fault
 
 MODEL = "qwen3"
 CHAT = "/v1/chat/completions"
-SEMANTIC = ("--enable-cache", "--semantic-cache-model", "all-minilm")
+# the embedding's bound at its most: a hit asserted never turns on how busy the machine is
+SEMANTIC = ("--enable-cache", "--semantic-cache-model", "all-minilm",
+            "--semantic-cache-timeout", "60000")
 
 
 def ask(bridge, content: str, **fields) -> requests.Response:
