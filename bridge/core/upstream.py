@@ -384,9 +384,8 @@ class UpstreamClient:
         status = upstream.status_code
         if translation is not None:
             status, answer = translation.whole(status, body)
-            if status < 400 and translation.streams:  # a stream asked for, a body given
-                return streaming.stream_response(status, headers, translation.replayed(body),
-                                                 translation.codec)
+            if not isinstance(answer, bytes):  # a stream asked for, a body given
+                return streaming.stream_response(status, headers, answer, translation.codec)
             body = answer
             headers["content-type"] = "application/json"
         if status < 400 and ex.is_model_request:

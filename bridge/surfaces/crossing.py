@@ -31,6 +31,7 @@ from urllib.parse import unquote
 from bridge.core import streaming
 from bridge.core.errors import BadRequest
 from bridge.core.exchange import Exchange, Frame, encode_json, owned
+from bridge.core.json_body import parse_object
 from bridge.surfaces import adapter_for, edge
 from bridge.surfaces.adapter import (
     CHAT,
@@ -131,13 +132,10 @@ class Crossing:
         """The stream codec of the exchange's wire (what its stages and client read)."""
         return _CODECS[self.wire.name]
 
-    @property
-    def streams(self) -> bool:
-        """Whether the client waits for a stream (the wire's request asked for one)."""
-        return self.call.stream
-
-    def whole(self, status: int, body: bytes) -> tuple[int, bytes]:
-        """The wire's whole answer (status, body) for the upstream's `status` and `body`."""
+    def whole(self, status: int, body: bytes) -> tuple[int, bytes | Iterator[Frame]]:
+        """The wire's answer (status, body) for the upstream's whole answer: a body, or
+        the frames of a stream when the client asked for one (the canonical answer as
+        the stream's one frame) and the upstream answered whole all the same."""
         try:
             data = json.loads(body) if body.strip() else None
         except ValueError:
@@ -148,6 +146,8 @@ class Crossing:
             return 502, self._error(502, f"upstream {self.upstream} answered with a body "
                                     "that is not a JSON object", "upstream_bad_answer")
         canonical = self.kind.whole(self.wire.family, data, self.call.native)
+        if self.call.stream:
+            return status, iter(self.wire.translator(self.call).frame(canonical))
         return status, encode_json(self.wire.body(canonical, self.call))
 
     def _upstream_error(self, status: int, data: Any, body: bytes) -> bytes:
@@ -161,14 +161,6 @@ class Crossing:
     def _error(self, status: int, message: str, code: str | None = None) -> bytes:
         return encode_json(self.wire.error(status, message, None, code)) + (
             b"\n" if self.wire.name == "ollama" else b"")
-
-    def replayed(self, body: bytes) -> Iterator[Frame]:
-        """The wire's stream for an upstream that answered a stream request whole: the
-        canonical answer as the stream's one frame."""
-        data = json.loads(body)
-        canonical = self.kind.whole(self.wire.family, data, self.call.native)
-        translator = self.wire.translator(self.call)
-        yield from translator.frame(canonical)
 
     def frames(self, upstream: Iterator[Frame]) -> Iterator[Frame]:
         """The wire's frames for the upstream's, each upstream frame's as it arrives
@@ -272,13 +264,5 @@ def _unchanged(ex: Exchange, payload: dict[str, Any]) -> bool:
 
 def _parsed(ex: Exchange) -> dict[str, Any]:
     """The request body of an exchange no stage parsed (`/api/show`), or {} (a GET)."""
-    if not ex.body.strip():
-        return {}
-    try:
-        data = json.loads(ex.body)
-    except ValueError:
-        raise BadRequest("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
+    return parse_object(ex.body) if ex.body.strip() else {}
 
