@@ -282,6 +282,8 @@ class UpstreamClient:
         base, kind = self.base_url if target is None else target.url, self.kind_of(target)
         key = None if target is None else target.key  # its own key, or none, or the client's
         headers = with_credentials(self.request_headers(ex), kind, key)
+        for name, value in crossing.kind_of(kind).headers.items():  # what its API wants
+            headers.setdefault(name, value)                          # on every request
         timeout = self.timeout if target is None else self._timeout_of(target)
         model_map = target.model_map if target is not None else None
         translation = crossing.plan(ex, kind, target.name if target else "-o", model_map)
@@ -293,8 +295,6 @@ class UpstreamClient:
             headers.update(outbound.headers)
             return Leg(joined(base, kind, outbound.path), headers, translation.body, timeout,
                        target, outbound.method, translation)
-        for name, value in crossing.kind_of(kind).headers.items():  # what its API wants
-            headers.setdefault(name, value)                          # on every request
         suffix = upstream_path(ex) + (f"?{ex.query}" if ex.query else "")
         body = ex.body
         model = ex.model
