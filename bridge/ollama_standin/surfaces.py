@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 
-from bridge.core.errors import BridgeError
+from bridge.core.errors import BridgeError, error_text
 from bridge.surfaces import ADAPTERS, api_of
 from bridge.surfaces.adapter import NATIVE_PATH, Call, Surface
 
@@ -74,10 +74,10 @@ def _events(surface: Surface, call: Call, frames: Iterator[wire.Frame]) -> Itera
 
 def _message(body: bytes) -> str:
     try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        error = None
-    return error if isinstance(error, str) else body.decode("utf-8", "replace")
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    return error_text(data) or body.decode("utf-8", "replace")
 
 
 def error_reply(surface: Surface, status: int, message: str,
