@@ -214,8 +214,7 @@ class MessagesStream(Translator):
             self.tools_sent.add(block["id"])
         if native.get("done") is True:
             if self.text_started or (self.thinking_started and not self.thinking_done):
-                out.append(_event("content_block_stop",
-                                  {"type": "content_block_stop", "index": self.index}))
+                out.append(self._stop_block())
             out.append(_event("message_delta", {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason(native.get("done_reason"),
