@@ -22,7 +22,7 @@ import dataclasses
 import time
 from urllib.parse import unquote
 
-from bridge.surfaces.anthropic import error_type
+from bridge.surfaces import ADAPTERS
 
 from . import routes, surfaces, wire
 from .config import KINDS
@@ -103,6 +103,5 @@ def _anthropic_model(name: str) -> dict:
 
 def _anthropic_error(status: int, message: str,
                      retry_after: float | None = None) -> routes.Reply:
-    body = {"type": "error", "error": {"type": error_type(status), "message": message}}
-    return routes.Reply(status, routes.JSON, routes.json_body(body, routes.JSON),
-                        routes.retry_headers(retry_after))
+    return surfaces.error_reply(ADAPTERS[ANTHROPIC], status, message,
+                                routes.retry_headers(retry_after))

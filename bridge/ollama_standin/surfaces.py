@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 
-from bridge.core.errors import BridgeError
+from bridge.core.errors import BridgeError, error_text
 from bridge.surfaces import ADAPTERS, api_of
 from bridge.surfaces.adapter import NATIVE_PATH, Call, Surface
 
@@ -36,9 +36,9 @@ def handle(call: routes.Call) -> routes.Reply | routes.StreamReply:
             raise ValueError("the body is not a JSON object")
         translated = surface.request(payload, call.headers)
     except ValueError as exc:
-        return _error(surface, 400, str(exc))
+        return error_reply(surface, 400, str(exc))
     except BridgeError as err:
-        return _error(surface, err.status, err.message)
+        return error_reply(surface, err.status, err.message)
     native = _chat(call, translated.native)
     if isinstance(native, routes.Reply) and native.status != 200:
         relaxed = surface.relaxed(translated, native.status, _message(native.body))
@@ -47,7 +47,7 @@ def handle(call: routes.Call) -> routes.Reply | routes.StreamReply:
     if isinstance(native, routes.StreamReply):
         return routes.StreamReply(SSE, _events(surface, translated, native.frames))
     if native.status != 200:
-        return _error(surface, native.status, _message(native.body), native.headers)
+        return error_reply(surface, native.status, _message(native.body), native.headers)
     body = surface.body(json.loads(native.body), translated)
     return routes.Reply(200, JSON, wire.go_json(body) + b"\n", generated=native.generated)
 
@@ -74,13 +74,14 @@ def _events(surface: Surface, call: Call, frames: Iterator[wire.Frame]) -> Itera
 
 def _message(body: bytes) -> str:
     try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        error = None
-    return error if isinstance(error, str) else body.decode("utf-8", "replace")
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    return error_text(data) or body.decode("utf-8", "replace")
 
 
-def _error(surface: Surface, status: int, message: str,
-           headers: dict[str, str] | None = None) -> routes.Reply:
+def error_reply(surface: Surface, status: int, message: str,
+                headers: dict[str, str] | None = None) -> routes.Reply:
+    """An error in the shape of the client API `surface` serves."""
     return routes.Reply(status, JSON, wire.go_json(surface.error(status, message)) + b"\n",
                         dict(headers or {}))

@@ -55,6 +55,11 @@ def error_type(status: int) -> str:
     return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error, as a body and as a stream's `error` event."""
+    return {"type": "error", "error": {"type": error_type(status), "message": message}}
+
+
 @dataclass
 class MessagesCall(Call):
     estimated_input_tokens: int = 0  # message_start's usage, before the real count
@@ -122,7 +127,7 @@ class Anthropic(Surface):
 
     def error(self, status: int, message: str, param: str | None = None,
               code: str | None = None) -> dict[str, Any]:
-        return {"type": "error", "error": {"type": error_type(status), "message": message}}
+        return error_body(status, message)
 
     def relaxed(self, call: Call, status: int, message: str) -> dict[str, Any] | None:
         """Without `think`, when the model cannot think: Ollama relaxes the switch on this
@@ -209,8 +214,7 @@ class MessagesStream(Translator):
             self.tools_sent.add(block["id"])
         if native.get("done") is True:
             if self.text_started or (self.thinking_started and not self.thinking_done):
-                out.append(_event("content_block_stop",
-                                  {"type": "content_block_stop", "index": self.index}))
+                out.append(self._stop_block())
             out.append(_event("message_delta", {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason(native.get("done_reason"),
@@ -239,8 +243,7 @@ class MessagesStream(Translator):
                      event=TEXT_DELTA)
 
     def failed(self, status: int, message: str) -> list[Frame]:
-        return [_event("error", {"type": "error", "error": {"type": error_type(status),
-                                                            "message": message}})]
+        return [_event("error", error_body(status, message))]
 
     def _end_thinking(self, out: list[Frame]) -> None:
         if self.thinking_started and not self.thinking_done:

@@ -340,9 +340,7 @@ class MessagesReader(Reader):
         return self._end() if self.stop is not None else []
 
     def _delta(self, index: Any, delta: dict[str, Any]) -> list[dict[str, Any]]:
-        kind = delta.get("type")
-        if kind == "text_delta" and delta.get("text"):
-            return [self._say(content=delta["text"])]
+        kind = delta.get("type")  # a text delta with text: `frame`'s own
         if kind == "thinking_delta" and delta.get("thinking"):
             return [self._say(thinking=delta["thinking"])]
         if kind == "input_json_delta" and index in self.tools:
