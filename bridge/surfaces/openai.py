@@ -94,10 +94,6 @@ _FRACTION = re.compile(r"\.\d+")
 _REASONING_FIRST = tuple(reversed(OPENAI_REASONING_FIELDS))  # the field `_thinking` takes
 
 
-def _id() -> str:
-    return secrets.token_hex(12)
-
-
 # ------------------------------------------------------------------ the client's request
 
 
@@ -349,7 +345,7 @@ def _calls(message: dict[str, Any], call: Call) -> list[dict[str, Any]]:
         function = native.get("function") if isinstance(native.get("function"), dict) else {}
         ident = native.get("id")
         if not isinstance(ident, str) or not ident:
-            ident = f"call_{_id()}"
+            ident = adapter.new_id("call")
             call.ids.append(ident)
         index = function.get("index")
         out.append({"id": ident, "index": index if isinstance(index, int) else position,
@@ -403,7 +399,7 @@ class _Generating(_OpenAI):
     def request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> OpenAICall:
         native = self.convert(payload)
         return OpenAICall(native=native, model=native["model"], stream=native["stream"],
-                          ids=[_id()], include_usage=_stream(payload)[1])
+                          ids=[secrets.token_hex(12)], include_usage=_stream(payload)[1])
 
     def answer(self, native: dict[str, Any], call: Call, choice: dict[str, Any]
                ) -> dict[str, Any]:

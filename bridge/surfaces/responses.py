@@ -347,8 +347,7 @@ def arguments_json(call: dict) -> str:
     arguments = (call.get("function") or {}).get("arguments")
     if isinstance(arguments, str):
         return arguments
-    return json.dumps(arguments if arguments is not None else {}, ensure_ascii=False,
-                      separators=(",", ":"))
+    return encode_json(arguments if arguments is not None else {}).decode()
 
 
 def _usage(native: dict) -> dict:
