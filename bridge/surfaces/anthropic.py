@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from bridge.core.errors import BadRequest
-from bridge.core.exchange import Frame
+from bridge.core.exchange import Frame, encode_json
 from bridge.surfaces.adapter import Call, Surface, Translator, new_id
 
 # HTTP status -> Anthropic error type (anthropic.NewError, and the API reference's 413/504)
@@ -207,7 +207,7 @@ class MessagesStream(Translator):
             if self.text_started:
                 out.append(self._stop_block())
                 self.text_started = False
-            arguments = json.dumps(block["input"], ensure_ascii=False, separators=(",", ":"))
+            arguments = encode_json(block["input"]).decode()
             out.append(self._start_block({**block, "input": {}}))
             out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
             out.append(self._stop_block())
