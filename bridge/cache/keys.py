@@ -78,13 +78,19 @@ def model_prefix(model: str) -> str:
     return f"{model}{SEPARATOR}"
 
 
+def request_digest(surface: str, endpoint: str, payload: dict[str, Any],
+                   scope: str | None = None, upstream: str | None = None) -> str:
+    """The sha256 of the canonical request (`canonical_request`)."""
+    text = json.dumps(canonical_request(surface, endpoint, payload, scope, upstream),
+                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def cache_key(surface: str, endpoint: str, payload: dict[str, Any],
               scope: str | None = None, upstream: str | None = None) -> str:
     """`<model>\\t<sha256 of the canonical request>`."""
-    text = json.dumps(canonical_request(surface, endpoint, payload, scope, upstream),
-                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return model_prefix(str(payload.get("model", ""))) + digest
+    return model_prefix(str(payload.get("model", ""))) + request_digest(
+        surface, endpoint, payload, scope, upstream)
 
 
 def key_model(key: str) -> str:

@@ -47,7 +47,7 @@ from bridge.cache.disk import DiskTier
 from bridge.cache.entry import Entry, reported_gpu_seconds
 from bridge.cache.flight import Flight, Flights
 from bridge.cache.hot import HotTracker
-from bridge.cache.keys import cache_key, canonical_request
+from bridge.cache.keys import cache_key, request_digest
 from bridge.cache.memory import MemoryTier
 from bridge.cache.records import Records
 from bridge.cache.redis_tier import RedisTier, shared_tier
@@ -153,7 +153,7 @@ class CacheStage(Stage):
         self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
         self.records: Records | None = None  # side records in the tiers, once started
         self.semantic = SemanticCache(settings, context.upstream, context.upstream_targets,
-                                      canonical_request) \
+                                      request_digest) \
             if settings.semantic_cache_model else None
 
     def start(self) -> None:

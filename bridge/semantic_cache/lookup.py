@@ -31,7 +31,7 @@ from bridge.core.settings import Settings
 from bridge.core.upstream import UpstreamClient
 from bridge.semantic_cache.embedding import Embedder
 from bridge.semantic_cache.index import Found, SemanticIndex, VectorIndex
-from bridge.semantic_cache.question import Canonical, Question, question_of
+from bridge.semantic_cache.question import Digest, Question, question_of
 from bridge.semantic_cache.store import BATCH, RedisStore, SqliteStore, Store
 
 log = logging.getLogger("bridge.semantic_cache")
@@ -54,13 +54,12 @@ class Asked:
 
 class SemanticCache:
     def __init__(self, settings: Settings, upstream: UpstreamClient,
-                 targets: Sequence[UpstreamTarget], canonical: Canonical):
-        """`targets`: the routed upstreams (none: -o alone); `canonical`: the exact
-        cache key's canonical form of a request (`bridge.cache.keys`), which the scope
-        digest is made of."""
+                 targets: Sequence[UpstreamTarget], digest: Digest):
+        """`targets`: the routed upstreams (none: -o alone); `digest`: the exact cache
+        key's digest of a request (`bridge.cache.keys`), which the scope digest is."""
         self.settings = settings
         self.targets = targets
-        self.canonical = canonical
+        self.digest = digest
         self.threshold = settings.semantic_cache_threshold
         self.embedder = Embedder(upstream, settings.semantic_cache_model,
                                  settings.semantic_cache_timeout / 1000)
@@ -206,7 +205,7 @@ class SemanticCache:
         the tier is off, the request may never be one, or the embedding failed)."""
         if self.index is None:
             return None
-        question = question_of(ex, upstream, self.canonical)
+        question = question_of(ex, upstream, self.digest)
         if question is None:
             return None
         route = ex.route

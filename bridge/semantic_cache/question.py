@@ -14,16 +14,14 @@ opted out with `X-Semantic-Cache: off`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from bridge.core.exchange import Exchange
 
-# The exact cache key's canonical form of a request (`bridge.cache.keys.canonical_request`:
+# The exact cache key's digest of a request's canonical form (`bridge.cache.keys.request_digest`:
 # surface, endpoint, payload, cache scope, upstream), given by the cache stage.
-Canonical = Callable[[str, str, Any, Any, str], Any]
+Digest = Callable[[str, str, Any, Any, str], str]
 
 OPT_OUT_HEADER = "x-semantic-cache"  # "off": neither a semantic hit nor a semantic entry
 OPT_OUT_VALUES = frozenset({"off", "no", "0", "false", "bypass"})
@@ -41,7 +39,7 @@ class Question:
     scope: str
 
 
-def question_of(ex: Exchange, upstream: str, canonical_request: Canonical) -> Question | None:
+def question_of(ex: Exchange, upstream: str, request_digest: Digest) -> Question | None:
     """The request's `Question` (`upstream`: where its answer comes from, as the cache
     keys it), or None when it may never be a semantic hit."""
     if (ex.surface, ex.endpoint) not in ENDPOINTS or not isinstance(ex.payload, dict):
@@ -63,11 +61,8 @@ def question_of(ex: Exchange, upstream: str, canonical_request: Canonical) -> Qu
         blanked = {**payload, "prompt": _COMPARED}
     if not text.strip():
         return None
-    canonical = canonical_request(ex.surface, ex.endpoint, blanked, ex.cache_scope, upstream)
-    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False,
-                                       separators=(",", ":"))
-                            .encode("utf-8", "surrogatepass")).hexdigest()
-    return Question(text=text, scope=digest)
+    scope = request_digest(ex.surface, ex.endpoint, blanked, ex.cache_scope, upstream)
+    return Question(text=text, scope=scope)
 
 
 def _last_user_text(messages: Any) -> str | None:

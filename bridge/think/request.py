@@ -39,12 +39,6 @@ def reasoning_wish(payload: dict[str, Any], native: bool = False) -> bool | None
     return None
 
 
-def keeps_reasoning(payload: dict[str, Any], default: bool, native: bool = False) -> bool:
-    """Whether the answer to `payload` carries its reasoning (`default`: the server's)."""
-    wish = reasoning_wish(payload, native)
-    return default if wish is None else wish
-
-
 def clean_history(payload: dict[str, Any]) -> bool:
     """The history of `payload` as it goes upstream (`forwarded_history`), in place:
     reasoning tags out of earlier assistant messages, their reasoning fields kept after

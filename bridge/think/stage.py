@@ -61,9 +61,8 @@ from bridge.think.evidence import (
     PLAIN,
     Evidence,
     ModelMemory,
-    switched_off,
 )
-from bridge.think.request import clean_history, keeps_reasoning
+from bridge.think.request import clean_history, reasoning_wish
 
 # Where the answer text is, per API: (surface, endpoint) -> kind.
 CHAT, COMPLETIONS, API_CHAT, API_GENERATE = "chat", "completions", "api_chat", "api_generate"
@@ -577,10 +576,11 @@ class ThinkStage(Stage):
         if clean_history(ex.payload):
             ex.replace_payload(ex.payload)
         native = kind in NATIVE_KINDS
-        switched = switched_off(ex.payload, native)
+        wish = reasoning_wish(ex.payload, native)  # False: the request switches it off
+        switched = wish is False
         decide = partial(self._decide, ex.model, switched, ex.headers.get("authorization"),
                          ex.route) if kind in HELD_KINDS else None
-        keep = keeps_reasoning(ex.payload, self.keep_reasoning, native)
+        keep = self.keep_reasoning if wish is None else wish
         ex.notes["think"] = ThinkCleaner(kind, keep_reasoning=keep,
                                          decide=decide, switched=switched,
                                          choices=choice_count(ex.payload))
