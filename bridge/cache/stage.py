@@ -60,7 +60,7 @@ from bridge.core.errors import (
     error_response,
 )
 from bridge.core.events import emit
-from bridge.core.exchange import Exchange, Response, encode_json
+from bridge.core.exchange import Exchange, Response, Saved, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.identity.entitlement import Entitlements
@@ -280,7 +280,7 @@ class CacheStage(Stage):
         self._mark(ex, tier)
         label = tier.removeprefix("HIT-").lower()
         emit("cache.hit", tier=label)
-        saved(entry, label)
+        saved(ex, entry, label)
 
     def _answer_semantically(self, ex: Exchange, asked: Asked, control: Control,
                              shape: replay.Shape) -> bool:
@@ -338,7 +338,7 @@ class CacheStage(Stage):
         if flight.failure is None:
             emit("cache.hit", tier="flight")
             if flight.entry is not None:  # else its cost is not known yet: not counted
-                saved(flight.entry, "flight")
+                saved(ex, flight.entry, "flight")
 
     def _lead(self, ex: Exchange, key: str, control: Control, shares: bool,
               shape: replay.Shape) -> None:
@@ -508,9 +508,11 @@ class CacheStage(Stage):
                 ex.response.headers.pop("age", None)
 
 
-def saved(entry: Entry, tier: str) -> None:
+def saved(ex: Exchange, entry: Entry, tier: str) -> None:
     """A hit on `entry`: the upstream time, GPU time (Ollama's own figure when it gave
-    one) and generated tokens that this answer did not cost."""
+    one) and generated tokens that this answer did not cost (noted on `ex` too, for the
+    usage ledger)."""
+    ex.saved = Saved(entry.tokens or 0, entry.upstream_seconds)
     emit("cache.saved_seconds", entry.upstream_seconds, tier=tier)
     emit("cache.saved_gpu_seconds", entry.gpu_seconds if entry.gpu_seconds is not None
          else entry.upstream_seconds, tier=tier)

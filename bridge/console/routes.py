@@ -18,6 +18,7 @@ from bridge.console.login_backoff import LoginBackoff
 from bridge.core.errors import BadRequest, BridgeError, Forbidden, Unauthorized, error_response
 from bridge.core.redaction import secret_matches
 from bridge.core.settings import Settings, configured_secrets
+from bridge.usage.report import StatusSection
 
 blueprint = flask.Blueprint("console", __name__)
 
@@ -34,6 +35,7 @@ def init_app(app: flask.Flask, settings: Settings) -> None:
     if settings.disable_console:
         return
     recent.start(configured_secrets(settings))
+    app.extensions["bridge.usage"] = StatusSection(settings)
     app.register_blueprint(blueprint)
 
 
@@ -156,6 +158,7 @@ def status_json() -> flask.Response:
     found["history"] = [point for point in points if point["t"] > since]
     found["history_window_seconds"] = history.WINDOW_SECONDS
     found["errors"] = recent.last()
+    found["usage"] = flask.current_app.extensions["bridge.usage"].get()
     found["status_ms"] = round((time.perf_counter() - began) * 1000, 2)
     return flask.Response(flask.json.dumps(found), headers={
         "content-type": "application/json", **_NO_STORE})

@@ -25,6 +25,7 @@ Event names in use (feature.what; labels in brackets):
   async.queued, async.refused, async.retried, async.completed, async.failed,
   async.running (gauge, ±1), async.waiting (gauge), async.queue_wait, async.run_time (seconds)
   identity.probe [outcome] (an entitlement probe: 2xx, 4xx, none)
+  budget.remaining [client_key] (gauge: tokens left), budget.refused
   redis.up (gauge: 1 answering, 0 degraded), redis.failures
 """
 

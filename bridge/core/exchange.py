@@ -57,6 +57,20 @@ class Usage(NamedTuple):
     completion: int
 
 
+class Saved(NamedTuple):
+    """What a cache hit did not cost the upstream: its generated tokens and seconds."""
+
+    tokens: int
+    seconds: float
+
+
+class Budget(NamedTuple):
+    """A token budget: prompt + completion tokens of upstream calls per UTC period."""
+
+    tokens: int
+    period: str  # "day", "week" (from Monday) or "month" (calendar month)
+
+
 _USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|prompt_eval_count|eval_count)"'
                     rb"\s*:\s*(\d+)")
 USAGE_MARKERS = (b'"usage"', b'"eval_count"')  # in every body or frame that reports usage
@@ -442,6 +456,8 @@ class Exchange:
     # The usage the upstream reported for this exchange's call, read where its body or
     # frames are read: set even when the client did not ask for usage and never sees it.
     usage: Usage | None = None
+    saved: Saved | None = None        # what a cache hit did not cost (the cache stage)
+    budget: Budget | None = None      # the client key's own token budget (shared mode)
     slot: UpstreamSlot | None = None  # the upstream call's admission slot, if one is held
     upstream_attempts: int = 0
     started: float = field(default_factory=time.perf_counter)

@@ -60,10 +60,12 @@ STAGE_ORDER: Sequence[str] = (
     "bridge.lua",  # the operator's Lua hooks: before the key checks, after everything else
     "bridge.shared_mode",  # shared mode: client keys, upstream key
     "bridge.async_jobs",  # request_fingerprint: 202 now, the stages inside run as a job
+    "bridge.usage",  # the usage ledger: every exchange (hits too) recorded when it closes
     "bridge.routing",  # --upstreams: which upstreams (and keys) serve the model; model lists
     "bridge.surfaces",  # a translated request that continues an earlier answer: completed
     "bridge.think",  # outside the cache: filters hits and misses on the way out
     "bridge.cache",  # lookup (may answer) / store what the upstream produced
+    "bridge.budgets",  # token budgets: only calls that reach the upstream (hits are free)
     "bridge.rate_limit",  # token bucket: only calls that reach the upstream
     "bridge.admission",  # GPU-slot admission: in-flight cap with a bounded queue
 )

@@ -370,7 +370,7 @@ SETTINGS: list[Setting] = [
     Setting("api_key_file", ("--api-key-file",), "file holding the upstream key for shared "
             "mode", SecretFile(), None, "FILE"),
     Setting("state_dir", ("--state-dir",), "directory of the bridge's state (the client "
-            "key store)", Text(required=True), "./state", "DIR"),
+            "key store, the usage ledger)", Text(required=True), "./state", "DIR"),
     Setting("entitlement_ttl", ("--entitlement-ttl",), "how long in ms what an upstream "
             "said of a client's credentials for a model (a model call's status, or a "
             "probe that costs no generation) decides whether that client is served "
@@ -442,6 +442,18 @@ SETTINGS: list[Setting] = [
             Integer(1000, 2_592_000_000), None, "MS"),
     Setting("log_format", ("--log-format",), "log lines as plain text or JSON (one object "
             "per line, for log shippers)", Choice(("text", "json")), "text", "FORMAT"),
+    # --- usage ledger and budgets (bridge/usage, bridge/budgets) ----------------------------
+    Setting("disable_usage_ledger", ("--disable-usage-ledger",), "turn off the usage "
+            "ledger (tokens per client key, model and day in --state-dir; `keys usage`) "
+            "and with it token budgets", Switch(), False),
+    Setting("usage_retention_days", ("--usage-retention-days",), "days the usage ledger "
+            "keeps its daily rows", Integer(1, 3650), 400, "DAYS"),
+    Setting("budget_tokens", ("--budget-tokens",), "token budget (prompt + completion of "
+            "upstream calls) per --budget-period of every client key (or credential) "
+            "without one of its own; 0 = none", Integer(0, 10**15), 0, "N"),
+    Setting("budget_period", ("--budget-period",), "period of --budget-tokens, in UTC "
+            "(week: from Monday; month: calendar month)", Choice(("day", "week", "month")),
+            "month", "PERIOD"),
     # --- scale-out on Redis (bridge/core/redis_link.py) ----------------------------------
     Setting("redis_url", ("--redis-url",), "share the cache, rate limit, concurrency cap, "
             "async jobs and key revocations of several bridges through this Redis; unset = "

@@ -201,6 +201,13 @@ METRICS: tuple[Metric, ...] = (
     # shared mode
     Metric("auth.refused", COUNTER, "bridge_auth_refused_total",
            "Requests refused by client-key authentication, by reason", ("reason",)),
+    # usage ledger and budgets
+    Metric("budget.remaining", GAUGE_SET, "bridge_client_budget_remaining_tokens",
+           "Tokens left in the current period of a client key (or credential digest) with "
+           "a budget, as last checked by a request", ("client_key",),
+           mode="livemostrecent"),
+    Metric("budget.refused", COUNTER, "bridge_budget_refused_total",
+           "Requests refused with 429 budget_exceeded"),
     # identity
     Metric("identity.probe", COUNTER, "bridge_entitlement_probes_total",
            "Probes that asked an upstream whether a client may be served stored answers "

@@ -7,18 +7,20 @@ stream. The pipeline stage (outermost) hands its exchange to that hook for the c
 status, upstream attempts and client key, counts prompt/completion tokens, and with `-d`
 traces requests and responses (bodies clipped, credentials redacted).
 
-Tokens are counted once per exchange, when it closes: those the upstream reported for
-its call (`Exchange.usage`, read where the upstream's frames are read, so usage the
-client did not ask for and never sees still counts), source "upstream"; or, for an
-answer that cost no upstream call (a cache hit, a follower of an identical call in
-flight), the usage in what the client received, source "cache".
+Tokens are counted once per exchange, when it closes (`spent`, read by these metrics
+and by the usage ledger alike): those the upstream reported for its call
+(`Exchange.usage`, read where the upstream's frames are read, so usage the client did not
+ask for and never sees still counts), source "upstream"; or, for an answer that cost no
+upstream call (a cache hit, a follower of an identical call in flight), the usage in what
+the client received, source "cache"; or, for an upstream answer that reported none, an
+estimate (characters / 4, marked so; the ledger keeps it, the metrics do not).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import flask
 
@@ -38,6 +40,7 @@ _EXCHANGE = "bridge_exchange"  # flask.g attribute: the request's exchange
 _STARTED = "bridge_started"
 _RELAYED = "observe.relayed"  # ex.notes: the whole stream went to the client
 _SERVED_USAGE = "observe.served_usage"  # ex.notes: usage in an answer no upstream call made
+_RELAYED_BYTES = "observe.relayed_bytes"  # ex.notes: bytes of a stream's frames relayed
 UNMATCHED_ROUTE = "<unmatched>"
 NOT_OBSERVED = frozenset({"/metrics", "/status"})  # scraped every second or so
 ERROR_MESSAGE_LIMIT = 300
@@ -47,26 +50,61 @@ TRACE_FRAME_LIMIT = 300
 
 # --- token usage ----------------------------------------------------------------------
 
+ESTIMATED_CHARS_PER_TOKEN = 4
+
+
+class Spent(NamedTuple):
+    """The usage of one exchange and where it came from: "upstream" (a call made for it)
+    or "cache" (an answer that cost no upstream call); `estimated` when the upstream did
+    not report it and it was guessed (characters / 4)."""
+
+    usage: Usage
+    source: str
+    estimated: bool = False
+
+
 def client_key(ex: Exchange | None) -> str:
     """The NAME of the client's key (set by the auth stage in shared mode), or ""."""
     return (ex.client_key or "") if ex is not None else ""
 
 
+def answered(ex: Exchange) -> bool:
+    """A model request that got a successful answer (a name the upstream refused is the
+    client's free text: nothing is counted by model for it)."""
+    return ex.is_model_request and ex.response is not None and ex.response.ok
+
+
+def spent(ex: Exchange) -> Spent | None:
+    """The one reading of what an exchange used, once it is over (its closers run): what
+    the upstream reported for its call; else, for an answer no upstream call made, the
+    usage in what the client received; else, for an upstream answer without usage, an
+    estimate from the characters asked and answered. None: nothing to count."""
+    if ex.usage is not None:
+        return Spent(ex.usage, "upstream")
+    served: Usage | None = ex.notes.get(_SERVED_USAGE)
+    if served is not None:
+        return Spent(served, "cache")
+    if ex.upstream_attempts and answered(ex):
+        assert ex.response is not None
+        answer = len(ex.response.body) if not ex.response.streaming \
+            else ex.notes.get(_RELAYED_BYTES, 0)
+        return Spent(Usage(len(ex.body) // ESTIMATED_CHARS_PER_TOKEN,
+                           answer // ESTIMATED_CHARS_PER_TOKEN), "upstream", estimated=True)
+    return None
+
+
 def count_tokens(ex: Exchange) -> None:
     """Emit the exchange's tokens (a closer: once, when the exchange is over)."""
-    usage: Usage | None = ex.usage
-    source = "upstream"
-    if usage is None:
-        usage, source = ex.notes.get(_SERVED_USAGE), "cache"
-    # by model only when answered: a name the upstream refused is the client's free text
-    answered = ex.is_model_request and ex.response is not None and ex.response.ok
-    if answered:
+    found = spent(ex)
+    ok = answered(ex)
+    if ok:
         emit("model.request", model=ex.model)
-    if usage is None:
+    if found is None or found.estimated:  # the metrics count reported tokens only
         return
-    if answered and usage.prompt + usage.completion:
+    usage = found.usage
+    if ok and usage.prompt + usage.completion:
         emit("model.tokens", usage.prompt + usage.completion, model=ex.model)
-    labels = {"client_key": client_key(ex), "source": source}
+    labels = {"client_key": client_key(ex), "source": found.source}
     if usage.prompt:
         emit("tokens.prompt", usage.prompt, **labels)
     if usage.completion:
@@ -109,7 +147,10 @@ class ObserveStage(Stage):
                             ex.request_id)
 
     def _frames(self, ex: Exchange, frames: Iterator[Frame], served: bool) -> Iterator[Frame]:
+        relayed = 0
         for frame in frames:
+            relayed += len(frame.raw)
+            ex.notes[_RELAYED_BYTES] = relayed
             if served:
                 ex.notes[_SERVED_USAGE] = usage_in(frame.raw) or ex.notes.get(_SERVED_USAGE)
             if self.trace:

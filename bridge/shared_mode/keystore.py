@@ -1,8 +1,9 @@
 """The client key store of shared mode: keys the bridge issues, kept as hashes in SQLite.
 
 One SQLite file, `keys.sqlite3` in the state directory, holds each key's name, SHA-256
-hash (never the key), creation time, optional expiry, optional request rate and optional
-allowed models; revoked keys stay as rows (so revoking the last key never turns the
+hash (never the key), creation time, optional expiry, optional request rate, optional
+allowed models and optional token budget (per UTC day, week or month, enforced by
+`bridge.budgets`); revoked keys stay as rows (so revoking the last key never turns the
 bridge open again). Every worker opens its own connection after fork and keeps the keys
 in memory; a `generation` counter bumped by every change is read on each request (one
 indexed row, microseconds), so a revocation is seen by all workers on their next request;
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Iterable
 if TYPE_CHECKING:
     from bridge.shared_mode.redis_stamps import RevocationStamps
 
+from bridge.core.exchange import Budget
 from bridge.core.offloop import SerialThread
 
 log = logging.getLogger("bridge.keystore")
@@ -54,7 +56,9 @@ CREATE TABLE IF NOT EXISTS client_keys (
     rate_limit INTEGER,
     rate_period INTEGER,
     models TEXT,
-    revoked REAL
+    revoked REAL,
+    budget_tokens INTEGER,
+    budget_period TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', 0);
@@ -65,6 +69,12 @@ CREATE TABLE IF NOT EXISTS key_usage (
     PRIMARY KEY (name, window)
 ) WITHOUT ROWID;
 """
+
+
+# columns added after the first release: added to an older store when it is opened
+_ADDED_COLUMNS = (("budget_tokens", "INTEGER"), ("budget_period", "TEXT"))
+BUDGET_PERIODS = ("day", "week", "month")
+MAX_BUDGET = 10**15
 
 
 class KeyStoreError(Exception):
@@ -83,6 +93,18 @@ def normalize_model(model: str) -> str:
 
 
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+
+
+def parse_budget(tokens: str | None, period: str | None) -> Budget | None:
+    """`--budget-tokens N` (0: none) and `--budget-period day|week|month` → the budget."""
+    if tokens is None or not tokens.strip().isdigit() or int(tokens) > MAX_BUDGET:
+        raise KeyStoreError(f"bad budget {tokens!r}: give a whole number of tokens from 0 "
+                            f"(no budget) to {MAX_BUDGET}")
+    period = period or "month"
+    if period not in BUDGET_PERIODS:
+        raise KeyStoreError(f"bad budget period {period!r}: give one of "
+                            f"{', '.join(BUDGET_PERIODS)}")
+    return Budget(int(tokens), period) if int(tokens) else None
 
 
 def parse_rate(text: str) -> tuple[int, int]:
@@ -130,6 +152,7 @@ class ClientKey:
     rate_period: int | None = None
     models: tuple[str, ...] | None = None
     revoked: float | None = None
+    budget: Budget | None = None
 
     def status(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -151,14 +174,20 @@ class ClientKey:
             return ""
         return f"{self.rate_limit}/{'s' if self.rate_period == 1 else 'min'}"
 
+    @property
+    def budget_text(self) -> str:
+        return f"{self.budget.tokens}/{self.budget.period}" if self.budget else ""
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "ClientKey":
         models = json.loads(row["models"]) if row["models"] is not None else None
+        budget = Budget(row["budget_tokens"], row["budget_period"]) \
+            if row["budget_tokens"] else None
         return cls(name=row["name"], key_hash=row["key_hash"], hint=row["hint"],
                    created=row["created"], expires=row["expires"],
                    rate_limit=row["rate_limit"], rate_period=row["rate_period"],
                    models=tuple(models) if models is not None else None,
-                   revoked=row["revoked"])
+                   revoked=row["revoked"], budget=budget)
 
 
 class KeyStore:
@@ -197,6 +226,14 @@ class KeyStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            present = {column[1] for column in db.execute("PRAGMA table_info(client_keys)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in present:
+                    try:
+                        db.execute(f"ALTER TABLE client_keys ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError as exc:  # another worker added it
+                        if "duplicate column" not in str(exc):
+                            raise
         except (OSError, sqlite3.Error) as exc:
             raise KeyStoreError(f"cannot open the key store {self.path}: {exc}") from None
         self._db = db
@@ -227,7 +264,8 @@ class KeyStore:
     # --- managing (the `keys` command) -------------------------------------------------
 
     def create(self, name: str, *, expires: float | None = None, rate: tuple[int, int] | None
-               = None, models: Iterable[str] | None = None) -> tuple[str, ClientKey]:
+               = None, models: Iterable[str] | None = None, budget: Budget | None = None
+               ) -> tuple[str, ClientKey]:
         """Issue a key; returns (the key, shown this once, its stored record)."""
         if not NAME_PATTERN.match(name):
             raise KeyStoreError(f"bad key name {name!r}: 1-64 letters, digits, '.', '_' or "
@@ -242,19 +280,33 @@ class KeyStore:
                            hint=raw[:len(KEY_PREFIX) + HINT_CHARS] + "…", created=time.time(),
                            expires=expires, rate_limit=rate[0] if rate else None,
                            rate_period=rate[1] if rate else None,
-                           models=tuple(model_list) if model_list is not None else None)
+                           models=tuple(model_list) if model_list is not None else None,
+                           budget=budget)
         try:
             with self._write() as db:
                 db.execute(
                     "INSERT INTO client_keys (name, key_hash, hint, created, expires, "
-                    "rate_limit, rate_period, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "rate_limit, rate_period, models, budget_tokens, budget_period) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (record.name, record.key_hash, record.hint, record.created, record.expires,
                      record.rate_limit, record.rate_period,
-                     json.dumps(model_list) if model_list is not None else None))
+                     json.dumps(model_list) if model_list is not None else None,
+                     budget.tokens if budget else None, budget.period if budget else None))
         except sqlite3.IntegrityError:
             raise KeyStoreError(f"a key named {name!r} already exists (names stay taken "
                                 "after revocation)") from None
         return raw, record
+
+    def set_budget(self, name: str, budget: Budget | None) -> ClientKey:
+        """Give a key a budget (None: take it away); every worker applies it on its next
+        request, as any change of the store."""
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE client_keys SET budget_tokens = ?, budget_period = ? WHERE name = ?",
+                (budget.tokens if budget else None, budget.period if budget else None, name))
+            if not changed.rowcount:
+                raise KeyStoreError(f"no key named {name!r}")
+        return self.get(name)
 
     def revoke(self, name: str) -> ClientKey:
         with self._write() as db:

@@ -65,6 +65,7 @@ class AuthStage(Stage):
         ex.headers["authorization"] = self.upstream_authorization
         if key is not None:
             ex.client_key = key.name
+            ex.budget = key.budget  # enforced inside the cache (bridge.budgets)
             if self.cache_per_client_key:
                 # the cache puts ex.cache_scope in its key: one cache per key
                 ex.cache_scope = key.name
@@ -110,6 +111,7 @@ class AuthStage(Stage):
                key: ClientKey | None = None) -> NoReturn:
         if key is not None:
             ex.client_key = key.name
+            ex.budget = key.budget  # enforced inside the cache (bridge.budgets)
         events.emit("auth.refused", reason=reason)
         log.debug("request refused (%s, key %r) [%s]", reason, key.name if key else None,
                   ex.request_id)

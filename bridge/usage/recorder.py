@@ -1,0 +1,148 @@
+"""Per worker: exchanges added up in memory, flushed to the ledger every `FLUSH_SECONDS`.
+
+`record` only adds to a dict on the event loop; a background greenlet swaps the batch out
+every second and writes it off the loop: into the state directory's SQLite file in the
+worker's own native thread (`bridge.core.offloop`), and with `--redis-url` into Redis
+(whose calls are cooperative). A crash loses at most the last second of a worker's
+usage; a stopping worker flushes what it holds. While Redis is down the batches wait
+(up to `MAX_UNSHARED_ROWS` rows, then they are dropped with a warning: the local file
+still has them) and are added when Redis answers again.
+
+After each flush the worker re-reads the totals of the current day, week and month per
+principal (one Redis round trip, or three indexed SQLite ranges), so that a budget check
+is one dict lookup: those totals plus what this worker holds unflushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+import gevent
+
+from bridge.core.offloop import SerialThread
+from bridge.core.redis_link import RedisDown, link_for
+from bridge.core.settings import Settings
+from bridge.usage import periods
+from bridge.usage.ledger import FIELDS, Counts, LocalLedger, RowKey, add_into, empty
+from bridge.usage.redis_ledger import RedisLedger
+
+log = logging.getLogger("bridge.usage")
+
+FLUSH_SECONDS = 1.0
+MAX_UNSHARED_ROWS = 100_000
+_REQUESTS, _PROMPT, _COMPLETION, _ESTIMATED, _HITS, _SAVED_TOKENS, _SAVED_SECONDS = \
+    range(len(FIELDS))
+
+
+class Recorder:
+    def __init__(self, settings: Settings):
+        self.local = LocalLedger(settings.state_dir, settings.usage_retention_days)
+        link = link_for(settings)
+        self.fleet = RedisLedger(link, settings.usage_retention_days) if link else None
+        self.thread = SerialThread()
+        self.pending: dict[RowKey, Counts] = {}
+        self.pending_tokens: dict[str, int] = {}  # unflushed upstream tokens per principal
+        self.unshared: dict[RowKey, Counts] = {}  # flushed locally, not yet into Redis
+        self.spent: dict[str, dict[str, int]] = {period: {} for period in periods.PERIODS}
+        self._greenlet: gevent.Greenlet | None = None
+
+    # --- on the request path ---------------------------------------------------------
+
+    def record(self, principal: str, model: str, *, requests: int = 0, prompt: int = 0,
+               completion: int = 0, estimated: bool = False, cache_hit: bool = False,
+               saved_tokens: int = 0, saved_seconds: float = 0.0,
+               now: float | None = None) -> None:
+        """Add one exchange's figures to this worker's batch (no I/O)."""
+        day = periods.today(time.time() if now is None else now).isoformat()
+        counts = self.pending.get((day, principal, model))
+        if counts is None:
+            counts = self.pending[(day, principal, model)] = empty()
+        counts[_REQUESTS] += requests
+        counts[_PROMPT] += prompt
+        counts[_COMPLETION] += completion
+        counts[_ESTIMATED] += int(estimated)
+        counts[_HITS] += int(cache_hit)
+        counts[_SAVED_TOKENS] += saved_tokens
+        counts[_SAVED_SECONDS] += saved_seconds
+        if prompt + completion:
+            self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) \
+                + prompt + completion
+
+    def used(self, principal: str, period: str) -> int:
+        """Upstream tokens of `principal` in the current `period`, as this worker knows
+        them now (the fleet's or instance's total at the last flush, plus its own since)."""
+        return self.spent[period].get(principal, 0) + self.pending_tokens.get(principal, 0)
+
+    # --- in the background -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._loop)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+        self.flush()
+        self.thread.run(self.local.close)
+
+    def _loop(self) -> None:
+        while True:
+            gevent.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                log.exception("usage ledger flush failed")
+
+    def flush(self, now: float | None = None) -> None:
+        """Write the batch (SQLite off the loop, then Redis) and re-read the totals."""
+        now = time.time() if now is None else now
+        batch, self.pending = self.pending, {}
+        if batch:
+            try:
+                self.thread.run(self.local.add, batch, now)
+            except sqlite3.Error as exc:  # kept for the next flush: a lock held too long
+                log.warning("cannot write the usage ledger %s: %s", self.local.path, exc)
+                for key, counts in batch.items():
+                    add_into(self.pending.setdefault(key, empty()), counts)
+        if self.fleet is not None:
+            for key, counts in batch.items():
+                add_into(self.unshared.setdefault(key, empty()), counts)
+            self._share(now)
+        self._refresh(now)
+        self.pending_tokens = {}
+        for (_, principal, _), counts in self.pending.items():  # kept after a failure
+            self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) + int(
+                counts[_PROMPT] + counts[_COMPLETION])
+
+    def _share(self, now: float) -> None:
+        assert self.fleet is not None
+        if not self.unshared:
+            return
+        try:
+            self.fleet.add(self.unshared, now)
+        except RedisDown:
+            if len(self.unshared) > MAX_UNSHARED_ROWS:
+                log.warning("usage ledger: Redis unreachable too long, %d rows not added to "
+                            "the fleet's sums (they stay in %s)", len(self.unshared),
+                            self.local.path)
+                self.unshared = {}
+            return
+        self.unshared = {}
+
+    def _refresh(self, now: float) -> None:
+        if self.fleet is not None:
+            try:
+                self.spent = self.fleet.spent(now)
+                return
+            except RedisDown:
+                pass  # degraded: this instance's own totals
+        try:
+            self.spent = self.thread.run(self._local_spent, now)
+        except sqlite3.Error as exc:
+            log.warning("cannot read the usage ledger %s: %s", self.local.path, exc)
+
+    def _local_spent(self, now: float) -> dict[str, dict[str, int]]:
+        return {period: self.local.spent_since(periods.start(period, now).isoformat())
+                for period in periods.PERIODS}

@@ -1,0 +1,203 @@
+"""Reading the ledger: `keys usage` (per principal and model since a day) and the
+`usage` section of `/status` (per principal, the current period with its budget).
+
+Both read the fleet's sums in Redis with `--redis-url` (the state directory's file when
+Redis is down), else the state directory's file. Budgets come from the key store (a
+key's own) or the instance-wide default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+from typing import Any, Iterable
+
+from bridge.core.exchange import Budget
+from bridge.core.offloop import SerialThread
+from bridge.core.redis_link import RedisDown, link_for
+from bridge.core.settings import Settings
+from bridge.shared_mode.keystore import FILE_NAME as KEYS_FILE
+from bridge.shared_mode.keystore import KeyStore, KeyStoreError
+from bridge.usage import periods
+from bridge.usage.ledger import FIELDS, LocalLedger, Row, add_into, empty
+from bridge.usage.redis_ledger import RedisLedger
+
+log = logging.getLogger("bridge.usage")
+
+TOP_MODELS = 5
+STATUS_SECONDS = 1.5  # how long a worker keeps its `/status` section
+DEFAULT_PERIOD = "day"  # the period shown for principals without a budget
+
+
+def read_rows(settings: Settings, since: str, now: float, principal: str | None = None,
+              timeout: float | None = None) -> list[Row]:
+    """The daily rows from `since` on: the fleet's with Redis, else this instance's."""
+    link = link_for(settings, timeout)
+    if link is not None:
+        try:
+            return RedisLedger(link, settings.usage_retention_days).rows(since, now, principal)
+        except RedisDown as exc:
+            log.warning("usage: Redis unreachable (%s); reading this instance's ledger", exc)
+    local = LocalLedger(settings.state_dir, settings.usage_retention_days)
+    if not local.path.exists():
+        return []
+    try:
+        return local.rows(since, principal)
+    finally:
+        local.close()
+
+
+def key_budgets(state_dir: str) -> dict[str, Budget]:
+    """The budgets of the keys that have one (revoked keys too: their usage stays)."""
+    if not (Path(state_dir) / KEYS_FILE).exists():
+        return {}
+    try:
+        with KeyStore(state_dir).open(create=False) as store:
+            return {key.name: key.budget for key in store.all() if key.budget is not None}
+    except KeyStoreError as exc:
+        log.warning("usage: %s", exc)
+        return {}
+
+
+def budget_figures(budget: Budget | None, rows: Iterable[Row], now: float) -> dict[str, Any]:
+    """A principal's budget, and its upstream tokens in the budget's current period (the
+    default period without one)."""
+    period = budget.period if budget else DEFAULT_PERIOD
+    first = periods.start(period, now).isoformat()
+    used = sum(row.tokens for row in rows if row.day >= first)
+    return {"budget_tokens": budget.tokens if budget else None,
+            "budget_period": budget.period if budget else None, "used_tokens": used,
+            "remaining_tokens": max(0, budget.tokens - used) if budget else None,
+            "resets": periods.end(period, now).isoformat()}
+
+
+def earliest_period_start(now: float) -> str:
+    return min(periods.start(period, now) for period in periods.PERIODS).isoformat()
+
+
+def status_items(rows: list[Row], budgets: dict[str, Budget], default: Budget | None,
+                 now: float) -> list[dict[str, Any]]:
+    """`/status`'s `usage`: one item per principal active in its current period or with
+    a budget, biggest spender first."""
+    by_principal: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_principal[row.principal].append(row)
+    items = []
+    for principal in set(by_principal) | set(budgets):
+        budget = budgets.get(principal, default)
+        figures = budget_figures(budget, by_principal.get(principal, ()), now)
+        first = periods.start(budget.period if budget else DEFAULT_PERIOD, now).isoformat()
+        current = [row for row in by_principal.get(principal, ()) if row.day >= first]
+        if not current and principal not in budgets:
+            continue
+        totals = empty()
+        models: dict[str, int] = defaultdict(int)
+        for row in current:
+            add_into(totals, row.counts)
+            models[row.model] += row.tokens
+        figures.pop("resets")
+        items.append({"key": principal, **figures,
+                      "requests": int(totals[FIELDS.index("requests")]),
+                      "cache_hits": int(totals[FIELDS.index("cache_hits")]),
+                      "saved_tokens": int(totals[FIELDS.index("saved_tokens")]),
+                      "saved_seconds": round(totals[FIELDS.index("saved_seconds")], 3),
+                      "top_models": [{"model": model, "tokens": tokens} for model, tokens in
+                                     sorted(models.items(), key=lambda item: -item[1])
+                                     [:TOP_MODELS]]})
+    return sorted(items, key=lambda item: (-item["used_tokens"], item["key"]))
+
+
+class StatusSection:
+    """`/status`'s `usage`, read off the event loop and kept `STATUS_SECONDS` per worker
+    (the console polls every second or two)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.default = Budget(settings.budget_tokens, settings.budget_period) \
+            if settings.budget_tokens else None
+        self.thread = SerialThread()
+        self._kept: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+    def get(self) -> list[dict[str, Any]]:
+        if self.settings.disable_usage_ledger:
+            return []
+        now = time.time()
+        if now - self._kept[0] < STATUS_SECONDS:
+            return self._kept[1]
+        since = earliest_period_start(now)
+        budgets = self.thread.run(key_budgets, self.settings.state_dir) \
+            if self.settings.enable_shared_mode else {}
+        if link_for(self.settings) is not None:
+            rows = read_rows(self.settings, since, now)  # cooperative under gevent
+        else:
+            rows = self.thread.run(read_rows, self.settings, since, now)
+        self._kept = (now, status_items(rows, budgets, self.default, now))
+        return self._kept[1]
+
+
+# --- `keys usage` ------------------------------------------------------------------------
+
+def usage_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """Per principal and model, the sums over the days read."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        add_into(sums.setdefault((row.principal, row.model), empty()), row.counts)
+    return [{"key": principal, "model": model,
+             **{name: round(value, 3) if name == "saved_seconds" else int(value)
+                for name, value in zip(FIELDS, counts, strict=True)}}
+            for (principal, model), counts in sorted(sums.items())]
+
+
+def usage_report(settings: Settings, name: str | None, since: str, now: float,
+                 timeout: float) -> dict[str, Any]:
+    """What `keys usage [NAME] --since DAY` shows: per key and model, and per key its
+    budget in the current period."""
+    budgets = key_budgets(settings.state_dir)
+    rows = read_rows(settings, min(since, earliest_period_start(now)), now, name, timeout)
+    shown = [row for row in rows if row.day >= since]
+    principals = sorted({row.principal for row in rows} | (
+        set(budgets) if name is None else {name} & set(budgets)))
+    return {"since": since, "usage": usage_rows(shown),
+            "budgets": [{"key": principal, **budget_figures(
+                budgets.get(principal),
+                [row for row in rows if row.principal == principal], now)}
+                for principal in principals]}
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in
+                               zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def text(report: dict[str, Any]) -> str:
+    if not report["usage"] and not report["budgets"]:
+        return f"no usage since {report['since']}"
+    usage = [("KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "ESTIMATED", "CACHE_HITS",
+              "SAVED_TOKENS", "SAVED_SECONDS")]
+    usage += [(item["key"], item["model"], *(str(item[name]) for name in FIELDS))
+              for item in report["usage"]]
+    budgets = [("KEY", "BUDGET", "USED", "REMAINING", "RESETS")]
+    budgets += [(item["key"], f"{item['budget_tokens']}/{item['budget_period']}"
+                 if item["budget_tokens"] else "-", str(item["used_tokens"]),
+                 str(item["remaining_tokens"]) if item["remaining_tokens"] is not None else "-",
+                 item["resets"]) for item in report["budgets"]]
+    return (f"usage since {report['since']} (UTC days):\n{_table(usage)}\n\n"
+            f"current period:\n{_table(budgets)}")
+
+
+def as_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)
+
+
+def month_start(now: float) -> str:
+    return periods.start("month", now).isoformat()
+
+
+def valid_day(text_: str) -> str:
+    """A `--since` day as YYYY-MM-DD, or ValueError."""
+    return date.fromisoformat(text_).isoformat()
