@@ -19,6 +19,7 @@ from bridge.cache.hot import HotTracker
 from bridge.cache.keys import model_prefix
 from bridge.cache.memory import MemoryTier
 from bridge.cache.redis_tier import RedisTier
+from bridge.core.lifecycle import repeat
 
 log = logging.getLogger("bridge.cache")
 
@@ -43,21 +44,13 @@ class Sweeper:
     def start(self) -> None:
         if self.disk is not None:
             self._purge_seen = self.disk.last_purge()
-        self._greenlet = gevent.spawn(self._loop)
+        self._greenlet = gevent.spawn(repeat, INTERVAL, self.round, "cache sweeper round", log)
 
     def stop(self, timeout: float | None = None) -> None:
         """End the loop where it waits (between statements: each disk statement is its
         own transaction, so nothing is left half-done); wait up to `timeout` for it."""
         if self._greenlet is not None:
             self._greenlet.kill(block=timeout is not None, timeout=timeout)
-
-    def _loop(self) -> None:
-        while True:
-            gevent.sleep(INTERVAL)
-            try:
-                self.round()
-            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
-                log.exception("cache sweeper round failed")
 
     def round(self) -> None:
         self.hot.promote(self.memory)

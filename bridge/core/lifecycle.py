@@ -11,6 +11,11 @@ received the signal.
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
+import gevent
+
 _draining = False
 _deadline: float | None = None
 
@@ -31,3 +36,15 @@ def stop_deadline() -> float | None:
     """When work in progress must have ended (monotonic time); None: no stop has begun,
     or one without a deadline (a stop that is not gunicorn's)."""
     return _deadline
+
+
+def repeat(interval: float, work: Callable[[], None], what: str, log: logging.Logger) -> None:
+    """The body of a background greenlet: `work()` every `interval` seconds until the
+    greenlet is killed (between two rounds); a round that fails is logged, the next
+    one still runs."""
+    while True:
+        gevent.sleep(interval)
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+            log.exception("%s failed", what)

@@ -21,6 +21,7 @@ import time
 
 import gevent
 
+from bridge.core.lifecycle import repeat
 from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
 from bridge.core.settings import Settings
@@ -78,7 +79,8 @@ class Recorder:
     # --- in the background -----------------------------------------------------------
 
     def start(self) -> None:
-        self._greenlet = gevent.spawn(self._loop)
+        self._greenlet = gevent.spawn(repeat, FLUSH_SECONDS, self.flush, "usage ledger flush",
+                                      log)
 
     def stop(self) -> None:
         if self._greenlet is not None:
@@ -86,14 +88,6 @@ class Recorder:
             self._greenlet = None
         self.flush()
         self.thread.run(self.local.close)
-
-    def _loop(self) -> None:
-        while True:
-            gevent.sleep(FLUSH_SECONDS)
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
-                log.exception("usage ledger flush failed")
 
     def flush(self, now: float | None = None) -> None:
         """Write the batch (SQLite off the loop, then Redis) and re-read the totals."""
