@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 from bridge.core.exchange import Budget
 from bridge.core.offloop import SerialThread
+from bridge.core.redis_link import RedisDown
 
 log = logging.getLogger("bridge.keystore")
 
@@ -306,7 +307,14 @@ class KeyStore:
                 (budget.tokens if budget else None, budget.period if budget else None, name))
             if not changed.rowcount:
                 raise KeyStoreError(f"no key named {name!r}")
-        return self.get(name)
+        key = self.get(name)
+        if self.stamps is not None:
+            try:
+                self.stamps.publish_budget(key.key_hash, budget)
+            except RedisDown as exc:
+                raise KeyStoreError(f"the budget of {name!r} is changed in {self.path}, but "
+                                    f"not shared with other instances: {exc}") from None
+        return key
 
     def revoke(self, name: str) -> ClientKey:
         with self._write() as db:
@@ -364,9 +372,12 @@ class KeyStore:
         record = self._by_hash.get(digest)
         if record is None or not hmac.compare_digest(record.key_hash, digest):
             return None
-        if record.revoked is None and self.stamps is not None and self.stamps.revoked(digest):
+        if self.stamps is None:
+            return record
+        if record.revoked is None and self.stamps.revoked(digest):
             return replace(record, revoked=time.time())  # revoked on another instance
-        return record
+        budget = self.stamps.budget(digest, record.budget)  # changed through another
+        return record if budget == record.budget else replace(record, budget=budget)
 
     def take(self, key: ClientKey, now: float | None = None) -> float | None:
         """Count one request against the key's rate; None when allowed, else the seconds

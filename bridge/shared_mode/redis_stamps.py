@@ -7,6 +7,10 @@ only, never keys) with a generation counter. Each worker reads the counter at mo
 `REFRESH_SECONDS` and re-reads the stamps when it moved, so a stamp made by `keys revoke`
 (or noticed in a key store by any worker) reaches every instance's next request after
 that. While Redis is unreachable, each instance knows only its own revocations.
+
+Budgets changed with `keys update --redis-url …` are stamped the same way
+(`<prefix>:keys:budgets`: key hash → `N/period`, or empty for none, moving the same
+generation counter): a stamped budget wins over the copy in each instance's key store.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from typing import Iterable
 
 from bridge.core import redis_link
+from bridge.core.exchange import Budget
 from bridge.core.redis_link import Link, RedisDown
 from bridge.core.settings import Settings
 
@@ -32,13 +37,24 @@ return added
 """
 
 
+def _budget_text(budget: Budget | None) -> str:
+    return f"{budget.tokens}/{budget.period}" if budget else ""
+
+
+def _budget(text: bytes) -> Budget | None:
+    tokens, _, period = text.decode().partition("/")
+    return Budget(int(tokens), period) if tokens.isdigit() and int(tokens) else None
+
+
 class RevocationStamps:
     def __init__(self, link: Link):
         self.link = link
         self.stamps = link.key("keys", "revoked")
         self.generation = link.key("keys", "revoked-generation")
+        self.budgets = link.key("keys", "budgets")
         self._stamp = link.script(_STAMP)
         self._known: frozenset[bytes] = frozenset()
+        self._budgets: dict[bytes, Budget | None] = {}
         self._seen: bytes | None = None
         self._checked = float("-inf")
         self._published: set[str] = set()
@@ -56,21 +72,42 @@ class RevocationStamps:
             return  # tried again the next time the key store is read
         self._published.update(new)
 
+    def publish_budget(self, key_hash: str, budget: Budget | None) -> None:
+        """Stamp a key's budget for every instance (RedisDown when Redis fails)."""
+        def stamp(client):  # noqa: ANN001, ANN202 - a redis.Redis
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self.budgets, key_hash, _budget_text(budget))
+            pipe.incr(self.generation)
+            pipe.execute()
+        self.link.run(stamp)
+
     def revoked(self, key_hash: str) -> bool:
         """Whether any instance revoked the key with this hash (as of at most
         `REFRESH_SECONDS` ago, or as of the last time Redis answered)."""
-        now = time.monotonic()
-        if now - self._checked >= REFRESH_SECONDS:
-            self._checked = now
-            try:
-                generation = self.link.run(lambda client: client.get(self.generation))
-                if generation != self._seen:
-                    self._known = frozenset(self.link.run(
-                        lambda client: client.hkeys(self.stamps)))
-                    self._seen = generation
-            except RedisDown:
-                pass
+        self._refresh()
         return key_hash.encode() in self._known
+
+    def budget(self, key_hash: str, stored: Budget | None) -> Budget | None:
+        """The key's budget: the one stamped in Redis, else `stored` (its key store's)."""
+        self._refresh()
+        found = key_hash.encode()
+        return self._budgets[found] if found in self._budgets else stored
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < REFRESH_SECONDS:
+            return
+        self._checked = now
+        try:
+            generation = self.link.run(lambda client: client.get(self.generation))
+            if generation != self._seen:
+                known, budgets = self.link.run(lambda client: (
+                    client.hkeys(self.stamps), client.hgetall(self.budgets)))
+                self._known = frozenset(known)
+                self._budgets = {digest: _budget(text) for digest, text in budgets.items()}
+                self._seen = generation
+        except RedisDown:
+            pass
 
 
 def revocation_stamps(settings: Settings, timeout: float | None = None

@@ -79,6 +79,9 @@ class Recorder:
     # --- in the background -----------------------------------------------------------
 
     def start(self) -> None:
+        """Read the totals now (a restarted worker enforces budgets from its first
+        request), then flush and re-read every second in the background."""
+        self._refresh(time.time())
         self._greenlet = gevent.spawn(repeat, FLUSH_SECONDS, self.flush, "usage ledger flush",
                                       log)
 

@@ -136,23 +136,13 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
     question = f"budget {uuid.uuid4().hex}"
     chat_openai(bridge, key, question)  # spends more than its 1 token
 
-    def refused() -> list[requests.Response]:  # a 429 Response is falsy: in a list
-        answer = requests.post(bridge.url + "/v1/chat/completions", timeout=30,
-                               headers={"authorization": f"Bearer {key}"},
-                               json={"model": "qwen3", "messages": [
-                                   {"role": "user", "content": uuid.uuid4().hex}]})
-        return [answer] if answer.status_code == 429 else []
-    [answer] = wait_for(refused, WAIT, "the budget to be used up")
+    [answer] = wait_for(lambda: refused(bridge, key), WAIT, "the budget to be used up")
     error = answer.json()["error"]
     assert error["code"] == "budget_exceeded"
     assert set(error) == {"message", "type", "param", "code"}
     assert 0 < int(answer.headers["retry-after"]) <= 86400  # until midnight UTC
 
-    native = requests.post(bridge.url + "/api/chat", timeout=30,
-                           headers={"authorization": f"Bearer {key}"},
-                           json={"model": "qwen3", "stream": False, "messages": [
-                               {"role": "user", "content": uuid.uuid4().hex}]})
-    assert native.status_code == 429
+    [native] = wait_for(lambda: refused(bridge, key, "/api/chat"), WAIT, "Ollama's 429")
     assert isinstance(native.json()["error"], str) and "budget" in native.json()["error"]
 
     hit = requests.post(bridge.url + "/v1/chat/completions", timeout=30,
@@ -163,11 +153,15 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
 
     assert metric_total(bridge.url, "bridge_client_budget_remaining_tokens",
                         client_key="capped") == 0
-    status = requests.get(bridge.url + "/status", timeout=30).json()
-    item = next(item for item in status["usage"] if item["key"] == "capped")
+
+    def capped_status() -> dict | None:  # each worker keeps its section for 1.5 s
+        usage = requests.get(bridge.url + "/status", timeout=30).json()["usage"]
+        item = next(item for item in usage if item["key"] == "capped")
+        return item if item["cache_hits"] else None
+    item = wait_for(capped_status, WAIT, "the hit in /status")
     assert (item["budget_tokens"], item["budget_period"]) == (1, "day")
     assert item["remaining_tokens"] == 0 and item["used_tokens"] > 1
-    assert item["cache_hits"] >= 1 and item["top_models"][0]["model"] == "qwen3"
+    assert item["requests"] >= 2 and item["top_models"][0]["model"] == "qwen3"
 
     # a budget raised with `keys update` applies to the running bridge
     done = keys_command(shared.state_dir, "update", "capped", "--budget-tokens", "1000000",
@@ -184,12 +178,13 @@ def test_the_next_period_lets_a_key_through(shared: Shared, standin_server: Stan
                                             tmp_path: Path) -> None:
     key = shared.keys["monthly"]
     chat_openai(shared.process, key)  # over its 1 token a month
-    wait_for(lambda: requests.post(
-        shared.process.url + "/v1/chat/completions", timeout=30,
-        headers={"authorization": f"Bearer {key}"},
-        json={"model": "qwen3", "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
-    ).status_code == 429, WAIT, "the monthly budget to be used up")
-    # the same state directory, 32 days later: a new calendar month
+    wait_for(lambda: refused(shared.process, key), WAIT, "the monthly budget to be used up")
+    # a bridge started now (same state directory) refuses it from its first request...
+    shared.process.stop()
+    shared.process = start_bridge(*shared.flags(), upstream=standin_server.url, workers=2,
+                                  log_dir=tmp_path)
+    assert refused(shared.process, key) and refused(shared.process, key)
+    # ...and one started 32 days later serves it: a new calendar month
     with start_bridge(*shared.flags(), upstream=standin_server.url, workers=1, log_dir=tmp_path,
                       env={"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME": "+32d"}) as later:
         assert chat_openai(later, key)
@@ -219,20 +214,40 @@ def test_without_shared_mode_one_row_per_credential_digest_and_never_the_credent
         assert credential.encode() not in path.read_bytes()
 
 
-def test_two_instances_on_one_redis_add_up(standin_server: StandIn, redis_server: Process,
-                                           tmp_path: Path) -> None:
+def refused(bridge: Process, key: str, path: str = "/v1/chat/completions"
+            ) -> list[requests.Response]:
+    """A miss sent with `key` (OpenAI's chat, or Ollama's at /api/chat), in a list when
+    it got 429 (a 429 Response is falsy). Each worker learns the totals on its own, within
+    a second: a refusal by one says nothing of the other."""
+    answer = requests.post(bridge.url + path, timeout=30,
+                           headers={"authorization": f"Bearer {key}"},
+                           json={"model": "qwen3", "stream": False, "messages": [
+                               {"role": "user", "content": uuid.uuid4().hex}]})
+    return [answer] if answer.status_code == 429 else []
+
+
+def test_two_instances_on_one_redis_add_up_and_enforce_one_budget(
+        standin_server: StandIn, redis_server: Process, tmp_path: Path) -> None:
     prefix = ("--redis-prefix", f"test-{uuid.uuid4().hex[:8]}")
-    redis = ("--redis-timeout", "1000", "--redis-url", redis_server.url, *prefix)
-    state = tmp_path / "state"
-    key = create_key(state, "team")
+    redis = ("--redis-url", redis_server.url, *prefix)
+    key = create_key(tmp_path / "a", "team")
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "keys.sqlite3", tmp_path / "b")  # the same keys, as README says
     (tmp_path / "upstream.key").write_text(UPSTREAM_KEY + "\n")
-    flags = ("--enable-shared-mode", "--api-key-file", str(tmp_path / "upstream.key"),
-             "--state-dir", str(state), *redis)
-    with start_bridge(*flags, upstream=standin_server.url, workers=1,
-                      log_dir=tmp_path) as a, \
-            start_bridge(*flags, upstream=standin_server.url, workers=1, log_dir=tmp_path) as b:
+
+    def start(state: str) -> Process:
+        return start_bridge("--enable-shared-mode", "--api-key-file",
+                            str(tmp_path / "upstream.key"), "--state-dir", str(tmp_path / state),
+                            "--redis-timeout", "1000", *redis, upstream=standin_server.url,
+                            workers=1, log_dir=tmp_path)
+    with start("a") as a, start("b") as b:
         spent = [chat_openai(bridge, key) for bridge in (a, b, a)]
         wanted = {"qwen3": (3, sum(p for p, _ in spent), sum(c for _, c in spent))}
-        wait_for(lambda: per_model(usage_json(state, redis=("--redis-url", redis_server.url,
-                                                           *prefix)), "team") == wanted,
+        wait_for(lambda: per_model(usage_json(tmp_path / "a", redis=redis), "team") == wanted,
                  WAIT, "the fleet's sums in Redis")
+        # a budget set through instance a's store reaches b, counted against the fleet's use
+        done = keys_command(tmp_path / "a", *redis, "update", "team", "--budget-tokens",
+                            str(sum(p + c for p, c in spent)), "--budget-period", "week")
+        assert done.returncode == 0, done.stderr
+        [answer] = wait_for(lambda: refused(b, key), WAIT, "b refusing the team's key")
+        assert answer.json()["error"]["code"] == "budget_exceeded"
