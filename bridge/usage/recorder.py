@@ -32,6 +32,7 @@ from bridge.usage.redis_ledger import RedisLedger
 log = logging.getLogger("bridge.usage")
 
 FLUSH_SECONDS = 1.0
+DAY_SECONDS = 86400  # Unix time has no leap seconds: a UTC day starts at a multiple of it
 MAX_UNSHARED_ROWS = 100_000
 _REQUESTS, _PROMPT, _COMPLETION, _ESTIMATED, _HITS, _SAVED_TOKENS, _SAVED_SECONDS = \
     range(len(FIELDS))
@@ -48,6 +49,7 @@ class Recorder:
         self.unshared: dict[RowKey, Counts] = {}  # flushed locally, not yet into Redis
         self.spent: dict[str, dict[str, int]] = {period: {} for period in periods.PERIODS}
         self._greenlet: gevent.Greenlet | None = None
+        self._today = (0.0, 0.0, "")  # [from, until) in Unix time, and that UTC day
 
     # --- on the request path ---------------------------------------------------------
 
@@ -56,7 +58,7 @@ class Recorder:
                saved_tokens: int = 0, saved_seconds: float = 0.0,
                now: float | None = None) -> None:
         """Add one exchange's figures to this worker's batch (no I/O)."""
-        day = periods.today(time.time() if now is None else now).isoformat()
+        day = self._day(time.time() if now is None else now)
         counts = self.pending.get((day, principal, model))
         if counts is None:
             counts = self.pending[(day, principal, model)] = empty()
@@ -70,6 +72,13 @@ class Recorder:
         if prompt + completion:
             self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) \
                 + prompt + completion
+
+    def _day(self, now: float) -> str:
+        """The UTC day of `now`, as YYYY-MM-DD (worked out once a day, not per request)."""
+        if not self._today[0] <= now < self._today[1]:
+            first = now - now % DAY_SECONDS
+            self._today = (first, first + DAY_SECONDS, periods.today(now).isoformat())
+        return self._today[2]
 
     def used(self, principal: str, period: str) -> int:
         """Upstream tokens of `principal` in the current `period`, as this worker knows

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import anthropic
 import ollama
 import openai
 import pytest
@@ -143,6 +144,18 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
     assert 0 < int(answer.headers["retry-after"]) <= 86400  # until midnight UTC
 
     [native] = wait_for(lambda: refused(bridge, key, "/api/chat"), WAIT, "Ollama's 429")
+    claude = anthropic.Anthropic(base_url=bridge.url, api_key=key, max_retries=0)
+
+    def claude_refused() -> object:
+        try:
+            claude.messages.create(model="qwen3", max_tokens=50, messages=[
+                {"role": "user", "content": uuid.uuid4().hex}])
+        except anthropic.RateLimitError as refusal:
+            return refusal.body
+        return None
+    body = wait_for(claude_refused, WAIT, "Anthropic's 429")
+    assert body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "budget" in body["error"]["message"]  # type: ignore[index]
     assert isinstance(native.json()["error"], str) and "budget" in native.json()["error"]
 
     hit = requests.post(bridge.url + "/v1/chat/completions", timeout=30,
