@@ -35,13 +35,29 @@ DEFAULT_PERIOD = "day"  # the period shown for principals without a budget
 
 def read_rows(settings: Settings, since: str, now: float, principal: str | None = None,
               timeout: float | None = None) -> list[Row]:
-    """The daily rows from `since` on: the fleet's with Redis, else this instance's."""
+    """The daily rows from `since` on: the fleet's with Redis, else (or while Redis is
+    down) this instance's."""
+    try:
+        return fleet_rows(settings, since, now, principal, timeout)
+    except RedisDown as exc:
+        log.warning("usage: Redis unreachable (%s); reading this instance's ledger", exc)
+        return local_rows(settings, since, principal)
+    except LookupError:  # no Redis
+        return local_rows(settings, since, principal)
+
+
+def fleet_rows(settings: Settings, since: str, now: float, principal: str | None = None,
+               timeout: float | None = None) -> list[Row]:
+    """The fleet's rows in Redis: LookupError without `--redis-url`, RedisDown when it
+    fails."""
     link = link_for(settings, timeout)
-    if link is not None:
-        try:
-            return RedisLedger(link, settings.usage_retention_days).rows(since, now, principal)
-        except RedisDown as exc:
-            log.warning("usage: Redis unreachable (%s); reading this instance's ledger", exc)
+    if link is None:
+        raise LookupError("no --redis-url")
+    return RedisLedger(link, settings.usage_retention_days).rows(since, now, principal)
+
+
+def local_rows(settings: Settings, since: str, principal: str | None = None) -> list[Row]:
+    """This instance's rows, in the state directory's file (blocking: off the loop)."""
     local = LocalLedger(settings.state_dir, settings.usage_retention_days)
     if not local.path.exists():
         return []
@@ -131,10 +147,10 @@ class StatusSection:
         since = earliest_period_start(now)
         budgets = self.thread.run(key_budgets, self.settings.state_dir) \
             if self.settings.enable_shared_mode else {}
-        if link_for(self.settings) is not None:
-            rows = read_rows(self.settings, since, now)  # cooperative under gevent
-        else:
-            rows = self.thread.run(read_rows, self.settings, since, now)
+        try:
+            rows = fleet_rows(self.settings, since, now)  # cooperative under gevent
+        except (LookupError, RedisDown):
+            rows = self.thread.run(local_rows, self.settings, since)
         self._kept = (now, status_items(rows, budgets, self.default, now))
         return self._kept[1]
 
