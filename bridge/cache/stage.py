@@ -38,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -64,7 +64,9 @@ from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.identity.entitlement import Entitlements
-from bridge.semantic_cache.lookup import Asked, SemanticCache
+
+if TYPE_CHECKING:
+    from bridge.semantic_cache.lookup import Asked, SemanticCache
 
 log = logging.getLogger("bridge.cache")
 
@@ -152,9 +154,12 @@ class CacheStage(Stage):
         self.entitlements = Entitlements(settings, context.upstream, context.principals)
         self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
         self.records: Records | None = None  # side records in the tiers, once started
-        self.semantic = SemanticCache(settings, context.upstream, context.upstream_targets,
-                                      request_digest) \
-            if settings.semantic_cache_model else None
+        self.semantic: SemanticCache | None = None
+        if settings.semantic_cache_model:  # its libraries (numpy, usearch) loaded only then
+            from bridge.semantic_cache.lookup import SemanticCache
+
+            self.semantic = SemanticCache(settings, context.upstream, context.upstream_targets,
+                                          request_digest)
 
     def start(self) -> None:
         self.entitlements.start()
