@@ -210,19 +210,21 @@ def record(*, method: str, path: str, route: str, status: int, remote: str, dura
 def logged(ex: Exchange | None, fields: dict) -> dict[str, str]:
     """What the console's request log keeps of a request beyond `request.finished`'s
     metric labels (its prompt and answer only with --request-log-bodies)."""
-    found = {"path": fields["path"], "request_id": fields["request_id"],
-             "api": "" if fields["api"] == "-" else fields["api"]}
+    api, upstream = fields["api"], fields["upstream"]
     if ex is None:
-        return found
-    usage, _ = tokens(ex)
-    found.update(model=ex.model, cache=ex.cache_status or "",
-                 upstream="" if fields["upstream"] == "-" else fields["upstream"])
+        return {"path": fields["path"], "request_id": fields["request_id"],
+                "api": "" if api == "-" else api}
+    found = {"path": fields["path"], "request_id": fields["request_id"], "api": api,
+             "model": ex.model, "cache": ex.cache_status or "",
+             "upstream": "" if upstream == "-" else upstream}
+    usage = ex.usage or ex.notes.get(_SERVED_USAGE)
     if usage is not None:
-        found.update(prompt_tokens=str(usage.prompt), completion_tokens=str(usage.completion))
+        found["prompt_tokens"], found["completion_tokens"] = (str(usage.prompt),
+                                                              str(usage.completion))
     if _PROMPT in ex.notes:  # --request-log-bodies
         response = ex.response
         answer = (ex.notes.get(_ANSWER, b"") if response is None or response.streaming
                   else response.body[:REQUEST_LOG_BODY_LIMIT])  # as sent: stamped
-        found.update(prompt=ex.notes[_PROMPT].decode(errors="replace"),
-                     answer=answer.decode(errors="replace"))
+        found["prompt"] = ex.notes[_PROMPT].decode(errors="replace")
+        found["answer"] = answer.decode(errors="replace")
     return found
