@@ -196,6 +196,25 @@ def test_with_request_log_bodies_prompts_and_answers_are_kept_credentials_masked
     assert problems == []
 
 
+def test_request_log_size_0_keeps_no_request(make_bridge, browser):
+    off = make_bridge("--request-log-size", "0", workers=1)
+    answer = requests.post(off.url + CHAT, timeout=30, json={
+        "model": "llama3.2", "messages": [{"role": "user", "content": "not logged"}]})
+    assert answer.status_code == 200
+    bad = requests.post(off.url + CHAT, data=b"{", timeout=30)  # still in the last errors
+    assert bad.status_code == 400
+    wait_for(lambda: requests.get(off.url + "/status", timeout=10).json()["errors"],
+             what="the 400 in the last errors")
+    assert requests.get(off.url + "/status/requests", timeout=10).json() == {
+        "size": 0, "bodies": False, "requests": []}
+    assert not list((run_directory(off) / "console").glob("requests-*"))
+    problems: list[str] = []
+    page = open_console(browser, off.url, problems)
+    wait_for_page(page, lambda p: "request log off" in p.inner_text("#requests"),
+                  "that the log is off")
+    assert problems == []
+
+
 @pytest.mark.xfail(strict=True, reason="needs the usage ledger (wt-usage)")
 def test_the_usage_panel_shows_tokens_against_the_budget_and_top_models(
         shared, browser, standin):

@@ -227,6 +227,7 @@ for (const id of ["filter-key", "filter-model", "filter-status"]) {
 
 async function pollRequests() {
   try {
+    if (document.hidden) return;  // a tab in the background fetches no log
     const answer = await fetch("/status/requests", {cache: "no-store"});
     if (!answer.ok) throw new Error("/status/requests answered " + answer.status);
     const text = await answer.text();
