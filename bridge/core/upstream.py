@@ -381,9 +381,10 @@ class UpstreamClient:
             spans.failed(span, exc)
             span.end()
             raise
-        if response.status >= 500:
-            spans.failed(span, f"status {response.status}")
-        response.on_close(span.end)
+        if span.is_recording():  # off: nothing registered on the response
+            if response.status >= 500:
+                spans.failed(span, f"status {response.status}")
+            response.on_close(span.end)
         return response
 
     @staticmethod

@@ -9,21 +9,25 @@ and `…_TIMEOUT` (the exporter), `OTEL_TRACES_SAMPLER[_ARG]` (the sampler), `OT
 (the batches). `OTEL_SDK_DISABLED=true` turns tracing off whatever else says.
 
 Under gevent the batch processor's worker thread is a greenlet: it waits for its
-schedule without blocking the loop, and its export (protobuf encoding, then an HTTP POST
-on a patched socket) runs between requests; `bench/tracing_bench.py` measures its cost.
+schedule without blocking the loop. Its export is not run there: encoding a batch of 512
+spans into protobuf is pure Python, tens of milliseconds in which the loop would serve
+nobody (`bench/tracing_bench.py` part 2 measures both ways). So the exporter runs in one
+native thread of the worker (`SerialThread`, as SQLite does): encoding and the POST there,
+the loop going on between the GIL's hand-overs.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from bridge import __version__
+from bridge.core.offloop import SerialThread
 from bridge.core.settings import Settings
 
 DEFAULT_SERVICE_NAME = "deepseek-ollama-bridge"
@@ -59,5 +63,24 @@ def make_provider(settings: Settings) -> TracerProvider:
     worker thread and connection belong to one process)."""
     provider = TracerProvider(resource=resource())  # the sampler from OTEL_TRACES_SAMPLER
     endpoint = traces_url(settings.otlp_endpoint) if settings.otlp_endpoint else None
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    exporter = OffLoop(OTLPSpanExporter(endpoint=endpoint))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+class OffLoop(SpanExporter):
+    """An exporter whose work runs in one native thread of the process (off the event
+    loop under gevent; in the caller's thread without it)."""
+
+    def __init__(self, exporter: SpanExporter):
+        self.exporter = exporter
+        self.thread = SerialThread()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.thread.run(self.exporter.export, spans)
+
+    def shutdown(self) -> None:
+        self.thread.run(self.exporter.shutdown)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.thread.run(self.exporter.force_flush, timeout_millis)
