@@ -14,8 +14,9 @@ from otlp_receiver import Receiver
 
 from bridge.ollama_standin import Fault, StandIn
 from bridge.serve.processes import Process, start_bridge
-from tests.helpers import wait_for
+from tests.helpers import keys_command, wait_for
 
+UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "20"}  # ms: batches leave at once in tests
 PLUGIN = """
 function HandleServerRequest(request) return true, request end
@@ -41,7 +42,8 @@ def traced(standin_server: StandIn, receiver: Receiver,
     with start_bridge("--otlp-endpoint", receiver.url, "--enable-cache",
                       "--cache-dir", str(directory / "cache"), "--enable-luajit",
                       "--luajit-script", str(directory / "plugin.lua"),
-                      "--upstreams", str(directory / "upstreams.toml"), "-a", "0",
+                      "--upstreams", str(directory / "upstreams.toml"),
+                      "-a", "1", "-i", "50", "-m", "50",
                       upstream=None, workers=1, env=FAST_EXPORT, log_dir=directory) as process:
         yield process
 
@@ -141,8 +143,26 @@ def test_a_streams_span_ends_with_the_stream_and_its_output_tokens(traced, recei
     assert server.attributes["bridge.stream.outcome"] == "complete"
 
 
+def test_each_upstream_attempt_has_its_span_and_sends_its_own_traceparent(
+        traced, receiver, standin):
+    standin.push_fault(Fault("status", status=503, body="busy"))
+    answer = requests.post(traced.url + "/api/chat", timeout=30, json={
+        "model": "qwen3", "stream": False, "messages": [{"role": "user", "content": "retry"}]})
+    assert answer.status_code == 200
+    server, children = spans_of(receiver, answer.headers["x-request-id"], children=5)
+    calls = sorted((span for span in children if span.name == "upstream gpu-a"),
+                   key=lambda span: span.attributes["bridge.upstream.attempt"])
+    assert [(call.failed, call.attributes["http.response.status_code"]) for call in calls] \
+        == [(True, 503), (False, 200)]
+    sent = [r.headers["traceparent"].split("-")[1:3] for r in standin.requests
+            if r.path == "/api/chat"]
+    assert sent == [[server.trace_id, call.span_id] for call in calls]
+    assert server.attributes["bridge.upstream.attempts"] == 2 and not server.failed
+
+
 def test_an_upstream_failure_marks_the_spans_in_error(traced, receiver, standin):
-    standin.push_fault(Fault("status", status=500, body="upstream broke"))
+    for _ in range(2):  # the attempt and its retry
+        standin.push_fault(Fault("status", status=500, body="upstream broke"))
     answer = requests.post(traced.url + "/api/chat", timeout=30, json={
         "model": "qwen3", "stream": False, "messages": [{"role": "user", "content": "fail"}]})
     assert answer.status_code >= 500
@@ -152,14 +172,22 @@ def test_an_upstream_failure_marks_the_spans_in_error(traced, receiver, standin)
 
 
 def test_the_standard_environment_variables_turn_traces_on_and_exit_flushes_them(
-        make_bridge, receiver, standin):
-    # batches every 10 minutes: what arrives was sent when the worker exited
-    bridge = make_bridge(workers=1, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "bridge-eu",
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
-        "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-token=abc",
-        "OTEL_BSP_SCHEDULE_DELAY": "600000"})
+        make_bridge, receiver, standin, tmp_path):
+    state, key_file = tmp_path / "state", tmp_path / "upstream.key"
+    key_file.write_text(UPSTREAM_KEY)
+    created = keys_command(state, "create", "team-x")
+    assert created.returncode == 0, created.stderr
+    client_key = created.stdout.strip()
+    # shared mode; batches every 10 minutes: what arrives was sent when the worker exited
+    bridge = make_bridge("--enable-shared-mode", "--state-dir", str(state),
+                         "--api-key-file", str(key_file), workers=1, env={
+                             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                             "OTEL_SERVICE_NAME": "bridge-eu",
+                             "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+                             "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-token=abc",
+                             "OTEL_BSP_SCHEDULE_DELAY": "600000"})
     answer = requests.post(bridge.url + "/v1/embeddings", timeout=30,
+                           headers={"authorization": f"Bearer {client_key}"},
                            json={"model": "all-minilm", "input": "embed me"})
     assert answer.status_code == 200
     assert "traceparent" in last_upstream_headers(standin)
@@ -169,6 +197,10 @@ def test_the_standard_environment_variables_turn_traces_on_and_exit_flushes_them
     assert server.name == "embeddings all-minilm"
     assert server.attributes["gen_ai.operation.name"] == "embeddings"
     assert server.attributes["gen_ai.system"] == "ollama"
+    assert server.attributes["bridge.client_key"] == "team-x"
+    everything = repr([(span.attributes, span.resource) for span in receiver.trace(
+        server.trace_id)])
+    assert client_key not in everything and UPSTREAM_KEY not in everything
     assert server.resource["service.name"] == "bridge-eu"
     assert server.resource["deployment.environment"] == "test"
     assert any(post.get("x-collector-token") == "abc" for post in receiver.posts)
