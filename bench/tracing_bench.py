@@ -46,27 +46,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 from opentelemetry.trace import SpanKind  # noqa: E402
 
-from bench.loadgen import load, machine_line, tool  # noqa: E402
+from bench.loadgen import machine_line, summary, tool, warm_load  # noqa: E402
+from bench.lua_bench import ANSWER, BODY, CHAT  # noqa: E402 - one sample chat
 from bridge.core import settings as bridge_settings  # noqa: E402
 from bridge.core.exchange import Exchange, Response  # noqa: E402
 from bridge.serve.processes import start_bridge, start_standin  # noqa: E402
 from bridge.tracing import provider, spans  # noqa: E402
 from bridge.tracing.stage import TracingStage  # noqa: E402
 
-CHAT = "/v1/chat/completions"
-BODY = json.dumps({"model": "qwen2.5", "messages": [
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Say hello in five words, please."}]})
 HEADERS = {"content-type": "application/json", "user-agent": "OpenAI/Python 1.99",
            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 UPSTREAM_HEADERS = {"content-type": "application/json", "accept-encoding": "identity",
                     "x-request-id": "1"}
-ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1,
-                     "model": "qwen2.5", "choices": [{"index": 0, "message": {
-                         "role": "assistant", "content": "Hello there, nice to meet."},
-                         "finish_reason": "stop"}],
-                     "usage": {"prompt_tokens": 20, "completion_tokens": 7,
-                               "total_tokens": 27}}).encode()
 BATCH = 512  # the batch processor's default OTEL_BSP_MAX_EXPORT_BATCH_SIZE
 
 
@@ -107,7 +98,8 @@ def one_request(stage: TracingStage | None, index: int) -> Exchange:
     spans.with_traceparent(UPSTREAM_HEADERS, call)
     ex.response = Response(status=200, headers={"content-type": "application/json"},
                            body=ANSWER)
-    ex.response.on_close(call.end)
+    if call.is_recording():
+        ex.response.on_close(call.end)
     if stage is not None:
         stage.on_response(ex)
     ex.close()
@@ -231,11 +223,8 @@ def bench_bridges(sink: Sink, seconds: float, work: Path) -> None:
                     else ()
                 with start_bridge(*cached, *flags, upstream=standin.url, workers=2,
                                   log_dir=work) as bridge:
-                    load(bridge.url + CHAT, BODY, 64, 1.0)  # warm-up (and the entry cached)
-                    result = load(bridge.url + CHAT, BODY, 64, seconds)
-                print(f"  {load_name:15} tracing {name:3} {result['rps']:8.0f} req/s  "
-                      f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
-                      f"errors {result['errors']}  non-2xx {result['non2xx']}")
+                    result = warm_load(bridge.url + CHAT, BODY, 64, seconds)
+                print(f"  {load_name:15} tracing {name:3} {summary(result)}")
 
 
 def main() -> None:
