@@ -1,18 +1,25 @@
 """The cost of OpenTelemetry traces: per request in this process (µs), per exported batch
-(the protobuf encoding that runs on a worker's event loop), and through real bridges
-(req/s) with tracing off and on, all in one run against the same references.
+(the protobuf encoding, and what it does to a worker's event loop), and through real
+bridges (req/s) with tracing off and on, all in one run against the same references.
 
     python bench/tracing_bench.py [--rounds N] [--duration S]
 
 Part 1 runs what one traced request does in this process: the tracing stage's server
 span, the cache lookup's and the upstream call's child spans, the `traceparent` made for
-the upstream, each span ended into the batch processor; next to the same request's calls
-with tracing off (no stage: the children's no-op check) and a reference that makes the
-exchange and its response only. Part 2 times the export of one batch of 512 spans: the
-encoding alone, and encoding + POST to a local collector. Part 3 runs real bridges (2
-gevent workers) against the stand-in, tracing off and on, each with cache hits (the
-fast-hit path is off when tracing is on: each request gets its span) and with every
-request a call upstream (the cache off); the collector is a local sink in this process.
+the upstream, each span ended into a batch processor (whose exporter drops them: the
+export is part 2); next to the same request's calls with tracing off (no stage: the
+children's no-op check) and a reference that makes the exchange and its response only.
+CPU time of the measuring thread is printed beside wall time: on a shared machine it is
+the cost, the wall time adds the waits for a CPU.
+
+Part 2 times the export of one batch of 512 spans: the encoding alone, and encoding +
+POST to a local collector; and how late the event loop of a gevent-patched process runs
+while batches are exported in the processor's greenlet or in a native thread.
+
+Part 3 runs real bridges (2 gevent workers) against the stand-in, tracing off and on,
+each with cache hits (the fast-hit path is off when tracing is on: each request gets its
+span) and with every request a call upstream (the cache off); the collector is a local
+sink in this process.
 """
 
 from __future__ import annotations
@@ -40,7 +47,12 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: E40
     OTLPSpanExporter,
 )
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export import (  # noqa: E402
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
 )
@@ -117,46 +129,60 @@ def reference(index: int) -> Exchange:
     return ex
 
 
-def timed(run: Callable[[int], Any], rounds: int) -> tuple[float, float]:
-    """Median and p99 of `run`, in µs."""
-    timings = []
+def timed(run: Callable[[int], Any], rounds: int) -> tuple[float, float, float]:
+    """Median wall time, its p99 and median CPU time of this thread, of `run`, in µs.
+    On a shared machine the CPU time is the cost; the wall time adds waiting for a CPU."""
+    walls, cpus = [], []
     for index in range(rounds):
-        started = time.perf_counter()
+        cpu, started = time.thread_time(), time.perf_counter()
         run(index)
-        timings.append(time.perf_counter() - started)
-    timings.sort()
-    return statistics.median(timings) * 1e6, timings[int(len(timings) * 0.99)] * 1e6
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.thread_time() - cpu)
+    walls.sort()
+    return (statistics.median(walls) * 1e6, walls[int(len(walls) * 0.99)] * 1e6,
+            statistics.median(cpus) * 1e6)
 
 
-def bench_in_process(sink: Sink, rounds: int) -> None:
-    settings = bridge_settings.defaults().replace(otlp_endpoint=sink.url)
-    stage = TracingStage(settings, None)  # type: ignore[arg-type] - needs no context
-    stage.start()  # the real provider: batches exported to the sink by its own thread
+class Discard(SpanExporter):
+    """An exporter that drops its batches: the request path's cost alone (part 2 is the
+    export's)."""
+
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def bench_in_process(rounds: int) -> None:
+    tracer_provider = TracerProvider(resource=provider.resource())
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    stage = TracingStage(bridge_settings.defaults(), None)  # type: ignore[arg-type]
+    stage.tracer = tracer_provider.get_tracer("bench")
     rows = [("reference (exchange + response)", lambda i: reference(i)),
             ("tracing off (no stage)", lambda i: one_request(None, i)),
             ("tracing on (3 spans, batched)", lambda i: one_request(stage, i))]
     for _, run in rows:
         timed(run, rounds // 10)  # warm-up
-    print(f"Part 1: per request in this process ({rounds} rounds)")
+    print(f"Part 1: per request in this process ({rounds} rounds; spans queued for a "
+          "batch processor whose exporter drops them)")
     results = {name: timed(run, rounds) for name, run in rows}
-    base = results[rows[0][0]][0]
-    for name, (median, p99) in results.items():
-        print(f"  {name:34} median {median:7.1f} µs  p99 {p99:7.1f} µs  "
-              f"(+{median - base:5.1f} µs over the reference)")
-    stage.stop()
+    base_wall, _, base_cpu = results[rows[0][0]]
+    for name, (wall, p99, cpu) in results.items():
+        print(f"  {name:34} CPU {cpu:6.1f} µs (+{cpu - base_cpu:5.1f})  wall median "
+              f"{wall:6.1f} µs (+{wall - base_wall:5.1f}), p99 {p99:7.1f} µs")
+    tracer_provider.shutdown()
 
 
 def bench_batch(sink: Sink) -> None:
     batch = make_batch()
-    encode = [timed(lambda _: encode_spans(batch).SerializeToString(), 1)[0]
-              for _ in range(30)]
     exporter = OTLPSpanExporter(endpoint=provider.traces_url(sink.url))
-    export = [timed(lambda _: exporter.export(batch), 1)[0] for _ in range(30)]
+    encode = [timed(lambda _: encode_spans(batch).SerializeToString(), 1) for _ in range(30)]
+    export = [timed(lambda _: exporter.export(batch), 1) for _ in range(30)]
     size = len(encode_spans(batch).SerializeToString())
     print(f"Part 2: one batch of {BATCH} spans ({size / 1024:.0f} KiB of protobuf)")
-    print(f"  encode                             median {statistics.median(encode) / 1000:6.2f} "
-          f"ms  ({statistics.median(encode) / BATCH:.1f} µs per span)")
-    print(f"  encode + POST to the collector     median {statistics.median(export) / 1000:6.2f} ms")
+    for name, runs in (("encode", encode), ("encode + POST to the collector", export)):
+        cpu = statistics.median(run[2] for run in runs)
+        wall = statistics.median(run[0] for run in runs)
+        print(f"  {name:34} CPU {cpu / 1000:6.2f} ms ({cpu / BATCH:5.1f} µs per span)  "
+              f"wall median {wall / 1000:6.2f} ms")
     exporter.shutdown()
 
 
@@ -238,7 +264,7 @@ def main() -> None:
         return
     print(machine_line())
     sink = Sink()
-    bench_in_process(sink, args.rounds)
+    bench_in_process(args.rounds)
     bench_batch(sink)
     sys.stdout.flush()
     subprocess.run([sys.executable, __file__, "--loop-probe", "10"], check=True, timeout=600)
