@@ -63,7 +63,7 @@ from bench.lua_bench import ANSWER, BODY, CHAT  # noqa: E402 - one sample chat
 from bridge.core import settings as bridge_settings  # noqa: E402
 from bridge.core.exchange import Exchange, Response  # noqa: E402
 from bridge.serve.processes import start_bridge, start_standin  # noqa: E402
-from bridge.tracing import provider, spans  # noqa: E402
+from bridge.tracing import provider, spans, switch  # noqa: E402
 from bridge.tracing.stage import TracingStage  # noqa: E402
 
 HEADERS = {"content-type": "application/json", "user-agent": "OpenAI/Python 1.99",
@@ -173,7 +173,7 @@ def bench_in_process(rounds: int) -> None:
 
 def bench_batch(sink: Sink) -> None:
     batch = make_batch()
-    exporter = OTLPSpanExporter(endpoint=provider.traces_url(sink.url))
+    exporter = OTLPSpanExporter(endpoint=switch.traces_url(sink.url))
     encode = [timed(lambda _: encode_spans(batch).SerializeToString(), 1) for _ in range(30)]
     export = [timed(lambda _: exporter.export(batch), 1) for _ in range(30)]
     size = len(encode_spans(batch).SerializeToString())
@@ -208,9 +208,9 @@ def loop_probe(batches: int) -> None:
 
     sink, batch = Sink(), make_batch()
     exporters = {"in the processor's greenlet": OTLPSpanExporter(
-                     endpoint=provider.traces_url(sink.url)),
+                     endpoint=switch.traces_url(sink.url)),
                  "in a native thread (OffLoop)": provider.OffLoop(OTLPSpanExporter(
-                     endpoint=provider.traces_url(sink.url)))}
+                     endpoint=switch.traces_url(sink.url)))}
     print(f"  event loop lateness while {batches} batches are exported, one after the other:")
     for name, exporter in exporters.items():
         lags: list[float] = []

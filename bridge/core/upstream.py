@@ -6,7 +6,9 @@ It owns the policy: the `-t` timeout (connect + response, and a deadline for str
 with its shorter `--connect-timeout`, retries with exponential back-off and jitter
 (`-a/-i/-m`, honouring `Retry-After`, the admission slot given back while waiting),
 fail-over between routed upstreams, the mapping of transport failures to gateway errors
-(502, 504), and the bridge's own questions to an upstream (`ask`, `readiness`).
+(502, 504), and the bridge's own questions to an upstream (`ask`, `readiness`). With
+traces on, each attempt is a client span (`bridge.tracing.spans`) whose `traceparent`
+goes upstream with it.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """Where spans go: the OpenTelemetry SDK's tracer provider, made in each worker, with a
-batch processor that exports spans over OTLP/HTTP off the request path.
+batch processor that exports spans over OTLP/HTTP off the request path (imported only
+when tracing is on: `bridge.tracing.switch` says whether it is).
 
-Tracing is on with `--otlp-endpoint URL` (the collector's base URL, the spans are POSTed
-to `URL/v1/traces`) or with the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`. The SDK reads the other `OTEL_*` variables itself:
+The SDK reads the standard `OTEL_*` variables itself:
 `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (the resource), `OTEL_EXPORTER_OTLP_HEADERS`
 and `…_TIMEOUT` (the exporter), `OTEL_TRACES_SAMPLER[_ARG]` (the sampler), `OTEL_BSP_*`
-(the batches). `OTEL_SDK_DISABLED=true` turns tracing off whatever else says.
+(the batches).
 
 Under gevent the batch processor's worker thread is a greenlet: it waits for its
 schedule without blocking the loop. Its export is not run there: encoding a batch of 512
@@ -18,8 +17,7 @@ the loop going on between the GIL's hand-overs.
 
 from __future__ import annotations
 
-import os
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
@@ -29,24 +27,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from bridge import __version__
 from bridge.core.offloop import SerialThread
 from bridge.core.settings import Settings
+from bridge.tracing.switch import traces_url
 
 DEFAULT_SERVICE_NAME = "deepseek-ollama-bridge"
-TRACES_PATH = "/v1/traces"
-ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-
-
-def enabled(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether traces are exported: an endpoint given by flag or environment, and the
-    SDK not disabled."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    return bool(settings.otlp_endpoint) or any(environ.get(name) for name in ENDPOINT_VARIABLES)
-
-
-def traces_url(base: str) -> str:
-    """The URL spans are POSTed to, for a collector at `base`."""
-    base = base.rstrip("/")
-    return base if base.endswith(TRACES_PATH) else base + TRACES_PATH
 
 
 def resource() -> Resource:

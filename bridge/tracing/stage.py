@@ -10,7 +10,7 @@ answers, headers, credentials; a client key appears by its NAME only.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 from opentelemetry.trace import SpanKind
 
@@ -18,7 +18,7 @@ from bridge.core.exchange import Exchange, Frame, Usage, usage_in
 from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
-from bridge.tracing import provider
+from bridge.tracing import switch
 from bridge.tracing.spans import NOTE, PROPAGATOR, Traced, failed, model_in
 
 # gen_ai.operation.name of each model endpoint
@@ -33,7 +33,7 @@ class TracingStage(Stage):
 
     def __init__(self, settings: Settings, context: Context):
         self.kind = settings.upstream_api  # the -o upstream's: gen_ai.system without a route
-        self.provider = PerProcess(lambda: provider.make_provider(settings))
+        self.provider = PerProcess(lambda: _make_provider(settings))
         self.tracer = None
 
     def start(self) -> None:
@@ -115,4 +115,12 @@ def _read(ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
 
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:
-    return TracingStage(settings, context) if provider.enabled(settings) else None
+    return TracingStage(settings, context) if switch.enabled(settings) else None
+
+
+def _make_provider(settings: Settings) -> Any:
+    # imported here: the SDK and its exporter take longer to import than the rest of the
+    # bridge's stages together, and only a worker that traces needs them
+    from bridge.tracing import provider
+
+    return provider.make_provider(settings)

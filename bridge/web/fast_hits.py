@@ -39,7 +39,7 @@ from bridge.core.exchange import Exchange, request_id
 from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.settings import Settings
 from bridge.observability.stage import record
-from bridge.tracing import provider as tracing
+from bridge.tracing import switch as tracing
 from bridge.web.proxy import EXCHANGE, PREREAD, UnreadableBody, read_declared
 from bridge.web.routes import ollama_api, openai_api
 
