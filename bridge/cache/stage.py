@@ -64,6 +64,7 @@ from bridge.core.exchange import Exchange, Response, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.identity.entitlement import Entitlements
+from bridge.tracing import spans
 
 if TYPE_CHECKING:
     from bridge.semantic_cache.lookup import Asked, SemanticCache
@@ -210,6 +211,17 @@ class CacheStage(Stage):
             emit("cache.bypass")
             return
         reject_lone_surrogates(ex)  # before anything is claimed
+        with spans.child(ex, "cache lookup") as span:
+            self._look_up(ex, control)
+            if span.is_recording():
+                status = ex.cache_status or MISS
+                span.set_attribute("bridge.cache.result", status)
+                if status.startswith("HIT-"):
+                    span.set_attribute("bridge.cache.tier", status[4:].lower())
+
+    def _look_up(self, ex: Exchange, control: Control) -> None:
+        """Answer `ex` from the tiers, an identical call in flight or a semantic hit, or
+        make it the leader of its call (a miss)."""
         key = self._key(ex)
         shape = replay.Shape.of(ex)
         self._mark(ex, MISS)

@@ -425,6 +425,9 @@ SETTINGS: list[Setting] = [
     Setting("metrics_key", ("--metrics-key",), "bearer key that /metrics requires "
             "(`Authorization: Bearer KEY`); unset = /metrics is open to anyone who can "
             "reach the port", SecretText(), None, "KEY"),
+    Setting("otlp_endpoint", ("--otlp-endpoint",), "send OpenTelemetry traces (OTLP/HTTP, "
+            "POST URL/v1/traces) to this collector, a span per model request; unset = no "
+            "traces unless OTEL_EXPORTER_OTLP_ENDPOINT is set", Url(), None, "URL"),
     # --- operator's console (bridge/console) ---------------------------------------------
     Setting("disable_console", ("--disable-console",), "turn off the operator's console "
             "(the status page at / and /console, and /status)", Switch(), False),
