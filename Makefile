@@ -28,7 +28,10 @@ claude-code: $(CLAUDE_CODE_DIR)/node_modules/.bin/claude
 $(CLAUDE_CODE_DIR)/node_modules/.bin/claude:
 	npm install --silent --no-audit --no-fund --prefix $(CLAUDE_CODE_DIR) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 
+# Bytecode first: the suite starts hundreds of bridges, and each worker would otherwise
+# compile every module again where PYTHONDONTWRITEBYTECODE is set (a second per boot).
 test: $(VENV)/.installed
+	$(PY) -m compileall -q bridge
 	$(PY) -m pytest -q -n 3 --dist loadfile tests
 
 # The suite RUNS times in a row beside a CPU hog on each core: it must never flake.

@@ -73,6 +73,18 @@ def load(url: str, body: str, connections: int, seconds: float,
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def warm_load(url: str, body: str, connections: int, seconds: float) -> dict:
+    """`load` after a second of the same load (connections open, a cache entry stored)."""
+    load(url, body, connections, 1.0)
+    return load(url, body, connections, seconds)
+
+
+def summary(result: dict) -> str:
+    """One load run's figures, as the benches print them on one line."""
+    return (f"{result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.1f} ms  p99 "
+            f"{result['p99_ms']:6.1f} ms  errors {result['errors']}  non-2xx {result['non2xx']}")
+
+
 def _lua_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import load, tool  # noqa: E402
+from bench.loadgen import summary, tool, warm_load  # noqa: E402
 from bridge.core import settings as bridge_settings  # noqa: E402
 from bridge.core.exchange import Exchange, Response  # noqa: E402
 from bridge.lua.stage import LuaStage  # noqa: E402
@@ -78,11 +78,8 @@ def bench_throughput(script: Path, seconds: float, log_dir: Path) -> None:
             with start_bridge("--enable-cache", "--cache-dir", str(log_dir / name.replace(
                     " ", "_")), *lua, upstream=standin.url, workers=2,
                     log_dir=log_dir) as bridge:
-                load(bridge.url + CHAT, BODY, 64, 1.0)  # warm-up: the entry is cached
-                result = load(bridge.url + CHAT, BODY, 64, seconds)
-                print(f"  {name:18} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.1f} ms"
-                      f"  p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}"
-                      f"  non-2xx {result['non2xx']}")
+                result = warm_load(bridge.url + CHAT, BODY, 64, seconds)  # entry cached
+                print(f"  {name:18} {summary(result)}")
 
 
 def main() -> None:

@@ -49,11 +49,27 @@ def relay(standin_server: StandIn, tmp_path_factory: pytest.TempPathFactory) -> 
         yield process
 
 
+LOG_TAIL = 4000  # characters of each bridge's log shown with a failed test
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed test's report ends with the end of the log of each bridge it started
+    (`make_bridge`): what the bridge said is what tells a rare failure apart."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for process in getattr(item, "bridges", ()):
+            report.sections.append((f"log of the bridge at {process.url}",
+                                    process.log()[-LOG_TAIL:]))
+
+
 @pytest.fixture
-def make_bridge(standin_server: StandIn, tmp_path_factory: pytest.TempPathFactory
-                ) -> Iterator[Callable[..., Process]]:
+def make_bridge(request: pytest.FixtureRequest, standin_server: StandIn,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Process]]:
     """Start bridges with custom flags; all are stopped (by PID) after the test."""
     started: list[Process] = []
+    request.node.bridges = started
 
     def make(*flags: str, upstream: str | None = None, workers: int = 2, **kwargs) -> Process:
         process = start_bridge(*flags, upstream=upstream or standin_server.url,

@@ -38,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -64,7 +64,10 @@ from bridge.core.exchange import Exchange, Response, Saved, encode_json
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.identity.entitlement import Entitlements
-from bridge.semantic_cache.lookup import Asked, SemanticCache
+from bridge.tracing import spans
+
+if TYPE_CHECKING:
+    from bridge.semantic_cache.lookup import Asked, SemanticCache
 
 log = logging.getLogger("bridge.cache")
 
@@ -152,9 +155,12 @@ class CacheStage(Stage):
         self.entitlements = Entitlements(settings, context.upstream, context.principals)
         self._keys: dict[tuple[str, str, str | None, str, bytes], str] = {}
         self.records: Records | None = None  # side records in the tiers, once started
-        self.semantic = SemanticCache(settings, context.upstream, context.upstream_targets,
-                                      request_digest) \
-            if settings.semantic_cache_model else None
+        self.semantic: SemanticCache | None = None
+        if settings.semantic_cache_model:  # its libraries (numpy, usearch) loaded only then
+            from bridge.semantic_cache.lookup import SemanticCache
+
+            self.semantic = SemanticCache(settings, context.upstream, context.upstream_targets,
+                                          request_digest)
 
     def start(self) -> None:
         self.entitlements.start()
@@ -205,6 +211,17 @@ class CacheStage(Stage):
             emit("cache.bypass")
             return
         reject_lone_surrogates(ex)  # before anything is claimed
+        with spans.child(ex, "cache lookup") as span:
+            self._look_up(ex, control)
+            if span.is_recording():
+                status = ex.cache_status or MISS
+                span.set_attribute("bridge.cache.result", status)
+                if status.startswith("HIT-"):
+                    span.set_attribute("bridge.cache.tier", status[4:].lower())
+
+    def _look_up(self, ex: Exchange, control: Control) -> None:
+        """Answer `ex` from the tiers, an identical call in flight or a semantic hit, or
+        make it the leader of its call (a miss)."""
         key = self._key(ex)
         shape = replay.Shape.of(ex)
         self._mark(ex, MISS)

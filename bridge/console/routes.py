@@ -1,5 +1,5 @@
-"""The console's routes: the page (`/`, `/console`), its files, its login form and
-`/status`, each behind `access`.
+"""The console's routes: the page (`/`, `/console`), its files, its login form,
+`/status` and `/status/requests` (the request log), each behind `access`.
 
 `/status?since=T` returns only the history points after T, so the page, polling every
 second, fetches the 15 minutes once and then one point at a time.
@@ -17,7 +17,7 @@ from bridge.console import access, history, recent, status
 from bridge.console.login_backoff import LoginBackoff
 from bridge.core.errors import BadRequest, BridgeError, Forbidden, Unauthorized, error_response
 from bridge.core.redaction import secret_matches
-from bridge.core.settings import Settings, configured_secrets
+from bridge.core.settings import Settings
 from bridge.usage.report import StatusSection
 
 blueprint = flask.Blueprint("console", __name__)
@@ -34,7 +34,7 @@ def init_app(app: flask.Flask, settings: Settings) -> None:
     """Serve the console on `app` unless `--disable-console`."""
     if settings.disable_console:
         return
-    recent.start(configured_secrets(settings))
+    recent.start(settings)
     app.extensions["bridge.usage"] = StatusSection(settings)
     app.register_blueprint(blueprint)
 
@@ -157,8 +157,21 @@ def status_json() -> flask.Response:
     points = history.update(counters, bounds, found["time"])
     found["history"] = [point for point in points if point["t"] > since]
     found["history_window_seconds"] = history.WINDOW_SECONDS
-    found["errors"] = recent.last()
+    found["errors"] = recent.errors()
     found["usage"] = flask.current_app.extensions["bridge.usage"].get()
     found["status_ms"] = round((time.perf_counter() - began) * 1000, 2)
+    return flask.Response(flask.json.dumps(found), headers={
+        "content-type": "application/json", **_NO_STORE})
+
+
+@blueprint.get("/status/requests")
+def request_log() -> flask.Response:
+    """The request log of all workers, newest first (`--request-log-size` per worker)."""
+    refused = _guard(html=False)
+    if refused is not None:
+        return refused
+    settings = _settings()
+    found = {"size": settings.request_log_size, "bodies": settings.request_log_bodies,
+             "requests": recent.requests(settings.request_log_size * settings.worker_count)}
     return flask.Response(flask.json.dumps(found), headers={
         "content-type": "application/json", **_NO_STORE})

@@ -56,6 +56,7 @@ log = logging.getLogger("bridge.pipeline")
 # module exposes `make_stage(settings, context) -> Stage | None` (None when it is off).
 # Each feature uncomments its own line when it lands.
 STAGE_ORDER: Sequence[str] = (
+    "bridge.tracing",  # OpenTelemetry: a span around everything else (off: no stage)
     "bridge.observability",  # access log, request metrics: sees every exchange
     "bridge.lua",  # the operator's Lua hooks: before the key checks, after everything else
     "bridge.shared_mode",  # shared mode: client keys, upstream key

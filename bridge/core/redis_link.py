@@ -30,17 +30,16 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from bridge.core.events import emit
 from bridge.core.forking import PerProcess
 from bridge.core.instance import pid_alive
 from bridge.core.settings import Settings, defaults
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("bridge.redis")
 
@@ -54,6 +53,13 @@ PROBE_KEY = "writable"  # <prefix>:writable, the full Redis's write probe (1 ms 
 T = TypeVar("T")
 
 
+def _redis_error() -> type[Exception]:
+    """redis-py's base error (the module is loaded by then: a Link made a client)."""
+    import redis
+
+    return redis.RedisError
+
+
 class RedisDown(Exception):
     """Redis is unreachable (or failed): the caller uses its instance-local backend."""
 
@@ -65,6 +71,9 @@ class RedisFull(RedisDown):
 def out_of_memory(exc: redis.RedisError) -> bool:
     """Whether Redis refused a command because `maxmemory` is reached (also when the
     command was a write inside a server-side script, whose error keeps the `OOM` code)."""
+    import redis  # redis-py is loaded by the first Link only (a worker without --redis-url
+    # never pays its import, a third of a second)
+
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
         isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM"))
 
@@ -115,6 +124,10 @@ class Link:
         self._state = PerProcess(self._connect)
 
     def _connect(self) -> _State:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         client = redis.Redis.from_url(
             self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
@@ -137,7 +150,7 @@ class Link:
             raise RedisDown("Redis is unreachable")
         try:
             result = action(state.client)
-        except redis.RedisError as exc:
+        except _redis_error() as exc:
             if out_of_memory(exc):
                 self._refused(state, exc)
                 raise RedisFull(f"{type(exc).__name__}: {exc}") from None
@@ -168,7 +181,7 @@ class Link:
         state.probe_at = time.monotonic() + RECONNECT_SECONDS
         try:
             state.client.set(self.key(PROBE_KEY), b"1", px=1)
-        except redis.RedisError as exc:
+        except _redis_error() as exc:
             if not out_of_memory(exc):
                 self._failed(state, exc)
             return

@@ -425,12 +425,22 @@ SETTINGS: list[Setting] = [
     Setting("metrics_key", ("--metrics-key",), "bearer key that /metrics requires "
             "(`Authorization: Bearer KEY`); unset = /metrics is open to anyone who can "
             "reach the port", SecretText(), None, "KEY"),
+    Setting("otlp_endpoint", ("--otlp-endpoint",), "send OpenTelemetry traces (OTLP/HTTP, "
+            "POST URL/v1/traces) to this collector, a span per model request; unset = no "
+            "traces unless OTEL_EXPORTER_OTLP_ENDPOINT is set", Url(), None, "URL"),
     # --- operator's console (bridge/console) ---------------------------------------------
     Setting("disable_console", ("--disable-console",), "turn off the operator's console "
             "(the status page at / and /console, and /status)", Switch(), False),
     Setting("admin_key", ("--admin-key",), "key that opens the console to clients other "
             "than loopback ones (`Authorization: Bearer KEY`, or its login form); unset = "
             "loopback clients only", SecretText(), None, "KEY"),
+    Setting("request_log_size", ("--request-log-size",), "requests each worker keeps for "
+            "the console's request log (time, key name, API, model, status, tokens, cache "
+            "result, latency, request id; merged by /status/requests); 0 = no request log",
+            Integer(0, 100_000), 200, "N"),
+    Setting("request_log_bodies", ("--request-log-bodies",), "keep each logged request's "
+            "prompt and answer too (clipped, credentials masked): they are then held in "
+            "memory and written to the instance's run directory", Switch(), False),
     # --- async requests (bridge/async_jobs) ------------------------------------------------
     Setting("enable_async_request", ("--enable-async-request",), "answer model requests "
             "carrying request_fingerprint with 202 Accepted and run them as durable jobs "

@@ -6,7 +6,9 @@ It owns the policy: the `-t` timeout (connect + response, and a deadline for str
 with its shorter `--connect-timeout`, retries with exponential back-off and jitter
 (`-a/-i/-m`, honouring `Retry-After`, the admission slot given back while waiting),
 fail-over between routed upstreams, the mapping of transport failures to gateway errors
-(502, 504), and the bridge's own questions to an upstream (`ask`, `readiness`).
+(502, 504), and the bridge's own questions to an upstream (`ask`, `readiness`). With
+traces on, each attempt is a client span (`bridge.tracing.spans`) whose `traceparent`
+goes upstream with it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Iterator
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
+
+from opentelemetry.trace import Span, SpanKind
 
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
@@ -49,6 +53,7 @@ from bridge.core.transport import (
 )
 from bridge.surfaces import crossing
 from bridge.surfaces.crossing import Crossing
+from bridge.tracing import spans
 
 log = logging.getLogger("bridge.upstream")
 
@@ -312,13 +317,18 @@ class UpstreamClient:
             deadline = time.monotonic() + leg.timeout
             retry_after = None
             failure: BridgeError | None = None
+            span = spans.start_child(ex, f"upstream {name or '-o'}", SpanKind.CLIENT)
+            if span.is_recording():  # off: not even the attributes are made
+                span.set_attributes(self._span_attributes(leg, attempt))
             try:
-                upstream = self.transport.send(leg.method, leg.url, leg.headers, leg.body,
-                                               leg.timeout)
+                upstream = self.transport.send(leg.method, leg.url,
+                                               spans.with_traceparent(leg.headers, span),
+                                               leg.body, leg.timeout)
             except TransportError as exc:
                 failure = self.transport_error(exc, leg)
                 detail = type(exc).__name__
             else:
+                span.set_attribute("http.response.status_code", upstream.status_code)
                 if time.monotonic() > deadline:  # connect + headers took the whole budget
                     upstream.close()
                     failure = self.timeout_error("did not answer within", leg.timeout)
@@ -327,13 +337,15 @@ class UpstreamClient:
                         attempt == self.attempts and (last or upstream.status_code < 500)):
                     if route is not None and leg.target is not None:
                         route.answered(leg.target, upstream.status_code < 500)
-                    return scrubbed(self._response(ex, upstream, deadline, leg), leg)
+                    return scrubbed(self._answered(ex, upstream, deadline, leg, span), leg)
                 else:
                     retry_after = parse_retry_after(upstream.headers.get("retry-after"))
                     detail = f"status {upstream.status_code}"
                     failure = UpstreamUnavailable(f"upstream {name!r} answered "
                                                   f"{upstream.status_code}")
                     upstream.close()
+            spans.failed(span, detail)
+            span.end()
             if route is not None and leg.target is not None:
                 route.answered(leg.target, False)
             if attempt == self.attempts:
@@ -348,6 +360,34 @@ class UpstreamClient:
                   f" {name!r}" if name else "", self.attempts, detail, ex.request_id)
         assert failure is not None
         raise failure
+
+    def _span_attributes(self, leg: Leg, attempt: int) -> dict[str, str | int]:
+        """What a span of one upstream attempt says of it: the upstream's name, kind and
+        URL (scheme, host, port and path: never a credential or a query)."""
+        url = urlsplit(leg.url)
+        port = f":{url.port}" if url.port else ""
+        return {"bridge.upstream.name": leg.target.name if leg.target is not None else "-o",
+                "gen_ai.system": self.kind_of(leg.target),
+                "http.request.method": leg.method,
+                "url.full": f"{url.scheme}://{url.hostname}{port}{url.path}",
+                "server.address": url.hostname or "",
+                "bridge.upstream.attempt": attempt}
+
+    def _answered(self, ex: Exchange, upstream: Answer, deadline: float, leg: Leg,
+                  span: Span) -> Response:
+        """`_response`, with the attempt's span ended when the response is done with (its
+        whole body read, or its stream closed)."""
+        try:
+            response = self._response(ex, upstream, deadline, leg)
+        except BaseException as exc:
+            spans.failed(span, exc)
+            span.end()
+            raise
+        if span.is_recording():  # off: nothing registered on the response
+            if response.status >= 500:
+                spans.failed(span, f"status {response.status}")
+            response.on_close(span.end)
+        return response
 
     @staticmethod
     def _back_off(ex: Exchange, wait: float) -> None:

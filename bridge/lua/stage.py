@@ -26,6 +26,7 @@ from bridge.core.exchange import MODEL_ENDPOINTS, UNROUTED, Exchange, Frame, Res
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.lua.runtime import LuaFailure, LuaTimeout, Pool, Runtime, script_config
+from bridge.tracing import spans
 
 log = logging.getLogger("bridge.lua")
 
@@ -233,7 +234,8 @@ class LuaStage(Stage):
         started = time.perf_counter()
         emit("lua.call", hook=hook_name)
         try:
-            return self.pool.call(hook_name, self.budget, ex.request_id, hook)
+            with spans.child(ex, f"lua {hook_name}", {"bridge.lua.hook": hook_name}):
+                return self.pool.call(hook_name, self.budget, ex.request_id, hook)
         except (LuaFailure, LuaTimeout) as exc:
             self._fail(ex, exc)
         finally:

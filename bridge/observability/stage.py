@@ -41,11 +41,13 @@ _STARTED = "bridge_started"
 _RELAYED = "observe.relayed"  # ex.notes: the whole stream went to the client
 _SERVED_USAGE = "observe.served_usage"  # ex.notes: usage in an answer no upstream call made
 _RELAYED_BYTES = "observe.relayed_bytes"  # ex.notes: bytes of a stream's frames relayed
+_PROMPT, _ANSWER = "observe.prompt", "observe.answer"  # ex.notes: --request-log-bodies
 UNMATCHED_ROUTE = "<unmatched>"
-NOT_OBSERVED = frozenset({"/metrics", "/status"})  # scraped every second or so
+NOT_OBSERVED = frozenset({"/metrics", "/status", "/status/requests"})  # polled often
 ERROR_MESSAGE_LIMIT = 300
 TRACE_BODY_LIMIT = 2000
 TRACE_FRAME_LIMIT = 300
+REQUEST_LOG_BODY_LIMIT = 2000  # bytes of a prompt or an answer the request log keeps
 
 
 # --- token usage ----------------------------------------------------------------------
@@ -118,11 +120,14 @@ class ObserveStage(Stage):
 
     def __init__(self, settings: Settings):
         self.trace = settings.debug
+        self.bodies = settings.request_log_bodies and settings.request_log_size > 0
 
     def on_request(self, ex: Exchange) -> None:
         if flask.has_request_context():
             setattr(flask.g, _EXCHANGE, ex)
         ex.on_close(count_tokens)
+        if self.bodies:
+            ex.notes[_PROMPT] = ex.body[:REQUEST_LOG_BODY_LIMIT]
         if self.trace:
             trace_log.debug("request %s %s headers=%s body=%s [%s]", ex.method, ex.path,
                             logs.safe_headers(ex.headers), logs.clip(ex.body, TRACE_BODY_LIMIT),
@@ -148,9 +153,13 @@ class ObserveStage(Stage):
 
     def _frames(self, ex: Exchange, frames: Iterator[Frame], served: bool) -> Iterator[Frame]:
         relayed = 0
+        if self.bodies:
+            ex.notes[_ANSWER] = b""
         for frame in frames:
             relayed += len(frame.raw)
             ex.notes[_RELAYED_BYTES] = relayed
+            if self.bodies and len(ex.notes[_ANSWER]) < REQUEST_LOG_BODY_LIMIT:
+                ex.notes[_ANSWER] = (ex.notes[_ANSWER] + frame.raw)[:REQUEST_LOG_BODY_LIMIT]
             if served:
                 ex.notes[_SERVED_USAGE] = usage_in(frame.raw) or ex.notes.get(_SERVED_USAGE)
             if self.trace:
@@ -231,4 +240,27 @@ def record(*, method: str, path: str, route: str, status: int, remote: str, dura
                     fields["client_key"], fields["api"], fields["outcome"], request_id,
                     extra={"fields": fields})
     emit("request.finished", duration, route=route, method=method, status=str(status),
-         client_key=client_key(ex))
+         client_key=client_key(ex), **logged(ex, fields))
+
+
+def logged(ex: Exchange | None, fields: dict) -> dict[str, str]:
+    """What the console's request log keeps of a request beyond `request.finished`'s
+    metric labels (its prompt and answer only with --request-log-bodies)."""
+    api, upstream = fields["api"], fields["upstream"]
+    if ex is None:
+        return {"path": fields["path"], "request_id": fields["request_id"],
+                "api": "" if api == "-" else api}
+    found = {"path": fields["path"], "request_id": fields["request_id"], "api": api,
+             "model": ex.model, "cache": ex.cache_status or "",
+             "upstream": "" if upstream == "-" else upstream}
+    used = spent(ex)
+    if used is not None and not used.estimated:
+        found["prompt_tokens"], found["completion_tokens"] = (str(used.usage.prompt),
+                                                              str(used.usage.completion))
+    if _PROMPT in ex.notes:  # --request-log-bodies
+        response = ex.response
+        answer = (ex.notes.get(_ANSWER, b"") if response is None or response.streaming
+                  else response.body[:REQUEST_LOG_BODY_LIMIT])  # as sent: stamped
+        found["prompt"] = ex.notes[_PROMPT].decode(errors="replace")
+        found["answer"] = answer.decode(errors="replace")
+    return found

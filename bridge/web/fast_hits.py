@@ -17,9 +17,10 @@ request of each MEMO_SECONDS, and any answer that was not such a hit.
 
 It is installed only where no stage in front of the cache treats each request on its
 own (`applies`): not with Lua middleware, shared mode (keys, quotas, revocation),
-routing (`--upstreams`) or `-d` tracing. What could change an identical request's answer
-in another way than the entry (a worker learning that the upstream now refuses a
-principal, the think filter learning about a model) is seen within MEMO_SECONDS.
+routing (`--upstreams`), `-d` tracing or OpenTelemetry traces (a span per request).
+What could change an identical request's answer in another way than the entry (a
+worker learning that the upstream now refuses a principal, the think filter learning
+about a model) is seen within MEMO_SECONDS.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bridge.core.exchange import Exchange, request_id
 from bridge.core.redaction import CREDENTIAL_HEADERS
 from bridge.core.settings import Settings
 from bridge.observability.stage import record
+from bridge.tracing import switch as tracing
 from bridge.web.proxy import EXCHANGE, PREREAD, UnreadableBody, read_declared
 from bridge.web.routes import ollama_api, openai_api
 
@@ -61,7 +63,7 @@ def applies(settings: Settings) -> bool:
     cache: only where each of them would treat them alike."""
     return bool(settings.enable_cache and not settings.enable_luajit
                 and not settings.enable_shared_mode and not settings.upstreams
-                and not settings.debug)
+                and not settings.debug and not tracing.enabled(settings))
 
 
 @dataclass

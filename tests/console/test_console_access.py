@@ -40,10 +40,11 @@ def test_loopback_opens_the_page_and_status_without_a_key(bridge):
 
 
 def test_a_remote_client_is_refused_without_an_admin_key_configured(bridge):
-    answer = requests.get(bridge.url + "/status", headers=REMOTE, timeout=10)
-    assert answer.status_code == 403
-    assert answer.json()["error"]["code"] == "console_loopback_only"
-    assert "--admin-key" in answer.json()["error"]["message"]
+    for path in ("/status", "/status/requests"):
+        answer = requests.get(bridge.url + path, headers=REMOTE, timeout=10)
+        assert answer.status_code == 403
+        assert answer.json()["error"]["code"] == "console_loopback_only"
+        assert "--admin-key" in answer.json()["error"]["message"]
     page = requests.get(bridge.url + "/", headers=REMOTE, timeout=10)
     assert page.status_code == 403 and "loopback" in page.text and "<script" not in page.text
 
@@ -61,6 +62,11 @@ def test_a_remote_client_needs_the_admin_key(guarded):
                            headers={**REMOTE, "authorization": f"Bearer {ADMIN_KEY}"})
     assert allowed.status_code == 200
     assert ADMIN_KEY not in allowed.text and allowed.json()["settings"]["admin-key"] == "set"
+    assert requests.get(guarded.url + "/status/requests", headers=REMOTE,
+                        timeout=10).status_code == 401
+    log = requests.get(guarded.url + "/status/requests", timeout=10,
+                       headers={**REMOTE, "authorization": f"Bearer {ADMIN_KEY}"})
+    assert log.status_code == 200 and log.json()["size"] == 200
 
 
 def test_the_login_form_sets_a_cookie_that_opens_the_console(guarded):
@@ -86,13 +92,14 @@ def test_a_client_key_never_opens_the_console(make_bridge, tmp_path):
                          "--state-dir", str(state_dir), "--admin-key", ADMIN_KEY)
     for headers in ({"authorization": f"Bearer {client_key}"},  # even from loopback
                     {**REMOTE, "authorization": f"Bearer {client_key}"}):
-        answer = requests.get(shared.url + "/status", headers=headers, timeout=10)
-        assert answer.status_code == 401 and client_key not in answer.text
+        for path in ("/status", "/status/requests"):
+            answer = requests.get(shared.url + path, headers=headers, timeout=10)
+            assert answer.status_code == 401 and client_key not in answer.text
 
 
 def test_disable_console_removes_it(make_bridge):
     off = make_bridge("--disable-console", workers=1)
-    for path in ("/", "/console", "/status"):
+    for path in ("/", "/console", "/status", "/status/requests"):
         assert requests.get(off.url + path, timeout=10).status_code == 404
     assert requests.get(off.url + "/health", timeout=10).ok
 

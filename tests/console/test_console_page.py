@@ -21,12 +21,8 @@ import requests
 
 from bridge.serve.processes import start_bridge
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 UPDATE_SECONDS = 3.0  # the bound: the page shows new traffic within 3 s
 VIEWPORT = {"width": 1366, "height": 900}  # a laptop screen
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-
 
 @pytest.fixture(scope="module")
 def console_bridge(standin_server, tmp_path_factory) -> Iterator:
@@ -34,16 +30,6 @@ def console_bridge(standin_server, tmp_path_factory) -> Iterator:
     with start_bridge("--enable-cache", "--cache-dir", str(home / "cache"), "--rate-limit", "2",
                       upstream=standin_server.url, workers=2, log_dir=home) as process:
         yield process
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield launched
-        launched.close()
 
 
 def open_console(browser, url: str, problems: list[str], scheme: str = "light"):

@@ -131,7 +131,7 @@ def test_max_concurrency_holds_across_both_instances(pair, standin: StandIn) -> 
     standin.configure(first_token_delay=0.4)
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: requests.post(
-            (a, b)[i % 2].url + CHAT, json=chat(f"capped {uuid.uuid4().hex}"), timeout=60),
+            (a, b)[i % 2].url + CHAT, json=chat(f"capped {uuid.uuid4().hex}"), timeout=90),
             range(8)))
     assert [answer.status_code for answer in answers] == [200] * 8
     assert standin.max_in_flight == 2  # not 2 per instance

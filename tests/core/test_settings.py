@@ -27,6 +27,7 @@ from bridge.core.settings import (
     load_or_exit,
     markdown_table,
 )
+from bridge.serve import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,17 +75,37 @@ def test_every_setting_with_a_checkable_parser_has_bad_values():
     assert not unchecked, f"give these parsers bad values in bad_values(): {unchecked}"
 
 
-@pytest.mark.parametrize("setting, value", [case for case in CASES
-                                            if not isinstance(case.values[0].parse, Switch)])
-def test_bad_flag_value_exits_2_with_one_line_naming_the_flag(setting, value):
-    result = run_cli(f"{setting.label}={value}")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
+FLAG_CASES = [case for case in CASES if not isinstance(case.values[0].parse, Switch)]
+
+
+def assert_one_line_naming(setting: Setting, value: str, status: int | str | None, out: str,
+                           err: str) -> None:
+    assert status == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
     assert setting.label in lines[0]
     assert ("(hidden)" if setting.is_secret else repr(value)) in lines[0]
     assert setting.allowed in lines[0]
-    assert result.stdout == ""
+    assert out == ""
+
+
+@pytest.mark.parametrize("setting, value", FLAG_CASES)
+def test_bad_flag_value_exits_2_with_one_line_naming_the_flag(setting, value, capsys):
+    """What `deepseek-ollama-bridge FLAG=VALUE` runs (`cli.main`), in this process: the
+    command itself is run below, once per kind of parser."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([f"{setting.label}={value}"])
+    captured = capsys.readouterr()
+    assert_one_line_naming(setting, value, stopped.value.code, captured.out, captured.err)
+
+
+def test_the_command_exits_2_with_one_line_for_a_bad_value_of_each_kind_of_flag():
+    kinds: dict[type, tuple[Setting, str]] = {}
+    for case in FLAG_CASES:
+        kinds.setdefault(type(case.values[0].parse), case.values)
+    for setting, value in kinds.values():
+        result = run_cli(f"{setting.label}={value}")
+        assert_one_line_naming(setting, value, result.returncode, result.stdout, result.stderr)
 
 
 @pytest.mark.parametrize("setting, value", CASES)

@@ -111,14 +111,14 @@ def test_a_corrupted_index_is_rebuilt(standin, make_bridge, tmp_path):
     from bridge.semantic_cache.lookup import INDEX_FILE
     flags = (*SEMANTIC, "--cache-dir", str(tmp_path), "--cache-ttl", "600000")
     word = f"ref{uuid.uuid4().hex[:10]}"
-    first = make_bridge(*flags, graceful_stop=True)
+    first = make_bridge(*flags, workers=1, graceful_stop=True)  # saves its index at stop
     stored = ask(first, f"What is the tallest mountain on Earth? {word}").json()
     first.stop()
     index = tmp_path / INDEX_FILE
     data = index.read_bytes()
     for broken in (data[: len(data) // 2], b"\0" * 64, b"not an index at all" * 50, b""):
         index.write_bytes(broken)
-        again = make_bridge(*flags, graceful_stop=True)
+        again = make_bridge(*flags, workers=1)
         answer = ask(again, f"On Earth, what is the tallest mountain? {word}")
         assert answer.status_code == 200 and answer.headers["x-cache"] == "HIT-SEMANTIC"
         assert answer.json()["choices"][0]["message"]["content"] == stored["choices"][0][

@@ -31,17 +31,27 @@ function duration(s) {
   return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m " + Math.floor(s % 60) + "s";
 }
 
+function cells(tr, texts) {
+  for (const text of texts) {
+    const td = document.createElement("td");
+    if (text instanceof Node) td.append(text); else td.textContent = text;
+    tr.append(td);
+  }
+  return tr;
+}
+function placeholder(tbodyId, columns, text) {
+  const tr = document.createElement("tr"), td = document.createElement("td");
+  td.colSpan = columns;
+  td.className = "muted";
+  td.textContent = text;
+  tr.append(td);
+  $(tbodyId).replaceChildren(tr);
+}
+
 function rows(tbodyId, items, format) {
   const body = $(tbodyId);
-  body.replaceChildren(...items.map((item) => {
-    const tr = document.createElement("tr");
-    for (const text of [item.name, format(item.value)]) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      tr.append(td);
-    }
-    return tr;
-  }));
+  body.replaceChildren(...items.map((item) =>
+    cells(document.createElement("tr"), [item.name, format(item.value)])));
 }
 
 // Draws up to two series (functions of a point, null = no value) as polylines.
@@ -116,17 +126,11 @@ function render(s) {
 
   const errors = $("errors");
   if (s.errors.length) {
-    errors.replaceChildren(...s.errors.map((e) => {
-      const tr = document.createElement("tr");
-      const when = new Date(e.time * 1000).toLocaleTimeString();
-      for (const text of [when, e.status, e.path, e.message, e.request_id]) {
-        const td = document.createElement("td");
-        td.textContent = text;
-        tr.append(td);
-      }
-      return tr;
-    }));
+    errors.replaceChildren(...s.errors.map((e) => cells(document.createElement("tr"), [
+      new Date(e.time * 1000).toLocaleTimeString(), e.status, e.path, e.message,
+      e.request_id])));
   }
+  renderUsage(s.usage);
   const settings = $("settings");
   settings.replaceChildren(...Object.entries(s.settings).flatMap(([name, value]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
@@ -144,6 +148,99 @@ function render(s) {
   chart("chart-latency", [both("p50"), both("p99")]);
   chart("chart-hits", [(p) => p.hit_ratio]);
   chart("chart-refused", [(p) => p.refused_per_s]);
+}
+
+// The usage panel: /status's `usage` list, one row per client key.
+function renderUsage(usage) {
+  if (!usage || !usage.length) {
+    placeholder("usage", 7, "no usage figures yet");
+    return;
+  }
+  $("usage").replaceChildren(...usage.map((u) => {
+    const tr = document.createElement("tr");
+    tr.dataset.key = u.key;
+    const used = document.createElement("div");
+    used.className = "used";
+    const label = document.createElement("span");
+    label.textContent = u.budget_tokens === null || u.budget_tokens === undefined
+      ? count(u.used_tokens) + " (no budget)"
+      : count(u.used_tokens) + " / " + count(u.budget_tokens) + " per " + u.budget_period;
+    used.append(label);
+    if (u.budget_tokens) {
+      const bar = document.createElement("div"), fill = document.createElement("i");
+      bar.className = "bar";
+      const share = Math.min(1, u.used_tokens / u.budget_tokens);
+      fill.style.width = (100 * share).toFixed(1) + "%";
+      if (share >= 1) fill.className = "over";
+      bar.title = count(u.remaining_tokens) + " tokens left";
+      bar.append(fill);
+      used.append(bar);
+    }
+    const models = (u.top_models || []).map((m) => m.model + " " + count(m.tokens)).join(", ");
+    return cells(tr, [u.key, used, count(u.requests), count(u.cache_hits),
+                      count(u.saved_tokens), seconds(u.saved_seconds), models || "–"]);
+  }));
+}
+
+// The request log (/status/requests), filtered by key, model and status class.
+let logged = {requests: [], size: 0};
+let loggedText = "";
+function renderRequests() {
+  const key = $("filter-key").value.trim().toLowerCase();
+  const model = $("filter-model").value.trim().toLowerCase();
+  const status = $("filter-status").value;
+  const shown = logged.requests.filter((r) =>
+    (!key || (r.key || "").toLowerCase().includes(key)) &&
+    (!model || (r.model || "").toLowerCase().includes(model)) &&
+    (!status || String(r.status).startsWith(status)));
+  set("requests-shown", logged.size
+    ? shown.length + " of the last " + logged.requests.length + " requests"
+      + (logged.bodies ? " · prompts and answers kept (--request-log-bodies)" : "")
+    : "");
+  if (!logged.size) { placeholder("requests", 10, "request log off (--request-log-size 0)"); return; }
+  if (!shown.length) { placeholder("requests", 10, logged.requests.length ? "none matches" : "none yet"); return; }
+  const tokens = (r) => r.prompt_tokens === null && r.completion_tokens === null ? "–"
+    : count(r.prompt_tokens || 0) + " / " + count(r.completion_tokens || 0);
+  $("requests").replaceChildren(...shown.flatMap((r) => {
+    const tr = cells(document.createElement("tr"), [
+      new Date(r.time * 1000).toLocaleTimeString(), r.key || "–", r.api, r.model || "–",
+      r.status, tokens(r), r.cache || "–", seconds(r.latency_ms / 1000), r.upstream || "–",
+      r.request_id]);
+    tr.className = r.status >= 400 ? "failed" : "";
+    if (!("prompt" in r)) return [tr];
+    const body = document.createElement("tr"), td = document.createElement("td");
+    body.className = "bodies";
+    td.colSpan = 10;
+    for (const [name, text] of [["prompt", r.prompt], ["answer", r.answer]]) {
+      const pre = document.createElement("pre");
+      pre.dataset.body = name;
+      pre.textContent = name + ": " + text;
+      td.append(pre);
+    }
+    body.append(td);
+    return [tr, body];
+  }));
+}
+for (const id of ["filter-key", "filter-model", "filter-status"]) {
+  $(id).addEventListener("input", renderRequests);
+}
+
+async function pollRequests() {
+  try {
+    if (document.hidden) return;  // a tab in the background fetches no log
+    const answer = await fetch("/status/requests", {cache: "no-store"});
+    if (!answer.ok) throw new Error("/status/requests answered " + answer.status);
+    const text = await answer.text();
+    if (text !== loggedText) {  // redrawn only when it changed
+      loggedText = text;
+      logged = JSON.parse(text);
+      renderRequests();
+    }
+  } catch (err) {
+    set("problem", String(err.message || err));
+  } finally {
+    setTimeout(pollRequests, POLL_MS);
+  }
 }
 
 async function poll() {
@@ -165,3 +262,4 @@ async function poll() {
   }
 }
 poll();
+pollRequests();
