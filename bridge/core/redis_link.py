@@ -71,8 +71,7 @@ class RedisFull(RedisDown):
 def out_of_memory(exc: redis.RedisError) -> bool:
     """Whether Redis refused a command because `maxmemory` is reached (also when the
     command was a write inside a server-side script, whose error keeps the `OOM` code)."""
-    import redis  # redis-py is loaded by the first Link only (a worker without --redis-url
-    # never pays its import, a third of a second)
+    import redis  # loaded by then: a Link made a client
 
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
         isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM"))
@@ -118,6 +117,10 @@ class Link:
     """The shared Redis, as seen by this process."""
 
     def __init__(self, url: str, prefix: str, timeout: float = TIMEOUT):
+        # redis-py is loaded here, when a feature makes its link at start, not by a
+        # request (a bridge without --redis-url never loads it: a third of a second)
+        import redis  # noqa: F401
+
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
