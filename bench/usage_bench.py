@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.budgets.stage import BudgetStage  # noqa: E402
+from bridge.core import events  # noqa: E402
 from bridge.core import settings as bridge_settings  # noqa: E402
 from bridge.core.exchange import Budget, Exchange, Response, Usage  # noqa: E402
 from bridge.identity.principal import Principals  # noqa: E402
@@ -63,6 +64,7 @@ def bench_in_process(rounds: int) -> list[tuple[str, float]]:
     principals = Principals(settings)
     usage = UsageStage(settings, principals)
     budgets = BudgetStage(settings, usage.recorder, principals)
+    events.subscribe(usage.recorder)  # what its start does in a worker, without the loop
     answer = Response(status=200, body=b'{"choices": []}')
     exchanges = [exchange(index) for index in range(rounds)]
     for index, ex in enumerate(exchanges):

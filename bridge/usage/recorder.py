@@ -1,12 +1,16 @@
 """Per worker: exchanges added up in memory, flushed to the ledger every `FLUSH_SECONDS`.
 
-`record` only adds to a dict on the event loop; a background greenlet swaps the batch out
-every second and writes it off the loop: into the state directory's SQLite file in the
-worker's own native thread (`bridge.core.offloop`), and with `--redis-url` into Redis
-(whose calls are cooperative). A crash loses at most the last second of a worker's
-usage; a stopping worker flushes what it holds. While Redis is down the batches wait
-(up to `MAX_UNSHARED_ROWS` rows, then they are dropped with a warning: the local file
-still has them) and are added when Redis answers again.
+The usage stage says what an exchange spent and saved as additive events (`EVENTS`:
+`usage.<field>`, labelled with the principal and the model), so that the repeats the
+fast path answers before the pipeline (`bridge.web.fast_hits`, which emits a kept
+answer's additive events again, added up) are counted as the first one was. The recorder
+listens to them and only adds to a dict on the event loop; a background greenlet swaps
+the batch out every second and writes it off the loop: into the state directory's SQLite
+file in the worker's own native thread (`bridge.core.offloop`), and with `--redis-url`
+into Redis (whose calls are cooperative). A crash loses at most the last second of a
+worker's usage; a stopping worker flushes what it holds. While Redis is down the batches
+wait (up to `MAX_UNSHARED_ROWS` rows, then they are dropped with a warning: the local
+file still has them) and are added when Redis answers again.
 
 After each flush the worker re-reads the totals of the current day, week and month per
 principal (one Redis round trip, or three indexed SQLite ranges), so that a budget check
@@ -21,6 +25,7 @@ import time
 
 import gevent
 
+from bridge.core import events
 from bridge.core.lifecycle import repeat
 from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
@@ -34,8 +39,8 @@ log = logging.getLogger("bridge.usage")
 FLUSH_SECONDS = 1.0
 DAY_SECONDS = 86400  # Unix time has no leap seconds: a UTC day starts at a multiple of it
 MAX_UNSHARED_ROWS = 100_000
-_REQUESTS, _PROMPT, _COMPLETION, _ESTIMATED, _HITS, _SAVED_TOKENS, _SAVED_SECONDS = \
-    range(len(FIELDS))
+EVENTS = {f"usage.{field}": index for index, field in enumerate(FIELDS)}
+_PROMPT, _COMPLETION = FIELDS.index("prompt_tokens"), FIELDS.index("completion_tokens")
 
 
 class Recorder:
@@ -53,25 +58,20 @@ class Recorder:
 
     # --- on the request path ---------------------------------------------------------
 
-    def record(self, principal: str, model: str, *, requests: int = 0, prompt: int = 0,
-               completion: int = 0, estimated: bool = False, cache_hit: bool = False,
-               saved_tokens: int = 0, saved_seconds: float = 0.0,
-               now: float | None = None) -> None:
-        """Add one exchange's figures to this worker's batch (no I/O)."""
-        day = self._day(time.time() if now is None else now)
-        counts = self.pending.get((day, principal, model))
+    def __call__(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """An event: a `usage.<field>` one is added to this worker's batch (no I/O)."""
+        index = EVENTS.get(name)
+        if index is None:
+            return
+        principal = labels["principal"]
+        key = (self._day(time.time()), principal, labels["model"])
+        counts = self.pending.get(key)
         if counts is None:
-            counts = self.pending[(day, principal, model)] = empty()
-        counts[_REQUESTS] += requests
-        counts[_PROMPT] += prompt
-        counts[_COMPLETION] += completion
-        counts[_ESTIMATED] += int(estimated)
-        counts[_HITS] += int(cache_hit)
-        counts[_SAVED_TOKENS] += saved_tokens
-        counts[_SAVED_SECONDS] += saved_seconds
-        if prompt + completion:
+            counts = self.pending[key] = empty()
+        counts[index] += value
+        if index == _PROMPT or index == _COMPLETION:
             self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) \
-                + prompt + completion
+                + int(value)
 
     def _day(self, now: float) -> str:
         """The UTC day of `now`, as YYYY-MM-DD (worked out once a day, not per request)."""
@@ -91,10 +91,13 @@ class Recorder:
         """Read the totals now (a restarted worker enforces budgets from its first
         request), then flush and re-read every second in the background."""
         self._refresh(time.time())
+        events.declare_additive(set(EVENTS))
+        events.subscribe(self)
         self._greenlet = gevent.spawn(repeat, FLUSH_SECONDS, self.flush, "usage ledger flush",
                                       log)
 
     def stop(self) -> None:
+        events.unsubscribe(self)
         if self._greenlet is not None:
             self._greenlet.kill()
             self._greenlet = None

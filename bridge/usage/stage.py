@@ -1,5 +1,6 @@
 """The usage ledger's pipeline stage: every model exchange is recorded once, when it
-closes (its usage is then final), under its principal and model.
+closes (its usage is then final), under its principal and model, as `usage.*` events
+the worker's recorder adds up (`bridge.usage.recorder`).
 
 It sits outside the cache, so hits are recorded too (as cache hits, with what they
 saved); inside shared mode and async jobs, so the principal is known and a job's run is
@@ -8,6 +9,7 @@ recorded when it runs. Off with `--disable-usage-ledger`.
 
 from __future__ import annotations
 
+from bridge.core.events import emit
 from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
@@ -40,14 +42,19 @@ class UsageStage(Stage):
         if not ok and usage is None:
             return
         saved = ex.saved
-        self.recorder.record(
-            self.principals.of(ex), ex.model, requests=int(ok),
-            prompt=usage.prompt if usage else 0, completion=usage.completion if usage else 0,
-            estimated=usage is not None and found is not None and found.estimated,
-            cache_hit=ok and (ex.cache_status or "").startswith("HIT"),
-            saved_tokens=saved.tokens if saved else 0,
-            saved_seconds=saved.seconds if saved else 0.0)
-
+        figures = (
+            ("usage.requests", int(ok)),
+            ("usage.prompt_tokens", usage.prompt if usage else 0),
+            ("usage.completion_tokens", usage.completion if usage else 0),
+            ("usage.estimated", int(usage is not None and found is not None
+                                    and found.estimated)),
+            ("usage.cache_hits", int(ok and (ex.cache_status or "").startswith("HIT"))),
+            ("usage.saved_tokens", saved.tokens if saved else 0),
+            ("usage.saved_seconds", saved.seconds if saved else 0.0))
+        principal, model = self.principals.of(ex), ex.model
+        for name, value in figures:
+            if value:
+                emit(name, value, principal=principal, model=model)
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:
     if settings.disable_usage_ledger:

@@ -205,22 +205,36 @@ def test_the_next_period_lets_a_key_through(shared: Shared, standin_server: Stan
 
 def test_without_shared_mode_one_row_per_credential_digest_and_never_the_credential(
         standin_server: StandIn, tmp_path: Path) -> None:
+    """Repeats of a memory hit, answered before the pipeline while they come quickly
+    (`bridge.web.fast_hits`), count as the hits they are."""
     credential = "sk-client-" + secrets.token_hex(16)
-    with start_bridge("--state-dir", str(tmp_path / "state"), upstream=standin_server.url,
+    repeats = 20
+    with start_bridge("--state-dir", str(tmp_path / "state"), "--enable-cache",
+                      "--cache-dir", str(tmp_path / "cache"), upstream=standin_server.url,
                       workers=1, log_dir=tmp_path) as bridge:
-        for _ in range(2):
-            chat_openai(bridge, credential)
+        body = {"model": "qwen3", "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+        with requests.Session() as session:
+            answers = [session.post(bridge.url + "/v1/chat/completions", json=body,
+                                    headers={"authorization": f"Bearer {credential}"},
+                                    timeout=30) for _ in range(1 + repeats)]
+        assert [answer.headers["x-cache"] for answer in answers] == \
+            ["MISS"] + ["HIT-MEMORY"] * repeats
         ledger = tmp_path / "state" / "usage.sqlite3"
 
         def rows() -> list:
             try:
                 with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-                    return db.execute("SELECT principal, model, requests FROM usage_daily"
-                                      ).fetchall()
+                    return db.execute("SELECT principal, model, requests, cache_hits, "
+                                      "saved_tokens FROM usage_daily").fetchall()
             except sqlite3.OperationalError:  # not made yet
                 return []
-        found = wait_for(lambda: [row for row in rows() if row[2] == 2], WAIT, "two requests")
+        found = wait_for(lambda: [row for row in rows() if row[2] == 1 + repeats], WAIT,
+                         "every request")
         assert len(rows()) == 1 and found[0][0].startswith("cred:")
+        metrics = requests.get(bridge.url + "/metrics", timeout=30).text
+        saved = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                    if line.startswith("bridge_cache_tokens_saved_total"))
+        assert found[0][3:] == (repeats, saved) and saved > 0  # what the metrics count
         status = requests.get(bridge.url + "/status", timeout=30).json()
         assert [item["key"] for item in status["usage"]] == [found[0][0]]
     for path in (tmp_path / "state").iterdir():
