@@ -32,7 +32,6 @@ from bridge.usage.redis_ledger import RedisLedger
 log = logging.getLogger("bridge.usage")
 
 FLUSH_SECONDS = 1.0
-DAY_SECONDS = 86400  # Unix time has no leap seconds: a UTC day starts at a multiple of it
 MAX_UNSHARED_ROWS = 100_000
 _REQUESTS, _PROMPT, _COMPLETION, _ESTIMATED, _HITS, _SAVED_TOKENS, _SAVED_SECONDS = \
     range(len(FIELDS))
@@ -76,8 +75,8 @@ class Recorder:
     def _day(self, now: float) -> str:
         """The UTC day of `now`, as YYYY-MM-DD (worked out once a day, not per request)."""
         if not self._today[0] <= now < self._today[1]:
-            first = now - now % DAY_SECONDS
-            self._today = (first, first + DAY_SECONDS, periods.today(now).isoformat())
+            first = now - now % periods.DAY_SECONDS
+            self._today = (first, first + periods.DAY_SECONDS, periods.today(now).isoformat())
         return self._today[2]
 
     def used(self, principal: str, period: str) -> int:

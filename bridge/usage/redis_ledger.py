@@ -19,7 +19,6 @@ from bridge.usage import periods
 from bridge.usage.ledger import FIELDS, Counts, Row, RowKey, empty
 
 SEPARATOR = "\t"
-DAY_SECONDS = 86400
 
 
 def _field(principal: str, model: str, name: str) -> str:
@@ -51,7 +50,7 @@ class RedisLedger:
                         pipe.hincrbyfloat(key, _field(principal, model, name), value)
                     else:
                         pipe.hincrby(key, _field(principal, model, name), int(value))
-                pipe.expire(key, (self.retention_days + 1) * DAY_SECONDS)
+                pipe.expire(key, (self.retention_days + 1) * periods.DAY_SECONDS)
                 tokens = int(counts[FIELDS.index("prompt_tokens")]
                              + counts[FIELDS.index("completion_tokens")])
                 if tokens:
@@ -62,7 +61,7 @@ class RedisLedger:
                     pipe.hincrby(key, principal, tokens)
                 if spent:
                     left = periods.seconds_left(period, now)
-                    pipe.expire(key, int(left) + DAY_SECONDS)
+                    pipe.expire(key, int(left) + periods.DAY_SECONDS)
             pipe.execute()
         self.link.run(write)
 

@@ -16,10 +16,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Iterable
 
+from bridge.budgets.stage import default_budget
 from bridge.core.exchange import Budget
 from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
 from bridge.core.settings import Settings
+from bridge.core.tables import columns
 from bridge.shared_mode.keystore import FILE_NAME as KEYS_FILE
 from bridge.shared_mode.keystore import KeyStore, KeyStoreError
 from bridge.usage import periods
@@ -133,8 +135,7 @@ class StatusSection:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.default = Budget(settings.budget_tokens, settings.budget_period) \
-            if settings.budget_tokens else None
+        self.default = default_budget(settings)
         self.thread = SerialThread()
         self._kept: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
@@ -184,12 +185,6 @@ def usage_report(settings: Settings, name: str | None, since: str, now: float,
                 for principal in principals]}
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in
-                               zip(row, widths, strict=True)).rstrip() for row in rows)
-
-
 def text(report: dict[str, Any]) -> str:
     if not report["usage"] and not report["budgets"]:
         return f"no usage since {report['since']}"
@@ -202,8 +197,8 @@ def text(report: dict[str, Any]) -> str:
                  if item["budget_tokens"] else "-", str(item["used_tokens"]),
                  str(item["remaining_tokens"]) if item["remaining_tokens"] is not None else "-",
                  item["resets"]) for item in report["budgets"]]
-    return (f"usage since {report['since']} (UTC days):\n{_table(usage)}\n\n"
-            f"current period:\n{_table(budgets)}")
+    return (f"usage since {report['since']} (UTC days):\n{columns(usage)}\n\n"
+            f"current period:\n{columns(budgets)}")
 
 
 def as_json(report: dict[str, Any]) -> str:
