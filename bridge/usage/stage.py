@@ -35,15 +35,17 @@ class UsageStage(Stage):
 
     def record(self, ex: Exchange) -> None:
         found = spent(ex)
+        # usage read from an answer no upstream call made (a hit) cost nothing: not counted
+        paid = found if found is not None and found.source == "upstream" else None
         ok = answered(ex)
-        usage = found.usage if found is not None and found.source == "upstream" else None
-        if not ok and usage is None:
+        if not ok and paid is None:
             return
         saved = ex.saved
         self.recorder.record(
             self.principals.of(ex), ex.model, requests=int(ok),
-            prompt=usage.prompt if usage else 0, completion=usage.completion if usage else 0,
-            estimated=usage is not None and found is not None and found.estimated,
+            prompt=paid.usage.prompt if paid else 0,
+            completion=paid.usage.completion if paid else 0,
+            estimated=paid is not None and paid.estimated,
             cache_hit=ok and (ex.cache_status or "").startswith("HIT"),
             saved_tokens=saved.tokens if saved else 0,
             saved_seconds=saved.seconds if saved else 0.0)
