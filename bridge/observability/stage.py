@@ -7,13 +7,13 @@ stream. The pipeline stage (outermost) hands its exchange to that hook for the c
 status, upstream attempts and client key, counts prompt/completion tokens, and with `-d`
 traces requests and responses (bodies clipped, credentials redacted).
 
-Tokens are counted once per exchange, when it closes (`spent`, read by these metrics
-and by the usage ledger alike): those the upstream reported for its call
-(`Exchange.usage`, read where the upstream's frames are read, so usage the client did not
-ask for and never sees still counts), source "upstream"; or, for an answer that cost no
-upstream call (a cache hit, a follower of an identical call in flight), the usage in what
-the client received, source "cache"; or, for an upstream answer that reported none, an
-estimate (characters / 4, marked so; the ledger keeps it, the metrics do not).
+Tokens are counted once per exchange, when it closes (`spent`, read alike by these
+metrics, the request log, the usage ledger and traces): those the upstream reported for
+its call (`Exchange.usage`, read where the upstream's frames are read, so usage the client
+did not ask for and never sees still counts), source "upstream"; or, for an answer that
+cost no upstream call (a cache hit, a follower of an identical call in flight), the usage
+in what the client received, source "cache"; or, for an upstream answer that reported
+none, an estimate (characters / 4, marked so; only the ledger keeps it).
 """
 
 from __future__ import annotations
