@@ -26,7 +26,15 @@ from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
 from bridge.core.settings import Settings
 from bridge.usage import periods
-from bridge.usage.ledger import FIELDS, Counts, LocalLedger, RowKey, add_into, empty
+from bridge.usage.ledger import (
+    FIELDS,
+    Counts,
+    LocalLedger,
+    RowKey,
+    add_into,
+    empty,
+    upstream_tokens,
+)
 from bridge.usage.redis_ledger import RedisLedger
 
 log = logging.getLogger("bridge.usage")
@@ -118,8 +126,8 @@ class Recorder:
         self._refresh(now)
         self.pending_tokens = {}
         for (_, principal, _), counts in self.pending.items():  # kept after a failure
-            self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) + int(
-                counts[_PROMPT] + counts[_COMPLETION])
+            self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) \
+                + upstream_tokens(counts)
 
     def _share(self, now: float) -> None:
         assert self.fleet is not None

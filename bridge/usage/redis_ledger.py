@@ -16,7 +16,7 @@ from typing import Iterable
 
 from bridge.core.redis_link import Link
 from bridge.usage import periods
-from bridge.usage.ledger import FIELDS, Counts, Row, RowKey, empty
+from bridge.usage.ledger import FIELDS, Counts, Row, RowKey, empty, upstream_tokens
 
 SEPARATOR = "\t"
 
@@ -51,8 +51,7 @@ class RedisLedger:
                     else:
                         pipe.hincrby(key, _field(principal, model, name), int(value))
                 pipe.expire(key, (self.retention_days + 1) * periods.DAY_SECONDS)
-                tokens = int(counts[FIELDS.index("prompt_tokens")]
-                             + counts[FIELDS.index("completion_tokens")])
+                tokens = upstream_tokens(counts)
                 if tokens:
                     spent[principal] = spent.get(principal, 0) + tokens
             for period in periods.PERIODS:
