@@ -31,6 +31,12 @@ FLUSH_SECONDS = 0.5
 ERRORS, REQUESTS = "errors-", "requests-"  # the files' prefixes, one file per worker
 
 
+def keeps_requests(settings: Settings) -> bool:
+    """Whether the bridge keeps a request log: the console is on and `--request-log-size`
+    is not 0 (otherwise nothing gathers what the log would show)."""
+    return not settings.disable_console and settings.request_log_size > 0
+
+
 def directory() -> Path:
     path = instance.directory() / "console"
     path.mkdir(exist_ok=True)

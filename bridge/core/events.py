@@ -15,9 +15,9 @@ Event names in use (feature.what; labels in brackets):
   upstream.in_flight (gauge, ±1), upstream.duration [endpoint, status] (seconds),
   upstream.ttft [endpoint, surface] (seconds), upstream.failover [upstream],
   routing.in_flight [upstream] (gauge, ±1: calls the balancer counts in flight)
-  request.finished [route, method, status, client_key] (seconds; the console's request
-  log reads more: path, request_id, api, model, cache, upstream, prompt_tokens,
-  completion_tokens, and prompt, answer with --request-log-bodies),
+  request.finished [route, method, status, client_key] (seconds; when the console keeps
+  a request log, also what it shows: path, request_id, api, model, cache, upstream,
+  prompt_tokens, completion_tokens, and prompt, answer with --request-log-bodies),
   stage.failed [stage, phase] (a contained failure of one request),
   tokens.prompt, tokens.completion [client_key, source]
   model.request, model.tokens [model] (successful model requests only)

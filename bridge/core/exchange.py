@@ -70,6 +70,10 @@ class Budget(NamedTuple):
     tokens: int
     period: str  # "day", "week" (from Monday) or "month" (calendar month)
 
+    def __str__(self) -> str:
+        """`N/period`: as `keys list` shows it and as Redis stamps it."""
+        return f"{self.tokens}/{self.period}"
+
 
 _USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|prompt_eval_count|eval_count)"'
                     rb"\s*:\s*(\d+)")

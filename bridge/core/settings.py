@@ -216,6 +216,8 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 # The APIs an upstream may speak (`--upstream-api`, `api` of a routed upstream), each
 # served by one kind of `bridge.surfaces.crossing`.
 UPSTREAM_APIS = ("ollama", "openai", "anthropic")
+BUDGET_PERIODS = ("day", "week", "month")  # UTC; a week from Monday, a calendar month
+MAX_BUDGET_TOKENS = 10**15
 
 
 @dataclass(frozen=True)
@@ -460,9 +462,9 @@ SETTINGS: list[Setting] = [
             "keeps its daily rows", Integer(1, 3650), 400, "DAYS"),
     Setting("budget_tokens", ("--budget-tokens",), "token budget (prompt + completion of "
             "upstream calls) per --budget-period of every client key (or credential) "
-            "without one of its own; 0 = none", Integer(0, 10**15), 0, "N"),
+            "without one of its own; 0 = none", Integer(0, MAX_BUDGET_TOKENS), 0, "N"),
     Setting("budget_period", ("--budget-period",), "period of --budget-tokens, in UTC "
-            "(week: from Monday; month: calendar month)", Choice(("day", "week", "month")),
+            "(week: from Monday; month: calendar month)", Choice(BUDGET_PERIODS),
             "month", "PERIOD"),
     # --- scale-out on Redis (bridge/core/redis_link.py) ----------------------------------
     Setting("redis_url", ("--redis-url",), "share the cache, rate limit, concurrency cap, "

@@ -1,29 +1,31 @@
 """Observing every request: the access log line, request metrics, token usage, `-d` tracing.
 
-`init_app(app)` hooks Flask so that every request (model calls, `/health`, errors) gets
+`init_app(app, settings)` hooks Flask so that every request (model calls, `/health`, errors) gets
 one access line and its request events when its response is closed, that is after the
 last byte of a stream was sent or the client left: the duration includes the whole
 stream. The pipeline stage (outermost) hands its exchange to that hook for the cache
 status, upstream attempts and client key, counts prompt/completion tokens, and with `-d`
 traces requests and responses (bodies clipped, credentials redacted).
 
-Tokens are counted once per exchange, when it closes (`spent`, read by these metrics
-and by the usage ledger alike): those the upstream reported for its call
-(`Exchange.usage`, read where the upstream's frames are read, so usage the client did not
-ask for and never sees still counts), source "upstream"; or, for an answer that cost no
-upstream call (a cache hit, a follower of an identical call in flight), the usage in what
-the client received, source "cache"; or, for an upstream answer that reported none, an
-estimate (characters / 4, marked so; the ledger keeps it, the metrics do not).
+Tokens are counted once per exchange, when it closes (`spent`, read alike by these
+metrics, the request log, the usage ledger and traces): those the upstream reported for
+its call (`Exchange.usage`, read where the upstream's frames are read, so usage the client
+did not ask for and never sees still counts), source "upstream"; or, for an answer that
+cost no upstream call (a cache hit, a follower of an identical call in flight), the usage
+in what the client received, source "cache"; or, for an upstream answer that reported
+none, an estimate (characters / 4, marked so; only the ledger keeps it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Iterator, NamedTuple
 
 import flask
 
+from bridge.console.recent import keeps_requests
 from bridge.core.errors import error_text
 from bridge.core.events import emit
 from bridge.core.exchange import Exchange, Frame, Usage, usage_in
@@ -120,7 +122,7 @@ class ObserveStage(Stage):
 
     def __init__(self, settings: Settings):
         self.trace = settings.debug
-        self.bodies = settings.request_log_bodies and settings.request_log_size > 0
+        self.bodies = settings.request_log_bodies and keeps_requests(settings)
 
     def on_request(self, ex: Exchange) -> None:
         if flask.has_request_context():
@@ -175,16 +177,16 @@ def make_stage(settings: Settings, context: Context) -> Stage | None:
 
 # --- the Flask hooks: one record per request, when its response is closed ---------------
 
-def init_app(app: flask.Flask) -> None:
+def init_app(app: flask.Flask, settings: Settings) -> None:
     app.before_request(_start)
-    app.after_request(_on_close)
+    app.after_request(partial(_on_close, request_log=keeps_requests(settings)))
 
 
 def _start() -> None:
     setattr(flask.g, _STARTED, time.perf_counter())
 
 
-def _on_close(response: flask.Response) -> flask.Response:
+def _on_close(response: flask.Response, request_log: bool) -> flask.Response:
     request = flask.request._get_current_object()  # type: ignore[attr-defined]
     if request.path in NOT_OBSERVED:
         return response
@@ -202,7 +204,8 @@ def _on_close(response: flask.Response) -> flask.Response:
              message=error_message(response))
     response.call_on_close(lambda: record(
         method=method, path=path, route=rule, status=status, remote=remote,
-        duration=time.perf_counter() - started, request_id=request_id, ex=ex))
+        duration=time.perf_counter() - started, request_id=request_id, ex=ex,
+        request_log=request_log))
     return response
 
 
@@ -215,8 +218,9 @@ def error_message(response: flask.Response) -> str:
 
 
 def record(*, method: str, path: str, route: str, status: int, remote: str, duration: float,
-           request_id: str, ex: Exchange | None) -> None:
-    """The access line and request events of one finished request."""
+           request_id: str, ex: Exchange | None, request_log: bool) -> None:
+    """The access line and request events of one finished request (with what the request
+    log keeps of it when there is one)."""
     outcome = None
     if ex is not None and ex.response is not None:
         gone = (ex.response.streaming and not ex.notes.get(_RELAYED)
@@ -240,7 +244,7 @@ def record(*, method: str, path: str, route: str, status: int, remote: str, dura
                     fields["client_key"], fields["api"], fields["outcome"], request_id,
                     extra={"fields": fields})
     emit("request.finished", duration, route=route, method=method, status=str(status),
-         client_key=client_key(ex), **logged(ex, fields))
+         client_key=client_key(ex), **(logged(ex, fields) if request_log else {}))
 
 
 def logged(ex: Exchange | None, fields: dict) -> dict[str, str]:

@@ -17,8 +17,8 @@ from typing import Sequence
 from bridge.core import redis_link
 from bridge.core import settings as bridge_settings
 from bridge.core.exchange import Budget
+from bridge.core.tables import columns
 from bridge.shared_mode.keystore import (
-    BUDGET_PERIODS,
     ClientKey,
     KeyStore,
     KeyStoreError,
@@ -37,7 +37,8 @@ def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--budget-tokens", metavar="N", dest="key_budget_tokens",
                         required=required, help="token budget (prompt + completion of "
                         "upstream calls; cache hits are free) per period; 0 = none")
-    parser.add_argument("--budget-period", choices=BUDGET_PERIODS, dest="key_budget_period",
+    parser.add_argument("--budget-period", choices=bridge_settings.BUDGET_PERIODS,
+                        dest="key_budget_period",
                         help="the budget's period in UTC (week: from Monday; month: "
                         "calendar month); default month")
 
@@ -133,7 +134,4 @@ def table(keys: list[ClientKey]) -> str:
         rows.append((key.name, key.hint, key.status(), _when(key.created), _when(key.expires),
                      key.rate_text or "-", ",".join(key.models) if key.models else "all",
                      key.budget_text or "-"))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in rows)
-    return "\n".join(line.rstrip() for line in lines)
+    return columns(rows)

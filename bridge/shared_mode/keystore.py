@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 from bridge.core.exchange import Budget
 from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown
+from bridge.core.settings import BUDGET_PERIODS, MAX_BUDGET_TOKENS
 
 log = logging.getLogger("bridge.keystore")
 
@@ -74,8 +75,6 @@ CREATE TABLE IF NOT EXISTS key_usage (
 
 # columns added after the first release: added to an older store when it is opened
 _ADDED_COLUMNS = (("budget_tokens", "INTEGER"), ("budget_period", "TEXT"))
-BUDGET_PERIODS = ("day", "week", "month")
-MAX_BUDGET = 10**15
 
 
 class KeyStoreError(Exception):
@@ -98,9 +97,9 @@ _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
 
 def parse_budget(tokens: str | None, period: str | None) -> Budget | None:
     """`--budget-tokens N` (0: none) and `--budget-period day|week|month` → the budget."""
-    if tokens is None or not tokens.strip().isdigit() or int(tokens) > MAX_BUDGET:
+    if tokens is None or not tokens.strip().isdigit() or int(tokens) > MAX_BUDGET_TOKENS:
         raise KeyStoreError(f"bad budget {tokens!r}: give a whole number of tokens from 0 "
-                            f"(no budget) to {MAX_BUDGET}")
+                            f"(no budget) to {MAX_BUDGET_TOKENS}")
     period = period or "month"
     if period not in BUDGET_PERIODS:
         raise KeyStoreError(f"bad budget period {period!r}: give one of "
@@ -177,7 +176,7 @@ class ClientKey:
 
     @property
     def budget_text(self) -> str:
-        return f"{self.budget.tokens}/{self.budget.period}" if self.budget else ""
+        return str(self.budget) if self.budget else ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "ClientKey":

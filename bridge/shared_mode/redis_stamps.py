@@ -37,10 +37,6 @@ return added
 """
 
 
-def _budget_text(budget: Budget | None) -> str:
-    return f"{budget.tokens}/{budget.period}" if budget else ""
-
-
 def _budget(text: bytes) -> Budget | None:
     tokens, _, period = text.decode().partition("/")
     return Budget(int(tokens), period) if tokens.isdigit() and int(tokens) else None
@@ -76,7 +72,7 @@ class RevocationStamps:
         """Stamp a key's budget for every instance (RedisDown when Redis fails)."""
         def stamp(client):  # noqa: ANN001, ANN202 - a redis.Redis
             pipe = client.pipeline(transaction=True)
-            pipe.hset(self.budgets, key_hash, _budget_text(budget))
+            pipe.hset(self.budgets, key_hash, str(budget) if budget else "")
             pipe.incr(self.generation)
             pipe.execute()
         self.link.run(stamp)

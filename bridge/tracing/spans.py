@@ -8,7 +8,6 @@ and cost a dictionary lookup, and the span they hand out is OpenTelemetry's no-o
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 from opentelemetry import trace
@@ -20,8 +19,6 @@ from bridge.core.exchange import Exchange
 
 NOTE = "tracing.traced"  # ex.notes: the exchange's `Traced`
 PROPAGATOR = TraceContextTextMapPropagator()  # W3C `traceparent` / `tracestate`
-
-_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 
 
 class Traced:
@@ -89,9 +86,3 @@ def with_traceparent(headers: dict[str, str], span: Span) -> dict[str, str]:
     PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
     return headers
 
-
-def model_in(raw: bytes) -> str | None:
-    """The model a JSON body or frame names (`"model": "…"`), read from the bytes: inside
-    a JSON string the quotes would be escaped, so only a real key matches."""
-    found = _MODEL.search(raw)
-    return found.group(1).decode("utf-8", "replace") if found else None

@@ -3,29 +3,31 @@ OpenTelemetry GenAI conventions, continuing the client's W3C `traceparent`.
 
 It is the outermost stage, so its span covers every other stage and sees every answer
 (upstream, cache, refusal). The span ends when the exchange closes: after the last frame
-of a stream, with the usage the upstream reported by then (or, for an answer no upstream
-call made, the usage in what the client got). What is never put in a span: prompts,
+of a stream, with the exchange's usage as `bridge.observability.stage.spent` reads it
+(reported figures only, never an estimate). What is never put in a span: prompts,
 answers, headers, credentials; a client key appears by its NAME only.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 from opentelemetry.trace import SpanKind
 
-from bridge.core.exchange import Exchange, Frame, Usage, usage_in
+from bridge.core.exchange import Exchange, Frame
 from bridge.core.forking import PerProcess
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
+from bridge.observability.stage import spent
 from bridge.tracing import switch
-from bridge.tracing.spans import NOTE, PROPAGATOR, Traced, failed, model_in
+from bridge.tracing.spans import NOTE, PROPAGATOR, Traced, failed
 
 # gen_ai.operation.name of each model endpoint
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "generate": "text_completion",
               "embeddings": "embeddings", "embed": "embeddings"}
-_SERVED_USAGE = "tracing.usage"  # ex.notes: usage in the answer the client got
 _SERVED_MODEL = "tracing.model"  # ex.notes: the model the answer names
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 
 
 class TracingStage(Stage):
@@ -66,15 +68,14 @@ class TracingStage(Stage):
         if NOTE not in ex.notes or response is None:
             return
         if response.streaming:
-            response.map_frames(lambda frames: _read(ex, frames), keeps_marks=True)
+            response.map_frames(lambda frames: _named(ex, frames), keeps_marks=True)
         else:
-            ex.notes[_SERVED_USAGE] = usage_in(response.body)
             ex.notes[_SERVED_MODEL] = model_in(response.body)
 
     def _end(self, ex: Exchange) -> None:
         traced: Traced = ex.notes[NOTE]
         span, response = traced.span, ex.response
-        usage: Usage | None = ex.usage or ex.notes.get(_SERVED_USAGE)
+        used = spent(ex)  # this closer runs last: the other stages' closers have run
         route = ex.route
         attributes = {
             "gen_ai.system": route.current.api if route is not None else self.kind,
@@ -84,9 +85,9 @@ class TracingStage(Stage):
         model = ex.notes.get(_SERVED_MODEL)
         if model:
             attributes["gen_ai.response.model"] = model
-        if usage is not None:
-            attributes["gen_ai.usage.input_tokens"] = usage.prompt
-            attributes["gen_ai.usage.output_tokens"] = usage.completion
+        if used is not None and not used.estimated:
+            attributes["gen_ai.usage.input_tokens"] = used.usage.prompt
+            attributes["gen_ai.usage.output_tokens"] = used.usage.completion
         if ex.client_key:
             attributes["bridge.client_key"] = ex.client_key  # its NAME, never the key
         if route is not None:
@@ -101,17 +102,20 @@ class TracingStage(Stage):
         span.end()
 
 
-def _read(ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
-    """Pass every frame on, noting the model the stream names and the usage it reports."""
-    first = True
+def _named(ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
+    """Pass every frame on, noting the model the stream's first frame names."""
     for frame in frames:
-        if first:
-            ex.notes[_SERVED_MODEL] = model_in(frame.raw)
-            first = False
-        usage = usage_in(frame.raw)
-        if usage is not None:
-            ex.notes[_SERVED_USAGE] = usage
+        ex.notes[_SERVED_MODEL] = model_in(frame.raw)
         yield frame
+        break
+    yield from frames
+
+
+def model_in(raw: bytes) -> str | None:
+    """The model a JSON body or frame names (`"model": "…"`), read from the bytes: inside
+    a JSON string the quotes would be escaped, so only a real key matches."""
+    found = _MODEL.search(raw)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:

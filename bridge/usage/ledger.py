@@ -14,7 +14,7 @@ import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 from bridge.usage.periods import today
 
@@ -42,6 +42,12 @@ _UPSERT = (f"INSERT INTO usage_daily (day, principal, model, {', '.join(FIELDS)}
 
 RowKey = tuple[str, str, str]  # (day as YYYY-MM-DD, principal, model)
 Counts = list[float]  # in the order of FIELDS
+_PROMPT, _COMPLETION = FIELDS.index("prompt_tokens"), FIELDS.index("completion_tokens")
+
+
+def upstream_tokens(counts: Sequence[float]) -> int:
+    """Tokens spent upstream (prompt + completion) of a row's counts: what a budget counts."""
+    return int(counts[_PROMPT] + counts[_COMPLETION])
 
 
 class Row(NamedTuple):
@@ -50,13 +56,10 @@ class Row(NamedTuple):
     model: str
     counts: tuple[float, ...]
 
-    def get(self, field: str) -> float:
-        return self.counts[FIELDS.index(field)]
-
     @property
     def tokens(self) -> int:
         """Tokens spent upstream: what a budget counts."""
-        return int(self.get("prompt_tokens") + self.get("completion_tokens"))
+        return upstream_tokens(self.counts)
 
 
 def empty() -> Counts:

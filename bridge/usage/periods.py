@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
-PERIODS = ("day", "week", "month")
+from bridge.core.settings import BUDGET_PERIODS as PERIODS
+
+DAY_SECONDS = 86400  # Unix time has no leap seconds: a UTC day starts at a multiple of it
 
 
 def today(now: float) -> date:

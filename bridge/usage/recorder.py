@@ -31,13 +31,20 @@ from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
 from bridge.core.settings import Settings
 from bridge.usage import periods
-from bridge.usage.ledger import FIELDS, Counts, LocalLedger, RowKey, add_into, empty
+from bridge.usage.ledger import (
+    FIELDS,
+    Counts,
+    LocalLedger,
+    RowKey,
+    add_into,
+    empty,
+    upstream_tokens,
+)
 from bridge.usage.redis_ledger import RedisLedger
 
 log = logging.getLogger("bridge.usage")
 
 FLUSH_SECONDS = 1.0
-DAY_SECONDS = 86400  # Unix time has no leap seconds: a UTC day starts at a multiple of it
 MAX_UNSHARED_ROWS = 100_000
 EVENTS = {f"usage.{field}": index for index, field in enumerate(FIELDS)}
 _PROMPT, _COMPLETION = FIELDS.index("prompt_tokens"), FIELDS.index("completion_tokens")
@@ -76,8 +83,8 @@ class Recorder:
     def _day(self, now: float) -> str:
         """The UTC day of `now`, as YYYY-MM-DD (worked out once a day, not per request)."""
         if not self._today[0] <= now < self._today[1]:
-            first = now - now % DAY_SECONDS
-            self._today = (first, first + DAY_SECONDS, periods.today(now).isoformat())
+            first = now - now % periods.DAY_SECONDS
+            self._today = (first, first + periods.DAY_SECONDS, periods.today(now).isoformat())
         return self._today[2]
 
     def used(self, principal: str, period: str) -> int:
@@ -122,8 +129,8 @@ class Recorder:
         self._refresh(now)
         self.pending_tokens = {}
         for (_, principal, _), counts in self.pending.items():  # kept after a failure
-            self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) + int(
-                counts[_PROMPT] + counts[_COMPLETION])
+            self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) \
+                + upstream_tokens(counts)
 
     def _share(self, now: float) -> None:
         assert self.fleet is not None

@@ -16,10 +16,9 @@ from typing import Iterable
 
 from bridge.core.redis_link import Link
 from bridge.usage import periods
-from bridge.usage.ledger import FIELDS, Counts, Row, RowKey, empty
+from bridge.usage.ledger import FIELDS, Counts, Row, RowKey, empty, upstream_tokens
 
 SEPARATOR = "\t"
-DAY_SECONDS = 86400
 
 
 def _field(principal: str, model: str, name: str) -> str:
@@ -51,9 +50,8 @@ class RedisLedger:
                         pipe.hincrbyfloat(key, _field(principal, model, name), value)
                     else:
                         pipe.hincrby(key, _field(principal, model, name), int(value))
-                pipe.expire(key, (self.retention_days + 1) * DAY_SECONDS)
-                tokens = int(counts[FIELDS.index("prompt_tokens")]
-                             + counts[FIELDS.index("completion_tokens")])
+                pipe.expire(key, (self.retention_days + 1) * periods.DAY_SECONDS)
+                tokens = upstream_tokens(counts)
                 if tokens:
                     spent[principal] = spent.get(principal, 0) + tokens
             for period in periods.PERIODS:
@@ -62,7 +60,7 @@ class RedisLedger:
                     pipe.hincrby(key, principal, tokens)
                 if spent:
                     left = periods.seconds_left(period, now)
-                    pipe.expire(key, int(left) + DAY_SECONDS)
+                    pipe.expire(key, int(left) + periods.DAY_SECONDS)
             pipe.execute()
         self.link.run(write)
 

@@ -16,10 +16,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Iterable
 
+from bridge.budgets.stage import default_budget
 from bridge.core.exchange import Budget
 from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
 from bridge.core.settings import Settings
+from bridge.core.tables import columns
 from bridge.shared_mode.keystore import FILE_NAME as KEYS_FILE
 from bridge.shared_mode.keystore import KeyStore, KeyStoreError
 from bridge.usage import periods
@@ -79,12 +81,18 @@ def key_budgets(state_dir: str) -> dict[str, Budget]:
         return {}
 
 
-def budget_figures(budget: Budget | None, rows: Iterable[Row], now: float) -> dict[str, Any]:
-    """A principal's budget, and its upstream tokens in the budget's current period (the
-    default period without one)."""
+def in_period(budget: Budget | None, rows: Iterable[Row], now: float) -> list[Row]:
+    """The rows of the budget's current period (the default period's without a budget)."""
+    first = periods.start(budget.period if budget else DEFAULT_PERIOD, now).isoformat()
+    return [row for row in rows if row.day >= first]
+
+
+def budget_figures(budget: Budget | None, current: Iterable[Row], now: float
+                   ) -> dict[str, Any]:
+    """A principal's budget, and its upstream tokens in `current`, the rows of the
+    budget's current period (`in_period`)."""
     period = budget.period if budget else DEFAULT_PERIOD
-    first = periods.start(period, now).isoformat()
-    used = sum(row.tokens for row in rows if row.day >= first)
+    used = sum(row.tokens for row in current)
     return {"budget_tokens": budget.tokens if budget else None,
             "budget_period": budget.period if budget else None, "used_tokens": used,
             "remaining_tokens": max(0, budget.tokens - used) if budget else None,
@@ -105,11 +113,10 @@ def status_items(rows: list[Row], budgets: dict[str, Budget], default: Budget | 
     items = []
     for principal in set(by_principal) | set(budgets):
         budget = budgets.get(principal, default)
-        figures = budget_figures(budget, by_principal.get(principal, ()), now)
-        first = periods.start(budget.period if budget else DEFAULT_PERIOD, now).isoformat()
-        current = [row for row in by_principal.get(principal, ()) if row.day >= first]
+        current = in_period(budget, by_principal.get(principal, ()), now)
         if not current and principal not in budgets:
             continue
+        figures = budget_figures(budget, current, now)
         totals = empty()
         models: dict[str, int] = defaultdict(int)
         for row in current:
@@ -133,8 +140,7 @@ class StatusSection:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.default = Budget(settings.budget_tokens, settings.budget_period) \
-            if settings.budget_tokens else None
+        self.default = default_budget(settings)
         self.thread = SerialThread()
         self._kept: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
@@ -177,17 +183,13 @@ def usage_report(settings: Settings, name: str | None, since: str, now: float,
     shown = [row for row in rows if row.day >= since]
     principals = sorted({row.principal for row in rows} | (
         set(budgets) if name is None else {name} & set(budgets)))
+
+    def current(principal: str) -> dict[str, Any]:
+        budget = budgets.get(principal)
+        own = [row for row in rows if row.principal == principal]
+        return {"key": principal, **budget_figures(budget, in_period(budget, own, now), now)}
     return {"since": since, "usage": usage_rows(shown),
-            "budgets": [{"key": principal, **budget_figures(
-                budgets.get(principal),
-                [row for row in rows if row.principal == principal], now)}
-                for principal in principals]}
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in
-                               zip(row, widths, strict=True)).rstrip() for row in rows)
+            "budgets": [current(principal) for principal in principals]}
 
 
 def text(report: dict[str, Any]) -> str:
@@ -202,8 +204,8 @@ def text(report: dict[str, Any]) -> str:
                  if item["budget_tokens"] else "-", str(item["used_tokens"]),
                  str(item["remaining_tokens"]) if item["remaining_tokens"] is not None else "-",
                  item["resets"]) for item in report["budgets"]]
-    return (f"usage since {report['since']} (UTC days):\n{_table(usage)}\n\n"
-            f"current period:\n{_table(budgets)}")
+    return (f"usage since {report['since']} (UTC days):\n{columns(usage)}\n\n"
+            f"current period:\n{columns(budgets)}")
 
 
 def as_json(report: dict[str, Any]) -> str:

@@ -37,17 +37,17 @@ class UsageStage(Stage):
 
     def record(self, ex: Exchange) -> None:
         found = spent(ex)
+        # usage read from an answer no upstream call made (a hit) cost nothing: not counted
+        paid = found if found is not None and found.source == "upstream" else None
         ok = answered(ex)
-        usage = found.usage if found is not None and found.source == "upstream" else None
-        if not ok and usage is None:
+        if not ok and paid is None:
             return
         saved = ex.saved
         figures = (
             ("usage.requests", int(ok)),
-            ("usage.prompt_tokens", usage.prompt if usage else 0),
-            ("usage.completion_tokens", usage.completion if usage else 0),
-            ("usage.estimated", int(usage is not None and found is not None
-                                    and found.estimated)),
+            ("usage.prompt_tokens", paid.usage.prompt if paid else 0),
+            ("usage.completion_tokens", paid.usage.completion if paid else 0),
+            ("usage.estimated", int(paid is not None and paid.estimated)),
             ("usage.cache_hits", int(ok and (ex.cache_status or "").startswith("HIT"))),
             ("usage.saved_tokens", saved.tokens if saved else 0),
             ("usage.saved_seconds", saved.seconds if saved else 0.0))

@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> flask.Flask:
     if settings.enable_luajit:  # the script sees every path, and may answer any of them
         app.register_blueprint(unrouted.blueprint)
     metrics.init_app(app)
-    observe.init_app(app)
+    observe.init_app(app, settings)
     app.before_request(paths.refuse_escaped)  # after the hooks that time and log requests
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

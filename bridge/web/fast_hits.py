@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 import gevent
 
 from bridge import surfaces
+from bridge.console.recent import keeps_requests
 from bridge.core import events
 from bridge.core.exchange import Exchange, request_id
 from bridge.core.redaction import CREDENTIAL_HEADERS
@@ -89,6 +90,7 @@ class FastHits:
         self.app = app
         self.timeout = settings.body_read_timeout / 1000
         self.body_limit = min(BODY_LIMIT, settings.max_body_size)
+        self.request_log = keeps_requests(settings)
         self.answers: OrderedDict[tuple[Any, ...], _Answer] = OrderedDict()
         self.size = 0  # bytes of the kept answers
         self.unsaid: list[_Answer] = []  # answers with `pending` repeats
@@ -135,7 +137,7 @@ class FastHits:
         def finished() -> None:
             record(method="POST", path=environ["PATH_INFO"], route=answer.route, status=200,
                    remote=environ.get("REMOTE_ADDR", ""), request_id=rid, ex=answer.ex,
-                   duration=time.perf_counter() - started)
+                   duration=time.perf_counter() - started, request_log=self.request_log)
 
         return _Sent([body], finished)
 
