@@ -129,6 +129,10 @@ def test_a_keys_usage_per_model_is_what_the_upstream_reported_and_survives_a_res
     assert lines[1].split()[:6] == ["KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION",
                                     "ESTIMATED"]
     assert ["alice", "qwen3", *map(str, qwen3), "0"] in [line.split()[:6] for line in lines]
+    bad = keys_command(shared.state_dir, "usage", "--since", "2026-13-01")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().endswith("bad day '2026-13-01': give a UTC day as YYYY-MM-DD, "
+                                       "e.g. 2026-01-31")
 
 
 def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
@@ -154,9 +158,11 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
             return refusal.body
         return None
     body = wait_for(claude_refused, WAIT, "Anthropic's 429")
+    # shapes without a code field say it first in the message
     assert body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
-    assert "budget" in body["error"]["message"]  # type: ignore[index]
-    assert isinstance(native.json()["error"], str) and "budget" in native.json()["error"]
+    assert body["error"]["message"].startswith("budget_exceeded: ")  # type: ignore[index]
+    assert native.json()["error"].startswith("budget_exceeded: token budget of 'capped'")
+    assert 0 < int(native.headers["retry-after"]) <= 86400
 
     hit = requests.post(bridge.url + "/v1/chat/completions", timeout=30,
                         headers={"authorization": f"Bearer {key}"},
@@ -203,13 +209,15 @@ def test_the_next_period_lets_a_key_through(shared: Shared, standin_server: Stan
         assert chat_openai(later, key)
 
 
-def test_without_shared_mode_one_row_per_credential_digest_and_never_the_credential(
+def test_without_shared_mode_one_row_per_credential_digest_under_the_default_budget(
         standin_server: StandIn, tmp_path: Path) -> None:
     credential = "sk-client-" + secrets.token_hex(16)
-    with start_bridge("--state-dir", str(tmp_path / "state"), upstream=standin_server.url,
-                      workers=1, log_dir=tmp_path) as bridge:
-        for _ in range(2):
-            chat_openai(bridge, credential)
+    default = ("--budget-tokens", "1", "--budget-period", "week")  # the instance-wide budget
+    with start_bridge("--state-dir", str(tmp_path / "state"), *default,
+                      upstream=standin_server.url, workers=1, log_dir=tmp_path) as bridge:
+        chat_openai(bridge, credential)  # spends more than the 1 token
+        [answer] = wait_for(lambda: refused(bridge, credential), WAIT, "the default budget")
+        assert answer.json()["error"]["code"] == "budget_exceeded"
         ledger = tmp_path / "state" / "usage.sqlite3"
 
         def rows() -> list:
@@ -219,12 +227,21 @@ def test_without_shared_mode_one_row_per_credential_digest_and_never_the_credent
                                       ).fetchall()
             except sqlite3.OperationalError:  # not made yet
                 return []
-        found = wait_for(lambda: [row for row in rows() if row[2] == 2], WAIT, "two requests")
+        found = wait_for(lambda: [row for row in rows() if row[2] == 1], WAIT, "the request")
         assert len(rows()) == 1 and found[0][0].startswith("cred:")
         status = requests.get(bridge.url + "/status", timeout=30).json()
-        assert [item["key"] for item in status["usage"]] == [found[0][0]]
+        assert budget_views(status["usage"]) == [(found[0][0], 1, "week", 0)]
+    # `keys usage` reads the default budget as the server does (flag or BRIDGE_BUDGET_TOKENS)
+    assert budget_views(usage_json(tmp_path / "state", *default)["budgets"]) \
+        == [(found[0][0], 1, "week", 0)]
     for path in (tmp_path / "state").iterdir():
         assert credential.encode() not in path.read_bytes()
+
+
+def budget_views(items: list[dict]) -> list[tuple]:
+    """Who has which budget, and what is left of it."""
+    return [(item["key"], item["budget_tokens"], item["budget_period"],
+             item["remaining_tokens"]) for item in items]
 
 
 def refused(bridge: Process, key: str, path: str = "/v1/chat/completions"
