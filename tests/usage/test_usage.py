@@ -21,7 +21,7 @@ import pytest
 import requests
 from helpers import keys_command, metric_total, wait_for
 
-from bridge.ollama_standin import StandIn
+from bridge.ollama_standin import StandIn, StandInConfig
 from bridge.serve.processes import Process, start_bridge
 
 UPSTREAM_KEY = "sk-upstream-" + secrets.token_hex(16)
@@ -236,6 +236,33 @@ def test_without_shared_mode_one_row_per_credential_digest_under_the_default_bud
         == [(found[0][0], 1, "week", 0)]
     for path in (tmp_path / "state").iterdir():
         assert credential.encode() not in path.read_bytes()
+
+
+def test_a_stream_the_upstream_did_not_count_is_estimated_near_its_tokens_and_marked(
+        tmp_path: Path) -> None:
+    upstream = StandIn(StandInConfig(kind="openai")).start()  # usage only when asked for
+    question = [{"role": "user", "content": "count me " * 20}]
+    try:
+        counted = openai.OpenAI(base_url=upstream.url + "/v1", api_key="sk-x").chat \
+            .completions.create(model="llama3.2", messages=question).usage
+        assert counted is not None and counted.completion_tokens > 5
+        with start_bridge("--upstream-api", "openai", "--state-dir", str(tmp_path / "state"),
+                          upstream=upstream.url, workers=1, log_dir=tmp_path) as bridge:
+            stream = sdk(bridge, "sk-client-" + secrets.token_hex(8)).chat.completions.create(
+                model="llama3.2", messages=question, stream=True)
+            assert all(chunk.usage is None for chunk in stream)
+
+            def estimated() -> list[dict]:
+                return [row for row in usage_json(tmp_path / "state")["usage"]
+                        if row["estimated"] == 1]
+            [row] = wait_for(estimated, WAIT, "the estimated row")
+    finally:
+        upstream.stop()
+    # a frame per token, give or take the role, finish and [DONE] frames (not the bytes of
+    # the frames' JSON: ten times as many)
+    assert counted.completion_tokens <= row["completion_tokens"] \
+        <= counted.completion_tokens + 3
+    assert row["requests"] == 1 and row["prompt_tokens"] > 0
 
 
 def budget_views(items: list[dict]) -> list[tuple]:
