@@ -139,7 +139,7 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
         shared: Shared) -> None:
     bridge, key = shared.process, shared.keys["capped"]
     question = f"budget {uuid.uuid4().hex}"
-    chat_openai(bridge, key, question)  # spends more than its 1 token
+    _, answered = chat_openai(bridge, key, question)  # spends more than its 1 token
 
     [answer] = wait_for(lambda: refused(bridge, key), WAIT, "the budget to be used up")
     error = answer.json()["error"]
@@ -181,6 +181,9 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
     assert (item["budget_tokens"], item["budget_period"]) == (1, "day")
     assert item["remaining_tokens"] == 0 and item["used_tokens"] > 1
     assert item["requests"] >= 2 and item["top_models"][0]["model"] == "qwen3"
+    # the hit saved the tokens the upstream generated for it, and its seconds
+    assert (item["cache_hits"], item["saved_tokens"]) == (1, answered)
+    assert item["saved_seconds"] > 0
 
     # a budget raised with `keys update` applies to the running bridge
     done = keys_command(shared.state_dir, "update", "capped", "--budget-tokens", "1000000",
