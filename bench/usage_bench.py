@@ -1,12 +1,15 @@
-"""What the usage ledger and budgets cost: per request in process (recording an exchange
-when it closes, the budget check, and the ledger's flush per row), against a reference
-measured in the same run (making the request's `Exchange`), and the latency of a chat
-request through bridges with the ledger off and on (with a budget checked).
+"""What usage, budgets and traces cost, in one run (issue 28's bench): per request in
+process (recording an exchange when it closes, the budget check, and the ledger's flush
+per row), against a reference measured in the same run (making the request's
+`Exchange`), and the latency of a chat request through bridges with the ledger off and on
+(with a budget checked); then tracing off vs on (`bench/tracing_bench.py`'s parts: per
+request in process, per exported batch, req/s through bridges); last, a summary of the
+µs each adds to a request.
 
-    python bench/usage_bench.py [--requests N] [--rounds N]
+    python bench/usage_bench.py [--requests N] [--rounds N] [--duration S]
 
-Starts the Ollama stand-in and two bridges (1 worker each) as processes on free loopback
-ports, and stops them at the end. In-process figures are the best of 5 runs.
+Starts the Ollama stand-in and bridges as processes on free loopback ports, and stops
+them at the end. The ledger's in-process figures are the best of 5 runs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import tracing_bench  # noqa: E402
+from bench.loadgen import machine_line  # noqa: E402
 from bridge.budgets.stage import BudgetStage  # noqa: E402
 from bridge.core import events  # noqa: E402
 from bridge.core import settings as bridge_settings  # noqa: E402
@@ -35,6 +40,7 @@ from bridge.usage.stage import UsageStage  # noqa: E402
 BODY = json.dumps({"model": "llama3.2", "stream": False,
                    "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
 PRINCIPALS = 50  # distinct keys in the batch a flush writes
+RECORD, CHECK = "record an exchange (at close)", "budget check (on request)"
 MODELS = 3
 
 
@@ -74,9 +80,9 @@ def bench_in_process(rounds: int) -> list[tuple[str, float]]:
     rows: list[tuple[str, float]] = []
     reference = best_of(5, rounds, exchange)
     rows.append(("reference: make one request's Exchange", reference))
-    rows.append(("record an exchange (at close)",
+    rows.append((RECORD,
                  best_of(5, rounds, lambda i: usage.record(exchanges[i]))))
-    rows.append(("budget check (on request)",
+    rows.append((CHECK,
                  best_of(5, rounds, lambda i: budgets.on_request(exchanges[i]))))
     # a flush: one batch of PRINCIPALS x MODELS rows into SQLite, then the totals re-read
     for index in range(rounds):
@@ -134,15 +140,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=20_000)
+    parser.add_argument("--duration", type=float, default=4.0,
+                        help="seconds of load per bridge in the tracing part")
     args = parser.parse_args()
-    print(f"in process, best of 5 x {args.rounds}:")
+    print(machine_line())
+    print(f"Usage ledger and budgets, in process, best of 5 x {args.rounds}:")
     print(f"  {'what':70} {'µs':>9}")
-    for what, micros in bench_in_process(args.rounds):
+    ledger = dict(bench_in_process(args.rounds))
+    for what, micros in ledger.items():
         print(f"  {what:70} {micros:9.2f}")
     print(f"\nchat request through the bridge (1 worker, keep-alive), {args.requests} each:")
     print(f"  {'bridge':20} {'median ms':>10} {'p90 ms':>8}")
     for name, median, p90 in bench_latency(args.requests):
         print(f"  {name:20} {median:10.3f} {p90:8.3f}")
+    print("\nTraces (OpenTelemetry), off vs on:")
+    tracing = tracing_bench.run(args.rounds, args.duration)
+    print(f"\nSummary, per request in process: ledger record "
+          f"{ledger[RECORD]:.2f} µs + budget check {ledger[CHECK]:.2f} µs (wall, best of 5); "
+          f"tracing on adds {tracing:.1f} µs of CPU over tracing off")
 
 
 if __name__ == "__main__":

@@ -18,21 +18,16 @@ import time
 
 from bridge.core.errors import RateLimited
 from bridge.core.events import emit
-from bridge.core.exchange import Budget, Exchange
+from bridge.core.exchange import Exchange
 from bridge.core.pipeline import Context, Stage
 from bridge.core.settings import Settings
 from bridge.identity.principal import Principals
 from bridge.usage import periods
 from bridge.usage.recorder import Recorder
+from bridge.usage.report import default_budget
 from bridge.usage.stage import UsageStage
 
 CODE = "budget_exceeded"
-
-
-def default_budget(settings: Settings) -> Budget | None:
-    """The instance-wide budget of principals without one of their own."""
-    return Budget(settings.budget_tokens, settings.budget_period) \
-        if settings.budget_tokens else None
 
 
 class BudgetStage(Stage):
@@ -55,7 +50,7 @@ class BudgetStage(Stage):
         emit("budget.refused")
         wait = periods.seconds_left(budget.period, time.time())
         raise RateLimited(
-            f"token budget of {principal!r} used up: {budget.tokens} tokens per "
+            f"{CODE}: token budget of {principal!r} used up: {budget.tokens} tokens per "
             f"{budget.period} (UTC); it resets in {math.ceil(wait)}s",
             code=CODE, headers={"retry-after": str(max(1, math.ceil(wait)))})
 

@@ -636,6 +636,7 @@ def load(argv: Iterable[str] | None = None,
               else argparse.Namespace())
     settings = resolve(parsed, _BY_NAME, environ)
     check(settings)
+    check_otlp_environment(os.environ if environ is None else environ)
     return settings
 
 
@@ -667,6 +668,22 @@ def check(settings: Settings) -> None:
     if settings.enable_shared_mode and not (settings.api_key or settings.api_key_file):
         raise SettingError("--enable-shared-mode: needs the upstream key: give --api-key, "
                            "BRIDGE_API_KEY or --api-key-file")
+
+
+# the standard variables that, like --otlp-endpoint, turn traces on (bridge/tracing)
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def check_otlp_environment(environ: Mapping[str, str]) -> None:
+    """An OTLP endpoint given by the environment is a URL, as --otlp-endpoint's is: else
+    every batch of spans would fail to export, each with a warning, and none arrive."""
+    for name in OTLP_ENDPOINT_VARIABLES:
+        value = environ.get(name)
+        if value:
+            try:
+                Url()(value)
+            except ValueError as exc:
+                raise SettingError(f"{name}: invalid value {value!r}: {exc}") from None
 
 
 def load_or_exit(argv: Iterable[str] | None = None,

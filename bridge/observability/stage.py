@@ -42,7 +42,7 @@ _EXCHANGE = "bridge_exchange"  # flask.g attribute: the request's exchange
 _STARTED = "bridge_started"
 _RELAYED = "observe.relayed"  # ex.notes: the whole stream went to the client
 _SERVED_USAGE = "observe.served_usage"  # ex.notes: usage in an answer no upstream call made
-_RELAYED_BYTES = "observe.relayed_bytes"  # ex.notes: bytes of a stream's frames relayed
+_RELAYED_FRAMES = "observe.relayed_frames"  # ex.notes: data frames of a stream relayed
 _PROMPT, _ANSWER = "observe.prompt", "observe.answer"  # ex.notes: --request-log-bodies
 UNMATCHED_ROUTE = "<unmatched>"
 NOT_OBSERVED = frozenset({"/metrics", "/status", "/status/requests"})  # polled often
@@ -54,13 +54,15 @@ REQUEST_LOG_BODY_LIMIT = 2000  # bytes of a prompt or an answer the request log 
 
 # --- token usage ----------------------------------------------------------------------
 
-ESTIMATED_CHARS_PER_TOKEN = 4
+ESTIMATED_CHARS_PER_TOKEN = 4  # of a request, or of a whole answer
+# a streamed answer: one token per data frame (Ollama's and OpenAI-compatible streams send
+# a frame per token; its bytes are mostly the frame's JSON, ~15 times its text)
 
 
 class Spent(NamedTuple):
     """The usage of one exchange and where it came from: "upstream" (a call made for it)
     or "cache" (an answer that cost no upstream call); `estimated` when the upstream did
-    not report it and it was guessed (characters / 4)."""
+    not report it and it was guessed (characters / 4; a stream's frames)."""
 
     usage: Usage
     source: str
@@ -90,10 +92,10 @@ def spent(ex: Exchange) -> Spent | None:
         return Spent(served, "cache")
     if ex.upstream_attempts and answered(ex):
         assert ex.response is not None
-        answer = len(ex.response.body) if not ex.response.streaming \
-            else ex.notes.get(_RELAYED_BYTES, 0)
-        return Spent(Usage(len(ex.body) // ESTIMATED_CHARS_PER_TOKEN,
-                           answer // ESTIMATED_CHARS_PER_TOKEN), "upstream", estimated=True)
+        answer = len(ex.response.body) // ESTIMATED_CHARS_PER_TOKEN \
+            if not ex.response.streaming else ex.notes.get(_RELAYED_FRAMES, 0)
+        return Spent(Usage(len(ex.body) // ESTIMATED_CHARS_PER_TOKEN, answer), "upstream",
+                     estimated=True)
     return None
 
 
@@ -158,8 +160,9 @@ class ObserveStage(Stage):
         if self.bodies:
             ex.notes[_ANSWER] = b""
         for frame in frames:
-            relayed += len(frame.raw)
-            ex.notes[_RELAYED_BYTES] = relayed
+            if not frame.verbatim:  # not a comment (a heartbeat)
+                relayed += 1
+                ex.notes[_RELAYED_FRAMES] = relayed
             if self.bodies and len(ex.notes[_ANSWER]) < REQUEST_LOG_BODY_LIMIT:
                 ex.notes[_ANSWER] = (ex.notes[_ANSWER] + frame.raw)[:REQUEST_LOG_BODY_LIMIT]
             if served:

@@ -30,7 +30,8 @@ from bridge.shared_mode.redis_stamps import revocation_stamps
 from bridge.usage import report
 
 STORE_SETTINGS = ("state_dir", "redis_url", "redis_prefix")
-USAGE_SETTINGS = ("usage_retention_days",)  # flags of `keys usage` only
+# flags of `keys usage` only: the server's, for the instance-wide default budget
+USAGE_SETTINGS = ("usage_retention_days", "budget_tokens", "budget_period")
 
 
 def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:

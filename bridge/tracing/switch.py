@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from bridge.core.settings import Settings
+from bridge.core.settings import OTLP_ENDPOINT_VARIABLES, Settings
 
 TRACES_PATH = "/v1/traces"
-ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def enabled(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool:
@@ -23,7 +22,8 @@ def enabled(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool
     SDK not disabled."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    return bool(settings.otlp_endpoint) or any(environ.get(name) for name in ENDPOINT_VARIABLES)
+    return bool(settings.otlp_endpoint) or any(environ.get(name)
+                                               for name in OTLP_ENDPOINT_VARIABLES)
 
 
 def traces_url(base: str) -> str:

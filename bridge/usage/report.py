@@ -8,6 +8,7 @@ key's own) or the instance-wide default.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -16,7 +17,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Iterable
 
-from bridge.budgets.stage import default_budget
 from bridge.core.exchange import Budget
 from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
@@ -67,6 +67,13 @@ def local_rows(settings: Settings, since: str, principal: str | None = None) -> 
         return local.rows(since, principal)
     finally:
         local.close()
+
+
+def default_budget(settings: Settings) -> Budget | None:
+    """The instance-wide budget (`--budget-tokens`, `--budget-period`) of principals
+    without one of their own."""
+    return Budget(settings.budget_tokens, settings.budget_period) \
+        if settings.budget_tokens else None
 
 
 def key_budgets(state_dir: str) -> dict[str, Budget]:
@@ -177,15 +184,17 @@ def usage_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
 def usage_report(settings: Settings, name: str | None, since: str, now: float,
                  timeout: float) -> dict[str, Any]:
     """What `keys usage [NAME] --since DAY` shows: per key and model, and per key its
-    budget in the current period."""
+    budget in the current period (its own, else the instance-wide default that the
+    command reads as the server does: `--budget-tokens`, `BRIDGE_BUDGET_TOKENS`)."""
     budgets = key_budgets(settings.state_dir)
+    default = default_budget(settings)
     rows = read_rows(settings, min(since, earliest_period_start(now)), now, name, timeout)
     shown = [row for row in rows if row.day >= since]
     principals = sorted({row.principal for row in rows} | (
         set(budgets) if name is None else {name} & set(budgets)))
 
     def current(principal: str) -> dict[str, Any]:
-        budget = budgets.get(principal)
+        budget = budgets.get(principal, default)
         own = [row for row in rows if row.principal == principal]
         return {"key": principal, **budget_figures(budget, in_period(budget, own, now), now)}
     return {"since": since, "usage": usage_rows(shown),
@@ -217,5 +226,9 @@ def month_start(now: float) -> str:
 
 
 def valid_day(text_: str) -> str:
-    """A `--since` day as YYYY-MM-DD, or ValueError."""
-    return date.fromisoformat(text_).isoformat()
+    """A `--since` day as YYYY-MM-DD; else the one line argparse shows."""
+    try:
+        return date.fromisoformat(text_).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad day {text_!r}: give a UTC day as YYYY-MM-DD, e.g. 2026-01-31") from None

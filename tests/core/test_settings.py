@@ -120,6 +120,18 @@ def test_bad_environment_value_exits_2_with_one_line_naming_variable_and_flag(se
     assert setting.allowed in lines[0]  # what is allowed is named
 
 
+@pytest.mark.parametrize("name", ["OTEL_EXPORTER_OTLP_ENDPOINT",
+                                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+def test_a_bad_standard_otlp_endpoint_variable_is_one_line_and_exit_2(name, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        load_or_exit([], environ={name: "collector:4318"})
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{PROG}: error: {name}: invalid value 'collector:4318': not a URL (allowed: "
+        "http(s)://host[:port][/path])"]
+    assert load_or_exit([], environ={name: "http://collector:4318"})  # a good one starts
+
+
 def test_min_interval_above_max_interval_is_refused():
     result = run_cli("-i", "2000", "-m", "1000")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1

@@ -21,7 +21,7 @@ import pytest
 import requests
 from helpers import keys_command, metric_total, wait_for
 
-from bridge.ollama_standin import StandIn
+from bridge.ollama_standin import StandIn, StandInConfig
 from bridge.serve.processes import Process, start_bridge
 
 UPSTREAM_KEY = "sk-upstream-" + secrets.token_hex(16)
@@ -129,13 +129,17 @@ def test_a_keys_usage_per_model_is_what_the_upstream_reported_and_survives_a_res
     assert lines[1].split()[:6] == ["KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION",
                                     "ESTIMATED"]
     assert ["alice", "qwen3", *map(str, qwen3), "0"] in [line.split()[:6] for line in lines]
+    bad = keys_command(shared.state_dir, "usage", "--since", "2026-13-01")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().endswith("bad day '2026-13-01': give a UTC day as YYYY-MM-DD, "
+                                       "e.g. 2026-01-31")
 
 
 def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
         shared: Shared) -> None:
     bridge, key = shared.process, shared.keys["capped"]
     question = f"budget {uuid.uuid4().hex}"
-    chat_openai(bridge, key, question)  # spends more than its 1 token
+    _, answered = chat_openai(bridge, key, question)  # spends more than its 1 token
 
     [answer] = wait_for(lambda: refused(bridge, key), WAIT, "the budget to be used up")
     error = answer.json()["error"]
@@ -154,9 +158,11 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
             return refusal.body
         return None
     body = wait_for(claude_refused, WAIT, "Anthropic's 429")
+    # shapes without a code field say it first in the message
     assert body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
-    assert "budget" in body["error"]["message"]  # type: ignore[index]
-    assert isinstance(native.json()["error"], str) and "budget" in native.json()["error"]
+    assert body["error"]["message"].startswith("budget_exceeded: ")  # type: ignore[index]
+    assert native.json()["error"].startswith("budget_exceeded: token budget of 'capped'")
+    assert 0 < int(native.headers["retry-after"]) <= 86400
 
     hit = requests.post(bridge.url + "/v1/chat/completions", timeout=30,
                         headers={"authorization": f"Bearer {key}"},
@@ -175,6 +181,9 @@ def test_a_key_at_its_budget_is_refused_on_a_miss_and_served_on_a_hit(
     assert (item["budget_tokens"], item["budget_period"]) == (1, "day")
     assert item["remaining_tokens"] == 0 and item["used_tokens"] > 1
     assert item["requests"] >= 2 and item["top_models"][0]["model"] == "qwen3"
+    # the hit saved the tokens the upstream generated for it, and its seconds
+    assert (item["cache_hits"], item["saved_tokens"]) == (1, answered)
+    assert item["saved_seconds"] > 0
 
     # a budget raised with `keys update` applies to the running bridge
     done = keys_command(shared.state_dir, "update", "capped", "--budget-tokens", "1000000",
@@ -203,22 +212,29 @@ def test_the_next_period_lets_a_key_through(shared: Shared, standin_server: Stan
         assert chat_openai(later, key)
 
 
-def test_without_shared_mode_one_row_per_credential_digest_and_never_the_credential(
+def test_without_shared_mode_one_row_per_credential_digest_under_the_default_budget(
         standin_server: StandIn, tmp_path: Path) -> None:
-    """Repeats of a memory hit, answered before the pipeline while they come quickly
-    (`bridge.web.fast_hits`), count as the hits they are."""
+    """Under the instance-wide budget: a miss spends it, the next miss is refused, and
+    repeats of the hit are still served, counted as the hits they are (also those
+    answered before the pipeline while they come quickly: `bridge.web.fast_hits`)."""
     credential = "sk-client-" + secrets.token_hex(16)
     repeats = 20
-    with start_bridge("--state-dir", str(tmp_path / "state"), "--enable-cache",
+    default = ("--budget-tokens", "1", "--budget-period", "week")  # the instance-wide budget
+    with start_bridge("--state-dir", str(tmp_path / "state"), *default, "--enable-cache",
                       "--cache-dir", str(tmp_path / "cache"), upstream=standin_server.url,
                       workers=1, log_dir=tmp_path) as bridge:
         body = {"model": "qwen3", "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
         with requests.Session() as session:
-            answers = [session.post(bridge.url + "/v1/chat/completions", json=body,
+            def ask() -> requests.Response:
+                return session.post(bridge.url + "/v1/chat/completions", json=body,
                                     headers={"authorization": f"Bearer {credential}"},
-                                    timeout=30) for _ in range(1 + repeats)]
-        assert [answer.headers["x-cache"] for answer in answers] == \
-            ["MISS"] + ["HIT-MEMORY"] * repeats
+                                    timeout=30)
+            assert ask().headers["x-cache"] == "MISS"  # spends more than the 1 token
+            [answer] = wait_for(lambda: refused(bridge, credential), WAIT, "the default budget")
+            assert answer.json()["error"]["code"] == "budget_exceeded"
+            hits = [ask() for _ in range(repeats)]  # over budget: hits are still served
+        assert [(hit.status_code, hit.headers["x-cache"]) for hit in hits] == \
+            [(200, "HIT-MEMORY")] * repeats
         ledger = tmp_path / "state" / "usage.sqlite3"
 
         def rows() -> list:
@@ -228,17 +244,53 @@ def test_without_shared_mode_one_row_per_credential_digest_and_never_the_credent
                                       "saved_tokens FROM usage_daily").fetchall()
             except sqlite3.OperationalError:  # not made yet
                 return []
-        found = wait_for(lambda: [row for row in rows() if row[2] == 1 + repeats], WAIT,
-                         "every request")
+        found = wait_for(lambda: [row for row in rows() if row[3] == repeats], WAIT,
+                         "every hit")
         assert len(rows()) == 1 and found[0][0].startswith("cred:")
         metrics = requests.get(bridge.url + "/metrics", timeout=30).text
         saved = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                     if line.startswith("bridge_cache_tokens_saved_total"))
         assert found[0][3:] == (repeats, saved) and saved > 0  # what the metrics count
         status = requests.get(bridge.url + "/status", timeout=30).json()
-        assert [item["key"] for item in status["usage"]] == [found[0][0]]
+        assert budget_views(status["usage"]) == [(found[0][0], 1, "week", 0)]
+    # `keys usage` reads the default budget as the server does (flag or BRIDGE_BUDGET_TOKENS)
+    assert budget_views(usage_json(tmp_path / "state", *default)["budgets"]) \
+        == [(found[0][0], 1, "week", 0)]
     for path in (tmp_path / "state").iterdir():
         assert credential.encode() not in path.read_bytes()
+
+
+def test_a_stream_the_upstream_did_not_count_is_estimated_near_its_tokens_and_marked(
+        tmp_path: Path) -> None:
+    upstream = StandIn(StandInConfig(kind="openai")).start()  # usage only when asked for
+    question = [{"role": "user", "content": "count me " * 20}]
+    try:
+        counted = openai.OpenAI(base_url=upstream.url + "/v1", api_key="sk-x").chat \
+            .completions.create(model="llama3.2", messages=question).usage
+        assert counted is not None and counted.completion_tokens > 5
+        with start_bridge("--upstream-api", "openai", "--state-dir", str(tmp_path / "state"),
+                          upstream=upstream.url, workers=1, log_dir=tmp_path) as bridge:
+            stream = sdk(bridge, "sk-client-" + secrets.token_hex(8)).chat.completions.create(
+                model="llama3.2", messages=question, stream=True)
+            assert all(chunk.usage is None for chunk in stream)
+
+            def estimated() -> list[dict]:
+                return [row for row in usage_json(tmp_path / "state")["usage"]
+                        if row["estimated"] == 1]
+            [row] = wait_for(estimated, WAIT, "the estimated row")
+    finally:
+        upstream.stop()
+    # a frame per token, give or take the role, finish and [DONE] frames (not the bytes of
+    # the frames' JSON: ten times as many)
+    assert counted.completion_tokens <= row["completion_tokens"] \
+        <= counted.completion_tokens + 3
+    assert row["requests"] == 1 and row["prompt_tokens"] > 0
+
+
+def budget_views(items: list[dict]) -> list[tuple]:
+    """Who has which budget, and what is left of it."""
+    return [(item["key"], item["budget_tokens"], item["budget_period"],
+             item["remaining_tokens"]) for item in items]
 
 
 def refused(bridge: Process, key: str, path: str = "/v1/chat/completions"
