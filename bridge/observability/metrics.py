@@ -18,7 +18,10 @@ largest value any worker saw.
 
 from __future__ import annotations
 
+import functools
+import glob
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -311,11 +314,33 @@ def _registry(described: bool = False) -> Any:
     """A registry of the instance's metrics, aggregated across its workers. `described`:
     it knows which collector makes which names (read once more when registering), as a
     restricted registry needs to find any."""
-    from prometheus_client import CollectorRegistry, multiprocess
+    from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=described)
-    multiprocess.MultiProcessCollector(registry)
+    _collector_class()(registry)
     return registry
+
+
+@functools.cache
+def _collector_class() -> type:
+    """The multiprocess collector, without the files a worker is creating: a metric's
+    file is empty for an instant after it is made (a new worker, a first sample), and
+    the library's reader fails on it (a `struct.error`, a 500 for the whole scrape). An
+    empty file holds no sample yet; it is read by the next scrape."""
+    from prometheus_client import multiprocess
+
+    class Collector(multiprocess.MultiProcessCollector):
+        def collect(self) -> Any:
+            files = []
+            for path in glob.glob(os.path.join(self._path, "*.db")):
+                try:
+                    if os.path.getsize(path):
+                        files.append(path)
+                except FileNotFoundError:  # a dead worker's gauge file, just removed
+                    pass
+            return self.merge(files, accumulate=True)
+
+    return Collector
 
 
 def _metrics_key_check(key: str) -> Callable[[], flask.Response | None]:

@@ -190,9 +190,13 @@ class GeventWorker(_GunicornGeventWorker):
 
     def run(self) -> None:
         self._main = gevent.getcurrent()
-        gevent.spawn(self._when_stopping)
+        stopper = gevent.spawn(self._when_stopping)
         try:
             super().run()
+            # the loop ended by itself: no quick stop from here on, and one the stopper
+            # already asked for lands here, not in the stages' stop at the worker's exit
+            stopper.kill()
+            gevent.sleep(0)
         except _QuickStop:
             pass  # the streams in progress were ended; nothing else to wait for
 

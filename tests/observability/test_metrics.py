@@ -252,6 +252,16 @@ def test_a_run_directory_left_by_a_killed_instance_is_removed_at_the_next_start(
     assert not run_dirs[0].exists()  # the master removes its own at exit
 
 
+def test_a_metrics_file_a_worker_is_creating_does_not_fail_the_scrape(make_bridge):
+    """A worker's new metric file is empty for an instant; a scrape then must not 500."""
+    bridge = make_bridge(workers=1)
+    [run_dir] = [owner.parent for owner in
+                 instance.directory().parent.glob("deepseek-ollama-bridge-*/owner.pid")
+                 if owner.read_text() == str(bridge.pid)]
+    (run_dir / "metrics" / "counter_999999.db").touch()  # made, not yet written
+    promtool_check(scrape(bridge.url))
+
+
 METRICS_KEY = "metrics-" + "0123456789abcdef" * 2
 
 
