@@ -440,8 +440,11 @@ class CacheStage(Stage):
                 pending.asked), on_stop)
         elif response.ok and self._storable_body(response):
             entry = self._entry(ex, None, (), body=response.body, pending=pending)
-            flight.finish_with(entry)
-            self._store(ex, pending.key, entry, pending.asked)
+            try:  # stored before the flight ends: its end gives the cross-worker lease back,
+                # and a worker waiting on it must then find the entry (as after a stream)
+                self._store(ex, pending.key, entry, pending.asked)
+            finally:
+                flight.finish_with(entry)
         else:
             flight.finish_with(response)
             self._headers(ex)
