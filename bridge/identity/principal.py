@@ -82,9 +82,10 @@ class Principals:
 
     def __init__(self, settings: Settings):
         self.shared_mode = settings.enable_shared_mode
-        # who asks matters to the cache and to async jobs; without them the secret is not
-        # read at start (nor its file made in --state-dir), only if something asks
-        self.asked = settings.enable_cache or settings.enable_async_request
+        # who asks matters to the cache, async jobs and the usage ledger; without them the
+        # secret is not read at start (nor its file made in --state-dir), only if asked
+        self.asked = settings.enable_cache or settings.enable_async_request or \
+            not settings.disable_usage_ledger
         self.state_dir = Path(settings.state_dir)
         self.link = link_for(settings)
         self._secret = PerProcess(self._load_secret)

@@ -251,8 +251,10 @@ api_key_env = "TEST_KEYED_KEY"
 
 
 def test_a_bridge_that_keeps_nothing_makes_no_secret(standin, make_bridge, tmp_path):
-    """Without the cache and async jobs nobody asks who asks: a relay (a read-only
-    deployment, say) writes nothing to its state directory."""
-    bridge = make_bridge("--state-dir", str(tmp_path / "state"))
+    """Without the cache, async jobs and the usage ledger (on by default: it records per
+    principal) nobody asks who asks: a relay (a read-only deployment, say) writes nothing
+    to its state directory."""
+    bridge = make_bridge("--state-dir", str(tmp_path / "state"), "--disable-usage-ledger")
     assert post(bridge, chat("qwen3", "hello"), KEY_A).status_code == 200
-    assert not (tmp_path / "state" / "principal.secret").exists()
+    bridge.stop()  # whatever its exchanges' closers would write is written by now
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
