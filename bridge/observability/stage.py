@@ -159,19 +159,23 @@ class ObserveStage(Stage):
         relayed = 0
         if self.bodies:
             ex.notes[_ANSWER] = b""
-        for frame in frames:
-            if not frame.verbatim:  # not a comment (a heartbeat)
-                relayed += 1
-                ex.notes[_RELAYED_FRAMES] = relayed
-            if self.bodies and len(ex.notes[_ANSWER]) < REQUEST_LOG_BODY_LIMIT:
-                ex.notes[_ANSWER] = (ex.notes[_ANSWER] + frame.raw)[:REQUEST_LOG_BODY_LIMIT]
-            if served:
-                ex.notes[_SERVED_USAGE] = usage_in(frame.raw) or ex.notes.get(_SERVED_USAGE)
-            if self.trace:
-                trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
-                                ex.request_id)
-            yield frame
-        ex.notes[_RELAYED] = True
+        try:
+            for frame in frames:
+                if not frame.verbatim:  # not a comment (a heartbeat)
+                    relayed += 1
+                if self.bodies and len(ex.notes[_ANSWER]) < REQUEST_LOG_BODY_LIMIT:
+                    ex.notes[_ANSWER] = (ex.notes[_ANSWER] + frame.raw)[
+                        :REQUEST_LOG_BODY_LIMIT]
+                if served:
+                    ex.notes[_SERVED_USAGE] = usage_in(frame.raw) or \
+                        ex.notes.get(_SERVED_USAGE)
+                if self.trace:
+                    trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
+                                    ex.request_id)
+                yield frame
+            ex.notes[_RELAYED] = True
+        finally:  # noted once, when the stream ends however it ends: not per frame
+            ex.notes[_RELAYED_FRAMES] = relayed
 
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:
