@@ -158,7 +158,7 @@ def bench_in_process(rounds: int) -> float:
     """Part 1; returns the CPU µs tracing adds to a request (on minus off)."""
     tracer_provider = TracerProvider(resource=provider.resource())
     tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
-    stage = TracingStage(bridge_settings.defaults(), None)  # type: ignore[arg-type]
+    stage = TracingStage(bridge_settings.defaults())
     stage.tracer = tracer_provider.get_tracer("bench")
     rows = [("reference (exchange + response)", lambda i: reference(i)),
             ("tracing off (no stage)", lambda i: one_request(None, i)),
@@ -196,7 +196,7 @@ def make_batch() -> list:
     memory = InMemorySpanExporter()
     tracer_provider = TracerProvider(resource=provider.resource())
     tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
-    stage = TracingStage(bridge_settings.defaults(), None)  # type: ignore[arg-type]
+    stage = TracingStage(bridge_settings.defaults())
     stage.tracer = tracer_provider.get_tracer("bench")
     while len(memory.get_finished_spans()) < BATCH:
         one_request(stage, 0)

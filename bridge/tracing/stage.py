@@ -33,7 +33,7 @@ _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 class TracingStage(Stage):
     name = "tracing"
 
-    def __init__(self, settings: Settings, context: Context):
+    def __init__(self, settings: Settings):
         self.kind = settings.upstream_api  # the -o upstream's: gen_ai.system without a route
         self.provider = PerProcess(lambda: _make_provider(settings))
         self.tracer = None
@@ -119,7 +119,7 @@ def model_in(raw: bytes) -> str | None:
 
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:
-    return TracingStage(settings, context) if switch.enabled(settings) else None
+    return TracingStage(settings) if switch.enabled(settings) else None
 
 
 def _make_provider(settings: Settings) -> Any:
