@@ -3,6 +3,7 @@ arrive (chunked or not) within a deadline, and the two ways a body read fails.""
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -76,3 +77,62 @@ def test_a_body_that_outlives_the_deadline_times_out(answer_with):
     url = answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", hold=600.0)
     with pytest.raises(BodyTimeout):
         body_of(url, seconds=0.3)
+
+
+@pytest.fixture
+def one_answer_per_connection() -> Iterator[tuple[str, list[bytes], threading.Semaphore]]:
+    """A server that answers one request per connection with a keep-alive response, then
+    closes the connection (as an upstream does when its idle timeout ends); yields its URL,
+    the requests it got and a semaphore released at each close."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    got: list[bytes] = []
+    closed = threading.Semaphore(0)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                got.append(head + b"\r\n\r\n" + body)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            closed.release()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1/chat/completions?x=1", got, closed
+    listener.close()
+
+
+def test_a_pooled_connection_the_upstream_closed_is_not_used_again(one_answer_per_connection):
+    url, got, closed = one_answer_per_connection
+    transport = Transport(pool_size=1, connect_timeout=1.0)
+    for _ in range(3):
+        answer = transport.send("post", url, {"content-type": "application/json"}, b"{}", 5.0)
+        try:
+            assert answer.status_code == 200
+            assert b"".join(transport.body(answer, time.monotonic() + 5.0)) == b"ok"
+        finally:
+            answer.close()
+        # the connection went back to the pool; once the upstream's close has reached it,
+        # it is found closed before the next request, which gets a connection of its own
+        assert closed.acquire(timeout=10)
+        (pool,) = transport._pools.get().values()
+        idle = [conn for conn in pool.pool.queue if conn is not None]
+        assert len(idle) == 1 and select.select([idle[0].sock], [], [], 10)[0]
+    assert len(got) == 3
+    # sent as requests sends a prepared request: the method upper-cased, the path and
+    # query as given, a Content-Length, the headers given
+    head = got[0].split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"post /v1/chat/completions?x=1 http/1.1\r\n")
+    assert b"\r\ncontent-length: 2" in head and b"\r\ncontent-type: application/json" in head
+    assert got[0].endswith(b"\r\n\r\n{}")
