@@ -26,7 +26,8 @@ outranks what requests without it showed, and the reverse. The decision, in this
 5. "maybe" is held until the output shows which it is, and remembered.
 
 What is learnt is remembered instance-wide (all workers), in a small JSON file of the
-instance's run directory, re-read only when it changes: one `stat` per decision.
+instance's run directory, re-read only when it changes: one `stat` per decision (none to
+learn what was known already).
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class ModelMemory:
         self._refresh()
         return self._facts.get(model, {})
 
+    def last_read(self, model: str) -> dict[str, Any]:
+        """What was known of `model` when the file was last read (no `stat`)."""
+        return self._facts.get(model, {})
+
     def _refresh(self) -> None:
         try:
             st = os.stat(self.path)
@@ -193,6 +198,8 @@ class Evidence:
             return
         key = normalized_model(model)
         slot = STARTS_SWITCHED_OFF if switched else STARTS
+        if self.memory.last_read(key).get(slot) in (INSIDE, verdict):
+            return  # known already: nothing to write (and no `stat` to find that out)
         starts = self.memory.get(key).get(slot)
         if starts != INSIDE and starts != verdict:
             self.memory.update(key, **{slot: verdict})

@@ -33,7 +33,6 @@ whose bytes show no tag, `<` or reasoning field is relayed without being parsed.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -83,10 +82,40 @@ NATIVE_KINDS = frozenset((API_CHAT, API_GENERATE))
 _CHOICE_PLAIN = frozenset(("index", "delta", "text", "finish_reason", "logprobs"))
 _DELTA_PLAIN = frozenset(("content", "role", *KEPT_REASONING_FIELDS["openai"]))
 _MESSAGE_PLAIN = frozenset(("content", "role", OLLAMA_REASONING_FIELD))
-# A chat stream event whose only choice holds only text (Ollama's shape; the choices
-# key last): the text, group 1, is inside a JSON string, so it holds no unescaped quote.
-_REASONING_ONLY = re.compile(rb'"choices":\[\{"index":0,"delta":\{"content":"((?:[^"\\]|\\.)*)"\},'
-                             rb'"finish_reason":null\}\]\}')
+# A chat stream event whose only choice holds only text, and maybe its role (Ollama's
+# shape): the choices key last, these bytes around the text's JSON string.
+_TEXT_AT = b'"choices":['
+_TEXT_HEAD = b'"choices":[{"index":0,"delta":{"content":"'
+_ROLE_TEXT_HEAD = b'"choices":[{"index":0,"delta":{"role":"assistant","content":"'
+_TEXT_TAIL = b'"},"finish_reason":null}]}'
+_scan_string = json.decoder.scanstring  # a JSON string's rest after its opening quote
+
+
+def _text_only(raw: bytes) -> tuple[int, bool, str] | None:
+    """For a chat stream event that says nothing but its only choice's text (and maybe
+    its role, "assistant"): where its choices key starts, whether the role is there, and
+    the text, decoded as parsing the whole event would decode it; None for any other
+    event, and for one that is not valid JSON. Read off the bytes: byte searches and the
+    text's own decoding, not the event's."""
+    if not raw.endswith(_TEXT_TAIL):
+        return None
+    at = raw.rfind(_TEXT_AT)  # the last: no JSON string holds these unescaped quotes
+    if at < 2 or raw[0] != 0x7B or raw[at - 1] != 0x2C:  # `{…,"choices":[…`
+        return None
+    if raw.startswith(_TEXT_HEAD, at):
+        role, start = False, at + len(_TEXT_HEAD)
+    elif raw.startswith(_ROLE_TEXT_HEAD, at):
+        role, start = True, at + len(_ROLE_TEXT_HEAD)
+    else:
+        return None
+    try:  # one JSON string, or a ValueError (a bad escape, bad UTF-8)
+        string = raw[start:len(raw) - len(_TEXT_TAIL) + 1].decode()  # to its closing quote
+        text, stop = _scan_string(string, 0)
+    except ValueError:
+        return None
+    return (at, role, text) if stop == len(string) else None  # else: a quote inside
+
+
 # How an answer that ended normally says so (OpenAI `finish_reason`, Ollama `done_reason`).
 _STOPPED = "stop"
 
@@ -103,8 +132,9 @@ def may_hold_reasoning(raw: bytes) -> bool:
 
 
 def _may_hold_tag(raw: bytes) -> bool:
-    """`may_hold_reasoning`, or the start of a tag cut across stream frames."""
-    return b"<" in raw or may_hold_reasoning(raw)
+    """`may_hold_reasoning`, or the start of a tag cut across stream frames. (Spelt out
+    again in `clean_frames`' loop over passing frames, where a call per frame counts.)"""
+    return b"<" in raw or b"think" in raw or b"reasoning" in raw or b"\\u" in raw
 
 
 @dataclass
@@ -278,8 +308,8 @@ class ThinkCleaner:
         reasoning is removed and nothing else would): an empty delta or text on the
         OpenAI surface, an empty message or response on Ollama's. None before the first
         event, whose fields it takes."""
-        last = self._last.data if isinstance(self._last, Frame) else self._last
-        if not isinstance(last, dict):
+        last = self._last_event()
+        if last is None:
             return None
         if self._openai:
             if self.kind == CHAT:
@@ -432,10 +462,9 @@ class ThinkCleaner:
         return self._ollama_event(obj)
 
     def end(self) -> list[dict[str, Any]]:
-        """The stream ended (`[DONE]`, or cut): events carrying what was still held."""
-        if isinstance(self._last, Frame):
-            self._last = self._last.data
-        if not isinstance(self._last, dict):
+        """The stream ended (`[DONE]`, or cut): events carrying what was still held (in
+        the shape of the last event, parsed only then)."""
+        if self._last is None:
             return []
         if self.kind in (CHAT, COMPLETIONS):
             choices = []
@@ -445,14 +474,15 @@ class ThinkCleaner:
                     choice = {"index": index, "finish_reason": None,
                               **({"delta": new} if self.kind == CHAT else new)}
                     choices.append(_with_logprobs(choice, entries or [], False))
-            if not choices:
+            last = self._last_event() if choices else None
+            if last is None:
                 return []
-            base = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
+            base = {k: v for k, v in last.items() if k not in ("choices", "usage")}
             return [{**base, "choices": choices}]
         new, answer, kept, _, entries = self._clean(self._choice(0), {}, end=True)
-        if not (answer or kept or entries):
+        last = self._last_event() if answer or kept or entries else None
+        if last is None:
             return []
-        last = self._last
         obj = {k: last[k] for k in ("model", "created_at") if k in last}
         if self.kind == API_CHAT:
             obj["message"] = {"role": "assistant", **new}
@@ -460,6 +490,12 @@ class ThinkCleaner:
             obj.update(new)
         obj["done"] = False
         return [_with_logprobs(obj, entries or [], True)]
+
+    def _last_event(self) -> dict[str, Any] | None:
+        """The last event seen, parsed; None when it is no JSON object."""
+        if isinstance(self._last, Frame):
+            self._last = self._last.data
+        return self._last if isinstance(self._last, dict) else None
 
     def reasoning_sink(self) -> ThinkFilter | None:
         """The filter of the response's only chat choice while a frame that says nothing
@@ -476,22 +512,38 @@ class ThinkCleaner:
         """Drop `frame`, a frame without tag-like bytes, if it says nothing but reasoning
         text, as `event` would: read off its bytes (Ollama's event shape; any other is
         left to `event`), and counted as `event` would count it."""
-        raw = frame.raw
-        at = raw.rfind(b'"choices":[')
-        match = _REASONING_ONLY.fullmatch(raw, at) if at > 0 and not frame.verbatim else None
-        if match is None:
+        found = None if frame.verbatim else _text_only(frame.raw)
+        if found is None or found[1]:
             return False
-        text = match.group(1)
-        try:
-            if b"\\" in text:  # JSON escapes: decoded to count characters
-                length = len(json.loads(b'"' + text + b'"'))
-            else:
-                length = len(text) if text.isascii() else len(text.decode())
-        except ValueError:  # not valid JSON after all: `event` lets it pass
-            return False
-        sink.swallow(length)
+        sink.swallow(len(found[2]))
         self._last = frame
         return True
+
+    def text_event(self, frame: Frame) -> list[Frame] | tuple[Frame, ...] | None:
+        """What `event` makes of a chat stream event that says nothing but the only
+        choice's text (and maybe its role), for a client that does not keep reasoning,
+        read off its bytes (Ollama's event shape) and parsed only when its text changes:
+        itself, nothing, or the event with the text the filter leaves. None for any
+        other event, left to `event`."""
+        if self.kind != CHAT or self.keep_reasoning or self.choices != 1 or frame.verbatim:
+            return None
+        found = _text_only(frame.raw)
+        if found is None or b'"error"' in frame.raw[:found[0]]:  # an error: `event`'s
+            return None
+        _, role, text = found
+        c = self._choice(0)
+        self._last = frame
+        answer = c.feed(self, text, False)[0] if text else ""  # its reasoning is dropped
+        c.release(c.filter, False)
+        if not answer and (not role or c.emitted):
+            return ()  # nothing left to say
+        c.emitted = True
+        if answer == text:
+            return (frame,)
+        obj = frame.data
+        choice = obj["choices"][0]
+        return [Frame.of({**obj, "choices": [{**choice, "delta": {**choice["delta"],
+                                                                   "content": answer}}]})]
 
     def _openai_event(self, obj: dict[str, Any]) -> list[Any] | None:
         choices = obj.get("choices")
@@ -727,7 +779,27 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
     more = False  # the last frame read has more of its read after it
     try:
         while True:
-            if hiding and not more and reader is not None:
+            if passing and not hiding:
+                # The hot path: nothing held or hidden, and frames without tag-like bytes
+                # pass as they are, unparsed, each as the slow path below would pass it
+                # (held while more of its read follows, so that its mark stays true), until
+                # one may hold a tag: that one goes the slow way.
+                for frame in frames:
+                    raw = frame.raw
+                    if b"<" in raw or b"think" in raw or b"reasoning" in raw or b"\\u" in raw:
+                        break
+                    if held is not None:
+                        held.more = True  # `frame` follows it at once
+                        yield held
+                    if frame.more:
+                        held = frame
+                    else:
+                        held = None
+                        sent = True
+                        yield frame
+                else:
+                    break  # the end of the stream
+            elif hiding and not more and reader is not None:
                 frame = reader.read(due)
                 if frame is streaming.TIMED_OUT:
                     event = cleaner.empty_event()
@@ -781,9 +853,13 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
 
 
 def _cleaned(cleaner: ThinkCleaner, frame: Frame) -> list[Frame] | tuple[Frame, ...]:
-    """What one frame becomes, parsed: itself, what the filter makes of it, or nothing."""
+    """What one frame becomes, parsed (unless its bytes tell): itself, what the filter
+    makes of it, or nothing."""
     if frame.is_done:
         return [*(Frame.of(obj) for obj in cleaner.end()), frame]
+    answered = cleaner.text_event(frame)
+    if answered is not None:
+        return answered
     replaced = cleaner.event(frame.data)
     if replaced is None:
         return (frame,)

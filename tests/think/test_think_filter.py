@@ -494,6 +494,60 @@ def test_reasoning_frames_are_dropped_unparsed_with_the_same_result(start):
     assert unparsed[2:7] == [True] * 5  # the reasoning between the tags
 
 
+TEXT_ONLY_STREAMS = {
+    "reasoning first": REASONING_PIECES,
+    "answer, a block, answer": ["", "Hello <b>x</b>", " and \"quotes\" é", "<think>hm",
+                                " hm</think>", " world", "<think", ">a</think>b"],
+    "answer only": ["", "The sky", " is blue", " (Rayleigh) \\o/"],
+}
+
+
+@pytest.mark.parametrize("start", ["plain", "maybe"])
+@pytest.mark.parametrize("name", list(TEXT_ONLY_STREAMS))
+def test_text_only_events_are_cleaned_from_their_bytes_with_the_same_result(start, name):
+    """A stream event that says nothing but its text (Ollama's shape) is cleaned from its
+    bytes: the client gets the same bytes, marks and counts as when every event is parsed,
+    and an event is parsed only when the filter changes its text."""
+    from bridge.think.stage import clean_frames
+
+    def cleaned(fast: bool) -> tuple[list[tuple[bytes, bool]], ThinkCleaner, list[Frame]]:
+        frames = ollama_frames(TEXT_ONLY_STREAMS[name])
+        for frame in frames[:-2]:
+            frame.more = True  # one upstream read, the last two frames another
+        # a repeated role says nothing; an event with an error is an error
+        frames[-1:-1] = [Frame(frames[1].raw.replace(b'{"content"',
+                                                     b'{"role":"assistant","content"'))]
+        cleaner = ThinkCleaner(CHAT, starts_inside=start == "maybe")
+        if not fast:  # every event the slow way
+            cleaner.swallow = lambda sink, frame: False  # type: ignore[method-assign]
+            cleaner.text_event = lambda frame: None  # type: ignore[method-assign]
+        out = [(f.raw, f.more) for f in clean_frames(cleaner, iter(frames))]
+        cleaner.close()
+        return out, cleaner, frames
+
+    fast_out, fast, frames = cleaned(True)
+    slow_out, slow, _ = cleaned(False)
+    assert fast_out == slow_out
+    assert (fast.stats, fast.verdict) == (slow.stats, slow.verdict)
+    sent = {raw for raw, _ in fast_out}
+    for frame in frames[:-1]:  # parsed only when it changed: else sent as it came, or not
+        assert (frame._data is Frame._UNPARSED) or frame.raw not in sent, frame.raw
+    assert sum(frame._data is Frame._UNPARSED for frame in frames) >= len(frames) // 2
+
+
+def test_an_error_event_in_the_shape_of_a_text_event_ends_the_stream_as_an_error():
+    """An event with an `error` beside a text-only choice is not read as text: what was
+    held goes out before it, as for any error event."""
+    from bridge.think.stage import clean_frames
+
+    frames = ollama_frames(["hm", " the answer", "!"])
+    frames[1] = Frame(frames[1].raw.replace(b'{"id"', b'{"error":{"message":"x"},"id"'))
+    cleaner = ThinkCleaner(CHAT, starts_inside=True)  # "hm" held: reasoning, or answer?
+    out = [json.loads(f.raw) for f in clean_frames(cleaner, iter(frames[:2]))]
+    assert out[-1]["error"] == {"message": "x"}
+    assert answer_of(out[:-1]) == "hm"
+
+
 def test_the_last_frame_sent_of_one_upstream_read_is_unmarked():
     """Frames of one upstream read are marked `more` (the relay then writes them at once):
     whatever the filter drops, the last one it sends of a read is unmarked, so the relay
