@@ -28,14 +28,14 @@ def parse_json(body: bytes) -> Any:
     UTF-8 encoder, nor the cache, nor the upstream can take)."""
     if not body.strip():
         raise BadRequest("request body is empty; expected a JSON object")
-    try:
-        payload = json.loads(body, parse_constant=_no_constant)
+    try:  # as `json.loads` decodes bytes, with one decoder made once (not one per call)
+        payload = _decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError:
         raise BadRequest(f"request body is nested too deeply (more than {MAX_DEPTH} levels "
                          "of arrays and objects)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    surrogates = _SURROGATE_HINT.search(body) is not None
+    surrogates = (b"\\u" in body or b"\xed" in body) and _SURROGATE_HINT.search(body) is not None
     if surrogates or body.count(b"[") + body.count(b"{") > MAX_DEPTH:
         problem = _structure_problem(payload, surrogates)
         if problem:
@@ -54,6 +54,9 @@ def parse_object(body: bytes) -> dict:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_decode = json.JSONDecoder(parse_constant=_no_constant).decode
 
 
 def _structure_problem(payload: Any, surrogates: bool) -> str | None:
