@@ -1,0 +1,432 @@
+"""The speed of the bridge in one command (issue 29): `make bench`, or
+
+    python bench/speed_bench.py [--passes N] [--duration S] [--only 1,2,3]
+
+1. The issue's table, measured side by side in one run: the bridge (defaults, think
+   filter on, 2 gevent workers) against the bare stack (a Flask + `requests` proxy,
+   `bench/reference_proxy.py`, and for the memory hit a Flask dict view,
+   `bench/bare_view.py`, 2 gevent workers each), in front of nginx answering canned
+   OpenAI-compatible answers with a `<think>` block (written by this script into a
+   temporary directory: a ~941 B `chat.completion`, and a stream of 20
+   `chat.completion.chunk` frames + `data: [DONE]`; nginx can't read `"stream": true`,
+   so one port answers JSON and another SSE). Load: `bench/loadgen.py` (wrk, 64
+   connections), `--passes` x `--duration` s per target, the two targets alternated
+   within each pass, a warm-up before each run; medians over the passes. Then the
+   streaming time to the first byte, and the goals of issue 29, met or MISSED.
+2. The in-process cost (µs) of one memory hit: through the whole pipeline, and a repeat
+   through the whole WSGI app (the fast path), every counter and the access log kept
+   (its lines to /dev/null, as a worker writes them to its log); the metric updates and
+   `stat` calls per hit, counted by wrapping them in this process.
+3. What each feature landed with issues 22-28 costs on the miss path, in process (CPU
+   µs per request, best of several rounds, the app of `create_app(settings)` against the
+   nginx upstream): with the feature off, the time spent in its own modules (cProfile);
+   with it on, the CPU it adds over off.
+
+Needs nginx and wrk (`apt-get install nginx wrk`). Every server runs on free loopback
+ports and is stopped by its PID; load runs are bounded in time. Run it alone on the
+machine (`flock /tmp/bench.lock make bench` where benches share one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from loadgen import load, machine_line, met, tool  # noqa: E402
+
+from bridge.serve.processes import (  # noqa: E402
+    LOOPBACK,
+    Process,
+    free_port,
+    start_bridge,
+    start_server,
+)
+
+CHAT = "/v1/chat/completions"
+MODEL = "deepseek-r1:7b"
+DAY_MS = "86400000"
+CONNECTIONS = 64
+# issue 29's goals
+MISS_RATIO_GOAL = 0.95  # of the bare proxy's req/s, p99 no worse than its
+HIT_RATIO_GOAL = 1.3  # of the bare dict view's req/s
+HIT_P99_GOAL_MS = 15.0
+HIT_COST_GOAL_US = 35.0
+FEATURE_OFF_GOAL = 0.01  # of the miss path
+
+# --- the canned upstream -------------------------------------------------------------------
+
+THINK = (
+    "<think>\nThe user asks why the sky is blue. The answer is Rayleigh scattering: "
+    "shorter wavelengths scatter more strongly, roughly as one over the wavelength to the "
+    "fourth power, off the nitrogen and oxygen molecules of the atmosphere, so blue light "
+    "reaches the eye from every direction.\n</think>\n\n")
+ANSWER = (
+    "The sky looks blue because of Rayleigh scattering. Sunlight contains every colour, "
+    "but air molecules scatter short (blue) wavelengths far more than long (red) ones. "
+    "That scattered blue light reaches your eyes from all over the sky. At sunrise and "
+    "sunset the light crosses much more air, most of the blue is scattered away, and reds "
+    "and oranges remain.")
+COMPLETION_ID, CREATED = "chatcmpl-417", 1764025200
+FRAMES = 20
+
+
+def canned_json() -> str:
+    """A whole `chat.completion` (about 941 bytes) whose content starts with a think block."""
+    return json.dumps({
+        "id": COMPLETION_ID, "object": "chat.completion", "created": CREATED, "model": MODEL,
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": THINK + ANSWER},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 18, "completion_tokens": 152, "total_tokens": 170}},
+        separators=(",", ":"))
+
+
+def canned_sse(frames: int = FRAMES) -> str:
+    """`frames` `chat.completion.chunk` frames and `data: [DONE]`: the role, the think
+    block, the answer's words spread over the frames between, the finish."""
+    words = ANSWER.split(" ")
+    pieces = frames - 3  # role + think block first, finish last
+    cut = [round(i * len(words) / pieces) for i in range(pieces + 1)]
+    texts = [THINK] + [" ".join(words[cut[i]:cut[i + 1]]) + " " for i in range(pieces)]
+
+    def frame(delta: dict, finish: str | None = None) -> str:
+        return "data: " + json.dumps({
+            "id": COMPLETION_ID, "object": "chat.completion.chunk", "created": CREATED,
+            "model": MODEL, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]},
+            separators=(",", ":")) + "\n\n"
+
+    out = [frame({"role": "assistant", "content": ""})]
+    out += [frame({"content": text}) for text in texts]
+    out.append(frame({}, "stop"))
+    return "".join(out) + "data: [DONE]\n\n"
+
+
+def request_body(stream: bool) -> str:
+    """The chat request of the load (as the issue's table was measured)."""
+    return json.dumps({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant. Answer in plain English."},
+            {"role": "user", "content": "Why is the sky blue? Explain it in three sentences "
+                                        "for a curious ten year old."}],
+        "temperature": 0, "max_tokens": 256, "stream": stream}, separators=(",", ":"))
+
+
+# what every load request carries besides the JSON content type: a client's key, as SDKs send
+HEADERS = {"Authorization": "Bearer sk-bench-dummy"}
+
+
+def _nginx_string(text: str) -> str:
+    """`text` as a single-quoted nginx string (nginx reads \\n in it as a newline)."""
+    assert "$" not in text, "nginx would read $ as a variable"
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    assert len(escaped) < 4000, "nginx takes at most 4 KB in one token"
+    return "'" + escaped + "'"
+
+
+def _nginx_answer(text: str) -> str:
+    """The directives of a location answering `text`: `return 200 '…'`, or, for a text
+    longer than one nginx token may be (4 KB), its halves in two variables (split
+    between SSE events) joined by the `return`."""
+    if len(text) < 3000:
+        return f"return 200 {_nginx_string(text)};"
+    events = text.split("\n\n")
+    half = len(events) // 2
+    first, second = "\n\n".join(events[:half]) + "\n\n", "\n\n".join(events[half:])
+    return (f"set $first {_nginx_string(first)}; set $second {_nginx_string(second)}; "
+            'return 200 "$first$second";')
+
+
+NGINX_CONF = """# written by bench/speed_bench.py: a private instance, loopback only
+worker_processes 2;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/tmp/body;
+    proxy_temp_path {work}/tmp/proxy;
+    fastcgi_temp_path {work}/tmp/fastcgi;
+    uwsgi_temp_path {work}/tmp/uwsgi;
+    scgi_temp_path {work}/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    server {{
+        listen {host}:{json_port};
+        location = {chat} {{ default_type application/json; {json} }}
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen {host}:{sse_port};
+        location = {chat} {{
+            default_type text/event-stream;
+            add_header Cache-Control no-cache;
+            {sse}
+        }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+class Upstream:
+    """nginx answering the canned JSON on `json_url` and the canned SSE on `sse_url`."""
+
+    def __init__(self, work: Path):
+        if not shutil.which("nginx") or not shutil.which("wrk"):
+            raise SystemExit("speed_bench needs nginx and wrk: apt-get install nginx wrk")
+        self.work = work / "nginx"
+        (self.work / "tmp").mkdir(parents=True)
+        json_port, sse_port = free_port(), free_port()
+        (self.work / "nginx.conf").write_text(NGINX_CONF.format(
+            work=self.work, host=LOOPBACK, json_port=json_port, sse_port=sse_port, chat=CHAT,
+            json=_nginx_answer(canned_json()), sse=_nginx_answer(canned_sse())))
+        self.json_url = f"http://{LOOPBACK}:{json_port}"
+        self.sse_url = f"http://{LOOPBACK}:{sse_port}"
+        cmd = ["nginx", "-p", str(self.work), "-c", str(self.work / "nginx.conf"),
+               "-e", str(self.work / "error.log")]
+        # any answer to the probe (a 404) means it is up; SIGTERM: nginx's fast stop
+        self.process = start_server(cmd, self.json_url, "/", log_dir=work)
+        start_server_wait(self.sse_url)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_server_wait(url: str, seconds: float = 10.0) -> None:
+    """Wait until `url` answers (the second port of a process already up)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            post(url, request_body(True))
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# --- HTTP helpers ------------------------------------------------------------------------
+
+
+def post(url: str, body: str, path: str = CHAT) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    with contextlib.closing(http.client.HTTPConnection(parts.hostname, parts.port,
+                                                       timeout=30)) as conn:
+        conn.request("POST", path, body, {"Content-Type": "application/json", **HEADERS})
+        response = conn.getresponse()
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read())
+
+
+def check_filtered(url: str, stream: bool) -> bytes:
+    """One answer of the bridge at `url`: 200, the upstream's answer relayed, the think
+    block removed."""
+    status, _, body = post(url, request_body(stream))
+    assert status == 200, (status, body[:300])
+    assert b"<think>" not in body and b"Rayleigh" in body, body[:300]
+    if stream:
+        assert body.rstrip().endswith(b"data: [DONE]"), body[-200:]
+        assert b"chat.completion.chunk" in body, body[:300]
+    else:
+        content = json.loads(body)["choices"][0]["message"]["content"]
+        assert content.startswith("The sky looks blue"), content[:100]
+    return body
+
+
+def warm_memory_hit(url: str) -> str:
+    """Repeat the request until both workers answer it from memory; returns the last
+    `x-cache` seen."""
+    deadline = time.monotonic() + 30
+    while True:
+        seen = [post(url, request_body(False))[1].get("x-cache", "") for _ in range(20)]
+        if seen.count("HIT-MEMORY") == 20 or time.monotonic() > deadline:
+            return seen[-1]
+        time.sleep(0.2)
+
+
+# --- 1. the table ----------------------------------------------------------------------------
+
+
+def start_reference(upstream_url: str, work: Path) -> Process:
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2",
+           "--worker-connections", "2000", "--keep-alive", "75",
+           "-b", f"{LOOPBACK}:{port}", "--chdir", str(ROOT / "bench"), "reference_proxy:app"]
+    return start_server(cmd, f"http://{LOOPBACK}:{port}", "/health",
+                        env={"REFERENCE_UPSTREAM": upstream_url}, log_dir=work)
+
+
+def start_bare_view(body: bytes, work: Path) -> Process:
+    from cache_bench import start_bare_view as start
+
+    return start(body, work)
+
+
+def measure(targets: dict[str, str], body: str, args: argparse.Namespace) -> dict[str, dict]:
+    """`args.passes` runs of each target, alternated within each pass, each after a
+    warm-up; the median of each figure over the passes."""
+    runs: dict[str, list[dict]] = {name: [] for name in targets}
+    for _ in range(args.passes):
+        for name, url in targets.items():
+            load(url + CHAT, body, CONNECTIONS, args.warmup, HEADERS)
+            runs[name].append(load(url + CHAT, body, CONNECTIONS, args.duration, HEADERS))
+    return {name: {"rps": statistics.median(run["rps"] for run in done),
+                   "p99_ms": statistics.median(run["p99_ms"] for run in done),
+                   "passes": [run["rps"] for run in done],
+                   "errors": sum(run["errors"] + run["non2xx"] for run in done)}
+            for name, done in runs.items()}
+
+
+def time_to_first_byte(urls: dict[str, str], rounds: int) -> dict[str, float]:
+    """Sequential streams on kept-alive connections, the targets interleaved: the median
+    seconds from sending the request to the first body byte."""
+    conns = {name: http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port,
+                                              timeout=30) for name, url in urls.items()}
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    body = request_body(True)
+    for round_ in range(rounds + 10):
+        for name, conn in conns.items():
+            started = time.perf_counter()
+            conn.request("POST", CHAT, body, {"Content-Type": "application/json", **HEADERS})
+            response = conn.getresponse()
+            first = response.read1(65536)
+            elapsed = time.perf_counter() - started
+            rest = response.read()
+            assert first and (first + rest).rstrip().endswith(b"[DONE]"), name
+            if round_ >= 10:  # the first rounds open pools
+                samples[name].append(elapsed)
+    for conn in conns.values():
+        conn.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def row_line(label: str, bare: dict, bridge: dict) -> str:
+    ratio = bridge["rps"] / bare["rps"]
+    return (f"| {label:42} | {bare['rps']:10,.0f} | {bare['p99_ms']:6.1f} | "
+            f"{bridge['rps']:12,.0f} | {bridge['p99_ms']:6.1f} | {ratio:5.2f} |")
+
+
+def part_table(upstream: Upstream, work: Path, args: argparse.Namespace) -> None:
+    bridge_flags = ("--upstream-api", "openai")
+    print(f"1. bridge vs the bare stack, {tool()} {CONNECTIONS} connections, {args.passes} "
+          f"passes x {args.duration:g} s per target (each after a {args.warmup:g} s "
+          "warm-up), the two alternated within each pass, medians; 2 gevent workers each")
+    print(f"   upstream: nginx, canned answers with a <think> block ({len(canned_json())} B "
+          f"JSON on {upstream.json_url}, {FRAMES} SSE frames + [DONE] on "
+          f"{upstream.sse_url})")
+    print(f"   bridge: deepseek-ollama-bridge -w 2 {' '.join(bridge_flags)} -o <nginx> "
+          "(defaults: think filter on); memory hit: + --enable-cache --cache-ttl "
+          f"{DAY_MS} --cache-hot-threshold 1")
+    print("   bare: bench/reference_proxy.py (Flask + requests) for misses, "
+          "bench/bare_view.py (Flask dict view) for the memory hit", flush=True)
+    rows: dict[str, tuple[dict, dict]] = {}
+    ttfb: dict[str, float] = {}
+    for label, stream, upstream_url in (("non-stream miss", False, upstream.json_url),
+                                        ("stream miss (20 SSE frames, think block)", True,
+                                         upstream.sse_url)):
+        with start_reference(upstream_url, work) as bare, \
+                start_bridge(*bridge_flags, upstream=upstream_url, workers=2,
+                             log_dir=work) as bridge:
+            check_filtered(bridge.url, stream)
+            results = measure({"bare": bare.url, "bridge": bridge.url}, request_body(stream),
+                              args)
+            if stream:
+                ttfb = time_to_first_byte({"nginx direct": upstream_url, "bare": bare.url,
+                                           "bridge": bridge.url}, args.ttfb_requests)
+        rows[label] = (results["bare"], results["bridge"])
+    with start_bridge(*bridge_flags, "--enable-cache", "--cache-dir", str(work / "cache"),
+                      "--cache-ttl", DAY_MS, "--cache-hot-threshold", "1",
+                      upstream=upstream.json_url, workers=2, log_dir=work) as bridge:
+        check_filtered(bridge.url, False)
+        cache_status = warm_memory_hit(bridge.url)
+        assert cache_status.startswith("HIT"), cache_status
+        _, _, hit_body = post(bridge.url, request_body(False))
+        with start_bare_view(hit_body, work) as bare:
+            results = measure({"bare": bare.url, "bridge": bridge.url}, request_body(False),
+                              args)
+        rows["memory hit (x-cache: " + cache_status + ")"] = (results["bare"],
+                                                              results["bridge"])
+
+    print(f"\n| {'path':42} | bare req/s | p99 ms | bridge req/s | p99 ms | ratio |")
+    print("|---|---|---|---|---|---|")
+    for label, (bare, bridge) in rows.items():
+        print(row_line(label, bare, bridge))
+    print("\n   passes (req/s), errors + non-2xx:")
+    for label, (bare, bridge) in rows.items():
+        print(f"   {label:42} bare {', '.join(f'{r:,.0f}' for r in bare['passes'])} "
+              f"({bare['errors']}); bridge {', '.join(f'{r:,.0f}' for r in bridge['passes'])}"
+              f" ({bridge['errors']})")
+    if ttfb:
+        direct = ttfb["nginx direct"]
+        print(f"   stream time to first byte ({args.ttfb_requests} sequential streams each, "
+              f"medians): nginx direct {direct * 1000:.2f} ms, bare +"
+              f"{(ttfb['bare'] - direct) * 1000:.2f} ms, bridge "
+              f"+{(ttfb['bridge'] - direct) * 1000:.2f} ms")
+
+    print("\n   goals of issue 29:")
+    for label, (bare, bridge) in rows.items():
+        ratio = bridge["rps"] / bare["rps"]
+        if label.startswith("memory hit"):
+            print(f"   memory hit: {ratio:.2f}x the bare view (goal >= {HIT_RATIO_GOAL}) "
+                  f"{met(ratio >= HIT_RATIO_GOAL)}; p99 {bridge['p99_ms']:.1f} ms (goal <= "
+                  f"{HIT_P99_GOAL_MS:g} ms) {met(bridge['p99_ms'] <= HIT_P99_GOAL_MS)}")
+        else:
+            print(f"   {label}: {ratio:.2f}x the bare proxy (goal >= {MISS_RATIO_GOAL}) "
+                  f"{met(ratio >= MISS_RATIO_GOAL)}; p99 {bridge['p99_ms']:.1f} ms vs bare "
+                  f"{bare['p99_ms']:.1f} ms (goal: no worse) "
+                  f"{met(bridge['p99_ms'] <= bare['p99_ms'])}")
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="speed-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per load run")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of the same load before each run (discarded)")
+    parser.add_argument("--ttfb-requests", type=int, default=300)
+    parser.add_argument("--only", default="1,2,3", help="the parts to run, e.g. 1,3")
+    args = parser.parse_args()
+    parts = set(args.only.replace(",", ""))
+    print(machine_line())
+    print(f"load generator: {tool()} ({shutil.which('wrk') or 'gevent client'}); "
+          f"{sys.executable}")
+    with workdir() as work:
+        upstream = Upstream(work)
+        try:
+            if "1" in parts:
+                part_table(upstream, work, args)
+        finally:
+            upstream.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
