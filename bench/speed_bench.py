@@ -30,16 +30,19 @@ machine (`flock /tmp/bench.lock make bench` where benches share one).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import http.client
 import json
+import logging
+import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,14 +326,14 @@ def row_line(label: str, bare: dict, bridge: dict) -> str:
 
 
 def part_table(upstream: Upstream, work: Path, args: argparse.Namespace) -> None:
-    bridge_flags = ("--upstream-api", "openai")
+    bridge_flags = ("--upstream-api", "openai", "--state-dir", str(work / "state"))
     print(f"1. bridge vs the bare stack, {tool()} {CONNECTIONS} connections, {args.passes} "
           f"passes x {args.duration:g} s per target (each after a {args.warmup:g} s "
           "warm-up), the two alternated within each pass, medians; 2 gevent workers each")
     print(f"   upstream: nginx, canned answers with a <think> block ({len(canned_json())} B "
           f"JSON on {upstream.json_url}, {FRAMES} SSE frames + [DONE] on "
           f"{upstream.sse_url})")
-    print(f"   bridge: deepseek-ollama-bridge -w 2 {' '.join(bridge_flags)} -o <nginx> "
+    print(f"   bridge: deepseek-ollama-bridge -w 2 {' '.join(bridge_flags[:2])} -o <nginx> "
           "(defaults: think filter on); memory hit: + --enable-cache --cache-ttl "
           f"{DAY_MS} --cache-hot-threshold 1")
     print("   bare: bench/reference_proxy.py (Flask + requests) for misses, "
@@ -393,6 +396,156 @@ def part_table(upstream: Upstream, work: Path, args: argparse.Namespace) -> None
                   f"{met(bridge['p99_ms'] <= bare['p99_ms'])}")
 
 
+# --- in process: the app, and what a request costs ------------------------------------------
+
+
+def in_process_app(upstream_url: str, work: Path, *flags: str):
+    """The bridge's WSGI app in this process (`create_app`), pointed at `upstream_url`
+    with `flags`, its state in `work`; its log lines formatted, redacted and written to
+    /dev/null, as a worker writes them to its log."""
+    from bridge.core import settings as bridge_settings
+    from bridge.web.app import create_app
+
+    state = Path(tempfile.mkdtemp(prefix="state-", dir=work))
+    app = create_app(bridge_settings.load(["--upstream-api", "openai", "-o", upstream_url,
+                                           "--state-dir", str(state), *flags]))
+    for handler in logging.getLogger("bridge").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the process
+    return app
+
+
+def cpu_us(work: Callable[[], object], requests: int, rounds: int,
+           yield_every: int = 1) -> float:
+    """CPU µs of this process per call of `work`, the best of `rounds` runs of
+    `requests` calls; the event loop is given a turn (`gevent.sleep(0)`: what the
+    bridge defers to the end of a turn runs) after every `yield_every` calls."""
+    import gevent
+
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for index in range(requests):
+            work()
+            if (index + 1) % yield_every == 0:
+                gevent.sleep(0)
+        best = min(best, (time.process_time() - start) / requests * 1e6)
+    return best
+
+
+@contextlib.contextmanager
+def counting_updates() -> Iterator[tuple[collections.Counter, list[int]]]:
+    """Count, in this process, every update of a Prometheus metric (Counter.inc,
+    Gauge.inc/dec/set, Histogram.observe) and every `os.stat` call made meanwhile.
+    The bridge keeps the bound update methods of its metrics: they are forgotten on
+    entry and on exit, so that they are bound again to the counting ones, then to the
+    real ones."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    counts: collections.Counter = collections.Counter()
+    stats = [0]
+    originals = []
+    for cls, names in ((Counter, ("inc",)), (Gauge, ("inc", "dec", "set")),
+                       (Histogram, ("observe",))):
+        for name in names:
+            original = getattr(cls, name)
+
+            def counted(self, *args, _original=original, _key=f"{cls.__name__}.{name}",
+                        **kwargs):
+                counts[_key] += 1
+                return _original(self, *args, **kwargs)
+
+            setattr(cls, name, counted)
+            originals.append((cls, name, original))
+    real_stat = os.stat
+
+    def counted_stat(*args, **kwargs):
+        stats[0] += 1
+        return real_stat(*args, **kwargs)
+
+    os.stat = counted_stat
+    _forget_bound_updates()
+    try:
+        yield counts, stats
+    finally:
+        os.stat = real_stat
+        for cls, name, original in originals:
+            setattr(cls, name, original)
+        _forget_bound_updates()
+
+
+def _forget_bound_updates() -> None:
+    from bridge.observability import metrics
+
+    if metrics._bridge is not None:
+        for entries in metrics._bridge.by_event.values():
+            for _, _, updates in entries:
+                updates.clear()
+
+
+# --- 2. the in-process cost of a memory hit ----------------------------------------------------
+
+
+def part_hit_cost(upstream: Upstream, work: Path, requests: int, rounds: int) -> None:
+    from cache_bench import wsgi_request
+
+    from bridge.core.exchange import Exchange
+
+    raw = request_body(False).encode()
+    app = in_process_app(upstream.json_url, work, "--enable-cache", "--cache-dir",
+                         str(work / "hit-cache"), "--cache-ttl", DAY_MS)
+    statuses = [wsgi_request(app, raw, headers=HEADERS)[1].get("x-cache") for _ in range(3)]
+    assert statuses[0] == "MISS" and statuses[-1] == "HIT-MEMORY", statuses
+    pipeline = app.extensions["bridge.pipeline"]
+
+    def through_pipeline() -> None:
+        ex = Exchange(surface="openai", endpoint="chat", method="POST", path=CHAT, query="",
+                      headers={"content-type": "application/json",
+                               "authorization": HEADERS["Authorization"]},
+                      body=raw, request_id="bench", payload=json.loads(raw))
+        pipeline.handle(ex)
+        assert ex.cache_status == "HIT-MEMORY", ex.cache_status
+        ex.close()
+
+    def repeat() -> None:
+        wsgi_request(app, raw, headers=HEADERS)
+
+    figures = {"pipeline": cpu_us(through_pipeline, requests, rounds),
+               "repeat": cpu_us(repeat, requests, rounds),
+               "repeat, batched": cpu_us(repeat, requests, rounds, yield_every=16)}
+    counted = {}
+    for name, run in (("pipeline", through_pipeline), ("repeat", repeat)):
+        with counting_updates() as (counts, stats):
+            for _ in range(1000):
+                run()
+                gevent_turn()
+        counted[name] = (sum(counts.values()) / 1000, stats[0] / 1000, counts)
+    stages = ", ".join(stage.name for stage in pipeline.stages)
+    values = "multiprocess (mmap files, as in a worker)" if os.environ.get(
+        "PROMETHEUS_MULTIPROC_DIR") else "in memory"
+    print(f"\n2. one memory hit in this process, CPU µs per request (best of {rounds} x "
+          f"{requests}; the access log on, its lines to /dev/null; metric values {values}):")
+    print(f"   through the whole pipeline ({stages}): {figures['pipeline']:.1f} µs; "
+          f"{counted['pipeline'][0]:.1f} metric updates, {counted['pipeline'][1]:.1f} stat "
+          "calls per hit")
+    print(f"   a repeat through the whole WSGI app (answered before Flask; the loop turns "
+          f"after each, so each repeat's events are emitted alone): {figures['repeat']:.1f} "
+          f"µs (goal <= {HIT_COST_GOAL_US:g} µs) {met(figures['repeat'] <= HIT_COST_GOAL_US)}; "
+          f"{counted['repeat'][0]:.1f} metric updates, {counted['repeat'][1]:.1f} stat calls "
+          "per hit")
+    print(f"   the same, the loop turning after every 16 repeats (events added up, as under "
+          f"load): {figures['repeat, batched']:.1f} µs")
+    detail = ", ".join(f"{name} {count / 1000:.1f}"
+                       for name, count in sorted(counted["repeat"][2].items()))
+    print(f"   updates per repeat by kind: {detail or 'none'}")
+
+
+def gevent_turn() -> None:
+    import gevent
+
+    gevent.sleep(0)
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -412,6 +565,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2,
                         help="seconds of the same load before each run (discarded)")
     parser.add_argument("--ttfb-requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="requests per round of the in-process parts")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of the in-process parts (the best is kept)")
     parser.add_argument("--only", default="1,2,3", help="the parts to run, e.g. 1,3")
     args = parser.parse_args()
     parts = set(args.only.replace(",", ""))
@@ -423,6 +580,8 @@ def main() -> int:
         try:
             if "1" in parts:
                 part_table(upstream, work, args)
+            if "2" in parts:
+                part_hit_cost(upstream, work, args.requests, args.rounds)
         finally:
             upstream.stop()
     return 0
