@@ -32,15 +32,19 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import cProfile
 import http.client
 import json
 import logging
+import math
 import os
+import pstats
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
@@ -118,6 +122,15 @@ def canned_sse(frames: int = FRAMES) -> str:
     return "".join(out) + "data: [DONE]\n\n"
 
 
+def canned_embedding(dimensions: int = 384) -> str:
+    """An OpenAI `/v1/embeddings` answer: the same vector for every text (for the
+    semantic cache in part 3, whose questions differ in scope)."""
+    vector = [round(math.sin(i + 1), 3) for i in range(dimensions)]
+    return json.dumps({"object": "list", "model": "bench-embed", "data": [
+        {"object": "embedding", "index": 0, "embedding": vector}],
+        "usage": {"prompt_tokens": 20, "total_tokens": 20}}, separators=(",", ":"))
+
+
 def request_body(stream: bool) -> str:
     """The chat request of the load (as the issue's table was measured)."""
     return json.dumps({
@@ -172,6 +185,7 @@ http {{
     server {{
         listen {host}:{json_port};
         location = {chat} {{ default_type application/json; {json} }}
+        location = /v1/embeddings {{ default_type application/json; {embedding} }}
         location / {{ return 404; }}
     }}
     server {{
@@ -198,7 +212,8 @@ class Upstream:
         json_port, sse_port = free_port(), free_port()
         (self.work / "nginx.conf").write_text(NGINX_CONF.format(
             work=self.work, host=LOOPBACK, json_port=json_port, sse_port=sse_port, chat=CHAT,
-            json=_nginx_answer(canned_json()), sse=_nginx_answer(canned_sse())))
+            json=_nginx_answer(canned_json()), sse=_nginx_answer(canned_sse()),
+            embedding=_nginx_answer(canned_embedding())))
         self.json_url = f"http://{LOOPBACK}:{json_port}"
         self.sse_url = f"http://{LOOPBACK}:{sse_port}"
         cmd = ["nginx", "-p", str(self.work), "-c", str(self.work / "nginx.conf"),
@@ -546,6 +561,153 @@ def gevent_turn() -> None:
     gevent.sleep(0)
 
 
+# --- 3. what each feature costs on the miss path ---------------------------------------------
+
+
+@dataclass
+class Way:
+    """How requests go in one measurement: the app's flags, the path, and the body of the
+    n-th request."""
+
+    flags: tuple[str, ...] = ()
+    path: str = CHAT
+    body: Callable[[int], bytes] = lambda n: request_body(False).encode()
+
+
+@dataclass
+class Feature:
+    name: str
+    packages: tuple[str, ...]  # under bridge/
+    off: Way
+    on: Way | None  # None: the feature has no switch (its modules are measured on `off`)
+    stated: str = ""  # the figure its issue states, and where
+
+
+def distinct_question(n: int) -> bytes:
+    """A chat request of its own scope (its system prompt numbered): a miss of the exact
+    cache and of the semantic one."""
+    body = json.loads(request_body(False))
+    body["messages"][0]["content"] += f" (conversation {n})"
+    return json.dumps(body).encode()
+
+
+def anthropic_request(n: int) -> bytes:
+    return json.dumps({"model": MODEL, "max_tokens": 256, "system": "You are a concise "
+                       "assistant. Answer in plain English.", "messages": [
+                           {"role": "user", "content": "Why is the sky blue? Explain it in "
+                            "three sentences for a curious ten year old."}]}).encode()
+
+
+def features(work: Path, sink_url: str) -> list[Feature]:
+    from lua_bench import EMPTY_HOOKS
+
+    script = work / "empty-hooks.lua"
+    script.write_text(EMPTY_HOOKS)
+    def cache(name: str) -> tuple[str, ...]:
+        return ("--enable-cache", "--cache-dir", str(work / name))
+
+    return [
+        Feature("usage ledger", ("usage",), Way(("--disable-usage-ledger",)), Way(),
+                "6.25 µs to record an exchange, flushes off the loop (issue 28, "
+                "usage_bench.py)"),
+        Feature("budgets", ("budgets",), Way(), Way(("--budget-tokens", str(10**12))),
+                "1.59 µs per budget check (issue 28, usage_bench.py)"),
+        Feature("request log", ("console",), Way(("--request-log-size", "0")), Way(),
+                "about 5 µs per record (issue 28, console_bench.py)"),
+        Feature("identity + entitlement", ("identity",), Way(), None,
+                "4.44 µs per hit, principal + entitlement (issue 22, identity_bench.py)"),
+        Feature("surfaces + translation (Anthropic /v1/messages)", ("surfaces",), Way(),
+                Way(path="/v1/messages", body=anthropic_request),
+                "anthropic -> openai +86 µs request + whole answer (issue 26, "
+                "translation_bench.py)"),
+        Feature("semantic cache (cache on, distinct questions)", ("semantic_cache",),
+                Way(cache("cache-off"), body=distinct_question),
+                Way((*cache("cache-on"), "--semantic-cache-model", "bench-embed"),
+                    body=distinct_question),
+                ""),
+        Feature("Lua (empty hooks)", ("lua",), Way(),
+                Way(("--enable-luajit", "--luajit-script", str(script))),
+                "24.2 µs median, both empty hooks (issue 12, lua_bench.py)"),
+        Feature("OpenTelemetry tracing", ("tracing",), Way(),
+                Way(("--otlp-endpoint", sink_url)),
+                "+226 µs CPU, 3 spans batched (issue 28, tracing_bench.py)"),
+    ]
+
+
+class Measured:
+    """An app of `way` in this process and its requests."""
+
+    def __init__(self, upstream: Upstream, work: Path, way: Way):
+        from cache_bench import wsgi_request
+
+        self.app = in_process_app(upstream.json_url, work, *way.flags)
+        self.way, self.count, self.wsgi_request = way, 0, wsgi_request
+        status, _, body = self.request()
+        assert status.startswith("200") and b"<think>" not in body, (status, body[:300])
+
+    def request(self) -> tuple[str, dict[str, str], bytes]:
+        self.count += 1
+        return self.wsgi_request(self.app, self.way.body(self.count), self.way.path,
+                                 {**HEADERS, "anthropic-version": "2023-06-01"})
+
+    def cpu_us(self, requests: int, rounds: int) -> float:
+        micros = cpu_us(self.request, requests, rounds)
+        status, headers, _ = self.request()
+        assert status.startswith("200") and not headers.get("x-cache", "").startswith(
+            "HIT"), ("not a miss", status, headers)
+        return micros
+
+    def profiled(self, requests: int, packages: tuple[str, ...]) -> tuple[float, float]:
+        """µs per request spent in functions of `packages` (their own time, cProfile),
+        and the profiled request's whole time."""
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(requests):
+            self.request()
+            gevent_turn()
+        profiler.disable()
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        prefixes = tuple(str(ROOT / "bridge" / package) + os.sep for package in packages)
+        total = sum(row[2] for row in stats.values())
+        own = sum(row[2] for (filename, _, _), row in stats.items()
+                  if filename.startswith(prefixes))
+        return own / requests * 1e6, total / requests * 1e6
+
+    def stop(self) -> None:
+        self.app.extensions["bridge.pipeline"].stop()
+
+
+def part_features(upstream: Upstream, work: Path, requests: int, rounds: int) -> None:
+    from tracing_bench import Sink
+
+    os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    defaults = Measured(upstream, work, Way())
+    miss = defaults.cpu_us(requests, rounds)
+    defaults.stop()
+    print(f"\n3. the miss path in this process (create_app, WSGI, a non-stream chat to nginx "
+          f"over loopback, the access log on to /dev/null), CPU µs per request, best of "
+          f"{rounds} x {requests}: {miss:.0f} µs with defaults")
+    print("   per feature: off = its modules' own time (cProfile tottime of bridge/<package>/"
+          f", over {requests} requests) per request, and its share of the profiled "
+          "request's whole time; on = the CPU it adds over off (best of each)")
+    print(f"   | {'feature':48} | off: µs | share | goal <= 1 % | on: +µs | its issue's figure |")
+    print("   |---|---|---|---|---|---|")
+    for feature in features(work, Sink().url):
+        off = Measured(upstream, work, feature.off)
+        own, total = off.profiled(requests, feature.packages)
+        share = own / total
+        added = "no switch"
+        if feature.on is not None:
+            off_us = off.cpu_us(requests, rounds)
+            on = Measured(upstream, work, feature.on)
+            added = f"{on.cpu_us(requests, rounds) - off_us:+.0f}"
+            on.stop()
+        off.stop()
+        print(f"   | {feature.name:48} | {own:7.1f} | {share * 100:4.1f} % | "
+              f"{met(share <= FEATURE_OFF_GOAL):6} | {added:>7} | {feature.stated} |",
+              flush=True)
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -569,6 +731,8 @@ def main() -> int:
                         help="requests per round of the in-process parts")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of the in-process parts (the best is kept)")
+    parser.add_argument("--feature-requests", type=int, default=300,
+                        help="requests per round of part 3 (each a call to nginx)")
     parser.add_argument("--only", default="1,2,3", help="the parts to run, e.g. 1,3")
     args = parser.parse_args()
     parts = set(args.only.replace(",", ""))
@@ -582,6 +746,8 @@ def main() -> int:
                 part_table(upstream, work, args)
             if "2" in parts:
                 part_hit_cost(upstream, work, args.requests, args.rounds)
+            if "3" in parts:
+                part_features(upstream, work, args.feature_requests, args.rounds)
         finally:
             upstream.stop()
     return 0
