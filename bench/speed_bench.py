@@ -41,6 +41,7 @@ import os
 import pstats
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from cache_bench import start_bare_view, wsgi_request  # noqa: E402
 from loadgen import load, machine_line, met, tool  # noqa: E402
 
 from bridge.serve.processes import (  # noqa: E402
@@ -73,6 +75,7 @@ HIT_RATIO_GOAL = 1.3  # of the bare dict view's req/s
 HIT_P99_GOAL_MS = 15.0
 HIT_COST_GOAL_US = 35.0
 FEATURE_OFF_GOAL = 0.01  # of the miss path
+BATCH = 16  # repeats answered in one turn of a worker's event loop, for part 2's batched case
 
 # --- the canned upstream -------------------------------------------------------------------
 
@@ -290,12 +293,6 @@ def start_reference(upstream_url: str, work: Path) -> Process:
                         env={"REFERENCE_UPSTREAM": upstream_url}, log_dir=work)
 
 
-def start_bare_view(body: bytes, work: Path) -> Process:
-    from cache_bench import start_bare_view as start
-
-    return start(body, work)
-
-
 def measure(targets: dict[str, str], body: str, args: argparse.Namespace) -> dict[str, dict]:
     """`args.passes` runs of each target, alternated within each pass, each after a
     warm-up; the median of each figure over the passes."""
@@ -502,8 +499,6 @@ def _forget_bound_updates() -> None:
 
 
 def part_hit_cost(upstream: Upstream, work: Path, requests: int, rounds: int) -> None:
-    from cache_bench import wsgi_request
-
     from bridge.core.exchange import Exchange
 
     raw = request_body(False).encode()
@@ -527,29 +522,32 @@ def part_hit_cost(upstream: Upstream, work: Path, requests: int, rounds: int) ->
 
     figures = {"pipeline": cpu_us(through_pipeline, requests, rounds),
                "repeat": cpu_us(repeat, requests, rounds),
-               "repeat, batched": cpu_us(repeat, requests, rounds, yield_every=16)}
+               "repeat, batched": cpu_us(repeat, requests, rounds, yield_every=BATCH)}
     counted = {}
-    for name, run in (("pipeline", through_pipeline), ("repeat", repeat)):
+    for name, run, every in (("pipeline", through_pipeline, 1), ("repeat", repeat, 1),
+                             ("repeat, batched", repeat, BATCH)):
         with counting_updates() as (counts, stats):
-            for _ in range(1000):
+            for index in range(1000):
                 run()
-                gevent_turn()
-        counted[name] = (sum(counts.values()) / 1000, stats[0] / 1000, counts)
+                if (index + 1) % every == 0:
+                    gevent_turn()
+        counted[name] = (sum(counts.values()) / 1000, stats[0], counts)
     stages = ", ".join(stage.name for stage in pipeline.stages)
     values = "multiprocess (mmap files, as in a worker)" if os.environ.get(
         "PROMETHEUS_MULTIPROC_DIR") else "in memory"
     print(f"\n2. one memory hit in this process, CPU µs per request (best of {rounds} x "
           f"{requests}; the access log on, its lines to /dev/null; metric values {values}):")
     print(f"   through the whole pipeline ({stages}): {figures['pipeline']:.1f} µs; "
-          f"{counted['pipeline'][0]:.1f} metric updates, {counted['pipeline'][1]:.1f} stat "
-          "calls per hit")
+          f"{counted['pipeline'][0]:.1f} metric updates per hit, {counted['pipeline'][1]} "
+          "os.stat calls in 1000 hits")
     print(f"   a repeat through the whole WSGI app (answered before Flask; the loop turns "
           f"after each, so each repeat's events are emitted alone): {figures['repeat']:.1f} "
           f"µs (goal <= {HIT_COST_GOAL_US:g} µs) {met(figures['repeat'] <= HIT_COST_GOAL_US)}; "
-          f"{counted['repeat'][0]:.1f} metric updates, {counted['repeat'][1]:.1f} stat calls "
-          "per hit")
-    print(f"   the same, the loop turning after every 16 repeats (events added up, as under "
-          f"load): {figures['repeat, batched']:.1f} µs")
+          f"{counted['repeat'][0]:.1f} metric updates per hit, {counted['repeat'][1]} os.stat "
+          "calls in 1000 hits")
+    print(f"   the same, the loop turning after every {BATCH} repeats (their events added "
+          f"up, as under load): {figures['repeat, batched']:.1f} µs; "
+          f"{counted['repeat, batched'][0]:.1f} metric updates per hit")
     detail = ", ".join(f"{name} {count / 1000:.1f}"
                        for name, count in sorted(counted["repeat"][2].items()))
     print(f"   updates per repeat by kind: {detail or 'none'}")
@@ -562,25 +560,6 @@ def gevent_turn() -> None:
 
 
 # --- 3. what each feature costs on the miss path ---------------------------------------------
-
-
-@dataclass
-class Way:
-    """How requests go in one measurement: the app's flags, the path, and the body of the
-    n-th request."""
-
-    flags: tuple[str, ...] = ()
-    path: str = CHAT
-    body: Callable[[int], bytes] = lambda n: request_body(False).encode()
-
-
-@dataclass
-class Feature:
-    name: str
-    packages: tuple[str, ...]  # under bridge/
-    off: Way
-    on: Way | None  # None: the feature has no switch (its modules are measured on `off`)
-    stated: str = ""  # the figure its issue states, and where
 
 
 def distinct_question(n: int) -> bytes:
@@ -598,11 +577,36 @@ def anthropic_request(n: int) -> bytes:
                             "three sentences for a curious ten year old."}]}).encode()
 
 
+BODIES: dict[str, Callable[[int], bytes]] = {
+    "chat": lambda n: request_body(False).encode(), "distinct": distinct_question,
+    "anthropic": anthropic_request}
+
+
+@dataclass
+class Way:
+    """How requests go in one measurement: the app's flags, the path, and the body of the
+    n-th request (a name of `BODIES`)."""
+
+    flags: tuple[str, ...] = ()
+    path: str = CHAT
+    body: str = "chat"
+
+
+@dataclass
+class Feature:
+    name: str
+    packages: tuple[str, ...]  # under bridge/
+    off: Way
+    on: Way | None  # None: the feature has no switch (its modules are measured on `off`)
+    stated: str = ""  # the figure its issue states, and where
+
+
 def features(work: Path, sink_url: str) -> list[Feature]:
     from lua_bench import EMPTY_HOOKS
 
     script = work / "empty-hooks.lua"
     script.write_text(EMPTY_HOOKS)
+
     def cache(name: str) -> tuple[str, ...]:
         return ("--enable-cache", "--cache-dir", str(work / name))
 
@@ -617,13 +621,13 @@ def features(work: Path, sink_url: str) -> list[Feature]:
         Feature("identity + entitlement", ("identity",), Way(), None,
                 "4.44 µs per hit, principal + entitlement (issue 22, identity_bench.py)"),
         Feature("surfaces + translation (Anthropic /v1/messages)", ("surfaces",), Way(),
-                Way(path="/v1/messages", body=anthropic_request),
+                Way(path="/v1/messages", body="anthropic"),
                 "anthropic -> openai +86 µs request + whole answer (issue 26, "
                 "translation_bench.py)"),
         Feature("semantic cache (cache on, distinct questions)", ("semantic_cache",),
-                Way(cache("cache-off"), body=distinct_question),
+                Way(cache("cache-off"), body="distinct"),
                 Way((*cache("cache-on"), "--semantic-cache-model", "bench-embed"),
-                    body=distinct_question),
+                    body="distinct"),
                 ""),
         Feature("Lua (empty hooks)", ("lua",), Way(),
                 Way(("--enable-luajit", "--luajit-script", str(script))),
@@ -637,18 +641,16 @@ def features(work: Path, sink_url: str) -> list[Feature]:
 class Measured:
     """An app of `way` in this process and its requests."""
 
-    def __init__(self, upstream: Upstream, work: Path, way: Way):
-        from cache_bench import wsgi_request
-
-        self.app = in_process_app(upstream.json_url, work, *way.flags)
-        self.way, self.count, self.wsgi_request = way, 0, wsgi_request
+    def __init__(self, upstream_url: str, work: Path, way: Way):
+        self.app = in_process_app(upstream_url, work, *way.flags)
+        self.way, self.count = way, 0
         status, _, body = self.request()
         assert status.startswith("200") and b"<think>" not in body, (status, body[:300])
 
     def request(self) -> tuple[str, dict[str, str], bytes]:
         self.count += 1
-        return self.wsgi_request(self.app, self.way.body(self.count), self.way.path,
-                                 {**HEADERS, "anthropic-version": "2023-06-01"})
+        return wsgi_request(self.app, BODIES[self.way.body](self.count), self.way.path,
+                            {**HEADERS, "anthropic-version": "2023-06-01"})
 
     def cpu_us(self, requests: int, rounds: int) -> float:
         micros = cpu_us(self.request, requests, rounds)
@@ -657,9 +659,11 @@ class Measured:
             "HIT"), ("not a miss", status, headers)
         return micros
 
-    def profiled(self, requests: int, packages: tuple[str, ...]) -> tuple[float, float]:
+    def profiled(self, requests: int, packages: tuple[str, ...]
+                 ) -> tuple[float, float, list[str]]:
         """µs per request spent in functions of `packages` (their own time, cProfile),
-        and the profiled request's whole time."""
+        the profiled request's whole time, and the three functions of `packages` that
+        took most."""
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(requests):
@@ -669,43 +673,81 @@ class Measured:
         stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
         prefixes = tuple(str(ROOT / "bridge" / package) + os.sep for package in packages)
         total = sum(row[2] for row in stats.values())
-        own = sum(row[2] for (filename, _, _), row in stats.items()
-                  if filename.startswith(prefixes))
-        return own / requests * 1e6, total / requests * 1e6
+        mine = sorted(((row[2], filename, line, function)
+                       for (filename, line, function), row in stats.items()
+                       if filename.startswith(prefixes)), reverse=True)
+        own = sum(row[0] for row in mine)
+        top = [f"{os.path.relpath(filename, ROOT / 'bridge')}:{line} {function} "
+               f"{seconds / requests * 1e6:.1f}" for seconds, filename, line, function in mine[:3]]
+        return own / requests * 1e6, total / requests * 1e6, top
 
-    def stop(self) -> None:
-        self.app.extensions["bridge.pipeline"].stop()
+
+def measure_way(job: dict) -> dict:
+    """(In a process of its own, so that no other app's listeners and globals are in it.)
+    The CPU µs per request of `job`'s way, and with `packages`, its profile."""
+    way = Way(tuple(job["flags"]), job["path"], job["body"])
+    measured = Measured(job["upstream"], Path(job["work"]), way)
+    result: dict = {"cpu_us": measured.cpu_us(job["requests"], job["rounds"])}
+    if job.get("packages"):
+        result["own"], result["total"], result["top"] = measured.profiled(
+            job["requests"], tuple(job["packages"]))
+    measured.app.extensions["bridge.pipeline"].stop()
+    return result
 
 
-def part_features(upstream: Upstream, work: Path, requests: int, rounds: int) -> None:
+def in_own_process(upstream: Upstream, work: Path, way: Way, requests: int, rounds: int,
+                   packages: tuple[str, ...] = ()) -> dict:
+    job = {"flags": list(way.flags), "path": way.path, "body": way.body,
+           "upstream": upstream.json_url, "work": str(work), "requests": requests,
+           "rounds": rounds, "packages": list(packages)}
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("OTEL_", "PROMETHEUS_MULTIPROC_DIR", "BRIDGE_"))}
+    done = subprocess.run([sys.executable, __file__, "--measure-way", json.dumps(job)],
+                          capture_output=True, text=True, env=env, cwd=work, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"measuring {way} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def part_features(upstream: Upstream, work: Path, requests: int, rounds: int,
+                  repeats: int) -> None:
     from tracing_bench import Sink
 
-    os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    defaults = Measured(upstream, work, Way())
-    miss = defaults.cpu_us(requests, rounds)
-    defaults.stop()
-    print(f"\n3. the miss path in this process (create_app, WSGI, a non-stream chat to nginx "
-          f"over loopback, the access log on to /dev/null), CPU µs per request, best of "
-          f"{rounds} x {requests}: {miss:.0f} µs with defaults")
-    print("   per feature: off = its modules' own time (cProfile tottime of bridge/<package>/"
+    miss = in_own_process(upstream, work, Way(), requests, rounds)["cpu_us"]
+    print(f"\n3. the miss path in process (create_app, WSGI, a non-stream chat to nginx "
+          f"over loopback, the access log on to /dev/null; each app in a process of its "
+          f"own), CPU µs per request, best of {rounds} x {requests}: {miss:.0f} µs with "
+          "defaults")
+    print(f"   per feature: off = its modules' own time (cProfile tottime of bridge/<package>/"
           f", over {requests} requests) per request, and its share of the profiled "
-          "request's whole time; on = the CPU it adds over off (best of each)")
-    print(f"   | {'feature':48} | off: µs | share | goal <= 1 % | on: +µs | its issue's figure |")
-    print("   |---|---|---|---|---|---|")
+          f"request's whole time; on = the CPU it adds over off (the best of {repeats} "
+          "processes each, off and on alternated; spread = how far the off processes' "
+          "figures lie apart, the noise of the difference)")
+    print(f"   | {'feature':48} | off: µs | share | goal <= 1 % | on: +µs | spread | its "
+          "issue's figure |")
+    print("   |---|---|---|---|---|---|---|")
+    where = []
     for feature in features(work, Sink().url):
-        off = Measured(upstream, work, feature.off)
-        own, total = off.profiled(requests, feature.packages)
-        share = own / total
-        added = "no switch"
-        if feature.on is not None:
-            off_us = off.cpu_us(requests, rounds)
-            on = Measured(upstream, work, feature.on)
-            added = f"{on.cpu_us(requests, rounds) - off_us:+.0f}"
-            on.stop()
-        off.stop()
-        print(f"   | {feature.name:48} | {own:7.1f} | {share * 100:4.1f} % | "
-              f"{met(share <= FEATURE_OFF_GOAL):6} | {added:>7} | {feature.stated} |",
-              flush=True)
+        offs, ons = [], []
+        for repeat in range(repeats):
+            offs.append(in_own_process(upstream, work, feature.off, requests, rounds,
+                                       feature.packages if repeat == 0 else ()))
+            if feature.on is not None:
+                ons.append(in_own_process(upstream, work, feature.on, requests, rounds))
+        off = offs[0]
+        share = off["own"] / off["total"]
+        if off["own"] >= 1.0:
+            where.append(f"   {feature.name}, off: {'; '.join(off['top'])} µs")
+        off_cpu = [run["cpu_us"] for run in offs]
+        added = "no switch" if not ons else \
+            f"{min(run['cpu_us'] for run in ons) - min(off_cpu):+.0f}"
+        print(f"   | {feature.name:48} | {off['own']:7.1f} | {share * 100:4.1f} % | "
+              f"{met(share <= FEATURE_OFF_GOAL):11} | {added:>7} | "
+              f"{max(off_cpu) - min(off_cpu):6.0f} | {feature.stated} |", flush=True)
+    if where:
+        print("   where the time of a feature that is off goes (its 3 costliest functions, "
+              "µs per request):")
+        print("\n".join(where))
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -733,8 +775,14 @@ def main() -> int:
                         help="rounds of the in-process parts (the best is kept)")
     parser.add_argument("--feature-requests", type=int, default=300,
                         help="requests per round of part 3 (each a call to nginx)")
+    parser.add_argument("--feature-repeats", type=int, default=2,
+                        help="processes measuring each way of part 3 (the best is kept)")
     parser.add_argument("--only", default="1,2,3", help="the parts to run, e.g. 1,3")
+    parser.add_argument("--measure-way", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_way:
+        print(json.dumps(measure_way(json.loads(args.measure_way))))
+        return 0
     parts = set(args.only.replace(",", ""))
     print(machine_line())
     print(f"load generator: {tool()} ({shutil.which('wrk') or 'gevent client'}); "
@@ -747,7 +795,8 @@ def main() -> int:
             if "2" in parts:
                 part_hit_cost(upstream, work, args.requests, args.rounds)
             if "3" in parts:
-                part_features(upstream, work, args.feature_requests, args.rounds)
+                part_features(upstream, work, args.feature_requests, args.rounds,
+                              args.feature_repeats)
         finally:
             upstream.stop()
     return 0
