@@ -19,8 +19,9 @@
    `stat` calls per hit, counted by wrapping them in this process.
 3. What each feature landed with issues 22-28 costs on the miss path, in process (CPU
    µs per request, best of several rounds, the app of `create_app(settings)` against the
-   nginx upstream): with the feature off, the time spent in its own modules (cProfile);
-   with it on, the CPU it adds over off.
+   nginx upstream, each configuration in a process of its own): with the feature off,
+   the time spent in its own modules (cProfile), as a share of the request; with it on,
+   the CPU it adds over off; beside the figure its issue's closing note gave.
 
 Needs nginx and wrk (`apt-get install nginx wrk`). Every server runs on free loopback
 ports and is stopped by its PID; load runs are bounded in time. Run it alone on the
