@@ -209,8 +209,6 @@ class Upstream:
     """nginx answering the canned JSON on `json_url` and the canned SSE on `sse_url`."""
 
     def __init__(self, work: Path):
-        if not shutil.which("nginx") or not shutil.which("wrk"):
-            raise SystemExit("speed_bench needs nginx and wrk: apt-get install nginx wrk")
         self.work = work / "nginx"
         (self.work / "tmp").mkdir(parents=True)
         json_port, sse_port = free_port(), free_port()
@@ -564,10 +562,10 @@ def gevent_turn() -> None:
 
 
 def distinct_question(n: int) -> bytes:
-    """A chat request of its own scope (its system prompt numbered): a miss of the exact
-    cache and of the semantic one."""
+    """A chat request of its own scope (its system prompt numbered, in this process): a
+    miss of the exact cache and of the semantic one."""
     body = json.loads(request_body(False))
-    body["messages"][0]["content"] += f" (conversation {n})"
+    body["messages"][0]["content"] += f" (conversation {os.getpid()}-{n})"
     return json.dumps(body).encode()
 
 
@@ -785,9 +783,11 @@ def main() -> int:
         print(json.dumps(measure_way(json.loads(args.measure_way))))
         return 0
     parts = set(args.only.replace(",", ""))
+    if not shutil.which("nginx") or not shutil.which("wrk"):
+        print("speed_bench needs nginx and wrk: apt-get install nginx wrk", file=sys.stderr)
+        return 1
     print(machine_line())
-    print(f"load generator: {tool()} ({shutil.which('wrk') or 'gevent client'}); "
-          f"{sys.executable}")
+    print(f"load generator: {tool()} ({shutil.which('wrk')}); {sys.executable}")
     with workdir() as work:
         upstream = Upstream(work)
         try:
