@@ -121,14 +121,17 @@ class Redactor:
     def headers(self, headers: dict[str, str]) -> dict[str, str]:
         return {name: self.text(value) for name, value in headers.items()}
 
-    def response(self, response: Response) -> None:
+    def response(self, response: Response, frames: bool = True) -> None:
         """Scrub a response on its way out (its headers, body or stream), in case the
-        upstream echoes the key it was sent."""
+        upstream echoes the key it was sent. `frames` False: not its frames (they are
+        scrubbed where they are read, with `frame`)."""
         response.headers = self.headers(response.headers)
         if response.frames is None:
             body = self.bytes(response.body)
             if body is not response.body:
                 response.set_body(body)
+            return
+        if not frames:
             return
         raw = response.codec == streaming.RAW
         # frames are passed on one for one: their write marks stay good

@@ -21,7 +21,7 @@ import re
 import time
 from contextlib import closing
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Iterator
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
@@ -166,18 +166,34 @@ class Leg:
     crossing: Crossing | None = None
 
 
-def scrubbed(response: Response, leg: Leg) -> Response:
-    """`response` without the credentials its request carried (the client's, or the
-    bridge's own key), in case the upstream echoes them (some do, in errors and debug
-    fields): what every stage after this sees, and so what the cache and async jobs
-    keep, is what the client may be sent."""
+def scrubber(leg: Leg) -> Redactor | None:
+    """What takes the credentials a leg's request carried (the client's, or the bridge's
+    own key) out of its answer, in case the upstream echoes them (some do, in errors and
+    debug fields): what every stage after this sees, and so what the cache and async jobs
+    keep, is what the client may be sent. None when it carried none long enough to be
+    told from ordinary text (`redaction.MIN_SECRET_LENGTH`)."""
     secrets = [bearer_token(value) or value for name, value in leg.headers.items()
                if name in CREDENTIAL_HEADERS]
-    secrets += [unquote_plus(part.partition("=")[2]) for part in
-                split_query(urlsplit(leg.url).query)[1].split("&") if part]
+    if "?" in leg.url:
+        secrets += [unquote_plus(part.partition("=")[2]) for part in
+                    split_query(urlsplit(leg.url).query)[1].split("&") if part]
     secrets = [secret for secret in secrets if secret]
-    if secrets:
-        Redactor(secrets).response(response)
+    return _redactor(tuple(secrets)) if secrets else None
+
+
+@lru_cache(maxsize=256)
+def _redactor(secrets: tuple[str, ...]) -> Redactor | None:
+    """One `Redactor` per set of credentials, made once (a client sends the same key on
+    every request); None when it would replace nothing."""
+    redactor = Redactor(secrets)
+    return redactor if redactor.longest else None
+
+
+def scrubbed(response: Response, redactor: Redactor | None, frames: bool = True) -> Response:
+    """`response` scrubbed by `redactor` (`scrubber`), if any; `frames` False: its frames
+    are scrubbed where they are read, one by one (`UpstreamClient._frames`)."""
+    if redactor is not None:
+        redactor.response(response, frames)
     return response
 
 
@@ -337,7 +353,7 @@ class UpstreamClient:
                         attempt == self.attempts and (last or upstream.status_code < 500)):
                     if route is not None and leg.target is not None:
                         route.answered(leg.target, upstream.status_code < 500)
-                    return scrubbed(self._answered(ex, upstream, deadline, leg, span), leg)
+                    return self._answered(ex, upstream, deadline, leg, span)
                 else:
                     retry_after = parse_retry_after(upstream.headers.get("retry-after"))
                     detail = f"status {upstream.status_code}"
@@ -402,6 +418,9 @@ class UpstreamClient:
 
     def _response(self, ex: Exchange, upstream: Answer, deadline: float,
                   leg: Leg) -> Response:
+        """The answer as the stages get it: on the exchange's wire, scrubbed of the
+        credentials its request carried (`scrubber`)."""
+        redactor = scrubber(leg)
         headers = forwardable({k.lower(): v for k, v in upstream.header_items()},
                               NOT_FORWARDED_RESPONSE)
         codec = streaming.codec_for(upstream.headers.get("content-type", ""))
@@ -414,23 +433,27 @@ class UpstreamClient:
         if codec is not None and upstream.ok and (translation is None or codec != streaming.RAW):
             wire = codec if translation is None else translation.codec
             response = streaming.stream_response(upstream.status_code, headers, iter(()), wire)
+            # frames are scrubbed as they are read; raw chunks by the redactor's own reader,
+            # which holds back the end of each (a secret may straddle two)
+            inline = redactor if wire != streaming.RAW else None
             # the connection is closed however the stream ends, read or not (a client
             # hanging up stops the generation upstream)
-            response.frames = Stream(self._frames(ex, response, upstream, codec, deadline, leg),
-                                     upstream.close)
-            return response
+            response.frames = Stream(self._frames(ex, response, upstream, codec, deadline, leg,
+                                                  inline), upstream.close)
+            return scrubbed(response, redactor, frames=inline is None)
         with closing(upstream):
             body = b"".join(self._body(upstream, deadline, leg.timeout))
         status = upstream.status_code
         if translation is not None:
             status, answer = translation.whole(status, body)
             if not isinstance(answer, bytes):  # a stream asked for, a body given
-                return streaming.stream_response(status, headers, answer, translation.codec)
+                return scrubbed(streaming.stream_response(status, headers, answer,
+                                                          translation.codec), redactor)
             body = answer
             headers["content-type"] = "application/json"
         if status < 400 and ex.is_model_request:
             ex.usage = usage_in(body) or ex.usage
-        return Response(status=status, headers=headers, body=body)
+        return scrubbed(Response(status=status, headers=headers, body=body), redactor)
 
     def _body(self, upstream: Answer, deadline: float, timeout: float) -> Iterator[bytes]:
         """The upstream body as it arrives (`Transport.body`), within the `-t` budget; one
@@ -462,11 +485,13 @@ class UpstreamClient:
         return UpstreamUnavailable(f"upstream unreachable: {self.base_url}")
 
     def _frames(self, ex: Exchange, response: Response, upstream: Answer,
-                codec: str, deadline: float, leg: Leg) -> Iterator[Frame]:
-        """Relay frames as they arrive; a stream that does not end normally ends with an
-        in-band error. `response.outcome` says how it ended. An upstream that sent its own
-        in-band error before it stopped has said what went wrong: no second error is
-        added. (The connection is closed by the `Stream` around this generator.)"""
+                codec: str, deadline: float, leg: Leg,
+                redactor: Redactor | None) -> Iterator[Frame]:
+        """Relay frames as they arrive (scrubbed by `redactor`, if any); a stream that does
+        not end normally ends with an in-band error. `response.outcome` says how it ended.
+        An upstream that sent its own in-band error before it stopped has said what went
+        wrong: no second error is added. (The connection is closed by the `Stream` around
+        this generator.)"""
         failure: BridgeError | None = None
         counted = ex.is_model_request and codec != streaming.RAW
         told = False  # the upstream sent an in-band error
@@ -481,7 +506,7 @@ class UpstreamClient:
                     response.outcome = "complete"
                 elif streaming.is_error(frame):
                     told = True
-                yield frame
+                yield frame if redactor is None else redactor.frame(frame)
         except BridgeError as err:
             failure = err
         if codec == streaming.RAW and failure is None:
@@ -499,7 +524,7 @@ class UpstreamClient:
             response.outcome = "truncated"
             message, code = "upstream stream ended prematurely", "upstream_stream_truncated"
         log.error("upstream stream cut (%s): %s [%s]", response.outcome, message, ex.request_id)
-        if codec != streaming.RAW:
+        if codec != streaming.RAW:  # the bridge's own words: nothing to scrub
             yield streaming.error_frame(ex.surface, message, code or "stream_error")
 
     def capabilities(self, model: str, authorization: str | None = None,

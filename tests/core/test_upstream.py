@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -217,3 +219,52 @@ def test_the_admission_slot_is_free_while_a_retry_waits(make_bridge, standin):
         assert other.result().status_code == 200 and retried.result().status_code == 200
     order = [request.path for request in standin.requests]
     assert order == ["/v1/chat/completions", "/api/chat", "/v1/chat/completions"]
+
+
+class _EchoingStream(BaseHTTPRequestHandler):
+    """An OpenAI-style upstream whose streamed answer echoes the credential it was sent
+    (some do, in errors and debug fields), JSON-escaped in one frame, as is in another,
+    and a long answer between them."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - the handler's name
+        self.rfile.read(int(self.headers["content-length"]))
+        key = self.headers.get("authorization", "")
+        texts = [f"you sent {key}", *[f" word{i}" for i in range(30)], f" and {key}"]
+        events = [{"choices": [{"index": 0, "delta": {"content": text},
+                                "finish_reason": None}]} for text in texts]
+        body = "".join(f"data: {json.dumps(event)}\n\n" for event in events)
+        body = (body + "data: [DONE]\n\n").encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_stream_echoing_the_clients_key_reaches_it_redacted_frame_by_frame(make_bridge):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        bridge = make_bridge("--upstream-api", "openai",
+                             upstream=f"http://127.0.0.1:{server.server_address[1]}")
+        secret = "sk-client-echoed-0123456789"
+        for _ in range(2):  # the second with what the first made once
+            answer = requests.post(bridge.url + "/v1/chat/completions",
+                                   json={**CHAT, "stream": True}, timeout=30,
+                                   headers={"Authorization": f"Bearer {secret}"})
+            assert answer.status_code == 200 and secret not in answer.text
+            events = [line for line in answer.text.split("\n\n") if line]
+            assert len(events) == 33 and events[-1] == "data: [DONE]"
+            texts = [json.loads(event[6:])["choices"][0]["delta"]["content"]
+                     for event in events[:-1]]
+            assert texts[0] == "you sent Bearer [REDACTED]"
+            assert texts[-1] == " and Bearer [REDACTED]"
+            assert texts[1:-1] == [f" word{i}" for i in range(30)]
+    finally:
+        server.shutdown()
+        server.server_close()
