@@ -772,6 +772,9 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
     held: Frame | None = None  # the last frame to send, while more of its read follows
     # what the cleaner's state allows; it changes only with what `event` and `end` see
     passing, sink = cleaner.passing, cleaner.reasoning_sink()
+    # the reasoning field of the kind's events (`reasoning…` or `thinking`): a tag needs a
+    # `<`, bare or escaped, and a field of another kind is left as it is in any case
+    field = b"reasoning" if cleaner.kind in (CHAT, COMPLETIONS) else b"think"
     reader = streaming.PacedReader(frames) if heartbeat else None
     hiding = False  # the last frame went nowhere, or text is held back
     sent = False  # anything went out (the headers with it)
@@ -786,7 +789,7 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
                 # one may hold a tag: that one goes the slow way.
                 for frame in frames:
                     raw = frame.raw
-                    if b"<" in raw or b"think" in raw or b"reasoning" in raw or b"\\u" in raw:
+                    if b"<" in raw or b"\\u" in raw or field in raw:
                         break
                     if held is not None:
                         held.more = True  # `frame` follows it at once
