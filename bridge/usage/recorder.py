@@ -99,7 +99,7 @@ class Recorder:
         request), then flush and re-read every second in the background."""
         self._refresh(time.time())
         events.declare_additive(set(EVENTS))
-        events.subscribe(self)
+        events.subscribe(self, EVENTS)
         self._greenlet = gevent.spawn(repeat, FLUSH_SECONDS, self.flush, "usage ledger flush",
                                       log)
 
