@@ -266,6 +266,13 @@ class _Bridge:
         self.targets: dict[tuple, list[tuple[Metric, Any]]] = {}
         # (event, *values of its kept labels, None when missing) -> the values not written
         self.pending: dict[tuple, list[float]] = {}
+        self._forked()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """In a new process (and a forked one: what the parent held is the parent's to
+        write)."""
+        self.pending.clear()
         self.flush_due = False
         self.loop: Any = None  # the event loop of the process's main thread, once known
         self.thread = _native_thread()
