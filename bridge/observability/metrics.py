@@ -278,7 +278,11 @@ class _Bridge:
         self.thread = _native_thread()
 
     def __call__(self, event: str, value: float, labels: Mapping[str, str]) -> None:
-        key = (event, *map(labels.get, self.kept[event]))
+        kept = self.kept[event]
+        if len(kept) == 1:  # most events: one label, or none
+            key = (event, labels.get(kept[0]))
+        else:
+            key = (event, *map(labels.get, kept)) if kept else (event,)
         values = self.pending.get(key)
         if values is None:
             self.pending[key] = [value]
