@@ -42,5 +42,8 @@ test-under-load: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bridge tests bench
 
+# The speed of issue 29 in one run (nginx + wrk needed): the bridge vs the bare stack, the
+# in-process cost of a hit and of each feature. `make bench BENCH_ARGS="--only 1"` runs a part.
+BENCH_ARGS ?=
 bench: $(VENV)/.installed
-	$(PY) bench/proxy_bench.py
+	$(PY) bench/speed_bench.py $(BENCH_ARGS)

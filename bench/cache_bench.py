@@ -94,6 +94,39 @@ def fresh_post(url: str, body: dict) -> tuple[str, bytes, float]:
         return post(conn, body)
 
 
+def wsgi_environ(raw: bytes, path: str = "/v1/chat/completions",
+                 headers: dict[str, str] | None = None) -> dict:
+    """The WSGI environ of a POST of `raw` to `path`, as gunicorn makes it (`headers`:
+    more request headers, by their HTTP names)."""
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path,
+               "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(raw)),
+               "wsgi.input": io.BytesIO(raw), "wsgi.url_scheme": "http",
+               "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+               "wsgi.multiprocess": True, "wsgi.run_once": False}
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    return environ
+
+
+def wsgi_request(app, raw: bytes, path: str = "/v1/chat/completions",
+                 headers: dict[str, str] | None = None) -> tuple[str, dict[str, str], bytes]:
+    """One request through the WSGI `app` in this process, its answer read and closed
+    as a server does: (status, headers with lower-case names, body)."""
+    sent: list = []
+    answer = app(wsgi_environ(raw, path, headers),
+                 lambda status, response_headers, *exc_info: sent.extend(
+                     (status, response_headers)))
+    try:
+        body = b"".join(answer)
+    finally:
+        close = getattr(answer, "close", None)
+        if close is not None:
+            close()
+    return sent[0], {name.lower(): value for name, value in sent[1]}, body
+
+
 # --- 1. memory hits against a bare Flask view ----------------------------------------------
 
 
@@ -184,19 +217,8 @@ def bench_stage_cost(standin_url: str, workdir: Path, rounds: int = 5000) -> Non
             ex.close()
         timings[name] = (time.perf_counter() - start) / rounds * 1e6
 
-    def environ() -> dict:
-        return {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/chat/completions",
-                "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
-                "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
-                "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(raw)),
-                "wsgi.input": io.BytesIO(raw), "wsgi.url_scheme": "http",
-                "wsgi.errors": sys.stderr, "wsgi.multithread": False,
-                "wsgi.multiprocess": True, "wsgi.run_once": False}
-
     def request() -> None:
-        answer = app(environ(), lambda status, headers, *exc_info: None)
-        b"".join(answer)
-        answer.close()
+        wsgi_request(app, raw)
 
     logging.getLogger("bridge.access").disabled = True  # in a worker: a line to stderr
     try:
