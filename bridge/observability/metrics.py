@@ -231,15 +231,15 @@ class _Bridge:
 
     Writing a sample is a lock and an mmap write (prometheus_client's multiprocess
     values), a histogram's two or more: done per event, they were most of what a cache
-    hit cost. So an event only joins this process's pending ones, listed by event name
-    and the values of the labels its metrics keep. They are written (`flush`) once per
-    turn of the event loop, before this process answers a scrape or lists its samples,
-    and when it exits: a counter gets their sum (or count) in one write, a histogram its
-    sum and the count of each bucket hit, a GAUGE_ADD gauge the sum of its changes, a
-    GAUGE_SET gauge the last value. What the files then say is what the events one by
-    one would have written; another worker's scrape sees a request's updates once the
-    worker that served it is back in its event loop (right after the response, as it
-    waits for the next request).
+    hit cost. So an event of a counter or a histogram only joins this process's pending
+    ones, listed by event name and the values of the labels its metrics keep. They are
+    written (`flush`) once per turn of the event loop, before this process answers a
+    scrape or lists its samples, and when it exits: a counter gets their sum (or count)
+    in one write, a histogram its sum and the count of each bucket hit. What the files
+    then say is what the events one by one would have written; another worker's scrape
+    sees a request's counts once the worker that served it is back in its event loop
+    (right after the response, as it waits for the next request). Gauges (what is in
+    flight or waiting now) are written at once: none changes per cache hit.
     """
 
     def __init__(self) -> None:
@@ -262,6 +262,10 @@ class _Bridge:
             event: tuple(dict.fromkeys(name for _, metric in feeds for name in
                                        (*metric.labels, *(name for name, _ in metric.only))))
             for event, feeds in self.feeds.items()}
+        # events that feed gauges: written at once (what is in flight or waiting now, as
+        # a scrape should find it; none is updated per cache hit)
+        self.at_once = {event for event, feeds in self.feeds.items()
+                        if all(metric.kind in (GAUGE_SET, GAUGE_ADD) for _, metric in feeds)}
         # a pending key -> the metrics (labelled children) its events feed
         self.targets: dict[tuple, list[tuple[Metric, Any]]] = {}
         # (event, *values of its kept labels, None when missing) -> the values not written
@@ -283,6 +287,9 @@ class _Bridge:
             key = (event, labels.get(kept[0]))
         else:
             key = (event, *map(labels.get, kept)) if kept else (event,)
+        if event in self.at_once:
+            self._write_all(key, [value])
+            return
         values = self.pending.get(key)
         if values is None:
             self.pending[key] = [value]
@@ -310,14 +317,18 @@ class _Bridge:
         self.flush_due = False
         pending, self.pending = self.pending, {}
         for key, values in pending.items():
-            targets = self.targets.get(key)
-            if targets is None:
-                targets = self.targets[key] = self._targets(key)
-            for metric, child in targets:
-                try:
-                    _write(metric, child, values)
-                except Exception:  # noqa: BLE001 - observing must never break serving
-                    log.exception("cannot update the metric %s", metric.name)
+            self._write_all(key, values)
+
+    def _write_all(self, key: tuple, values: list[float]) -> None:
+        """Write the values of one pending key to every metric its events feed."""
+        targets = self.targets.get(key)
+        if targets is None:
+            targets = self.targets[key] = self._targets(key)
+        for metric, child in targets:
+            try:
+                _write(metric, child, values)
+            except Exception:  # noqa: BLE001 - observing must never break serving
+                log.exception("cannot update the metric %s", metric.name)
 
     def _targets(self, key: tuple) -> list[tuple[Metric, Any]]:
         """The metrics (labelled children) that the events of one pending key feed."""
