@@ -100,3 +100,11 @@ def metric_total(url: str, name: str, **labels: str) -> float:
     return sum(sample.value for family in text_string_to_metric_families(text)
                for sample in family.samples if sample.name == name
                and all(sample.labels.get(key) == value for key, value in labels.items()))
+
+
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn master's child processes (its workers)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{master}/task").iterdir():
+        pids += [int(pid) for pid in (task / "children").read_text().split()]
+    return pids

@@ -107,6 +107,8 @@ class Control:
 
     @classmethod
     def parse(cls, headers: dict[str, str]) -> "Control":
+        if "cache-control" not in headers and "pragma" not in headers:
+            return DEFAULTS  # most requests: nothing to parse
         lookup, store, max_age = True, True, None
         directives = [part.strip().lower() for part in headers.get("cache-control", "").split(",")]
         if "no-cache" in headers.get("pragma", "").lower():
@@ -123,6 +125,9 @@ class Control:
                 except ValueError:
                     continue
         return cls(lookup=lookup, store=store, max_age=max_age)
+
+
+DEFAULTS = Control()  # a request without Cache-Control or Pragma
 
 
 @dataclass

@@ -138,7 +138,7 @@ def start(settings: Settings) -> None:
     if _recorder is None:
         _recorder = Recorder(Redactor(configured_secrets(settings)),
                              settings.request_log_size)
-        events.subscribe(_recorder)
+        events.subscribe(_recorder, ("request.finished", "request.error"))
 
 
 def errors() -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 Features call `emit("cache.hit", tier="memory")` and know nothing of Prometheus; the
 metrics module subscribes and maps each event name to its metric. A counter event
 carries the amount to add, a gauge event (named so in the metrics module) the value.
+A listener may name the events it hears: an event is handed only to those that hear it.
 
 Event names in use (feature.what; labels in brackets):
   think.blocks_removed, think.chars_removed
@@ -34,7 +35,7 @@ Event names in use (feature.what; labels in brackets):
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from gevent import getcurrent
 
@@ -42,19 +43,29 @@ log = logging.getLogger("bridge.events")
 
 Listener = Callable[[str, float, dict[str, str]], None]
 Event = tuple[str, float, dict[str, str]]
-_listeners: list[Listener] = []
+_listeners: list[tuple[Listener, frozenset[str] | None]] = []  # and the names each hears
+_routes: dict[str, tuple[Listener, ...]] = {}  # event name -> its listeners (made on use)
 _recorders: dict[Any, list[Event]] = {}  # greenlet -> the events it emitted since record()
 _additive: set[str] = set()
 
 
-def subscribe(listener: Listener) -> None:
-    if listener not in _listeners:
-        _listeners.append(listener)
+def subscribe(listener: Listener, names: Iterable[str] | None = None) -> None:
+    """Call `listener` with every event, or only with those of `names`: an event goes
+    only to the listeners that hear it (a metric update, a usage row), not to all."""
+    if all(known != listener for known, _ in _listeners):
+        _listeners.append((listener, frozenset(names) if names is not None else None))
+        _routes.clear()
 
 
 def unsubscribe(listener: Listener) -> None:
-    if listener in _listeners:
-        _listeners.remove(listener)
+    _listeners[:] = [(known, names) for known, names in _listeners if known != listener]
+    _routes.clear()
+
+
+def _route(name: str) -> tuple[Listener, ...]:
+    found = _routes[name] = tuple(listener for listener, names in _listeners
+                                  if names is None or name in names)
+    return found
 
 
 def declare_additive(names: set[str]) -> None:
@@ -84,7 +95,10 @@ def emit(name: str, value: float = 1.0, **labels: str) -> None:
         recorded = _recorders.get(getcurrent())
         if recorded is not None:
             recorded.append((name, value, labels))
-    for listener in _listeners:
+    listeners = _routes.get(name)
+    if listeners is None:
+        listeners = _route(name)
+    for listener in listeners:
         try:
             listener(name, value, labels)
         except Exception:  # noqa: BLE001 - observing must never break serving

@@ -46,6 +46,16 @@ class TextFormatter(logging.Formatter):
 
     _second: tuple[int, str] = (-1, "")
 
+    def format(self, record: logging.LogRecord) -> str:
+        """As logging's; a line of `FORMAT` without a traceback (every access line) is
+        made in one step."""
+        if self._fmt is not FORMAT or record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        return "%s [%d] %s %s: %s" % (record.asctime, record.process, record.levelname,
+                                      record.name, record.message)
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """As logging's, with the date and time formatted once per second."""
         if datefmt is not None:

@@ -18,6 +18,8 @@ largest value any worker saw.
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import functools
 import glob
 import logging
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import flask
+from gevent import monkey
 
 from bridge.core import events, instance
 from bridge.core.errors import Unauthorized, error_response
@@ -34,6 +37,8 @@ from bridge.core.redaction import bearer_token, secret_matches
 log = logging.getLogger("bridge.metrics")
 
 METRICS_PATH = "/metrics"
+# the native thread's id (gevent's patching makes `threading.get_ident` a greenlet's)
+_native_thread = monkey.get_original("_thread", "get_ident")
 CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge metrics"'}
 
 COUNTER, GAUGE_SET, GAUGE_ADD, HISTOGRAM = "counter", "gauge_set", "gauge_add", "histogram"
@@ -43,6 +48,7 @@ LUA_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 EMBEDDING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2)
 FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+MAX_PENDING = 10_000  # values of one series kept before they are written, loop turn or not
 
 
 @dataclass(frozen=True)
@@ -220,17 +226,28 @@ METRICS: tuple[Metric, ...] = (
 
 
 class _Bridge:
-    """The Prometheus objects of `METRICS`, created once per process, fed by events.
+    """The Prometheus objects of `METRICS`, created once per process, fed by events in
+    batches.
 
-    Each event finds its metrics' update methods by label values in a per-metric dict,
-    so the work of `labels(...)` is done once per label combination, not per event.
+    Writing a sample is a lock and an mmap write (prometheus_client's multiprocess
+    values), a histogram's two or more: done per event, they were most of what a cache
+    hit cost. So an event of a counter or a histogram only joins this process's pending
+    ones, listed by event name and the values of the labels its metrics keep. They are
+    written (`flush`) once per turn of the event loop, before this process answers a
+    scrape or lists its samples, and when it exits: a counter gets their sum (or count)
+    in one write, a histogram its sum and the count of each bucket hit. What the files
+    then say is what the events one by one would have written; another worker's scrape
+    sees a request's counts once the worker that served it is back in its event loop
+    (right after the response, as it waits for the next request). Gauges (what is in
+    flight or waiting now) are written at once: none changes per cache hit.
     """
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
-        self.by_event: dict[str, list[tuple[Metric, Any, dict[tuple[str, ...], Any]]]] = {}
-        for metric in METRICS:
+        self.feeds: dict[str, list[tuple[int, Metric]]] = {}
+        self.made: list[Any] = []  # per metric of METRICS, its Prometheus object
+        for index, metric in enumerate(METRICS):
             kwargs: dict[str, Any] = {"labelnames": metric.labels, "registry": None}
             if metric.kind == COUNTER:
                 made: Any = Counter(metric.name, metric.help, **kwargs)
@@ -238,27 +255,121 @@ class _Bridge:
                 made = Histogram(metric.name, metric.help, buckets=metric.buckets, **kwargs)
             else:
                 made = Gauge(metric.name, metric.help, multiprocess_mode=metric.mode, **kwargs)
-            self.by_event.setdefault(metric.event, []).append((metric, made, {}))
+            self.made.append(made)
+            self.feeds.setdefault(metric.event, []).append((index, metric))
+        # per event, the labels any of its metrics keeps or selects on (`only`)
+        self.kept: dict[str, tuple[str, ...]] = {
+            event: tuple(dict.fromkeys(name for _, metric in feeds for name in
+                                       (*metric.labels, *(name for name, _ in metric.only))))
+            for event, feeds in self.feeds.items()}
+        # events that feed gauges: written at once (what is in flight or waiting now, as
+        # a scrape should find it; none is updated per cache hit)
+        self.at_once = {event for event, feeds in self.feeds.items()
+                        if all(metric.kind in (GAUGE_SET, GAUGE_ADD) for _, metric in feeds)}
+        # a pending key -> the metrics (labelled children) its events feed
+        self.targets: dict[tuple, list[tuple[Metric, Any]]] = {}
+        # (event, *values of its kept labels, None when missing) -> the values not written
+        self.pending: dict[tuple, list[float]] = {}
+        self._forked()
+        os.register_at_fork(after_in_child=self._forked)
 
-    @staticmethod
-    def _update(metric: Metric, target: Any) -> Any:
-        """The method that feeds `target` (the metric or one of its labelled children)."""
-        if metric.kind == HISTOGRAM:
-            return target.observe
-        if metric.kind == GAUGE_SET:
-            return target.set
-        return target.inc
+    def _forked(self) -> None:
+        """In a new process (and a forked one: what the parent held is the parent's to
+        write)."""
+        self.pending.clear()
+        self.flush_due = False
+        self.loop: Any = None  # the event loop of the process's main thread, once known
+        self.thread = _native_thread()
 
     def __call__(self, event: str, value: float, labels: Mapping[str, str]) -> None:
-        for metric, made, updates in self.by_event.get(event, ()):
-            if metric.only and any(labels.get(name) != wanted for name, wanted in metric.only):
-                continue
-            values = tuple([str(labels.get(name, "")) for name in metric.labels])
-            update = updates.get(values)
-            if update is None:
-                update = updates[values] = self._update(
-                    metric, made.labels(*values) if metric.labels else made)
-            update(1 if metric.count_events else value)
+        kept = self.kept[event]
+        if len(kept) == 1:  # most events: one label, or none
+            key = (event, labels.get(kept[0]))
+        else:
+            key = (event, *map(labels.get, kept)) if kept else (event,)
+        if event in self.at_once:
+            self._write_all(key, [value])
+            return
+        values = self.pending.get(key)
+        if values is None:
+            self.pending[key] = [value]
+            if not self.flush_due:
+                self._flush_soon()
+        else:
+            values.append(value)
+            if len(values) >= MAX_PENDING:  # no loop turns (a script): bounded all the same
+                self.flush()
+
+    def _flush_soon(self) -> None:
+        """Flush at the end of this turn of the event loop (events come from the loop; one
+        from another native thread is written by the next flush)."""
+        if _native_thread() != self.thread:
+            return
+        if self.loop is None:
+            import gevent
+
+            self.loop = gevent.get_hub().loop
+        self.flush_due = True
+        self.loop.run_callback(self.flush)
+
+    def flush(self) -> None:
+        """Write the pending updates to the metric files."""
+        self.flush_due = False
+        pending, self.pending = self.pending, {}
+        for key, values in pending.items():
+            self._write_all(key, values)
+
+    def _write_all(self, key: tuple, values: list[float]) -> None:
+        """Write the values of one pending key to every metric its events feed."""
+        targets = self.targets.get(key)
+        if targets is None:
+            targets = self.targets[key] = self._targets(key)
+        for metric, child in targets:
+            try:
+                _write(metric, child, values)
+            except Exception:  # noqa: BLE001 - observing must never break serving
+                log.exception("cannot update the metric %s", metric.name)
+
+    def _targets(self, key: tuple) -> list[tuple[Metric, Any]]:
+        """The metrics (labelled children) that the events of one pending key feed."""
+        event, *found = key
+        labels = {name: "" if value is None else str(value)
+                  for name, value in zip(self.kept[event], found, strict=True)}
+        targets = []
+        for index, metric in self.feeds[event]:
+            if all(labels[name] == wanted for name, wanted in metric.only):
+                made = self.made[index]
+                targets.append((metric, made.labels(*[labels[name] for name in metric.labels])
+                                if metric.labels else made))
+        return targets
+
+
+def _write(metric: Metric, child: Any, values: list[float]) -> None:
+    if metric.kind == HISTOGRAM:
+        # what `observe` does per value, added up: the sum, and each bucket's count
+        # (prometheus_client's own attributes: `observe` has no batch form)
+        bounds = child._upper_bounds
+        counts = [0] * len(bounds)
+        for value in values:
+            at = bisect.bisect_left(bounds, value)
+            if at < len(bounds) and value <= bounds[at]:  # never for NaN, as there
+                counts[at] += 1
+        child._sum.inc(sum(values))
+        for bucket, count in zip(child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+    elif metric.kind == GAUGE_SET:
+        child.set(values[-1])
+    else:
+        total = len(values) if metric.count_events else sum(values)
+        if total:
+            child.inc(total)
+
+
+def flush() -> None:
+    """Write this process's pending metric updates now (before reading the files)."""
+    if _bridge is not None:
+        _bridge.flush()
 
 
 _bridge: _Bridge | None = None
@@ -280,7 +391,8 @@ def init_app(app: flask.Flask) -> None:
         app.before_request(_metrics_key_check(key.reveal()))
     if _bridge is None:
         _bridge = _Bridge()
-        events.subscribe(_bridge)
+        events.subscribe(_bridge, _bridge.feeds)
+        atexit.register(flush)  # a worker's last updates, after its stages stopped
         # events that only feed counters add up (the console listens to request.error,
         # which feeds no metric)
         events.declare_additive(
@@ -301,6 +413,7 @@ def _exporter_class() -> type:
     class Exporter(GunicornInternalPrometheusMetrics):
         def generate_metrics(self, accept_header: str | None = None,
                              names: list[str] | None = None) -> tuple[str, str]:
+            flush()
             registry: Any = _registry(described=bool(names))
             if names:
                 registry = registry.restricted_registry(names)
@@ -364,6 +477,7 @@ def samples() -> list[tuple[str, dict[str, str], float]]:
     """Every sample of the instance's metrics, aggregated across its workers as `/metrics`
     shows them: (name, labels, value). For the console, which reads them without
     importing Prometheus itself."""
+    flush()
     return [(sample.name, sample.labels, sample.value)
             for family in _registry().collect() for sample in family.samples]
 

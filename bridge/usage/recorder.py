@@ -12,9 +12,10 @@ worker's usage; a stopping worker flushes what it holds. While Redis is down the
 wait (up to `MAX_UNSHARED_ROWS` rows, then they are dropped with a warning: the local
 file still has them) and are added when Redis answers again.
 
-After each flush the worker re-reads the totals of the current day, week and month per
-principal (one Redis round trip, or three indexed SQLite ranges), so that a budget check
-is one dict lookup: those totals plus what this worker holds unflushed.
+Where a budget may apply (`--budget-tokens`, or keys' own in shared mode), the worker
+re-reads after each flush the totals of the current day, week and month per principal
+(one Redis round trip, or three indexed SQLite ranges), so that a budget check is one
+dict lookup: those totals plus what this worker holds unflushed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bridge.usage.ledger import (
     upstream_tokens,
 )
 from bridge.usage.redis_ledger import RedisLedger
+from bridge.usage.report import default_budget
 
 log = logging.getLogger("bridge.usage")
 
@@ -60,6 +62,8 @@ class Recorder:
         self.pending_tokens: dict[str, int] = {}  # unflushed upstream tokens per principal
         self.unshared: dict[RowKey, Counts] = {}  # flushed locally, not yet into Redis
         self.spent: dict[str, dict[str, int]] = {period: {} for period in periods.PERIODS}
+        # only budgets read the totals: the instance-wide one, or keys' own (shared mode)
+        self.budgets = default_budget(settings) is not None or settings.enable_shared_mode
         self._greenlet: gevent.Greenlet | None = None
         self._today = (0.0, 0.0, "")  # [from, until) in Unix time, and that UTC day
 
@@ -99,7 +103,7 @@ class Recorder:
         request), then flush and re-read every second in the background."""
         self._refresh(time.time())
         events.declare_additive(set(EVENTS))
-        events.subscribe(self)
+        events.subscribe(self, EVENTS)
         self._greenlet = gevent.spawn(repeat, FLUSH_SECONDS, self.flush, "usage ledger flush",
                                       log)
 
@@ -148,6 +152,8 @@ class Recorder:
         self.unshared = {}
 
     def _refresh(self, now: float) -> None:
+        if not self.budgets:
+            return
         if self.fleet is not None:
             try:
                 self.spent = self.fleet.spent(now)

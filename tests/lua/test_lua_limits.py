@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import worker_pids
 
 from bridge.serve.processes import start_bridge
 
@@ -58,14 +59,6 @@ def assert_times_out(url: str) -> None:
     assert answer.status_code == 504
     assert answer.json()["error"]["code"] == "lua_timeout"
     assert time.monotonic() - started < HANG_GUARD / 2
-
-
-def worker_pids(master: int) -> list[int]:
-    """The gunicorn master's child processes (its workers)."""
-    pids: list[int] = []
-    for task in Path(f"/proc/{master}/task").iterdir():
-        pids += [int(pid) for pid in (task / "children").read_text().split()]
-    return pids
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from helpers import keys_command, wait_for
+from helpers import keys_command, wait_for, worker_pids
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.core import instance
@@ -196,6 +196,10 @@ def test_gunicorn_conf_py_shares_the_bucket_and_the_metrics(standin, tmp_path):
         elapsed = time.monotonic() - started
         refused = sum(status == 429 for status, _, _ in answers)
         assert standin.count() <= 3 + 3 * elapsed and refused > 0
+        # counted as the worker that refused goes back to its event loop (the metric
+        # updates of a loop turn are written together), which may follow the answer
+        wait_for(lambda: total(scrape(bridge.url), "bridge_ratelimit_refused_total")
+                 >= refused, what="every refusal counted")
         assert total(scrape(bridge.url), "bridge_ratelimit_refused_total") == refused
 
 
@@ -332,3 +336,66 @@ def test_tokens_the_upstream_reported_count_when_the_client_did_not_ask_for_usag
         time.sleep(0.05)
     assert counted("bridge_prompt_tokens_total") == prompt
     assert counted("bridge_completion_tokens_total") == completion
+
+
+def test_a_burst_of_hits_is_counted_exactly_and_a_stopped_worker_loses_none(make_bridge,
+                                                                             tmp_path):
+    """Metric updates are written in batches (per turn of a worker's event loop): every
+    request of a concurrent burst of cache hits is in the counters and the histogram's
+    buckets, and so are those of workers stopped right after their last answer."""
+    bridge = make_bridge("--enable-cache", "--cache-dir", str(tmp_path / "cache"))
+    body = chat("counted in batches " + os.urandom(4).hex())
+    before = scrape(bridge.url)
+
+    def burst(clients: int = 8, each: int = 40) -> list[requests.Response]:
+        def client(_: int) -> list[requests.Response]:
+            with requests.Session() as session:  # kept alive: the fast path's repeats
+                return [session.post(bridge.url + "/v1/chat/completions", json=body,
+                                     timeout=30) for _ in range(each)]
+        with ThreadPoolExecutor(clients) as pool:
+            return [answer for answers in pool.map(client, range(clients))
+                    for answer in answers]
+
+    first = requests.post(bridge.url + "/v1/chat/completions", json=body, timeout=30)
+    assert first.headers["x-cache"] == "MISS"
+    answers = [first, *burst()]
+    assert all(answer.status_code == 200 for answer in answers)
+
+    def sent(text: str, name: str, **labels: str) -> float:
+        return total(text, name, **labels) - total(before, name, **labels)
+
+    def counted(count: int) -> str | None:
+        text = scrape(bridge.url)
+        return text if sent(text, "bridge_requests_total", route="/v1/chat/completions") \
+            == count else None
+
+    def check(text: str, answers: list[requests.Response]) -> None:
+        count = len(answers)
+        hits = sum(answer.headers["x-cache"].startswith("HIT-") for answer in answers)
+        assert hits >= count - 2  # the miss (and a disk hit in the other worker)
+        route = {"route": "/v1/chat/completions", "method": "POST", "status": "200"}
+        assert sent(text, "bridge_requests_total", **route, client_key="") == count
+        assert sent(text, "bridge_request_duration_seconds_count", **route) == count
+        assert sent(text, "bridge_request_duration_seconds_bucket", **route, le="+Inf") \
+            == count
+        assert sent(text, "bridge_request_duration_seconds_bucket", **route, le="60.0") \
+            == count  # every one in the buckets, none only in the sum
+        assert sent(text, "bridge_request_duration_seconds_sum", **route) > 0
+        assert sent(text, "bridge_cache_hits_total") == hits
+        assert sent(text, "bridge_cache_misses_total") == 1
+        assert sent(text, "bridge_model_requests_total", model=body["model"]) == count
+        assert sent(text, "bridge_completion_tokens_total", source="cache") == \
+            hits * usage(first)[1]
+        if PROMTOOL:
+            promtool_check(text)
+
+    check(wait_for(lambda: counted(len(answers)), what="every request counted"), answers)
+
+    # a second burst, its workers stopped at once: what they held is written as they exit
+    answers += burst()
+    workers = worker_pids(bridge.pid)
+    for pid in workers:
+        stop_worker(pid)
+    wait_for(lambda: set(worker_pids(bridge.pid)) - set(workers), what="a new worker")
+    check(wait_for(lambda: counted(len(answers)), what="the stopped workers' requests"),
+          answers)
