@@ -60,12 +60,6 @@ class Answer:
         raw.close()  # the connection, unless the body was read and gave it back already
         raw.release_conn()
 
-    def __enter__(self) -> "Answer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class BodyTimeout(TimeoutError):
     """An answer's body did not arrive within its deadline."""
