@@ -402,7 +402,7 @@ class UpstreamClient:
 
     def _response(self, ex: Exchange, upstream: Answer, deadline: float,
                   leg: Leg) -> Response:
-        headers = forwardable({k.lower(): v for k, v in upstream.header_items()},
+        headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
                               NOT_FORWARDED_RESPONSE)
         codec = streaming.codec_for(upstream.headers.get("content-type", ""))
         translation = leg.crossing
