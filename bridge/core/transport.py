@@ -4,8 +4,7 @@ retries, fail-over and the gateway's errors are `bridge.core.upstream`'s.
 
 The only module that touches `requests` and urllib3 (their private fields included) for
 upstream calls; what it raises are requests' exceptions before an answer, and
-`BodyTimeout`/`BodyCut` while its body is read. A call goes straight to urllib3's pool,
-as requests' adapter would send it, without the adapter's per-call layers.
+`BodyTimeout`/`BodyCut` while its body is read.
 """
 
 from __future__ import annotations
@@ -15,50 +14,23 @@ import socket
 import time
 from functools import lru_cache, partial
 from typing import Any, BinaryIO, Callable, Iterator
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from gevent import monkey
-from requests import exceptions as failures
 from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
-from urllib3 import exceptions as urllib3_failures
-from urllib3.util.retry import Retry
+from requests.structures import CaseInsensitiveDict
 
 from bridge.core.forking import PerProcess
 
 READ_SIZE = 65536
 
-# The failures of a request before its answer, as the policy sees them.
+# What the policy sees of the transport: an answer (its status, headers and `close()`),
+# and the failures of a request before its answer.
+Answer = requests.Response
 TransportError = requests.RequestException
 ConnectTimeout = requests.ConnectTimeout
-
-
-class Answer:
-    """An upstream's answer before its body is read: its status, its headers (names in
-    any case) and `close()`, which gives the connection back to its pool once the body
-    was read, and closes it otherwise. `raw`: urllib3's response, for `Transport.body`."""
-
-    __slots__ = ("raw", "status_code", "headers")
-
-    def __init__(self, raw: urllib3.BaseHTTPResponse):
-        self.raw = raw
-        self.status_code = raw.status
-        self.headers = raw.headers
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code < 400
-
-    def header_items(self) -> Iterator[tuple[str, str]]:
-        """Each header once, a repeated one's values joined with ", " (as requests has
-        them)."""
-        return self.headers.itermerged()
-
-    def close(self) -> None:
-        raw = self.raw
-        raw.close()  # the connection, unless the body was read and gave it back already
-        raw.release_conn()
 
 
 class BodyTimeout(TimeoutError):
@@ -225,32 +197,65 @@ def _release(raw: object) -> None:
     raw.release_conn()  # type: ignore[attr-defined]
 
 
-# requests' adapter with max_retries=0: no retry, and a failed read is not retried
-_NO_RETRIES = Retry(0, read=False)
+class _Adapter(HTTPAdapter):
+    """requests' adapter, lean on each call: the pool of an upstream found by its origin
+    in a dict once it is known (not through the pool manager's key), and the answer built
+    without the cookie jar, which a proxy never reads (both methods are requests' own
+    extension points, overridden as its documentation offers)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self._by_origin: dict[tuple[str, Any, Any], Any] = {}
+
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest,
+                                        verify: Any, proxies: Any = None,
+                                        cert: Any = None) -> Any:
+        if proxies:
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        origin = (_origin(request.url or ""), verify, cert)
+        pool = self._by_origin.get(origin)
+        if pool is None:
+            pool = self._by_origin[origin] = super().get_connection_with_tls_context(
+                request, verify, proxies, cert)
+        return pool
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url or ""
+        response.request = req
+        response.connection = self
+        return response
 
 
 @lru_cache(maxsize=512)
-def _target(url: str) -> tuple[str, str, int | None, str]:
-    """A URL as requests would send it (quoted as `PreparedRequest.prepare_url` quotes
-    it): (scheme, host, port, the path and query that go on the request line). Most
-    calls go to a handful of URLs: worked out once each."""
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL: which pool it goes to."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+@lru_cache(maxsize=512)
+def _prepared_url(url: str) -> str:
+    """A URL as requests sends it (`PreparedRequest.prepare_url`: checked, quoted): most
+    calls go to a handful of URLs, each worked out once."""
     prepared = requests.PreparedRequest()
     prepared.prepare_url(url, None)
-    parts = urllib3.util.parse_url(prepared.url)
-    if not parts.host:
-        raise failures.InvalidURL(f"no host in {url!r}")
-    return (parts.scheme or "http").lower(), parts.host, parts.port, prepared.path_url
+    return prepared.url or url
 
 
 class Transport:
     """This worker's connections to the upstreams, one pool per upstream host, made after
-    fork, whose connections send each request in one write.
+    fork: a `requests` adapter whose pools send each request in one write.
 
-    A call is sent as requests' adapter sends a prepared request (the same request line,
-    headers and body, the same TLS verification, its exceptions), without the layers it
-    adds to each call (a `PreparedRequest`, the pool manager's key, a `requests.Response`):
-    none of what `Session.request` merges in (session headers, cookies, hooks, the
-    environment) either, which a proxy wants none of.
+    `Session.request` would merge session headers, cookies, hooks and environment settings
+    on every call (~0.1 ms of CPU each, and a cookie jar shared by all clients): a proxy
+    wants none of them, so each call is a prepared request made from the client's own
+    headers and body (its URL prepared once per URL), sent by the pooled adapter.
 
     `connect_timeout` bounds connecting alone (within each request's own timeout).
     """
@@ -258,65 +263,35 @@ class Transport:
     def __init__(self, pool_size: int, connect_timeout: float):
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        # per worker process, made after fork: (scheme, host, port) -> pool
-        self._pools: PerProcess[dict[tuple[str, str, int | None], Any]] = PerProcess(dict)
-        self._session = PerProcess(self._new_session)
+        # one pool per worker process, made after fork
+        self._pools = PerProcess(self._new)
 
-    def _new_session(self) -> requests.Session:
+    def _new(self) -> tuple[requests.Session, _Adapter]:
         session = requests.Session()
         session.trust_env = False  # no proxy/netrc lookups per call (see platform notes)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size,
-                              max_retries=0, pool_block=False)
-        adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        adapter = _Adapter(pool_connections=4, pool_maxsize=self.pool_size,
+                           max_retries=0, pool_block=False)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        return session
+        return session, adapter
 
     @property
     def session(self) -> requests.Session:
-        """A session of this worker's own, for the bridge's probes (redirects followed)."""
-        return self._session.get()
-
-    def _pool(self, scheme: str, host: str, port: int | None) -> Any:
-        pools = self._pools.get()
-        pool = pools.get((scheme, host, port))
-        if pool is None:
-            if scheme == "https":  # verified as requests verifies (its CA bundle)
-                pool = _TLSPool(host, port, maxsize=self.pool_size, block=False,
-                                cert_reqs="CERT_REQUIRED", ca_certs=DEFAULT_CA_BUNDLE_PATH)
-            elif scheme == "http":
-                pool = _Pool(host, port, maxsize=self.pool_size, block=False)
-            else:
-                raise failures.InvalidSchema(f"no connection adapters were found for {scheme!r}")
-            pools[(scheme, host, port)] = pool
-        return pool
+        """This worker's session (for the bridge's probes); its adapter holds the pools."""
+        return self._pools.get()[0]
 
     def send(self, method: str, url: str, headers: dict[str, str],
              body: bytes, timeout: float) -> Answer:
-        """One upstream call; raises requests' exceptions for a failure before the answer."""
-        try:
-            scheme, host, port, path = _target(url)
-            pool = self._pool(scheme, host, port)
-        except urllib3_failures.LocationValueError as exc:
-            raise failures.InvalidURL(exc) from None
-        method = method.upper()
-        if body or method not in _NO_BODY:  # as requests sets it, last
-            headers = {name: value for name, value in headers.items()
-                       if name.lower() != "content-length"}
-            headers["Content-Length"] = str(len(body))
-        try:
-            raw = pool.urlopen(method, path, body=body or None, headers=headers,
-                               redirect=False, assert_same_host=False,
-                               preload_content=False, decode_content=False,
-                               retries=_NO_RETRIES, chunked=False,
-                               timeout=urllib3.Timeout(
-                                   connect=min(self.connect_timeout, timeout), read=timeout))
-        except Exception as exc:  # noqa: BLE001 - each mapped as requests maps it
-            failure = _failure(exc)
-            if failure is exc:
-                raise
-            raise failure from exc
-        return Answer(raw)
+        """One upstream call through the session's adapter; raises requests' exceptions
+        for a failure before the answer."""
+        prepared = requests.PreparedRequest()
+        prepared.method = method.upper()
+        prepared.url = _prepared_url(url)
+        prepared.prepare_headers(headers)
+        prepared.prepare_body(body or None, None)
+        adapter = self._pools.get()[1]
+        return adapter.send(prepared, stream=True,
+                            timeout=(min(self.connect_timeout, timeout), timeout))
 
     @staticmethod
     def body(upstream: Answer, deadline: float) -> Iterator[bytes]:
@@ -353,31 +328,3 @@ class Transport:
             if is_timeout(exc):
                 raise BodyTimeout("a read outlived the deadline") from exc
             raise BodyCut("the connection ended before the body") from exc
-
-
-_NO_BODY = frozenset(("GET", "HEAD"))
-
-
-def _failure(exc: Exception) -> Exception:
-    """The requests exception for a urllib3 failure, as requests' adapter maps it."""
-    if isinstance(exc, urllib3_failures.MaxRetryError):
-        reason = exc.reason
-        if (isinstance(reason, urllib3_failures.ConnectTimeoutError)
-                and not isinstance(reason, urllib3_failures.NewConnectionError)):
-            return failures.ConnectTimeout(exc)
-        if isinstance(reason, urllib3_failures.ResponseError):
-            return failures.RetryError(exc)
-        if isinstance(reason, urllib3_failures.SSLError):
-            return failures.SSLError(exc)
-        return failures.ConnectionError(exc)
-    if isinstance(exc, (urllib3_failures.ProtocolError, OSError,
-                        urllib3_failures.ClosedPoolError)):
-        return failures.ConnectionError(exc)
-    if isinstance(exc, urllib3_failures.SSLError):
-        return failures.SSLError(exc)
-    if isinstance(exc, urllib3_failures.ReadTimeoutError):
-        return failures.ReadTimeout(exc)
-    if isinstance(exc, (urllib3_failures.InvalidHeader, ValueError)):
-        # requests refuses a header value that http.client would refuse (a line break)
-        return failures.InvalidHeader(exc)
-    return exc

@@ -421,7 +421,7 @@ class UpstreamClient:
         """The answer as the stages get it: on the exchange's wire, scrubbed of the
         credentials its request carried (`scrubber`)."""
         redactor = scrubber(leg)
-        headers = forwardable({k.lower(): v for k, v in upstream.header_items()},
+        headers = forwardable({k.lower(): v for k, v in upstream.headers.items()},
                               NOT_FORWARDED_RESPONSE)
         codec = streaming.codec_for(upstream.headers.get("content-type", ""))
         translation = leg.crossing

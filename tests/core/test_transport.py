@@ -126,7 +126,7 @@ def test_a_pooled_connection_the_upstream_closed_is_not_used_again(one_answer_pe
         # the connection went back to the pool; once the upstream's close has reached it,
         # it is found closed before the next request, which gets a connection of its own
         assert closed.acquire(timeout=10)
-        (pool,) = transport._pools.get().values()
+        (pool,) = set(transport._pools.get()[1]._by_origin.values())
         idle = [conn for conn in pool.pool.queue if conn is not None]
         assert len(idle) == 1 and select.select([idle[0].sock], [], [], 10)[0]
     assert len(got) == 3
