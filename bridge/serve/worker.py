@@ -124,7 +124,12 @@ class Response(wsgi.Response):
         finally:
             self.sock = sock
         if collected.parts:
-            sock.sendall(b"".join(collected.parts))
+            data = b"".join(collected.parts)
+            # one `send` (gevent's `sendall` asks the socket its buffer size first, a
+            # system call per response); the rest, when the buffer was full, as before
+            sent = sock.send(data)
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
 
 
 class _Settled:
