@@ -29,7 +29,6 @@ from __future__ import annotations
 import email.utils
 import signal
 import time
-import weakref
 from typing import Any
 
 import gevent
@@ -67,26 +66,26 @@ class _Server(StreamServer):
 
 
 class _IdleWait:
-    """The wait for a connection's next request, bounded by the keep-alive timeout; the
-    worker ends it early (as if it had timed out) when it stops."""
+    """A connection's wait for its next request, bounded by the keep-alive timeout; the
+    worker ends it early (as if it had timed out) when it stops. One per connection, its
+    timer started again for each wait (not a timer made and closed per request)."""
 
     def __init__(self, worker: "GeventWorker"):
         self.worker = worker
         self.timeout = gevent.Timeout(worker.cfg.keepalive, False)
-        self.greenlet: Any = None
+        self.greenlet: Any = gevent.getcurrent()
+        # kept alive after a request (not a new connection whose request is on its way)
         self.kept_alive = False
 
     def __enter__(self) -> "_IdleWait":
-        self.greenlet = gevent.getcurrent()
-        # kept alive after a request (not a new connection whose request is on its way)
-        self.kept_alive = self.greenlet in self.worker.served
         self.worker.idle[self.greenlet] = self
         self.timeout.start()
         return self
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
         self.worker.idle.pop(self.greenlet, None)
-        return bool(self.timeout.__exit__(kind, value, traceback))
+        self.timeout.cancel()
+        return value is self.timeout  # it ran out, or the worker ended it: no request
 
     def end(self) -> None:
         gevent.kill(self.greenlet, self.timeout)  # from the hub, as gevent requires
@@ -196,8 +195,8 @@ class GeventWorker(_GunicornGeventWorker):
         util.http_date = _http_date
         message._ip_in_allow_list = _peers_once(message._ip_in_allow_list)
         self.cfg = _Settled(self.cfg)
-        self.idle: dict[Any, _IdleWait] = {}
-        self.served: weakref.WeakSet[Any] = weakref.WeakSet()  # connections past a request
+        self.idle: dict[Any, _IdleWait] = {}  # connections waiting for their next request
+        self.connections: dict[Any, _IdleWait] = {}  # by the greenlet serving each
         self.busy: set[Any] = set()  # greenlets serving a request (a stream included)
         self.quick = False
         self.draining = False
@@ -205,10 +204,20 @@ class GeventWorker(_GunicornGeventWorker):
         self._main: Any = None
         super().init_process()
 
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        current = gevent.getcurrent()
+        self.connections[current] = _IdleWait(self)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self.connections.pop(current).timeout.close()
+
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         current = gevent.getcurrent()
         self.busy.add(current)
-        self.served.add(current)
+        wait = self.connections.get(current)
+        if wait is not None:
+            wait.kept_alive = True
         if self.draining:  # "Connection: close": the client's next request goes elsewhere
             req.must_close = True
         try:
@@ -220,7 +229,7 @@ class GeventWorker(_GunicornGeventWorker):
             gevent.sleep(0)
 
     def timeout_ctx(self) -> _IdleWait:
-        return _IdleWait(self)
+        return self.connections.get(gevent.getcurrent()) or _IdleWait(self)
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: drain for --drain-delay, then stop gracefully."""
