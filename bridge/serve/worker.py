@@ -193,7 +193,8 @@ class GeventWorker(_GunicornGeventWorker):
         ggevent.StreamServer = _Server
         wsgi.Response = Response
         util.http_date = _http_date
-        message._ip_in_allow_list = _peers_once(message._ip_in_allow_list)
+        if hasattr(message, "_ip_in_allow_list"):  # gunicorn's private helper, kept
+            message._ip_in_allow_list = _peers_once(message._ip_in_allow_list)
         self.cfg = _Settled(self.cfg)
         self.idle: dict[Any, _IdleWait] = {}  # connections waiting for their next request
         self.connections: dict[Any, _IdleWait] = {}  # by the greenlet serving each
