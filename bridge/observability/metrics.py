@@ -239,7 +239,9 @@ class _Bridge:
     then say is what the events one by one would have written; another worker's scrape
     sees a request's counts once the worker that served it is back in its event loop
     (right after the response, as it waits for the next request). Gauges (what is in
-    flight or waiting now) are written at once: none changes per cache hit.
+    flight or waiting now) are written at once: none changes per cache hit; so are the
+    events of another native thread (an off-loop flush), which the loop's batch must not
+    race.
     """
 
     def __init__(self) -> None:
@@ -287,7 +289,9 @@ class _Bridge:
             key = (event, labels.get(kept[0]))
         else:
             key = (event, *map(labels.get, kept)) if kept else (event,)
-        if event in self.at_once:
+        if event in self.at_once or _native_thread() != self.thread:
+            # a gauge; or an event of another native thread, which must not race the
+            # loop's flush over the pending lists
             self._write_all(key, [value])
             return
         values = self.pending.get(key)
@@ -301,10 +305,7 @@ class _Bridge:
                 self.flush()
 
     def _flush_soon(self) -> None:
-        """Flush at the end of this turn of the event loop (events come from the loop; one
-        from another native thread is written by the next flush)."""
-        if _native_thread() != self.thread:
-            return
+        """Flush at the end of this turn of the event loop."""
         if self.loop is None:
             import gevent
 
