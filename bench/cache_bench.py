@@ -26,7 +26,6 @@ import contextlib
 import http.client
 import io
 import json
-import logging
 import os
 import random
 import shutil
@@ -184,56 +183,6 @@ def bench_memory(standin_url: str, workdir: Path, seconds: float, connections: i
         if bare_view is not None:
             bare_view.stop()
         bridge.stop()
-
-
-def bench_stage_cost(standin_url: str, workdir: Path, rounds: int = 5000) -> None:
-    """In process, without HTTP: what a memory hit costs in the pipeline, and in the cache."""
-    from bridge.core import settings as bridge_settings
-    from bridge.core.exchange import Exchange
-    from bridge.web.app import create_app
-
-    settings = bridge_settings.load(["--enable-cache", "--cache-dir",
-                                     str(workdir / "stage-cache"), "-o", standin_url,
-                                     "--cache-ttl", DAY_MS])
-    app = create_app(settings)
-    raw = json.dumps(chat_body(QUESTION)).encode()
-    app.test_client().post("/v1/chat/completions", data=raw, content_type="application/json")
-    pipeline = app.extensions["bridge.pipeline"]
-    cache = pipeline.stage("cache")
-
-    def exchange() -> Exchange:
-        return Exchange(surface="openai", endpoint="chat", method="POST",
-                        path="/v1/chat/completions", query="",
-                        headers={"content-type": "application/json"}, body=raw,
-                        request_id="bench", payload=json.loads(raw))
-
-    timings = {}
-    for name, run in (("whole pipeline", lambda ex: pipeline.handle(ex)),
-                      ("cache stage", lambda ex: (cache.on_request(ex), cache.on_response(ex)))):
-        start = time.perf_counter()
-        for _ in range(rounds):
-            ex = exchange()
-            run(ex)
-            ex.close()
-        timings[name] = (time.perf_counter() - start) / rounds * 1e6
-
-    def request() -> None:
-        wsgi_request(app, raw)
-
-    logging.getLogger("bridge.access").disabled = True  # in a worker: a line to stderr
-    try:
-        for _ in range(3):  # the first answer is kept, the others are repeats
-            request()
-        start = time.perf_counter()
-        for _ in range(rounds):
-            request()
-        timings["repeat"] = (time.perf_counter() - start) / rounds * 1e6
-    finally:
-        logging.getLogger("bridge.access").disabled = False
-    stages = ", ".join(stage.name for stage in pipeline.stages)
-    print(f"   in process, per memory hit: pipeline ({stages}) {timings['whole pipeline']:.0f} µs"
-          f", of which the cache stage {timings['cache stage']:.0f} µs; a repeat through the "
-          f"whole WSGI app (answered before Flask, access line off) {timings['repeat']:.0f} µs")
 
 
 # --- 2. replay and assembly of a long stored stream ----------------------------------------
@@ -734,7 +683,6 @@ def main() -> None:
     try:
         if "1" in args.only:
             bench_memory(standin.url, workdir, args.duration, args.connections)
-            bench_stage_cost(standin.url, workdir)
         if "2" in args.only:
             bench_replay()
         if "3" in args.only or "4" in args.only:
