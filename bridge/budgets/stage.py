@@ -59,4 +59,6 @@ def make_stage(settings: Settings, context: Context) -> Stage | None:
     usage = context.pipeline.stage("usage") if context.pipeline is not None else None
     if not isinstance(usage, UsageStage):
         return None  # no ledger (--disable-usage-ledger): nothing to count against
+    if not usage.recorder.budgets:
+        return None  # no budget can apply (no default, no shared mode): nothing to check
     return BudgetStage(settings, usage.recorder, context.principals)

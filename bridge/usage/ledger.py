@@ -42,12 +42,13 @@ _UPSERT = (f"INSERT INTO usage_daily (day, principal, model, {', '.join(FIELDS)}
 
 RowKey = tuple[str, str, str]  # (day as YYYY-MM-DD, principal, model)
 Counts = list[float]  # in the order of FIELDS
-_PROMPT, _COMPLETION = FIELDS.index("prompt_tokens"), FIELDS.index("completion_tokens")
+# where a row's upstream tokens are in its counts
+PROMPT, COMPLETION = FIELDS.index("prompt_tokens"), FIELDS.index("completion_tokens")
 
 
 def upstream_tokens(counts: Sequence[float]) -> int:
     """Tokens spent upstream (prompt + completion) of a row's counts: what a budget counts."""
-    return int(counts[_PROMPT] + counts[_COMPLETION])
+    return int(counts[PROMPT] + counts[COMPLETION])
 
 
 class Row(NamedTuple):

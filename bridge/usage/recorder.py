@@ -33,7 +33,9 @@ from bridge.core.redis_link import RedisDown, link_for
 from bridge.core.settings import Settings
 from bridge.usage import periods
 from bridge.usage.ledger import (
+    COMPLETION,
     FIELDS,
+    PROMPT,
     Counts,
     LocalLedger,
     RowKey,
@@ -49,7 +51,6 @@ log = logging.getLogger("bridge.usage")
 FLUSH_SECONDS = 1.0
 MAX_UNSHARED_ROWS = 100_000
 EVENTS = {f"usage.{field}": index for index, field in enumerate(FIELDS)}
-_PROMPT, _COMPLETION = FIELDS.index("prompt_tokens"), FIELDS.index("completion_tokens")
 
 
 class Recorder:
@@ -80,7 +81,7 @@ class Recorder:
         if counts is None:
             counts = self.pending[key] = empty()
         counts[index] += value
-        if index == _PROMPT or index == _COMPLETION:
+        if index == PROMPT or index == COMPLETION:
             self.pending_tokens[principal] = self.pending_tokens.get(principal, 0) \
                 + int(value)
 

@@ -149,6 +149,10 @@ class StatusSection:
         self.settings = settings
         self.default = default_budget(settings)
         self.thread = SerialThread()
+        # opened in the thread on first use and kept (as the key store is by the auth
+        # stage): a refresh is then a query, not a new connection and schema script each
+        self.local = LocalLedger(settings.state_dir, settings.usage_retention_days)
+        self.store = KeyStore(settings.state_dir) if settings.enable_shared_mode else None
         self._kept: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     def get(self) -> list[dict[str, Any]]:
@@ -158,14 +162,29 @@ class StatusSection:
         if now - self._kept[0] < STATUS_SECONDS:
             return self._kept[1]
         since = earliest_period_start(now)
-        budgets = self.thread.run(key_budgets, self.settings.state_dir) \
-            if self.settings.enable_shared_mode else {}
+        budgets = self.thread.run(self._key_budgets) if self.store is not None else {}
         try:
             rows = fleet_rows(self.settings, since, now)  # cooperative under gevent
         except (LookupError, RedisDown):
-            rows = self.thread.run(local_rows, self.settings, since)
+            rows = self.thread.run(self._local_rows, since)
         self._kept = (now, status_items(rows, budgets, self.default, now))
         return self._kept[1]
+
+    def _key_budgets(self) -> dict[str, Budget]:
+        """As `key_budgets`, from the kept store (re-read only when it changed)."""
+        assert self.store is not None
+        if not self.store.path.exists():
+            return {}
+        try:
+            keys = self.store.open(create=False).keys()
+        except KeyStoreError as exc:
+            log.warning("usage: %s", exc)
+            return {}
+        return {key.name: key.budget for key in keys if key.budget is not None}
+
+    def _local_rows(self, since: str) -> list[Row]:
+        """As `local_rows`, on the kept connection."""
+        return self.local.rows(since) if self.local.path.exists() else []
 
 
 # --- `keys usage` ------------------------------------------------------------------------
