@@ -127,6 +127,7 @@ class Recorder:
                 log.warning("cannot write the usage ledger %s: %s", self.local.path, exc)
                 for key, counts in batch.items():
                     add_into(self.pending.setdefault(key, empty()), counts)
+                batch = {}  # shared with the fleet once it is written here, not twice
         if self.fleet is not None:
             for key, counts in batch.items():
                 add_into(self.unshared.setdefault(key, empty()), counts)
