@@ -228,6 +228,7 @@ class AdmissionStage(Stage):
         response.on_close(partial(self._end, ex))
 
     def _watch(self, ex: Exchange, frames: Iterator[Frame]) -> Iterator[Frame]:
+        """The frames, the time to the first one counted as it comes."""
         call: Call = ex.notes[_CALL]
         for frame in frames:
             if not call.first_frame:
@@ -235,6 +236,8 @@ class AdmissionStage(Stage):
                 emit("upstream.ttft", time.perf_counter() - call.started,
                      endpoint=ex.endpoint, surface=ex.api)
             yield frame
+            break
+        yield from frames  # the others as they are: no step of this one in their way
 
     def _end(self, ex: Exchange) -> None:
         call: Call | None = ex.notes.get(_CALL)

@@ -187,6 +187,22 @@ class Stream:
             self.close()
             raise
 
+    def wrap(self, transform: Callable[[Iterator[Frame]], Iterator[Frame]],
+             keeps_marks: bool) -> None:
+        """Read the stream through `transform(frames)` from now on (`Response.map_frames`).
+
+        One `Stream` holds every layer: what a layer reads is closed, like a finalizer,
+        after the layers around it and the finalizers registered after it was wrapped,
+        which is the order nested streams would close in, without a `Stream` per layer
+        on every frame's way."""
+        inner = self._frames
+        self._finalizers.extend(_closer_of(inner))
+        outer = transform(inner)
+        if not keeps_marks:
+            self._finalizers.extend(_closer_of(outer))
+            outer = _unmarked(outer)
+        self._frames = outer
+
     def on_close(self, finalizer: Callable[[], None]) -> None:
         """Run `finalizer()` when the stream is closed (at once if it already is)."""
         if self.closed:
@@ -312,12 +328,12 @@ class Response:
         dropped after one marked would leave the writer waiting for the network with
         frames in hand.
         """
-        inner = self.frames
-        if inner is None:
+        frames = self.frames
+        if frames is None:
             raise ValueError("map_frames on a response without a stream")
-        # closed last first: `transform`, then what it reads (read or not, started or not)
-        outer = Stream(transform(inner), *_closer_of(inner))
-        self.frames = outer if keeps_marks else Stream(_unmarked(outer), outer.close)
+        if not isinstance(frames, Stream):
+            frames = self.frames = Stream(frames, *_closer_of(frames))
+        frames.wrap(transform, keeps_marks)
 
     def on_close(self, finalizer: Callable[[], None]) -> None:
         """Run `finalizer()` once this response is done with: when its stream is closed

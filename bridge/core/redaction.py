@@ -95,6 +95,7 @@ class Redactor:
         # longest first, so a secret that contains another is replaced whole
         self._text = sorted(forms, key=len, reverse=True)
         self._bytes = [form.encode() for form in self._text]
+        self.forms = tuple(self._bytes)  # what `bytes` replaces: where it finds none, nothing
         self.longest = max((len(form) for form in self._bytes), default=0)
 
     def bytes(self, data: bytes) -> bytes:

@@ -52,9 +52,10 @@ def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
                 frame = _sse_event(events[0])
                 if frame is not None:
                     yield frame
-            else:
-                yield from _read_at_once([frame for frame in map(_sse_event, events)
-                                          if frame])
+            else:  # a plain data line, as most events are, without a call
+                yield from _read_at_once([
+                    Frame(event[6:]) if event.startswith(b"data: ") and b"\n" not in event
+                    else _sse_event(event) for event in events])
     if buffer.strip():
         frame = _sse_event(buffer.strip(b"\n"))
         if frame is not None:
@@ -114,12 +115,14 @@ def read_ndjson(chunks: Iterable[bytes]) -> Iterator[Frame]:
         yield Frame(buffer.strip())
 
 
-def _read_at_once(frames: list[Frame]) -> list[Frame]:
-    """The frames of one upstream read, each but the last marked `more`: nothing waits
-    between them, so the writer may send them together."""
+def _read_at_once(frames: list[Frame | None]) -> list[Frame]:
+    """The frames of one upstream read (None: an empty event, dropped), each but the last
+    marked `more`: nothing waits between them, so the writer may send them together."""
+    if None in frames:
+        frames = [frame for frame in frames if frame is not None]
     for frame in frames[:-1]:
-        frame.more = True
-    return frames
+        frame.more = True  # type: ignore[union-attr]
+    return frames  # type: ignore[return-value]
 
 
 def read_raw(chunks: Iterable[bytes]) -> Iterator[Frame]:

@@ -30,6 +30,7 @@ from opentelemetry.trace import Span, SpanKind
 from bridge.core import events, streaming
 from bridge.core.errors import BridgeError, UpstreamTimeout, UpstreamUnavailable
 from bridge.core.exchange import (
+    USAGE_MARKERS,
     Exchange,
     Frame,
     Response,
@@ -498,15 +499,24 @@ class UpstreamClient:
         frames = streaming.READERS[codec](self._body(upstream, deadline, leg.timeout))
         if leg.crossing is not None:  # read on the exchange's wire from here on
             frames, codec = leg.crossing.frames(frames), leg.crossing.codec
+        secrets = redactor.forms if redactor is not None else ()
         try:
             for frame in frames:
-                if counted:  # read here: a stage may drop the frame the client did not ask for
-                    ex.usage = usage_in(frame.raw) or ex.usage
-                if streaming.is_terminal(frame, codec):
+                # each look starts with a scan of the frame's bytes for what it looks for
+                # (most frames hold none of it): no call, no parsing, for most frames
+                raw = frame.raw
+                if counted and (USAGE_MARKERS[0] in raw or USAGE_MARKERS[1] in raw):
+                    # read here: a stage may drop the frame the client did not ask for
+                    ex.usage = usage_in(raw) or ex.usage
+                if (raw == b"[DONE]" or b'"done"' in raw) and streaming.is_terminal(frame, codec):
                     response.outcome = "complete"
-                elif streaming.is_error(frame):
+                elif b'"error"' in raw and streaming.is_error(frame):
                     told = True
-                yield frame if redactor is None else redactor.frame(frame)
+                for secret in secrets:
+                    if secret in raw:
+                        frame = redactor.frame(frame)  # type: ignore[union-attr]
+                        break
+                yield frame
         except BridgeError as err:
             failure = err
         if codec == streaming.RAW and failure is None:

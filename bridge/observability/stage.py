@@ -159,25 +159,30 @@ class ObserveStage(Stage):
 
     def _frames(self, ex: Exchange, frames: Iterator[Frame], served: bool) -> Iterator[Frame]:
         relayed = 0
+        looks = served or self.bodies or self.trace  # at more than the count (most: not)
         if self.bodies:
             ex.notes[_ANSWER] = b""
         try:
             for frame in frames:
                 if not frame.verbatim:  # not a comment (a heartbeat)
                     relayed += 1
-                if self.bodies and len(ex.notes[_ANSWER]) < REQUEST_LOG_BODY_LIMIT:
-                    ex.notes[_ANSWER] = (ex.notes[_ANSWER] + frame.raw)[
-                        :REQUEST_LOG_BODY_LIMIT]
-                if served:
-                    ex.notes[_SERVED_USAGE] = usage_in(frame.raw) or \
-                        ex.notes.get(_SERVED_USAGE)
-                if self.trace:
-                    trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
-                                    ex.request_id)
+                if looks:
+                    self._look(ex, frame, served)
                 yield frame
             ex.notes[_RELAYED] = True
         finally:  # noted once, when the stream ends however it ends: not per frame
             ex.notes[_RELAYED_FRAMES] = relayed
+
+    def _look(self, ex: Exchange, frame: Frame, served: bool) -> None:
+        """What a frame on its way out tells: the request log's body, the usage of an
+        answer that cost no upstream call, the debug trace."""
+        if self.bodies and len(ex.notes[_ANSWER]) < REQUEST_LOG_BODY_LIMIT:
+            ex.notes[_ANSWER] = (ex.notes[_ANSWER] + frame.raw)[:REQUEST_LOG_BODY_LIMIT]
+        if served:
+            ex.notes[_SERVED_USAGE] = usage_in(frame.raw) or ex.notes.get(_SERVED_USAGE)
+        if self.trace:
+            trace_log.debug("frame %s [%s]", logs.clip(frame.raw, TRACE_FRAME_LIMIT),
+                            ex.request_id)
 
 
 def make_stage(settings: Settings, context: Context) -> Stage | None:
