@@ -10,8 +10,10 @@
    temporary directory: a ~941 B `chat.completion`, and a stream of 20
    `chat.completion.chunk` frames + `data: [DONE]`; nginx can't read `"stream": true`,
    so one port answers JSON and another SSE). Load: `bench/loadgen.py` (wrk, 64
-   connections), `--passes` x `--duration` s per target, the two targets alternated
-   within each pass, a warm-up before each run; medians over the passes. Then the
+   connections), `--passes` x `--duration` s per target, the two targets back to back
+   in each pass, in turn first, a warm-up before each run; medians over the passes, and
+   as the ratio the median of the passes' own ratios (throughput here drifts by a fifth
+   from one run to the next: paired runs, many times, are what stays put). Then the
    streaming time to the first byte, and the goals of issue 29, met or MISSED.
 2. The in-process cost (µs) of one memory hit: through the whole pipeline, and a repeat
    through the whole WSGI app (the fast path), every counter and the access log kept
@@ -293,16 +295,24 @@ def start_reference(upstream_url: str, work: Path) -> Process:
 
 
 def measure(targets: dict[str, str], body: str, args: argparse.Namespace) -> dict[str, dict]:
-    """`args.passes` runs of each target, alternated within each pass, each after a
-    warm-up; the median of each figure over the passes."""
+    """`args.passes` runs of each target, back to back within each pass (in turn first
+    and last: A B, B A, ...), each after a warm-up; the median of each figure over the
+    passes, and `ratio`: the median over the passes of each target's req/s over the
+    first target's in the same pass. (This 2-core machine's throughput drifts by a fifth
+    and more from one run of seconds to the next, for any server: a ratio of runs made
+    side by side, many times over, is what stays put.)"""
     runs: dict[str, list[dict]] = {name: [] for name in targets}
-    for _ in range(args.passes):
-        for name, url in targets.items():
+    order = list(targets.items())
+    for index in range(args.passes):
+        for name, url in (order if index % 2 == 0 else order[::-1]):
             load(url + CHAT, body, CONNECTIONS, args.warmup, HEADERS)
             runs[name].append(load(url + CHAT, body, CONNECTIONS, args.duration, HEADERS))
+    first = runs[order[0][0]]
     return {name: {"rps": statistics.median(run["rps"] for run in done),
                    "p99_ms": statistics.median(run["p99_ms"] for run in done),
                    "passes": [run["rps"] for run in done],
+                   "ratio": statistics.median(run["rps"] / reference["rps"]
+                                              for run, reference in zip(done, first, strict=True)),
                    "errors": sum(run["errors"] + run["non2xx"] for run in done)}
             for name, done in runs.items()}
 
@@ -331,7 +341,7 @@ def time_to_first_byte(urls: dict[str, str], rounds: int) -> dict[str, float]:
 
 
 def row_line(label: str, bare: dict, bridge: dict) -> str:
-    ratio = bridge["rps"] / bare["rps"]
+    ratio = bridge["ratio"]
     return (f"| {label:42} | {bare['rps']:10,.0f} | {bare['p99_ms']:6.1f} | "
             f"{bridge['rps']:12,.0f} | {bridge['p99_ms']:6.1f} | {ratio:5.2f} |")
 
@@ -340,7 +350,8 @@ def part_table(upstream: Upstream, work: Path, args: argparse.Namespace) -> None
     bridge_flags = ("--upstream-api", "openai", "--state-dir", str(work / "state"))
     print(f"1. bridge vs the bare stack, {tool()} {CONNECTIONS} connections, {args.passes} "
           f"passes x {args.duration:g} s per target (each after a {args.warmup:g} s "
-          "warm-up), the two alternated within each pass, medians; 2 gevent workers each")
+          "warm-up), the two back to back in each pass (in turn first), medians; ratio: "
+          "the median of the passes' ratios; 2 gevent workers each")
     print(f"   upstream: nginx, canned answers with a <think> block ({len(canned_json())} B "
           f"JSON on {upstream.json_url}, {FRAMES} SSE frames + [DONE] on "
           f"{upstream.sse_url})")
@@ -381,11 +392,13 @@ def part_table(upstream: Upstream, work: Path, args: argparse.Namespace) -> None
     print("|---|---|---|---|---|---|")
     for label, (bare, bridge) in rows.items():
         print(row_line(label, bare, bridge))
-    print("\n   passes (req/s), errors + non-2xx:")
+    print("\n   passes (req/s), errors + non-2xx, and each pass's ratio:")
     for label, (bare, bridge) in rows.items():
         print(f"   {label:42} bare {', '.join(f'{r:,.0f}' for r in bare['passes'])} "
               f"({bare['errors']}); bridge {', '.join(f'{r:,.0f}' for r in bridge['passes'])}"
-              f" ({bridge['errors']})")
+              f" ({bridge['errors']}); "
+              + ", ".join(f"{b / a:.2f}" for a, b in zip(bare["passes"], bridge["passes"],
+                                                               strict=True)))
     if ttfb:
         direct = ttfb["nginx direct"]
         print(f"   stream time to first byte ({args.ttfb_requests} sequential streams each, "
@@ -395,7 +408,7 @@ def part_table(upstream: Upstream, work: Path, args: argparse.Namespace) -> None
 
     print("\n   goals of issue 29:")
     for label, (bare, bridge) in rows.items():
-        ratio = bridge["rps"] / bare["rps"]
+        ratio = bridge["ratio"]
         if label.startswith("memory hit"):
             print(f"   memory hit: {ratio:.2f}x the bare view (goal >= {HIT_RATIO_GOAL}) "
                   f"{met(ratio >= HIT_RATIO_GOAL)}; p99 {bridge['p99_ms']:.1f} ms (goal <= "
@@ -748,9 +761,9 @@ def workdir() -> Iterator[Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per load run")
-    parser.add_argument("--warmup", type=int, default=2,
+    parser.add_argument("--passes", type=int, default=8)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per load run")
+    parser.add_argument("--warmup", type=int, default=1,
                         help="seconds of the same load before each run (discarded)")
     parser.add_argument("--ttfb-requests", type=int, default=300)
     parser.add_argument("--requests", type=int, default=2000,

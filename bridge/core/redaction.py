@@ -114,7 +114,7 @@ class Redactor:
         """`text` with the known secrets and every credential-shaped value masked."""
         text = self.text(text)
         folded = text.casefold()
-        if any(marker in folded for marker in _MARKERS):
+        if any(map(folded.__contains__, _MARKERS)):  # no Python step per marker
             for pattern, replacement in _SHAPES:
                 text = pattern.sub(replacement, text)
         return text

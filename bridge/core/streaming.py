@@ -28,6 +28,10 @@ CONTENT_TYPES = {
 }
 
 
+# a byte as an int: `in` finds it without first failing to take the needle for an int
+_LF = ord("\n")
+
+
 def codec_for(content_type: str) -> str | None:
     """The stream codec for an upstream Content-Type, or None when it is not a stream."""
     kind = content_type.split(";", 1)[0].strip().lower()
@@ -46,7 +50,7 @@ def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
         if b"\n\n" in buffer:
-            events = buffer.split(b"\n\n")
+            read, events = buffer, buffer.split(b"\n\n")
             buffer = events.pop()
             if len(events) == 1:  # one event per read, as upstreams mostly send them
                 frame = _sse_event(events[0])
@@ -54,8 +58,8 @@ def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
                     yield frame
             else:  # a plain data line, as most events are, without a call
                 yield from _read_at_once([
-                    Frame(event[6:]) if event.startswith(b"data: ") and b"\n" not in event
-                    else _sse_event(event) for event in events])
+                    Frame(event[6:]) if event.startswith(b"data: ") and _LF not in event
+                    else _sse_event(event) for event in events], read)
     if buffer.strip():
         frame = _sse_event(buffer.strip(b"\n"))
         if frame is not None:
@@ -65,7 +69,7 @@ def read_sse(chunks: Iterable[bytes]) -> Iterator[Frame]:
 def _sse_event(event: bytes) -> Frame | None:
     if not event:
         return None
-    if event.startswith(b"data:") and b"\n" not in event:
+    if event.startswith(b"data:") and _LF not in event:
         payload = event[5:]
         return Frame(payload[1:] if payload.startswith(b" ") else payload)
     if event.startswith(b"event:"):  # a named event (Anthropic's): as it came
@@ -107,21 +111,25 @@ def read_ndjson(chunks: Iterable[bytes]) -> Iterator[Frame]:
     buffer = b""
     for chunk in chunks:
         buffer = buffer + chunk if buffer else chunk
-        if b"\n" in buffer:
-            *lines, buffer = buffer.split(b"\n")
+        if _LF in buffer:
+            read, (*lines, buffer) = buffer, buffer.split(b"\n")
             yield from _read_at_once([Frame(line.rstrip(b"\r")) for line in lines
-                                      if line.strip()])
+                                      if line.strip()], read)
     if buffer.strip():
         yield Frame(buffer.strip())
 
 
-def _read_at_once(frames: list[Frame | None]) -> list[Frame]:
-    """The frames of one upstream read (None: an empty event, dropped), each but the last
-    marked `more`: nothing waits between them, so the writer may send them together."""
+def _read_at_once(frames: list[Frame | None], read: bytes) -> list[Frame]:
+    """The frames of one upstream `read` (None: an empty event, dropped), each but the
+    last marked `more`: nothing waits between them, so the writer may send them together;
+    several hold the read (`Frame.read`), which holds them all and may hold more."""
     if None in frames:
         frames = [frame for frame in frames if frame is not None]
-    for frame in frames[:-1]:
-        frame.more = True  # type: ignore[union-attr]
+    if len(frames) > 1:
+        for frame in frames:
+            frame.more = True  # type: ignore[union-attr]
+            frame.read = read  # type: ignore[union-attr]
+        frames[-1].more = False  # type: ignore[union-attr]
     return frames  # type: ignore[return-value]
 
 

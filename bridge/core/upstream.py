@@ -500,22 +500,30 @@ class UpstreamClient:
         if leg.crossing is not None:  # read on the exchange's wire from here on
             frames, codec = leg.crossing.frames(frames), leg.crossing.codec
         secrets = redactor.forms if redactor is not None else ()
+        seen = None  # what was last looked in (`Frame.read`), and what it may hold:
+        usage = ended = error = secret = False
+        sse = codec == streaming.SSE  # whose end is `[DONE]` (`streaming.is_terminal`)
         try:
             for frame in frames:
-                # each look starts with a scan of the frame's bytes for what it looks for
-                # (most frames hold none of it): no call, no parsing, for most frames
+                # Each look is a scan of the frame's read for what it looks for, then of
+                # the frame if the read holds it (mostly not): no call, no parsing.
+                read = frame.read or frame.raw
+                if read is not seen:
+                    seen = read
+                    usage = counted and (USAGE_MARKERS[0] in read or USAGE_MARKERS[1] in read)
+                    ended = b"[DONE]" in read or b'"done"' in read
+                    error = b'"error"' in read
+                    secret = any(form in read for form in secrets)
                 raw = frame.raw
-                if counted and (USAGE_MARKERS[0] in raw or USAGE_MARKERS[1] in raw):
+                if usage and (USAGE_MARKERS[0] in raw or USAGE_MARKERS[1] in raw):
                     # read here: a stage may drop the frame the client did not ask for
                     ex.usage = usage_in(raw) or ex.usage
-                if (raw == b"[DONE]" or b'"done"' in raw) and streaming.is_terminal(frame, codec):
+                if ended and (raw == b"[DONE]" if sse else streaming.is_terminal(frame, codec)):
                     response.outcome = "complete"
-                elif b'"error"' in raw and streaming.is_error(frame):
+                elif error and streaming.is_error(frame):
                     told = True
-                for secret in secrets:
-                    if secret in raw:
-                        frame = redactor.frame(frame)  # type: ignore[union-attr]
-                        break
+                if secret:
+                    frame = redactor.frame(frame)  # type: ignore[union-attr]
                 yield frame
         except BridgeError as err:
             failure = err

@@ -91,6 +91,9 @@ def configure(settings: Settings) -> None:
     handler's lines (gunicorn's too) with the settings' secrets; idempotent."""
     root = logging.getLogger("bridge")
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
+    # No format of ours shows a thread's or a process's name: a record need not look them
+    # up (under gevent, the current "thread" is a greenlet's, found through the hub)
+    logging.logThreads = logging.logMultiprocessing = False
     formatter = (JsonFormatter() if getattr(settings, "log_format", "text") == "json"
                  else TextFormatter(FORMAT))
     handler = next((h for h in root.handlers if getattr(h, "_bridge", False)), None)

@@ -131,10 +131,13 @@ def may_hold_reasoning(raw: bytes) -> bool:
     return b"think" in raw or b"reasoning" in raw or b"\\u" in raw
 
 
+_LT = ord("<")  # as an int: `in` finds it at once (`Frame.read`)
+
+
 def _may_hold_tag(raw: bytes) -> bool:
     """`may_hold_reasoning`, or the start of a tag cut across stream frames. (Spelt out
     again in `clean_frames`' loop over passing frames, where a call per frame counts.)"""
-    return b"<" in raw or b"think" in raw or b"reasoning" in raw or b"\\u" in raw
+    return _LT in raw or b"think" in raw or b"reasoning" in raw or b"\\u" in raw
 
 
 @dataclass
@@ -167,6 +170,11 @@ class _Choice:
         if self.filter is not None:
             return self.filter.passing
         return self.saw_field or self.ended or start == PLAIN
+
+    @property
+    def settled(self) -> bool:
+        """Nothing held or waiting (text, logprobs): its end releases nothing."""
+        return (self.filter is None or self.filter.passing) and not self.entries
 
     def feed(self, cleaner: ThinkCleaner, text: str, whole: bool) -> tuple[str, str]:
         if self.filter is None:
@@ -469,6 +477,9 @@ class ThinkCleaner:
         if self.kind in (CHAT, COMPLETIONS):
             choices = []
             for index, c in self._choices.items():
+                if c.settled:  # what `_clean` would make of its end: nothing but the counts
+                    c.finish(self, None)
+                    continue
                 new, answer, kept, _, entries = self._clean(c, {}, end=True)
                 if answer or kept or entries:
                     choice = {"index": index, "finish_reason": None,
@@ -479,7 +490,11 @@ class ThinkCleaner:
                 return []
             base = {k: v for k, v in last.items() if k not in ("choices", "usage")}
             return [{**base, "choices": choices}]
-        new, answer, kept, _, entries = self._clean(self._choice(0), {}, end=True)
+        c = self._choice(0)
+        if c.settled:
+            c.finish(self, None)
+            return []
+        new, answer, kept, _, entries = self._clean(c, {}, end=True)
         last = self._last_event() if answer or kept or entries else None
         if last is None:
             return []
@@ -780,6 +795,7 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
     sent = False  # anything went out (the headers with it)
     due = 0.0  # when an empty frame is due (monotonic), while hiding
     more = False  # the last frame read has more of its read after it
+    seen, escaped, named = None, True, True  # the read looked in, and what it may hold
     try:
         while True:
             if passing and not hiding:
@@ -789,7 +805,10 @@ def clean_frames(cleaner: ThinkCleaner, frames: Iterator[Frame],
                 # one may hold a tag: that one goes the slow way.
                 for frame in frames:
                     raw = frame.raw
-                    if b"<" in raw or b"\\u" in raw or field in raw:
+                    read = frame.read or raw  # looked in once per upstream read (`Frame.read`)
+                    if read is not seen:
+                        seen, escaped, named = read, b"\\u" in read, field in read
+                    if _LT in raw or (escaped and b"\\u" in raw) or (named and field in raw):
                         break
                     if held is not None:
                         held.more = True  # `frame` follows it at once
