@@ -16,9 +16,14 @@ import sys
 import time
 from typing import Any, Mapping
 
+from gevent import monkey
+
 from bridge.core import redaction
 from bridge.core.redaction import CREDENTIAL_HEADERS, REDACTED
 from bridge.core.settings import Settings, configured_secrets
+from bridge.core.turns import TurnEnd
+
+_NativeRLock = monkey.get_original("_thread", "RLock")
 
 FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -39,6 +44,62 @@ def clip(data: bytes | str, limit: int = 2000) -> str:
     if len(text) > limit:
         return f"{text[:limit]}… [{len(text) - limit} more characters]"
     return text
+
+
+class LineHandler(logging.StreamHandler):
+    """The bridge's lines to stderr. In a worker (`write_per_turn`), a line below WARNING
+    (an access line, mostly: one per request) waits for the end of the event loop's turn,
+    and the lines of one turn go out in one write; a warning or worse goes out at once,
+    after those waiting, as does any line of another native thread.
+
+    Its lock is a native one: no greenlet switches while a line is written (nothing in
+    it waits on the loop), and a line of another native thread waits its turn."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self.pending: list[str] = []
+        self.turn_end: TurnEnd | None = None
+
+    def createLock(self) -> None:
+        self.lock = _NativeRLock()
+        logging._register_at_fork_reinit_lock(self)  # type: ignore[attr-defined]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.pending.append(self.format(record) + self.terminator)
+        except Exception:  # noqa: BLE001 - logging's own contract: reported, not raised
+            self.handleError(record)
+            return
+        turn_end = self.turn_end
+        if turn_end is None or record.levelno >= logging.WARNING or not turn_end.on_loop():
+            self.flush()
+        else:
+            turn_end.ask()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            lines, self.pending = self.pending, []
+            if self.stream:
+                if lines:
+                    self.stream.write(lines[0] if len(lines) == 1 else "".join(lines))
+                self.stream.flush()
+        finally:
+            self.release()
+
+    def write_per_turn(self) -> None:
+        """From now on (in this process's loop), lines below WARNING wait for the end of
+        the loop's turn."""
+        if self.turn_end is None:
+            self.turn_end = TurnEnd(self.flush)
+
+
+def write_per_turn() -> None:
+    """The bridge's lines below WARNING written once per turn of this worker's event
+    loop (see `LineHandler`)."""
+    for handler in logging.getLogger("bridge").handlers:
+        if isinstance(handler, LineHandler):
+            handler.write_per_turn()
 
 
 class TextFormatter(logging.Formatter):
@@ -98,7 +159,7 @@ def configure(settings: Settings) -> None:
                  else TextFormatter(FORMAT))
     handler = next((h for h in root.handlers if getattr(h, "_bridge", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = LineHandler(sys.stderr)
         handler._bridge = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False

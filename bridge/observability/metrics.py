@@ -28,17 +28,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import flask
-from gevent import monkey
 
 from bridge.core import events, instance
 from bridge.core.errors import Unauthorized, error_response
 from bridge.core.redaction import bearer_token, secret_matches
+from bridge.core.turns import TurnEnd
 
 log = logging.getLogger("bridge.metrics")
 
 METRICS_PATH = "/metrics"
 # the native thread's id (gevent's patching makes `threading.get_ident` a greenlet's)
-_native_thread = monkey.get_original("_thread", "get_ident")
 CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge metrics"'}
 
 COUNTER, GAUGE_SET, GAUGE_ADD, HISTOGRAM = "counter", "gauge_set", "gauge_add", "histogram"
@@ -272,16 +271,13 @@ class _Bridge:
         self.targets: dict[tuple, list[tuple[Metric, Any]]] = {}
         # (event, *values of its kept labels, None when missing) -> the values not written
         self.pending: dict[tuple, list[float]] = {}
-        self._forked()
+        self.turn_end = TurnEnd(self.flush)
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         """In a new process (and a forked one: what the parent held is the parent's to
         write)."""
         self.pending.clear()
-        self.flush_due = False
-        self.loop: Any = None  # the event loop of the process's main thread, once known
-        self.thread = _native_thread()
 
     def __call__(self, event: str, value: float, labels: Mapping[str, str]) -> None:
         kept = self.kept[event]
@@ -289,7 +285,7 @@ class _Bridge:
             key = (event, labels.get(kept[0]))
         else:
             key = (event, *map(labels.get, kept)) if kept else (event,)
-        if event in self.at_once or _native_thread() != self.thread:
+        if event in self.at_once or not self.turn_end.on_loop():
             # a gauge; or an event of another native thread, which must not race the
             # loop's flush over the pending lists
             self._write_all(key, [value])
@@ -297,25 +293,14 @@ class _Bridge:
         values = self.pending.get(key)
         if values is None:
             self.pending[key] = [value]
-            if not self.flush_due:
-                self._flush_soon()
+            self.turn_end.ask()
         else:
             values.append(value)
             if len(values) >= MAX_PENDING:  # no loop turns (a script): bounded all the same
                 self.flush()
 
-    def _flush_soon(self) -> None:
-        """Flush at the end of this turn of the event loop."""
-        if self.loop is None:
-            import gevent
-
-            self.loop = gevent.get_hub().loop
-        self.flush_due = True
-        self.loop.run_callback(self.flush)
-
     def flush(self) -> None:
         """Write the pending updates to the metric files."""
-        self.flush_due = False
         pending, self.pending = self.pending, {}
         for key, values in pending.items():
             self._write_all(key, values)

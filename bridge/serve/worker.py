@@ -39,6 +39,7 @@ from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
 from bridge.core import lifecycle
+from bridge.observability import logs
 
 STOP_POLL_SECONDS = 0.1
 QUICK_STOP_SECONDS = 1.0  # how long a quick stop lets cut streams send their error event
@@ -259,6 +260,7 @@ class GeventWorker(_GunicornGeventWorker):
 
     def run(self) -> None:
         self._main = gevent.getcurrent()
+        logs.write_per_turn()  # the loop runs from here on: its lines go out once per turn
         stopper = gevent.spawn(self._when_stopping)
         try:
             super().run()
