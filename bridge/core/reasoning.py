@@ -365,11 +365,17 @@ def forwarded_history(messages: list[Any]) -> list[Any]:
     reasoning fields after the last user message (a tool loop's reasoning, which gpt-oss
     needs) and lose them before it, where Ollama drops them too; reasoning written as
     tags inside their text goes everywhere (`strip_history`). A message left unchanged
-    is the same object."""
-    last_user = -1
+    is the same object, and so are the messages when none is an assistant's."""
+    last_user, answered = -1, False
     for index, message in enumerate(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            last_user = index
+        if isinstance(message, dict):
+            role = message.get("role")
+            if role == "user":
+                last_user = index
+            elif role == "assistant":
+                answered = True
+    if not answered:  # a first question, mostly: nothing to forward differently
+        return messages
     return [_forwarded_message(message, index > last_user)
             for index, message in enumerate(messages)]
 

@@ -50,7 +50,8 @@ def clean_history(payload: dict[str, Any]) -> bool:
     if not isinstance(messages, list):  # the upstream says 400
         return False
     forwarded = forwarded_history(messages)
-    if all(new is old for new, old in zip(forwarded, messages, strict=True)):
+    if forwarded is messages or all(new is old for new, old in
+                                    zip(forwarded, messages, strict=True)):
         return False
     payload["messages"] = forwarded
     return True
