@@ -26,15 +26,17 @@ outranks what requests without it showed, and the reverse. The decision, in this
 5. "maybe" is held until the output shows which it is, and remembered.
 
 What is learnt is remembered instance-wide (all workers), in a small JSON file of the
-instance's run directory, re-read only when it changes: one `stat` per decision (none to
-learn what was known already).
+instance's run directory, re-read only when it changes, which a count in shared memory
+tells without a system call (none either to learn what was known already).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -99,15 +101,57 @@ def switched_off(payload: dict[str, Any], native: bool = False) -> bool:
     return text.rfind(_NO_THINK) >= text.rfind(_THINK)
 
 
+_COUNT = struct.Struct("<Q")
+
+
+class _Changes:
+    """How many times a file was changed, counted in shared memory (a file of 8 bytes
+    that every process using it maps): read without a system call. None when it cannot
+    be mapped (its reader then looks at the file itself)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._map: mmap.mmap | None = None
+        self._failed = False
+
+    def count(self) -> int | None:
+        mapped = self._map if self._map is not None else self._open()
+        return None if mapped is None else _COUNT.unpack_from(mapped)[0]
+
+    def add_one(self) -> None:
+        """Count a change (under the lock its writers share)."""
+        mapped = self._map if self._map is not None else self._open()
+        if mapped is not None:
+            _COUNT.pack_into(mapped, 0, _COUNT.unpack_from(mapped)[0] + 1)
+
+    def _open(self) -> mmap.mmap | None:
+        if self._failed:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < _COUNT.size:
+                    os.ftruncate(fd, _COUNT.size)  # zeros: the same for every process
+                self._map = mmap.mmap(fd, _COUNT.size)
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            self._failed = True
+        return self._map
+
+
 class ModelMemory:
     """What this instance learnt about each model, shared by its workers through one
     small JSON file (written whole, atomically, under a lock; rarely: only when a fact
-    changes)."""
+    changes). Its changes are counted in shared memory (`_Changes`): a worker reads the
+    file again only when the count moved, without a `stat` per decision."""
 
     def __init__(self, path: Path):
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
         self._facts: dict[str, dict[str, Any]] = {}
+        self._changes = _Changes(path.with_suffix(".changes"))
+        self._seen: int | None = None  # the count of changes when the file was read
 
     def get(self, model: str) -> dict[str, Any]:
         self._refresh()
@@ -118,6 +162,10 @@ class ModelMemory:
         return self._facts.get(model, {})
 
     def _refresh(self) -> None:
+        count = self._changes.count()  # before the file: a change after it is seen next
+        if count is not None and count == self._seen:
+            return  # nobody changed the file since it was read
+        self._seen = count
         try:
             st = os.stat(self.path)
         except OSError:
@@ -148,6 +196,7 @@ class ModelMemory:
                 tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(json.dumps(data, sort_keys=True))
                 os.replace(tmp, self.path)
+                self._changes.add_one()
         except OSError as exc:  # a run directory removed under us: learn nothing
             log.warning("cannot remember what the think filter learnt: %s", exc)
 
