@@ -9,6 +9,9 @@ upstream calls; what it raises are requests' exceptions before an answer, and
 
 from __future__ import annotations
 
+import email.parser
+import http.client
+import re
 import select
 import socket
 import time
@@ -78,6 +81,39 @@ class _OneWrite:
         if held is not None:  # a request without a body
             super().send(held)  # type: ignore[misc]
         return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+# A header line as the email parser reads it without a second look: a name of printable
+# ASCII but the colon (`email.feedparser.headerRE`), a value without CR or LF, its end.
+_PLAIN_HEADER = re.compile(rb"([\x21-\x39\x3b-\x7e]+):([^\r\n]*)\r?\n")
+_BLANK = (b"\r\n", b"\n", b"")
+_email_parse_headers = http.client.parse_headers
+
+
+def parse_headers(fp: BinaryIO, _class: type = http.client.HTTPMessage) -> Any:
+    """`http.client.parse_headers` (what every answer's headers go through) without the
+    email parser for plain header lines: the same `HTTPMessage`, name and value as its
+    compat32 policy stores them, in ~3 µs instead of ~15; a block with any other line
+    (folded, without a name, not ASCII) goes to the email parser as before. Installed
+    for the process by this module: http.client reads its module's name at each call."""
+    lines = http.client._read_headers(fp)  # type: ignore[attr-defined]
+    message = _class()
+    found = []
+    for line in lines:
+        if line in _BLANK:
+            break
+        plain = _PLAIN_HEADER.fullmatch(line)
+        if plain is None:
+            return email.parser.Parser(_class=_class).parsestr(
+                b"".join(lines).decode("iso-8859-1"))
+        found.append((plain[1].decode("ascii"),
+                      plain[2].decode("iso-8859-1").lstrip(" \t")))
+    message._headers = found
+    message._payload = ""
+    return message
+
+
+http.client.parse_headers = parse_headers
 
 
 # The system's poll, not gevent's: a poll that does not wait never blocks the loop, and

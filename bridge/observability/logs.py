@@ -26,6 +26,7 @@ from bridge.core.turns import TurnEnd
 _NativeRLock = monkey.get_original("_thread", "RLock")
 
 FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+ACCESS_LOGGER = "bridge.access"  # a line per request, once its answer is out
 
 # Headers whose values are credentials: never logged.
 SECRET_HEADERS = frozenset({*CREDENTIAL_HEADERS, "proxy-authorization", "cookie",
@@ -47,10 +48,11 @@ def clip(data: bytes | str, limit: int = 2000) -> str:
 
 
 class LineHandler(logging.StreamHandler):
-    """The bridge's lines to stderr. In a worker (`write_per_turn`), a line below WARNING
-    (an access line, mostly: one per request) waits for the end of the event loop's turn,
-    and the lines of one turn go out in one write; a warning or worse goes out at once,
-    after those waiting, as does any line of another native thread.
+    """The bridge's lines to stderr. In a worker (`write_per_turn`), an access line (one
+    per request, written once its answer went out) waits for the end of the event loop's
+    turn, and those of one turn go out in one write; any other line goes out at once,
+    after those waiting (what a request logs while it runs is in the log before its
+    answer is sent), as does any line of another native thread.
 
     Its lock is a native one: no greenlet switches while a line is written (nothing in
     it waits on the loop), and a line of another native thread waits its turn."""
@@ -71,10 +73,10 @@ class LineHandler(logging.StreamHandler):
             self.handleError(record)
             return
         turn_end = self.turn_end
-        if turn_end is None or record.levelno >= logging.WARNING or not turn_end.on_loop():
-            self.flush()
-        else:
+        if turn_end is not None and record.name == ACCESS_LOGGER and turn_end.on_loop():
             turn_end.ask()
+        else:
+            self.flush()
 
     def flush(self) -> None:
         self.acquire()
@@ -88,15 +90,15 @@ class LineHandler(logging.StreamHandler):
             self.release()
 
     def write_per_turn(self) -> None:
-        """From now on (in this process's loop), lines below WARNING wait for the end of
-        the loop's turn."""
+        """From now on (in this process's loop), access lines wait for the end of the
+        loop's turn."""
         if self.turn_end is None:
             self.turn_end = TurnEnd(self.flush)
 
 
 def write_per_turn() -> None:
-    """The bridge's lines below WARNING written once per turn of this worker's event
-    loop (see `LineHandler`)."""
+    """The bridge's access lines written once per turn of this worker's event loop (see
+    `LineHandler`)."""
     for handler in logging.getLogger("bridge").handlers:
         if isinstance(handler, LineHandler):
             handler.write_per_turn()

@@ -35,7 +35,7 @@ from bridge.core.settings import Settings
 from bridge.observability import logs
 from bridge.surfaces import client_api
 
-access_log = logging.getLogger("bridge.access")
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
 trace_log = logging.getLogger("bridge.trace")
 
 _EXCHANGE = "bridge_exchange"  # flask.g attribute: the request's exchange

@@ -136,3 +136,51 @@ def test_a_pooled_connection_the_upstream_closed_is_not_used_again(one_answer_pe
     assert head.startswith(b"post /v1/chat/completions?x=1 http/1.1\r\n")
     assert b"\r\ncontent-length: 2" in head and b"\r\ncontent-type: application/json" in head
     assert got[0].endswith(b"\r\n\r\n{}")
+
+
+HEADER_BLOCKS = [
+    b"Server: nginx\r\nX-A:  b \r\nX-A: c\r\n\r\n",  # repeated, spaced, trailing space
+    b"A:\r\nB:x\r\nC: x:y\r\nD:\tx \t\r\n\r\n",  # empty, unspaced, a colon inside, tabs
+    b"A: \xe9t\xe9\r\nB: x\x00y\x0c\x1c\x85\r\n\r\n",  # Latin-1, control bytes
+    b"A: x\nB: y\n\n",  # bare LF
+    b"\r\n",  # none
+    b"A: x\r\n folded\r\nB: y\r\n\r\n",  # a folded value: the email parser's
+    b"Bad Name: x\r\nC: d\r\n\r\n",  # not a header name: the email parser's (a defect)
+    b"NoColon\r\nC: d\r\n\r\n", b":x\r\n\r\n", b"From x\r\n\r\n",
+    b"A: x\r\r\nB: y\r\n\r\n",  # a lone CR: a line break to the email parser
+    b"A: x\r\nB: y",  # no blank line: the answer ended
+]
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS)
+def test_an_answer_s_headers_read_as_the_email_parser_reads_them(block):
+    """Every answer's headers are read by the transport's own parser (http.client's
+    without the email parser for plain lines): the same message, whatever the block."""
+    import email.parser
+    import http.client
+    import io
+
+    from bridge.core import transport
+
+    assert http.client.parse_headers is transport.parse_headers  # what http.client calls
+    expected = email.parser.Parser(_class=http.client.HTTPMessage).parsestr(
+        block.decode("iso-8859-1"))
+    found = transport.parse_headers(io.BytesIO(block))
+    assert type(found) is http.client.HTTPMessage
+    assert found.items() == expected.items() and str(found) == str(expected)
+    assert found.get_payload() == expected.get_payload()
+    assert [type(defect) for defect in found.defects] == [
+        type(defect) for defect in expected.defects]
+
+
+def test_an_answer_s_headers_reach_the_caller(answer_with):
+    url = answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up:  a b \r\n"
+                      b"X-Up: c\r\nX-Folded: one\r\n two\r\n\r\nok")
+    transport = Transport(pool_size=1, connect_timeout=1.0)
+    answer = transport.send("GET", url, {}, b"", timeout=2.0)
+    try:
+        assert answer.headers["x-up"] == "a b , c"  # repeated: joined, as requests does
+        assert answer.headers["x-folded"] == "one two"  # unfolded, as urllib3 does
+        assert b"".join(transport.body(answer, time.monotonic() + 2.0)) == b"ok"
+    finally:
+        answer.close()
