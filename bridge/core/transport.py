@@ -87,7 +87,6 @@ class _OneWrite:
 # ASCII but the colon (`email.feedparser.headerRE`), a value without CR or LF, its end.
 _PLAIN_HEADER = re.compile(rb"([\x21-\x39\x3b-\x7e]+):([^\r\n]*)\r?\n")
 _BLANK = (b"\r\n", b"\n", b"")
-_email_parse_headers = http.client.parse_headers
 
 
 def parse_headers(fp: BinaryIO, _class: type = http.client.HTTPMessage) -> Any:

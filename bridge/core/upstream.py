@@ -514,11 +514,10 @@ class UpstreamClient:
                     ended = b"[DONE]" in read or b'"done"' in read
                     error = b'"error"' in read
                     secret = any(form in read for form in secrets)
-                raw = frame.raw
-                if usage and (USAGE_MARKERS[0] in raw or USAGE_MARKERS[1] in raw):
-                    # read here: a stage may drop the frame the client did not ask for
-                    ex.usage = usage_in(raw) or ex.usage
-                if ended and (raw == b"[DONE]" if sse else streaming.is_terminal(frame, codec)):
+                if usage:  # read here: a stage may drop the frame the client did not ask for
+                    ex.usage = usage_in(frame.raw) or ex.usage
+                if ended and (frame.raw == b"[DONE]" if sse
+                              else streaming.is_terminal(frame, codec)):
                     response.outcome = "complete"
                 elif error and streaming.is_error(frame):
                     told = True

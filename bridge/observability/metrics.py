@@ -37,7 +37,6 @@ from bridge.core.turns import TurnEnd
 log = logging.getLogger("bridge.metrics")
 
 METRICS_PATH = "/metrics"
-# the native thread's id (gevent's patching makes `threading.get_ident` a greenlet's)
 CHALLENGE = {"www-authenticate": 'Bearer realm="deepseek-ollama-bridge metrics"'}
 
 COUNTER, GAUGE_SET, GAUGE_ADD, HISTOGRAM = "counter", "gauge_set", "gauge_add", "histogram"

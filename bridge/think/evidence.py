@@ -27,7 +27,7 @@ outranks what requests without it showed, and the reverse. The decision, in this
 
 What is learnt is remembered instance-wide (all workers), in a small JSON file of the
 instance's run directory, re-read only when it changes, which a count in shared memory
-tells without a system call (none either to learn what was known already).
+tells without a system call.
 """
 
 from __future__ import annotations
@@ -157,10 +157,6 @@ class ModelMemory:
         self._refresh()
         return self._facts.get(model, {})
 
-    def last_read(self, model: str) -> dict[str, Any]:
-        """What was known of `model` when the file was last read (no `stat`)."""
-        return self._facts.get(model, {})
-
     def _refresh(self) -> None:
         count = self._changes.count()  # before the file: a change after it is seen next
         if count is not None and count == self._seen:
@@ -247,8 +243,6 @@ class Evidence:
             return
         key = normalized_model(model)
         slot = STARTS_SWITCHED_OFF if switched else STARTS
-        if self.memory.last_read(key).get(slot) in (INSIDE, verdict):
-            return  # known already: nothing to write (and no `stat` to find that out)
         starts = self.memory.get(key).get(slot)
         if starts != INSIDE and starts != verdict:
             self.memory.update(key, **{slot: verdict})

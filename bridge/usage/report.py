@@ -14,7 +14,6 @@ import logging
 import time
 from collections import defaultdict
 from datetime import date
-from pathlib import Path
 from typing import Any, Iterable
 
 from bridge.core.exchange import Budget
@@ -22,7 +21,6 @@ from bridge.core.offloop import SerialThread
 from bridge.core.redis_link import RedisDown, link_for
 from bridge.core.settings import Settings
 from bridge.core.tables import columns
-from bridge.shared_mode.keystore import FILE_NAME as KEYS_FILE
 from bridge.shared_mode.keystore import KeyStore, KeyStoreError
 from bridge.usage import periods
 from bridge.usage.ledger import FIELDS, LocalLedger, Row, add_into, empty
@@ -43,9 +41,13 @@ def read_rows(settings: Settings, since: str, now: float, principal: str | None 
         return fleet_rows(settings, since, now, principal, timeout)
     except RedisDown as exc:
         log.warning("usage: Redis unreachable (%s); reading this instance's ledger", exc)
-        return local_rows(settings, since, principal)
     except LookupError:  # no Redis
-        return local_rows(settings, since, principal)
+        pass
+    local = LocalLedger(settings.state_dir, settings.usage_retention_days)
+    try:
+        return local_rows(local, since, principal)
+    finally:
+        local.close()
 
 
 def fleet_rows(settings: Settings, since: str, now: float, principal: str | None = None,
@@ -58,15 +60,10 @@ def fleet_rows(settings: Settings, since: str, now: float, principal: str | None
     return RedisLedger(link, settings.usage_retention_days).rows(since, now, principal)
 
 
-def local_rows(settings: Settings, since: str, principal: str | None = None) -> list[Row]:
-    """This instance's rows, in the state directory's file (blocking: off the loop)."""
-    local = LocalLedger(settings.state_dir, settings.usage_retention_days)
-    if not local.path.exists():
-        return []
-    try:
-        return local.rows(since, principal)
-    finally:
-        local.close()
+def local_rows(local: LocalLedger, since: str, principal: str | None = None) -> list[Row]:
+    """This instance's rows, in the state directory's file (blocking: off the loop);
+    none before the file exists."""
+    return local.rows(since, principal) if local.path.exists() else []
 
 
 def default_budget(settings: Settings) -> Budget | None:
@@ -76,16 +73,17 @@ def default_budget(settings: Settings) -> Budget | None:
         if settings.budget_tokens else None
 
 
-def key_budgets(state_dir: str) -> dict[str, Budget]:
-    """The budgets of the keys that have one (revoked keys too: their usage stays)."""
-    if not (Path(state_dir) / KEYS_FILE).exists():
+def key_budgets(store: KeyStore) -> dict[str, Budget]:
+    """The budgets of the store's keys that have one (revoked keys too: their usage
+    stays); none before the store exists. Opens the store if it is not open."""
+    if not store.path.exists():
         return {}
     try:
-        with KeyStore(state_dir).open(create=False) as store:
-            return {key.name: key.budget for key in store.all() if key.budget is not None}
+        keys = store.open(create=False).keys()  # re-read only when the store changed
     except KeyStoreError as exc:
         log.warning("usage: %s", exc)
         return {}
+    return {key.name: key.budget for key in keys if key.budget is not None}
 
 
 def in_period(budget: Budget | None, rows: Iterable[Row], now: float) -> list[Row]:
@@ -162,29 +160,13 @@ class StatusSection:
         if now - self._kept[0] < STATUS_SECONDS:
             return self._kept[1]
         since = earliest_period_start(now)
-        budgets = self.thread.run(self._key_budgets) if self.store is not None else {}
+        budgets = self.thread.run(key_budgets, self.store) if self.store is not None else {}
         try:
             rows = fleet_rows(self.settings, since, now)  # cooperative under gevent
         except (LookupError, RedisDown):
-            rows = self.thread.run(self._local_rows, since)
+            rows = self.thread.run(local_rows, self.local, since)
         self._kept = (now, status_items(rows, budgets, self.default, now))
         return self._kept[1]
-
-    def _key_budgets(self) -> dict[str, Budget]:
-        """As `key_budgets`, from the kept store (re-read only when it changed)."""
-        assert self.store is not None
-        if not self.store.path.exists():
-            return {}
-        try:
-            keys = self.store.open(create=False).keys()
-        except KeyStoreError as exc:
-            log.warning("usage: %s", exc)
-            return {}
-        return {key.name: key.budget for key in keys if key.budget is not None}
-
-    def _local_rows(self, since: str) -> list[Row]:
-        """As `local_rows`, on the kept connection."""
-        return self.local.rows(since) if self.local.path.exists() else []
 
 
 # --- `keys usage` ------------------------------------------------------------------------
@@ -205,7 +187,11 @@ def usage_report(settings: Settings, name: str | None, since: str, now: float,
     """What `keys usage [NAME] --since DAY` shows: per key and model, and per key its
     budget in the current period (its own, else the instance-wide default that the
     command reads as the server does: `--budget-tokens`, `BRIDGE_BUDGET_TOKENS`)."""
-    budgets = key_budgets(settings.state_dir)
+    store = KeyStore(settings.state_dir)
+    try:
+        budgets = key_budgets(store)
+    finally:
+        store.close()
     default = default_budget(settings)
     rows = read_rows(settings, min(since, earliest_period_start(now)), now, name, timeout)
     shown = [row for row in rows if row.day >= since]
